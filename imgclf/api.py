@@ -1,0 +1,137 @@
+"""The Python API: what the CLI does, callable with the same option names.
+
+>>> import imgclf
+>>> report = imgclf.inspect("photos/")            # doctest: +SKIP
+>>> dataset = imgclf.load_dataset("photos/", val_fraction=0.2)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.data.cache import build_cache
+from imgclf.data.decode import DEFAULT_MAX_PIXELS, decode_file
+from imgclf.data.inspect import InspectReport, inspect_dataset, sample_items
+from imgclf.data.sources import ImageDataset, load_source
+from imgclf.data.splits import assign_splits
+from imgclf.errors import ImgclfError
+from imgclf.pictures import save_image_grid
+
+SAMPLE_GRID_SIZE = 160  # pixels per tile in sample pictures
+
+
+def load_dataset(
+    source: str | Path,
+    *,
+    archive: str | Path | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    group_by: str | None = None,
+) -> ImageDataset:
+    """Read ``source`` (folder, CSV manifest, ``cifar10``/``cifar100``) and give every image a split.
+
+    See :mod:`imgclf.data.splits` for which splits are carved and when.
+    """
+    dataset = load_source(source, Path(archive) if archive else None)
+    return assign_splits(dataset, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                         group_by=group_by)
+
+
+@dataclass
+class InspectResult:
+    """The report plus the files ``inspect`` wrote."""
+
+    report: InspectReport
+    out: Path
+    samples: Path | None
+    broken_list: Path | None
+
+
+def inspect(
+    source: str | Path,
+    *,
+    out: str | Path | None = None,
+    archive: str | Path | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    group_by: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int | None = None,
+) -> InspectResult:
+    """Check every file of ``source`` and summarise the dataset.
+
+    Writes ``report.json``, ``samples.png`` (the first images of each class)
+    and, when files are broken, ``broken_files.txt`` into ``out`` (default
+    ``inspect-<dataset name>/``).
+    """
+    dataset = load_dataset(source, archive=archive, val_fraction=val_fraction, test_fraction=test_fraction,
+                           seed=seed, group_by=group_by)
+    cache = build_cache([item.path for item in dataset.items], size=None, max_pixels=max_pixels,
+                        workers=workers, source=dataset.source, description="Checking images")
+    report = inspect_dataset(dataset, cache)
+    out_dir = Path(out) if out else Path(f"inspect-{_slug(dataset.source)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2))
+    broken_list = None
+    if report.broken:
+        broken_list = out_dir / "broken_files.txt"
+        broken_list.write_text("".join(f"{path}\t{reason}\n" for path, reason in report.broken))
+    good = dataset.with_items([item for item, ok in zip(dataset.items, cache.ok) if ok])
+    samples = _save_samples(good, out_dir / "samples.png") if good.items else None
+    return InspectResult(report=report, out=out_dir, samples=samples, broken_list=broken_list)
+
+
+def _slug(source: str) -> str:
+    name = Path(source).stem if source else "dataset"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name) or "dataset"
+
+
+def _save_samples(dataset: ImageDataset, path: Path) -> Path:
+    chosen = sample_items(dataset)
+    size = (SAMPLE_GRID_SIZE, SAMPLE_GRID_SIZE)
+    images = [decode_file(item.path, size, policy="pad").pixels for item in chosen]
+    titles = [" | ".join(item.labels) for item in chosen]
+    return save_image_grid([image for image in images if image is not None], titles, path,
+                           title=f"{Path(dataset.source).name}: first images of each class")
+
+
+def preview_augment(
+    source: str | Path,
+    out: str | Path = "augment-preview.png",
+    *,
+    augment: str = "standard",
+    index: int = 0,
+    seed: int = 0,
+    image_size: int | None = None,
+    archive: str | Path | None = None,
+    grayscale: bool = False,
+) -> Path:
+    """Draw one training image augmented nine times, to see what a preset does."""
+    import torch
+
+    from imgclf.data.augment import augment_batch, augment_config
+
+    config = augment_config(augment)
+    dataset = load_dataset(source, archive=archive, seed=seed)
+    train = dataset.split_items("train") or dataset.items
+    if not 0 <= index < len(train):
+        raise ImgclfError(f"--index {index} is out of range; the training split has {len(train)} images (0..{len(train) - 1})")
+    item = train[index]
+    probe = decode_file(item.path, grayscale=grayscale)
+    if probe.error:
+        raise ImgclfError(f"{item.path} cannot be decoded ({probe.error}); pick another --index")
+    side = image_size or min(224, max(probe.width, probe.height))
+    pixels = decode_file(item.path, (side, side), grayscale=grayscale).pixels
+    batch = torch.from_numpy(np.repeat(pixels[None], 9, axis=0))
+    augmented = augment_batch(batch, config, torch.Generator().manual_seed(seed))
+    tiles = [tile.permute(1, 2, 0).clamp(0, 1).numpy() for tile in augmented]
+    titles = ["original"] + [f"{augment} #{k}" for k in range(1, 9)]
+    tiles[0] = pixels
+    return save_image_grid(tiles, titles, Path(out), title=f"{item.path.name} ({item.label}), augment={augment}")

@@ -1,0 +1,274 @@
+"""Augment whole batches of uint8 images as tensors, on the CPU or the GPU, seeded.
+
+Per-image Python transforms (the torchvision/Keras way) are what make
+CPU input pipelines slow. Here a batch goes through three batched steps:
+
+1. **geometry** in uint8: a crop box per image (random resized crop, zoom
+   and translation are all boxes) resized with an antialiased uint8 kernel,
+   then flips; rotation, when asked for, uses one ``grid_sample`` for the
+   whole batch with the same boxes expressed as affine matrices;
+2. **colour and normalisation in one pass**: brightness, contrast,
+   saturation and hue are all linear in RGB, so together with the
+   mean/std normalisation they make one 3x3 matrix and bias per image;
+3. **cutout**, then **mixup/cutmix** on the labels as well as the images.
+
+Every random number comes from the ``torch.Generator`` passed in, so a seed
+gives the same batch on any device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from imgclf.errors import ImgclfError
+
+# ITU-R BT.601 luma weights, as PIL and torchvision use for grayscale.
+LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation settings; every field at its default means "off"."""
+
+    hflip: bool = False
+    vflip: bool = False
+    translate: float = 0.0  # largest shift, as a fraction of the image side
+    scale: tuple[float, float] = (1.0, 1.0)  # area kept by the random resized crop
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect-ratio range of that crop
+    rotation: float = 0.0  # largest rotation in degrees
+    brightness: float = 0.0  # factor drawn from [1 - b, 1 + b]
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0  # fraction of a full turn, at most 0.5
+    cutout: float = 0.0  # side of the erased square, as a fraction of the image side
+    mixup: float = 0.0  # Beta(alpha, alpha) parameter; 0 = off
+    cutmix: float = 0.0
+
+    @property
+    def geometric(self) -> bool:
+        return self.translate > 0 or self.scale != (1.0, 1.0) or self.rotation > 0
+
+    @property
+    def colour(self) -> bool:
+        return any((self.brightness, self.contrast, self.saturation, self.hue))
+
+
+PRESETS: dict[str, AugmentConfig] = {
+    "none": AugmentConfig(),
+    "light": AugmentConfig(hflip=True, translate=0.125),
+    "standard": AugmentConfig(hflip=True, translate=0.1, scale=(0.6, 1.0), brightness=0.2, contrast=0.2,
+                              saturation=0.2),
+    "strong": AugmentConfig(hflip=True, translate=0.15, scale=(0.35, 1.0), rotation=15.0, brightness=0.4,
+                            contrast=0.4, saturation=0.4, hue=0.05, cutout=0.25),
+}
+
+
+def augment_config(preset: str = "standard", **overrides: object) -> AugmentConfig:
+    """A named preset with some fields changed, e.g. ``augment_config("light", mixup=0.2)``."""
+    if preset not in PRESETS:
+        raise ImgclfError(f"--augment '{preset}' is not a preset; choose one of {', '.join(PRESETS)}")
+    names = {field.name for field in fields(AugmentConfig)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise ImgclfError(f"unknown augmentation setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
+    return replace(PRESETS[preset], **overrides)  # type: ignore[arg-type]
+
+
+def augment_batch(
+    images: torch.Tensor,
+    config: AugmentConfig,
+    generator: torch.Generator,
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0),
+    std: tuple[float, ...] = (1.0, 1.0, 1.0),
+) -> torch.Tensor:
+    """Augment and normalise a uint8 batch (N, H, W, C) into float32 (N, C, H, W), channels_last.
+
+    ``mean`` and ``std`` are in 0..1 units, as timm and torchvision give them.
+    The output has the same height and width as the input.
+    """
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"expected a uint8 (N, H, W, C) batch, got {images.dtype} {tuple(images.shape)}")
+    n, height, width, channels = images.shape
+    params = _sample_geometry(n, height, width, config, generator)
+    if config.rotation > 0:
+        output = _warp_affine(images, params)
+    else:
+        output = _crop_resize(images, params) if config.geometric else images
+        output = _flip(output, params["hflip"], params["vflip"])
+    output = _colour_normalise(output, config, generator, mean[:channels], std[:channels])
+    if config.cutout > 0:
+        _cutout(output, config.cutout, generator)
+    return output.permute(0, 3, 1, 2)
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=generator)
+
+
+def _sample_geometry(n: int, height: int, width: int, config: AugmentConfig, generator: torch.Generator) -> dict:
+    """Per-image crop boxes (centre and size in pixels), flips and angles.
+
+    Drawn even for settings that are off, so turning one augmentation on
+    does not change the random numbers of the others.
+    """
+    area = _uniform(n, *config.scale, generator)
+    log_ratio = _uniform(n, math.log(config.ratio[0]), math.log(config.ratio[1]), generator)
+    if config.scale == (1.0, 1.0):
+        log_ratio = torch.zeros(n)
+    box_w = (area * log_ratio.exp()).sqrt().clamp(max=1.0) * width
+    box_h = (area / log_ratio.exp()).sqrt().clamp(max=1.0) * height
+    # centre anywhere that keeps the box inside, then shift by the translation
+    centre_x = width / 2 + (torch.rand(n, generator=generator) - 0.5) * (width - box_w)
+    centre_y = height / 2 + (torch.rand(n, generator=generator) - 0.5) * (height - box_h)
+    centre_x += (torch.rand(n, generator=generator) * 2 - 1) * config.translate * width
+    centre_y += (torch.rand(n, generator=generator) * 2 - 1) * config.translate * height
+    hflip = (torch.rand(n, generator=generator) < 0.5) & config.hflip
+    vflip = (torch.rand(n, generator=generator) < 0.5) & config.vflip
+    angle = _uniform(n, -config.rotation, config.rotation, generator)
+    return {"cx": centre_x, "cy": centre_y, "w": box_w, "h": box_h, "hflip": hflip, "vflip": vflip, "angle": angle}
+
+
+def _crop_resize(images: torch.Tensor, params: dict) -> torch.Tensor:
+    """Cut each image's box (reflect-padded where it leaves the image) and resize it back, in uint8."""
+    n, height, width, _ = images.shape
+    x0 = (params["cx"] - params["w"] / 2).round().long()
+    y0 = (params["cy"] - params["h"] / 2).round().long()
+    box_w = params["w"].round().long().clamp(min=1)
+    box_h = params["h"].round().long().clamp(min=1)
+    pad = int(max(0, -int(x0.min()), -int(y0.min()), int((x0 + box_w).max()) - width,
+                  int((y0 + box_h).max()) - height))
+    pad = min(pad, height - 1, width - 1)  # reflection cannot exceed the image itself
+    source = images.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels_last
+    if pad:
+        source = F.pad(images, (0, 0, pad, pad, pad, pad), mode="reflect").permute(0, 3, 1, 2)
+    output = torch.empty_like(images)
+    target = output.permute(0, 3, 1, 2)
+    x0 = (x0 + pad).clamp(min=0).tolist()
+    y0 = (y0 + pad).clamp(min=0).tolist()
+    for index, (left, top, w, h) in enumerate(zip(x0, y0, box_w.tolist(), box_h.tolist())):
+        crop = source[index:index + 1, :, top:top + h, left:left + w]
+        if crop.shape[-2:] == (height, width):
+            target[index] = crop[0]
+        else:
+            target[index] = F.interpolate(crop, size=(height, width), mode="bilinear", antialias=True,
+                                          align_corners=False)[0]
+    return output
+
+
+def _flip(images: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor) -> torch.Tensor:
+    """Flip the chosen images of an (N, H, W, C) batch; cheap in uint8."""
+    device = images.device
+    if hflip.any():
+        images = torch.where(hflip.to(device)[:, None, None, None], images.flip(2), images)
+    if vflip.any():
+        images = torch.where(vflip.to(device)[:, None, None, None], images.flip(1), images)
+    return images
+
+
+def _warp_affine(images: torch.Tensor, params: dict) -> torch.Tensor:
+    """Crop, rotate and flip every image with one bilinear ``grid_sample``."""
+    n, height, width, _ = images.shape
+    angle = params["angle"] * math.pi / 180
+    scale_x = params["w"] / width * torch.where(params["hflip"], -1.0, 1.0)
+    scale_y = params["h"] / height * torch.where(params["vflip"], -1.0, 1.0)
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = cos * scale_x
+    theta[:, 0, 1] = -sin * scale_y * height / width
+    theta[:, 1, 0] = sin * scale_x * width / height
+    theta[:, 1, 1] = cos * scale_y
+    theta[:, 0, 2] = params["cx"] / width * 2 - 1
+    theta[:, 1, 2] = params["cy"] / height * 2 - 1
+    source = images.permute(0, 3, 1, 2).float()
+    grid = F.affine_grid(theta.to(images.device), list(source.shape), align_corners=False)
+    warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return warped.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def _colour_normalise(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
+                      mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """Colour jitter and normalisation as one per-image affine map on the channel vector."""
+    n, _, _, channels = images.shape
+    device = images.device
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device)
+    if not config.colour:
+        scale = (1.0 / (255.0 * std_t))
+        return images.to(torch.float32).mul_(scale).sub_(mean_t / std_t)
+    brightness = _uniform(n, 1 - config.brightness, 1 + config.brightness, generator)
+    contrast = _uniform(n, 1 - config.contrast, 1 + config.contrast, generator)
+    saturation = _uniform(n, 1 - config.saturation, 1 + config.saturation, generator)
+    hue = _uniform(n, -config.hue, config.hue, generator) * 2 * math.pi
+    matrix = torch.eye(channels).expand(n, channels, channels) * (brightness * contrast)[:, None, None]
+    if channels == 3:
+        luma = torch.tensor(LUMA)
+        saturate = saturation[:, None, None] * torch.eye(3) + (1 - saturation)[:, None, None] * luma[None, None, :]
+        matrix = matrix @ _hue_rotation(hue) @ saturate
+    # contrast blends towards the image's mean grey (estimated on a thinned grid: it is one number)
+    sample = images[:, ::4, ::4, :].to(torch.float32)
+    grey = (sample @ torch.tensor(LUMA, device=device)).mean((1, 2)) if channels == 3 else sample.mean((1, 2, 3))
+    bias = ((1 - contrast) * brightness).to(device) * grey / 255.0
+    matrix = matrix.to(device) / 255.0
+    flat = images.reshape(n, -1, channels).to(torch.float32)
+    output = torch.baddbmm(bias[:, None, None].expand(n, 1, channels), flat, matrix.transpose(1, 2))
+    output = output.clamp_(0.0, 1.0).sub_(mean_t).div_(std_t)
+    return output.reshape(images.shape)
+
+
+def _hue_rotation(angle: torch.Tensor) -> torch.Tensor:
+    """Rotation of RGB space about the grey axis: a hue shift that keeps brightness."""
+    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
+    cross = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3)
+    return cos * torch.eye(3) + (1 - cos) / 3 * torch.ones(3, 3) + sin * cross
+
+
+def _cutout(images: torch.Tensor, fraction: float, generator: torch.Generator) -> None:
+    """Erase one square per image to 0 (the dataset mean after normalisation)."""
+    n, height, width, _ = images.shape
+    side_h, side_w = max(1, round(fraction * height)), max(1, round(fraction * width))
+    top = (torch.rand(n, generator=generator) * (height - side_h + 1)).long().to(images.device)
+    left = (torch.rand(n, generator=generator) * (width - side_w + 1)).long().to(images.device)
+    rows = torch.arange(height, device=images.device)[None, :]
+    cols = torch.arange(width, device=images.device)[None, :]
+    inside_rows = (rows >= top[:, None]) & (rows < top[:, None] + side_h)
+    inside_cols = (cols >= left[:, None]) & (cols < left[:, None] + side_w)
+    mask = inside_rows[:, :, None] & inside_cols[:, None, :]
+    images.masked_fill_(mask[..., None], 0.0)
+
+
+def mix_batch(images: torch.Tensor, targets: torch.Tensor, config: AugmentConfig,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup or cutmix (one of them at random when both are on) on images and soft targets.
+
+    ``targets`` are one-hot or multi-hot float rows; the returned targets are
+    mixed in the same proportion as the pixels.
+    """
+    choices = [name for name, alpha in (("mixup", config.mixup), ("cutmix", config.cutmix)) if alpha > 0]
+    if not choices:
+        return images, targets
+    name = choices[int(torch.randint(len(choices), (1,), generator=generator))]
+    alpha = config.mixup if name == "mixup" else config.cutmix
+    lam = _beta(alpha, generator)
+    order = torch.randperm(images.shape[0], generator=generator).to(images.device)
+    if name == "mixup":
+        mixed = images.mul(lam).add_(images[order], alpha=1 - lam)
+    else:
+        height, width = images.shape[-2:]
+        cut_h, cut_w = round(height * math.sqrt(1 - lam)), round(width * math.sqrt(1 - lam))
+        top = int(torch.randint(height - cut_h + 1, (1,), generator=generator))
+        left = int(torch.randint(width - cut_w + 1, (1,), generator=generator))
+        mixed = images.clone()
+        mixed[:, :, top:top + cut_h, left:left + cut_w] = images[order, :, top:top + cut_h, left:left + cut_w]
+        lam = 1 - cut_h * cut_w / (height * width)
+    return mixed, targets.mul(lam).add_(targets[order], alpha=1 - lam)
+
+
+def _beta(alpha: float, generator: torch.Generator) -> float:
+    """A Beta(alpha, alpha) draw seeded from ``generator`` (torch's Beta takes no generator)."""
+    seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))

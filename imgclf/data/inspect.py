@@ -1,0 +1,158 @@
+"""What is in a dataset and what is wrong with it, before any training.
+
+Counts per class and split, image sizes and modes, broken files, exact
+duplicates inside a split (they over-weight some images) and across splits
+(leakage: the model is tested on images it trained on), the same image under
+two labels, and class imbalance.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.data.cache import ImageCache
+from imgclf.data.sources import ImageDataset, Item, label_histogram
+
+# A class with under a fifth of the largest class's images is flagged:
+# below that, an unweighted loss mostly ignores it.
+IMBALANCE_RATIO = 0.2
+
+
+@dataclass
+class DuplicateGroup:
+    """Files with identical bytes."""
+
+    paths: list[Path]
+    splits: list[str]
+    labels: list[str]
+
+    @property
+    def kind(self) -> str:
+        """``leakage`` across splits, ``label-conflict`` under different labels, else ``within-split``."""
+        if len(set(self.splits)) > 1:
+            return "leakage"
+        if len(set(self.labels)) > 1:
+            return "label-conflict"
+        return "within-split"
+
+
+@dataclass
+class InspectReport:
+    """Everything ``imgclf inspect`` found, ready to print or dump as JSON."""
+
+    source: str
+    classes: list[str]
+    splits: list[str]
+    counts: dict[str, dict[str, int]]
+    multilabel: bool
+    sizes: dict[str, dict[str, float]]
+    modes: dict[str, int]
+    broken: list[tuple[Path, str]]
+    duplicates: list[DuplicateGroup]
+    ignored: list[Path]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def split_totals(self) -> dict[str, int]:
+        return {split: sum(row.get(split, 0) for row in self.counts.values()) for split in self.splits}
+
+    def to_json(self) -> dict:
+        return {
+            "source": self.source,
+            "classes": self.classes,
+            "multilabel": self.multilabel,
+            "splits": self.split_totals,
+            "counts": self.counts,
+            "image_sizes": self.sizes,
+            "modes": self.modes,
+            "broken": [{"path": str(path), "reason": reason} for path, reason in self.broken],
+            "duplicates": [{"kind": group.kind, "paths": [str(p) for p in group.paths], "splits": group.splits,
+                            "labels": group.labels} for group in self.duplicates],
+            "ignored_files": len(self.ignored),
+            "warnings": self.warnings,
+        }
+
+
+def inspect_dataset(dataset: ImageDataset, cache: ImageCache) -> InspectReport:
+    """Summarise ``dataset`` from a facts-only cache of its files (same order as its items)."""
+    ok = cache.ok
+    good_items = [item for item, keep in zip(dataset.items, ok) if keep]
+    counts = dataset.with_items(good_items).class_counts()
+    report = InspectReport(
+        source=dataset.source,
+        classes=dataset.classes,
+        splits=dataset.splits,
+        counts=counts,
+        multilabel=dataset.multilabel,
+        sizes=_size_stats(cache.widths[ok], cache.heights[ok]),
+        modes=dict(Counter(cache.modes[ok].tolist()).most_common()),
+        broken=cache.broken(),
+        duplicates=_duplicates(dataset.items, cache.digests, ok),
+        ignored=dataset.ignored,
+    )
+    report.warnings = _warnings(report, good_items)
+    return report
+
+
+def _size_stats(widths: np.ndarray, heights: np.ndarray) -> dict[str, dict[str, float]]:
+    if not len(widths):
+        return {}
+    return {name: {"min": int(values.min()), "median": float(np.median(values)), "max": int(values.max())}
+            for name, values in (("width", widths), ("height", heights))}
+
+
+def _duplicates(items: list[Item], digests: np.ndarray, ok: np.ndarray) -> list[DuplicateGroup]:
+    by_digest: dict[str, list[int]] = defaultdict(list)
+    for index in np.flatnonzero(ok):
+        by_digest[str(digests[index])].append(int(index))
+    groups = []
+    for members in by_digest.values():
+        if len(members) > 1:
+            chosen = [items[i] for i in members]
+            groups.append(DuplicateGroup(paths=[item.path for item in chosen],
+                                         splits=[item.split or "" for item in chosen],
+                                         labels=["|".join(item.labels) for item in chosen]))
+    order = {"leakage": 0, "label-conflict": 1, "within-split": 2}
+    return sorted(groups, key=lambda group: (order[group.kind], str(group.paths[0])))
+
+
+def _warnings(report: InspectReport, items: list[Item]) -> list[str]:
+    warnings = []
+    if report.broken:
+        warnings.append(f"{len(report.broken)} file(s) cannot be decoded and will be skipped")
+    kinds = Counter(group.kind for group in report.duplicates)
+    if kinds["leakage"]:
+        warnings.append(f"{kinds['leakage']} image(s) appear in more than one split (leakage): test scores will be too high")
+    if kinds["label-conflict"]:
+        warnings.append(f"{kinds['label-conflict']} image(s) appear under different labels")
+    if kinds["within-split"]:
+        warnings.append(f"{kinds['within-split']} group(s) of exact duplicates inside a split")
+    histogram = label_histogram([item for item in items if item.split in (None, "train")])
+    if len(histogram) > 1:
+        (large, most), (small, least) = histogram.most_common()[0], histogram.most_common()[-1]
+        if least < IMBALANCE_RATIO * most:
+            warnings.append(
+                f"class imbalance: '{small}' has {least} training images, '{large}' has {most}; "
+                "consider --class-weights auto or --balanced-sampling when training"
+            )
+    missing = [name for name in report.classes if not histogram.get(name)]
+    if missing:
+        warnings.append(f"{len(missing)} class(es) have no training images: {', '.join(missing[:5])}")
+    return warnings
+
+
+def sample_items(dataset: ImageDataset, count: int = 9) -> list[Item]:
+    """The first image of each class, then the second of each, ... up to ``count``: labels vary."""
+    by_class: dict[str, list[Item]] = defaultdict(list)
+    for item in dataset.items:
+        by_class[item.label].append(item)
+    chosen: list[Item] = []
+    depth = 0
+    while len(chosen) < count and any(len(members) > depth for members in by_class.values()):
+        chosen += [members[depth] for _, members in sorted(by_class.items()) if len(members) > depth]
+        depth += 1
+    return chosen[:count]

@@ -1,0 +1,111 @@
+"""Give every item a split (train / val / test), reproducibly.
+
+Rules, so a user can predict what happens to their data:
+
+- splits the user named (folders or a CSV ``split`` column) are never
+  reshuffled;
+- with no validation split, one is carved out of train (``val_fraction`` of
+  all unsplit images); the test set, if given, is left alone;
+- a test split is carved only when neither val nor test was given;
+- the split is stratified by label (the whole label set for multi-label
+  data), seeded, and keeps every class in train;
+- ``group_by`` (a regular expression on the file name) keeps all images of a
+  group, such as one product or one patient, on the same side, so the model
+  is never tested on near-copies of its training images.
+
+Written by hand rather than with scikit-learn's splitters because those fail
+on classes with a single image and cannot combine groups with
+stratification and a fixed seed the way this needs.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import defaultdict
+from dataclasses import replace
+
+from imgclf.data.sources import ImageDataset, Item
+from imgclf.errors import ImgclfError
+
+
+def assign_splits(
+    dataset: ImageDataset,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    group_by: str | None = None,
+) -> ImageDataset:
+    """Return a dataset whose every item has a split; see the module rules."""
+    _check_fractions(val_fraction, test_fraction)
+    named = {item.split for item in dataset.items} - {None}
+    carve = {"val": val_fraction if "val" not in named else 0.0,
+             "test": test_fraction if not named & {"val", "test"} else 0.0}
+    pool = [item for item in dataset.items if item.split in (None, "train")]
+    if not any(carve.values()):
+        items = [item if item.split else replace(item, split="train") for item in dataset.items]
+        return dataset.with_items(items)
+    assigned = _stratified_split(pool, carve, seed, _grouper(group_by))
+    kept = [item for item in dataset.items if item.split not in (None, "train")]
+    return dataset.with_items(sorted(kept + assigned, key=lambda item: (item.split or "", str(item.path))))
+
+
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+    for name, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ImgclfError(f"{name} {value} is outside [0, 1); give a fraction such as 0.1")
+    if val_fraction + test_fraction >= 1.0:
+        raise ImgclfError(
+            f"--val-fraction {val_fraction} plus --test-fraction {test_fraction} leaves nothing to train on; keep their sum below 1"
+        )
+
+
+def _grouper(group_by: str | None):
+    """Map an item to its group key: the pattern's first group, else its whole match."""
+    if group_by is None:
+        return lambda item: str(item.path)
+    try:
+        pattern = re.compile(group_by)
+    except re.error as error:
+        raise ImgclfError(f"--group-by '{group_by}' is not a valid regular expression ({error})") from None
+
+    def key(item: Item) -> str:
+        match = pattern.search(item.path.name)
+        if match is None:
+            return str(item.path)  # no group: the image stands alone
+        return match.group(1) if pattern.groups else match.group(0)
+
+    return key
+
+
+def _stratified_split(pool: list[Item], carve: dict[str, float], seed: int, group_key) -> list[Item]:
+    """Split ``pool`` by whole groups, stratum by stratum (label set of the group's first image)."""
+    groups: dict[str, list[Item]] = defaultdict(list)
+    for item in sorted(pool, key=lambda item: str(item.path)):
+        groups[group_key(item)].append(item)
+    strata: dict[tuple[str, ...], list[list[Item]]] = defaultdict(list)
+    for key in sorted(groups):
+        members = groups[key]
+        strata[members[0].labels].append(members)
+    rng = random.Random(seed)
+    result: list[Item] = []
+    for stratum in sorted(strata):
+        units = strata[stratum]
+        rng.shuffle(units)
+        total = sum(len(unit) for unit in units)
+        targets = {split: round(total * fraction) for split, fraction in carve.items()}
+        filled = dict.fromkeys(carve, 0)
+        for position, unit in enumerate(units):
+            split = _next_split(targets, filled, len(unit), units_left=len(units) - position)
+            filled[split] = filled.get(split, 0) + len(unit)
+            result += [replace(item, split=split) for item in unit]
+    return result
+
+
+def _next_split(targets: dict[str, int], filled: dict[str, int], size: int, units_left: int) -> str:
+    """Test first, then val, until each reaches its target; the last unit always trains."""
+    if units_left > 1:
+        for split in ("test", "val"):
+            if filled[split] < targets[split] and filled[split] + size <= max(targets[split], 1) * 1.5:
+                return split
+    return "train"

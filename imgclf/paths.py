@@ -1,0 +1,27 @@
+"""Where imgclf keeps what it can rebuild: decoded-image caches and datasets.
+
+One root, ``$IMGCLF_HOME`` or ``~/.cache/imgclf``, so a user can move or wipe
+it in one place; user data folders are never written to (they may be
+read-only, as shared datasets often are).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def imgclf_home() -> Path:
+    """The root folder for caches and downloaded datasets."""
+    env = os.environ.get("IMGCLF_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "imgclf"
+
+
+def cache_dir() -> Path:
+    """Folder of decoded-image caches (``$IMGCLF_HOME/cache``)."""
+    return imgclf_home() / "cache"
+
+
+def datasets_dir() -> Path:
+    """Folder of downloaded and extracted datasets (``$IMGCLF_HOME/datasets``)."""
+    return imgclf_home() / "datasets"

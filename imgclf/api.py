@@ -116,7 +116,8 @@ def preview_augment(
     """Draw one training image augmented nine times, to see what a preset does."""
     import torch
 
-    from imgclf.data.augment import augment_batch, augment_config
+    from imgclf.data.augment import augment_batch
+    from imgclf.data.augment_presets import augment_config
 
     config = augment_config(augment)
     dataset = load_dataset(source, archive=archive, seed=seed)

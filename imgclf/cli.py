@@ -18,7 +18,7 @@ from rich.table import Table
 
 from imgclf import __version__, api
 from imgclf.console import console
-from imgclf.data.augment import PRESETS
+from imgclf.data.augment_presets import PRESETS
 from imgclf.data.decode import DEFAULT_MAX_PIXELS
 from imgclf.errors import ImgclfError
 

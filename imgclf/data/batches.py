@@ -16,7 +16,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from imgclf.data.augment import AugmentConfig, augment_batch
+from imgclf.data.augment import augment_batch
+from imgclf.data.augment_presets import AugmentConfig
 
 PREFETCH_BATCHES = 2
 
@@ -79,11 +80,8 @@ class BatchLoader:
         yield from _prefetched(self._make_batch(positions, generator) for positions in batches)
 
     def _make_batch(self, positions: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.rows[positions]
-        # sorted reads are sequential on disk; the order inside a batch does not matter
-        ordering = np.argsort(rows, kind="stable")
-        pixels = torch.from_numpy(np.ascontiguousarray(self.pixels[rows[ordering]]))
-        targets = self.targets[torch.from_numpy(positions[ordering])]
+        pixels = torch.from_numpy(np.ascontiguousarray(self.pixels[self.rows[positions]]))
+        targets = self.targets[torch.from_numpy(positions)]
         if self.device.type == "cuda":
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)

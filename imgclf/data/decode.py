@@ -131,7 +131,7 @@ def to_channels(image: Image.Image, grayscale: bool) -> Image.Image:
     transparency is flattened onto white.
     """
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        image = Image.fromarray(_to_uint8(np.asarray(image)))
+        image = Image.fromarray(_to_uint8(np.asarray(image), sixteen_bit=image.mode.startswith("I;16")))
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -142,13 +142,18 @@ def to_channels(image: Image.Image, grayscale: bool) -> Image.Image:
     return image if image.mode == target else image.convert(target)
 
 
-def _to_uint8(values: np.ndarray) -> np.ndarray:
-    """Scale 16-bit, 32-bit integer or float pixels into uint8."""
+def _to_uint8(values: np.ndarray, sixteen_bit: bool) -> np.ndarray:
+    """Scale 16-bit, 32-bit integer or float pixels into uint8.
+
+    A 16-bit file is always scaled from 0..65535, so a dark scan stays dark;
+    32-bit integer and float files carry no range, so it is guessed from
+    their values (0..1 floats, else 16-bit-style values above 255).
+    """
     is_float = values.dtype.kind == "f"
     values = values.astype(np.float64)
     if is_float and values.size and values.max() <= 1.0:
         values = values * 255.0
-    elif values.size and values.max() > 255:
+    elif sixteen_bit or (values.size and values.max() > 255):
         values = values / 257.0  # 65535 -> 255
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 

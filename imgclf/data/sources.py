@@ -132,8 +132,10 @@ def read_folder(root: Path) -> ImageDataset:
         raise ImgclfError(f"{root} has no sub-folders; put images in one folder per class, e.g. {root}/cat/1.jpg")
     split_layout = all(entry.name.lower() in SPLIT_ALIASES for entry in top_dirs)
     items: list[Item] = []
-    ignored: list[Path] = [Path(entry.path) for entry in _visible_entries(root) if entry.is_file()]
+    ignored: list[Path] = []
     if split_layout:
+        # Loose files in root are not walked below (the class layout's walk reports them itself).
+        ignored += [Path(entry.path) for entry in _visible_entries(root) if entry.is_file()]
         for entry in top_dirs:
             split = SPLIT_ALIASES[entry.name.lower()]
             found, skipped = _walk_class_folders(Path(entry.path), split)
@@ -197,8 +199,8 @@ def read_manifest(csv_path: Path) -> ImageDataset:
             )
         multilabel = "labels" in columns
         label_column = "labels" if multilabel else "label"
-        items = [_manifest_item(csv_path, row_number, row, label_column, multilabel)
-                 for row_number, row in enumerate(reader, start=2)]
+        # line_num, not a row count: blank lines are skipped by the reader but still lines of the file.
+        items = [_manifest_item(csv_path, reader.line_num, row, label_column, multilabel) for row in reader]
     if not items:
         raise ImgclfError(f"{csv_path} has a header but no rows; add one row per image")
     classes = sorted({label for item in items for label in item.labels})

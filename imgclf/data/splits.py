@@ -38,6 +38,7 @@ def assign_splits(
 ) -> ImageDataset:
     """Return a dataset whose every item has a split; see the module rules."""
     _check_fractions(val_fraction, test_fraction)
+    group_key = _grouper(group_by)  # checked even when nothing is carved: a typo should not pass silently
     named = {item.split for item in dataset.items} - {None}
     carve = {"val": val_fraction if "val" not in named else 0.0,
              "test": test_fraction if not named & {"val", "test"} else 0.0}
@@ -45,7 +46,7 @@ def assign_splits(
     if not any(carve.values()):
         items = [item if item.split else replace(item, split="train") for item in dataset.items]
         return dataset.with_items(items)
-    assigned = _stratified_split(pool, carve, seed, _grouper(group_by))
+    assigned = _stratified_split(pool, carve, seed, group_key)
     kept = [item for item in dataset.items if item.split not in (None, "train")]
     return dataset.with_items(sorted(kept + assigned, key=lambda item: (item.split or "", str(item.path))))
 
@@ -73,7 +74,12 @@ def _grouper(group_by: str | None):
         match = pattern.search(item.path.name)
         if match is None:
             return str(item.path)  # no group: the image stands alone
-        return match.group(1) if pattern.groups else match.group(0)
+        if not pattern.groups:
+            return match.group(0)
+        # The first group that took part: (a)|(b) uses whichever matched; an optional
+        # group that matched nothing leaves the image alone rather than a None key.
+        found = next((group for group in match.groups() if group is not None), None)
+        return str(item.path) if found is None else found
 
     return key
 
@@ -87,19 +93,33 @@ def _stratified_split(pool: list[Item], carve: dict[str, float], seed: int, grou
     for key in sorted(groups):
         members = groups[key]
         strata[members[0].labels].append(members)
+    sizes = {stratum: sum(len(unit) for unit in units) for stratum, units in strata.items()}
+    targets = {split: _allocate(sizes, fraction) for split, fraction in carve.items()}
     rng = random.Random(seed)
     result: list[Item] = []
     for stratum in sorted(strata):
         units = strata[stratum]
         rng.shuffle(units)
-        total = sum(len(unit) for unit in units)
-        targets = {split: round(total * fraction) for split, fraction in carve.items()}
         filled = dict.fromkeys(carve, 0)
         for position, unit in enumerate(units):
-            split = _next_split(targets, filled, len(unit), units_left=len(units) - position)
+            split = _next_split({name: per_stratum[stratum] for name, per_stratum in targets.items()}, filled,
+                                len(unit), units_left=len(units) - position)
             filled[split] = filled.get(split, 0) + len(unit)
             result += [replace(item, split=split) for item in unit]
     return result
+
+
+def _allocate(sizes: dict[tuple[str, ...], int], fraction: float) -> dict[tuple[str, ...], int]:
+    """Images each stratum gives to a split: proportional, with the rounding
+    remainders handed out so the total is right (and at least one image when
+    ``fraction`` > 0), instead of every small class rounding down to none."""
+    exact = {stratum: size * fraction for stratum, size in sizes.items()}
+    counts = {stratum: int(value) for stratum, value in exact.items()}
+    wanted = max(round(sum(sizes.values()) * fraction), 1 if fraction > 0 else 0)
+    by_remainder = sorted(exact, key=lambda stratum: (counts[stratum] - exact[stratum], stratum))
+    for stratum in by_remainder[:max(0, wanted - sum(counts.values()))]:
+        counts[stratum] += 1
+    return counts
 
 
 def _next_split(targets: dict[str, int], filled: dict[str, int], size: int, units_left: int) -> str:

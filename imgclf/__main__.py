@@ -1,0 +1,5 @@
+"""``python -m imgclf`` runs the CLI."""
+
+from imgclf.cli import main
+
+main()

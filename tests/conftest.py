@@ -1,0 +1,41 @@
+"""Shared fixtures: an isolated IMGCLF_HOME and small generated image folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASS_COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Caches and datasets go to a temporary folder, never the user's home."""
+    home = tmp_path_factory.mktemp("imgclf-home")
+    monkeypatch.setenv("IMGCLF_HOME", str(home))
+    return home
+
+
+def make_image(path: Path, colour: tuple[int, int, int], size: int = 16, seed: int = 0) -> Path:
+    """A noisy image of one dominant colour, saved in the format the suffix names."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour) + rng.integers(-20, 21, (size, size, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def make_class_folder(root: Path, per_class: int = 10, size: int = 16, suffix: str = ".png", seed: int = 0) -> Path:
+    """``root/<colour>/<n>.png`` for three colour classes; a different ``seed`` gives different images."""
+    for index, (name, colour) in enumerate(CLASS_COLOURS.items()):
+        for number in range(per_class):
+            make_image(root / name / f"{number:03d}{suffix}", colour, size, seed=seed * 100_000 + index * 1000 + number)
+    return root
+
+
+@pytest.fixture
+def class_folder(tmp_path: Path) -> Path:
+    return make_class_folder(tmp_path / "data")

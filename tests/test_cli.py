@@ -1,0 +1,118 @@
+"""The CLI run as a user runs it: a subprocess, real files, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_class_folder, make_image
+from test_cifar import fake_archive
+
+
+def imgclf(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "imgclf", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=120)
+
+
+@pytest.fixture
+def messy_folder(tmp_path: Path) -> Path:
+    """Class folders with the problems inspect must find."""
+    root = make_class_folder(tmp_path / "data", per_class=20)
+    (root / "red" / "empty.png").write_bytes(b"")
+    (root / "red" / "notes.png").write_text("not an image")
+    (root / "red" / "README.txt").write_text("ignored")
+    shutil.copy(root / "green" / "000.png", root / "green" / "copy-of-000.png")
+    for number in range(3):  # a tiny class: imbalance
+        make_image(root / "grey" / f"{number}.png", (128, 128, 128), seed=number)
+    return root
+
+
+def test_help_lists_commands_and_each_has_an_example() -> None:
+    result = imgclf("--help")
+    assert result.returncode == 0
+    for command in ("inspect", "preview-augment"):
+        assert command in result.stdout
+        assert "Example: imgclf " + command in imgclf(command, "--help").stdout
+
+
+def test_version() -> None:
+    assert imgclf("--version").stdout.startswith("imgclf ")
+
+
+def test_inspect_reports_counts_broken_duplicates_and_imbalance(messy_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    result = imgclf("inspect", str(messy_folder), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    text = result.stderr
+    assert "4 classes" in text and "total" in text
+    assert "2 file(s) cannot be decoded" in text
+    assert "class imbalance: 'grey'" in text
+    assert "exact duplicates" in text or "leakage" in text
+    broken = (out / "broken_files.txt").read_text()
+    assert "empty.png\tempty file" in broken and "notes.png\tnot an image" in broken
+    assert (out / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((out / "report.json").read_text())
+    assert sum(report["splits"].values()) == 20 * 3 + 1 + 3  # good images only
+    assert report["ignored_files"] == 1
+
+
+def test_inspect_json_on_stdout(class_folder: Path, tmp_path: Path) -> None:
+    result = imgclf("inspect", str(class_folder), "--json", "--out", str(tmp_path / "o"))
+    report = json.loads(result.stdout)
+    assert report["classes"] == ["blue", "green", "red"]
+    assert report["splits"] == {"train": 24, "val": 3, "test": 3}
+    assert report["counts"]["red"] == {"train": 8, "val": 1, "test": 1}
+
+
+def test_inspect_finds_leakage_across_given_splits(tmp_path: Path) -> None:
+    make_class_folder(tmp_path / "d" / "train", per_class=4)
+    make_class_folder(tmp_path / "d" / "test", per_class=1, seed=1)
+    shutil.copy(tmp_path / "d" / "train" / "red" / "003.png", tmp_path / "d" / "test" / "red" / "leak.png")
+    report = json.loads(imgclf("inspect", str(tmp_path / "d"), "--json", "--out", str(tmp_path / "o")).stdout)
+    assert [group["kind"] for group in report["duplicates"]] == ["leakage"]
+    assert any("leakage" in warning for warning in report["warnings"])
+
+
+def test_inspect_csv_manifest(tmp_path: Path) -> None:
+    make_image(tmp_path / "imgs" / "a.png", (200, 0, 0))
+    make_image(tmp_path / "imgs" / "b.png", (0, 200, 0))
+    (tmp_path / "list.csv").write_text("path,labels\nimgs/a.png,red|warm\nimgs/b.png,green\n")
+    report = json.loads(imgclf("inspect", str(tmp_path / "list.csv"), "--json", "--out", str(tmp_path / "o")).stdout)
+    assert report["multilabel"] and report["classes"] == ["green", "red", "warm"]
+
+
+def test_inspect_cifar_from_local_archive(tmp_path: Path) -> None:
+    archive, _ = fake_archive(tmp_path, "cifar10")
+    result = imgclf("inspect", "cifar10", "--from", str(archive), "--json", "--out", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["classes"] == ["airplane", "automobile", "bird"]
+    assert set(report["splits"]) == {"train", "val", "test"}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["inspect", "no/such/folder"], "no/such/folder does not exist"),
+    (["inspect", "{data}", "--val-fraction", "0.7", "--test-fraction", "0.5"], "leaves nothing to train on"),
+    (["inspect", "{data}", "--group-by", "("], "--group-by '(' is not a valid regular expression"),
+    (["preview-augment", "{data}", "--augment", "wild"], "--augment 'wild' is not a preset"),
+    (["preview-augment", "{data}", "--index", "999"], "--index 999 is out of range"),
+])
+def test_bad_input_is_one_line_without_traceback(class_folder: Path, args: list[str], message: str) -> None:
+    result = imgclf(*[arg.replace("{data}", str(class_folder)) for arg in args])
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_preview_augment_writes_a_png(class_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "aug.png"
+    result = imgclf("preview-augment", str(class_folder), "--augment", "strong", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:4] == b"\x89PNG"

@@ -50,7 +50,7 @@ def augment_batch(
         output = _warp_affine(images, params)
     else:
         output = _crop_resize(images, params) if config.geometric else images
-        output = _flip(output, params["hflip"], params["vflip"])
+        output = _flip(output, params["hflip"], params["vflip"], owned=config.geometric)
     output = _colour_normalise(output, config, generator, mean[:channels], std[:channels])
     if config.cutout > 0:
         _cutout(output, config.cutout, generator)
@@ -85,39 +85,47 @@ def _sample_geometry(n: int, height: int, width: int, config: AugmentConfig, gen
 
 
 def _crop_resize(images: torch.Tensor, params: dict) -> torch.Tensor:
-    """Cut each image's box (reflect-padded where it leaves the image) and resize it back, in uint8."""
+    """Cut each image's box and resize it back to full size, in uint8.
+
+    A box the size of the image is a pure shift: the part inside the image
+    is copied and the rest stays black (zero padding, as in the classic
+    CIFAR pad-and-crop). Scaled boxes come from the random resized crop and
+    are moved back inside the image before resizing.
+    """
     n, height, width, _ = images.shape
-    x0 = (params["cx"] - params["w"] / 2).round().long()
-    y0 = (params["cy"] - params["h"] / 2).round().long()
-    box_w = params["w"].round().long().clamp(min=1)
-    box_h = params["h"].round().long().clamp(min=1)
-    pad = int(max(0, -int(x0.min()), -int(y0.min()), int((x0 + box_w).max()) - width,
-                  int((y0 + box_h).max()) - height))
-    pad = min(pad, height - 1, width - 1)  # reflection cannot exceed the image itself
+    box_w = params["w"].round().long().clamp(1, width).tolist()
+    box_h = params["h"].round().long().clamp(1, height).tolist()
+    left = (params["cx"] - params["w"] / 2).round().long().tolist()
+    top = (params["cy"] - params["h"] / 2).round().long().tolist()
     source = images.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels_last
-    if pad:
-        source = F.pad(images, (0, 0, pad, pad, pad, pad), mode="reflect").permute(0, 3, 1, 2)
-    output = torch.empty_like(images)
+    output = torch.zeros_like(images)
     target = output.permute(0, 3, 1, 2)
-    x0 = (x0 + pad).clamp(min=0).tolist()
-    y0 = (y0 + pad).clamp(min=0).tolist()
-    for index, (left, top, w, h) in enumerate(zip(x0, y0, box_w.tolist(), box_h.tolist())):
-        crop = source[index:index + 1, :, top:top + h, left:left + w]
-        if crop.shape[-2:] == (height, width):
-            target[index] = crop[0]
-        else:
-            target[index] = F.interpolate(crop, size=(height, width), mode="bilinear", antialias=True,
-                                          align_corners=False)[0]
+    for index in range(n):
+        x0, y0, w, h = left[index], top[index], box_w[index], box_h[index]
+        if (h, w) == (height, width):
+            sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + w, width), min(y0 + h, height)
+            if sx1 > sx0 and sy1 > sy0:
+                target[index, :, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = source[index, :, sy0:sy1, sx0:sx1]
+            continue
+        x0, y0 = min(max(x0, 0), width - w), min(max(y0, 0), height - h)
+        crop = source[index:index + 1, :, y0:y0 + h, x0:x0 + w]
+        target[index] = F.interpolate(crop, size=(height, width), mode="bilinear", antialias=True,
+                                      align_corners=False)[0]
     return output
 
 
-def _flip(images: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor) -> torch.Tensor:
-    """Flip the chosen images of an (N, H, W, C) batch; cheap in uint8."""
-    device = images.device
-    if hflip.any():
-        images = torch.where(hflip.to(device)[:, None, None, None], images.flip(2), images)
-    if vflip.any():
-        images = torch.where(vflip.to(device)[:, None, None, None], images.flip(1), images)
+def _flip(images: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor, owned: bool) -> torch.Tensor:
+    """Flip the chosen images of an (N, H, W, C) batch, copying only those.
+
+    ``owned`` says the batch is a fresh tensor that may be changed in place;
+    otherwise it is the caller's and is copied first.
+    """
+    for chosen, dim in ((hflip, 2), (vflip, 1)):
+        if chosen.any():
+            if not owned:
+                images, owned = images.clone(), True
+            rows = torch.nonzero(chosen).flatten().to(images.device)
+            images[rows] = images[rows].flip(dim)
     return images
 
 
@@ -137,7 +145,7 @@ def _warp_affine(images: torch.Tensor, params: dict) -> torch.Tensor:
     theta[:, 1, 2] = params["cy"] / height * 2 - 1
     source = images.permute(0, 3, 1, 2).float()
     grid = F.affine_grid(theta.to(images.device), list(source.shape), align_corners=False)
-    warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return warped.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 

@@ -58,21 +58,19 @@ def inspect(
     *,
     out: str | Path | None = None,
     archive: str | Path | None = None,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    seed: int = 0,
-    group_by: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int | None = None,
 ) -> InspectResult:
-    """Check every file of ``source`` and summarise the dataset.
+    """Check every file of ``source`` and summarise the dataset as it is.
 
+    Splits are reported as the data gives them (folders or a ``split``
+    column; "unsplit" otherwise): carving a validation split is a training
+    decision, and leakage is only meaningful between splits the user made.
     Writes ``report.json``, ``samples.png`` (the first images of each class)
     and, when files are broken, ``broken_files.txt`` into ``out`` (default
     ``inspect-<dataset name>/``).
     """
-    dataset = load_dataset(source, archive=archive, val_fraction=val_fraction, test_fraction=test_fraction,
-                           seed=seed, group_by=group_by)
+    dataset = load_source(source, Path(archive) if archive else None)
     cache = build_cache([item.path for item in dataset.items], size=None, max_pixels=max_pixels,
                         workers=workers, source=dataset.source, description="Checking images")
     report = inspect_dataset(dataset, cache)

@@ -37,11 +37,7 @@ _debug = os.environ.get("IMGCLF_DEBUG") == "1"
 Source = Annotated[str, typer.Argument(help="A folder of class folders, a CSV manifest, or cifar10 / cifar100.",
                                        show_default=False)]
 ArchiveOption = Annotated[Optional[Path], typer.Option("--from", help="Local copy of the CIFAR archive (no download).")]
-ValFraction = Annotated[float, typer.Option(help="Share of unsplit images carved out for validation.")]
-TestFraction = Annotated[float, typer.Option(help="Share carved out for test when neither val nor test is given.")]
 Seed = Annotated[int, typer.Option(help="Seed for splits and augmentation.")]
-GroupBy = Annotated[Optional[str], typer.Option(
-    help="Regex on file names; images with the same match (or first group) stay on one side of the split.")]
 
 
 def _version(value: bool) -> None:
@@ -66,16 +62,11 @@ def inspect(
     source: Source,
     out: Annotated[Optional[Path], typer.Option(help="Folder for report.json, samples.png, broken_files.txt.")] = None,
     archive: ArchiveOption = None,
-    val_fraction: ValFraction = 0.1,
-    test_fraction: TestFraction = 0.1,
-    seed: Seed = 0,
-    group_by: GroupBy = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs).")] = DEFAULT_MAX_PIXELS,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
-    """Count classes per split, check every file, find duplicates and leakage."""
-    result = api.inspect(source, out=out, archive=archive, val_fraction=val_fraction, test_fraction=test_fraction,
-                         seed=seed, group_by=group_by, max_pixels=max_pixels)
+    """Count classes per split as given, check every file, find duplicates and leakage."""
+    result = api.inspect(source, out=out, archive=archive, max_pixels=max_pixels)
     if as_json:
         print(json.dumps(result.report.to_json(), indent=2))
         return
@@ -84,7 +75,9 @@ def inspect(
 
 def _print_report(result: api.InspectResult) -> None:
     report = result.report
-    table = Table(title=f"{report.source}: {len(report.classes)} classes", title_justify="left")
+    console.print(f"[bold]{report.source}[/]: {len(report.classes)} classes, "
+                  f"{sum(report.split_totals.values()):,} images", soft_wrap=True)
+    table = Table()
     table.add_column("class")
     for split in report.splits:
         table.add_column(split, justify="right")

@@ -66,8 +66,8 @@ def test_inspect_json_on_stdout(class_folder: Path, tmp_path: Path) -> None:
     result = imgclf("inspect", str(class_folder), "--json", "--out", str(tmp_path / "o"))
     report = json.loads(result.stdout)
     assert report["classes"] == ["blue", "green", "red"]
-    assert report["splits"] == {"train": 24, "val": 3, "test": 3}
-    assert report["counts"]["red"] == {"train": 8, "val": 1, "test": 1}
+    assert report["splits"] == {"unsplit": 30}, "inspect reports the data as given, without carving splits"
+    assert report["counts"]["red"] == {"unsplit": 10}
 
 
 def test_inspect_finds_leakage_across_given_splits(tmp_path: Path) -> None:
@@ -93,13 +93,13 @@ def test_inspect_cifar_from_local_archive(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["classes"] == ["airplane", "automobile", "bird"]
-    assert set(report["splits"]) == {"train", "val", "test"}
+    assert report["splits"] == {"train": 15, "test": 3}
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["inspect", "no/such/folder"], "no/such/folder does not exist"),
-    (["inspect", "{data}", "--val-fraction", "0.7", "--test-fraction", "0.5"], "leaves nothing to train on"),
-    (["inspect", "{data}", "--group-by", "("], "--group-by '(' is not a valid regular expression"),
+    (["inspect", "{data}", "--from", "x.tar.gz"], "--from is only for cifar10 / cifar100"),
+    (["inspect", "{data}/red/000.png"], "is a file but not a .csv manifest"),
     (["preview-augment", "{data}", "--augment", "wild"], "--augment 'wild' is not a preset"),
     (["preview-augment", "{data}", "--index", "999"], "--index 999 is out of range"),
 ])

@@ -85,7 +85,7 @@ def inspect_dataset(dataset: ImageDataset, cache: ImageCache) -> InspectReport:
     report = InspectReport(
         source=dataset.source,
         classes=dataset.classes,
-        splits=dataset.splits,
+        splits=dataset.splits + (["unsplit"] if any(item.split is None for item in dataset.items) else []),
         counts=counts,
         multilabel=dataset.multilabel,
         sizes=_size_stats(cache.widths[ok], cache.heights[ok]),

@@ -75,28 +75,32 @@ def inspect(
                         workers=workers, source=dataset.source, description="Checking images")
     report = inspect_dataset(dataset, cache)
     out_dir = Path(out) if out else Path(f"inspect-{_slug(dataset.source)}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ImgclfError(f"--out {out_dir} is a file; give a folder for the inspect report")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2))
-    broken_list = None
+    broken_list = out_dir / "broken_files.txt"
+    broken_list.unlink(missing_ok=True)  # a list from an earlier run would no longer be true
     if report.broken:
-        broken_list = out_dir / "broken_files.txt"
         broken_list.write_text("".join(f"{path}\t{reason}\n" for path, reason in report.broken))
+    else:
+        broken_list = None
     good = dataset.with_items([item for item, ok in zip(dataset.items, cache.ok) if ok])
-    samples = _save_samples(good, out_dir / "samples.png") if good.items else None
+    samples = _save_samples(good, out_dir / "samples.png", max_pixels) if good.items else None
     return InspectResult(report=report, out=out_dir, samples=samples, broken_list=broken_list)
 
 
 def _slug(source: str) -> str:
-    name = Path(source).stem if source else "dataset"
+    name = Path(source).name if source else "dataset"
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name) or "dataset"
 
 
-def _save_samples(dataset: ImageDataset, path: Path) -> Path:
-    chosen = sample_items(dataset)
+def _save_samples(dataset: ImageDataset, path: Path, max_pixels: int) -> Path:
     size = (SAMPLE_GRID_SIZE, SAMPLE_GRID_SIZE)
-    images = [decode_file(item.path, size, policy="pad").pixels for item in chosen]
-    titles = [" | ".join(item.labels) for item in chosen]
-    return save_image_grid([image for image in images if image is not None], titles, path,
+    decoded = [(decode_file(item.path, size, policy="pad", max_pixels=max_pixels).pixels, " | ".join(item.labels))
+               for item in sample_items(dataset)]
+    shown = [(pixels, title) for pixels, title in decoded if pixels is not None]
+    return save_image_grid([pixels for pixels, _ in shown], [title for _, title in shown], path,
                            title=f"{Path(dataset.source).name}: first images of each class")
 
 
@@ -126,11 +130,14 @@ def preview_augment(
     probe = decode_file(item.path, grayscale=grayscale)
     if probe.error:
         raise ImgclfError(f"{item.path} cannot be decoded ({probe.error}); pick another --index")
-    side = image_size or min(224, max(probe.width, probe.height))
+    if image_size is not None and image_size < 1:
+        raise ImgclfError(f"--image-size {image_size} must be a positive number of pixels, e.g. 224")
+    side = image_size if image_size is not None else min(224, max(probe.width, probe.height))
     pixels = decode_file(item.path, (side, side), grayscale=grayscale).pixels
     batch = torch.from_numpy(np.repeat(pixels[None], 9, axis=0))
     augmented = augment_batch(batch, config, torch.Generator().manual_seed(seed))
     tiles = [tile.permute(1, 2, 0).clamp(0, 1).numpy() for tile in augmented]
     titles = ["original"] + [f"{augment} #{k}" for k in range(1, 9)]
     tiles[0] = pixels
-    return save_image_grid(tiles, titles, Path(out), title=f"{item.path.name} ({item.label}), augment={augment}")
+    out = Path(out) if Path(out).suffix else Path(out).with_suffix(".png")
+    return save_image_grid(tiles, titles, out, title=f"{item.path.name} ({item.label}), augment={augment}")

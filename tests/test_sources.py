@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from imgclf.data.sources import ImageDataset, Item, load_source, read_folder, read_manifest, write_manifest
 from imgclf.errors import ImgclfError
@@ -377,3 +378,28 @@ def test_load_source_archive_with_a_path_source(tmp_path: Path) -> None:
         load_source(str(root), archive=archive)
     with pytest.raises(ImgclfError, match="--from"):
         load_source(str(tmp_path / "does-not-exist"), archive=archive)
+
+
+def test_symlinked_class_folders_are_followed(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere" / "dog"
+    elsewhere.mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(elsewhere / "d.png")
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "data" / "cat" / "c.png")
+    (tmp_path / "data" / "dog").symlink_to(elsewhere, target_is_directory=True)
+    (tmp_path / "data" / "cat" / "loop").symlink_to(tmp_path / "data", target_is_directory=True)
+    assert read_folder(tmp_path / "data").classes == ["cat", "dog"]
+
+
+def test_split_folders_mixed_with_other_folders_is_an_error(tmp_path: Path) -> None:
+    for folder in ("train/cat", "test/cat", "unlabeled/cat"):
+        (tmp_path / folder).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / folder / "x.png")
+    with pytest.raises(ImgclfError, match="mixes split folders .*unlabeled"):
+        read_folder(tmp_path)
+
+
+def test_non_utf8_csv_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "latin.csv").write_bytes("path,label\ncaf\xe9.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ImgclfError, match="not UTF-8"):
+        read_manifest(tmp_path / "latin.csv")

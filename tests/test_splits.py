@@ -249,3 +249,15 @@ def test_group_by_optional_group_that_matched_nothing_leaves_images_alone() -> N
     assert all(len(split_set) == 1 for split_set in sides.values())
     loose = Counter(item.split for item in result.items if item.path.name.startswith("x_"))
     assert len(loose) > 1, "loose images are not lumped into one group"
+
+
+def test_large_groups_still_fill_val_and_test() -> None:
+    items = [Item(Path(f"/d/sku{c}{g}_{n}.jpg"), (f"class{c}",)) for c in range(5) for g in range(4) for n in range(10)]
+    dataset = ImageDataset(items=items, classes=[f"class{c}" for c in range(5)])
+    result = assign_splits(dataset, group_by=r"^(sku\d+)_")
+    counts = {split: len(result.split_items(split)) for split in ("train", "val", "test")}
+    assert counts["val"] > 0 and counts["test"] > 0 and counts["train"] > counts["val"]
+    groups: dict[str, set[str]] = {}
+    for item in result.items:
+        groups.setdefault(item.path.name.split("_")[0], set()).add(item.split)
+    assert all(len(splits) == 1 for splits in groups.values())

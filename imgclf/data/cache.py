@@ -136,8 +136,13 @@ def _write(directory: Path, files: list[Path], size: tuple[int, int] | None, pol
         index = {"version": CACHE_VERSION, "family": family, "files": len(files),
                  "size": list(size) if size else None, "policy": policy, "grayscale": grayscale}
         (tmp / "index.json").write_text(json.dumps(index))
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(tmp, directory)
+        try:
+            os.rename(tmp, directory)
+        except OSError:
+            # another process finished the same entry first: theirs is as good as ours
+            if not (directory / "index.json").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

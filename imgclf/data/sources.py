@@ -130,7 +130,16 @@ def read_folder(root: Path) -> ImageDataset:
     top_dirs = [entry for entry in _visible_entries(root) if entry.is_dir()]
     if not top_dirs:
         raise ImgclfError(f"{root} has no sub-folders; put images in one folder per class, e.g. {root}/cat/1.jpg")
-    split_layout = all(entry.name.lower() in SPLIT_ALIASES for entry in top_dirs)
+    split_names = [entry.name for entry in top_dirs if entry.name.lower() in SPLIT_ALIASES]
+    split_layout = len(split_names) == len(top_dirs)
+    # one folder named like a split ("train" next to "car", "bus") is a class;
+    # train plus val/test next to other folders is a layout mistake
+    if not split_layout and len({SPLIT_ALIASES[name.lower()] for name in split_names}) > 1:
+        others = [entry.name for entry in top_dirs if entry.name.lower() not in SPLIT_ALIASES]
+        raise ImgclfError(
+            f"{root} mixes split folders ({', '.join(split_names)}) with other folders ({', '.join(others[:5])}); "
+            "move those into train/val/test or out of the dataset folder"
+        )
     items: list[Item] = []
     ignored: list[Path] = []
     if split_layout:
@@ -166,7 +175,15 @@ def _walk_class_folders(root: Path, split: str | None) -> tuple[list[Item], list
     """
     items: list[Item] = []
     ignored: list[Path] = []
-    for folder, dirnames, filenames in os.walk(root):
+    seen: set[str] = set()
+    # followlinks: a class folder may be a symlink into shared storage; the
+    # visited set stops a link that points back up the tree from looping.
+    for folder, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
         folder_path = Path(folder)
         label = folder_path.relative_to(root).as_posix()
@@ -189,6 +206,15 @@ def read_manifest(csv_path: Path) -> ImageDataset:
     other unreadable files instead of failing the whole run.
     """
     csv_path = csv_path.resolve()
+    try:
+        return _read_manifest_rows(csv_path)
+    except UnicodeDecodeError:
+        raise ImgclfError(f"{csv_path} is not UTF-8 text; save it as UTF-8 (CSV UTF-8 in spreadsheet programs)") from None
+    except csv.Error as error:
+        raise ImgclfError(f"{csv_path} is not a readable CSV ({error}); check quoting and separators") from None
+
+
+def _read_manifest_rows(csv_path: Path) -> ImageDataset:
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = [name.strip().lower() for name in reader.fieldnames or []]

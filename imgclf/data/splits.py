@@ -123,9 +123,14 @@ def _allocate(sizes: dict[tuple[str, ...], int], fraction: float) -> dict[tuple[
 
 
 def _next_split(targets: dict[str, int], filled: dict[str, int], size: int, units_left: int) -> str:
-    """Test first, then val, until each reaches its target; the last unit always trains."""
+    """Test first, then val, until each reaches its target; the last unit always trains.
+
+    A group larger than what is left of a target still goes in (overshooting
+    it) rather than leaving the split empty when groups are big.
+    """
+    del size  # whole groups are placed as they come; see above
     if units_left > 1:
         for split in ("test", "val"):
-            if filled[split] < targets[split] and filled[split] + size <= max(targets[split], 1) * 1.5:
+            if filled[split] < targets[split]:
                 return split
     return "train"

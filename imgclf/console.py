@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
-
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -14,8 +11,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-
-T = TypeVar("T")
 
 # stderr, so that `--json` and other machine output on stdout stays clean.
 console = Console(stderr=True, highlight=False)
@@ -34,12 +29,3 @@ def progress_bar(transient: bool = False) -> Progress:
         transient=transient,
         disable=not console.is_terminal and console.quiet,
     )
-
-
-def track(items: Iterable[T], total: int, description: str) -> Iterator[T]:
-    """Iterate over ``items`` while showing a progress bar with an ETA."""
-    with progress_bar() as bar:
-        task = bar.add_task(description, total=total)
-        for item in items:
-            yield item
-            bar.advance(task)

@@ -19,7 +19,6 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 ResizePolicy = Literal["squash", "crop", "pad"]
-RESIZE_POLICIES: tuple[str, ...] = ("squash", "crop", "pad")
 # Pillow's own bomb limit is a warning up to twice this; we refuse above it.
 DEFAULT_MAX_PIXELS = 89_478_485
 # Transparent areas become white: product shots with cut-out backgrounds are

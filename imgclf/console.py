@@ -27,5 +27,4 @@ def progress_bar(transient: bool = False) -> Progress:
         TimeElapsedColumn(),
         console=console,
         transient=transient,
-        disable=not console.is_terminal and console.quiet,
     )

@@ -263,34 +263,16 @@ def test_manifest_header_only_is_an_error(tmp_path: Path) -> None:
         read_manifest(csv_path)
 
 
-def test_manifest_empty_label_names_csv_and_row(tmp_path: Path) -> None:
-    csv_path = write_csv(tmp_path / "m.csv", "path,label\na.jpg,cat\nb.jpg,\n")
-    with pytest.raises(ImgclfError, match=r"m\.csv:3: no label for b\.jpg"):
-        read_manifest(csv_path)
-
-
-def test_manifest_empty_multilabel_names_csv_and_row(tmp_path: Path) -> None:
-    csv_path = write_csv(tmp_path / "m.csv", "path,labels\na.jpg,cat\nb.jpg,dog\nc.jpg, | \n")
-    with pytest.raises(ImgclfError, match=r"m\.csv:4: no label"):
-        read_manifest(csv_path)
-
-
-def test_manifest_empty_path_names_csv_and_row(tmp_path: Path) -> None:
-    csv_path = write_csv(tmp_path / "m.csv", "path,label\n ,cat\n")
-    with pytest.raises(ImgclfError, match=r"m\.csv:2: empty path"):
-        read_manifest(csv_path)
-
-
-def test_manifest_bad_split_names_csv_and_row(tmp_path: Path) -> None:
-    csv_path = write_csv(tmp_path / "m.csv", "path,label,split\na.jpg,cat,train\nb.jpg,cat,holdout\n")
-    with pytest.raises(ImgclfError, match=r"m\.csv:3: split 'holdout'"):
-        read_manifest(csv_path)
-
-
-def test_manifest_row_number_counts_file_lines_past_blank_lines(tmp_path: Path) -> None:
-    csv_path = write_csv(tmp_path / "m.csv", "path,label\na.jpg,cat\n\nb.jpg,\n")
-    with pytest.raises(ImgclfError, match=r"m\.csv:4:"):
-        read_manifest(csv_path)
+@pytest.mark.parametrize(("text", "message"), [
+    ("path,label\na.jpg,cat\nb.jpg,\n", r"m\.csv:3: no label for b\.jpg"),
+    ("path,labels\na.jpg,cat\nb.jpg,dog\nc.jpg, | \n", r"m\.csv:4: no label"),
+    ("path,label\n ,cat\n", r"m\.csv:2: empty path"),
+    ("path,label,split\na.jpg,cat,train\nb.jpg,cat,holdout\n", r"m\.csv:3: split 'holdout'"),
+    ("path,label\na.jpg,cat\n\nb.jpg,\n", r"m\.csv:4:"),  # file lines, counted past blank lines
+])
+def test_manifest_row_errors_name_csv_and_line(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ImgclfError, match=message):
+        read_manifest(write_csv(tmp_path / "m.csv", text))
 
 
 def test_manifest_keeps_missing_files_as_items(tmp_path: Path) -> None:

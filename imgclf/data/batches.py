@@ -46,6 +46,8 @@ class BatchLoader:
     ) -> None:
         if len(rows) != len(targets):
             raise ValueError(f"{len(rows)} rows but {len(targets)} targets")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.pixels = pixels
         self.rows = np.asarray(rows, dtype=np.int64)
         self.targets = targets

@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -127,11 +128,11 @@ def _write(directory: Path, files: list[Path], size: tuple[int, int] | None, pol
         job = _DecodeJob(tmp / "pixels.npy" if size else None, size, policy, grayscale, max_pixels)
         facts = _decode_all(job, files, workers, description)
         np.savez(tmp / "meta.npz",
-                 widths=np.array([f[1] for f in facts], dtype=np.int32),
-                 heights=np.array([f[2] for f in facts], dtype=np.int32),
-                 modes=np.array([f[3] for f in facts], dtype="U8"),
-                 digests=np.array([f[4] for f in facts], dtype="U32"))
-        errors = {str(f[0]): f[5] for f in facts if f[5]}
+                 widths=np.array([f.width for f in facts], dtype=np.int32),
+                 heights=np.array([f.height for f in facts], dtype=np.int32),
+                 modes=np.array([f.mode for f in facts], dtype="U8"),
+                 digests=np.array([f.digest for f in facts], dtype="U32"))
+        errors = {str(f.index): f.error for f in facts if f.error}
         (tmp / "errors.json").write_text(json.dumps(errors))
         index = {"version": CACHE_VERSION, "family": family, "files": len(files),
                  "size": list(size) if size else None, "policy": policy, "grayscale": grayscale}
@@ -148,6 +149,17 @@ def _write(directory: Path, files: list[Path], size: tuple[int, int] | None, pol
         raise
 
 
+class _Facts(NamedTuple):
+    """What a worker sends back for one file (the pixels go straight into the memmap)."""
+
+    index: int
+    width: int
+    height: int
+    mode: str
+    digest: str
+    error: str
+
+
 @dataclass(frozen=True)
 class _DecodeJob:
     """Everything a worker process needs, picklable."""
@@ -158,26 +170,26 @@ class _DecodeJob:
     grayscale: bool
     max_pixels: int
 
-    def run(self, chunk: list[tuple[int, str]]) -> list[tuple[int, int, int, str, str, str]]:
+    def run(self, chunk: list[tuple[int, str]]) -> list[_Facts]:
         pixels = np.load(self.pixels_path, mmap_mode="r+") if self.pixels_path else None
         facts = []
         for index, file in chunk:
             decoded = decode_file(Path(file), self.size, self.policy, self.grayscale, self.max_pixels)
             if pixels is not None and decoded.pixels is not None:
                 pixels[index] = decoded.pixels
-            facts.append((index, decoded.width, decoded.height, decoded.mode, decoded.digest, decoded.error))
+            facts.append(_Facts(index, decoded.width, decoded.height, decoded.mode, decoded.digest, decoded.error))
         if pixels is not None:
             pixels.flush()
         return facts
 
 
-def _decode_all(job: _DecodeJob, files: list[Path], workers: int | None, description: str) -> list[tuple]:
+def _decode_all(job: _DecodeJob, files: list[Path], workers: int | None, description: str) -> list[_Facts]:
     """Decode in parallel processes (Pillow holds the GIL for much of small-image work)."""
     workers = workers or os.cpu_count() or 1
     indexed = [(index, str(file)) for index, file in enumerate(files)]
     chunk_size = max(1, min(512, len(files) // (workers * 8) or 1))
     chunks = [indexed[start:start + chunk_size] for start in range(0, len(indexed), chunk_size)]
-    facts: list[tuple] = []
+    facts: list[_Facts] = []
     with progress_bar() as bar:
         task = bar.add_task(description, total=len(files))
         if workers == 1 or len(files) < PARALLEL_THRESHOLD:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.data.cache import ImageCache
-from imgclf.data.sources import ImageDataset, Item, label_histogram
+from imgclf.data.sources import UNSPLIT, ImageDataset, Item, label_histogram
 
 # A class with under a fifth of the largest class's images is flagged:
 # below that, an unweighted loss mostly ignores it.
@@ -85,7 +85,7 @@ def inspect_dataset(dataset: ImageDataset, cache: ImageCache) -> InspectReport:
     report = InspectReport(
         source=dataset.source,
         classes=dataset.classes,
-        splits=dataset.splits + (["unsplit"] if any(item.split is None for item in dataset.items) else []),
+        splits=dataset.splits + ([UNSPLIT] if any(item.split is None for item in dataset.items) else []),
         counts=counts,
         multilabel=dataset.multilabel,
         sizes=_size_stats(cache.widths[ok], cache.heights[ok]),

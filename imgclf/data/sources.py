@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from imgclf.data.cifar import CIFAR_NAMES, prepare_cifar
 from imgclf.errors import ImgclfError
 
 IMAGE_EXTENSIONS = frozenset(
@@ -37,6 +38,7 @@ SPLIT_ALIASES = {
     "testing": "test",
 }
 MULTILABEL_SEPARATOR = "|"
+UNSPLIT = "unsplit"  # the count column for items that have no split yet
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ class ImageDataset:
         counts: dict[str, dict[str, int]] = {name: dict.fromkeys(self.splits, 0) for name in self.classes}
         for item in self.items:
             for label in item.labels:
-                split = item.split or "unsplit"
+                split = item.split or UNSPLIT
                 counts[label][split] = counts[label].get(split, 0) + 1
         return counts
 
@@ -98,8 +100,6 @@ def load_source(spec: str | os.PathLike[str], archive: Path | None = None) -> Im
     ``archive`` is a local copy of the CIFAR archive (the CLI's ``--from``);
     without it the archive is downloaded once when a CIFAR name is given.
     """
-    from imgclf.data.cifar import CIFAR_NAMES, prepare_cifar
-
     text = str(spec)
     if text.lower() in CIFAR_NAMES and not Path(text).exists():
         dataset = read_folder(prepare_cifar(text.lower(), archive))

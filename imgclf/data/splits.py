@@ -23,6 +23,7 @@ from __future__ import annotations
 import random
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 
 from imgclf.data.sources import ImageDataset, Item
@@ -61,7 +62,7 @@ def _check_fractions(val_fraction: float, test_fraction: float) -> None:
         )
 
 
-def _grouper(group_by: str | None):
+def _grouper(group_by: str | None) -> Callable[[Item], str]:
     """Map an item to its group key: the pattern's first group, else its whole match."""
     if group_by is None:
         return lambda item: str(item.path)
@@ -84,7 +85,8 @@ def _grouper(group_by: str | None):
     return key
 
 
-def _stratified_split(pool: list[Item], carve: dict[str, float], seed: int, group_key) -> list[Item]:
+def _stratified_split(pool: list[Item], carve: dict[str, float], seed: int,
+                      group_key: Callable[[Item], str]) -> list[Item]:
     """Split ``pool`` by whole groups, stratum by stratum (label set of the group's first image)."""
     groups: dict[str, list[Item]] = defaultdict(list)
     for item in sorted(pool, key=lambda item: str(item.path)):
@@ -103,7 +105,7 @@ def _stratified_split(pool: list[Item], carve: dict[str, float], seed: int, grou
         filled = dict.fromkeys(carve, 0)
         for position, unit in enumerate(units):
             split = _next_split({name: per_stratum[stratum] for name, per_stratum in targets.items()}, filled,
-                                len(unit), units_left=len(units) - position)
+                                units_left=len(units) - position)
             filled[split] = filled.get(split, 0) + len(unit)
             result += [replace(item, split=split) for item in unit]
     return result
@@ -122,13 +124,12 @@ def _allocate(sizes: dict[tuple[str, ...], int], fraction: float) -> dict[tuple[
     return counts
 
 
-def _next_split(targets: dict[str, int], filled: dict[str, int], size: int, units_left: int) -> str:
+def _next_split(targets: dict[str, int], filled: dict[str, int], units_left: int) -> str:
     """Test first, then val, until each reaches its target; the last unit always trains.
 
     A group larger than what is left of a target still goes in (overshooting
     it) rather than leaving the split empty when groups are big.
     """
-    del size  # whole groups are placed as they come; see above
     if units_left > 1:
         for split in ("test", "val"):
             if filled[split] < targets[split]:

@@ -141,3 +141,50 @@ def preview_augment(
     tiles[0] = pixels
     out = Path(out) if Path(out).suffix else Path(out).with_suffix(".png")
     return save_image_grid(tiles, titles, out, title=f"{item.path.name} ({item.label}), augment={augment}")
+
+
+def train(
+    data: str | Path | None = None,
+    *,
+    config: str | Path | None = None,
+    archive: str | Path | None = None,
+    overwrite: bool = False,
+    resume: str | Path | None = None,
+    dry_run: bool = False,
+    **options: object,
+):
+    """Train a classifier on ``data``; every option is a :class:`~imgclf.config.TrainConfig` field.
+
+    >>> run = imgclf.train("photos/", epochs=5)       # doctest: +SKIP
+    >>> run.metrics["test_accuracy"]                  # doctest: +SKIP
+
+    ``config`` is a YAML file of the same names (explicit options win);
+    ``resume`` continues an interrupted run exactly; ``dry_run`` returns the
+    resolved :class:`TrainConfig` without training.
+    """
+    from imgclf.config import make_config
+    from imgclf.training import plan
+    from imgclf.training import train as run_training
+
+    if resume is not None:
+        if data is not None or options or config is not None:
+            raise ImgclfError("--resume continues a run with its saved config; drop the other options")
+        return run_training(make_config(), resume=resume)
+    settings = make_config(config, **({"data": str(data)} if data is not None else {}), **options)
+    if dry_run:
+        return plan(settings, archive)[0]
+    return run_training(settings, archive=archive, overwrite=overwrite)
+
+
+def load(path: str | Path, device: str = "auto"):
+    """A classifier from a bundle folder or a run directory: ``load("runs/shop").predict("cat.jpg")``."""
+    from imgclf.deploy.classifier import Classifier
+
+    return Classifier.load(path, device=device)
+
+
+def models(filter: str = "") -> list:
+    """Every model name ``train`` accepts (ours and timm's) matching ``filter``, with weight availability."""
+    from imgclf.models import list_models
+
+    return list_models(filter)

@@ -117,6 +117,137 @@ def preview_augment(
     console.print(f"wrote {path}")
 
 
+Opt = typer.Option  # brevity for the long option lists below
+
+
+@app.command(epilog="Examples: imgclf train photos/ --out runs/shop  |  imgclf train cifar10 --time-budget 5m  |  "
+                    "imgclf train photos/ --model resnet50 --pretrained --weights resnet50.safetensors --strategy finetune  |  "
+                    "imgclf train --resume runs/shop")
+def train(
+    data: Annotated[Optional[str], typer.Argument(help="A folder of class folders, a CSV manifest, or cifar10 / cifar100.",
+                                                  show_default=False)] = None,
+    out: Annotated[Optional[str], Opt(help="Run directory (default: runs/<data name>).", rich_help_panel="Run")] = None,
+    config: Annotated[Optional[Path], Opt(help="YAML file of options (same names); flags win.", rich_help_panel="Run")] = None,
+    resume: Annotated[Optional[Path], Opt(help="Continue an interrupted run exactly.", rich_help_panel="Run")] = None,
+    overwrite: Annotated[bool, Opt(help="Replace an existing --out run.", rich_help_panel="Run")] = False,
+    dry_run: Annotated[bool, Opt(help="Print the resolved config and exit.", rich_help_panel="Run")] = False,
+    model: Annotated[Optional[str], Opt(help="Model name (imgclf models lists them); default chosen from the data.",
+                                        rich_help_panel="Model")] = None,
+    model_arg: Annotated[Optional[list[str]], Opt(help="Model argument KEY=VALUE, repeatable (e.g. widths=[32,64,64]).",
+                                                  rich_help_panel="Model")] = None,
+    pretrained: Annotated[Optional[bool], Opt("--pretrained/--no-pretrained", help="Start from pretrained weights.",
+                                              rich_help_panel="Model", show_default=False)] = None,
+    weights: Annotated[Optional[str], Opt(help="Weights file (.safetensors or .pth) for --pretrained.",
+                                          rich_help_panel="Model")] = None,
+    strategy: Annotated[Optional[str], Opt(help="auto, scratch, probe, finetune or two-stage.", rich_help_panel="Model")] = None,
+    probe_epochs: Annotated[Optional[float], Opt(help="Epochs of the probe stage in two-stage.", rich_help_panel="Model")] = None,
+    backbone_lr_scale: Annotated[Optional[float], Opt(help="Backbone learning rate relative to the head when fine-tuning.",
+                                                      rich_help_panel="Model")] = None,
+    image_size: Annotated[Optional[int], Opt(help="Input side in pixels.", rich_help_panel="Data")] = None,
+    resize: Annotated[Optional[str], Opt(help="squash, crop or pad.", rich_help_panel="Data")] = None,
+    grayscale: Annotated[Optional[bool], Opt("--grayscale", help="Train on one grey channel.", rich_help_panel="Data",
+                                             show_default=False)] = None,
+    val_fraction: Annotated[Optional[float], Opt(help="Share of train carved out for validation if none given.",
+                                                 rich_help_panel="Data")] = None,
+    test_fraction: Annotated[Optional[float], Opt(help="Share carved out for test if no val/test given.",
+                                                  rich_help_panel="Data")] = None,
+    group_by: Annotated[Optional[str], Opt(help="Regex on the path; matching groups stay in one split.",
+                                           rich_help_panel="Data")] = None,
+    seed: Annotated[Optional[int], Opt(help="Seed for split, initialisation, order and augmentation.",
+                                       rich_help_panel="Data")] = None,
+    augment: Annotated[Optional[str], Opt(help=f"Augmentation preset: {', '.join(PRESETS)}.", rich_help_panel="Data")] = None,
+    mixup: Annotated[Optional[float], Opt(help="Mixup Beta alpha (0 = off).", rich_help_panel="Data")] = None,
+    cutmix: Annotated[Optional[float], Opt(help="CutMix Beta alpha (0 = off).", rich_help_panel="Data")] = None,
+    class_weights: Annotated[Optional[str], Opt(help="none or auto (inverse-frequency loss weights).",
+                                                rich_help_panel="Data")] = None,
+    balanced_sampling: Annotated[Optional[bool], Opt("--balanced-sampling", help="Draw classes equally often.",
+                                                     rich_help_panel="Data", show_default=False)] = None,
+    max_pixels: Annotated[Optional[int], Opt(help="Refuse images with more pixels.", rich_help_panel="Data")] = None,
+    workers: Annotated[Optional[int], Opt(help="Decoding processes (default: CPU count).", rich_help_panel="Data")] = None,
+    epochs: Annotated[Optional[float], Opt(help="Epochs (fractions allowed).", rich_help_panel="Schedule")] = None,
+    time_budget: Annotated[Optional[str], Opt(help="Train to a wall-clock budget, e.g. 5m; fits the schedule.",
+                                              rich_help_panel="Schedule")] = None,
+    batch_size: Annotated[Optional[int], Opt(help="Images per step.", rich_help_panel="Schedule")] = None,
+    optimizer: Annotated[Optional[str], Opt(help="adamw or sgd (Nesterov).", rich_help_panel="Schedule")] = None,
+    lr: Annotated[Optional[float], Opt(help="Peak learning rate.", rich_help_panel="Schedule")] = None,
+    momentum: Annotated[Optional[float], Opt(help="SGD momentum / AdamW beta1.", rich_help_panel="Schedule")] = None,
+    weight_decay: Annotated[Optional[float], Opt(help="Weight decay (not on norms and biases).",
+                                                 rich_help_panel="Schedule")] = None,
+    bias_lr_scale: Annotated[Optional[float], Opt(help="Learning-rate multiplier for biases and norms.",
+                                                  rich_help_panel="Schedule")] = None,
+    schedule: Annotated[Optional[str], Opt(help="onecycle, cosine or constant.", rich_help_panel="Schedule")] = None,
+    warmup_epochs: Annotated[Optional[float], Opt(help="Linear warm-up length.", rich_help_panel="Schedule")] = None,
+    label_smoothing: Annotated[Optional[float], Opt(help="Label smoothing.", rich_help_panel="Schedule")] = None,
+    grad_clip: Annotated[Optional[float], Opt(help="Clip the gradient norm to this.", rich_help_panel="Schedule")] = None,
+    ema: Annotated[Optional[bool], Opt("--ema/--no-ema", help="Keep an exponential moving average of the weights.",
+                                       rich_help_panel="Schedule", show_default=False)] = None,
+    ema_decay: Annotated[Optional[float], Opt(help="EMA decay per step.", rich_help_panel="Schedule")] = None,
+    tta: Annotated[Optional[bool], Opt("--tta/--no-tta", help="Flip test-time augmentation in evaluation and predict.",
+                                       rich_help_panel="Schedule", show_default=False)] = None,
+    early_stopping: Annotated[Optional[int], Opt(help="Stop after this many epochs without improvement.",
+                                                 rich_help_panel="Schedule")] = None,
+    monitor: Annotated[Optional[str], Opt(help="val_accuracy or val_loss.", rich_help_panel="Schedule")] = None,
+    device: Annotated[Optional[str], Opt(help="auto, cpu or cuda.", rich_help_panel="Machine")] = None,
+    precision: Annotated[Optional[str], Opt(help="auto, fp32, bf16 or fp16.", rich_help_panel="Machine")] = None,
+    compile: Annotated[Optional[bool], Opt("--compile", help="torch.compile the model.", rich_help_panel="Machine",
+                                           show_default=False)] = None,
+    channels_last: Annotated[Optional[bool], Opt("--channels-last/--no-channels-last", help="Channels-last memory layout.",
+                                                 rich_help_panel="Machine", show_default=False)] = None,
+    archive: ArchiveOption = None,
+) -> None:
+    """Train a classifier: good defaults from the data, every choice a flag, a model bundle at the end."""
+    options = {name: value for name, value in locals().items()
+               if name not in ("data", "config", "resume", "overwrite", "dry_run", "model_arg", "archive")
+               and value is not None}
+    if model_arg:
+        options["model_args"] = _parse_model_args(model_arg)
+    if dry_run:
+        resolved = api.train(data, config=config, archive=archive, dry_run=True, **options)
+        print(resolved.to_yaml(), end="")
+        return
+    if resume is not None:
+        result = api.train(resume=resume, **({"data": data} if data else {}), **options)
+    else:
+        result = api.train(data, config=config, archive=archive, overwrite=overwrite, **options)
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
+def _parse_model_args(pairs: list[str]) -> dict[str, object]:
+    import yaml
+
+    parsed: dict[str, object] = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key.strip():
+            raise ImgclfError(f"--model-arg '{pair}' should be KEY=VALUE, e.g. --model-arg dropout=0.2")
+        try:
+            parsed[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ImgclfError(f"--model-arg '{pair}': cannot read the value; write numbers, true/false or [a, b]") from None
+    return parsed
+
+
+@app.command(epilog="Examples: imgclf models  |  imgclf models efficientnet  |  imgclf models 'resnet*' --pretrained")
+def models(
+    filter: Annotated[str, typer.Argument(help="Substring or pattern (*, ?) of model names.")] = "",
+    pretrained_only: Annotated[bool, typer.Option("--pretrained", help="Only models with weights on this machine.")] = False,
+) -> None:
+    """List the models train accepts, marking those with pretrained weights available here."""
+    found = [info for info in api.models(filter) if info.pretrained or not pretrained_only]
+    if not found:
+        raise ImgclfError(f"no model name matches '{filter}'; try a shorter filter, e.g. imgclf models resnet")
+    table = Table()
+    table.add_column("model")
+    table.add_column("family")
+    table.add_column("size", justify="right")
+    table.add_column("pretrained weights here")
+    for info in found:
+        table.add_row(info.name, info.family, str(info.default_size or ""), info.pretrained or "")
+    console.print(table)
+    console.print(f"{len(found):,} model(s); weights come from --weights FILE, offline packages, or timm's hub when online")
+
+
 def main() -> None:
     """Console-script entry point: one-line errors unless --debug."""
     command = typer.main.get_command(app)

@@ -28,3 +28,18 @@ def progress_bar(transient: bool = False) -> Progress:
         console=console,
         transient=transient,
     )
+
+
+def training_progress() -> Progress:
+    """The per-epoch bar of ``train``: steps, running loss and accuracy, images/s and ETA."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[accuracy]:.1%}  {task.fields[speed]:,.0f} img/s"),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )

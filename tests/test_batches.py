@@ -55,3 +55,30 @@ def test_leaving_early_and_errors_do_not_hang() -> None:
     broken.pixels = np.zeros((1, 4, 4, 3), dtype=np.uint8)  # rows point past the end
     with pytest.raises(IndexError):
         list(broken)
+
+
+def test_resuming_mid_epoch_gives_the_same_augmented_batches() -> None:
+    pixels = np.random.default_rng(0).integers(0, 255, (40, 8, 8, 3), dtype=np.uint8)
+    make = lambda: BatchLoader(pixels, np.arange(40), torch.arange(40), 8, PRESETS["strong"], (0.5,) * 3,  # noqa: E731
+                               (0.25,) * 3, seed=3)
+    uninterrupted = make()
+    uninterrupted.set_epoch(2)
+    expected = list(uninterrupted)
+    resumed = make()
+    resumed.set_epoch(2, start_batch=3)
+    got = list(resumed)
+    assert len(got) == 2
+    for (images, targets), (want_images, want_targets) in zip(got, expected[3:]):
+        torch.testing.assert_close(images, want_images)
+        torch.testing.assert_close(targets, want_targets)
+
+
+def test_sample_weights_draw_rows_in_proportion() -> None:
+    n = 100
+    weights = np.where(np.arange(n) < 10, 9.0, 1.0)  # rows 0-9 hold half the weight
+    data = loader(n=n, batch_size=50, shuffle=True, sample_weights=weights[::-1].copy())
+    seen = [row for _ in range(20) for row in rows_seen(data)]
+    share = np.mean(np.array(seen) < 10)
+    assert 0.4 < share < 0.6
+    with pytest.raises(ValueError):
+        loader(sample_weights=np.zeros(50))

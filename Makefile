@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA := examples/cifar10-sample
 DEMO_OUT := runs/demo
 
-.PHONY: install demo test lint clean
+.PHONY: install browser demo test lint clean
 
 install: $(STAMP)
 
@@ -22,8 +22,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/imgclf inspect $(DEMO_DATA) --out $(DEMO_OUT)/inspect
 	$(BIN)/imgclf preview-augment $(DEMO_DATA) --augment standard --out $(DEMO_OUT)/augment-preview.png
+	$(BIN)/imgclf train $(DEMO_DATA) --out $(DEMO_OUT)/train --overwrite --time-budget 1m
 
-test: $(STAMP)
+# Headless Chromium for the browser tests (report.html, the web page). It comes from
+# Debian's packages and needs root; without it those tests skip, except under CI=true.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing chromium (Debian package) for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: chromium is not installed (apt-get install chromium, as root); browser tests will skip"; fi
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -2,7 +2,18 @@
 
 __version__ = "0.1.0"
 
-from imgclf.api import inspect, load, load_dataset, models, preview_augment, train  # noqa: E402  (the public API)
+from imgclf.api import (  # noqa: E402  (the public API)
+    evaluate,
+    inspect,
+    load,
+    load_dataset,
+    models,
+    predict,
+    preview_augment,
+    report,
+    train,
+)
 from imgclf.errors import ImgclfError  # noqa: E402
 
-__all__ = ["ImgclfError", "__version__", "inspect", "load", "load_dataset", "models", "preview_augment", "train"]
+__all__ = ["ImgclfError", "__version__", "evaluate", "inspect", "load", "load_dataset", "models", "predict",
+           "preview_augment", "report", "train"]

@@ -17,7 +17,7 @@ import numpy as np
 from imgclf.data.cache import build_cache
 from imgclf.data.decode import DEFAULT_MAX_PIXELS, decode_file
 from imgclf.data.inspect import InspectReport, inspect_dataset, sample_items
-from imgclf.data.sources import ImageDataset, load_source
+from imgclf.data.sources import ImageDataset, Item, load_source
 from imgclf.data.splits import assign_splits
 from imgclf.errors import ImgclfError
 from imgclf.pictures import save_image_grid
@@ -86,7 +86,7 @@ def inspect(
     else:
         broken_list = None
     good = dataset.with_items([item for item, ok in zip(dataset.items, cache.ok) if ok])
-    samples = _save_samples(good, out_dir / "samples.png", max_pixels) if good.items else None
+    samples = save_samples(good, out_dir / "samples.png", max_pixels) if good.items else None
     return InspectResult(report=report, out=out_dir, samples=samples, broken_list=broken_list)
 
 
@@ -95,7 +95,7 @@ def _slug(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name) or "dataset"
 
 
-def _save_samples(dataset: ImageDataset, path: Path, max_pixels: int) -> Path:
+def save_samples(dataset: ImageDataset, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
     size = (SAMPLE_GRID_SIZE, SAMPLE_GRID_SIZE)
     decoded = [(decode_file(item.path, size, policy="pad", max_pixels=max_pixels).pixels, " | ".join(item.labels))
                for item in sample_items(dataset)]
@@ -116,22 +116,32 @@ def preview_augment(
     grayscale: bool = False,
 ) -> Path:
     """Draw one training image augmented nine times, to see what a preset does."""
+    from imgclf.data.augment_presets import augment_config
+
+    augment_config(augment)  # an unknown preset fails before any file is read
+    dataset = load_dataset(source, archive=archive, seed=seed)
+    train = dataset.split_items("train") or dataset.items
+    if not 0 <= index < len(train):
+        raise ImgclfError(f"--index {index} is out of range; the training split has {len(train)} images (0..{len(train) - 1})")
+    if image_size is not None and image_size < 1:
+        raise ImgclfError(f"--image-size {image_size} must be a positive number of pixels, e.g. 224")
+    out = Path(out) if Path(out).suffix else Path(out).with_suffix(".png")
+    return draw_augmentations(train[index], out, augment=augment, seed=seed, image_size=image_size,
+                              grayscale=grayscale)
+
+
+def draw_augmentations(item: Item, out: Path, *, augment: str, seed: int = 0, image_size: int | None = None,
+                       grayscale: bool = False) -> Path:
+    """One image and eight augmented copies of it in a grid (``preview-augment``, and the run report)."""
     import torch
 
     from imgclf.data.augment import augment_batch
     from imgclf.data.augment_presets import augment_config
 
     config = augment_config(augment)
-    dataset = load_dataset(source, archive=archive, seed=seed)
-    train = dataset.split_items("train") or dataset.items
-    if not 0 <= index < len(train):
-        raise ImgclfError(f"--index {index} is out of range; the training split has {len(train)} images (0..{len(train) - 1})")
-    item = train[index]
     probe = decode_file(item.path, grayscale=grayscale)
     if probe.error:
         raise ImgclfError(f"{item.path} cannot be decoded ({probe.error}); pick another --index")
-    if image_size is not None and image_size < 1:
-        raise ImgclfError(f"--image-size {image_size} must be a positive number of pixels, e.g. 224")
     side = image_size if image_size is not None else min(224, max(probe.width, probe.height))
     pixels = decode_file(item.path, (side, side), grayscale=grayscale).pixels
     batch = torch.from_numpy(np.repeat(pixels[None], 9, axis=0))
@@ -139,7 +149,6 @@ def preview_augment(
     tiles = [tile.permute(1, 2, 0).clamp(0, 1).numpy() for tile in augmented]
     titles = ["original"] + [f"{augment} #{k}" for k in range(1, 9)]
     tiles[0] = pixels
-    out = Path(out) if Path(out).suffix else Path(out).with_suffix(".png")
     return save_image_grid(tiles, titles, out, title=f"{item.path.name} ({item.label}), augment={augment}")
 
 
@@ -176,11 +185,15 @@ def train(
     return run_training(settings, archive=archive, overwrite=overwrite)
 
 
-def load(path: str | Path, device: str = "auto"):
-    """A classifier from a bundle folder or a run directory: ``load("runs/shop").predict("cat.jpg")``."""
+def load(path: str | Path, device: str = "auto", precision: str = "auto", tta: bool | None = None):
+    """A classifier from a bundle folder or a run directory: ``load("runs/shop").predict("cat.jpg")``.
+
+    ``precision`` ``auto`` is bf16 on CPUs with bf16 instructions (as in
+    training); ``tta`` (flip averaging) defaults to what the model trained with.
+    """
     from imgclf.deploy.classifier import Classifier
 
-    return Classifier.load(path, device=device)
+    return Classifier.load(path, device=device, precision=precision, tta=tta)
 
 
 def models(filter: str = "") -> list:
@@ -188,3 +201,45 @@ def models(filter: str = "") -> list:
     from imgclf.models import list_models
 
     return list_models(filter)
+
+
+def evaluate(model: str | Path, data: str | Path | None = None, *, out: str | Path | None = None,
+             split: str | None = None, tta: bool | None = None, label_issues: bool = False, batch_size: int = 64,
+             device: str = "auto"):
+    """Metrics, pictures and (with ``label_issues``) likely label errors of ``model`` on labelled images.
+
+    ``data`` is any source; by default the run's own test split (validation
+    if it has none). Writes ``metrics.json`` and PNGs to ``out`` (default
+    ``RUN/evaluation`` for a run's own split, else ``evaluation-<data name>``).
+    """
+    from imgclf.deploy.classifier import Classifier
+    from imgclf.evaluation.evaluate import evaluate as run_evaluation
+    from imgclf.evaluation.evaluate import evaluation_items
+
+    items, chosen = evaluation_items(model, data, split)
+    classifier = Classifier.load(model, device=device, tta=tta)
+    if out is None:
+        out = (Path(model) / "evaluation") if data is None else Path(f"evaluation-{_slug(str(data))}")
+    return run_evaluation(classifier, items, chosen, Path(out), label_issues=label_issues, batch_size=batch_size)
+
+
+def predict(model: str | Path, inputs: str | Path | list[str | Path], *, top_k: int = 5, min_confidence: float = 0.0,
+            tta: bool | None = None, batch_size: int = 64, device: str = "auto"):
+    """Stream a :class:`~imgclf.deploy.predict.PredictionRow` per image for files, folders, globs or @lists."""
+    from imgclf.deploy.classifier import Classifier
+    from imgclf.deploy.predict import expand_inputs
+
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ImgclfError(f"--min-confidence must be a probability between 0 and 1, got {min_confidence}")
+    if top_k < 1:
+        raise ImgclfError(f"--top-k must be at least 1, got {top_k}")
+    paths = expand_inputs([str(inputs)] if isinstance(inputs, (str, Path)) else [str(entry) for entry in inputs])
+    classifier = Classifier.load(model, device=device, tta=tta)
+    return classifier.predict_files(paths, top_k=top_k, min_confidence=min_confidence, batch_size=batch_size)
+
+
+def report(run: str | Path, *, label_issues: bool = True) -> Path:
+    """Re-evaluate a run on its held-out split and rewrite its ``report.html``; returns the report's path."""
+    from imgclf.evaluation.run_report import report_run
+
+    return report_run(run, label_issues=label_issues)[0]

@@ -248,6 +248,126 @@ def models(
     console.print(f"{len(found):,} model(s); weights come from --weights FILE, offline packages, or timm's hub when online")
 
 
+Model = Annotated[str, typer.Argument(help="A run directory (runs/NAME) or a model bundle folder.", show_default=False)]
+TtaOption = Annotated[Optional[bool], Opt("--tta/--no-tta", help="Flip averaging (default: as the model trained).",
+                                          show_default=False)]
+TABLE_LIMIT = 20  # up to this many images, predict prints a probability table per image
+
+
+@app.command(epilog="Examples: imgclf evaluate runs/shop  |  imgclf evaluate runs/shop photos/test --label-issues")
+def evaluate(
+    model: Model,
+    data: Annotated[Optional[str], typer.Argument(help="Labelled images (any source); default: the run's test split.",
+                                                  show_default=False)] = None,
+    out: Annotated[Optional[Path], Opt(help="Folder for metrics.json and pictures.")] = None,
+    split: Annotated[Optional[str], Opt(help="Which split of DATA (default: test, else val, else all).")] = None,
+    label_issues: Annotated[bool, Opt("--label-issues", help="List images whose label the model contradicts.")] = False,
+    tta: TtaOption = None,
+    batch_size: Annotated[int, Opt(help="Images per batch.")] = 64,
+    as_json: Annotated[bool, Opt("--json", help="Print metrics.json on stdout.")] = False,
+) -> None:
+    """Metrics, confusion matrix, ROC, calibration and worst mistakes of a model on labelled images."""
+    result = api.evaluate(model, data, out=out, split=split, tta=tta, label_issues=label_issues, batch_size=batch_size)
+    if as_json:
+        print(json.dumps(result.metrics, indent=2))
+        return
+    metrics = result.metrics
+    table = Table(title=f"{metrics['images']:,} images ({result.split})")
+    table.add_column("class")
+    for name in ("precision", "recall", "F1", "support"):
+        table.add_column(name, justify="right")
+    for name, row in metrics["per_class"].items():
+        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", f"{row['support']:,}")
+    table.add_section()
+    for label, key in (("macro avg", "macro_avg"), ("weighted avg", "weighted_avg")):
+        table.add_row(label, *(f"{metrics[key][name]:.3f}" for name in ("precision", "recall", "f1")), "")
+    console.print(table)
+    extras = [f"accuracy {metrics['accuracy']:.2%}"]
+    extras += [f"{name.replace('_', '-').replace('-accuracy', '')} {metrics[name]:.2%}" for name in sorted(metrics)
+               if name.startswith("top_")]
+    if metrics.get("roc_auc_ovr") is not None:
+        extras.append(f"ROC-AUC {metrics['roc_auc_ovr']:.4f}")
+    extras += [f"log loss {metrics['log_loss']:.4f}", f"ECE {metrics['expected_calibration_error']:.4f}"]
+    console.print("  ".join(extras))
+    for pair in metrics["most_confused"][:3]:
+        console.print(f"confused: {pair['true']} → {pair['predicted']} ({pair['count']})")
+    if label_issues:
+        console.print(f"likely label errors: {len(result.label_issues)} (list: {result.out / 'label_issues.csv'})")
+    console.print(f"wrote {result.out / 'metrics.json'} and pictures in {result.out}")
+
+
+@app.command(epilog="Examples: imgclf predict runs/shop cat.jpg  |  imgclf predict runs/shop photos/ --out preds.csv  |  "
+                    "find . -name '*.jpg' | imgclf predict runs/shop - --format jsonl")
+def predict(
+    model: Model,
+    inputs: Annotated[list[str], typer.Argument(help="Files, folders, globs, @list.txt, or - for paths on stdin.",
+                                                show_default=False)],
+    top_k: Annotated[int, Opt(help="Classes per image.")] = 5,
+    min_confidence: Annotated[float, Opt(help="Answer 'unknown' below this top probability.")] = 0.0,
+    output_format: Annotated[Optional[str], Opt("--format", help="csv, json or jsonl (default: a table for a few "
+                                                                  "images, else from --out's suffix).")] = None,
+    out: Annotated[Optional[Path], Opt(help="File for the predictions (default: stdout).")] = None,
+    tta: TtaOption = None,
+    batch_size: Annotated[int, Opt(help="Images per batch.")] = 64,
+) -> None:
+    """Classify images: a probability table for a few, CSV/JSON/JSONL streamed for many."""
+    from imgclf.deploy.bundle import find_bundle, read_bundle_info
+    from imgclf.deploy.writers import open_writer
+
+    if output_format is None and out is not None:
+        output_format = {".csv": "csv", ".json": "json", ".jsonl": "jsonl"}.get(out.suffix.lower())
+        if output_format is None:
+            raise ImgclfError(f"--out {out}: cannot tell the format from the suffix; add --format csv, json or jsonl")
+    rows = api.predict(model, inputs, top_k=top_k, min_confidence=min_confidence, tta=tta, batch_size=batch_size)
+    if output_format is None:
+        rows = list(rows)
+        if len(rows) > TABLE_LIMIT:
+            raise ImgclfError(f"{len(rows):,} images are too many for tables; add --out preds.csv or --format jsonl")
+        _print_prediction_tables(rows)
+        return
+    with open_writer(output_format, out, read_bundle_info(find_bundle(model)).classes) as write:
+        _stream_predictions(rows, write)
+
+
+def _print_prediction_tables(rows: list) -> None:
+    for row in rows:
+        if row.error:
+            console.print(f"[red]{row.path}: {row.error}[/]")
+            continue
+        table = Table(title=f"{row.path} → [bold]{row.prediction}[/]", title_justify="left")
+        table.add_column("class")
+        table.add_column("probability", justify="right")
+        for name, probability in row.top:
+            table.add_row(name, f"{probability:.2%}")
+        console.print(table)
+
+
+def _stream_predictions(rows, write) -> None:
+    import time
+
+    from imgclf.console import progress_bar
+
+    started, count, errors = time.perf_counter(), 0, 0
+    with progress_bar() as bar:
+        task = bar.add_task("Predicting", total=None)
+        for row in rows:
+            write(row)
+            count += 1
+            errors += bool(row.error)
+            bar.advance(task)
+    seconds = time.perf_counter() - started
+    console.print(f"{count:,} images in {seconds:.1f} s ({count / max(seconds, 1e-9):,.0f} img/s), {errors} unreadable")
+
+
+@app.command(epilog="Example: imgclf report runs/shop")
+def report(
+    run: Annotated[str, typer.Argument(help="A run directory (runs/NAME).", show_default=False)],
+    label_issues: Annotated[bool, Opt("--label-issues/--no-label-issues", help="Include likely label errors.")] = True,
+) -> None:
+    """Re-evaluate a run on its held-out split and rewrite its self-contained report.html."""
+    console.print(f"wrote {api.report(run, label_issues=label_issues)}")
+
+
 def main() -> None:
     """Console-script entry point: one-line errors unless --debug."""
     command = typer.main.get_command(app)

@@ -88,8 +88,11 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
         run = RunDirectory(Path(resume))
         config = run.read_config()
         dataset = read_manifest(run.split_file)
-        checkpoint = load_checkpoint(run.last_checkpoint)
-        console.print(f"resuming {run.path} at epoch {len(checkpoint['history']) + 1}")
+        if run.last_checkpoint.exists():
+            checkpoint = load_checkpoint(run.last_checkpoint)
+            console.print(f"resuming {run.path} at epoch {len(checkpoint['history']) + 1}")
+        else:  # stopped before the first checkpoint (e.g. while decoding): start over with the saved split
+            console.print(f"{run.path} has no checkpoint yet; starting its training from the beginning")
     else:
         config, dataset = plan(config, archive)
         run = new_run_directory(config.out, dataset.source, overwrite)
@@ -118,6 +121,11 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     metrics = _final_metrics(trainer, result, config)
     model_dir = _write_bundle(run, config, data, result.model, metrics)
     _print_summary(run, config, result, metrics)
+    if not data.multilabel:
+        from imgclf.evaluation.run_report import report_run
+
+        report, _ = report_run(run.path)
+        console.print(f"report: {report}")
     return TrainResult(run.path, model_dir, config, result.history, metrics)
 
 

@@ -14,10 +14,10 @@ from conftest import make_class_folder, make_image
 from test_cifar import fake_archive
 
 
-def imgclf(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def imgclf(*args: str, cwd: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "imgclf", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=120)
+                          env=env, timeout=120, input=stdin)
 
 
 @pytest.fixture

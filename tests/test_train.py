@@ -40,7 +40,7 @@ def test_training_writes_a_complete_run_and_a_bundle_that_predicts_the_same(colo
     assert saved["model"] == "fastnet" and saved["image_size"] == 16 and saved["optimizer"] == "sgd"
     assert run.metrics["test_accuracy"] >= 0.8  # three colours are easy
 
-    classifier = imgclf.load(run.run_dir)
+    classifier = imgclf.load(run.run_dir, precision="fp32")
     test_rows = [row for row in csv.DictReader(open(run.run_dir / "split.csv")) if row["split"] == "test"]
     predicted = classifier.predict([row["path"] for row in test_rows], top_k=1)
     accuracy = np.mean([ranked[0][0] == row["label"] for ranked, row in zip(predicted, test_rows)])
@@ -196,3 +196,11 @@ def test_an_existing_run_is_not_overwritten_by_accident(colours: Path, tmp_path:
     with pytest.raises(ImgclfError, match="not an imgclf run"):
         imgclf.train(colours, out=tmp_path / "mine", epochs=1, overwrite=True, **FAST)
     assert (tmp_path / "mine" / "thesis.txt").exists()
+
+
+def test_resume_before_the_first_checkpoint_starts_the_saved_run_over(colours: Path, tmp_path: Path) -> None:
+    first = imgclf.train(colours, out=tmp_path / "run", epochs=2, **FAST)
+    (first.run_dir / "checkpoints" / "last.pt").unlink()  # as if stopped while decoding
+    (first.run_dir / "model" / "weights.safetensors").unlink()
+    again = imgclf.train(resume=first.run_dir)
+    assert len(again.history) == 2 and (again.model_dir / "weights.safetensors").is_file()

@@ -10,7 +10,7 @@ and normalisation, all read from ``model.json``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Union
 
@@ -22,6 +22,7 @@ from imgclf.data.augment import augment_batch
 from imgclf.data.augment_presets import PRESETS
 from imgclf.data.decode import decode_file, fit, to_channels
 from imgclf.deploy.bundle import WEIGHTS_FILE, BundleInfo, find_bundle, read_bundle_info
+from imgclf.deploy.predict import PredictionRow, decoded_batches
 from imgclf.engines.device import autocast, choose_device, choose_precision
 from imgclf.errors import ImgclfError
 
@@ -32,15 +33,18 @@ Prediction = list[tuple[str, float]]
 class Classifier:
     """Classes, preprocessing and weights of one trained model."""
 
-    def __init__(self, model: torch.nn.Module, info: BundleInfo, device: str = "auto", precision: str = "fp32") -> None:
+    def __init__(self, model: torch.nn.Module, info: BundleInfo, device: str = "auto", precision: str = "auto",
+                 tta: bool | None = None) -> None:
         self.info = info
         self.classes = list(info.classes)
         self.device = choose_device(device)
         self.precision = choose_precision(precision, self.device)
+        self.tta = info.tta if tta is None else tta
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", precision: str = "fp32") -> Classifier:
+    def load(cls, path: str | Path, device: str = "auto", precision: str = "auto", tta: bool | None = None
+             ) -> Classifier:
         """Load a bundle folder or a run directory (its ``model/``)."""
         from safetensors.torch import load_file
 
@@ -57,7 +61,7 @@ class Classifier:
         except (OSError, RuntimeError) as error:
             first_line = str(error).strip().splitlines()[0]
             raise ImgclfError(f"{directory / WEIGHTS_FILE} does not fit {info.architecture} ({first_line})") from None
-        return cls(model, info, device=device, precision=precision)
+        return cls(model, info, device=device, precision=precision, tta=tta)
 
     # ----------------------------------------------------------------- input
     def _pixels(self, image: ImageInput) -> np.ndarray:
@@ -79,20 +83,42 @@ class Classifier:
 
     # ----------------------------------------------------------------- output
     @torch.no_grad()
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, classes) probabilities for decoded uint8 images (N, H, W, C) at the model's input size."""
+        if not len(pixels):
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        batch = augment_batch(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device), PRESETS["none"],
+                              torch.Generator(), tuple(self.info.mean), tuple(self.info.std))
+        with autocast(self.device, self.precision):
+            logits = self.model(batch).float()
+            if self.tta:
+                logits = 0.5 * (logits + self.model(batch.flip(3)).float())
+        probabilities = torch.sigmoid(logits) if self.info.multilabel else torch.softmax(logits, dim=1)
+        return probabilities.cpu().numpy()
+
     def predict_proba(self, images: Sequence[ImageInput], batch_size: int = 64) -> np.ndarray:
         """(N, classes) probabilities: softmax, or independent sigmoids for a multi-label model."""
-        outputs = []
-        for start in range(0, len(images), batch_size):
-            pixels = np.stack([self._pixels(image) for image in images[start:start + batch_size]])
-            batch = augment_batch(torch.from_numpy(pixels).to(self.device), PRESETS["none"], torch.Generator(),
-                                  tuple(self.info.mean), tuple(self.info.std))
-            with autocast(self.device, self.precision):
-                logits = self.model(batch).float()
-                if self.info.tta:
-                    logits = 0.5 * (logits + self.model(batch.flip(3)).float())
-            probabilities = torch.sigmoid(logits) if self.info.multilabel else torch.softmax(logits, dim=1)
-            outputs.append(probabilities.cpu().numpy())
+        outputs = [self.predict_pixels(np.stack([self._pixels(image) for image in images[start:start + batch_size]]))
+                   for start in range(0, len(images), batch_size)]
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), dtype=np.float32)
+
+    def predict_files(self, paths: Sequence[Path], *, top_k: int = 5, min_confidence: float = 0.0,
+                      batch_size: int = 64, workers: int | None = None) -> Iterator[PredictionRow]:
+        """One :class:`PredictionRow` per path, in order, streamed; unreadable files give error rows."""
+        size = (self.info.image_size, self.info.image_size)
+        k = max(1, min(top_k, len(self.classes)))
+        for chunk, pixels, errors in decoded_batches(list(paths), size, self.info.resize,  # type: ignore[arg-type]
+                                                     self.info.channels == 1, batch_size, workers):
+            good = [index for index, error in enumerate(errors) if not error]
+            probabilities = iter(self.predict_pixels(pixels[good]))
+            for path, error in zip(chunk, errors):
+                if error:
+                    yield PredictionRow(str(path), error=error)
+                    continue
+                row = next(probabilities)
+                order = np.argsort(-row, kind="stable")[:k]
+                yield PredictionRow(str(path), top=[(self.classes[i], float(row[i])) for i in order],
+                                    probabilities=row, min_confidence=min_confidence)
 
     def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int | None = None
                 ) -> Prediction | list[Prediction]:
@@ -104,8 +130,3 @@ class Classifier:
         ranked = [[(self.classes[i], float(row[i])) for i in np.argsort(-row, kind="stable")[:k]]
                   for row in probabilities]
         return ranked[0] if single else ranked
-
-
-def load(path: str | Path, device: str = "auto", precision: str = "fp32") -> Classifier:
-    """A :class:`Classifier` from a bundle folder or a run directory."""
-    return Classifier.load(path, device=device, precision=precision)

@@ -269,11 +269,12 @@ class Trainer:
         return float(np.median(np.diff(finished_at)))
 
     # ----------------------------------------------------------------- EMA
-    def _update_ema(self, stage_step: int) -> None:
+    def _update_ema(self, stage_step: int, total_steps: int) -> None:
         if self.ema is None:
             return
-        # warm-up of the decay: early on the average must follow the fast-moving weights
-        decay = min(self.config.ema_decay, (1 + stage_step) / (10 + stage_step))
+        # The average spans at most the last ~10% of the stage, so a short run is not shipped with
+        # weights from its first steps; early on, the decay warms up to follow fast-moving weights.
+        decay = min(self.config.ema_decay, 1 - 10 / max(total_steps, 20), (1 + stage_step) / (10 + stage_step))
         with torch.no_grad():
             for averaged, current in zip(self.ema.state_dict().values(), self.model.state_dict().values()):
                 if averaged.dtype.is_floating_point:
@@ -380,7 +381,7 @@ class Trainer:
                 scheduler.step()
                 position.batch += 1
                 position.stage_step += 1
-                self._update_ema(position.stage_step)
+                self._update_ema(position.stage_step, total_steps)
                 tally.add(loss, correct, len(images))
                 elapsed = time.perf_counter() - tally.started
                 progress.update(task, advance=1, loss=tally.mean_loss, accuracy=tally.accuracy,

@@ -1,0 +1,119 @@
+"""Predict many images: expand the inputs, decode in parallel, classify in batches, stream the rows.
+
+The naive loop (open one image, transform it, call the model on a batch of
+one) leaves the model idle while Pillow decodes and pays the per-call cost
+of the framework for every image. Here worker processes decode batches of
+files while the main process runs the model on the previous batch, in
+order, so output rows can be written as they come; an unreadable file
+becomes an error row and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import glob
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.data.decode import ResizePolicy, decode_file
+from imgclf.data.sources import IMAGE_EXTENSIONS
+from imgclf.errors import ImgclfError
+
+UNKNOWN = "unknown"
+GLOB_CHARACTERS = set("*?[")
+
+
+@dataclass
+class PredictionRow:
+    """One input's answer: the top classes with probabilities, or why it could not be read."""
+
+    path: str
+    top: list[tuple[str, float]] = field(default_factory=list)
+    probabilities: np.ndarray | None = None  # over every class, in the model's class order
+    error: str = ""
+    min_confidence: float = 0.0
+
+    @property
+    def prediction(self) -> str:
+        if self.error or not self.top:
+            return ""
+        label, probability = self.top[0]
+        return label if probability >= self.min_confidence else UNKNOWN
+
+    @property
+    def confidence(self) -> float | None:
+        return self.top[0][1] if self.top else None
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[Path]:
+    """Files, folders (recursively, image extensions only), globs, ``@list.txt`` files and ``-`` (stdin)."""
+    paths: list[Path] = []
+    for entry in inputs:
+        if entry == "-":
+            paths += [Path(line.strip()) for line in sys.stdin if line.strip()]
+        elif entry.startswith("@"):
+            listing = Path(entry[1:])
+            try:
+                lines = listing.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as error:
+                raise ImgclfError(f"{entry}: cannot read the list file ({error}); give one image path per line") from None
+            paths += [Path(line.strip()) for line in lines if line.strip() and not line.startswith("#")]
+        elif Path(entry).is_dir():
+            found = sorted(path for path in Path(entry).rglob("*")
+                           if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file())
+            if not found:
+                raise ImgclfError(f"{entry}: no images found in this folder (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+            paths += found
+        elif GLOB_CHARACTERS & set(entry) and not Path(entry).exists():
+            matches = sorted(Path(match) for match in glob.glob(entry, recursive=True) if Path(match).is_file())
+            if not matches:
+                raise ImgclfError(f"{entry}: the pattern matches no files")
+            paths += matches
+        else:
+            paths.append(Path(entry))  # a missing file becomes an error row, not an abort
+    if not paths:
+        raise ImgclfError("no images to predict; give files, folders, globs, @list.txt or - for stdin")
+    return paths
+
+
+@dataclass(frozen=True)
+class _DecodeBatch:
+    """Picklable job for worker processes: decode a batch of files at the model's input size."""
+
+    size: tuple[int, int]
+    policy: ResizePolicy
+    grayscale: bool
+
+    def __call__(self, paths: list[str]) -> tuple[np.ndarray, list[str]]:
+        channels = 1 if self.grayscale else 3
+        pixels = np.zeros((len(paths), *self.size, channels), dtype=np.uint8)
+        errors = []
+        for index, path in enumerate(paths):
+            decoded = decode_file(Path(path), self.size, self.policy, self.grayscale)
+            if decoded.pixels is not None:
+                pixels[index] = decoded.pixels
+            errors.append(decoded.error)
+        return pixels, errors
+
+
+def decoded_batches(paths: list[Path], size: tuple[int, int], policy: ResizePolicy, grayscale: bool,
+                    batch_size: int, workers: int | None = None) -> Iterator[tuple[list[Path], np.ndarray, list[str]]]:
+    """(paths, uint8 pixels, error per path) in input order, decoded ahead by worker processes."""
+    job = _DecodeBatch(size, policy, grayscale)
+    chunks = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
+    workers = workers if workers is not None else min(os.cpu_count() or 1, len(chunks))
+    if workers <= 1 or len(chunks) <= 1:
+        for chunk in chunks:
+            yield (chunk, *job([str(path) for path in chunk]))
+        return
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with context.Pool(workers) as pool:
+        # imap keeps input order and decodes a few batches ahead of the model
+        for chunk, (pixels, errors) in zip(chunks, pool.imap(job, [[str(p) for p in chunk] for chunk in chunks])):
+            yield chunk, pixels, errors

@@ -1,0 +1,1 @@
+"""Evaluation: metrics (scikit-learn), pictures (matplotlib), likely label errors, the HTML report."""

@@ -1,0 +1,162 @@
+"""``evaluate``: a bundle's predictions on labelled images, turned into metrics, pictures and label issues.
+
+It needs only the bundle and the images: the data can be any source, or by
+default the test split the run saved in its ``split.csv`` (validation when
+there is no test split). Broken images are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgclf.console import console, progress_bar
+from imgclf.data.decode import decode_file
+from imgclf.data.sources import ImageDataset, Item, load_source, read_manifest
+from imgclf.deploy.bundle import find_bundle
+from imgclf.errors import ImgclfError
+from imgclf.evaluation.label_issues import find_label_issues
+from imgclf.evaluation.metrics import compute_metrics
+from imgclf.evaluation.plots import plot_confusion_matrix, plot_reliability, plot_roc
+from imgclf.pictures import save_image_grid
+
+GALLERY_SIZE = 12
+THUMBNAIL = 128
+
+
+@dataclass
+class Evaluation:
+    """What ``evaluate`` measured and where it wrote it."""
+
+    out: Path
+    split: str
+    metrics: dict[str, Any]
+    pictures: dict[str, Path] = field(default_factory=dict)
+    label_issues: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def evaluation_items(model: str | Path, data: str | Path | None, split: str | None) -> tuple[list[Item], str]:
+    """The labelled images to evaluate on, and the name of the split they come from."""
+    if data is None:
+        manifest = find_bundle(model).parent / "split.csv"
+        if not manifest.is_file():
+            raise ImgclfError(f"{model} is a bundle without its run's split.csv; give the images to evaluate on "
+                              "(imgclf evaluate MODEL DATA)")
+        dataset = read_manifest(manifest)
+    else:
+        dataset = load_source(data)
+    return _choose_split(dataset, split)
+
+
+def _choose_split(dataset: ImageDataset, split: str | None) -> tuple[list[Item], str]:
+    if split is not None:
+        items = dataset.split_items(split)
+        if not items:
+            raise ImgclfError(f"--split {split}: {dataset.source} has no images in that split; "
+                              f"it has {', '.join(dataset.splits)}")
+        return items, split
+    for name in ("test", "val"):
+        if dataset.split_items(name):
+            return dataset.split_items(name), name
+    if dataset.split_items("train"):
+        raise ImgclfError(f"{dataset.source} holds only training images; evaluating on them would flatter the "
+                          "model. Give held-out images, or --split train if you mean it")
+    return dataset.items, "all"
+
+
+def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label_issues: bool = False,
+             batch_size: int = 64) -> Evaluation:
+    """Predict ``items`` with ``classifier`` and write metrics.json, pictures and (optionally) label issues."""
+    if classifier.info.multilabel:
+        raise ImgclfError("evaluate handles single-label models; this model is multi-label")
+    unknown = sorted({item.label for item in items} - set(classifier.classes))
+    if unknown:
+        raise ImgclfError(f"labels the model does not know: {', '.join(unknown[:5])}; it was trained on "
+                          f"{', '.join(classifier.classes[:10])}{', ...' if len(classifier.classes) > 10 else ''}")
+    out.mkdir(parents=True, exist_ok=True)
+    paths, labels, probabilities, skipped = _predict(classifier, items, batch_size)
+    if not len(paths):
+        raise ImgclfError("none of the images could be decoded; run imgclf inspect on the data")
+    metrics = compute_metrics(labels, probabilities, classifier.classes)
+    metrics.update(split=split, tta=classifier.tta, skipped=len(skipped))
+    pictures = {
+        "confusion_matrix": plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classifier.classes,
+                                                  out / "confusion_matrix.png"),
+        "roc": plot_roc(labels, probabilities, classifier.classes, out / "roc.png"),
+        "reliability": plot_reliability(labels, probabilities, out / "reliability.png",
+                                        metrics["expected_calibration_error"]),
+    }
+    mistakes = _worst_mistakes(paths, labels, probabilities, classifier.classes)
+    if mistakes:
+        pictures["worst_mistakes"] = _gallery(mistakes, classifier.classes, out / "worst_mistakes.png",
+                                              "highest-loss mistakes")
+    issues: list[dict[str, Any]] = []
+    if label_issues:
+        issues = find_label_issues(paths, labels, probabilities, classifier.classes)
+        _write_issues(issues, out / "label_issues.csv")
+        if issues:
+            pictures["label_issues"] = _gallery(issues[:GALLERY_SIZE], classifier.classes, out / "label_issues.png",
+                                                "likely label errors")
+    metrics["label_issues"] = len(issues) if label_issues else None
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if skipped:
+        (out / "skipped.txt").write_text("".join(f"{path}\t{reason}\n" for path, reason in skipped))
+        console.print(f"[yellow]skipped {len(skipped)} unreadable image(s); listed in {out / 'skipped.txt'}[/]")
+    return Evaluation(out=out, split=split, metrics=metrics, pictures=pictures, label_issues=issues, skipped=skipped)
+
+
+def _predict(classifier: Any, items: list[Item], batch_size: int
+             ) -> tuple[list[str], np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    index = {name: position for position, name in enumerate(classifier.classes)}
+    paths, labels, rows, skipped = [], [], [], []
+    with progress_bar() as bar:
+        task = bar.add_task("Evaluating", total=len(items))
+        stream = classifier.predict_files([item.path for item in items], batch_size=batch_size)
+        for item, row in zip(items, stream):
+            bar.advance(task)
+            if row.error:
+                skipped.append((row.path, row.error))
+                continue
+            paths.append(row.path)
+            labels.append(index[item.label])
+            rows.append(row.probabilities)
+    probabilities = np.stack(rows) if rows else np.zeros((0, len(classifier.classes)))
+    return paths, np.array(labels, dtype=np.int64), probabilities, skipped
+
+
+def _worst_mistakes(paths: list[str], labels: np.ndarray, probabilities: np.ndarray, classes: list[str]
+                    ) -> list[dict[str, Any]]:
+    """Misclassified images with the highest loss (lowest probability on the true class) first."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    true_probability = probabilities[wrong, labels[wrong]]
+    order = wrong[np.argsort(true_probability, kind="stable")][:GALLERY_SIZE]
+    return [{"path": paths[i], "given": classes[labels[i]], "predicted": classes[predicted[i]],
+             "given_probability": float(probabilities[i, labels[i]]),
+             "predicted_probability": float(probabilities[i, predicted[i]])} for i in order]
+
+
+def _gallery(rows: list[dict[str, Any]], classes: list[str], path: Path, title: str) -> Path:
+    images, titles = [], []
+    for row in rows:
+        decoded = decode_file(Path(row["path"]), (THUMBNAIL, THUMBNAIL), policy="pad")
+        if decoded.pixels is None:
+            continue
+        images.append(decoded.pixels)
+        titles.append(f"{Path(row['path']).name}\ntrue {row['given']} {row['given_probability']:.0%}\n"
+                      f"predicted {row['predicted']} {row['predicted_probability']:.0%}")
+    return save_image_grid(images, titles, path, columns=4, title=title)
+
+
+def _write_issues(issues: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "given", "predicted", "given_probability",
+                                                    "predicted_probability", "evidence"])
+        writer.writeheader()
+        writer.writerows(issues)

@@ -1,0 +1,143 @@
+"""The evaluation pictures (matplotlib PNGs): curves, confusion matrix, ROC, reliability.
+
+Image grids (samples, augmentations, worst mistakes) are drawn by
+:func:`imgclf.pictures.save_image_grid`; this module draws the charts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgclf.evaluation.metrics import reliability
+
+MAX_CLASSES_LABELLED = 30  # above this the confusion matrix drops its tick labels and numbers
+MAX_ROC_CURVES = 10
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    _pyplot().close(figure)
+    return path
+
+
+def plot_training_curves(history: list[dict[str, Any]], path: Path) -> Path:
+    """Loss and accuracy per epoch, train against validation; the shaded band is the overfitting gap."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = [int(row["epoch"]) for row in history]
+    for axis, metric in zip(axes, ("loss", "accuracy")):
+        train = np.array([_number(row.get(f"train_{metric}")) for row in history])
+        val = np.array([_number(row.get(f"val_{metric}")) for row in history])
+        axis.plot(epochs, train, marker="o", label=f"train {metric}")
+        if not np.isnan(val).all():
+            axis.plot(epochs, val, marker="o", label=f"validation {metric}")
+            axis.fill_between(epochs, train, val, alpha=0.15, color="grey", label="gap")
+        stages = [row.get("stage") for row in history]
+        for index in range(1, len(stages)):
+            if stages[index] != stages[index - 1]:
+                axis.axvline(epochs[index] - 0.5, color="black", linestyle=":", linewidth=1)
+                axis.text(epochs[index] - 0.45, axis.get_ylim()[1], stages[index], va="top", fontsize=8)
+        axis.set_xlabel("epoch")
+        axis.set_title(metric)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    return _save(figure, path)
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def plot_confusion_matrix(confusion: np.ndarray, classes: list[str], path: Path) -> Path:
+    """Row-normalised confusion matrix (what share of each true class went where), counts in the cells."""
+    plt = _pyplot()
+    confusion = np.asarray(confusion)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = np.nan_to_num(confusion / confusion.sum(axis=1, keepdims=True))
+    side = min(3 + 0.45 * len(classes), 18)
+    figure, axis = plt.subplots(figsize=(side + 1.5, side))
+    image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axis, fraction=0.046, label="share of the true class")
+    labelled = len(classes) <= MAX_CLASSES_LABELLED
+    if labelled:
+        axis.set_xticks(range(len(classes)), classes, rotation=60, ha="right")
+        axis.set_yticks(range(len(classes)), classes)
+        for true in range(len(classes)):
+            for predicted in range(len(classes)):
+                if confusion[true, predicted]:
+                    axis.text(predicted, true, str(confusion[true, predicted]), ha="center", va="center", fontsize=8,
+                              color="white" if shares[true, predicted] > 0.5 else "black")
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title("confusion matrix")
+    return _save(figure, path)
+
+
+def plot_roc(labels: np.ndarray, probabilities: np.ndarray, classes: list[str], path: Path) -> Path:
+    """One-vs-rest ROC curves (the classes with the lowest AUC when there are many); PR curve for two classes."""
+    from sklearn.metrics import auc, precision_recall_curve, roc_curve
+
+    plt = _pyplot()
+    two = len(classes) == 2
+    figure, axes = plt.subplots(1, 2 if two else 1, figsize=(11 if two else 6, 5), squeeze=False)
+    axis = axes[0, 0]
+    curves = []
+    for index, name in enumerate(classes):
+        positive = labels == index
+        if positive.any() and not positive.all():
+            fpr, tpr, _ = roc_curve(positive, probabilities[:, index])
+            curves.append((auc(fpr, tpr), name, fpr, tpr))
+    curves.sort(key=lambda curve: curve[0])
+    shown = curves[1:] if two else curves[:MAX_ROC_CURVES]
+    for area, name, fpr, tpr in shown:
+        axis.plot(fpr, tpr, label=f"{name} (AUC {area:.3f})")
+    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    axis.set_xlabel("false positive rate")
+    axis.set_ylabel("true positive rate")
+    hidden = len(curves) - len(shown)
+    axis.set_title("ROC, one vs rest" + (f" (the {len(shown)} lowest AUCs)" if hidden > 0 and not two else ""))
+    axis.legend(fontsize=8)
+    if two:
+        precision, recall, _ = precision_recall_curve(labels == 1, probabilities[:, 1])
+        axes[0, 1].plot(recall, precision)
+        axes[0, 1].set_xlabel("recall")
+        axes[0, 1].set_ylabel("precision")
+        axes[0, 1].set_title(f"precision-recall for '{classes[1]}'")
+    return _save(figure, path)
+
+
+def plot_reliability(labels: np.ndarray, probabilities: np.ndarray, path: Path, error: float) -> Path:
+    """Accuracy against confidence per bin; on the diagonal a model's confidence can be taken at its word."""
+    plt = _pyplot()
+    confidence, accuracy, counts = reliability(labels, probabilities)
+    edges = np.linspace(0, 1, len(counts) + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    figure, axis = plt.subplots(figsize=(5.5, 5))
+    filled = counts > 0
+    axis.bar(centres[filled], accuracy[filled], width=edges[1] - edges[0], edgecolor="black", alpha=0.7,
+             label="accuracy")
+    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    axis.set_xlabel("confidence (top probability)")
+    axis.set_ylabel("accuracy")
+    axis.set_title(f"reliability (ECE {error:.3f})")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.legend(loc="upper left")
+    return _save(figure, path)

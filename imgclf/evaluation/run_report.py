@@ -1,0 +1,55 @@
+"""Evaluate a run's bundle on its own held-out split and write its pictures and ``report.html``.
+
+Called at the end of every training run and by ``imgclf report RUN``.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from imgclf.console import console
+from imgclf.errors import ImgclfError
+from imgclf.evaluation.evaluate import Evaluation, evaluate, evaluation_items
+from imgclf.evaluation.plots import plot_training_curves
+from imgclf.evaluation.report import write_report
+
+
+def report_run(run_dir: str | Path, *, label_issues: bool = True) -> tuple[Path, Evaluation | None]:
+    """(report.html, the evaluation) for ``run_dir``; pictures go to ``RUN/plots`` and ``RUN/evaluation``."""
+    from imgclf.api import draw_augmentations, save_samples
+    from imgclf.data.sources import read_manifest
+    from imgclf.deploy.classifier import Classifier
+    from imgclf.runs import RunDirectory
+
+    run = RunDirectory(Path(run_dir))
+    if not run.config_file.is_file():
+        raise ImgclfError(f"{run.path} is not an imgclf run directory (no config.yaml); give runs/NAME")
+    config = run.read_config()
+    plots = run.path / "plots"
+    pictures: dict[str, Path] = {}
+    if run.metrics_file.is_file():
+        with open(run.metrics_file, newline="", encoding="utf-8") as handle:
+            history = list(csv.DictReader(handle))
+        if history:
+            pictures["curves"] = plot_training_curves(history, plots / "training_curves.png")
+    dataset = read_manifest(run.split_file)
+    train = dataset.split_items("train")
+    if train:
+        pictures["samples"] = save_samples(dataset.with_items(train), plots / "samples.png")
+        try:
+            pictures["augmentation"] = draw_augmentations(train[0], plots / "augmentation.png",
+                                                          augment=config.augment or "none", seed=config.seed,
+                                                          image_size=config.image_size, grayscale=config.grayscale)
+        except ImgclfError as error:  # the first image may have gone missing since training
+            console.print(f"[yellow]augmentation picture skipped: {error}[/]")
+    evaluation = None
+    if (run.model_dir / "model.json").is_file() and not dataset.multilabel:
+        classifier = Classifier.load(run.path)
+        try:
+            items, split = evaluation_items(run.path, None, None)
+        except ImgclfError as error:  # e.g. a run with only a training split
+            console.print(f"[yellow]no held-out evaluation: {error}[/]")
+        else:
+            evaluation = evaluate(classifier, items, split, run.path / "evaluation", label_issues=label_issues)
+    return write_report(run.path, evaluation, pictures, run.path / "report.html"), evaluation

@@ -1,0 +1,172 @@
+"""Evaluate, report and predict on a trained run, through the Python API and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import make_class_folder, make_image
+from test_cli import imgclf as run_cli
+
+import imgclf
+from imgclf.errors import ImgclfError
+
+SECTIONS = ("summary", "configuration", "data", "curves", "metrics", "confusion", "roc", "reliability", "samples",
+            "augmentation", "mistakes", "label-issues")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("trained")
+    data = make_class_folder(root / "data", per_class=20)
+    run = imgclf.train(data, out=root / "run", model="fastnet", model_args={"widths": [8, 16, 16], "depth": 1},
+                       epochs=10, batch_size=16, lr=0.5, label_smoothing=0.0, precision="fp32", workers=1)
+    return run.run_dir
+
+
+def test_training_ends_with_a_self_contained_report(trained: Path) -> None:
+    page = (trained / "report.html").read_text()
+    for section in SECTIONS:
+        assert f'id="{section}"' in page, section
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) >= 6  # + mistakes, when there are any
+    assert "http://" not in page and "https://" not in page  # nothing to fetch
+    metrics = json.loads((trained / "evaluation" / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["images"] == 6
+
+
+def test_evaluate_on_other_data_with_label_issues(trained: Path, tmp_path: Path) -> None:
+    data = make_class_folder(tmp_path / "fresh", per_class=6, seed=7)
+    (data / "red" / "broken.png").write_bytes(b"not a png")
+    make_image(data / "red" / "really-blue.png", (30, 40, 220), seed=99)  # a planted label error
+    result = imgclf.evaluate(trained, data, out=tmp_path / "eval", label_issues=True)
+    assert result.metrics["images"] == 19 and result.metrics["skipped"] == 1
+    assert result.metrics["accuracy"] >= 0.9
+    assert result.label_issues and result.label_issues[0]["path"].endswith("really-blue.png")
+    for name in ("metrics.json", "confusion_matrix.png", "roc.png", "reliability.png", "label_issues.csv",
+                 "label_issues.png", "worst_mistakes.png", "skipped.txt"):
+        assert (tmp_path / "eval" / name).is_file(), name
+
+
+def test_evaluate_refuses_unknown_labels_and_training_only_data(trained: Path, tmp_path: Path) -> None:
+    make_image(tmp_path / "other" / "purple" / "0.png", (120, 0, 120))
+    with pytest.raises(ImgclfError, match="labels the model does not know: purple"):
+        imgclf.evaluate(trained, tmp_path / "other")
+    make_class_folder(tmp_path / "split" / "train", per_class=2)
+    with pytest.raises(ImgclfError, match="only training images"):
+        imgclf.evaluate(trained, tmp_path / "split")
+
+
+def test_cli_evaluate_prints_a_table_and_writes_metrics(trained: Path) -> None:
+    result = run_cli("evaluate", str(trained))
+    assert result.returncode == 0, result.stderr
+    assert "macro avg" in result.stderr and "accuracy" in result.stderr
+    as_json = run_cli("evaluate", str(trained), "--json")
+    assert json.loads(as_json.stdout)["images"] == 6
+
+
+def test_cli_report_regenerates_the_page(trained: Path) -> None:
+    (trained / "report.html").unlink()
+    result = run_cli("report", str(trained))
+    assert result.returncode == 0, result.stderr
+    assert 'id="confusion"' in (trained / "report.html").read_text()
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> Path:
+    folder = make_class_folder(tmp_path / "new", per_class=3, seed=3)
+    (folder / "green" / "truncated.png").write_bytes((folder / "green" / "000.png").read_bytes()[:60])
+    return folder
+
+
+def test_predict_table_for_a_few_images(trained: Path, inputs: Path) -> None:
+    result = run_cli("predict", str(trained), str(inputs / "red" / "000.png"), str(inputs / "blue" / "001.png"),
+                     "--top-k", "2")
+    assert result.returncode == 0, result.stderr
+    assert "000.png → red" in result.stderr and "001.png → blue" in result.stderr
+    assert result.stderr.count("%") == 4  # two classes per image
+
+
+@pytest.mark.parametrize("output_format", ["csv", "json", "jsonl"])
+def test_predict_streams_every_format_with_error_rows(output_format: str, trained: Path, inputs: Path,
+                                                      tmp_path: Path) -> None:
+    out = tmp_path / f"predictions.{output_format}"
+    result = run_cli("predict", str(trained), str(inputs), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "10 images" in result.stderr and "1 unreadable" in result.stderr
+    text = out.read_text()
+    if output_format == "csv":
+        rows = list(csv.DictReader(text.splitlines()))
+        assert list(rows[0]) == ["path", "prediction", "confidence", "blue", "green", "red", "error"]
+    elif output_format == "json":
+        rows = json.loads(text)
+    else:
+        rows = [json.loads(line) for line in text.splitlines()]
+    assert len(rows) == 10
+    broken = [row for row in rows if row["error"]]
+    assert len(broken) == 1 and broken[0]["path"].endswith("truncated.png")
+    good = [row for row in rows if not row["error"]]
+    assert all(Path(row["path"]).parent.name == row["prediction"] for row in good)
+
+
+def test_predict_min_confidence_answers_unknown_and_is_deterministic(trained: Path, inputs: Path) -> None:
+    first = [row.prediction for row in imgclf.predict(trained, inputs, min_confidence=0.999999)]
+    assert set(first) == {"unknown", ""}  # "" is the unreadable file's row
+    again = [(row.path, row.top) for row in imgclf.predict(trained, inputs)]
+    assert again == [(row.path, row.top) for row in imgclf.predict(trained, inputs)]
+
+
+def test_predict_inputs_from_globs_list_files_and_stdin(trained: Path, inputs: Path, tmp_path: Path) -> None:
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{inputs / 'red' / '000.png'}\n# a comment\n{inputs / 'red' / '001.png'}\n")
+    rows = list(imgclf.predict(trained, [f"@{listing}", str(inputs / "blue" / "*.png")]))
+    assert [Path(row.path).name for row in rows] == ["000.png", "001.png", "000.png", "001.png", "002.png"]
+    result = run_cli("predict", str(trained), "-", "--format", "jsonl", stdin=f"{inputs / 'red' / '000.png'}\n")
+    assert json.loads(result.stdout)["prediction"] == "red"
+    missing = run_cli("predict", str(trained), str(tmp_path / "nothing-*.png"))
+    assert missing.returncode == 2 and "matches no files" in missing.stderr
+
+
+def test_python_predict_accepts_arrays_and_pil_images(trained: Path, inputs: Path) -> None:
+    from PIL import Image
+
+    classifier = imgclf.load(trained)
+    image = Image.open(inputs / "red" / "000.png")
+    by_path, by_pil, by_array = classifier.predict([inputs / "red" / "000.png", image, __import__("numpy").asarray(image)])
+    assert by_path[0][0] == by_pil[0][0] == by_array[0][0] == "red"
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    import os
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is missing under CI; `make test` installs it (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return path
+
+
+def test_report_renders_in_a_browser_with_no_network(trained: Path, chromium: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium,
+                                             args=["--no-sandbox", "--disable-background-networking"])
+        page = browser.new_page()
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto((trained / "report.html").as_uri())
+        page.wait_for_load_state("load")
+        widths = page.eval_on_selector_all("img", "images => images.map(image => image.complete && image.naturalWidth)")
+        sections = page.eval_on_selector_all("section", "sections => sections.map(section => section.id)")
+        heading = page.inner_text("h1")
+        browser.close()
+    assert len(widths) >= 6 and all(width > 0 for width in widths)
+    assert list(SECTIONS) == sections
+    assert "fastnet" in heading
+    assert all(url.startswith(("file:", "data:")) for url in requests)

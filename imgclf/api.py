@@ -204,13 +204,15 @@ def models(filter: str = "") -> list:
 
 
 def evaluate(model: str | Path, data: str | Path | None = None, *, out: str | Path | None = None,
-             split: str | None = None, tta: bool | None = None, label_issues: bool = False, batch_size: int = 64,
-             device: str = "auto"):
+             split: str | None = None, tta: bool | None = None, label_issues: bool = False,
+             folds: int | None = None, batch_size: int = 64, device: str = "auto"):
     """Metrics, pictures and (with ``label_issues``) likely label errors of ``model`` on labelled images.
 
     ``data`` is any source; by default the run's own test split (validation
     if it has none). Writes ``metrics.json`` and PNGs to ``out`` (default
     ``RUN/evaluation`` for a run's own split, else ``evaluation-<data name>``).
+    ``folds`` finds label issues from K-fold cross-validated predictions
+    (K models retrained with the bundle's recipe) instead.
     """
     from imgclf.deploy.classifier import Classifier
     from imgclf.evaluation.evaluate import evaluate as run_evaluation
@@ -220,7 +222,8 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, out: str | Pa
     classifier = Classifier.load(model, device=device, tta=tta)
     if out is None:
         out = (Path(model) / "evaluation") if data is None else Path(f"evaluation-{_slug(str(data))}")
-    return run_evaluation(classifier, items, chosen, Path(out), label_issues=label_issues, batch_size=batch_size)
+    return run_evaluation(classifier, items, chosen, Path(out), label_issues=label_issues, folds=folds,
+                          batch_size=batch_size)
 
 
 def predict(model: str | Path, inputs: str | Path | list[str | Path], *, top_k: int = 5, min_confidence: float = 0.0,

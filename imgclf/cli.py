@@ -262,12 +262,14 @@ def evaluate(
     out: Annotated[Optional[Path], Opt(help="Folder for metrics.json and pictures.")] = None,
     split: Annotated[Optional[str], Opt(help="Which split of DATA (default: test, else val, else all).")] = None,
     label_issues: Annotated[bool, Opt("--label-issues", help="List images whose label the model contradicts.")] = False,
+    folds: Annotated[Optional[int], Opt(help="Label issues from K-fold cross-validation (retrains K models).")] = None,
     tta: TtaOption = None,
     batch_size: Annotated[int, Opt(help="Images per batch.")] = 64,
     as_json: Annotated[bool, Opt("--json", help="Print metrics.json on stdout.")] = False,
 ) -> None:
     """Metrics, confusion matrix, ROC, calibration and worst mistakes of a model on labelled images."""
-    result = api.evaluate(model, data, out=out, split=split, tta=tta, label_issues=label_issues, batch_size=batch_size)
+    result = api.evaluate(model, data, out=out, split=split, tta=tta, label_issues=label_issues, folds=folds,
+                          batch_size=batch_size)
     if as_json:
         print(json.dumps(result.metrics, indent=2))
         return
@@ -291,7 +293,7 @@ def evaluate(
     console.print("  ".join(extras))
     for pair in metrics["most_confused"][:3]:
         console.print(f"confused: {pair['true']} → {pair['predicted']} ({pair['count']})")
-    if label_issues:
+    if label_issues or folds:
         console.print(f"likely label errors: {len(result.label_issues)} (list: {result.out / 'label_issues.csv'})")
     console.print(f"wrote {result.out / 'metrics.json'} and pictures in {result.out}")
 

@@ -76,8 +76,8 @@ def plan(config: TrainConfig, archive: str | Path | None = None) -> tuple[TrainC
 
 
 def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: bool = False,
-          resume: str | Path | None = None) -> TrainResult:
-    """Train as ``config`` says (or continue the run at ``resume``) and write the bundle."""
+          resume: str | Path | None = None, report: bool = True) -> TrainResult:
+    """Train as ``config`` says (or continue the run at ``resume``) and write the bundle (and ``report.html``)."""
     import torch
 
     from imgclf.engines.checkpoint import load_checkpoint
@@ -121,7 +121,7 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     metrics = _final_metrics(trainer, result, config)
     model_dir = _write_bundle(run, config, data, result.model, metrics)
     _print_summary(run, config, result, metrics)
-    if not data.multilabel:
+    if report and not data.multilabel:
         from imgclf.evaluation.run_report import report_run
 
         report, _ = report_run(run.path)

@@ -170,3 +170,18 @@ def test_report_renders_in_a_browser_with_no_network(trained: Path, chromium: st
     assert list(SECTIONS) == sections
     assert "fastnet" in heading
     assert all(url.startswith(("file:", "data:")) for url in requests)
+
+
+def test_label_issues_from_cross_validation_use_held_out_predictions_only(trained: Path, tmp_path: Path) -> None:
+    data = make_class_folder(tmp_path / "fresh", per_class=8, seed=11)
+    result = imgclf.evaluate(trained, data, out=tmp_path / "eval", folds=2)
+    assert result.metrics["label_issues_from"] == "2-fold cross-validation"
+    held_out = []
+    for fold in (1, 2):
+        rows = list(csv.DictReader(open(tmp_path / "eval" / "folds" / f"fold-{fold}.csv")))
+        test = {row["path"] for row in rows if row["split"] == "test"}
+        assert not test & {row["path"] for row in rows if row["split"] == "train"}
+        held_out.append(test)
+        assert (tmp_path / "eval" / "folds" / f"fold-{fold}" / "model" / "model.json").is_file()
+    assert not held_out[0] & held_out[1] and len(held_out[0] | held_out[1]) == 24
+    assert (tmp_path / "eval" / "label_issues.csv").is_file()

@@ -358,7 +358,8 @@ class Trainer:
                 on_epoch(row)
             if self._should_stop_early(best):
                 return "stopped"
-            if budget.exhausted(row["seconds"]):
+            more_to_do = position.stage_step < total_steps or self.stages[-1] is not stage
+            if more_to_do and budget.exhausted(row["seconds"]):
                 console.print("[yellow]time budget reached; stopping after this epoch[/]")
                 return "stopped"
         return "finished"

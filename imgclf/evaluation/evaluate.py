@@ -71,8 +71,12 @@ def _choose_split(dataset: ImageDataset, split: str | None) -> tuple[list[Item],
 
 
 def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label_issues: bool = False,
-             batch_size: int = 64) -> Evaluation:
-    """Predict ``items`` with ``classifier`` and write metrics.json, pictures and (optionally) label issues."""
+             folds: int | None = None, batch_size: int = 64) -> Evaluation:
+    """Predict ``items`` with ``classifier`` and write metrics.json, pictures and (optionally) label issues.
+
+    Label issues come from the bundle's own predictions, or with ``folds``
+    from out-of-fold predictions of models retrained with its recipe.
+    """
     if classifier.info.multilabel:
         raise ImgclfError("evaluate handles single-label models; this model is multi-label")
     unknown = sorted({item.label for item in items} - set(classifier.classes))
@@ -97,13 +101,21 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
         pictures["worst_mistakes"] = _gallery(mistakes, classifier.classes, out / "worst_mistakes.png",
                                               "highest-loss mistakes")
     issues: list[dict[str, Any]] = []
-    if label_issues:
+    if label_issues or folds:
+        if folds:
+            from imgclf.evaluation.cross_validation import out_of_fold_probabilities
+
+            decoded = set(paths)
+            good = [item for item in items if str(item.path) in decoded]
+            paths, labels, probabilities = out_of_fold_probabilities(classifier.info.config, classifier.classes, good,
+                                                                     folds, out / "folds")
         issues = find_label_issues(paths, labels, probabilities, classifier.classes)
         _write_issues(issues, out / "label_issues.csv")
         if issues:
             pictures["label_issues"] = _gallery(issues[:GALLERY_SIZE], classifier.classes, out / "label_issues.png",
                                                 "likely label errors")
-    metrics["label_issues"] = len(issues) if label_issues else None
+    metrics["label_issues"] = len(issues) if label_issues or folds else None
+    metrics["label_issues_from"] = f"{folds}-fold cross-validation" if folds else "the model's own predictions"
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if skipped:
         (out / "skipped.txt").write_text("".join(f"{path}\t{reason}\n" for path, reason in skipped))

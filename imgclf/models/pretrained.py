@@ -335,7 +335,12 @@ def _load_matching(
         raise ImgclfError(
             f"{description} do not fit the model: {shown}{more}; use weights saved from the same architecture"
         )
-    model.load_state_dict({**target, **loaded})
+    # A new head starts at zero: the initial loss is then log(classes) whatever the feature scale.
+    # Random heads of some architectures (EfficientNet's init scales with 1/sqrt(classes)) start
+    # with logits of magnitude ~10 on pretrained features and waste the probe stage unlearning them.
+    fresh_head = {key: torch.zeros_like(value) for key, value in target.items()
+                  if _split_head([key], head)[1] and key not in loaded and value.is_floating_point()}
+    model.load_state_dict({**target, **fresh_head, **loaded})
     return loaded
 
 

@@ -1,0 +1,89 @@
+"""Prediction throughput from JPEG files: ``Classifier.predict_files`` against a naive loop, in one process.
+
+Usage: python benchmarks/predict.py [--datasets ../shared/datasets] [--runs runs/benchmarks]
+
+Uses the bundles the training benchmarks leave behind:
+``cifar10-fastnet-5m`` (32 px, run ``benchmarks/cifar10.py`` first) on the
+10,000 CIFAR-10 test images and ``flowers-lite0-5m`` (224 px,
+``benchmarks/flowers.py``) on the 736 flowers val images. The naive
+baseline is what a tutorial writes: for each file, PIL open, convert, resize,
+normalise, one model call on a batch of one, softmax (fp32, eval mode, no
+gradients); it is timed on the first ``--naive-images`` files. Both produce
+the same top-1 class on those files (checked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from imgclf.data.sources import IMAGE_EXTENSIONS
+from imgclf.deploy.classifier import Classifier
+
+RESULTS = Path(__file__).parent / "results" / "predict.json"
+CASES = [  # (name, bundle run, image folder, goal as a multiple of the naive loop)
+    ("cifar10-32px-fastnet", "cifar10-fastnet-5m", "cifar10/test", 10.0),
+    ("flowers-224px-lite0", "flowers-lite0-5m", "flowers/val", 3.0),
+]
+
+
+def naive_predict(classifier: Classifier, paths: list[Path]) -> tuple[float, list[str]]:
+    """(images/s, top-1 classes) of the one-image-at-a-time loop."""
+    info = classifier.info
+    model = classifier.model.float().eval()
+    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
+    std = torch.tensor(info.std).view(1, -1, 1, 1)
+    predictions = []
+    started = time.perf_counter()
+    with torch.no_grad():
+        for path in paths:
+            image = Image.open(path).convert("RGB").resize((info.image_size, info.image_size), Image.BILINEAR)
+            tensor = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+            probabilities = torch.softmax(model((tensor - mean) / std), dim=1)
+            predictions.append(classifier.classes[int(probabilities.argmax())])
+    return len(paths) / (time.perf_counter() - started), predictions
+
+
+def fast_predict(classifier: Classifier, paths: list[Path]) -> tuple[float, list[str]]:
+    started = time.perf_counter()
+    rows = list(classifier.predict_files(paths, top_k=1, batch_size=256))
+    seconds = time.perf_counter() - started
+    return len(paths) / seconds, [row.prediction for row in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
+    parser.add_argument("--runs", type=Path, default=Path("runs/benchmarks"))
+    parser.add_argument("--naive-images", type=int, default=300)
+    args = parser.parse_args()
+    results = {}
+    for name, run, folder, goal in CASES:
+        if not (args.runs / run / "model" / "model.json").is_file():
+            print(f"skipping {name}: no bundle at {args.runs / run} (run the training benchmark first)")
+            continue
+        paths = sorted(path for path in (args.datasets / folder).rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS)
+        fast = Classifier.load(args.runs / run, tta=False)
+        ours, our_classes = fast_predict(fast, paths)
+        naive, naive_classes = naive_predict(Classifier.load(args.runs / run, precision="fp32", tta=False),
+                                             paths[:args.naive_images])
+        agreement = float(np.mean([a == b for a, b in zip(naive_classes, our_classes)]))
+        results[name] = {"images": len(paths), "imgclf_images_per_second": round(ours, 1),
+                         "naive_images_per_second": round(naive, 1), "speedup": round(ours / naive, 2),
+                         "goal_speedup": goal, "top1_agreement_with_naive": round(agreement, 4),
+                         "precision": fast.precision}
+        print(name, json.dumps(results[name]), flush=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"cpu_count": os.cpu_count(), "cases": results}, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -3,12 +3,13 @@
 Usage: python benchmarks/predict.py [--datasets ../shared/datasets] [--runs runs/benchmarks]
 
 Uses the bundles the training benchmarks leave behind:
-``cifar10-fastnet-5m`` (32 px, run ``benchmarks/cifar10.py`` first) on the
+``cifar10-fastnet-15s`` (32 px, run ``benchmarks/cifar10.py`` first) on the
 10,000 CIFAR-10 test images and ``flowers-lite0-5m`` (224 px,
 ``benchmarks/flowers.py``) on the 736 flowers val images. The naive
 baseline is what a tutorial writes: for each file, PIL open, convert, resize,
-normalise, one model call on a batch of one, softmax (fp32, eval mode, no
-gradients); it is timed on the first ``--naive-images`` files. Both produce
+normalise, one model call on a batch of one, softmax (a freshly loaded
+model in PyTorch's default layout and fp32, eval mode, no gradients); it is
+timed on the first ``--naive-images`` files. Both produce
 the same top-1 class on those files (checked).
 """
 
@@ -29,7 +30,7 @@ from imgclf.deploy.classifier import Classifier
 
 RESULTS = Path(__file__).parent / "results" / "predict.json"
 CASES = [  # (name, bundle run, image folder, goal as a multiple of the naive loop)
-    ("cifar10-32px-fastnet", "cifar10-fastnet-5m", "cifar10/test", 10.0),
+    ("cifar10-32px-fastnet", "cifar10-fastnet-15s", "cifar10/test", 10.0),
     ("flowers-224px-lite0", "flowers-lite0-5m", "flowers/val", 3.0),
 ]
 
@@ -37,7 +38,7 @@ CASES = [  # (name, bundle run, image folder, goal as a multiple of the naive lo
 def naive_predict(classifier: Classifier, paths: list[Path]) -> tuple[float, list[str]]:
     """(images/s, top-1 classes) of the one-image-at-a-time loop."""
     info = classifier.info
-    model = classifier.model.float().eval()
+    model = classifier.model.float().to(memory_format=torch.contiguous_format).eval()
     mean = torch.tensor(info.mean).view(1, -1, 1, 1)
     std = torch.tensor(info.std).view(1, -1, 1, 1)
     predictions = []

@@ -8,9 +8,10 @@
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,7 +21,17 @@ from imgclf.data.inspect import InspectReport, inspect_dataset, sample_items
 from imgclf.data.sources import ImageDataset, Item, load_source
 from imgclf.data.splits import assign_splits
 from imgclf.errors import ImgclfError
+from imgclf.files import write_problem_list
 from imgclf.pictures import save_image_grid
+from imgclf.runs import slug
+
+if TYPE_CHECKING:  # the heavy modules load only when their command runs
+    from imgclf.config import TrainConfig
+    from imgclf.deploy.classifier import Classifier
+    from imgclf.deploy.predict import PredictionRow
+    from imgclf.evaluation.evaluate import Evaluation
+    from imgclf.models import ModelInfo
+    from imgclf.training import TrainResult
 
 SAMPLE_GRID_SIZE = 160  # pixels per tile in sample pictures
 
@@ -74,25 +85,20 @@ def inspect(
     cache = build_cache([item.path for item in dataset.items], size=None, max_pixels=max_pixels,
                         workers=workers, source=dataset.source, description="Checking images")
     report = inspect_dataset(dataset, cache)
-    out_dir = Path(out) if out else Path(f"inspect-{_slug(dataset.source)}")
+    out_dir = Path(out) if out else Path(f"inspect-{slug(dataset.source, 'dataset')}")
     if out_dir.exists() and not out_dir.is_dir():
         raise ImgclfError(f"--out {out_dir} is a file; give a folder for the inspect report")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2))
-    broken_list = out_dir / "broken_files.txt"
+    broken_list: Path | None = out_dir / "broken_files.txt"
     broken_list.unlink(missing_ok=True)  # a list from an earlier run would no longer be true
     if report.broken:
-        broken_list.write_text("".join(f"{path}\t{reason}\n" for path, reason in report.broken))
+        write_problem_list(broken_list, [(str(path), reason) for path, reason in report.broken])
     else:
         broken_list = None
     good = dataset.with_items([item for item, ok in zip(dataset.items, cache.ok) if ok])
     samples = save_samples(good, out_dir / "samples.png", max_pixels) if good.items else None
     return InspectResult(report=report, out=out_dir, samples=samples, broken_list=broken_list)
-
-
-def _slug(source: str) -> str:
-    name = Path(source).name if source else "dataset"
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name) or "dataset"
 
 
 def save_samples(dataset: ImageDataset, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
@@ -161,7 +167,7 @@ def train(
     resume: str | Path | None = None,
     dry_run: bool = False,
     **options: object,
-):
+) -> TrainResult | TrainConfig:
     """Train a classifier on ``data``; every option is a :class:`~imgclf.config.TrainConfig` field.
 
     >>> run = imgclf.train("photos/", epochs=5)       # doctest: +SKIP
@@ -185,7 +191,7 @@ def train(
     return run_training(settings, archive=archive, overwrite=overwrite)
 
 
-def load(path: str | Path, device: str = "auto", precision: str = "auto", tta: bool | None = None):
+def load(path: str | Path, device: str = "auto", precision: str = "auto", tta: bool | None = None) -> Classifier:
     """A classifier from a bundle folder or a run directory: ``load("runs/shop").predict("cat.jpg")``.
 
     ``precision`` ``auto`` is bf16 on CPUs with bf16 instructions (as in
@@ -196,7 +202,7 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto", tta: b
     return Classifier.load(path, device=device, precision=precision, tta=tta)
 
 
-def models(filter: str = "") -> list:
+def models(filter: str = "") -> list[ModelInfo]:
     """Every model name ``train`` accepts (ours and timm's) matching ``filter``, with weight availability."""
     from imgclf.models import list_models
 
@@ -205,7 +211,7 @@ def models(filter: str = "") -> list:
 
 def evaluate(model: str | Path, data: str | Path | None = None, *, out: str | Path | None = None,
              split: str | None = None, tta: bool | None = None, label_issues: bool = False,
-             folds: int | None = None, batch_size: int = 64, device: str = "auto"):
+             folds: int | None = None, batch_size: int = 64, device: str = "auto") -> Evaluation:
     """Metrics, pictures and (with ``label_issues``) likely label errors of ``model`` on labelled images.
 
     ``data`` is any source; by default the run's own test split (validation
@@ -214,20 +220,23 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, out: str | Pa
     ``folds`` finds label issues from K-fold cross-validated predictions
     (K models retrained with the bundle's recipe) instead.
     """
+    from imgclf.deploy.bundle import find_bundle
     from imgclf.deploy.classifier import Classifier
     from imgclf.evaluation.evaluate import evaluate as run_evaluation
     from imgclf.evaluation.evaluate import evaluation_items
 
+    if batch_size < 1:
+        raise ImgclfError(f"--batch-size must be at least 1, got {batch_size}")
     items, chosen = evaluation_items(model, data, split)
     classifier = Classifier.load(model, device=device, tta=tta)
     if out is None:
-        out = (Path(model) / "evaluation") if data is None else Path(f"evaluation-{_slug(str(data))}")
+        out = find_bundle(model).parent / "evaluation" if data is None else Path(f"evaluation-{slug(str(data), 'data')}")
     return run_evaluation(classifier, items, chosen, Path(out), label_issues=label_issues, folds=folds,
                           batch_size=batch_size)
 
 
 def predict(model: str | Path, inputs: str | Path | list[str | Path], *, top_k: int = 5, min_confidence: float = 0.0,
-            tta: bool | None = None, batch_size: int = 64, device: str = "auto"):
+            tta: bool | None = None, batch_size: int = 64, device: str = "auto") -> Iterator[PredictionRow]:
     """Stream a :class:`~imgclf.deploy.predict.PredictionRow` per image for files, folders, globs or @lists."""
     from imgclf.deploy.classifier import Classifier
     from imgclf.deploy.predict import expand_inputs
@@ -236,7 +245,9 @@ def predict(model: str | Path, inputs: str | Path | list[str | Path], *, top_k: 
         raise ImgclfError(f"--min-confidence must be a probability between 0 and 1, got {min_confidence}")
     if top_k < 1:
         raise ImgclfError(f"--top-k must be at least 1, got {top_k}")
-    paths = expand_inputs([str(inputs)] if isinstance(inputs, (str, Path)) else [str(entry) for entry in inputs])
+    if batch_size < 1:
+        raise ImgclfError(f"--batch-size must be at least 1, got {batch_size}")
+    paths = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
     classifier = Classifier.load(model, device=device, tta=tta)
     return classifier.predict_files(paths, top_k=top_k, min_confidence=min_confidence, batch_size=batch_size)
 

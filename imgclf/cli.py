@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import click
 import typer
@@ -21,6 +22,9 @@ from imgclf.console import console
 from imgclf.data.augment_presets import PRESETS
 from imgclf.data.decode import DEFAULT_MAX_PIXELS
 from imgclf.errors import ImgclfError
+
+if TYPE_CHECKING:
+    from imgclf.deploy.predict import PredictionRow
 
 app = typer.Typer(
     name="imgclf",
@@ -140,12 +144,16 @@ def train(
     weights: Annotated[Optional[str], Opt(help="Weights file (.safetensors or .pth) for --pretrained.",
                                           rich_help_panel="Model")] = None,
     strategy: Annotated[Optional[str], Opt(help="auto, scratch, probe, finetune or two-stage.", rich_help_panel="Model")] = None,
-    probe_epochs: Annotated[Optional[float], Opt(help="Epochs of the probe stage in two-stage.", rich_help_panel="Model")] = None,
+    probe_epochs: Annotated[Optional[float], Opt(help="Epochs of --epochs given to the probe stage in two-stage (one fit with the linear probe).", rich_help_panel="Model")] = None,
     backbone_lr_scale: Annotated[Optional[float], Opt(help="Backbone learning rate relative to the head when fine-tuning.",
                                                       rich_help_panel="Model")] = None,
+    linear_probe: Annotated[Optional[bool], Opt("--linear-probe/--no-linear-probe",
+                                                help="Fit the probe stage by logistic regression on cached embeddings "
+                                                     "(default) instead of gradient descent.",
+                                                rich_help_panel="Model", show_default=False)] = None,
     image_size: Annotated[Optional[int], Opt(help="Input side in pixels.", rich_help_panel="Data")] = None,
     resize: Annotated[Optional[str], Opt(help="squash, crop or pad.", rich_help_panel="Data")] = None,
-    grayscale: Annotated[Optional[bool], Opt("--grayscale", help="Train on one grey channel.", rich_help_panel="Data",
+    grayscale: Annotated[Optional[bool], Opt("--grayscale/--no-grayscale", help="Train on one grey channel.", rich_help_panel="Data",
                                              show_default=False)] = None,
     val_fraction: Annotated[Optional[float], Opt(help="Share of train carved out for validation if none given.",
                                                  rich_help_panel="Data")] = None,
@@ -160,7 +168,7 @@ def train(
     cutmix: Annotated[Optional[float], Opt(help="CutMix Beta alpha (0 = off).", rich_help_panel="Data")] = None,
     class_weights: Annotated[Optional[str], Opt(help="none or auto (inverse-frequency loss weights).",
                                                 rich_help_panel="Data")] = None,
-    balanced_sampling: Annotated[Optional[bool], Opt("--balanced-sampling", help="Draw classes equally often.",
+    balanced_sampling: Annotated[Optional[bool], Opt("--balanced-sampling/--no-balanced-sampling", help="Draw classes equally often.",
                                                      rich_help_panel="Data", show_default=False)] = None,
     max_pixels: Annotated[Optional[int], Opt(help="Refuse images with more pixels.", rich_help_panel="Data")] = None,
     workers: Annotated[Optional[int], Opt(help="Decoding processes (default: CPU count).", rich_help_panel="Data")] = None,
@@ -189,7 +197,7 @@ def train(
     monitor: Annotated[Optional[str], Opt(help="val_accuracy or val_loss.", rich_help_panel="Schedule")] = None,
     device: Annotated[Optional[str], Opt(help="auto, cpu or cuda.", rich_help_panel="Machine")] = None,
     precision: Annotated[Optional[str], Opt(help="auto, fp32, bf16 or fp16.", rich_help_panel="Machine")] = None,
-    compile: Annotated[Optional[bool], Opt("--compile", help="torch.compile the model.", rich_help_panel="Machine",
+    compile: Annotated[Optional[bool], Opt("--compile/--no-compile", help="torch.compile the model.", rich_help_panel="Machine",
                                            show_default=False)] = None,
     channels_last: Annotated[Optional[bool], Opt("--channels-last/--no-channels-last", help="Channels-last memory layout.",
                                                  rich_help_panel="Machine", show_default=False)] = None,
@@ -320,18 +328,20 @@ def predict(
         output_format = {".csv": "csv", ".json": "json", ".jsonl": "jsonl"}.get(out.suffix.lower())
         if output_format is None:
             raise ImgclfError(f"--out {out}: cannot tell the format from the suffix; add --format csv, json or jsonl")
-    rows = api.predict(model, inputs, top_k=top_k, min_confidence=min_confidence, tta=tta, batch_size=batch_size)
+    from imgclf.deploy.predict import expand_inputs
+
+    paths = expand_inputs(inputs)
+    if output_format is None and len(paths) > TABLE_LIMIT:
+        raise ImgclfError(f"{len(paths):,} images are too many for tables; add --out preds.csv or --format jsonl")
+    rows = api.predict(model, paths, top_k=top_k, min_confidence=min_confidence, tta=tta, batch_size=batch_size)
     if output_format is None:
-        rows = list(rows)
-        if len(rows) > TABLE_LIMIT:
-            raise ImgclfError(f"{len(rows):,} images are too many for tables; add --out preds.csv or --format jsonl")
-        _print_prediction_tables(rows)
+        _print_prediction_tables(list(rows))
         return
     with open_writer(output_format, out, read_bundle_info(find_bundle(model)).classes) as write:
-        _stream_predictions(rows, write)
+        _stream_predictions(rows, write, len(paths))
 
 
-def _print_prediction_tables(rows: list) -> None:
+def _print_prediction_tables(rows: list[PredictionRow]) -> None:
     for row in rows:
         if row.error:
             console.print(f"[red]{row.path}: {row.error}[/]")
@@ -344,14 +354,14 @@ def _print_prediction_tables(rows: list) -> None:
         console.print(table)
 
 
-def _stream_predictions(rows, write) -> None:
+def _stream_predictions(rows: Iterable[PredictionRow], write: Callable[[PredictionRow], None], total: int) -> None:
     import time
 
     from imgclf.console import progress_bar
 
     started, count, errors = time.perf_counter(), 0, 0
     with progress_bar() as bar:
-        task = bar.add_task("Predicting", total=None)
+        task = bar.add_task("Predicting", total=total)
         for row in rows:
             write(row)
             count += 1

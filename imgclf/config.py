@@ -9,6 +9,7 @@ quick.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from imgclf.data.augment_presets import PRESETS
 from imgclf.errors import ImgclfError
 
 STRATEGIES = ("auto", "scratch", "probe", "finetune", "two-stage")
@@ -50,6 +52,7 @@ class TrainConfig:
     weights: str | None = None
     strategy: str = "auto"
     probe_epochs: float | None = None
+    linear_probe: bool = True
     backbone_lr_scale: float = 0.1
     # optimisation
     epochs: float | None = None
@@ -102,9 +105,25 @@ def make_config(config_file: str | Path | None = None, **options: Any) -> TrainC
     if unknown:
         raise ImgclfError(f"unknown training option(s) {', '.join(unknown)}; see `imgclf train --help` for the names")
     values.update({name: value for name, value in options.items() if value is not None})
+    values = {name: os.fspath(value) if isinstance(value, os.PathLike) else value for name, value in values.items()}
+    _check_types(values)
     config = TrainConfig(**values)
     validate(config)
     return config
+
+
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict[str, Any]": (dict,)}
+
+
+def _check_types(values: dict[str, Any]) -> None:
+    """Each option has the type its field declares (YAML can say ``epochs: ten``)."""
+    declared = {item.name: str(item.type) for item in fields(TrainConfig)}
+    for name, value in values.items():
+        kinds = [kind.strip() for kind in declared[name].split("|") if kind.strip() != "None"]
+        allowed = tuple(python for kind in kinds for python in _TYPES.get(kind, (object,)))
+        wrong_bool = isinstance(value, bool) and bool not in allowed
+        if value is not None and (not isinstance(value, allowed) or wrong_bool):
+            raise ImgclfError(f"option {name}: expected {' or '.join(kinds)}, got {value!r}")
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -149,6 +168,11 @@ def validate(config: TrainConfig) -> None:
     _choice("class_weights", config.class_weights, CLASS_WEIGHTS)
     _choice("monitor", config.monitor, MONITORS)
     _choice("resize", config.resize, RESIZE_POLICIES)
+    _choice("augment", config.augment, tuple(PRESETS))
+    for name in ("ema_decay", "momentum"):
+        value = getattr(config, name)
+        if value is not None and not 0 <= value < 1:
+            raise ImgclfError(f"--{name.replace('_', '-')} must be in [0, 1), got {value:g}")
     if config.image_size is not None and not 8 <= config.image_size <= 1024:
         raise ImgclfError(f"--image-size must be between 8 and 1024 pixels, got {config.image_size}")
     if config.batch_size is not None and not 1 <= config.batch_size <= 65536:

@@ -11,7 +11,7 @@ The recipes:
   Nesterov momentum 0.85, a learning rate of 11.5 per 1024 examples of a
   summed loss (here expressed for a mean loss, so it scales with the batch),
   a 64x learning rate on biases, label smoothing 0.2, flip + translate,
-  a triangular one-cycle schedule, weight averaging and flip/translate TTA.
+  a triangular one-cycle schedule, weight averaging and flip TTA.
 - ``tutorial-cnn``: the seed tutorial exactly: Adam at 1e-3, constant
   learning rate, batch 32, no augmentation, 10 epochs.
 - pretrained timm backbones: AdamW, cosine decay with a short warm-up,
@@ -45,7 +45,6 @@ class DataFacts:
     """What the defaults depend on, measured on the training split."""
 
     train_images: int
-    classes: int
     median_side: int  # median of max(width, height) over a sample of images
     multilabel: bool = False
 
@@ -77,12 +76,14 @@ def resolve(config: TrainConfig, facts: DataFacts,
     if family == "fastnet" and not small and "widths" not in model_args:
         model_args["widths"] = list(PHOTO_SCRATCH_WIDTHS)
     image_size = config.image_size or _image_size(family, pretrained, small, facts)
-    batch_size = config.batch_size or _batch_size(family, pretrained, image_size, facts.train_images)
+    batch_size = config.batch_size or _batch_size(family, image_size, facts.train_images)
     recipe = _recipe(family, pretrained, batch_size, facts)
+    if config.optimizer is not None and config.optimizer != recipe["optimizer"]:
+        recipe.update(_optimizer_defaults(config.optimizer, batch_size))  # the recipe's rates belong to its optimizer
     epochs = config.epochs or _epochs(family, pretrained, image_size, facts.train_images)
     filled = {name: value for name, value in recipe.items() if getattr(config, name) is None}
     if strategy == "two-stage" and config.probe_epochs is None:
-        filled["probe_epochs"] = max(1.0, round(epochs / 3))
+        filled["probe_epochs"] = min(max(1.0, round(epochs / 3)), epochs / 2)
     if family == "fastnet" and config.warmup_epochs is None:
         filled["warmup_epochs"] = round(0.23 * epochs, 2)  # airbench's triangle peaks at 23% of training
     resolved = replace(config, model=model, model_args=model_args, pretrained=pretrained, strategy=strategy,
@@ -103,7 +104,7 @@ def _image_size(family: str, pretrained: bool, small: bool, facts: DataFacts) ->
     return PHOTO_SCRATCH_SIZE if family == "fastnet" else 160
 
 
-def _batch_size(family: str, pretrained: bool, image_size: int, train_images: int) -> int:
+def _batch_size(family: str, image_size: int, train_images: int) -> int:
     if family == "tutorial-cnn":
         return 32
     if family == "fastnet":
@@ -146,3 +147,10 @@ def _recipe(family: str, pretrained: bool, batch_size: int, facts: DataFacts) ->
     if pretrained:
         return dict(common, lr=1e-3, weight_decay=0.01, warmup_epochs=0.3)
     return dict(common, lr=2e-3 * batch_size / 256, weight_decay=0.05, warmup_epochs=1.0)
+
+
+def _optimizer_defaults(optimizer: str, batch_size: int) -> dict[str, object]:
+    """Learning rate, momentum, decay and bias scale for an optimizer the model's recipe does not use."""
+    if optimizer == "sgd":
+        return dict(optimizer="sgd", lr=0.1 * batch_size / 256, momentum=0.9, weight_decay=5e-4, bias_lr_scale=1.0)
+    return dict(optimizer="adamw", lr=1e-3, momentum=0.9, weight_decay=0.05, bias_lr_scale=1.0)

@@ -15,6 +15,7 @@ runs/NAME/
 from __future__ import annotations
 
 import csv
+import io
 import re
 import shutil
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ import yaml
 
 from imgclf.config import TrainConfig, config_names
 from imgclf.errors import ImgclfError
+from imgclf.files import write_text_atomic
+
+MARKER = ".imgclf-run"  # only folders carrying it are ever deleted by --overwrite
 
 METRIC_COLUMNS = ("epoch", "stage", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
                   "images_per_second")
@@ -63,20 +67,25 @@ class RunDirectory:
         return self.path / "model"
 
     def write_config(self, config: TrainConfig) -> None:
-        self.config_file.write_text(config.to_yaml(), encoding="utf-8")
+        write_text_atomic(self.config_file, config.to_yaml())
 
     def read_config(self) -> TrainConfig:
         if not self.config_file.exists():
-            raise ImgclfError(f"--resume {self.path}: no config.yaml there; is it an imgclf run directory?")
-        values = yaml.safe_load(self.config_file.read_text(encoding="utf-8")) or {}
-        return TrainConfig(**{name: value for name, value in values.items() if name in config_names()})
+            raise ImgclfError(f"{self.path}: no config.yaml there; is it an imgclf run directory?")
+        try:
+            values = yaml.safe_load(self.config_file.read_text(encoding="utf-8")) or {}
+            return TrainConfig(**{name: value for name, value in values.items() if name in config_names()})
+        except (yaml.YAMLError, UnicodeDecodeError, TypeError, AttributeError) as error:
+            raise ImgclfError(f"{self.config_file} is damaged ({str(error).splitlines()[0]}); "
+                              "restore it or start a new run") from None
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite metrics.csv from the whole history, so a resumed run's file has no gaps or repeats."""
-        with open(self.metrics_file, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(history)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+        write_text_atomic(self.metrics_file, buffer.getvalue())
 
 
 def new_run_directory(out: str | None, data_source: str, overwrite: bool) -> RunDirectory:
@@ -89,16 +98,22 @@ def new_run_directory(out: str | None, data_source: str, overwrite: bool) -> Run
             if not overwrite:
                 raise ImgclfError(f"--out {path} already exists; pass --overwrite to replace it, "
                                   f"or --resume {path} to continue it")
-            if not (path / "config.yaml").exists():
+            if not (path / MARKER).exists():
                 raise ImgclfError(f"--out {path} is a non-empty folder that is not an imgclf run; "
                                   "refusing to delete it, pick another --out")
             shutil.rmtree(path)
     else:
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(data_source).name) or "run"
+        name = slug(data_source, "run")
         path = Path("runs") / name
         number = 2
         while path.exists():
             path = Path("runs") / f"{name}-{number}"
             number += 1
     (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (path / MARKER).write_text("This folder is an imgclf run; imgclf train --overwrite may replace it.\n")
     return RunDirectory(path)
+
+
+def slug(source: str, fallback: str) -> str:
+    """A file-name-safe short name for a data source (its last path component)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(source).name if source else "") or fallback

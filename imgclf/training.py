@@ -24,6 +24,7 @@ from imgclf.config import TrainConfig, parse_duration
 from imgclf.console import console
 from imgclf.data.sources import ImageDataset, read_manifest, write_manifest
 from imgclf.errors import ImgclfError
+from imgclf.files import write_problem_list
 from imgclf.recipes import DataFacts, model_family, resolve
 from imgclf.runs import RunDirectory, new_run_directory
 
@@ -45,7 +46,7 @@ class TrainResult:
 
 
 def data_facts(dataset: ImageDataset) -> DataFacts:
-    """Training-split size, class count and median image side (from a sample of file headers)."""
+    """Training-split size and median image side (from a sample of file headers)."""
     from imgclf.data.decode import peek_size
 
     train = dataset.split_items("train")
@@ -55,7 +56,7 @@ def data_facts(dataset: ImageDataset) -> DataFacts:
         raise ImgclfError(f"{dataset.source}: no training images; check the folder layout (see README, Data)")
     if not sides:
         raise ImgclfError(f"{dataset.source}: none of the sampled training images could be read; run imgclf inspect")
-    return DataFacts(train_images=len(train), classes=len(dataset.classes), median_side=int(median(sides)),
+    return DataFacts(train_images=len(train), median_side=int(median(sides)),
                      multilabel=dataset.multilabel)
 
 
@@ -153,7 +154,7 @@ def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> An
                         workers=config.workers, source=dataset.source)
     broken = cache.broken()
     if broken:
-        (run.path / "broken_files.txt").write_text("".join(f"{path}\t{reason}\n" for path, reason in broken))
+        write_problem_list(run.path / "broken_files.txt", [(str(path), reason) for path, reason in broken])
         console.print(f"[yellow]skipped {len(broken)} unreadable image(s); listed in {run.path / 'broken_files.txt'}[/]")
     ok = cache.ok
     rows = {split: np.array([index for index, item in enumerate(dataset.items) if item.split == split and ok[index]],
@@ -168,7 +169,7 @@ def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> An
     else:
         targets = torch.tensor([index[item.labels[0]] for item in dataset.items], dtype=torch.int64)
     return TrainingData(pixels=cache.pixels, rows=rows, targets=targets, classes=list(dataset.classes),
-                        multilabel=dataset.multilabel, mean=(0.0,), std=(1.0,))
+                        multilabel=dataset.multilabel, mean=(0.0,), std=(1.0,), cache_key=cache.directory.name)
 
 
 def _build_model(config: TrainConfig, data: Any, checkpoint: dict[str, Any] | None
@@ -188,7 +189,9 @@ def _build_model(config: TrainConfig, data: Any, checkpoint: dict[str, Any] | No
     if model_family(config.model) == "tutorial-cnn":
         mean, std = (0.0,) * channels, (1.0,) * channels  # the seed tutorial's Rescaling(1/255)
     else:
-        sample = data.pixels[np.sort(data.rows["train"][:STATS_SAMPLE])].astype(np.float32) / 255.0
+        train = data.rows["train"]  # rows are sorted by class: a strided sample covers every class
+        picked = train[np.linspace(0, len(train) - 1, min(STATS_SAMPLE, len(train))).astype(np.int64)]
+        sample = data.pixels[np.unique(picked)].astype(np.float32) / 255.0
         mean = tuple(float(v) for v in sample.mean(axis=(0, 1, 2)))
         std = tuple(max(float(v), 1e-3) for v in sample.std(axis=(0, 1, 2)))
         if hasattr(model, "init_whitening") and not config.pretrained:
@@ -214,7 +217,16 @@ def _trainer(model: Any, data: Any, config: TrainConfig, run: RunDirectory, devi
         else:
             counts = torch.bincount(train_targets, minlength=len(data.classes)).float().clamp(min=1)
             class_weights = counts.sum() / (len(counts) * counts)
-    return Trainer(model, data, config, run, device, precision, class_weights)
+    embedding_key = None
+    if config.pretrained:
+        from imgclf.engines.linear_probe import weights_fingerprint
+        from imgclf.models import pretrained_source
+
+        embedding_key = {"model": config.model, "model_args": config.model_args, "images": data.cache_key,
+                         "weights": weights_fingerprint(config.weights) or pretrained_source(config.model or "")
+                         or config.weights,
+                         "mean": list(data.mean), "std": list(data.std)}
+    return Trainer(model, data, config, run, device, precision, class_weights, embedding_key)
 
 
 def _fit_to_budget(config: TrainConfig, trainer: Any) -> TrainConfig:
@@ -234,6 +246,15 @@ def _fit_to_budget(config: TrainConfig, trainer: Any) -> TrainConfig:
             forward_per_image = step / config.batch_size / (1 if stage.trainable == "head" else 3)
             epoch_seconds[stage.trainable] = steps_per_epoch * step + val_rows * forward_per_image
     left = budget - (time.perf_counter() - started)
+    if trainer.uses_linear_probe and "head" in epoch_seconds:
+        # the probe stage is one pass over train + val whatever its epochs; only fine-tuning scales
+        probe = epoch_seconds.pop("head")
+        finetune = epoch_seconds.get("all")
+        probe_epochs = config.probe_epochs or 1.0
+        epochs = probe_epochs + (max(round((left - probe) / finetune, 1), 0.1) if finetune else 0.0)
+        console.print(f"time budget {config.time_budget}: probe about {probe:.0f} s, fine-tuning "
+                      f"{finetune or 0:.1f} s per epoch measured; training {epochs:g} epochs")
+        return replace(config, epochs=epochs, warmup_epochs=round((config.warmup_epochs or 0.0) * epochs / config.epochs, 2))
     shares = {stage.trainable: stage.epochs / config.epochs for stage in trainer.stages}
     per_epoch = sum(shares[kind] * seconds for kind, seconds in epoch_seconds.items())
     epochs = max(round(left / per_epoch, 1), 0.1)

@@ -61,9 +61,12 @@ def write_bundle(info: BundleInfo, state_dict: dict[str, Any], directory: Path) 
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state_dict.items()}
     save_file(tensors, str(partial / WEIGHTS_FILE), metadata={"format": "imgclf", "architecture": info.architecture})
     (partial / MODEL_FILE).write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
+    # the old bundle is moved aside, not deleted, until the new one is in place
+    previous = directory.with_name(f".{directory.name}.old-{os.getpid()}")
     if directory.exists():
-        shutil.rmtree(directory)
+        os.replace(directory, previous)
     os.replace(partial, directory)
+    shutil.rmtree(previous, ignore_errors=True)
     return directory
 
 

@@ -58,7 +58,7 @@ class Classifier:
                              image_size=info.image_size, **info.model_args)
         try:
             model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-        except (OSError, RuntimeError) as error:
+        except Exception as error:  # safetensors and torch raise several types for a damaged or foreign file
             first_line = str(error).strip().splitlines()[0]
             raise ImgclfError(f"{directory / WEIGHTS_FILE} does not fit {info.architecture} ({first_line})") from None
         return cls(model, info, device=device, precision=precision, tta=tta)

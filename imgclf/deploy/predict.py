@@ -14,6 +14,7 @@ import glob
 import multiprocessing
 import os
 import sys
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from imgclf.errors import ImgclfError
 
 UNKNOWN = "unknown"
 GLOB_CHARACTERS = set("*?[")
+AHEAD_PER_WORKER = 2  # decoded batches waiting per worker process, at most
 
 
 @dataclass
@@ -50,11 +52,17 @@ class PredictionRow:
         return self.top[0][1] if self.top else None
 
 
-def expand_inputs(inputs: Iterable[str]) -> list[Path]:
-    """Files, folders (recursively, image extensions only), globs, ``@list.txt`` files and ``-`` (stdin)."""
+def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files, folders (recursively, image extensions only), globs, ``@list.txt`` files and ``-`` (stdin).
+
+    Strings are interpreted; ``Path`` objects are taken literally (a folder
+    still recurses), so an already expanded list can be passed again safely.
+    """
     paths: list[Path] = []
     for entry in inputs:
-        if entry == "-":
+        if isinstance(entry, Path):
+            paths += _folder_images(entry) if entry.is_dir() else [entry]
+        elif entry == "-":
             paths += [Path(line.strip()) for line in sys.stdin if line.strip()]
         elif entry.startswith("@"):
             listing = Path(entry[1:])
@@ -64,11 +72,7 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
                 raise ImgclfError(f"{entry}: cannot read the list file ({error}); give one image path per line") from None
             paths += [Path(line.strip()) for line in lines if line.strip() and not line.startswith("#")]
         elif Path(entry).is_dir():
-            found = sorted(path for path in Path(entry).rglob("*")
-                           if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file())
-            if not found:
-                raise ImgclfError(f"{entry}: no images found in this folder (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-            paths += found
+            paths += _folder_images(Path(entry))
         elif GLOB_CHARACTERS & set(entry) and not Path(entry).exists():
             matches = sorted(Path(match) for match in glob.glob(entry, recursive=True) if Path(match).is_file())
             if not matches:
@@ -79,6 +83,13 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
     if not paths:
         raise ImgclfError("no images to predict; give files, folders, globs, @list.txt or - for stdin")
     return paths
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    found = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file())
+    if not found:
+        raise ImgclfError(f"{folder}: no images found in this folder (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return found
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,13 @@ def decoded_batches(paths: list[Path], size: tuple[int, int], policy: ResizePoli
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with context.Pool(workers) as pool:
-        # imap keeps input order and decodes a few batches ahead of the model
-        for chunk, (pixels, errors) in zip(chunks, pool.imap(job, [[str(p) for p in chunk] for chunk in chunks])):
-            yield chunk, pixels, errors
+        # a bounded window of batches in flight: decoding runs ahead of the model, memory stays flat
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append((chunk, pool.apply_async(job, ([str(path) for path in chunk],))))
+            if len(pending) > AHEAD_PER_WORKER * workers:
+                done, result = pending.popleft()
+                yield (done, *result.get())
+        while pending:
+            done, result = pending.popleft()
+            yield (done, *result.get())

@@ -34,6 +34,8 @@ def open_writer(output_format: str, out: Path | None, classes: list[str]) -> Ite
     if output_format not in FORMATS:
         raise ImgclfError(f"--format '{output_format}' is not one of {', '.join(FORMATS)}")
     partial = out.with_name(f".{out.name}.tmp-{os.getpid()}") if out else None
+    if partial:
+        partial.parent.mkdir(parents=True, exist_ok=True)
     handle: IO[str] = open(partial, "w", newline="", encoding="utf-8") if partial else sys.stdout
     try:
         write, finish = _writer(output_format, handle, classes)

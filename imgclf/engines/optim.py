@@ -18,7 +18,7 @@ from imgclf.config import TrainConfig
 
 
 def parameter_groups(model: nn.Module, head: nn.Module, config: TrainConfig, backbone_scale: float,
-                     trainable: str) -> list[dict]:
+                     trainable: str, stage_scale: float = 1.0) -> list[dict[str, object]]:
     """Groups for the optimiser: {backbone, head} x {decayed, not decayed}, each with its ``lr``.
 
     ``trainable`` is ``"all"`` or ``"head"`` (a probe: only the classifier learns).
@@ -34,7 +34,8 @@ def parameter_groups(model: nn.Module, head: nn.Module, config: TrainConfig, bac
         groups.setdefault((in_head, parameter.ndim > 1), []).append(parameter)
     result = []
     for (in_head, decayed), parameters in sorted(groups.items()):
-        lr = config.lr * (1.0 if in_head else backbone_scale) * (1.0 if decayed else config.bias_lr_scale)
+        lr = (config.lr * stage_scale * (1.0 if in_head else backbone_scale)
+              * (1.0 if decayed else config.bias_lr_scale))
         weight_decay = config.weight_decay if decayed else 0.0
         result.append({"params": parameters, "lr": lr, "initial_lr": lr, "weight_decay": weight_decay})
     return result

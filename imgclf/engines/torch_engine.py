@@ -34,6 +34,14 @@ from imgclf.data.augment_presets import PRESETS, augment_config
 from imgclf.data.batches import BatchLoader
 from imgclf.engines.checkpoint import save_checkpoint
 from imgclf.engines.device import autocast
+from imgclf.engines.linear_probe import (
+    cached,
+    embed,
+    fit_linear_head,
+    load_into_head,
+    rows_digest,
+    supports_linear_probe,
+)
 from imgclf.engines.optim import build_optimizer, build_scheduler, parameter_groups
 from imgclf.runs import RunDirectory
 
@@ -49,6 +57,7 @@ class TrainingData:
     multilabel: bool
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    cache_key: str = ""  # identifies the decoded pixels (files, size, policy), for caches built on them
 
     def split_targets(self, split: str) -> torch.Tensor:
         return self.targets[torch.from_numpy(self.rows[split])]
@@ -60,6 +69,13 @@ class Stage:
     epochs: float
     trainable: str  # "all" or "head"
     backbone_lr_scale: float = 1.0
+    lr_scale: float = 1.0  # of the whole stage, on top of the backbone's
+
+
+# Fine-tuning after a probe starts from a trained head at a low loss: at the full learning rate its
+# first steps undo what the probe found (flowers: val accuracy fell from 91% to 76%), as LP-FT
+# (Kumar et al., 2022) describes. So that stage runs at a tenth of --lr.
+FINETUNE_AFTER_PROBE_LR_SCALE = 0.1
 
 
 def plan_stages(config: TrainConfig) -> list[Stage]:
@@ -71,7 +87,7 @@ def plan_stages(config: TrainConfig) -> list[Stage]:
     if config.strategy == "two-stage":
         probe = float(config.probe_epochs)
         return [Stage("probe", probe, "head"), Stage("finetune", config.epochs - probe, "all",
-                                                     config.backbone_lr_scale)]
+                                                     config.backbone_lr_scale, FINETUNE_AFTER_PROBE_LR_SCALE)]
     return [Stage("train", config.epochs, "all")]
 
 
@@ -79,7 +95,6 @@ def plan_stages(config: TrainConfig) -> list[Stage]:
 class FitResult:
     history: list[dict[str, Any]]
     best_epoch: int
-    best_score: float
     stopped_early: bool
     interrupted: bool
     seconds: float
@@ -126,7 +141,8 @@ class Trainer:
     """Owns the model, the optimiser of the current stage, EMA and the loaders; ``fit`` runs the plan."""
 
     def __init__(self, model: nn.Module, data: TrainingData, config: TrainConfig, run: RunDirectory | None,
-                 device: torch.device, precision: str, class_weights: torch.Tensor | None = None) -> None:
+                 device: torch.device, precision: str, class_weights: torch.Tensor | None = None,
+                 embedding_key: dict[str, Any] | None = None) -> None:
         self.config = config
         self.data = data
         self.run = run
@@ -138,6 +154,10 @@ class Trainer:
         # what the architecture itself keeps fixed (e.g. FastNet's whitening filters) stays fixed in every stage
         self._trainable = {id(parameter): parameter.requires_grad for parameter in model.parameters()}
         self._stop_requested = False
+        # the probe stage becomes one logistic-regression fit on cached embeddings where it can
+        self.embedding_key = embedding_key
+        self.uses_linear_probe = (config.linear_probe and embedding_key is not None and not data.multilabel
+                                  and supports_linear_probe(self.head))
         self.class_weights = class_weights.to(device) if class_weights is not None else None
         self.stages = plan_stages(config)
         self.augment = augment_config(config.augment or "none", mixup=config.mixup, cutmix=config.cutmix)
@@ -169,7 +189,8 @@ class Trainer:
         for parameter in self.model.parameters():
             learns = stage.trainable == "all" or id(parameter) in head_ids
             parameter.requires_grad_(learns and self._trainable[id(parameter)])
-        groups = parameter_groups(self.model, self.head, self.config, stage.backbone_lr_scale, stage.trainable)
+        groups = parameter_groups(self.model, self.head, self.config, stage.backbone_lr_scale, stage.trainable,
+                                  stage.lr_scale)
         optimizer = build_optimizer(groups, self.config)
         total = self.steps_in(stage)
         warmup = min(total - 1, round((self.config.warmup_epochs or 0.0) * len(self.train_loader)))
@@ -181,8 +202,15 @@ class Trainer:
         if stage.trainable == "head":
             self.model.eval()  # frozen backbone: BatchNorm statistics stay as the weights had them
             self.head.train()
-        else:
-            self.model.train()
+            return
+        self.model.train()
+        if stage.name == "finetune":
+            # Pretrained BatchNorm statistics stay frozen while fine-tuning (Keras's transfer-learning
+            # advice): small batches of a small dataset would otherwise replace ImageNet's statistics
+            # with noisy ones and shift every feature the head was fitted on.
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
 
     # ----------------------------------------------------------------- steps
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -241,11 +269,11 @@ class Trainer:
     def evaluate(self, split: str, model: nn.Module | None = None, tta: bool = False) -> dict[str, float]:
         logits = self.predict_logits(split, model, tta)
         targets = self.data.split_targets(split)
-        weights, self.class_weights = self.class_weights, None  # report the plain loss, comparable across runs
-        try:
-            loss = float(self._loss(logits, targets))
-        finally:
-            self.class_weights = weights
+        # the plain loss (no class weights, no smoothing), comparable across epochs, stages and runs
+        if self.data.multilabel:
+            loss = float(F.binary_cross_entropy_with_logits(logits, targets))
+        else:
+            loss = float(F.cross_entropy(logits, targets))
         accuracy = float(self._correct(logits, targets)) / max(len(targets), 1)
         return {"loss": loss, "accuracy": accuracy}
 
@@ -329,6 +357,16 @@ class Trainer:
                     self.scaler.load_state_dict(resume["scaler"])
                 else:
                     position = _Position(stage=stage_index, epoch=position.epoch)
+                if stage.trainable == "head" and self.uses_linear_probe and position.stage_step == 0:
+                    row = self._linear_probe(stage, position)
+                    history.append(row)
+                    self._after_epoch(row, best, position, optimizer, scheduler, history)
+                    if on_epoch:
+                        on_epoch(row)
+                    if self._stop_requested:  # the checkpoint after the probe is already written
+                        outcome = "interrupted"
+                        break
+                    continue
                 try:
                     outcome = self._run_stage(stage, position, optimizer, scheduler, history, best, budget, on_epoch)
                 except _Interrupted:
@@ -339,7 +377,7 @@ class Trainer:
                 if outcome != "finished":
                     break
         shipped = self._restore_best()
-        return FitResult(history=history, best_epoch=int(best["epoch"]), best_score=best["score"] or 0.0,
+        return FitResult(history=history, best_epoch=int(best["epoch"]),
                          stopped_early=outcome == "stopped", interrupted=outcome == "interrupted",
                          seconds=time.perf_counter() - started, model=shipped)
 
@@ -356,6 +394,8 @@ class Trainer:
             self._after_epoch(row, best, position, optimizer, scheduler, history)
             if on_epoch:
                 on_epoch(row)
+            if self._stop_requested:
+                raise _Interrupted
             if self._should_stop_early(best):
                 return "stopped"
             more_to_do = position.stage_step < total_steps or self.stages[-1] is not stage
@@ -363,6 +403,42 @@ class Trainer:
                 console.print("[yellow]time budget reached; stopping after this epoch[/]")
                 return "stopped"
         return "finished"
+
+    def _linear_probe(self, stage: Stage, position: _Position) -> dict[str, Any]:
+        """The whole probe stage as one fit on cached embeddings; returns its history row."""
+        started = time.perf_counter()
+        splits = ["train"] + (["val"] if self.val_loader is not None else [])
+        features = {}
+        for split in splits:
+            rows = self.data.rows[split]
+            key = {**(self.embedding_key or {}), "rows": rows_digest(rows), "precision": self.precision}
+            features[split] = cached(key, lambda rows=rows, split=split: embed(
+                self.model, self.data.pixels, rows, self.data.mean, self.data.std, self.device, self.precision,
+                2 * self.config.batch_size, description=f"Embedding {split}"))
+        labels = {split: self.data.split_targets(split).numpy() for split in splits}
+        fit = fit_linear_head(features["train"], labels["train"], features.get("val"), labels.get("val"),
+                              len(self.data.classes), balanced=self.config.class_weights == "auto")
+        load_into_head(self.head, fit)
+        if self.ema is not None:
+            self.ema.load_state_dict(self.model.state_dict())
+        train_logits = torch.from_numpy(features["train"] @ fit.weight.T + fit.bias).float()
+        seconds = time.perf_counter() - started
+        row: dict[str, Any] = {
+            "epoch": position.epoch + 1, "stage": stage.name,
+            "train_loss": round(float(F.cross_entropy(train_logits, torch.from_numpy(labels["train"]))), 6),
+            "train_accuracy": round(fit.train_accuracy, 6), "val_loss": None, "val_accuracy": None,
+            "lr": 0.0, "seconds": round(seconds, 3),
+            "images_per_second": round(len(self.data.rows["train"]) / max(seconds, 1e-9), 1),
+        }
+        if self.val_loader is not None:
+            scores = self.evaluate("val")
+            row["val_loss"], row["val_accuracy"] = round(scores["loss"], 6), round(scores["accuracy"], 6)
+        console.print(f"probe: logistic regression on cached embeddings, C={fit.regularisation:g}, "
+                      f"fitted in {fit.seconds:.1f} s")
+        position.epoch += 1
+        position.stage_step = self.steps_in(stage)
+        position.epoch_in_stage = 1
+        return row
 
     def _run_epoch(self, stage: Stage, position: _Position, optimizer: torch.optim.Optimizer,
                    scheduler: torch.optim.lr_scheduler.LambdaLR, total_steps: int, epochs_in_stage: int,
@@ -387,8 +463,8 @@ class Trainer:
                 elapsed = time.perf_counter() - tally.started
                 progress.update(task, advance=1, loss=tally.mean_loss, accuracy=tally.accuracy,
                                 speed=tally.seen / max(elapsed, 1e-9))
-                if self._stop_requested:
-                    raise _Interrupted
+                if self._stop_requested and position.batch < steps:
+                    raise _Interrupted  # mid-epoch; at an epoch's end the row and checkpoint come first
         seconds = time.perf_counter() - tally.started
         row: dict[str, Any] = {
             "epoch": len(history) + 1, "stage": stage.name,
@@ -410,9 +486,12 @@ class Trainer:
                      history: list[dict[str, Any]]) -> None:
         monitor = self.config.monitor
         value = row.get(monitor)
-        if value is None:  # no validation split: the training loss decides
-            value = -row["train_loss"]
-        score = -value if monitor == "val_loss" and row.get(monitor) is not None else value
+        if value is None:
+            # No validation split: training losses of different stages (smoothing, mixup, a probe fit)
+            # are not comparable, so the latest epoch is the best one.
+            score = float(row["epoch"])
+        else:
+            score = -value if monitor == "val_loss" else value
         if best["score"] is None or score > best["score"]:
             best.update(score=score, epoch=row["epoch"], stale=0)
             if self.run is not None:
@@ -512,3 +591,4 @@ def _deferred_interrupt(trainer: Trainer) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+

@@ -8,6 +8,7 @@ there is no test split). Broken images are skipped and counted.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from imgclf.errors import ImgclfError
 from imgclf.evaluation.label_issues import find_label_issues
 from imgclf.evaluation.metrics import compute_metrics
 from imgclf.evaluation.plots import plot_confusion_matrix, plot_reliability, plot_roc
+from imgclf.files import write_problem_list, write_text_atomic
 from imgclf.pictures import save_image_grid
 
 GALLERY_SIZE = 12
@@ -116,9 +118,9 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
                                                 "likely label errors")
     metrics["label_issues"] = len(issues) if label_issues or folds else None
     metrics["label_issues_from"] = f"{folds}-fold cross-validation" if folds else "the model's own predictions"
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     if skipped:
-        (out / "skipped.txt").write_text("".join(f"{path}\t{reason}\n" for path, reason in skipped))
+        write_problem_list(out / "skipped.txt", skipped)
         console.print(f"[yellow]skipped {len(skipped)} unreadable image(s); listed in {out / 'skipped.txt'}[/]")
     return Evaluation(out=out, split=split, metrics=metrics, pictures=pictures, label_issues=issues, skipped=skipped)
 
@@ -167,8 +169,9 @@ def _gallery(rows: list[dict[str, Any]], classes: list[str], path: Path, title: 
 
 
 def _write_issues(issues: list[dict[str, Any]], path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["path", "given", "predicted", "given_probability",
-                                                    "predicted_probability", "evidence"])
-        writer.writeheader()
-        writer.writerows(issues)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["path", "given", "predicted", "given_probability",
+                                                "predicted_probability", "evidence"])
+    writer.writeheader()
+    writer.writerows(issues)
+    write_text_atomic(path, buffer.getvalue())

@@ -31,8 +31,7 @@ def compute_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: list
     report = skm.classification_report(labels, predicted, labels=indices, target_names=classes, output_dict=True,
                                        zero_division=0)
     confusion = skm.confusion_matrix(labels, predicted, labels=indices)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        normalised = np.nan_to_num(confusion / confusion.sum(axis=1, keepdims=True))
+    normalised = row_normalised(confusion)
     result: dict[str, Any] = {
         "images": int(len(labels)),
         "accuracy": float(skm.accuracy_score(labels, predicted)),
@@ -52,6 +51,12 @@ def compute_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: list
             result[f"top_{k}_accuracy"] = float(skm.top_k_accuracy_score(labels, probabilities, k=k, labels=indices))
     result.update(_roc(labels, probabilities, classes))
     return result
+
+
+def row_normalised(confusion: np.ndarray) -> np.ndarray:
+    """Each true class's row as shares of its images (rows of absent classes stay zero)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.nan_to_num(confusion / confusion.sum(axis=1, keepdims=True))
 
 
 def _renormalised(probabilities: np.ndarray) -> np.ndarray:

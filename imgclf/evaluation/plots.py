@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.evaluation.metrics import reliability
+from imgclf.evaluation.metrics import reliability, row_normalised
 
 MAX_CLASSES_LABELLED = 30  # above this the confusion matrix drops its tick labels and numbers
 MAX_ROC_CURVES = 10
@@ -69,8 +69,7 @@ def plot_confusion_matrix(confusion: np.ndarray, classes: list[str], path: Path)
     """Row-normalised confusion matrix (what share of each true class went where), counts in the cells."""
     plt = _pyplot()
     confusion = np.asarray(confusion)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        shares = np.nan_to_num(confusion / confusion.sum(axis=1, keepdims=True))
+    shares = row_normalised(confusion)
     side = min(3 + 0.45 * len(classes), 18)
     figure, axis = plt.subplots(figsize=(side + 1.5, side))
     image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)

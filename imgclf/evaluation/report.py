@@ -10,14 +10,15 @@ likely label errors.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from imgclf.data.sources import read_manifest
 from imgclf.evaluation.evaluate import Evaluation
+from imgclf.files import write_text_atomic
 
 STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 0 auto; max-width: 1100px;
@@ -63,21 +64,6 @@ def _section(anchor: str, title: str, body: str) -> str:
     return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>'
 
 
-def split_counts(split_file: Path) -> tuple[list[str], dict[str, dict[str, int]]]:
-    """(splits, {class: {split: count}}) from a run's split.csv."""
-    counts: dict[str, dict[str, int]] = {}
-    splits: list[str] = []
-    with open(split_file, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            split = row.get("split") or "unsplit"
-            if split not in splits:
-                splits.append(split)
-            for label in (row.get("labels") or row.get("label") or "").split("|"):
-                counts.setdefault(label, {}).setdefault(split, 0)
-                counts[label][split] += 1
-    return splits, counts
-
-
 def write_report(run_dir: Path, evaluation: Evaluation | None, pictures: dict[str, Path], path: Path) -> Path:
     """Write ``report.html`` for the run at ``run_dir``; ``pictures`` adds curves, samples and augmentations."""
     config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
@@ -116,8 +102,7 @@ def write_report(run_dir: Path, evaluation: Evaluation | None, pictures: dict[st
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
             f'<p class="muted">run: {html.escape(str(run_dir))}</p><nav>{nav}</nav>{body}</body></html>')
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_text_atomic(path, page)
 
 
 def _yaml_value(value: Any) -> str:
@@ -141,7 +126,9 @@ def _summary(config: dict[str, Any], bundle_metrics: dict[str, Any], evaluation:
 def _data(split_file: Path) -> str:
     if not split_file.is_file():
         return '<p class="muted">(no split.csv in this run)</p>'
-    splits, counts = split_counts(split_file)
+    dataset = read_manifest(split_file)
+    counts = dataset.class_counts()
+    splits = dataset.splits
     rows = [[name, *(counts[name].get(split, 0) for split in splits)] for name in sorted(counts)]
     rows.append(["total", *(sum(counts[name].get(split, 0) for name in counts) for split in splits)])
     return _table(["class", *splits], rows)

@@ -1,0 +1,37 @@
+"""The logistic-regression head: fitted weights act on raw features exactly as the model's head will."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgclf.engines.linear_probe import fit_linear_head, load_into_head, supports_linear_probe
+
+
+def clusters(classes: int, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 5, (classes, 16)) + 10  # far from zero, unscaled: the fit must standardise
+    labels = np.repeat(np.arange(classes), per_class)
+    return centres[labels] + rng.normal(0, 1, (len(labels), 16)), labels
+
+
+def test_fit_separates_clusters_and_loads_into_a_linear_head() -> None:
+    train_x, train_y = clusters(4, 30, seed=0)
+    val_x, val_y = clusters(4, 10, seed=0)
+    fit = fit_linear_head(train_x, train_y, val_x + np.random.default_rng(1).normal(0, 0.1, val_x.shape), val_y, 4)
+    assert fit.val_accuracy == 1.0 and fit.train_accuracy == 1.0
+    head = nn.Linear(16, 4)
+    assert supports_linear_probe(head) and not supports_linear_probe(nn.Linear(16, 4, bias=False))
+    load_into_head(head, fit)
+    logits = head(torch.from_numpy(val_x).float())
+    assert (logits.argmax(dim=1).numpy() == val_y).all()
+
+
+def test_two_classes_and_a_class_absent_from_training() -> None:
+    train_x, train_y = clusters(2, 20, seed=2)
+    train_y = np.where(train_y == 1, 2, 0)  # classes 0 and 2 of three; class 1 never seen
+    fit = fit_linear_head(train_x, train_y, None, None, 3)
+    predicted = (train_x @ fit.weight.T + fit.bias).argmax(axis=1)
+    assert (predicted == train_y).all() and fit.val_accuracy is None
+    assert fit.bias[1] < -1000

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import median
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,12 @@ from imgclf.errors import ImgclfError
 from imgclf.files import write_problem_list
 from imgclf.recipes import DataFacts, model_family, resolve
 from imgclf.runs import RunDirectory, new_run_directory
+
+if TYPE_CHECKING:  # torch loads only when training starts
+    import torch
+    from torch import nn
+
+    from imgclf.engines.torch_engine import FitResult, Trainer, TrainingData
 
 SIZE_SAMPLE = 256  # images whose header is read to choose the image size
 STATS_SAMPLE = 5000  # training images whose pixels give the normalisation of a from-scratch model
@@ -141,7 +147,7 @@ def _warn_about_imbalance(dataset: ImageDataset) -> None:
                       f"{largest}; consider --class-weights auto or --balanced-sampling[/]")
 
 
-def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> Any:
+def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> TrainingData:
     import torch
 
     from imgclf.data.cache import build_cache
@@ -172,8 +178,8 @@ def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> An
                         multilabel=dataset.multilabel, mean=(0.0,), std=(1.0,), cache_key=cache.directory.name)
 
 
-def _build_model(config: TrainConfig, data: Any, checkpoint: dict[str, Any] | None
-                 ) -> tuple[Any, tuple[float, ...], tuple[float, ...]]:
+def _build_model(config: TrainConfig, data: TrainingData, checkpoint: dict[str, Any] | None
+                 ) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...]]:
     """The model and the input normalisation it expects (the weights' own, or the data's statistics)."""
     import torch
 
@@ -203,7 +209,8 @@ def _build_model(config: TrainConfig, data: Any, checkpoint: dict[str, Any] | No
     return model, mean, std
 
 
-def _trainer(model: Any, data: Any, config: TrainConfig, run: RunDirectory, device: Any, precision: str) -> Any:
+def _trainer(model: nn.Module, data: TrainingData, config: TrainConfig, run: RunDirectory, device: torch.device,
+             precision: str) -> Trainer:
     import torch
 
     from imgclf.engines.torch_engine import Trainer
@@ -229,7 +236,7 @@ def _trainer(model: Any, data: Any, config: TrainConfig, run: RunDirectory, devi
     return Trainer(model, data, config, run, device, precision, class_weights, embedding_key)
 
 
-def _fit_to_budget(config: TrainConfig, trainer: Any) -> TrainConfig:
+def _fit_to_budget(config: TrainConfig, trainer: Trainer) -> TrainConfig:
     """Epochs that fit ``--time-budget``, from the measured speed of a few steps of each stage.
 
     Warm-up and probe epochs keep their share of the schedule, so the whole
@@ -267,7 +274,7 @@ def _fit_to_budget(config: TrainConfig, trainer: Any) -> TrainConfig:
                    probe_epochs=None if config.probe_epochs is None else max(1.0, round(config.probe_epochs * scale, 1)))
 
 
-def _final_metrics(trainer: Any, result: Any, config: TrainConfig) -> dict[str, Any]:
+def _final_metrics(trainer: Trainer, result: FitResult, config: TrainConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {"epochs_trained": len(result.history), "best_epoch": result.best_epoch,
                                "train_seconds": round(sum(row["seconds"] for row in result.history), 2)}
     for split in ("val", "test"):
@@ -279,7 +286,8 @@ def _final_metrics(trainer: Any, result: Any, config: TrainConfig) -> dict[str, 
     return metrics
 
 
-def _write_bundle(run: RunDirectory, config: TrainConfig, data: Any, model: Any, metrics: dict[str, Any]) -> Path:
+def _write_bundle(run: RunDirectory, config: TrainConfig, data: TrainingData, model: nn.Module,
+                  metrics: dict[str, Any]) -> Path:
     from imgclf.deploy.bundle import BundleInfo, write_bundle
 
     info = BundleInfo(architecture=config.model or "", model_args=dict(config.model_args), classes=data.classes,
@@ -289,7 +297,7 @@ def _write_bundle(run: RunDirectory, config: TrainConfig, data: Any, model: Any,
     return write_bundle(info, model.state_dict(), run.model_dir)
 
 
-def _print_summary(run: RunDirectory, config: TrainConfig, result: Any, metrics: dict[str, Any]) -> None:
+def _print_summary(run: RunDirectory, config: TrainConfig, result: FitResult, metrics: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"{config.model} on {Path(config.data).name}", show_header=False)

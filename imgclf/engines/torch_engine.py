@@ -389,7 +389,7 @@ class Trainer:
         total_steps = self.steps_in(stage)
         epochs_in_stage = math.ceil(total_steps / len(self.train_loader))
         while position.stage_step < total_steps:
-            row = self._run_epoch(stage, position, optimizer, scheduler, total_steps, epochs_in_stage, history)
+            row = self._run_epoch(stage, position, optimizer, scheduler, total_steps, epochs_in_stage)
             history.append(row)
             self._after_epoch(row, best, position, optimizer, scheduler, history)
             if on_epoch:
@@ -423,16 +423,9 @@ class Trainer:
             self.ema.load_state_dict(self.model.state_dict())
         train_logits = torch.from_numpy(features["train"] @ fit.weight.T + fit.bias).float()
         seconds = time.perf_counter() - started
-        row: dict[str, Any] = {
-            "epoch": position.epoch + 1, "stage": stage.name,
-            "train_loss": round(float(F.cross_entropy(train_logits, torch.from_numpy(labels["train"]))), 6),
-            "train_accuracy": round(fit.train_accuracy, 6), "val_loss": None, "val_accuracy": None,
-            "lr": 0.0, "seconds": round(seconds, 3),
-            "images_per_second": round(len(self.data.rows["train"]) / max(seconds, 1e-9), 1),
-        }
-        if self.val_loader is not None:
-            scores = self.evaluate("val")
-            row["val_loss"], row["val_accuracy"] = round(scores["loss"], 6), round(scores["accuracy"], 6)
+        train_loss = float(F.cross_entropy(train_logits, torch.from_numpy(labels["train"])))
+        row = self._epoch_row(position, stage, train_loss, fit.train_accuracy, 0.0, seconds,
+                              len(self.data.rows["train"]))
         console.print(f"probe: logistic regression on cached embeddings, C={fit.regularisation:g}, "
                       f"fitted in {fit.seconds:.1f} s")
         position.epoch += 1
@@ -440,9 +433,23 @@ class Trainer:
         position.epoch_in_stage = 1
         return row
 
+    def _epoch_row(self, position: _Position, stage: Stage, train_loss: float, train_accuracy: float, lr: float,
+                   seconds: float, images: int) -> dict[str, Any]:
+        """One line of metrics.csv (the validation scores measured now) for the epoch at ``position``."""
+        row: dict[str, Any] = {
+            "epoch": position.epoch + 1, "stage": stage.name,
+            "train_loss": round(train_loss, 6), "train_accuracy": round(train_accuracy, 6),
+            "val_loss": None, "val_accuracy": None, "lr": round(lr, 8),
+            "seconds": round(seconds, 3), "images_per_second": round(images / max(seconds, 1e-9), 1),
+        }
+        if self.val_loader is not None:
+            scores = self.evaluate("val")
+            row["val_loss"], row["val_accuracy"] = round(scores["loss"], 6), round(scores["accuracy"], 6)
+        return row
+
     def _run_epoch(self, stage: Stage, position: _Position, optimizer: torch.optim.Optimizer,
-                   scheduler: torch.optim.lr_scheduler.LambdaLR, total_steps: int, epochs_in_stage: int,
-                   history: list[dict[str, Any]]) -> dict[str, Any]:
+                   scheduler: torch.optim.lr_scheduler.LambdaLR, total_steps: int,
+                   epochs_in_stage: int) -> dict[str, Any]:
         self._set_train_mode(stage)
         loader = self.train_loader
         loader.set_epoch(position.epoch, start_batch=position.batch)
@@ -466,16 +473,8 @@ class Trainer:
                 if self._stop_requested and position.batch < steps:
                     raise _Interrupted  # mid-epoch; at an epoch's end the row and checkpoint come first
         seconds = time.perf_counter() - tally.started
-        row: dict[str, Any] = {
-            "epoch": len(history) + 1, "stage": stage.name,
-            "train_loss": round(tally.mean_loss, 6), "train_accuracy": round(tally.accuracy, 6),
-            "val_loss": None, "val_accuracy": None,
-            "lr": round(optimizer.param_groups[-1]["lr"], 8),
-            "seconds": round(seconds, 3), "images_per_second": round(tally.seen / max(seconds, 1e-9), 1),
-        }
-        if self.val_loader is not None:
-            scores = self.evaluate("val")
-            row["val_loss"], row["val_accuracy"] = round(scores["loss"], 6), round(scores["accuracy"], 6)
+        row = self._epoch_row(position, stage, tally.mean_loss, tally.accuracy, optimizer.param_groups[-1]["lr"],
+                              seconds, tally.seen)
         position.epoch += 1
         position.epoch_in_stage += 1
         position.batch = 0

@@ -152,7 +152,7 @@ def train(
                                                      "(default) instead of gradient descent.",
                                                 rich_help_panel="Model", show_default=False)] = None,
     image_size: Annotated[Optional[int], Opt(help="Input side in pixels.", rich_help_panel="Data")] = None,
-    resize: Annotated[Optional[str], Opt(help="squash, crop or pad.", rich_help_panel="Data")] = None,
+    resize: Annotated[Optional[str], Opt(help="squash, crop (centre) or pad; default: crop with pretrained weights, else squash.", rich_help_panel="Data")] = None,
     grayscale: Annotated[Optional[bool], Opt("--grayscale/--no-grayscale", help="Train on one grey channel.", rich_help_panel="Data",
                                              show_default=False)] = None,
     val_fraction: Annotated[Optional[float], Opt(help="Share of train carved out for validation if none given.",

@@ -41,7 +41,7 @@ class TrainConfig:
     seed: int = 0
     group_by: str | None = None
     image_size: int | None = None
-    resize: str = "squash"
+    resize: str | None = None
     grayscale: bool = False
     max_pixels: int | None = None
     workers: int | None = None

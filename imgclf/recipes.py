@@ -81,6 +81,8 @@ def resolve(config: TrainConfig, facts: DataFacts,
     if config.optimizer is not None and config.optimizer != recipe["optimizer"]:
         recipe.update(_optimizer_defaults(config.optimizer, batch_size))  # the recipe's rates belong to its optimizer
     epochs = config.epochs or _epochs(family, pretrained, image_size, facts.train_images)
+    # pretrained weights saw centre crops (timm's eval transform); from scratch, squashing keeps the whole image
+    recipe["resize"] = "crop" if pretrained else "squash"
     filled = {name: value for name, value in recipe.items() if getattr(config, name) is None}
     if strategy == "two-stage" and config.probe_epochs is None:
         filled["probe_epochs"] = min(max(1.0, round(epochs / 3)), epochs / 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -36,9 +37,9 @@ def messy_folder(tmp_path: Path) -> Path:
 def test_help_lists_commands_and_each_has_an_example() -> None:
     result = imgclf("--help")
     assert result.returncode == 0
-    for command in ("inspect", "preview-augment"):
+    for command in ("inspect", "preview-augment", "train", "models", "evaluate", "predict", "report"):
         assert command in result.stdout
-        assert "Example: imgclf " + command in imgclf(command, "--help").stdout
+        assert re.search(rf"Examples?: imgclf {command}\b", imgclf(command, "--help").stdout), command
 
 
 def test_version() -> None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from imgclf.config import TrainConfig, parse_duration
 from imgclf.console import console
+from imgclf.data.inspect import imbalance_warning
 from imgclf.data.sources import ImageDataset, read_manifest, write_manifest
 from imgclf.errors import ImgclfError
 from imgclf.files import write_problem_list
@@ -36,7 +37,6 @@ if TYPE_CHECKING:  # torch loads only when training starts
 
 SIZE_SAMPLE = 256  # images whose header is read to choose the image size
 STATS_SAMPLE = 5000  # training images whose pixels give the normalisation of a from-scratch model
-IMBALANCE_RATIO = 0.2
 
 
 @dataclass
@@ -106,7 +106,9 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
         config = replace(config, out=str(run.path))
         run.write_config(config)
         write_manifest(dataset, run.split_file)
-    _warn_about_imbalance(dataset)
+    imbalance = imbalance_warning(dataset.split_items("train"))
+    if imbalance:
+        console.print(f"[yellow]warning: {imbalance}[/]")
     device = choose_device(config.device)
     precision = choose_precision(config.precision, device)
     data = _decode(dataset, config, run)
@@ -131,20 +133,9 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     if report and not data.multilabel:
         from imgclf.evaluation.run_report import report_run
 
-        report, _ = report_run(run.path)
-        console.print(f"report: {report}")
+        page, _ = report_run(run.path)
+        console.print(f"report: {page}")
     return TrainResult(run.path, model_dir, config, result.history, metrics)
-
-
-def _warn_about_imbalance(dataset: ImageDataset) -> None:
-    counts = {name: splits.get("train", 0) for name, splits in dataset.class_counts().items()}
-    if len(counts) < 2:
-        return
-    smallest, largest = min(counts.values()), max(counts.values())
-    if largest and smallest < IMBALANCE_RATIO * largest:
-        rare = min(counts, key=counts.get)  # type: ignore[arg-type]
-        console.print(f"[yellow]warning: class imbalance: '{rare}' has {smallest} training images, the largest class "
-                      f"{largest}; consider --class-weights auto or --balanced-sampling[/]")
 
 
 def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> TrainingData:
@@ -211,7 +202,6 @@ def _build_model(config: TrainConfig, data: TrainingData, checkpoint: dict[str, 
 
 def _trainer(model: nn.Module, data: TrainingData, config: TrainConfig, run: RunDirectory, device: torch.device,
              precision: str) -> Trainer:
-    import torch
 
     from imgclf.engines.torch_engine import Trainer
 
@@ -222,7 +212,7 @@ def _trainer(model: nn.Module, data: TrainingData, config: TrainConfig, run: Run
             positives = train_targets.sum(dim=0).clamp(min=1)
             class_weights = (len(train_targets) - positives).clamp(min=1) / positives
         else:
-            counts = torch.bincount(train_targets, minlength=len(data.classes)).float().clamp(min=1)
+            counts = data.class_counts("train").float().clamp(min=1)
             class_weights = counts.sum() / (len(counts) * counts)
     embedding_key = None
     if config.pretrained:
@@ -246,21 +236,27 @@ def _fit_to_budget(config: TrainConfig, trainer: Trainer) -> TrainConfig:
     started = time.perf_counter()
     steps_per_epoch = len(trainer.train_loader)
     val_rows = len(trainer.data.rows["val"])
-    epoch_seconds = {}
+    forward_per_image: dict[str, float] = {}  # seconds of one forward pass per image, by stage kind
+    epoch_seconds: dict[str, float] = {}
     for stage in trainer.stages:
-        if stage.trainable not in epoch_seconds:
-            step = trainer.measure_step_seconds(stage)
-            forward_per_image = step / config.batch_size / (1 if stage.trainable == "head" else 3)
-            epoch_seconds[stage.trainable] = steps_per_epoch * step + val_rows * forward_per_image
+        if stage.trainable in epoch_seconds or (stage.trainable == "head" and trainer.uses_linear_probe):
+            continue
+        step = trainer.measure_step_seconds(stage)
+        forward_per_image[stage.trainable] = step / config.batch_size / (1 if stage.trainable == "head" else 3)
+        epoch_seconds[stage.trainable] = steps_per_epoch * step + val_rows * forward_per_image[stage.trainable]
     left = budget - (time.perf_counter() - started)
-    if trainer.uses_linear_probe and "head" in epoch_seconds:
-        # the probe stage is one pass over train + val whatever its epochs; only fine-tuning scales
-        probe = epoch_seconds.pop("head")
+    if trainer.uses_linear_probe:
+        # the probe is one embedding pass over train + val (about a third of a training step per image)
+        # and a fit of a second or two, whatever its epochs; only fine-tuning scales with the budget
         finetune = epoch_seconds.get("all")
+        if finetune is None:  # a probe alone: nothing to fit to the budget
+            return config
         probe_epochs = config.probe_epochs or 1.0
-        epochs = probe_epochs + (max(round((left - probe) / finetune, 1), 0.1) if finetune else 0.0)
+        probe = 0.0 if trainer.embeddings_cached() else (
+            (len(trainer.data.rows["train"]) + val_rows) * forward_per_image["all"])
+        epochs = probe_epochs + max(round((left - probe) / finetune, 1), 0.1)
         console.print(f"time budget {config.time_budget}: probe about {probe:.0f} s, fine-tuning "
-                      f"{finetune or 0:.1f} s per epoch measured; training {epochs:g} epochs")
+                      f"{finetune:.1f} s per epoch measured; training {epochs:g} epochs")
         return replace(config, epochs=epochs, warmup_epochs=round((config.warmup_epochs or 0.0) * epochs / config.epochs, 2))
     shares = {stage.trainable: stage.epochs / config.epochs for stage in trainer.stages}
     per_epoch = sum(shares[kind] * seconds for kind, seconds in epoch_seconds.items())

@@ -131,18 +131,27 @@ def _warnings(report: InspectReport, items: list[Item]) -> list[str]:
         warnings.append(f"{kinds['label-conflict']} image(s) appear under different labels")
     if kinds["within-split"]:
         warnings.append(f"{kinds['within-split']} group(s) of exact duplicates inside a split")
-    histogram = label_histogram([item for item in items if item.split in (None, "train")])
-    if len(histogram) > 1:
-        (large, most), (small, least) = histogram.most_common()[0], histogram.most_common()[-1]
-        if least < IMBALANCE_RATIO * most:
-            warnings.append(
-                f"class imbalance: '{small}' has {least} training images, '{large}' has {most}; "
-                "consider --class-weights auto or --balanced-sampling when training"
-            )
+    training = [item for item in items if item.split in (None, "train")]
+    imbalance = imbalance_warning(training)
+    if imbalance:
+        warnings.append(imbalance)
+    histogram = label_histogram(training)
     missing = [name for name in report.classes if not histogram.get(name)]
     if missing:
         warnings.append(f"{len(missing)} class(es) have no training images: {', '.join(missing[:5])}")
     return warnings
+
+
+def imbalance_warning(training_items: list[Item]) -> str | None:
+    """The warning when the rarest class has under ``IMBALANCE_RATIO`` of the commonest class's images."""
+    histogram = label_histogram(training_items)
+    if len(histogram) < 2:
+        return None
+    (large, most), (small, least) = histogram.most_common()[0], histogram.most_common()[-1]
+    if least >= IMBALANCE_RATIO * most:
+        return None
+    return (f"class imbalance: '{small}' has {least} training images, '{large}' has {most}; "
+            "consider --class-weights auto or --balanced-sampling when training")
 
 
 def sample_items(dataset: ImageDataset, count: int = 9) -> list[Item]:

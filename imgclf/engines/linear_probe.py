@@ -62,10 +62,15 @@ def embed(model: nn.Module, pixels: np.ndarray, rows: np.ndarray, mean: tuple[fl
     return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
 
 
+def cache_path(key_parts: dict[str, object]) -> Path:
+    """Where the embeddings for ``key_parts`` (model, weights, images, preprocessing, rows) are stored."""
+    key = hashlib.blake2b(json.dumps(key_parts, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+    return paths.cache_dir() / "embeddings" / f"{key}.npy"
+
+
 def cached(key_parts: dict[str, object], compute: Callable[[], np.ndarray]) -> np.ndarray:
     """Embeddings read from ``$IMGCLF_HOME/cache/embeddings/<key>.npy``, or computed and stored (float16)."""
-    key = hashlib.blake2b(json.dumps(key_parts, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
-    path = paths.cache_dir() / "embeddings" / f"{key}.npy"
+    path = cache_path(key_parts)
     if path.exists():
         try:
             return np.load(path, allow_pickle=False).astype(np.float32)

@@ -35,6 +35,7 @@ from imgclf.data.batches import BatchLoader
 from imgclf.engines.checkpoint import save_checkpoint
 from imgclf.engines.device import autocast
 from imgclf.engines.linear_probe import (
+    cache_path,
     cached,
     embed,
     fit_linear_head,
@@ -61,6 +62,10 @@ class TrainingData:
 
     def split_targets(self, split: str) -> torch.Tensor:
         return self.targets[torch.from_numpy(self.rows[split])]
+
+    def class_counts(self, split: str) -> torch.Tensor:
+        """Images per class in ``split`` (single-label data)."""
+        return torch.bincount(self.split_targets(split), minlength=len(self.classes))
 
 
 @dataclass(frozen=True)
@@ -173,7 +178,7 @@ class Trainer:
         rows = self.data.rows[split]
         weights = None
         if split == "train" and self.config.balanced_sampling and not self.data.multilabel:
-            counts = torch.bincount(self.data.split_targets(split), minlength=len(self.data.classes)).numpy()
+            counts = self.data.class_counts(split).numpy()
             weights = 1.0 / counts[self.data.split_targets(split).numpy()]
         return BatchLoader(self.data.pixels, rows, self.data.split_targets(split), batch_size or self.config.batch_size,
                            augment, self.data.mean, self.data.std, shuffle=shuffle,
@@ -404,15 +409,24 @@ class Trainer:
                 return "stopped"
         return "finished"
 
+    def _probe_splits(self) -> list[str]:
+        return ["train"] + (["val"] if self.val_loader is not None else [])
+
+    def _embedding_key(self, split: str) -> dict[str, Any]:
+        return {**(self.embedding_key or {}), "rows": rows_digest(self.data.rows[split]), "precision": self.precision}
+
+    def embeddings_cached(self) -> bool:
+        """Whether the linear probe will find every embedding it needs on disk (it then costs seconds)."""
+        return all(cache_path(self._embedding_key(split)).exists() for split in self._probe_splits())
+
     def _linear_probe(self, stage: Stage, position: _Position) -> dict[str, Any]:
         """The whole probe stage as one fit on cached embeddings; returns its history row."""
         started = time.perf_counter()
-        splits = ["train"] + (["val"] if self.val_loader is not None else [])
+        splits = self._probe_splits()
         features = {}
         for split in splits:
             rows = self.data.rows[split]
-            key = {**(self.embedding_key or {}), "rows": rows_digest(rows), "precision": self.precision}
-            features[split] = cached(key, lambda rows=rows, split=split: embed(
+            features[split] = cached(self._embedding_key(split), lambda rows=rows, split=split: embed(
                 self.model, self.data.pixels, rows, self.data.mean, self.data.std, self.device, self.precision,
                 2 * self.config.batch_size, description=f"Embedding {split}"))
         labels = {split: self.data.split_targets(split).numpy() for split in splits}

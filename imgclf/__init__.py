@@ -3,17 +3,23 @@
 __version__ = "0.1.0"
 
 from imgclf.api import (  # noqa: E402  (the public API)
+    build_index,
+    embed,
     evaluate,
+    evaluate_match,
     inspect,
     load,
     load_dataset,
+    match,
     models,
     predict,
     preview_augment,
+    query_index,
     report,
+    similar,
     train,
 )
 from imgclf.errors import ImgclfError  # noqa: E402
 
-__all__ = ["ImgclfError", "__version__", "evaluate", "inspect", "load", "load_dataset", "models", "predict",
-           "preview_augment", "report", "train"]
+__all__ = ["ImgclfError", "__version__", "build_index", "embed", "evaluate", "evaluate_match", "inspect", "load",
+           "load_dataset", "match", "models", "predict", "preview_augment", "query_index", "report", "similar", "train"]

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from imgclf.data.cache import build_cache
+from imgclf.data.cache import ImageCache, build_cache
 from imgclf.data.decode import DEFAULT_MAX_PIXELS, decode_file
-from imgclf.data.inspect import InspectReport, inspect_dataset, sample_items
+from imgclf.data.inspect import InspectReport, inspect_dataset, near_duplicate_warnings, sample_items
 from imgclf.data.sources import ImageDataset, Item, load_source
 from imgclf.data.splits import assign_splits
 from imgclf.errors import ImgclfError
@@ -29,11 +30,16 @@ if TYPE_CHECKING:  # the heavy modules load only when their command runs
     from imgclf.config import TrainConfig
     from imgclf.deploy.classifier import Classifier
     from imgclf.deploy.predict import PredictionRow
+    from imgclf.embeddings.embedder import FileEmbeddings
+    from imgclf.embeddings.index import Neighbour, SimilarityIndex
+    from imgclf.embeddings.match import MatchEvaluation, MatchResult
+    from imgclf.embeddings.near_duplicates import NearDuplicatePair
     from imgclf.evaluation.evaluate import Evaluation
     from imgclf.models import ModelInfo
     from imgclf.training import TrainResult
 
 SAMPLE_GRID_SIZE = 160  # pixels per tile in sample pictures
+DEFAULT_EMBEDDING_MODEL = "tf_efficientnet_lite0"  # ImageNet weights installed with imgclf: works offline
 
 
 def load_dataset(
@@ -62,6 +68,7 @@ class InspectResult:
     out: Path
     samples: Path | None
     broken_list: Path | None
+    near_duplicates_picture: Path | None = None
 
 
 def inspect(
@@ -71,6 +78,9 @@ def inspect(
     archive: str | Path | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int | None = None,
+    near_duplicates: bool = False,
+    embedding_model: str | Path = DEFAULT_EMBEDDING_MODEL,
+    similarity_threshold: float | None = None,
 ) -> InspectResult:
     """Check every file of ``source`` and summarise the dataset as it is.
 
@@ -80,6 +90,11 @@ def inspect(
     Writes ``report.json``, ``samples.png`` (the first images of each class)
     and, when files are broken, ``broken_files.txt`` into ``out`` (default
     ``inspect-<dataset name>/``).
+
+    ``near_duplicates`` also embeds every image with ``embedding_model`` and
+    reports pairs at least ``similarity_threshold`` alike that are not the
+    same bytes (resized, re-encoded, mirrored copies), across splits
+    (leakage) and within them, drawn in ``near_duplicates.png``.
     """
     dataset = load_source(source, Path(archive) if archive else None)
     cache = build_cache([item.path for item in dataset.items], size=None, max_pixels=max_pixels,
@@ -89,6 +104,16 @@ def inspect(
     if out_dir.exists() and not out_dir.is_dir():
         raise ImgclfError(f"--out {out_dir} is a file; give a folder for the inspect report")
     out_dir.mkdir(parents=True, exist_ok=True)
+    picture = out_dir / "near_duplicates.png"
+    picture.unlink(missing_ok=True)
+    if near_duplicates:
+        pairs = _near_duplicates(dataset, cache, embedding_model, similarity_threshold)
+        report.near_duplicates = [pair.to_json() for pair in pairs]
+        report.warnings += near_duplicate_warnings(report.near_duplicates)
+        if pairs:
+            from imgclf.embeddings.near_duplicates import draw_pairs
+
+            draw_pairs(pairs, picture)
     (out_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2))
     broken_list: Path | None = out_dir / "broken_files.txt"
     broken_list.unlink(missing_ok=True)  # a list from an earlier run would no longer be true
@@ -98,7 +123,27 @@ def inspect(
         broken_list = None
     good = dataset.with_items([item for item, ok in zip(dataset.items, cache.ok) if ok])
     samples = save_samples(good, out_dir / "samples.png", max_pixels) if good.items else None
-    return InspectResult(report=report, out=out_dir, samples=samples, broken_list=broken_list)
+    return InspectResult(report=report, out=out_dir, samples=samples, broken_list=broken_list,
+                         near_duplicates_picture=picture if picture.exists() else None)
+
+
+def _near_duplicates(dataset: ImageDataset, cache: ImageCache, model: str | Path, threshold: float | None
+                     ) -> list[NearDuplicatePair]:
+    from imgclf.embeddings.embedder import Embedder
+    from imgclf.embeddings.near_duplicates import find_near_duplicates
+    from imgclf.embeddings.similarity import NEAR_DUPLICATE
+
+    threshold = NEAR_DUPLICATE if threshold is None else threshold
+    if not 0.0 < threshold <= 1.0:
+        raise ImgclfError(f"--similarity-threshold {threshold:g} must be in (0, 1]; near-duplicates score about "
+                          f"{NEAR_DUPLICATE:g} or more")
+    readable = np.flatnonzero(cache.ok)
+    items = [dataset.items[index] for index in readable]
+    embedded = Embedder.load(model).embed_files([item.path for item in items],
+                                                description="Embedding for near-duplicates")
+    keep = np.flatnonzero(embedded.ok)
+    return find_near_duplicates([items[i] for i in keep], embedded.vectors[keep],
+                                [str(cache.digests[readable[i]]) for i in keep], threshold)
 
 
 def save_samples(dataset: ImageDataset, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
@@ -257,3 +302,127 @@ def report(run: str | Path, *, label_issues: bool = True) -> Path:
     from imgclf.evaluation.run_report import report_run
 
     return report_run(run, label_issues=label_issues)[0]
+
+
+# ----------------------------------------------------------------- embeddings
+def embed(model: str | Path, inputs: str | Path | list[str | Path], *, weights: str | Path | None = None,
+          out: str | Path | None = None, image_size: int | None = None, batch_size: int = 64,
+          device: str = "auto") -> FileEmbeddings:
+    """Embeddings of images (files, folders, globs, @lists, or a CSV with an ``image`` column), cached per image.
+
+    ``model`` is a registry backbone with pretrained weights (``imgclf models
+    --pretrained``) or a trained model; ``out`` (``.npz``) also saves paths,
+    vectors and errors for use outside imgclf. ``image_size`` applies to a
+    backbone (default 224, as ``train`` uses it); a trained model keeps its own.
+    """
+    from imgclf.embeddings.embedder import Embedder
+
+    if batch_size < 1:
+        raise ImgclfError(f"--batch-size must be at least 1, got {batch_size}")
+    embedder = Embedder.load(model, weights=weights, device=device, image_size=image_size)
+    embedder.batch_size = batch_size
+    embedded = embedder.embed_files(_image_inputs(inputs))
+    if out is not None:
+        _save_embeddings(embedded, Path(out))
+    return embedded
+
+
+def _image_inputs(inputs: str | Path | list[str | Path]) -> list[Path]:
+    """Files, folders, globs and @lists as ``predict`` takes them; a lone ``.csv`` is read for its image column."""
+    from imgclf.deploy.predict import expand_inputs
+    from imgclf.embeddings.tables import IMAGE_COLUMN, read_items
+
+    entries = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    if len(entries) == 1 and str(entries[0]).lower().endswith(".csv"):
+        return [Path(item[IMAGE_COLUMN]) for item in read_items(entries[0])]
+    return expand_inputs(entries)
+
+
+def _save_embeddings(embedded: FileEmbeddings, path: Path) -> None:
+    if path.suffix.lower() != ".npz":
+        raise ImgclfError(f"--out {path}: embeddings are saved as .npz (arrays paths, vectors, errors); "
+                          "give a file name ending in .npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    np.savez(partial, paths=np.array([str(p) for p in embedded.paths]), vectors=embedded.vectors,
+             errors=np.array(embedded.errors))
+    os.replace(partial, path)
+
+
+def similar(model: str | Path, image_a: str | Path, image_b: str | Path, *, weights: str | Path | None = None,
+            device: str = "auto") -> float:
+    """Similarity of two images in [0, 1] (cosine of their embeddings); see ``imgclf.embeddings.similarity``."""
+    from imgclf.embeddings.embedder import Embedder
+    from imgclf.embeddings.similarity import similarity
+
+    embedded = Embedder.load(model, weights=weights, device=device).embed_files([Path(image_a), Path(image_b)],
+                                                                               description="Embedding")
+    for path, error in zip(embedded.paths, embedded.errors):
+        if error:
+            raise ImgclfError(f"{path}: {error}")
+    return similarity(embedded.vectors[0], embedded.vectors[1])
+
+
+def build_index(model: str | Path, source: str | Path, out: str | Path, *, weights: str | Path | None = None,
+                device: str = "auto") -> tuple[SimilarityIndex, list[tuple[str, str]]]:
+    """Embed every image of ``source`` (a folder, or a CSV with an ``image`` column) into a search index at ``out``.
+
+    Returns the index and the (path, reason) of images that could not be read (also listed in ``out``).
+    """
+    from imgclf.embeddings.embedder import Embedder
+    from imgclf.embeddings.index import SimilarityIndex
+    from imgclf.embeddings.tables import read_items
+
+    items = read_items(source)
+    index, skipped = SimilarityIndex.build(Embedder.load(model, weights=weights, device=device), items,
+                                           str(weights) if weights else None)
+    index.save(Path(out))
+    if skipped:
+        write_problem_list(Path(out) / "skipped_files.txt", skipped)
+    return index, skipped
+
+
+def query_index(index: str | Path, images: str | Path | list[str | Path], *, k: int = 5, device: str = "auto"
+                ) -> list[tuple[Path, list[Neighbour], str]]:
+    """The ``k`` most similar indexed items of each image: (image, neighbours best first, error or "")."""
+    from imgclf.embeddings.index import SimilarityIndex
+
+    if k < 1:
+        raise ImgclfError(f"-k must be at least 1, got {k}")
+    loaded = SimilarityIndex.load(index)
+    embedded = loaded.embedder(device=device).embed_files(_image_inputs(images), description="Embedding queries")
+    found = loaded.search(embedded.vectors, k)
+    return [(path, hits if not error else [], error)
+            for path, hits, error in zip(embedded.paths, found, embedded.errors)]
+
+
+def match(catalog: str | Path, *, image: str | Path | None = None, name: str | None = None,
+          model: str | Path = DEFAULT_EMBEDDING_MODEL, weights: str | Path | None = None,
+          image_weight: float | None = None, k: int | None = None, device: str = "auto") -> MatchResult:
+    """Suggest a category for a new product from its photo and/or name, with the closest catalogue items."""
+    from imgclf.embeddings.embedder import Embedder
+    from imgclf.embeddings.match import DEFAULT_IMAGE_WEIGHT, DEFAULT_TOP_K, Catalog
+    from imgclf.embeddings.match import match as match_catalog
+
+    embedder = Embedder.load(model, weights=weights, device=device)
+    loaded = Catalog.load(catalog, embedder)
+    vector = None
+    if image is not None:
+        embedded = embedder.embed_files([Path(image)], description="Embedding the photo")
+        if embedded.errors[0]:
+            raise ImgclfError(f"--image {image}: {embedded.errors[0]}")
+        vector = embedded.vectors[0]
+    return match_catalog(loaded, vector, name, DEFAULT_IMAGE_WEIGHT if image_weight is None else image_weight,
+                         DEFAULT_TOP_K if k is None else k)
+
+
+def evaluate_match(catalog: str | Path, *, model: str | Path = DEFAULT_EMBEDDING_MODEL,
+                   weights: str | Path | None = None, k: int | None = None, seed: int = 0,
+                   device: str = "auto") -> MatchEvaluation:
+    """Hold out part of the catalogue; category accuracy of image-only, name-only and combined matching."""
+    from imgclf.embeddings.embedder import Embedder
+    from imgclf.embeddings.match import DEFAULT_TOP_K, Catalog
+    from imgclf.embeddings.match import evaluate as evaluate_catalog
+
+    loaded = Catalog.load(catalog, Embedder.load(model, weights=weights, device=device))
+    return evaluate_catalog(loaded, DEFAULT_TOP_K if k is None else k, seed)

@@ -18,6 +18,7 @@ import typer
 from rich.table import Table
 
 from imgclf import __version__, api
+from imgclf.cli_embeddings import register as register_embedding_commands
 from imgclf.console import console
 from imgclf.data.augment_presets import PRESETS
 from imgclf.data.decode import DEFAULT_MAX_PIXELS
@@ -61,16 +62,23 @@ def _main(
     _debug = _debug or debug
 
 
-@app.command(epilog="Example: imgclf inspect photos/ --out inspect-photos")
+@app.command(epilog="Examples: imgclf inspect photos/ --out inspect-photos  |  imgclf inspect photos/ --near-duplicates")
 def inspect(
     source: Source,
     out: Annotated[Optional[Path], typer.Option(help="Folder for report.json, samples.png, broken_files.txt.")] = None,
     archive: ArchiveOption = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels (decompression bombs).")] = DEFAULT_MAX_PIXELS,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+    near_duplicates: Annotated[bool, typer.Option(
+        "--near-duplicates", help="Also find resized, re-encoded or mirrored copies by image embeddings.")] = False,
+    embedding_model: Annotated[str, typer.Option(help="Backbone or trained model for --near-duplicates.")] =
+        api.DEFAULT_EMBEDDING_MODEL,
+    similarity_threshold: Annotated[Optional[float], typer.Option(
+        help="Lowest similarity (0..1) reported by --near-duplicates (default 0.9).")] = None,
 ) -> None:
     """Count classes per split as given, check every file, find duplicates and leakage."""
-    result = api.inspect(source, out=out, archive=archive, max_pixels=max_pixels)
+    result = api.inspect(source, out=out, archive=archive, max_pixels=max_pixels, near_duplicates=near_duplicates,
+                         embedding_model=embedding_model, similarity_threshold=similarity_threshold)
     if as_json:
         print(json.dumps(result.report.to_json(), indent=2))
         return
@@ -101,6 +109,9 @@ def _print_report(result: api.InspectResult) -> None:
         console.print(f"[yellow]warning:[/] {warning}")
     if result.broken_list:
         console.print(f"broken files listed in {result.broken_list}")
+    if report.near_duplicates is not None:
+        console.print(f"near-duplicate pairs: {len(report.near_duplicates)}"
+                      + (f", drawn in {result.near_duplicates_picture}" if result.near_duplicates_picture else ""))
     console.print(f"report: {result.out / 'report.json'}" + (f", samples: {result.samples}" if result.samples else ""))
 
 
@@ -378,6 +389,9 @@ def report(
 ) -> None:
     """Re-evaluate a run on its held-out split and rewrite its self-contained report.html."""
     console.print(f"wrote {api.report(run, label_issues=label_issues)}")
+
+
+register_embedding_commands(app)
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ from imgclf.errors import ImgclfError
 
 SMALL_IMAGE_SIDE = 64  # at or below this median side, images are "small" (CIFAR-like)
 PHOTO_MODEL = "tf_efficientnet_lite0"
+PRETRAINED_IMAGE_SIZE = 224  # what ImageNet weights are usually trained and evaluated at
 SMALL_MODEL = "fastnet"
 PHOTO_SCRATCH_SIZE = 96
 PHOTO_SCRATCH_WIDTHS = (32, 64, 128, 256)
@@ -98,7 +99,7 @@ def resolve(config: TrainConfig, facts: DataFacts,
 
 def _image_size(family: str, pretrained: bool, small: bool, facts: DataFacts) -> int:
     if family == "timm" and pretrained:
-        return 224
+        return PRETRAINED_IMAGE_SIZE
     if small:
         return max(8, int(round(facts.median_side / 8)) * 8)
     if family == "tutorial-cnn":

@@ -166,7 +166,8 @@ def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> Tr
     else:
         targets = torch.tensor([index[item.labels[0]] for item in dataset.items], dtype=torch.int64)
     return TrainingData(pixels=cache.pixels, rows=rows, targets=targets, classes=list(dataset.classes),
-                        multilabel=dataset.multilabel, mean=(0.0,), std=(1.0,), cache_key=cache.directory.name)
+                        multilabel=dataset.multilabel, mean=(0.0,), std=(1.0,),
+                        paths=[item.path for item in dataset.items])
 
 
 def _build_model(config: TrainConfig, data: TrainingData, checkpoint: dict[str, Any] | None
@@ -214,16 +215,14 @@ def _trainer(model: nn.Module, data: TrainingData, config: TrainConfig, run: Run
         else:
             counts = data.class_counts("train").float().clamp(min=1)
             class_weights = counts.sum() / (len(counts) * counts)
-    embedding_key = None
+    embedding_weights = None
     if config.pretrained:
         from imgclf.engines.linear_probe import weights_fingerprint
         from imgclf.models import pretrained_source
 
-        embedding_key = {"model": config.model, "model_args": config.model_args, "images": data.cache_key,
-                         "weights": weights_fingerprint(config.weights) or pretrained_source(config.model or "")
-                         or config.weights,
-                         "mean": list(data.mean), "std": list(data.std)}
-    return Trainer(model, data, config, run, device, precision, class_weights, embedding_key)
+        found = weights_fingerprint(config.weights) or pretrained_source(config.model or "") or config.weights
+        embedding_weights = str(found) if found else None
+    return Trainer(model, data, config, run, device, precision, class_weights, embedding_weights)
 
 
 def _fit_to_budget(config: TrainConfig, trainer: Trainer) -> TrainConfig:

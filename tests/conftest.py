@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated IMGCLF_HOME and small generated image folders."""
+"""Shared fixtures: an isolated IMGCLF_HOME, small generated image folders, tiny 'pretrained' weights."""
 
 from __future__ import annotations
 
@@ -39,3 +39,18 @@ def make_class_folder(root: Path, per_class: int = 10, size: int = 16, suffix: s
 @pytest.fixture
 def class_folder(tmp_path: Path) -> Path:
     return make_class_folder(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def backbone_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """'Pretrained' weights for timm's tiny test_resnet, saved with a 1000-class head."""
+    import torch
+    from safetensors.torch import save_file
+
+    from imgclf.models import create_model
+
+    torch.manual_seed(1)
+    model = create_model("test_resnet", 1000)
+    path = tmp_path_factory.mktemp("weights") / "test_resnet.safetensors"
+    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, str(path))
+    return path

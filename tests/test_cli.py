@@ -35,11 +35,19 @@ def messy_folder(tmp_path: Path) -> Path:
 
 
 def test_help_lists_commands_and_each_has_an_example() -> None:
+    import typer
+
+    from imgclf.cli import app
+
     result = imgclf("--help")
     assert result.returncode == 0
-    for command in ("inspect", "preview-augment", "train", "models", "evaluate", "predict", "report"):
-        assert command in result.stdout
-        assert re.search(rf"Examples?: imgclf {command}\b", imgclf(command, "--help").stdout), command
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    assert {"inspect", "train", "evaluate", "predict", "embed", "similar", "index", "match"} <= set(commands)
+    for name, command in commands.items():
+        assert name in result.stdout
+        invocations = [[name, sub] for sub in getattr(command, "commands", {})] or [[name]]
+        for words in invocations:
+            assert re.search(rf"Examples?: imgclf {' '.join(words)}\b", imgclf(*words, "--help").stdout), words
 
 
 def test_version() -> None:

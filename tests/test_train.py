@@ -11,12 +11,11 @@ import pytest
 import torch
 import yaml
 from conftest import make_class_folder, make_image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import imgclf
 from imgclf.engines.torch_engine import Trainer
 from imgclf.errors import ImgclfError
-from imgclf.models import create_model
 
 TINY_FASTNET = {"widths": [8, 16, 16], "depth": 1}
 FAST = dict(model="fastnet", model_args=TINY_FASTNET, precision="fp32", batch_size=16, lr=0.5, label_smoothing=0.0,
@@ -89,16 +88,6 @@ def test_early_stopping_keeps_the_best_epoch(colours: Path, tmp_path: Path) -> N
     run = imgclf.train(colours, out=tmp_path / "run", epochs=6, early_stopping=1, monitor="val_loss",
                        ema=False, **{**FAST, "lr": 1e-12})
     assert len(run.history) == 2 and run.metrics["best_epoch"] == 1
-
-
-@pytest.fixture(scope="module")
-def backbone_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """'Pretrained' weights for timm's tiny test_resnet, saved with a 1000-class head."""
-    torch.manual_seed(1)
-    model = create_model("test_resnet", 1000)
-    path = tmp_path_factory.mktemp("weights") / "test_resnet.safetensors"
-    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, str(path))
-    return path
 
 
 PRETRAINED = dict(model="test_resnet", pretrained=True, precision="fp32", batch_size=16, image_size=32, workers=1)
@@ -220,15 +209,18 @@ def test_gradient_probe_and_the_embedding_cache(colours: Path, backbone_weights:
     trained = torch.load(sgd.run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(trained[name], original[name]) for name in trained if not name.startswith("fc."))
 
-    import imgclf.engines.torch_engine as engine
+    from imgclf.embeddings.embedder import Embedder
 
-    calls = []
-    real_embed = engine.embed
-    monkeypatch.setattr(engine, "embed", lambda *args, **kwargs: calls.append(1) or real_embed(*args, **kwargs))
+    embedded = []
+    real_embed = Embedder.embed_pixels
+    monkeypatch.setattr(Embedder, "embed_pixels",
+                        lambda self, pixels: embedded.append(len(pixels)) or real_embed(self, pixels))
     first = imgclf.train(colours, out=tmp_path / "a", weights=str(backbone_weights), strategy="probe", **PRETRAINED)
-    assert len(calls) == 2  # train and val embedded once
+    splits = (tmp_path / "a" / "split.csv").read_text().splitlines()[1:]
+    probed = sum(line.rsplit(",", 1)[-1] in ("train", "val") for line in splits)
+    assert sum(embedded) == probed  # every train and val image embedded once
     second = imgclf.train(colours, out=tmp_path / "b", weights=str(backbone_weights), strategy="probe", **PRETRAINED)
-    assert len(calls) == 2  # ... and reused by the second run
+    assert sum(embedded) == probed  # ... and reused by the second run
     assert_same_weights(first.model_dir, second.model_dir)
     assert first.metrics["val_accuracy"] >= 0.8
 

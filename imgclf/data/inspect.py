@@ -55,6 +55,7 @@ class InspectReport:
     duplicates: list[DuplicateGroup]
     ignored: list[Path]
     warnings: list[str] = field(default_factory=list)
+    near_duplicates: list[dict] | None = None  # pairs from --near-duplicates, as JSON; None when not searched
 
     @property
     def split_totals(self) -> dict[str, int]:
@@ -73,6 +74,7 @@ class InspectReport:
             "duplicates": [{"kind": group.kind, "paths": [str(p) for p in group.paths], "splits": group.splits,
                             "labels": group.labels} for group in self.duplicates],
             "ignored_files": len(self.ignored),
+            **({"near_duplicates": self.near_duplicates} if self.near_duplicates is not None else {}),
             "warnings": self.warnings,
         }
 
@@ -140,6 +142,15 @@ def _warnings(report: InspectReport, items: list[Item]) -> list[str]:
     if missing:
         warnings.append(f"{len(missing)} class(es) have no training images: {', '.join(missing[:5])}")
     return warnings
+
+
+def near_duplicate_warnings(pairs: list[dict]) -> list[str]:
+    """Warnings for near-duplicate pairs (as ``NearDuplicatePair.to_json`` gives them), like those for exact ones."""
+    kinds = Counter(pair["kind"] for pair in pairs)
+    texts = {"leakage": "near-duplicate pair(s) across splits (leakage): test scores will be too high",
+             "label-conflict": "near-duplicate pair(s) under different labels",
+             "within-split": "near-duplicate pair(s) inside a split"}
+    return [f"{kinds[kind]} {text}" for kind, text in texts.items() if kinds[kind]]
 
 
 def imbalance_warning(training_items: list[Item]) -> str | None:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,17 +33,10 @@ from imgclf.console import console, training_progress
 from imgclf.data.augment import mix_batch
 from imgclf.data.augment_presets import PRESETS, augment_config
 from imgclf.data.batches import BatchLoader
+from imgclf.embeddings.embedder import Embedder, Preprocessing
 from imgclf.engines.checkpoint import save_checkpoint
 from imgclf.engines.device import autocast
-from imgclf.engines.linear_probe import (
-    cache_path,
-    cached,
-    embed,
-    fit_linear_head,
-    load_into_head,
-    rows_digest,
-    supports_linear_probe,
-)
+from imgclf.engines.linear_probe import fit_linear_head, load_into_head, supports_linear_probe
 from imgclf.engines.optim import build_optimizer, build_scheduler, parameter_groups
 from imgclf.runs import RunDirectory
 
@@ -58,7 +52,7 @@ class TrainingData:
     multilabel: bool
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    cache_key: str = ""  # identifies the decoded pixels (files, size, policy), for caches built on them
+    paths: list[Path] = field(default_factory=list)  # row -> its image file, for per-image caches
 
     def split_targets(self, split: str) -> torch.Tensor:
         return self.targets[torch.from_numpy(self.rows[split])]
@@ -147,7 +141,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, data: TrainingData, config: TrainConfig, run: RunDirectory | None,
                  device: torch.device, precision: str, class_weights: torch.Tensor | None = None,
-                 embedding_key: dict[str, Any] | None = None) -> None:
+                 embedding_weights: str | None = None) -> None:
         self.config = config
         self.data = data
         self.run = run
@@ -159,10 +153,12 @@ class Trainer:
         # what the architecture itself keeps fixed (e.g. FastNet's whitening filters) stays fixed in every stage
         self._trainable = {id(parameter): parameter.requires_grad for parameter in model.parameters()}
         self._stop_requested = False
-        # the probe stage becomes one logistic-regression fit on cached embeddings where it can
-        self.embedding_key = embedding_key
-        self.uses_linear_probe = (config.linear_probe and embedding_key is not None and not data.multilabel
+        # the probe stage becomes one logistic-regression fit on cached embeddings where it can;
+        # ``embedding_weights`` names the pretrained weights, which (with the model) key that cache
+        self.embedding_weights = embedding_weights
+        self.uses_linear_probe = (config.linear_probe and embedding_weights is not None and not data.multilabel
                                   and supports_linear_probe(self.head))
+        self._embedder: Embedder | None = None
         self.class_weights = class_weights.to(device) if class_weights is not None else None
         self.stages = plan_stages(config)
         self.augment = augment_config(config.augment or "none", mixup=config.mixup, cutmix=config.cutmix)
@@ -412,12 +408,24 @@ class Trainer:
     def _probe_splits(self) -> list[str]:
         return ["train"] + (["val"] if self.val_loader is not None else [])
 
-    def _embedding_key(self, split: str) -> dict[str, Any]:
-        return {**(self.embedding_key or {}), "rows": rows_digest(self.data.rows[split]), "precision": self.precision}
+    def embedder(self) -> Embedder:
+        """The frozen backbone as an embedder (made once, before any training changes the weights)."""
+        if self._embedder is None:
+            config = self.config
+            preprocessing = Preprocessing(config.image_size or 0, config.resize or "squash",
+                                          1 if config.grayscale else 3, self.data.mean, self.data.std)
+            self._embedder = Embedder(self.model, config.model or "", self.embedding_weights or "", preprocessing,
+                                      config.model or "", config.model_args, self.device, self.precision,
+                                      batch_size=2 * (config.batch_size or 32))
+        return self._embedder
 
     def embeddings_cached(self) -> bool:
         """Whether the linear probe will find every embedding it needs on disk (it then costs seconds)."""
-        return all(cache_path(self._embedding_key(split)).exists() for split in self._probe_splits())
+        from imgclf.embeddings.store import image_key
+
+        store = self.embedder().store
+        keys = [image_key(self.data.paths[row]) for split in self._probe_splits() for row in self.data.rows[split]]
+        return bool(store.get(keys)[1].all())
 
     def _linear_probe(self, stage: Stage, position: _Position) -> dict[str, Any]:
         """The whole probe stage as one fit on cached embeddings; returns its history row."""
@@ -425,10 +433,8 @@ class Trainer:
         splits = self._probe_splits()
         features = {}
         for split in splits:
-            rows = self.data.rows[split]
-            features[split] = cached(self._embedding_key(split), lambda rows=rows, split=split: embed(
-                self.model, self.data.pixels, rows, self.data.mean, self.data.std, self.device, self.precision,
-                2 * self.config.batch_size, description=f"Embedding {split}"))
+            features[split] = self.embedder().embed_decoded(self.data.pixels, self.data.rows[split], self.data.paths,
+                                                            description=f"Embedding {split}")
         labels = {split: self.data.split_targets(split).numpy() for split in splits}
         fit = fit_linear_head(features["train"], labels["train"], features.get("val"), labels.get("val"),
                               len(self.data.classes), balanced=self.config.class_weights == "auto")

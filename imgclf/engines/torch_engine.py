@@ -256,6 +256,12 @@ class Trainer:
     def predict_logits(self, split: str, model: nn.Module | None = None, tta: bool = False) -> torch.Tensor:
         """Logits for every row of ``split`` (no augmentation; flip-averaged with ``tta``)."""
         model = model or self.evaluated_model()
+        if not tta and self.backbone_is_embedder():
+            # the backbone never changed: its cached embeddings through the head are these logits, in seconds
+            head = model.get_classifier()
+            features = self.embedder().embed_decoded(self.data.pixels, self.data.rows[split], self.data.paths,
+                                                     description=f"Embedding {split}")
+            return head(torch.from_numpy(features).to(head.weight)).float().cpu()
         model.eval()
         loader = self._loader(split, PRESETS["none"], shuffle=False, batch_size=2 * self.config.batch_size)
         outputs = []
@@ -418,6 +424,10 @@ class Trainer:
                                       config.model or "", config.model_args, self.device, self.precision,
                                       batch_size=2 * (config.batch_size or 32))
         return self._embedder
+
+    def backbone_is_embedder(self) -> bool:
+        """Whether the whole run is one linear probe, so the trained backbone is exactly the embedder's."""
+        return self.uses_linear_probe and all(stage.trainable == "head" for stage in self.stages)
 
     def embeddings_cached(self) -> bool:
         """Whether the linear probe will find every embedding it needs on disk (it then costs seconds)."""

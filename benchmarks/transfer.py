@@ -1,0 +1,213 @@
+"""Transfer learning in seconds: embeddings + a linear probe on the flowers photos, against a plain script.
+
+Usage: python benchmarks/transfer.py [--data ../shared/datasets/flowers] [--sections baseline,probe,fold,similarity]
+
+- ``baseline``: the plain script the issue describes, run in this process:
+  single-threaded PIL decode (centre crop, 224 px), torch bf16 channels_last
+  forward at batch 64, scikit-learn logistic regression (C chosen on val,
+  as ours does). Its seconds and val accuracy are the yardstick.
+- ``probe``: ``imgclf.train(flowers, strategy="probe")`` from the JPEG files
+  with an empty cache (a fresh ``IMGCLF_HOME``), then again with the
+  embeddings cached: wall seconds of the whole call (decode, embed, fit,
+  metrics, bundle, report) and val accuracy; and ``imgclf.embed`` alone.
+- ``fold``: images/s of the embedding forward pass with and without
+  BatchNorm folded into the convolutions, same process, same batches.
+- ``similarity``: the cosine scores behind ``imgclf similar``'s verdicts:
+  images against their mirror image, a 90% crop, a half-size JPEG copy,
+  and random pairs of the same and of different classes.
+
+The two-stage fine-tuning figure for comparison is read from
+``results/flowers.json`` (``benchmarks/flowers.py``, case ``lite0-5m``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from training_runs import save
+
+RESULTS = Path(__file__).parent / "results" / "transfer.json"
+MODEL = "tf_efficientnet_lite0"
+
+
+def baseline(data: Path) -> dict:
+    """The plain script: decode, embed, fit, with nothing cached and nothing overlapped."""
+    from sklearn.linear_model import LogisticRegression
+
+    from imgclf.models import create_model, load_pretrained
+
+    started = time.perf_counter()
+    model = create_model(MODEL, 0)
+    weights = load_pretrained(model, MODEL)
+    model = model.eval().to(memory_format=torch.channels_last)
+    mean = torch.tensor(weights.mean).view(1, 3, 1, 1) * 255
+    std = torch.tensor(weights.std).view(1, 3, 1, 1) * 255
+
+    def features(files: list[Path]) -> np.ndarray:
+        out = []
+        for start in range(0, len(files), 64):
+            batch = []
+            for file in files[start:start + 64]:
+                image = Image.open(file).convert("RGB")
+                side = min(image.size)
+                left, top = (image.width - side) // 2, (image.height - side) // 2
+                batch.append(np.asarray(image.crop((left, top, left + side, top + side)).resize((224, 224),
+                                                                                               Image.BICUBIC)))
+            pixels = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float()
+            images = ((pixels - mean) / std).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                out.append(model(images).float().numpy())
+        return np.concatenate(out)
+
+    splits = {split: sorted((data / split).glob("*/*.jpg")) for split in ("train", "val")}
+    classes = sorted(path.name for path in (data / "train").iterdir())
+    x = {split: features(files) for split, files in splits.items()}
+    y = {split: np.array([classes.index(path.parent.name) for path in files]) for split, files in splits.items()}
+    mean_x, std_x = x["train"].mean(0), x["train"].std(0) + 1e-6
+    best = max((LogisticRegression(C=c, max_iter=2000).fit((x["train"] - mean_x) / std_x, y["train"])
+                for c in (0.03, 0.1, 0.3, 1.0, 3.0)),
+               key=lambda fitted: fitted.score((x["val"] - mean_x) / std_x, y["val"]))
+    accuracy = best.score((x["val"] - mean_x) / std_x, y["val"])
+    return {"wall_seconds": round(time.perf_counter() - started, 1), "val_accuracy": round(float(accuracy), 4)}
+
+
+def probe(data: Path) -> dict:
+    """``imgclf.train(strategy="probe")`` cold and cached, and ``imgclf.embed`` alone, in a fresh IMGCLF_HOME."""
+    import imgclf
+
+    record: dict = {}
+    previous_home = os.environ.get("IMGCLF_HOME")
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["IMGCLF_HOME"] = home
+        for label in ("cold", "cached"):
+            started = time.perf_counter()
+            run = imgclf.train(data, out=Path(home) / f"run-{label}", strategy="probe", model=MODEL)
+            record[label] = {"wall_seconds": round(time.perf_counter() - started, 1),
+                             "probe_stage_seconds": round(run.history[0]["seconds"], 1),
+                             "val_accuracy": round(run.metrics["val_accuracy"], 4)}
+            print(label, record[label], flush=True)
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["IMGCLF_HOME"] = home
+        files = sorted(data.glob("*/*/*.jpg"))
+        started = time.perf_counter()
+        embedded = imgclf.embed(MODEL, [Path(file) for file in files])
+        seconds = time.perf_counter() - started
+        record["embed_command"] = {"images": len(files), "seconds": round(seconds, 1),
+                                   "images_per_second": round(len(files) / seconds, 1),
+                                   "computed": embedded.computed}
+        started = time.perf_counter()
+        imgclf.embed(MODEL, [Path(file) for file in files])
+        record["embed_command"]["cached_seconds"] = round(time.perf_counter() - started, 2)
+    if previous_home is None:
+        os.environ.pop("IMGCLF_HOME")
+    else:
+        os.environ["IMGCLF_HOME"] = previous_home
+    print("embed", record["embed_command"], flush=True)
+    return record
+
+
+def fold(data: Path) -> dict:
+    """Embedding forward images/s, BatchNorm folded against not, alternating on the same decoded batches."""
+    from imgclf.data.decode import decode_file
+    from imgclf.embeddings.embedder import Embedder
+
+    embedder = Embedder.load(MODEL)
+    files = sorted(data.glob("train/*/*.jpg"))[:256]
+    pixels = np.stack([decode_file(file, (224, 224), "crop").pixels for file in files])
+    folded_model = embedder.model
+    plain_model = embedder.model = _unfolded(MODEL).to(memory_format=torch.channels_last)
+    embedder.embed_pixels(pixels[:64])  # warm-up of both
+    embedder.model = folded_model
+    embedder.embed_pixels(pixels[:64])
+    seconds = {"folded": 0.0, "plain": 0.0}
+    for _ in range(3):
+        for label, network in (("plain", plain_model), ("folded", folded_model)):
+            embedder.model = network
+            started = time.perf_counter()
+            embedder.embed_pixels(pixels)
+            seconds[label] += time.perf_counter() - started
+    rates = {label: round(3 * len(pixels) / value, 1) for label, value in seconds.items()}
+    return {"images_per_second": rates, "speedup": round(rates["folded"] / rates["plain"], 2),
+            "precision": embedder.precision}
+
+
+def _unfolded(name: str) -> torch.nn.Module:
+    from imgclf.models import create_model, load_pretrained
+
+    model = create_model(name, 0)
+    load_pretrained(model, name)
+    return model.eval().requires_grad_(False)
+
+
+def similarity(data: Path) -> dict:
+    """Cosine of images with edited copies of themselves, and of random same-/different-class pairs."""
+    from imgclf.embeddings.embedder import Embedder
+    from imgclf.embeddings.similarity import normalise
+
+    embedder = Embedder.load(MODEL)
+    files = sorted(data.glob("*/*/*.jpg"))
+    vectors = normalise(embedder.embed_files(files, description="Embedding the photos").vectors)
+    labels = np.array([file.parent.name for file in files])
+    rng = np.random.default_rng(0)
+    chosen = rng.choice(len(files), 150, replace=False)
+    edits = {"mirror": lambda image: ImageOps.mirror(image),
+             "crop 90%": lambda image: image.crop((image.width // 20, image.height // 20,
+                                                   image.width - image.width // 20, image.height - image.height // 20)),
+             "half size, JPEG q60": lambda image: image.resize((image.width // 2, image.height // 2))}
+    record = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, edit in edits.items():
+            copies = []
+            for index in chosen:
+                copy = Path(folder) / f"{name[:4]}-{index}.jpg"
+                edit(Image.open(files[index]).convert("RGB")).save(copy, quality=60 if "q60" in name else 95)
+                copies.append(copy)
+            copied = normalise(embedder.embed_files(copies, description=name).vectors)
+            scores = (copied * vectors[chosen]).sum(axis=1)
+            record[name] = _percentiles(scores)
+    first, second = rng.integers(len(files), size=(2, 20000))
+    keep = first != second
+    scores = (vectors[first[keep]] * vectors[second[keep]]).sum(axis=1)
+    same = labels[first[keep]] == labels[second[keep]]
+    record["same class"] = _percentiles(scores[same])
+    record["different class"] = _percentiles(scores[~same])
+    return record
+
+
+def _percentiles(scores: np.ndarray) -> dict:
+    return {name: round(float(np.percentile(scores, q)), 3)
+            for name, q in (("min", 0), ("p5", 5), ("median", 50), ("p95", 95), ("p99", 99), ("max", 100))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/flowers"))
+    parser.add_argument("--sections", default="baseline,probe,fold,similarity")
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        raise SystemExit(f"{args.data}: the flowers dataset is missing (see ../shared/datasets/README.md)")
+    sections = {"baseline": baseline, "probe": probe, "fold": fold, "similarity": similarity}
+    for name in args.sections.split(","):
+        print(f"\n=== {name}", flush=True)
+        record = sections[name](args.data)
+        print(json.dumps(record, indent=2), flush=True)
+        save(RESULTS, {name: record})
+    flowers = RESULTS.parent / "flowers.json"
+    if flowers.exists():
+        two_stage = json.loads(flowers.read_text())["cases"].get("lite0-5m")
+        if two_stage:
+            save(RESULTS, {"two_stage_finetune_for_comparison": {
+                "val_accuracy": two_stage["val_accuracy"], "wall_seconds": two_stage["wall_seconds"],
+                "source": "results/flowers.json lite0-5m"}})
+
+
+if __name__ == "__main__":
+    main()

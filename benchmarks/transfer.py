@@ -15,6 +15,11 @@ Usage: python benchmarks/transfer.py [--data ../shared/datasets/flowers] [--sect
 - ``similarity``: the cosine scores behind ``imgclf similar``'s verdicts:
   images against their mirror image, a 90% crop, a half-size JPEG copy,
   and random pairs of the same and of different classes.
+- ``search``: the flowers photos as a catalogue (``name`` = the Flickr file
+  name, which says nothing about the flower): ``imgclf match --evaluate``
+  accuracy and seconds, and near-duplicate pairs found by ``inspect
+  --near-duplicates``. There is no public product catalogue with names on
+  this machine; the name side is tested on generated catalogues instead.
 
 The two-stage fine-tuning figure for comparison is read from
 ``results/flowers.json`` (``benchmarks/flowers.py``, case ``lite0-5m``).
@@ -182,6 +187,37 @@ def similarity(data: Path) -> dict:
     return record
 
 
+def search(data: Path) -> dict:
+    """Catalogue matching and near-duplicate search on the real photos."""
+    import csv
+
+    import imgclf
+
+    files = sorted(data.glob("*/*/*.jpg"))
+    record: dict = {}
+    with tempfile.TemporaryDirectory() as folder:
+        catalog = Path(folder) / "catalog.csv"
+        with catalog.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", "name", "category"])
+            writer.writerows([str(file.resolve()), file.stem, file.parent.name] for file in files)
+        started = time.perf_counter()
+        evaluation = imgclf.evaluate_match(catalog)
+        record["match_evaluate"] = {"seconds": round(time.perf_counter() - started, 1),
+                                    "image_weight_chosen": evaluation.image_weight,
+                                    "test_accuracy": {k: round(v, 4) for k, v in evaluation.test_accuracy.items()},
+                                    "items": [evaluation.reference_items, evaluation.validation_items,
+                                              evaluation.test_items]}
+        started = time.perf_counter()
+        result = imgclf.inspect(data, out=Path(folder) / "inspect", near_duplicates=True)
+        pairs = result.report.near_duplicates or []
+        kinds = {kind: sum(pair["kind"] == kind for pair in pairs)
+                 for kind in ("leakage", "label-conflict", "within-split")}
+        record["near_duplicates"] = {"seconds": round(time.perf_counter() - started, 1), "pairs": len(pairs),
+                                     **kinds, "examples": pairs[:3]}
+    return record
+
+
 def _percentiles(scores: np.ndarray) -> dict:
     return {name: round(float(np.percentile(scores, q)), 3)
             for name, q in (("min", 0), ("p5", 5), ("median", 50), ("p95", 95), ("p99", 99), ("max", 100))}
@@ -190,11 +226,11 @@ def _percentiles(scores: np.ndarray) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/flowers"))
-    parser.add_argument("--sections", default="baseline,probe,fold,similarity")
+    parser.add_argument("--sections", default="baseline,probe,fold,similarity,search")
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"{args.data}: the flowers dataset is missing (see ../shared/datasets/README.md)")
-    sections = {"baseline": baseline, "probe": probe, "fold": fold, "similarity": similarity}
+    sections = {"baseline": baseline, "probe": probe, "fold": fold, "similarity": similarity, "search": search}
     for name in args.sections.split(","):
         print(f"\n=== {name}", flush=True)
         record = sections[name](args.data)

@@ -248,7 +248,11 @@ def test_embed_cli_then_a_probe_reuses_the_embeddings(tmp_path: Path, backbone_w
                         lambda self, pixels: embedded.append(len(pixels)) or real_embed(self, pixels))
     run = imgclf.train(data, out=tmp_path / "run", model="test_resnet", pretrained=True, weights=str(backbone_weights),
                        strategy="probe", image_size=32, workers=1)
-    assert sum(embedded) == 0  # train and val were embedded by `imgclf embed` already
+    assert sum(embedded) == 0  # train, val and test were embedded by `imgclf embed` already
+    # the probe's bundle is an ordinary model: evaluated by a forward pass, it scores what the embeddings said
+    evaluation = imgclf.evaluate(run.run_dir, out=tmp_path / "evaluation")
+    tested = run.metrics["test_images"]
+    assert abs(evaluation.metrics["accuracy"] - run.metrics["test_accuracy"]) <= 1 / tested + 1e-9
     probe_bundle = Embedder.load(run.run_dir, precision="fp32")  # a trained model embeds too
     assert probe_bundle.embed_files([next(data.rglob("*.png"))]).ok.all()
 

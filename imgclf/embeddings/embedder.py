@@ -179,8 +179,8 @@ class Embedder:
         size = (self.preprocessing.image_size,) * 2
         pending_keys: list[str] = []
         pending_vectors: list[np.ndarray] = []
-        with progress_bar() as bar:
-            task = bar.add_task(description, total=len(missing))
+        with progress_bar(transient=not missing) as bar:  # nothing to compute: no bar left behind
+            task = bar.add_task(description, total=len(missing), visible=bool(missing))
             batches = decoded_batches([paths[index] for index in missing], size, self._resize(),
                                       self.preprocessing.channels == 1, self.batch_size, workers)
             position = 0

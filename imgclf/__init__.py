@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from imgclf.api import (  # noqa: E402  (the public API)
     evaluate,
+    export,
     inspect,
     load,
     load_dataset,
@@ -15,5 +16,5 @@ from imgclf.api import (  # noqa: E402  (the public API)
 )
 from imgclf.errors import ImgclfError  # noqa: E402
 
-__all__ = ["ImgclfError", "__version__", "evaluate", "inspect", "load", "load_dataset", "models", "predict",
+__all__ = ["ImgclfError", "__version__", "evaluate", "export", "inspect", "load", "load_dataset", "models", "predict",
            "preview_augment", "report", "train"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -39,3 +41,14 @@ def make_class_folder(root: Path, per_class: int = 10, size: int = 16, suffix: s
 @pytest.fixture
 def class_folder(tmp_path: Path) -> Path:
     return make_class_folder(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Headless Chromium for the browser tests: skipped where missing, except under CI=true."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is missing under CI; `make test` installs it (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return path

@@ -37,7 +37,7 @@ def messy_folder(tmp_path: Path) -> Path:
 def test_help_lists_commands_and_each_has_an_example() -> None:
     result = imgclf("--help")
     assert result.returncode == 0
-    for command in ("inspect", "preview-augment", "train", "models", "evaluate", "predict", "report"):
+    for command in ("inspect", "preview-augment", "train", "models", "evaluate", "predict", "report", "export", "serve"):
         assert command in result.stdout
         assert re.search(rf"Examples?: imgclf {command}\b", imgclf(command, "--help").stdout), command
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -137,3 +139,11 @@ def test_cli_export_prints_parity_and_refuses_what_it_cannot_do(run: Path, tmp_p
     shutil.copytree(run / "model", bare)  # a bundle without its run: no split.csv to calibrate on
     with pytest.raises(ImgclfError, match="add --data DATA"):
         imgclf.export(bare, "onnx", quantize="int8")
+
+
+def test_onnx_runtime_needs_no_torch(onnx_run: Path, images: list[Path]) -> None:
+    script = ("import sys, imgclf; clf = imgclf.load(sys.argv[1], runtime='onnx'); print(clf.predict(sys.argv[2])[0][0]);"
+              "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script, str(onnx_run), str(images[0])], capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.split() == [images[0].parent.name, "False"], result.stderr

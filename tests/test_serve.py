@@ -185,7 +185,7 @@ def test_concurrent_requests_share_model_calls() -> None:
     assert [result[:, 0].tolist() for result in results] == [[1], [2, 2], [3, 3, 3]]  # each got its own rows
 
 
-def test_a_slow_model_gets_503_and_the_server_recovers(run: Path) -> None:
+def test_slow_models_and_slow_uploads_time_out_and_the_server_recovers(run: Path) -> None:
     classifier = imgclf.load(run, runtime="torch")
     delays = iter([1.0])
 
@@ -204,6 +204,12 @@ def test_a_slow_model_gets_503_and_the_server_recovers(run: Path) -> None:
             statuses = list(pool.map(lambda _: http.post("/v1/predict", content=RED,
                                                           headers={"content-type": "image/jpeg"}).status_code, range(16)))
         assert statuses == [200] * 16
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as stalled:  # promises 1,000 bytes, sends 10
+        stalled.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\n"
+                        b"Content-Length: 1000\r\n\r\n" + RED[:10])
+        reply = stalled.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 408") and "did not finish within 0.3 s" in reply
     server.should_exit = True
     thread.join(10)
 

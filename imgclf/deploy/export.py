@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from imgclf import __version__
+from imgclf.console import console
 from imgclf.data.sources import read_manifest
 from imgclf.deploy.bundle import BundleInfo, find_bundle, read_bundle_info
 from imgclf.deploy.classifier import probabilities_from_logits
@@ -149,6 +150,7 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
         calibration = labelled_images(directory, info, data)
 
     write, load = available[format]
+    console.print(f"exporting {directory} to {format}, then checking parity" + (" and timing it" if format == "onnx" else ""))
     reference = TorchRuntime.load(directory, info, device="cpu", precision="fp32")
     path = out_dir / FILES[format]
     partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -165,9 +167,11 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
     speed = measure_speed(directory, info, exported) if format == "onnx" else {}
     meta = write_metadata(path, format, directory, info, parity=asdict(parity), speed=speed)
     result = ExportResult(format, path, meta, parity, speed)
-    if quantize:
+    if calibration is not None:
         from imgclf.deploy.quantize import quantize_int8
 
+        console.print(f"quantising to int8: calibrating on {len(calibration.calibration)} images, "
+                      f"then comparing with fp32 on {calibration.source}")
         result.quantization = quantize_int8(path, directory, info, calibration, max_accuracy_drop)
     return result
 

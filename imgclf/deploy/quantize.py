@@ -85,15 +85,11 @@ def _describe(source: str, items: list[Item]) -> str:
     return f"{len(items)} {split} images of {source}"
 
 
-def _decoded(paths: list[Path], info: BundleInfo) -> tuple[np.ndarray, np.ndarray]:
-    """All decodable images of ``paths`` (N, H, W, C) and a mask of which decoded."""
+def _decoded(paths: list[Path], info: BundleInfo) -> np.ndarray:
+    """The decodable images of ``paths`` (N, H, W, C)."""
     size = (info.image_size, info.image_size)
-    pixels, good = [], []
-    for _, batch, errors in decoded_batches(paths, size, info.resize, info.channels == 1, 64):  # type: ignore[arg-type]
-        ok = np.array([not error for error in errors])
-        pixels.append(batch[ok])
-        good.append(ok)
-    return np.concatenate(pixels), np.concatenate(good)
+    batches = decoded_batches(paths, size, info.resize, info.channels == 1, 64)  # type: ignore[arg-type]
+    return np.concatenate([pixels[[not error for error in errors]] for _, pixels, errors in batches])
 
 
 def quantize_int8(fp32_path: Path, directory: Path, info: BundleInfo, images: LabelledImages,
@@ -105,7 +101,7 @@ def quantize_int8(fp32_path: Path, directory: Path, info: BundleInfo, images: La
     from imgclf.deploy.export import write_metadata
 
     fp32 = OnnxRuntime(fp32_path, info)
-    calibration, _ = _decoded(images.calibration, info)
+    calibration = _decoded(images.calibration, info)
     if not len(calibration):
         raise ImgclfError(f"none of the calibration images ({images.source}) could be decoded")
 
@@ -145,25 +141,31 @@ def quantize_int8(fp32_path: Path, directory: Path, info: BundleInfo, images: La
 
 def _compare(fp32: OnnxRuntime, int8: OnnxRuntime, info: BundleInfo, images: LabelledImages, path: Path,
              fp32_path: Path) -> QuantizationReport:
+    from imgclf.console import progress_bar
     from imgclf.deploy.classifier import probabilities_from_logits
 
-    pixels, good = _decoded(images.validation, info)
-    if not len(pixels):
+    size = (info.image_size, info.image_size)
+    before, after, labels = [], [], []
+    with progress_bar() as bar:
+        task = bar.add_task("fp32 vs int8", total=len(images.validation))
+        batches = decoded_batches(images.validation, size, info.resize, info.channels == 1, 64)  # type: ignore[arg-type]
+        for start, (chunk, pixels, errors) in zip(range(0, len(images.validation), 64), batches):
+            ok = np.array([not error for error in errors])
+            before.append(probabilities_from_logits(fp32.logits(pixels[ok]), info.multilabel))
+            after.append(probabilities_from_logits(int8.logits(pixels[ok]), info.multilabel))
+            labels.append(images.labels[start:start + len(chunk)][ok])
+            bar.advance(task, len(chunk))
+    first, second, truth = np.concatenate(before), np.concatenate(after), np.concatenate(labels)
+    if not len(truth):
         raise ImgclfError(f"none of the validation images ({images.source}) could be decoded")
-    labels = images.labels[good]
-    before = np.concatenate([probabilities_from_logits(fp32.logits(pixels[s:s + 64]), info.multilabel)
-                             for s in range(0, len(pixels), 64)])
-    after = np.concatenate([probabilities_from_logits(int8.logits(pixels[s:s + 64]), info.multilabel)
-                            for s in range(0, len(pixels), 64)])
-    fp32_accuracy = float(np.mean(before.argmax(axis=1) == labels))
-    int8_accuracy = float(np.mean(after.argmax(axis=1) == labels))
+    fp32_accuracy = float(np.mean(first.argmax(axis=1) == truth))
+    int8_accuracy = float(np.mean(second.argmax(axis=1) == truth))
     fp32_speed = {str(batch): round(throughput(fp32, info, batch), 1) for batch in SPEED_BATCHES}
     int8_speed = {str(batch): round(throughput(int8, info, batch), 1) for batch in SPEED_BATCHES}
     return QuantizationReport(
-        path=path, images=len(pixels), source=images.source, fp32_accuracy=fp32_accuracy, int8_accuracy=int8_accuracy,
+        path=path, images=len(truth), source=images.source, fp32_accuracy=fp32_accuracy, int8_accuracy=int8_accuracy,
         accuracy_change=int8_accuracy - fp32_accuracy,
-        top1_agreement=float(np.mean(before.argmax(axis=1) == after.argmax(axis=1))),
-        max_abs_diff=float(np.abs(before - after).max()), fp32_speed=fp32_speed, int8_speed=int8_speed,
+        top1_agreement=float(np.mean(first.argmax(axis=1) == second.argmax(axis=1))),
+        max_abs_diff=float(np.abs(first - second).max()), fp32_speed=fp32_speed, int8_speed=int8_speed,
         speedup={batch: round(int8_speed[batch] / fp32_speed[batch], 2) for batch in fp32_speed},
         fp32_bytes=fp32_path.stat().st_size, int8_bytes=0)
-

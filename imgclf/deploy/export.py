@@ -35,12 +35,11 @@ from imgclf.deploy.classifier import probabilities_from_logits
 from imgclf.deploy.predict import decoded_batches
 from imgclf.deploy.runtime import (
     ONNX_FILES,
-    SPEED_BATCHES,
     OnnxRuntime,
     Runtime,
     TorchRuntime,
+    compare_speeds,
     metadata_path,
-    throughput,
     weights_digest,
 )
 from imgclf.errors import ImgclfError
@@ -211,10 +210,8 @@ def check_parity(reference: Runtime, exported: Runtime, info: BundleInfo, sample
 def measure_speed(directory: Path, info: BundleInfo, exported: Runtime) -> dict[str, Any]:
     """Images/s of the default PyTorch runtime (device and precision as predict uses them) and of the export."""
     native = TorchRuntime.load(directory, info)
-    speed: dict[str, Any] = {"torch_device": str(native.device), "torch_precision": native.precision}
-    for name, runtime in (("torch", native), (exported.name, exported)):
-        speed[name] = {str(batch): round(throughput(runtime, info, batch), 1) for batch in SPEED_BATCHES}
-    return speed
+    return {"torch_device": str(native.device), "torch_precision": native.precision,
+            **compare_speeds({"torch": native, exported.name: exported}, info)}
 
 
 def write_metadata(path: Path, format: str, directory: Path, info: BundleInfo, **extra: Any) -> Path:

@@ -21,7 +21,7 @@ import numpy as np
 from imgclf.data.sources import Item, load_source, read_manifest
 from imgclf.deploy.bundle import BundleInfo
 from imgclf.deploy.predict import decoded_batches
-from imgclf.deploy.runtime import ONNX_FILES, SPEED_BATCHES, OnnxRuntime, throughput
+from imgclf.deploy.runtime import ONNX_FILES, OnnxRuntime, compare_speeds
 from imgclf.errors import ImgclfError
 
 CALIBRATION_IMAGES = 256
@@ -160,8 +160,8 @@ def _compare(fp32: OnnxRuntime, int8: OnnxRuntime, info: BundleInfo, images: Lab
         raise ImgclfError(f"none of the validation images ({images.source}) could be decoded")
     fp32_accuracy = float(np.mean(first.argmax(axis=1) == truth))
     int8_accuracy = float(np.mean(second.argmax(axis=1) == truth))
-    fp32_speed = {str(batch): round(throughput(fp32, info, batch), 1) for batch in SPEED_BATCHES}
-    int8_speed = {str(batch): round(throughput(int8, info, batch), 1) for batch in SPEED_BATCHES}
+    speeds = compare_speeds({"fp32": fp32, "int8": int8}, info)
+    fp32_speed, int8_speed = speeds["fp32"], speeds["int8"]
     return QuantizationReport(
         path=path, images=len(truth), source=images.source, fp32_accuracy=fp32_accuracy, int8_accuracy=int8_accuracy,
         accuracy_change=int8_accuracy - fp32_accuracy,

@@ -188,6 +188,23 @@ class OnnxRuntime:
         return self.session.run(None, {self.input_name: self.normalise(pixels)})[0].astype(np.float32, copy=False)
 
 
+def compare_speeds(runtimes: dict[str, Runtime], info: BundleInfo, batches: tuple[int, ...] = SPEED_BATCHES,
+                   rounds: int = 3, seconds: float = 0.3) -> dict[str, dict[str, float]]:
+    """Images/s of each runtime at each batch size: the best of ``rounds`` interleaved measurements.
+
+    Interleaving and keeping the best make the comparison fair on a machine
+    that other processes share: a burst of load hits every runtime alike, and
+    the best round is the one least disturbed.
+    """
+    best = {name: dict.fromkeys((str(batch) for batch in batches), 0.0) for name in runtimes}
+    for _ in range(rounds):
+        for name, runtime in runtimes.items():
+            for batch in batches:
+                rate = throughput(runtime, info, batch, seconds)
+                best[name][str(batch)] = max(best[name][str(batch)], round(rate, 1))
+    return best
+
+
 def throughput(runtime: Runtime, info: BundleInfo, batch: int, seconds: float = 0.5, min_runs: int = 3) -> float:
     """Images per second of ``runtime.logits`` on random images at ``batch``, after one warm-up call."""
     rng = np.random.default_rng(0)

@@ -142,9 +142,14 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/benchmarks"))
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--cases", default=",".join(name for name, _, _ in CASES),
+                        help="Comma-separated case names; the others keep their figures in the results file.")
     args = parser.parse_args()
-    results: dict[str, object] = {"cpu_count": os.cpu_count(), "clients": args.clients, "seconds": args.seconds}
+    results: dict[str, object] = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results.update(cpu_count=os.cpu_count(), clients=args.clients, seconds=args.seconds)
     for name, run, folder in CASES:
+        if name not in args.cases.split(","):
+            continue
         if not (args.runs / run / "model" / "model.json").is_file():
             print(f"skipping {name}: no bundle at {args.runs / run} (run the training benchmark first)")
             continue

@@ -38,7 +38,7 @@ CASES = [  # (name, bundle run, image folder, goal as a multiple of the naive lo
 def naive_predict(classifier: Classifier, paths: list[Path]) -> tuple[float, list[str]]:
     """(images/s, top-1 classes) of the one-image-at-a-time loop."""
     info = classifier.info
-    model = classifier.model.float().to(memory_format=torch.contiguous_format).eval()
+    model = classifier.runtime.model.float().to(memory_format=torch.contiguous_format).eval()
     mean = torch.tensor(info.mean).view(1, -1, 1, 1)
     std = torch.tensor(info.std).view(1, -1, 1, 1)
     predictions = []
@@ -73,7 +73,8 @@ def main() -> None:
         paths = sorted(path for path in (args.datasets / folder).rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS)
         fast = Classifier.load(args.runs / run, tta=False)
         ours, our_classes = fast_predict(fast, paths)
-        naive, naive_classes = naive_predict(Classifier.load(args.runs / run, precision="fp32", tta=False),
+        naive, naive_classes = naive_predict(Classifier.load(args.runs / run, precision="fp32", tta=False,
+                                                             runtime="torch"),
                                              paths[:args.naive_images])
         agreement = float(np.mean([a == b for a, b in zip(naive_classes, our_classes)]))
         results[name] = {"images": len(paths), "imgclf_images_per_second": round(ours, 1),

@@ -7,6 +7,7 @@ from imgclf.api import (  # noqa: E402  (the public API)
     embed,
     evaluate,
     evaluate_match,
+    export,
     inspect,
     load,
     load_dataset,
@@ -21,5 +22,6 @@ from imgclf.api import (  # noqa: E402  (the public API)
 )
 from imgclf.errors import ImgclfError  # noqa: E402
 
-__all__ = ["ImgclfError", "__version__", "build_index", "embed", "evaluate", "evaluate_match", "inspect", "load",
-           "load_dataset", "match", "models", "predict", "preview_augment", "query_index", "report", "similar", "train"]
+__all__ = ["ImgclfError", "__version__", "build_index", "embed", "evaluate", "evaluate_match", "export", "inspect",
+           "load", "load_dataset", "match", "models", "predict", "preview_augment", "query_index", "report", "similar",
+           "train"]

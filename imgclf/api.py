@@ -29,6 +29,7 @@ from imgclf.runs import slug
 if TYPE_CHECKING:  # the heavy modules load only when their command runs
     from imgclf.config import TrainConfig
     from imgclf.deploy.classifier import Classifier
+    from imgclf.deploy.export import ExportResult
     from imgclf.deploy.predict import PredictionRow
     from imgclf.embeddings.embedder import FileEmbeddings
     from imgclf.embeddings.index import Neighbour, SimilarityIndex
@@ -236,15 +237,17 @@ def train(
     return run_training(settings, archive=archive, overwrite=overwrite)
 
 
-def load(path: str | Path, device: str = "auto", precision: str = "auto", tta: bool | None = None) -> Classifier:
+def load(path: str | Path, device: str = "auto", precision: str = "auto", tta: bool | None = None,
+         runtime: str = "auto") -> Classifier:
     """A classifier from a bundle folder or a run directory: ``load("runs/shop").predict("cat.jpg")``.
 
     ``precision`` ``auto`` is bf16 on CPUs with bf16 instructions (as in
-    training); ``tta`` (flip averaging) defaults to what the model trained with.
+    training); ``tta`` (flip averaging) defaults to what the model trained with;
+    ``runtime`` is ``torch``, ``onnx``, ``onnx-int8`` or ``auto`` (see :func:`export`).
     """
     from imgclf.deploy.classifier import Classifier
 
-    return Classifier.load(path, device=device, precision=precision, tta=tta)
+    return Classifier.load(path, device=device, precision=precision, tta=tta, runtime=runtime)
 
 
 def models(filter: str = "") -> list[ModelInfo]:
@@ -256,7 +259,7 @@ def models(filter: str = "") -> list[ModelInfo]:
 
 def evaluate(model: str | Path, data: str | Path | None = None, *, out: str | Path | None = None,
              split: str | None = None, tta: bool | None = None, label_issues: bool = False,
-             folds: int | None = None, batch_size: int = 64, device: str = "auto") -> Evaluation:
+             folds: int | None = None, batch_size: int = 64, device: str = "auto", runtime: str = "auto") -> Evaluation:
     """Metrics, pictures and (with ``label_issues``) likely label errors of ``model`` on labelled images.
 
     ``data`` is any source; by default the run's own test split (validation
@@ -273,7 +276,7 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, out: str | Pa
     if batch_size < 1:
         raise ImgclfError(f"--batch-size must be at least 1, got {batch_size}")
     items, chosen = evaluation_items(model, data, split)
-    classifier = Classifier.load(model, device=device, tta=tta)
+    classifier = Classifier.load(model, device=device, tta=tta, runtime=runtime, batch_size=batch_size)
     if out is None:
         out = find_bundle(model).parent / "evaluation" if data is None else Path(f"evaluation-{slug(str(data), 'data')}")
     return run_evaluation(classifier, items, chosen, Path(out), label_issues=label_issues, folds=folds,
@@ -281,7 +284,8 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, out: str | Pa
 
 
 def predict(model: str | Path, inputs: str | Path | list[str | Path], *, top_k: int = 5, min_confidence: float = 0.0,
-            tta: bool | None = None, batch_size: int = 64, device: str = "auto") -> Iterator[PredictionRow]:
+            tta: bool | None = None, batch_size: int = 64, device: str = "auto", runtime: str = "auto"
+            ) -> Iterator[PredictionRow]:
     """Stream a :class:`~imgclf.deploy.predict.PredictionRow` per image for files, folders, globs or @lists."""
     from imgclf.deploy.classifier import Classifier
     from imgclf.deploy.predict import expand_inputs
@@ -293,8 +297,21 @@ def predict(model: str | Path, inputs: str | Path | list[str | Path], *, top_k: 
     if batch_size < 1:
         raise ImgclfError(f"--batch-size must be at least 1, got {batch_size}")
     paths = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
-    classifier = Classifier.load(model, device=device, tta=tta)
+    classifier = Classifier.load(model, device=device, tta=tta, runtime=runtime, batch_size=batch_size)
     return classifier.predict_files(paths, top_k=top_k, min_confidence=min_confidence, batch_size=batch_size)
+
+
+def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = None, quantize: str | None = None,
+           data: str | Path | None = None, tolerance: float = 1e-4, max_accuracy_drop: float = 0.02) -> ExportResult:
+    """Export a bundle (``onnx`` or ``torchscript``) with a parity check; ``quantize="int8"`` adds an int8 ONNX file.
+
+    The files go into the bundle folder by default, where ``runtime="onnx"``
+    (and ``auto``, when it measured faster) finds them.
+    """
+    from imgclf.deploy.export import export as run_export
+
+    return run_export(model, format, out=out, quantize=quantize, data=data, tolerance=tolerance,
+                      max_accuracy_drop=max_accuracy_drop)
 
 
 def report(run: str | Path, *, label_issues: bool = True) -> Path:

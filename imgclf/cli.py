@@ -270,6 +270,8 @@ def models(
 Model = Annotated[str, typer.Argument(help="A run directory (runs/NAME) or a model bundle folder.", show_default=False)]
 TtaOption = Annotated[Optional[bool], Opt("--tta/--no-tta", help="Flip averaging (default: as the model trained).",
                                           show_default=False)]
+RuntimeOption = Annotated[str, Opt(help="torch, onnx, onnx-int8 (files imgclf export wrote into the bundle), or auto: "
+                                          "the faster one as measured at export.")]
 TABLE_LIMIT = 20  # up to this many images, predict prints a probability table per image
 
 
@@ -284,11 +286,12 @@ def evaluate(
     folds: Annotated[Optional[int], Opt(help="Label issues from K-fold cross-validation (retrains K models).")] = None,
     tta: TtaOption = None,
     batch_size: Annotated[int, Opt(help="Images per batch.")] = 64,
+    runtime: RuntimeOption = "auto",
     as_json: Annotated[bool, Opt("--json", help="Print metrics.json on stdout.")] = False,
 ) -> None:
     """Metrics, confusion matrix, ROC, calibration and worst mistakes of a model on labelled images."""
     result = api.evaluate(model, data, out=out, split=split, tta=tta, label_issues=label_issues, folds=folds,
-                          batch_size=batch_size)
+                          batch_size=batch_size, runtime=runtime)
     if as_json:
         print(json.dumps(result.metrics, indent=2))
         return
@@ -330,6 +333,7 @@ def predict(
     out: Annotated[Optional[Path], Opt(help="File for the predictions (default: stdout).")] = None,
     tta: TtaOption = None,
     batch_size: Annotated[int, Opt(help="Images per batch.")] = 64,
+    runtime: RuntimeOption = "auto",
 ) -> None:
     """Classify images: a probability table for a few, CSV/JSON/JSONL streamed for many."""
     from imgclf.deploy.bundle import find_bundle, read_bundle_info
@@ -344,7 +348,8 @@ def predict(
     paths = expand_inputs(inputs)
     if output_format is None and len(paths) > TABLE_LIMIT:
         raise ImgclfError(f"{len(paths):,} images are too many for tables; add --out preds.csv or --format jsonl")
-    rows = api.predict(model, paths, top_k=top_k, min_confidence=min_confidence, tta=tta, batch_size=batch_size)
+    rows = api.predict(model, paths, top_k=top_k, min_confidence=min_confidence, tta=tta, batch_size=batch_size,
+                       runtime=runtime)
     if output_format is None:
         _print_prediction_tables(list(rows))
         return
@@ -389,6 +394,72 @@ def report(
 ) -> None:
     """Re-evaluate a run on its held-out split and rewrite its self-contained report.html."""
     console.print(f"wrote {api.report(run, label_issues=label_issues)}")
+
+
+# ---------------------------------------------------------------- deploy: export and serve
+@app.command(epilog="Examples: imgclf export runs/shop  |  imgclf export runs/shop --format torchscript  |  "
+                    "imgclf export runs/shop --quantize int8")
+def export(
+    model: Model,
+    output_format: Annotated[str, Opt("--format", help="onnx or torchscript (savedmodel, tflite: Keras models).")] = "onnx",
+    out: Annotated[Optional[Path], Opt(help="Folder for the file (default: the bundle, where --runtime onnx finds it).")] = None,
+    quantize: Annotated[Optional[str], Opt(help="int8: also write model.int8.onnx (static quantisation).")] = None,
+    data: Annotated[Optional[str], Opt(help="Labelled images to calibrate and check --quantize on (default: the run's "
+                                            "split.csv).")] = None,
+    tolerance: Annotated[float, Opt(help="Largest allowed probability difference from the original.")] = 1e-4,
+    max_accuracy_drop: Annotated[float, Opt(help="Refuse an int8 model that loses more validation accuracy.")] = 0.02,
+) -> None:
+    """Export a model to ONNX or TorchScript, check it gives the same answers, and time it."""
+    result = api.export(model, output_format, out=out, quantize=quantize, data=data, tolerance=tolerance,
+                        max_accuracy_drop=max_accuracy_drop)
+    parity = result.parity
+    table = Table(title=f"{result.path} ({result.path.stat().st_size / 1e6:.1f} MB)", title_justify="left")
+    table.add_column("check")
+    table.add_column("result", justify="right")
+    table.add_row("parity images", f"{parity.images} ({parity.source})")
+    table.add_row("max |probability difference|", f"{parity.max_abs_diff:.2e} (tolerance {tolerance:.0e})")
+    table.add_row("top-1 agreement", f"{parity.top1_agreement:.1%}")
+    table.add_row("dynamic batch checked at", ", ".join(str(size) for size in parity.batch_sizes))
+    for name, speeds in result.speed.items():
+        if isinstance(speeds, dict):
+            label = f"{name} ({result.speed['torch_precision']})" if name == "torch" else f"{name} runtime"
+            table.add_row(f"{label} img/s", ", ".join(f"{rate:,.0f} at batch {batch}" for batch, rate in speeds.items()))
+    quantized = result.quantization
+    if quantized is not None:
+        table.add_section()
+        table.add_row("int8 file", f"{quantized.path} ({quantized.int8_bytes / 1e6:.1f} MB)")
+        table.add_row("accuracy fp32 -> int8", f"{quantized.fp32_accuracy:.2%} -> {quantized.int8_accuracy:.2%} "
+                                               f"({quantized.accuracy_change * 100:+.2f} points, {quantized.source})")
+        table.add_row("int8 top-1 agreement", f"{quantized.top1_agreement:.1%}")
+        table.add_row("int8 speed-up", ", ".join(f"{rate:.2f}x at batch {batch}" for batch, rate in quantized.speedup.items()))
+    console.print(table)
+    console.print(f"metadata (preprocessing, classes, parity, speed): {result.metadata}")
+
+
+@app.command(epilog="Examples: imgclf serve runs/shop  |  imgclf serve runs/shop --port 9000 --runtime onnx  |  "
+                    "curl -F file=@cat.jpg http://127.0.0.1:8000/v1/predict")
+def serve(
+    model: Model,
+    host: Annotated[str, Opt(help="Address to bind; loopback by default (0.0.0.0 exposes it to the network).")] = "127.0.0.1",
+    port: Annotated[int, Opt(help="TCP port.")] = 8000,
+    runtime: RuntimeOption = "auto",
+    tta: TtaOption = None,
+    max_batch: Annotated[int, Opt(help="Most images per model call (dynamic batching).", rich_help_panel="Batching")] = 32,
+    max_wait_ms: Annotated[float, Opt(help="How long a batch waits for more images.", rich_help_panel="Batching")] = 2.0,
+    max_queue: Annotated[int, Opt(help="Most images waiting; more get 503 at once.", rich_help_panel="Batching")] = 256,
+    max_upload_mb: Annotated[float, Opt(help="Most bytes per request, in MiB.", rich_help_panel="Limits")] = 20.0,
+    max_pixels: Annotated[int, Opt(help="Most pixels per image.", rich_help_panel="Limits")] = 50_000_000,
+    max_files: Annotated[int, Opt(help="Most images per request.", rich_help_panel="Limits")] = 16,
+    timeout: Annotated[float, Opt(help="Seconds a request may take.", rich_help_panel="Limits")] = 30.0,
+) -> None:
+    """Serve a model over HTTP: REST API with dynamic batching, limits, metrics, docs, and a web page."""
+    from imgclf.serve.server import serve as run_server
+    from imgclf.serve.uploads import Limits
+
+    limits = Limits(max_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels, max_files=max_files,
+                    timeout_s=timeout)
+    run_server(model, host=host, port=port, runtime=runtime, tta=tta, limits=limits, max_batch=max_batch,
+               max_wait_ms=max_wait_ms, max_queue=max_queue)
 
 
 register_embedding_commands(app)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -53,4 +55,15 @@ def backbone_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = create_model("test_resnet", 1000)
     path = tmp_path_factory.mktemp("weights") / "test_resnet.safetensors"
     save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Headless Chromium for the browser tests: skipped where missing, except under CI=true."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is missing under CI; `make test` installs it (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
     return path

@@ -42,7 +42,8 @@ def test_help_lists_commands_and_each_has_an_example() -> None:
     result = imgclf("--help")
     assert result.returncode == 0
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
-    assert {"inspect", "train", "evaluate", "predict", "embed", "similar", "index", "match"} <= set(commands)
+    assert {"inspect", "train", "evaluate", "predict", "embed", "similar", "index", "match",
+            "export", "serve"} <= set(commands)
     for name, command in commands.items():
         assert name in result.stdout
         invocations = [[name, sub] for sub in getattr(command, "commands", {})] or [[name]]

@@ -138,19 +138,6 @@ def test_python_predict_accepts_arrays_and_pil_images(trained: Path, inputs: Pat
     assert by_path[0][0] == by_pil[0][0] == by_array[0][0] == "red"
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    import os
-    import shutil
-
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is missing under CI; `make test` installs it (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return path
-
-
 def test_report_renders_in_a_browser_with_no_network(trained: Path, chromium: str) -> None:
     from playwright.sync_api import sync_playwright
 

@@ -65,6 +65,17 @@ def decode_file(
         return DecodedFile(None, error="file not found")
     except OSError as error:
         return DecodedFile(None, error=f"cannot read file ({error.strerror or error})")
+    return decode_bytes(data, size, policy, grayscale, max_pixels)
+
+
+def decode_bytes(
+    data: bytes,
+    size: tuple[int, int] | None = None,
+    policy: ResizePolicy = "squash",
+    grayscale: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> DecodedFile:
+    """:func:`decode_file` for bytes already in memory (an upload to the REST API); never raises."""
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     if not data:
         return DecodedFile(None, digest=digest, error="empty file (0 bytes)")

@@ -15,15 +15,12 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-import torch
 from PIL import Image
 
-from imgclf.data.augment import augment_batch
-from imgclf.data.augment_presets import PRESETS
 from imgclf.data.decode import decode_file, fit, to_channels
-from imgclf.deploy.bundle import WEIGHTS_FILE, BundleInfo, find_bundle, read_bundle_info
+from imgclf.deploy.bundle import BundleInfo, find_bundle, read_bundle_info
 from imgclf.deploy.predict import PredictionRow, decoded_batches
-from imgclf.engines.device import autocast, choose_device, choose_precision
+from imgclf.deploy.runtime import Runtime, load_runtime, resolve_runtime
 from imgclf.errors import ImgclfError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
@@ -31,37 +28,28 @@ Prediction = list[tuple[str, float]]
 
 
 class Classifier:
-    """Classes, preprocessing and weights of one trained model."""
+    """Classes, preprocessing and a runtime (PyTorch or ONNX Runtime) for one trained model."""
 
-    def __init__(self, model: torch.nn.Module, info: BundleInfo, device: str = "auto", precision: str = "auto",
-                 tta: bool | None = None) -> None:
+    def __init__(self, runtime: Runtime, info: BundleInfo, tta: bool | None = None) -> None:
         self.info = info
         self.classes = list(info.classes)
-        self.device = choose_device(device)
-        self.precision = choose_precision(precision, self.device)
+        self.runtime = runtime
         self.tta = info.tta if tta is None else tta
-        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", precision: str = "auto", tta: bool | None = None
-             ) -> Classifier:
-        """Load a bundle folder or a run directory (its ``model/``)."""
-        from safetensors.torch import load_file
+    def load(cls, path: str | Path, device: str = "auto", precision: str = "auto", tta: bool | None = None,
+             runtime: str = "auto", batch_size: int = 64) -> Classifier:
+        """Load a bundle folder or a run directory (its ``model/``).
 
-        from imgclf.models import create_model
-
+        ``runtime`` is ``torch``, ``onnx`` / ``onnx-int8`` (an exported file in
+        the bundle) or ``auto``: the faster at ``batch_size`` as measured at export.
+        """
         directory = find_bundle(path)
         info = read_bundle_info(directory)
         if info.backend != "torch":
             raise ImgclfError(f"{directory} is a {info.backend} model; this imgclf loads torch bundles")
-        model = create_model(info.architecture, len(info.classes), in_chans=info.channels,
-                             image_size=info.image_size, **info.model_args)
-        try:
-            model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-        except Exception as error:  # safetensors and torch raise several types for a damaged or foreign file
-            first_line = str(error).strip().splitlines()[0]
-            raise ImgclfError(f"{directory / WEIGHTS_FILE} does not fit {info.architecture} ({first_line})") from None
-        return cls(model, info, device=device, precision=precision, tta=tta)
+        chosen = resolve_runtime(directory, runtime, device=device, batch_size=batch_size)
+        return cls(load_runtime(directory, info, chosen, device=device, precision=precision), info, tta=tta)
 
     # ----------------------------------------------------------------- input
     def _pixels(self, image: ImageInput) -> np.ndarray:
@@ -82,19 +70,14 @@ class Classifier:
         return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
     # ----------------------------------------------------------------- output
-    @torch.no_grad()
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(N, classes) probabilities for decoded uint8 images (N, H, W, C) at the model's input size."""
         if not len(pixels):
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        batch = augment_batch(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device), PRESETS["none"],
-                              torch.Generator(), tuple(self.info.mean), tuple(self.info.std))
-        with autocast(self.device, self.precision):
-            logits = self.model(batch).float()
-            if self.tta:
-                logits = 0.5 * (logits + self.model(batch.flip(3)).float())
-        probabilities = torch.sigmoid(logits) if self.info.multilabel else torch.softmax(logits, dim=1)
-        return probabilities.cpu().numpy()
+        logits = self.runtime.logits(pixels)
+        if self.tta:  # flip averaging: the mirrored image's logits, as in training's TTA
+            logits = 0.5 * (logits + self.runtime.logits(pixels[:, :, ::-1]))
+        return probabilities_from_logits(logits, self.info.multilabel)
 
     def predict_proba(self, images: Sequence[ImageInput], batch_size: int = 64) -> np.ndarray:
         """(N, classes) probabilities: softmax, or independent sigmoids for a multi-label model."""
@@ -130,3 +113,12 @@ class Classifier:
         ranked = [[(self.classes[i], float(row[i])) for i in np.argsort(-row, kind="stable")[:k]]
                   for row in probabilities]
         return ranked[0] if single else ranked
+
+
+def probabilities_from_logits(logits: np.ndarray, multilabel: bool) -> np.ndarray:
+    """Softmax over classes, or independent sigmoids for a multi-label model (float32)."""
+    logits = logits.astype(np.float32, copy=False)
+    if multilabel:
+        return 1.0 / (1.0 + np.exp(-logits))
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)

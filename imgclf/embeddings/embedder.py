@@ -100,18 +100,22 @@ class Embedder:
 
     @classmethod
     def _from_bundle(cls, path: Path, device: str, precision: str, image_size: int | None) -> Embedder:
-        from imgclf.deploy.bundle import WEIGHTS_FILE, find_bundle
-        from imgclf.deploy.classifier import Classifier
+        from imgclf.deploy.bundle import WEIGHTS_FILE, find_bundle, read_bundle_info
+        from imgclf.deploy.runtime import TorchRuntime
 
-        classifier = Classifier.load(path, device=device, precision=precision)
-        info = classifier.info
+        directory = find_bundle(path)
+        info = read_bundle_info(directory)
+        if info.backend != "torch":
+            raise ImgclfError(f"{directory} is a {info.backend} model; embeddings come from torch models "
+                              "(a registry backbone or a model trained with the torch backend)")
         if image_size not in (None, info.image_size):
             raise ImgclfError(f"{path} was trained at {info.image_size} px and embeds at that size; "
                               "leave out --image-size")
-        digest = hashlib.sha256((find_bundle(path) / WEIGHTS_FILE).read_bytes()).hexdigest()
+        runtime = TorchRuntime.load(directory, info, device=device, precision=precision)
+        digest = hashlib.sha256((directory / WEIGHTS_FILE).read_bytes()).hexdigest()
         preprocessing = Preprocessing(info.image_size, info.resize, info.channels, tuple(info.mean), tuple(info.std))
-        return cls(classifier.model, str(find_bundle(path).resolve()), f"sha256:{digest}", preprocessing,
-                   info.architecture, info.model_args, classifier.device, classifier.precision)
+        return cls(runtime.model, str(directory.resolve()), f"sha256:{digest}", preprocessing,
+                   info.architecture, info.model_args, runtime.device, runtime.precision)
 
     @classmethod
     def _from_backbone(cls, name: str, weights: str | Path | None, device: str, precision: str,

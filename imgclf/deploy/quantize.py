@@ -1,0 +1,171 @@
+"""``--quantize int8``: static int8 quantisation of an ONNX export, with its cost in accuracy and its gain in speed.
+
+Static (calibrated) quantisation, not dynamic: a conv net's time is in its
+convolutions, which dynamic quantisation leaves in float; static QDQ
+quantisation with per-channel weights turns them into int8 kernels. The
+activation ranges are calibrated on up to :data:`CALIBRATION_IMAGES` training
+images; the fp32 and int8 files are then both run on the validation images
+and the accuracy change, top-1 agreement and speed-up are reported. A drop
+beyond ``max_accuracy_drop`` is refused: the int8 file is not written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.data.sources import Item, load_source, read_manifest
+from imgclf.deploy.bundle import BundleInfo
+from imgclf.deploy.predict import decoded_batches
+from imgclf.deploy.runtime import ONNX_FILES, OnnxRuntime, compare_speeds
+from imgclf.errors import ImgclfError
+
+CALIBRATION_IMAGES = 256
+CALIBRATION_BATCH = 16
+
+
+@dataclass
+class LabelledImages:
+    """Images to calibrate on and images (with class indices) to measure accuracy on."""
+
+    calibration: list[Path]
+    validation: list[Path]
+    labels: np.ndarray
+    source: str
+
+
+@dataclass
+class QuantizationReport:
+    """fp32 against int8 on the validation images."""
+
+    path: Path
+    images: int
+    source: str
+    fp32_accuracy: float
+    int8_accuracy: float
+    accuracy_change: float
+    top1_agreement: float
+    max_abs_diff: float
+    fp32_speed: dict[str, float]
+    int8_speed: dict[str, float]
+    speedup: dict[str, float]
+    fp32_bytes: int
+    int8_bytes: int
+
+
+def labelled_images(directory: Path, info: BundleInfo, data: str | Path | None) -> LabelledImages:
+    """Calibration images from the train split, validation images from val (else test, else all)."""
+    manifest = directory.parent / "split.csv"
+    if data is not None:
+        dataset = load_source(data)
+    elif manifest.is_file():
+        dataset = read_manifest(manifest)
+    else:
+        raise ImgclfError(f"--quantize int8 needs labelled images to calibrate on and to measure accuracy; {directory} "
+                          "has no run split.csv beside it, so add --data DATA")
+    validation = dataset.split_items("val") or dataset.split_items("test") or dataset.items
+    training = dataset.split_items("train") or validation
+    unknown = sorted({item.label for item in validation} - set(info.classes))
+    if unknown:
+        raise ImgclfError(f"--data {dataset.source}: labels the model does not know: {', '.join(unknown[:5])}")
+    order = np.random.default_rng(0).permutation(len(training))[:CALIBRATION_IMAGES]
+    index = {name: position for position, name in enumerate(info.classes)}
+    return LabelledImages(calibration=[training[i].path for i in sorted(order)],
+                          validation=[item.path for item in validation],
+                          labels=np.array([index[item.label] for item in validation]),
+                          source=_describe(dataset.source, validation))
+
+
+def _describe(source: str, items: list[Item]) -> str:
+    split = items[0].split if items and items[0].split else "all"
+    return f"{len(items)} {split} images of {source}"
+
+
+def _decoded(paths: list[Path], info: BundleInfo) -> np.ndarray:
+    """The decodable images of ``paths`` (N, H, W, C)."""
+    size = (info.image_size, info.image_size)
+    batches = decoded_batches(paths, size, info.resize, info.channels == 1, 64)  # type: ignore[arg-type]
+    return np.concatenate([pixels[[not error for error in errors]] for _, pixels, errors in batches])
+
+
+def quantize_int8(fp32_path: Path, directory: Path, info: BundleInfo, images: LabelledImages,
+                  max_accuracy_drop: float) -> QuantizationReport:
+    """Write ``model.int8.onnx`` beside ``fp32_path`` (with metadata) and report what it costs and gains."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from imgclf.deploy.export import write_metadata
+
+    fp32 = OnnxRuntime(fp32_path, info)
+    calibration = _decoded(images.calibration, info)
+    if not len(calibration):
+        raise ImgclfError(f"none of the calibration images ({images.source}) could be decoded")
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(range(0, len(calibration), CALIBRATION_BATCH))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            start = next(self.batches, None)
+            return None if start is None else {"input": fp32.normalise(calibration[start:start + CALIBRATION_BATCH])}
+
+    path = fp32_path.with_name(ONNX_FILES["onnx-int8"])
+    prepared = path.with_name(f".{path.stem}.pre-{os.getpid()}.onnx")
+    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    logging.disable(logging.WARNING)  # the quantiser logs per-tensor notes that mean nothing to a user
+    try:
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(partial), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        int8 = OnnxRuntime(partial, info, name="onnx-int8")
+        report = _compare(fp32, int8, info, images, path, fp32_path)
+        if report.accuracy_change < -max_accuracy_drop:
+            raise ImgclfError(f"int8 quantisation loses {-report.accuracy_change:.1%} accuracy on {report.source} "
+                              f"({report.fp32_accuracy:.1%} -> {report.int8_accuracy:.1%}), more than "
+                              f"--max-accuracy-drop {max_accuracy_drop:g}; {path.name} was not written "
+                              f"({fp32_path.name} was)")
+        os.replace(partial, path)
+    finally:
+        logging.disable(logging.NOTSET)
+        prepared.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+    report.int8_bytes = path.stat().st_size
+    summary = {key: value for key, value in asdict(report).items() if key != "path"}
+    write_metadata(path, "onnx", directory, info, quantization=summary, speed={"onnx-int8": report.int8_speed})
+    return report
+
+
+def _compare(fp32: OnnxRuntime, int8: OnnxRuntime, info: BundleInfo, images: LabelledImages, path: Path,
+             fp32_path: Path) -> QuantizationReport:
+    from imgclf.console import progress_bar
+    from imgclf.deploy.classifier import probabilities_from_logits
+
+    size = (info.image_size, info.image_size)
+    before, after, labels = [], [], []
+    with progress_bar() as bar:
+        task = bar.add_task("fp32 vs int8", total=len(images.validation))
+        batches = decoded_batches(images.validation, size, info.resize, info.channels == 1, 64)  # type: ignore[arg-type]
+        for start, (chunk, pixels, errors) in zip(range(0, len(images.validation), 64), batches):
+            ok = np.array([not error for error in errors])
+            before.append(probabilities_from_logits(fp32.logits(pixels[ok]), info.multilabel))
+            after.append(probabilities_from_logits(int8.logits(pixels[ok]), info.multilabel))
+            labels.append(images.labels[start:start + len(chunk)][ok])
+            bar.advance(task, len(chunk))
+    first, second, truth = np.concatenate(before), np.concatenate(after), np.concatenate(labels)
+    if not len(truth):
+        raise ImgclfError(f"none of the validation images ({images.source}) could be decoded")
+    fp32_accuracy = float(np.mean(first.argmax(axis=1) == truth))
+    int8_accuracy = float(np.mean(second.argmax(axis=1) == truth))
+    speeds = compare_speeds({"fp32": fp32, "int8": int8}, info)
+    fp32_speed, int8_speed = speeds["fp32"], speeds["int8"]
+    return QuantizationReport(
+        path=path, images=len(truth), source=images.source, fp32_accuracy=fp32_accuracy, int8_accuracy=int8_accuracy,
+        accuracy_change=int8_accuracy - fp32_accuracy,
+        top1_agreement=float(np.mean(first.argmax(axis=1) == second.argmax(axis=1))),
+        max_abs_diff=float(np.abs(first - second).max()), fp32_speed=fp32_speed, int8_speed=int8_speed,
+        speedup={batch: round(int8_speed[batch] / fp32_speed[batch], 2) for batch in fp32_speed},
+        fp32_bytes=fp32_path.stat().st_size, int8_bytes=0)

@@ -1,0 +1,220 @@
+"""Where a classifier's forward pass runs: PyTorch or ONNX Runtime, behind one small interface.
+
+A runtime turns a batch of decoded uint8 images (N, H, W, C), already at the
+model's input size, into logits (N, classes); normalisation is its job, so
+each does it the cheapest way it can (torch on its device; numpy for ONNX
+Runtime, which then needs no torch at all). Everything around it, flip TTA,
+softmax, top-k, is shared by :class:`~imgclf.deploy.classifier.Classifier`.
+
+``auto`` chooses by measurement, not by rule: ``imgclf export --format onnx``
+times both runtimes on this machine at batch 1 and 64 and records the
+figures beside the file; ``auto`` then takes the faster one at the batch size
+nearest to the caller's (ONNX Runtime fp32 wins at batch 1 on a CPU, PyTorch
+bf16 can win at batch 64; a GPU makes PyTorch win). An export whose
+weights no longer match the bundle's is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from imgclf.deploy.bundle import WEIGHTS_FILE, BundleInfo
+from imgclf.errors import ImgclfError
+
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
+# the exported file each ONNX runtime loads, inside the bundle folder
+ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+SPEED_BATCHES = (1, 64)  # batch sizes ``export`` times both runtimes at, for ``auto``
+
+
+class Runtime(Protocol):
+    """Logits for a batch of decoded images at the model's input size."""
+
+    name: str
+
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, H, W, C) uint8 -> (N, classes) float32 logits."""
+        ...
+
+
+def metadata_path(model_file: Path) -> Path:
+    """The JSON written beside an exported file (``model.onnx`` -> ``model.onnx.json``)."""
+    return model_file.with_name(model_file.name + ".json")
+
+
+def weights_digest(directory: Path) -> str:
+    """sha256 of the bundle's weights: ties an export to the exact weights it was made from."""
+    digest = hashlib.sha256()
+    with open(directory / WEIGHTS_FILE, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_export(directory: Path, runtime: str) -> dict[str, Any] | None:
+    """The metadata of the bundle's export for ``runtime`` when it exists and matches the weights, else None."""
+    model_file = directory / ONNX_FILES[runtime]
+    meta = metadata_path(model_file)
+    if not model_file.is_file() or not meta.is_file():
+        return None
+    try:
+        values = json.loads(meta.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return values if values.get("weights_sha256") == weights_digest(directory) else None
+
+
+def resolve_runtime(directory: Path, requested: str, device: str = "auto", batch_size: int = 64) -> str:
+    """'torch', 'onnx' or 'onnx-int8' for ``--runtime requested`` on this bundle."""
+    if requested not in RUNTIMES:
+        raise ImgclfError(f"--runtime {requested} is not known; choose one of {', '.join(RUNTIMES)}")
+    if requested == "torch":
+        return "torch"
+    if requested in ONNX_FILES:
+        if device == "cuda":
+            raise ImgclfError(f"--runtime {requested} runs on the CPU (onnxruntime); use --runtime torch for --device cuda")
+        if read_export(directory, requested) is None:
+            how = " --quantize int8" if requested == "onnx-int8" else ""
+            raise ImgclfError(f"{directory} has no up-to-date {ONNX_FILES[requested]}; run imgclf export {directory} "
+                              f"--format onnx{how} first, or use --runtime torch")
+        return requested
+    exported = read_export(directory, "onnx")
+    if device not in ("auto", "cpu") or exported is None or not _onnx_installed():
+        return "torch"
+    speed = exported.get("speed", {})
+    nearest = min(SPEED_BATCHES, key=lambda size: abs(math.log(size) - math.log(max(batch_size, 1))))
+    onnx_speed = speed.get("onnx", {}).get(str(nearest), 0.0)
+    torch_speed = speed.get("torch", {}).get(str(nearest), math.inf)
+    return "onnx" if onnx_speed > torch_speed else "torch"
+
+
+def _onnx_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def load_runtime(directory: Path, info: BundleInfo, runtime: str, device: str = "auto", precision: str = "auto"
+                 ) -> Runtime:
+    """The resolved runtime (``resolve_runtime``) loaded from the bundle folder."""
+    if runtime in ONNX_FILES:
+        return OnnxRuntime(directory / ONNX_FILES[runtime], info, name=runtime)
+    return TorchRuntime.load(directory, info, device=device, precision=precision)
+
+
+class TorchRuntime:
+    """The model in PyTorch: channels-last, bf16 autocast where the CPU has it, or on CUDA."""
+
+    name = "torch"
+
+    def __init__(self, model: Any, info: BundleInfo, device: str = "auto", precision: str = "auto") -> None:
+        import torch
+
+        from imgclf.engines.device import choose_device, choose_precision
+
+        self.info = info
+        self.device = choose_device(device)
+        self.precision = choose_precision(precision, self.device)
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+
+    @classmethod
+    def load(cls, directory: Path, info: BundleInfo, device: str = "auto", precision: str = "auto") -> TorchRuntime:
+        """Rebuild the architecture from the registry and load the safetensors weights into it."""
+        from safetensors.torch import load_file
+
+        from imgclf.models import create_model
+
+        model = create_model(info.architecture, len(info.classes), in_chans=info.channels,
+                             image_size=info.image_size, **info.model_args)
+        try:
+            model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        except Exception as error:  # safetensors and torch raise several types for a damaged or foreign file
+            first_line = str(error).strip().splitlines()[0]
+            raise ImgclfError(f"{directory / WEIGHTS_FILE} does not fit {info.architecture} ({first_line})") from None
+        return cls(model, info, device=device, precision=precision)
+
+    def normalise(self, pixels: np.ndarray) -> Any:
+        """uint8 NHWC -> normalised float32 NCHW (channels-last in memory) on the device, as in training."""
+        import torch
+
+        from imgclf.data.augment import augment_batch
+        from imgclf.data.augment_presets import PRESETS
+
+        return augment_batch(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device), PRESETS["none"],
+                             torch.Generator(), tuple(self.info.mean), tuple(self.info.std))
+
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
+        from imgclf.engines.device import autocast
+
+        with torch.no_grad(), autocast(self.device, self.precision):
+            return self.model(self.normalise(pixels)).float().cpu().numpy()
+
+
+class OnnxRuntime:
+    """An exported ``.onnx`` file in ONNX Runtime (CPU); normalisation in numpy, so no torch is imported."""
+
+    def __init__(self, path: Path, info: BundleInfo, name: str = "onnx", threads: int = 0) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads  # 0: one per physical core
+        # No busy-waiting between runs: spinning threads take the cores that decoding, the HTTP server and other
+        # processes need; on this 2-core machine under load, batch 1 ran 1.4-1.8x faster without it.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3  # warnings about unused initialisers are noise to users
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own untyped errors for a damaged file
+            raise ImgclfError(f"{path}: ONNX Runtime cannot load it ({str(error).splitlines()[0]}); export again") from None
+        self.name = name
+        self.input_name = self.session.get_inputs()[0].name
+        channels = info.channels
+        self.scale = (1.0 / (255.0 * np.asarray(info.std[:channels], dtype=np.float32)))
+        self.offset = -np.asarray(info.mean[:channels], dtype=np.float32) / np.asarray(info.std[:channels], dtype=np.float32)
+
+    def normalise(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 NHWC -> float32 NCHW, (x / 255 - mean) / std as one multiply-add."""
+        batch = pixels.astype(np.float32) * self.scale + self.offset
+        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: self.normalise(pixels)})[0].astype(np.float32, copy=False)
+
+
+def compare_speeds(runtimes: dict[str, Runtime], info: BundleInfo, batches: tuple[int, ...] = SPEED_BATCHES,
+                   rounds: int = 3, seconds: float = 0.3) -> dict[str, dict[str, float]]:
+    """Images/s of each runtime at each batch size: the best of ``rounds`` interleaved measurements.
+
+    Interleaving and keeping the best make the comparison fair on a machine
+    that other processes share: a burst of load hits every runtime alike, and
+    the best round is the one least disturbed.
+    """
+    best = {name: dict.fromkeys((str(batch) for batch in batches), 0.0) for name in runtimes}
+    for _ in range(rounds):
+        for name, runtime in runtimes.items():
+            for batch in batches:
+                rate = throughput(runtime, info, batch, seconds)
+                best[name][str(batch)] = max(best[name][str(batch)], round(rate, 1))
+    return best
+
+
+def throughput(runtime: Runtime, info: BundleInfo, batch: int, seconds: float = 0.5, min_runs: int = 3) -> float:
+    """Images per second of ``runtime.logits`` on random images at ``batch``, after one warm-up call."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (batch, info.image_size, info.image_size, info.channels), dtype=np.uint8)
+    runtime.logits(pixels)
+    runs, started = 0, time.perf_counter()
+    while runs < min_runs or time.perf_counter() - started < seconds:
+        runtime.logits(pixels)
+        runs += 1
+    return runs * batch / (time.perf_counter() - started)

@@ -1,0 +1,53 @@
+"""Run the API with uvicorn: load the model once, bind (loopback unless told otherwise), serve until Ctrl-C."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from imgclf.console import console
+from imgclf.deploy.bundle import find_bundle
+from imgclf.errors import ImgclfError
+from imgclf.serve.uploads import DEFAULT_LIMITS, Limits
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, runtime: str = "auto",
+          device: str = "auto", tta: bool | None = None, limits: Limits = DEFAULT_LIMITS, max_batch: int = 32,
+          max_wait_ms: float = 2.0, max_queue: int = 256) -> None:
+    """Serve ``model`` over HTTP until interrupted; see :func:`imgclf.serve.app.create_app` for the routes."""
+    import uvicorn
+
+    from imgclf.deploy.classifier import Classifier
+    from imgclf.serve.app import create_app
+
+    if not 1 <= port <= 65535:
+        raise ImgclfError(f"--port {port} is not a TCP port; give one from 1 to 65535, e.g. 8000")
+    for option, value in (("--max-batch", max_batch), ("--max-files", limits.max_files),
+                          ("--max-queue", max_queue), ("--max-pixels", limits.max_pixels),
+                          ("--max-upload-mb", limits.max_bytes), ("--timeout", limits.timeout_s)):
+        if value <= 0:
+            raise ImgclfError(f"{option} must be positive, got {value}")
+    directory = find_bundle(model)
+    name = directory.parent.name if directory.name == "model" else directory.name
+    # batch 1 is what a lightly loaded server mostly runs, and where the runtimes differ most
+    classifier = Classifier.load(directory, device=device, tta=tta, runtime=runtime, batch_size=1)
+    app = create_app(classifier, name, classifier.runtime.name, limits, max_batch=max_batch,
+                     max_wait_ms=max_wait_ms, max_queue=max_queue)
+    if not is_loopback(host):
+        console.print(f"[yellow]warning:[/] serving on {host}: anyone who can reach this machine can use the model "
+                      "(there is no authentication); put it behind a proxy that checks who calls")
+    console.print(f"serving {name} ({classifier.runtime.name} runtime) on http://{host}:{port}  "
+                  f"(web page /, API docs /docs); Ctrl-C stops")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    except OSError as error:  # uvicorn logs bind errors and exits; other socket errors land here
+        raise ImgclfError(f"cannot serve on {host}:{port} ({error.strerror or error}); choose another --port") from None

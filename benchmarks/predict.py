@@ -35,10 +35,24 @@ CASES = [  # (name, bundle run, image folder, goal as a multiple of the naive lo
 ]
 
 
-def naive_predict(classifier: Classifier, paths: list[Path]) -> tuple[float, list[str]]:
+def plain_model(classifier: Classifier, run: Path) -> torch.nn.Module:
+    """The bundle's network as a user's script builds it: no BatchNorm folding, fp32, NCHW."""
+    from safetensors.torch import load_file
+
+    from imgclf.deploy.bundle import WEIGHTS_FILE, find_bundle
+    from imgclf.models import create_model
+
+    info = classifier.info
+    model = create_model(info.architecture, len(info.classes), in_chans=info.channels, image_size=info.image_size,
+                         **info.model_args)
+    model.load_state_dict(load_file(str(find_bundle(run) / WEIGHTS_FILE)))
+    return model.eval()
+
+
+def naive_predict(classifier: Classifier, run: Path, paths: list[Path]) -> tuple[float, list[str]]:
     """(images/s, top-1 classes) of the one-image-at-a-time loop."""
     info = classifier.info
-    model = classifier.runtime.model.float().to(memory_format=torch.contiguous_format).eval()
+    model = plain_model(classifier, run)
     mean = torch.tensor(info.mean).view(1, -1, 1, 1)
     std = torch.tensor(info.std).view(1, -1, 1, 1)
     predictions = []
@@ -73,8 +87,7 @@ def main() -> None:
         paths = sorted(path for path in (args.datasets / folder).rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS)
         fast = Classifier.load(args.runs / run, tta=False)
         ours, our_classes = fast_predict(fast, paths)
-        naive, naive_classes = naive_predict(Classifier.load(args.runs / run, precision="fp32", tta=False,
-                                                             runtime="torch"),
+        naive, naive_classes = naive_predict(Classifier.load(args.runs / run, tta=False), args.runs / run,
                                              paths[:args.naive_images])
         agreement = float(np.mean([a == b for a, b in zip(naive_classes, our_classes)]))
         results[name] = {"images": len(paths), "imgclf_images_per_second": round(ours, 1),

@@ -30,7 +30,10 @@ def inference_copy(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """A frozen, eval-mode, channels_last copy of ``model`` with its BatchNorms folded; ``model`` is untouched.
 
     ``example`` is one input batch (any batch size) of the shape the copy will be called with.
+    A TorchScript module cannot be copied or changed this way and is returned as it is.
     """
+    if isinstance(model, torch.jit.ScriptModule):
+        return model.eval()
     plain = copy.deepcopy(model).eval().requires_grad_(False)
     folded = copy.deepcopy(plain)
     if _fold_batchnorm(folded, example):

@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from imgclf.api import (  # noqa: E402  (the public API)
+    compare,
     evaluate,
     inspect,
     load,
@@ -15,5 +16,5 @@ from imgclf.api import (  # noqa: E402  (the public API)
 )
 from imgclf.errors import ImgclfError  # noqa: E402
 
-__all__ = ["ImgclfError", "__version__", "evaluate", "inspect", "load", "load_dataset", "models", "predict",
+__all__ = ["ImgclfError", "__version__", "compare", "evaluate", "inspect", "load", "load_dataset", "models", "predict",
            "preview_augment", "report", "train"]

@@ -26,6 +26,7 @@ from imgclf.pictures import save_image_grid
 from imgclf.runs import slug
 
 if TYPE_CHECKING:  # the heavy modules load only when their command runs
+    from imgclf.compare import Comparison
     from imgclf.config import TrainConfig
     from imgclf.deploy.classifier import Classifier
     from imgclf.deploy.predict import PredictionRow
@@ -250,6 +251,21 @@ def predict(model: str | Path, inputs: str | Path | list[str | Path], *, top_k: 
     paths = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
     classifier = Classifier.load(model, device=device, tta=tta)
     return classifier.predict_files(paths, top_k=top_k, min_confidence=min_confidence, batch_size=batch_size)
+
+
+def compare(data: str | Path, *, backends: str | list[str] = "torch,tensorflow", model: str = "tutorial-cnn",
+            epochs: float = 10, out: str | Path | None = None, overwrite: bool = False,
+            archive: str | Path | None = None, **options: object) -> Comparison:
+    """Train ``model`` on each backend with the same recipe, seed and split; write ``OUT/comparison.html``.
+
+    >>> imgclf.compare("photos/", epochs=10).html     # doctest: +SKIP
+    """
+    from imgclf.compare import compare as run_comparison
+    from imgclf.compare import parse_backends
+
+    names = parse_backends(backends if isinstance(backends, str) else ",".join(backends))
+    return run_comparison(data, backends=names, model=model, epochs=epochs, out=out, overwrite=overwrite,
+                          archive=archive, **options)
 
 
 def report(run: str | Path, *, label_issues: bool = True) -> Path:

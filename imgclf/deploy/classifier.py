@@ -45,15 +45,22 @@ class Classifier:
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", precision: str = "auto", tta: bool | None = None
              ) -> Classifier:
-        """Load a bundle folder or a run directory (its ``model/``)."""
+        """Load a bundle folder or a run directory (its ``model/``), torch or tensorflow."""
         from safetensors.torch import load_file
 
         from imgclf.models import create_model
 
         directory = find_bundle(path)
         info = read_bundle_info(directory)
+        if info.backend == "tensorflow":
+            from imgclf.backends import require_tensorflow
+
+            require_tensorflow()
+            from imgclf.deploy.keras_classifier import KerasClassifier
+
+            return KerasClassifier.from_bundle(directory, info, tta=tta)
         if info.backend != "torch":
-            raise ImgclfError(f"{directory} is a {info.backend} model; this imgclf loads torch bundles")
+            raise ImgclfError(f"{directory} is a {info.backend} model; this imgclf loads torch and tensorflow bundles")
         model = create_model(info.architecture, len(info.classes), in_chans=info.channels,
                              image_size=info.image_size, **info.model_args)
         try:

@@ -34,6 +34,7 @@ from imgclf.data.augment_presets import PRESETS, augment_config
 from imgclf.data.batches import BatchLoader
 from imgclf.engines.checkpoint import save_checkpoint
 from imgclf.engines.device import autocast
+from imgclf.engines.history import history_row, print_epoch
 from imgclf.engines.linear_probe import (
     cache_path,
     cached,
@@ -450,16 +451,9 @@ class Trainer:
     def _epoch_row(self, position: _Position, stage: Stage, train_loss: float, train_accuracy: float, lr: float,
                    seconds: float, images: int) -> dict[str, Any]:
         """One line of metrics.csv (the validation scores measured now) for the epoch at ``position``."""
-        row: dict[str, Any] = {
-            "epoch": position.epoch + 1, "stage": stage.name,
-            "train_loss": round(train_loss, 6), "train_accuracy": round(train_accuracy, 6),
-            "val_loss": None, "val_accuracy": None, "lr": round(lr, 8),
-            "seconds": round(seconds, 3), "images_per_second": round(images / max(seconds, 1e-9), 1),
-        }
-        if self.val_loader is not None:
-            scores = self.evaluate("val")
-            row["val_loss"], row["val_accuracy"] = round(scores["loss"], 6), round(scores["accuracy"], 6)
-        return row
+        scores = self.evaluate("val") if self.val_loader is not None else {"loss": None, "accuracy": None}
+        return history_row(position.epoch + 1, stage.name, train_loss, train_accuracy, scores["loss"],
+                           scores["accuracy"], lr, seconds, images)
 
     def _run_epoch(self, stage: Stage, position: _Position, optimizer: torch.optim.Optimizer,
                    scheduler: torch.optim.lr_scheduler.LambdaLR, total_steps: int,
@@ -516,7 +510,7 @@ class Trainer:
         if self.run is not None:
             save_checkpoint(self._state(position, optimizer, scheduler, history, best), self.run.last_checkpoint)
             self.run.write_metrics(history)
-        self._print_epoch(row, best)
+        print_epoch(row, best["epoch"] == row["epoch"])
 
     def _should_stop_early(self, best: dict[str, Any]) -> bool:
         patience = self.config.early_stopping
@@ -536,14 +530,6 @@ class Trainer:
         if weights is not None:
             model.load_state_dict(weights)
         return model
-
-    def _print_epoch(self, row: dict[str, Any], best: dict[str, Any]) -> None:
-        val = ""
-        if row["val_accuracy"] is not None:
-            val = f"  val loss {row['val_loss']:.4f}  val acc {row['val_accuracy']:.2%}"
-        marker = "  [green]best[/]" if best["epoch"] == row["epoch"] else ""
-        console.print(f"epoch {row['epoch']} ({row['stage']}): train loss {row['train_loss']:.4f}  "
-                      f"train acc {row['train_accuracy']:.2%}{val}  {row['images_per_second']:,.0f} img/s{marker}")
 
 
 class _BudgetGuard:

@@ -378,7 +378,10 @@ class _tensorboard:
         self.writer: Any = None
 
     def __enter__(self) -> Any:
-        from torch.utils.tensorboard import SummaryWriter
+        from imgclf.console import native_stderr_silenced
+
+        with native_stderr_silenced():  # TensorBoard imports TensorFlow when it is installed
+            from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(self.run.tensorboard_dir))
         return self.write

@@ -141,7 +141,7 @@ def train(
                                                   rich_help_panel="Model")] = None,
     pretrained: Annotated[Optional[bool], Opt("--pretrained/--no-pretrained", help="Start from pretrained weights.",
                                               rich_help_panel="Model", show_default=False)] = None,
-    weights: Annotated[Optional[str], Opt(help="Weights file (.safetensors or .pth) for --pretrained.",
+    weights: Annotated[Optional[str], Opt(help="Weights file for --pretrained: .safetensors or .pth (torch), no-top .h5 (tensorflow).",
                                           rich_help_panel="Model")] = None,
     strategy: Annotated[Optional[str], Opt(help="auto, scratch, probe, finetune or two-stage.", rich_help_panel="Model")] = None,
     probe_epochs: Annotated[Optional[float], Opt(help="Epochs of --epochs given to the probe stage in two-stage (one fit with the linear probe).", rich_help_panel="Model")] = None,

@@ -33,7 +33,7 @@ from imgclf.data.augment_presets import PRESETS, augment_config
 from imgclf.data.batches import BatchLoader
 from imgclf.engines.history import history_row, print_epoch
 from imgclf.engines.keras_setup import keras
-from imgclf.engines.torch_engine import FitResult, Stage, TrainingData, plan_stages
+from imgclf.engines.torch_engine import FitResult, Stage, TrainingData, plan_stages, split_loader
 from imgclf.errors import ImgclfError
 from imgclf.files import write_text_atomic
 from imgclf.models.keras_models import backbone_of, build_model
@@ -116,15 +116,7 @@ class KerasTrainer:
         self.model: keras.Model | None = None
 
     def _loader(self, split: str, augment: Any, shuffle: bool, batch_size: int | None = None) -> BatchLoader:
-        rows = self.data.rows[split]
-        weights = None
-        if split == "train" and self.config.balanced_sampling:
-            counts = self.data.class_counts(split).numpy()
-            weights = 1.0 / counts[self.data.split_targets(split).numpy()]
-        return BatchLoader(self.data.pixels, rows, self.data.split_targets(split), batch_size or self.config.batch_size,
-                           augment, self.data.mean, self.data.std, shuffle=shuffle,
-                           drop_last=shuffle and len(rows) > self.config.batch_size, seed=self.config.seed,
-                           sample_weights=weights)
+        return split_loader(self.data, self.config, split, augment, shuffle, batch_size)
 
     # ----------------------------------------------------------------- model
     def build(self) -> keras.Model:

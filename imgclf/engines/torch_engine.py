@@ -69,6 +69,19 @@ class TrainingData:
         return torch.bincount(self.split_targets(split), minlength=len(self.classes))
 
 
+def split_loader(data: TrainingData, config: TrainConfig, split: str, augment: Any, shuffle: bool,
+                 batch_size: int | None = None, device: torch.device | str = "cpu") -> BatchLoader:
+    """Batches of one split, as every engine reads them (balanced sampling, dropping a ragged last batch)."""
+    rows = data.rows[split]
+    weights = None
+    if split == "train" and config.balanced_sampling and not data.multilabel:
+        counts = data.class_counts(split).numpy()
+        weights = 1.0 / counts[data.split_targets(split).numpy()]
+    return BatchLoader(data.pixels, rows, data.split_targets(split), batch_size or config.batch_size, augment,
+                       data.mean, data.std, shuffle=shuffle, drop_last=shuffle and len(rows) > config.batch_size,
+                       seed=config.seed, device=device, sample_weights=weights)
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str  # "train", "probe" or "finetune"
@@ -176,15 +189,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- data
     def _loader(self, split: str, augment: Any, shuffle: bool, batch_size: int | None = None) -> BatchLoader:
-        rows = self.data.rows[split]
-        weights = None
-        if split == "train" and self.config.balanced_sampling and not self.data.multilabel:
-            counts = self.data.class_counts(split).numpy()
-            weights = 1.0 / counts[self.data.split_targets(split).numpy()]
-        return BatchLoader(self.data.pixels, rows, self.data.split_targets(split), batch_size or self.config.batch_size,
-                           augment, self.data.mean, self.data.std, shuffle=shuffle,
-                           drop_last=shuffle and len(rows) > self.config.batch_size, seed=self.config.seed,
-                           device=self.device, sample_weights=weights)
+        return split_loader(self.data, self.config, split, augment, shuffle, batch_size, self.device)
 
     # ----------------------------------------------------------------- stages
     def steps_in(self, stage: Stage) -> int:

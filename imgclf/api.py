@@ -26,7 +26,7 @@ from imgclf.pictures import save_image_grid
 from imgclf.runs import slug
 
 if TYPE_CHECKING:  # the heavy modules load only when their command runs
-    from imgclf.compare import Comparison
+    from imgclf.comparison import Comparison
     from imgclf.config import TrainConfig
     from imgclf.deploy.classifier import Classifier
     from imgclf.deploy.predict import PredictionRow
@@ -260,8 +260,8 @@ def compare(data: str | Path, *, backends: str | list[str] = "torch,tensorflow",
 
     >>> imgclf.compare("photos/", epochs=10).html     # doctest: +SKIP
     """
-    from imgclf.compare import compare as run_comparison
-    from imgclf.compare import parse_backends
+    from imgclf.comparison import compare as run_comparison
+    from imgclf.comparison import parse_backends
 
     names = parse_backends(backends if isinstance(backends, str) else ",".join(backends))
     return run_comparison(data, backends=names, model=model, epochs=epochs, out=out, overwrite=overwrite,

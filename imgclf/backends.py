@@ -59,6 +59,7 @@ def check_backend(config: TrainConfig, multilabel: bool) -> None:
         "--ema": bool(config.ema),
         "--compile": config.compile,
         f"--precision {config.precision}": config.precision not in ("auto", "fp32"),
+        "--device cuda (tensorflow-cpu)": config.device == "cuda",
         "multi-label data": multilabel,
     }
     named = [name for name, used in unsupported.items() if used]

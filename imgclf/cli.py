@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import click
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from imgclf import __version__, api
@@ -425,7 +426,7 @@ def main() -> None:
     except ImgclfError as error:
         if _debug:
             raise
-        console.print(f"[red]error:[/] {error}", soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)  # messages may hold [brackets]
         sys.exit(2)
     except click.exceptions.Abort:
         console.print("interrupted")

@@ -4,16 +4,22 @@ TensorFlow's native libraries print start-up notices (oneDNN, CPU features)
 straight to file descriptor 2, past Python and any log level; they would
 land in the middle of ``imgclf`` output, so they are silenced while loading.
 
-torchvision is imported first, always: its native operators crash the
-process (segmentation fault) when they load after TensorFlow's libraries,
-and imgclf uses both in one process (the shared data pipeline, compare).
+torchvision's native operators and triton (which torch loads lazily, e.g.
+on an optimiser's first step) crash the process (segmentation fault) when
+they load after TensorFlow's native libraries, and imgclf uses both
+frameworks in one process (the shared data pipeline, compare), so they are
+loaded first, always.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import torchvision  # noqa: F401  (before TensorFlow; see above)
+
+if importlib.util.find_spec("triton") is not None:
+    import triton  # noqa: F401  (before TensorFlow; see above)
 
 from imgclf.console import native_stderr_silenced
 

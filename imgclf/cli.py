@@ -196,7 +196,7 @@ def train(
     early_stopping: Annotated[Optional[int], Opt(help="Stop after this many epochs without improvement.",
                                                  rich_help_panel="Schedule")] = None,
     monitor: Annotated[Optional[str], Opt(help="val_accuracy or val_loss.", rich_help_panel="Schedule")] = None,
-    backend: Annotated[Optional[str], Opt(help="torch (default) or tensorflow (Keras 3; pip install 'imgclf[tensorflow]').",
+    backend: Annotated[Optional[str], Opt(help="torch (default) or tensorflow (Keras 3; pip install 'imgclf\\[tensorflow]').",
                                           rich_help_panel="Machine")] = None,
     device: Annotated[Optional[str], Opt(help="auto, cpu or cuda.", rich_help_panel="Machine")] = None,
     precision: Annotated[Optional[str], Opt(help="auto, fp32, bf16 or fp16.", rich_help_panel="Machine")] = None,
@@ -397,8 +397,9 @@ def compare(
     table.add_column("")
     for item in result.results:
         table.add_column(item.backend, justify="right")
-    rows = [("test accuracy", lambda item: f"{item.metrics.get('test_accuracy', float('nan')):.2%}"),
-            ("seconds per epoch", lambda item: f"{item.seconds_per_epoch:.2f}"),
+    rows = [(f"{split} accuracy", lambda item, split=split: f"{item.metrics[f'{split}_accuracy']:.2%}")
+            for split in ("val", "test") if all(f"{split}_accuracy" in item.metrics for item in result.results)]
+    rows += [("seconds per epoch", lambda item: f"{item.seconds_per_epoch:.2f}"),
             ("inference images/s", lambda item: f"{item.inference_images_per_second:,.0f}"),
             ("parameters", lambda item: f"{item.parameters:,}")]
     for label, cell in rows:

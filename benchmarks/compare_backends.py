@@ -24,6 +24,7 @@ import csv
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from importlib.metadata import version
@@ -85,6 +86,9 @@ def run(name: str, data: Path, epochs: float) -> dict:
             "held_out_accuracy_by_epoch": accuracy,
             "accuracy_epoch_1": accuracy[0], "accuracy_last_epoch": accuracy[-1],
             "seconds_per_epoch": result.seconds_per_epoch,
+            # the median resists a busy neighbour on a shared machine and TensorFlow's first-epoch tracing
+            "median_seconds_per_epoch": round(statistics.median(row["seconds"] for row in result.history), 3),
+            "seconds_by_epoch": [row["seconds"] for row in result.history],
             "train_images_per_second": result.train_images_per_second,
             "inference_images_per_second": result.inference_images_per_second,
             "parameters": result.parameters,

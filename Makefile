@@ -13,10 +13,10 @@ DEMO_OUT := runs/demo
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,serve]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,serve,tensorflow]"
 	touch $(STAMP)
 
 demo: $(STAMP)

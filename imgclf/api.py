@@ -27,6 +27,7 @@ from imgclf.pictures import save_image_grid
 from imgclf.runs import slug
 
 if TYPE_CHECKING:  # the heavy modules load only when their command runs
+    from imgclf.comparison import Comparison
     from imgclf.config import TrainConfig
     from imgclf.deploy.classifier import Classifier
     from imgclf.deploy.export import ExportResult
@@ -312,6 +313,21 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
 
     return run_export(model, format, out=out, quantize=quantize, data=data, tolerance=tolerance,
                       max_accuracy_drop=max_accuracy_drop)
+
+
+def compare(data: str | Path, *, backends: str | list[str] = "torch,tensorflow", model: str = "tutorial-cnn",
+            epochs: float = 10, out: str | Path | None = None, overwrite: bool = False,
+            archive: str | Path | None = None, **options: object) -> Comparison:
+    """Train ``model`` on each backend with the same recipe, seed and split; write ``OUT/comparison.html``.
+
+    >>> imgclf.compare("photos/", epochs=10).html     # doctest: +SKIP
+    """
+    from imgclf.comparison import compare as run_comparison
+    from imgclf.comparison import parse_backends
+
+    names = parse_backends(backends if isinstance(backends, str) else ",".join(backends))
+    return run_comparison(data, backends=names, model=model, epochs=epochs, out=out, overwrite=overwrite,
+                          archive=archive, **options)
 
 
 def report(run: str | Path, *, label_issues: bool = True) -> Path:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import click
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from imgclf import __version__, api
@@ -152,7 +153,7 @@ def train(
                                                   rich_help_panel="Model")] = None,
     pretrained: Annotated[Optional[bool], Opt("--pretrained/--no-pretrained", help="Start from pretrained weights.",
                                               rich_help_panel="Model", show_default=False)] = None,
-    weights: Annotated[Optional[str], Opt(help="Weights file (.safetensors or .pth) for --pretrained.",
+    weights: Annotated[Optional[str], Opt(help="Weights file for --pretrained: .safetensors or .pth (torch), no-top .h5 (tensorflow).",
                                           rich_help_panel="Model")] = None,
     strategy: Annotated[Optional[str], Opt(help="auto, scratch, probe, finetune or two-stage.", rich_help_panel="Model")] = None,
     probe_epochs: Annotated[Optional[float], Opt(help="Epochs of --epochs given to the probe stage in two-stage (one fit with the linear probe).", rich_help_panel="Model")] = None,
@@ -206,6 +207,8 @@ def train(
     early_stopping: Annotated[Optional[int], Opt(help="Stop after this many epochs without improvement.",
                                                  rich_help_panel="Schedule")] = None,
     monitor: Annotated[Optional[str], Opt(help="val_accuracy or val_loss.", rich_help_panel="Schedule")] = None,
+    backend: Annotated[Optional[str], Opt(help="torch (default) or tensorflow (Keras 3; pip install 'imgclf\\[tensorflow]').",
+                                          rich_help_panel="Machine")] = None,
     device: Annotated[Optional[str], Opt(help="auto, cpu or cuda.", rich_help_panel="Machine")] = None,
     precision: Annotated[Optional[str], Opt(help="auto, fp32, bf16 or fp16.", rich_help_panel="Machine")] = None,
     compile: Annotated[Optional[bool], Opt("--compile/--no-compile", help="torch.compile the model.", rich_help_panel="Machine",
@@ -387,6 +390,42 @@ def _stream_predictions(rows: Iterable[PredictionRow], write: Callable[[Predicti
     console.print(f"{count:,} images in {seconds:.1f} s ({count / max(seconds, 1e-9):,.0f} img/s), {errors} unreadable")
 
 
+@app.command(epilog="Example: imgclf compare photos/ --backends torch,tensorflow --model tutorial-cnn --epochs 10")
+def compare(
+    data: Source,
+    backends: Annotated[str, Opt(help="Comma-separated backends to train on.")] = "torch,tensorflow",
+    model: Annotated[str, Opt(help="A model both backends have: tutorial-cnn or a keras.applications name.")] = "tutorial-cnn",
+    epochs: Annotated[float, Opt(help="Epochs on each backend.")] = 10,
+    image_size: Annotated[Optional[int], Opt(help="Input side in pixels (default: from the data).")] = None,
+    batch_size: Annotated[Optional[int], Opt(help="Images per step (default: the model's recipe).")] = None,
+    augment: Annotated[Optional[str], Opt(help=f"Augmentation preset: {', '.join(PRESETS)}.")] = None,
+    seed: Seed = 0,
+    out: Annotated[Optional[Path], Opt(help="Folder for the runs and comparison.html (default: compare-<data>).")] = None,
+    overwrite: Annotated[bool, Opt(help="Replace earlier runs in --out.")] = False,
+    archive: ArchiveOption = None,
+) -> None:
+    """Train the same network with the same recipe, seed and split on each backend and compare them."""
+    options = {name: value for name, value in (("image_size", image_size), ("batch_size", batch_size),
+                                               ("augment", augment)) if value is not None}
+    result = api.compare(data, backends=backends, model=model, epochs=epochs, out=out, overwrite=overwrite,
+                         archive=archive, seed=seed, **options)
+    table = Table(title=f"{model}: {' vs '.join(item.backend for item in result.results)}")
+    table.add_column("")
+    for item in result.results:
+        table.add_column(item.backend, justify="right")
+    rows = [(f"{split} accuracy", lambda item, split=split: f"{item.metrics[f'{split}_accuracy']:.2%}")
+            for split in ("val", "test") if all(f"{split}_accuracy" in item.metrics for item in result.results)]
+    rows += [("seconds per epoch", lambda item: f"{item.seconds_per_epoch:.2f}"),
+            ("inference images/s", lambda item: f"{item.inference_images_per_second:,.0f}"),
+            ("parameters", lambda item: f"{item.parameters:,}")]
+    for label, cell in rows:
+        table.add_row(label, *(cell(item) for item in result.results))
+    console.print(table)
+    if not result.parameters_match:
+        console.print("[yellow]warning: the parameter counts differ; the networks are not the same[/]")
+    console.print(f"report: {result.html}")
+
+
 @app.command(epilog="Example: imgclf report runs/shop")
 def report(
     run: Annotated[str, typer.Argument(help="A run directory (runs/NAME).", show_default=False)],
@@ -473,7 +512,7 @@ def main() -> None:
     except ImgclfError as error:
         if _debug:
             raise
-        console.print(f"[red]error:[/] {error}", soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)  # messages may hold [brackets]
         sys.exit(2)
     except click.exceptions.Abort:
         console.print("interrupted")

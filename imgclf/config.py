@@ -28,6 +28,7 @@ DEVICES = ("auto", "cpu", "cuda")
 CLASS_WEIGHTS = ("none", "auto")
 MONITORS = ("val_accuracy", "val_loss")
 RESIZE_POLICIES = ("squash", "crop", "pad")
+BACKENDS = ("torch", "tensorflow")
 
 
 @dataclass
@@ -78,6 +79,7 @@ class TrainConfig:
     early_stopping: int | None = None
     monitor: str = "val_accuracy"
     # machine
+    backend: str = "torch"
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
@@ -165,6 +167,7 @@ def validate(config: TrainConfig) -> None:
     _choice("schedule", config.schedule, SCHEDULES)
     _choice("precision", config.precision, PRECISIONS)
     _choice("device", config.device, DEVICES)
+    _choice("backend", config.backend, BACKENDS)
     _choice("class_weights", config.class_weights, CLASS_WEIGHTS)
     _choice("monitor", config.monitor, MONITORS)
     _choice("resize", config.resize, RESIZE_POLICIES)

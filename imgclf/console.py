@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -43,3 +48,21 @@ def training_progress() -> Progress:
         console=console,
         transient=False,
     )
+
+
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Close file descriptor 2 to native code for a moment (TensorFlow's start-up notices bypass Python).
+
+    Used around imports of TensorFlow, directly or through TensorBoard; an
+    import that fails still raises its Python exception.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import median
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from imgclf.backends import check_backend, keras_model_name, require_tensorflow
 from imgclf.config import TrainConfig, parse_duration
 from imgclf.console import console
 from imgclf.data.inspect import imbalance_warning
@@ -33,6 +35,7 @@ if TYPE_CHECKING:  # torch loads only when training starts
     import torch
     from torch import nn
 
+    from imgclf.engines.keras_engine import KerasTrainer
     from imgclf.engines.torch_engine import FitResult, Trainer, TrainingData
 
 SIZE_SAMPLE = 256  # images whose header is read to choose the image size
@@ -73,33 +76,36 @@ def plan(config: TrainConfig, archive: str | Path | None = None) -> tuple[TrainC
 
     if not config.data:
         raise ImgclfError("no data given; pass a folder, a CSV manifest or cifar10 (imgclf train DATA)")
-    if config.model is not None:
+    source: Callable[[str], str | None] = pretrained_source
+    if config.backend == "tensorflow":
+        # Keras models by name (the seed's CNN by default); pretrained only when asked for
+        require_tensorflow()
+        config = replace(config, model=keras_model_name(config.model or "tutorial-cnn"))
+        source = _no_local_weights
+    elif config.model is not None:
         model_info(config.model)  # an unknown name fails now, with the closest names, not after decoding
     dataset = load_dataset(config.data, archive=archive, val_fraction=config.val_fraction,
                            test_fraction=config.test_fraction, seed=config.seed, group_by=config.group_by)
     if len(dataset.classes) < 2:
         raise ImgclfError(f"{dataset.source}: found {len(dataset.classes)} class; a classifier needs at least 2")
-    return resolve(config, data_facts(dataset), pretrained_source), dataset
+    resolved = resolve(config, data_facts(dataset), source)
+    check_backend(resolved, dataset.multilabel)
+    return resolved, dataset
+
+
+def _no_local_weights(name: str) -> None:
+    """Keras downloads ImageNet weights on demand: none are assumed present unless --pretrained asks."""
+    return None
 
 
 def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: bool = False,
           resume: str | Path | None = None, report: bool = True) -> TrainResult:
     """Train as ``config`` says (or continue the run at ``resume``) and write the bundle (and ``report.html``)."""
-    import torch
-
-    from imgclf.engines.checkpoint import load_checkpoint
-    from imgclf.engines.device import choose_device, choose_precision
-
-    checkpoint = None
+    resuming = resume is not None
     if resume is not None:
         run = RunDirectory(Path(resume))
         config = run.read_config()
         dataset = read_manifest(run.split_file)
-        if run.last_checkpoint.exists():
-            checkpoint = load_checkpoint(run.last_checkpoint)
-            console.print(f"resuming {run.path} at epoch {len(checkpoint['history']) + 1}")
-        else:  # stopped before the first checkpoint (e.g. while decoding): start over with the saved split
-            console.print(f"{run.path} has no checkpoint yet; starting its training from the beginning")
     else:
         config, dataset = plan(config, archive)
         run = new_run_directory(config.out, dataset.source, overwrite)
@@ -109,6 +115,38 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     imbalance = imbalance_warning(dataset.split_items("train"))
     if imbalance:
         console.print(f"[yellow]warning: {imbalance}[/]")
+    if config.backend == "tensorflow":
+        trainer, result, config = _fit_keras(config, dataset, run, resuming)
+    else:
+        trainer, result, config = _fit_torch(config, dataset, run, resuming)
+    if result.interrupted:
+        console.print(f"[yellow]interrupted; checkpoint saved. Continue with: imgclf train --resume {run.path}[/]")
+        return TrainResult(run.path, None, config, result.history, {}, interrupted=True)
+    metrics = _final_metrics(trainer, result, config)
+    model_dir = _write_bundle(run, config, trainer.data, result.model, metrics)
+    _print_summary(run, config, result, metrics)
+    if report and not trainer.data.multilabel:
+        from imgclf.evaluation.run_report import report_run
+
+        page, _ = report_run(run.path)
+        console.print(f"report: {page}")
+    return TrainResult(run.path, model_dir, config, result.history, metrics)
+
+
+def _fit_torch(config: TrainConfig, dataset: ImageDataset, run: RunDirectory, resuming: bool
+               ) -> tuple[Trainer, FitResult, TrainConfig]:
+    import torch
+
+    from imgclf.engines.checkpoint import load_checkpoint
+    from imgclf.engines.device import choose_device, choose_precision
+
+    checkpoint = None
+    if resuming:
+        if run.last_checkpoint.exists():
+            checkpoint = load_checkpoint(run.last_checkpoint)
+            console.print(f"resuming {run.path} at epoch {len(checkpoint['history']) + 1}")
+        else:  # stopped before the first checkpoint (e.g. while decoding): start over with the saved split
+            console.print(f"{run.path} has no checkpoint yet; starting its training from the beginning")
     device = choose_device(config.device)
     precision = choose_precision(config.precision, device)
     data = _decode(dataset, config, run)
@@ -120,22 +158,29 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
         config = _fit_to_budget(config, trainer)
         run.write_config(config)
         trainer = _trainer(model, data, config, run, device, precision)
-    console.print(f"training {config.model} ({config.strategy}) on {len(data.rows['train']):,} images at "
-                  f"{config.image_size}px, {config.epochs:g} epochs, batch {config.batch_size}, {device.type} {precision}")
+    _print_start(config, data, f"{device.type} {precision}")
     with _tensorboard(run) as on_epoch:
-        result = trainer.fit(resume=checkpoint, on_epoch=on_epoch)
-    if result.interrupted:
-        console.print(f"[yellow]interrupted; checkpoint saved. Continue with: imgclf train --resume {run.path}[/]")
-        return TrainResult(run.path, None, config, result.history, {}, interrupted=True)
-    metrics = _final_metrics(trainer, result, config)
-    model_dir = _write_bundle(run, config, data, result.model, metrics)
-    _print_summary(run, config, result, metrics)
-    if report and not data.multilabel:
-        from imgclf.evaluation.run_report import report_run
+        return trainer, trainer.fit(resume=checkpoint, on_epoch=on_epoch), config
 
-        page, _ = report_run(run.path)
-        console.print(f"report: {page}")
-    return TrainResult(run.path, model_dir, config, result.history, metrics)
+
+def _fit_keras(config: TrainConfig, dataset: ImageDataset, run: RunDirectory, resuming: bool
+               ) -> tuple[KerasTrainer, FitResult, TrainConfig]:
+    """The TensorFlow engine on the same decoded cache; its callbacks write checkpoints and TensorBoard."""
+    from imgclf.backends import require_tensorflow
+
+    require_tensorflow()
+    from imgclf.engines.keras_engine import KerasTrainer, keras_normalisation
+
+    data = _decode(dataset, config, run)
+    data.mean, data.std = keras_normalisation(1 if config.grayscale else 3)
+    trainer = KerasTrainer(data, config, run)
+    _print_start(config, data, "tensorflow cpu fp32")
+    return trainer, trainer.fit(resume=resuming), config
+
+
+def _print_start(config: TrainConfig, data: TrainingData, machine: str) -> None:
+    console.print(f"training {config.model} ({config.strategy}) on {len(data.rows['train']):,} images at "
+                  f"{config.image_size}px, {config.epochs:g} epochs, batch {config.batch_size}, {machine}")
 
 
 def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> TrainingData:
@@ -269,9 +314,10 @@ def _fit_to_budget(config: TrainConfig, trainer: Trainer) -> TrainConfig:
                    probe_epochs=None if config.probe_epochs is None else max(1.0, round(config.probe_epochs * scale, 1)))
 
 
-def _final_metrics(trainer: Trainer, result: FitResult, config: TrainConfig) -> dict[str, Any]:
+def _final_metrics(trainer: Trainer | KerasTrainer, result: FitResult, config: TrainConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {"epochs_trained": len(result.history), "best_epoch": result.best_epoch,
-                               "train_seconds": round(sum(row["seconds"] for row in result.history), 2)}
+                               "train_seconds": round(sum(row["seconds"] for row in result.history), 2),
+                               "parameters": _parameter_count(result.model, config.backend)}
     for split in ("val", "test"):
         if len(trainer.data.rows[split]):
             scores = trainer.evaluate(split, model=result.model, tta=bool(config.tta))
@@ -281,14 +327,25 @@ def _final_metrics(trainer: Trainer, result: FitResult, config: TrainConfig) -> 
     return metrics
 
 
-def _write_bundle(run: RunDirectory, config: TrainConfig, data: TrainingData, model: nn.Module,
+def _parameter_count(model: Any, backend: str) -> int:
+    """Learnable values (BatchNorm running statistics excluded), the figure compare checks across backends."""
+    if backend == "tensorflow":
+        from imgclf.models.keras_models import count_parameters
+
+        return count_parameters(model)
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def _write_bundle(run: RunDirectory, config: TrainConfig, data: TrainingData, model: Any,
                   metrics: dict[str, Any]) -> Path:
-    from imgclf.deploy.bundle import BundleInfo, write_bundle
+    from imgclf.deploy.bundle import BundleInfo, write_bundle, write_keras_bundle
 
     info = BundleInfo(architecture=config.model or "", model_args=dict(config.model_args), classes=data.classes,
                       image_size=config.image_size or 0, mean=list(data.mean), std=list(data.std),
                       multilabel=data.multilabel, channels=1 if config.grayscale else 3, resize=config.resize,
-                      tta=bool(config.tta), config=config.to_dict(), metrics=metrics)
+                      tta=bool(config.tta), backend=config.backend, config=config.to_dict(), metrics=metrics)
+    if config.backend == "tensorflow":
+        return write_keras_bundle(info, model, run.model_dir)
     return write_bundle(info, model.state_dict(), run.model_dir)
 
 
@@ -320,7 +377,10 @@ class _tensorboard:
         self.writer: Any = None
 
     def __enter__(self) -> Any:
-        from torch.utils.tensorboard import SummaryWriter
+        from imgclf.console import native_stderr_silenced
+
+        with native_stderr_silenced():  # TensorBoard imports TensorFlow when it is installed
+            from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(self.run.tensorboard_dir))
         return self.write

@@ -73,6 +73,7 @@ class BatchLoader:
             self.sample_weights = weights / weights.sum()
         self.epoch = 0
         self.start_batch = 0
+        self._memo: tuple[int, list[np.ndarray]] | None = None
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.rows), self.batch_size)
@@ -84,7 +85,22 @@ class BatchLoader:
         self.start_batch = start_batch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+        epoch, first = self.epoch, self.start_batch
+        self.epoch, self.start_batch = epoch + 1, 0
+        batches = self._epoch_batches(epoch)
+        yield from _prefetched(self._make_batch(batches[index], self._generator(epoch, index))
+                               for index in range(first, len(batches)))
+
+    def batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``index`` of pass ``epoch``, exactly as iterating would give it (for index-based feeders)."""
+        memo = self._memo  # one pass's order, computed once, not once per batch
+        if memo is None or memo[0] != epoch:
+            memo = self._memo = (epoch, self._epoch_batches(epoch))
+        return self._make_batch(memo[1][index], self._generator(epoch, index))
+
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """The row positions of every batch of pass ``epoch`` (reshuffled or resampled per epoch)."""
+        rng = np.random.default_rng([self.seed, epoch])
         order = np.arange(len(self.rows))
         if self.sample_weights is not None:
             order = rng.choice(len(self.rows), size=len(self.rows), p=self.sample_weights)
@@ -94,10 +110,7 @@ class BatchLoader:
         batches = [order[start:start + self.batch_size] for start in starts]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
-        epoch, first = self.epoch, self.start_batch
-        self.epoch, self.start_batch = epoch + 1, 0
-        yield from _prefetched(self._make_batch(batches[index], self._generator(epoch, index))
-                               for index in range(first, len(batches)))
+        return batches
 
     def _generator(self, epoch: int, batch: int) -> torch.Generator:
         seed = int(np.random.SeedSequence([self.seed, epoch, batch]).generate_state(1)[0])

@@ -4,7 +4,9 @@
 model/
   model.json            format version, backend, architecture and its arguments, classes,
                         input size, normalisation, preprocessing, training config, final metrics
-  weights.safetensors   the weights (safetensors cannot execute code on load)
+  weights.safetensors   the weights (safetensors cannot execute code on load), backend torch
+  model.keras           backend tensorflow: the Keras model, loaded with safe_mode=True; it takes
+                        0..255 float NHWC pixels (its preprocessing is inside it) and returns logits
 ```
 
 Predict, evaluate, export and serve need nothing else: no training data, no
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from imgclf.errors import ImgclfError
 BUNDLE_FORMAT = 1
 MODEL_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
+KERAS_FILE = "model.keras"  # the weights of a backend: tensorflow bundle, with the Keras model's structure
 
 
 @dataclass
@@ -49,17 +53,38 @@ class BundleInfo:
 
 
 def write_bundle(info: BundleInfo, state_dict: dict[str, Any], directory: Path) -> Path:
-    """Write ``directory`` atomically: a half-written bundle never replaces a good one."""
+    """Write a torch model's bundle: ``model.json`` and ``weights.safetensors``."""
     from safetensors.torch import save_file
 
+    def save_weights(folder: Path) -> None:
+        tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state_dict.items()}
+        save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "imgclf", "architecture": info.architecture})
+
+    return _write_atomically(info, save_weights, directory)
+
+
+def write_keras_bundle(info: BundleInfo, model: Any, directory: Path) -> Path:
+    """Write a Keras model's bundle: ``model.json`` and ``model.keras`` (no optimiser state; safe-mode loadable)."""
+
+    from imgclf.engines.keras_setup import keras
+
+    def save_model(folder: Path) -> None:
+        shipped = keras.models.clone_model(model)  # uncompiled: no optimiser state in the bundle
+        shipped.set_weights(model.get_weights())
+        shipped.save(folder / KERAS_FILE)
+
+    return _write_atomically(info, save_model, directory)
+
+
+def _write_atomically(info: BundleInfo, save_weights: Callable[[Path], None], directory: Path) -> Path:
+    """Write ``directory`` atomically: a half-written bundle never replaces a good one."""
     from imgclf import __version__
 
     info.imgclf_version = __version__
     partial = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state_dict.items()}
-    save_file(tensors, str(partial / WEIGHTS_FILE), metadata={"format": "imgclf", "architecture": info.architecture})
+    save_weights(partial)
     (partial / MODEL_FILE).write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
     # the old bundle is moved aside, not deleted, until the new one is in place
     previous = directory.with_name(f".{directory.name}.old-{os.getpid()}")

@@ -46,8 +46,12 @@ class Classifier:
         """
         directory = find_bundle(path)
         info = read_bundle_info(directory)
+        if info.backend == "tensorflow":
+            from imgclf.deploy.keras_runtime import KerasRuntime
+
+            return cls(KerasRuntime.load(directory, info), info, tta=tta)
         if info.backend != "torch":
-            raise ImgclfError(f"{directory} is a {info.backend} model; this imgclf loads torch bundles")
+            raise ImgclfError(f"{directory} is a {info.backend} model; this imgclf loads torch and tensorflow bundles")
         chosen = resolve_runtime(directory, runtime, device=device, batch_size=batch_size)
         return cls(load_runtime(directory, info, chosen, device=device, precision=precision), info, tta=tta)
 

@@ -36,6 +36,7 @@ from imgclf.data.batches import BatchLoader
 from imgclf.embeddings.embedder import Embedder, Preprocessing
 from imgclf.engines.checkpoint import save_checkpoint
 from imgclf.engines.device import autocast
+from imgclf.engines.history import history_row, print_epoch
 from imgclf.engines.linear_probe import fit_linear_head, load_into_head, supports_linear_probe
 from imgclf.engines.optim import build_optimizer, build_scheduler, parameter_groups
 from imgclf.runs import RunDirectory
@@ -60,6 +61,19 @@ class TrainingData:
     def class_counts(self, split: str) -> torch.Tensor:
         """Images per class in ``split`` (single-label data)."""
         return torch.bincount(self.split_targets(split), minlength=len(self.classes))
+
+
+def split_loader(data: TrainingData, config: TrainConfig, split: str, augment: Any, shuffle: bool,
+                 batch_size: int | None = None, device: torch.device | str = "cpu") -> BatchLoader:
+    """Batches of one split, as every engine reads them (balanced sampling, dropping a ragged last batch)."""
+    rows = data.rows[split]
+    weights = None
+    if split == "train" and config.balanced_sampling and not data.multilabel:
+        counts = data.class_counts(split).numpy()
+        weights = 1.0 / counts[data.split_targets(split).numpy()]
+    return BatchLoader(data.pixels, rows, data.split_targets(split), batch_size or config.batch_size, augment,
+                       data.mean, data.std, shuffle=shuffle, drop_last=shuffle and len(rows) > config.batch_size,
+                       seed=config.seed, device=device, sample_weights=weights)
 
 
 @dataclass(frozen=True)
@@ -171,15 +185,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- data
     def _loader(self, split: str, augment: Any, shuffle: bool, batch_size: int | None = None) -> BatchLoader:
-        rows = self.data.rows[split]
-        weights = None
-        if split == "train" and self.config.balanced_sampling and not self.data.multilabel:
-            counts = self.data.class_counts(split).numpy()
-            weights = 1.0 / counts[self.data.split_targets(split).numpy()]
-        return BatchLoader(self.data.pixels, rows, self.data.split_targets(split), batch_size or self.config.batch_size,
-                           augment, self.data.mean, self.data.std, shuffle=shuffle,
-                           drop_last=shuffle and len(rows) > self.config.batch_size, seed=self.config.seed,
-                           device=self.device, sample_weights=weights)
+        return split_loader(self.data, self.config, split, augment, shuffle, batch_size, self.device)
 
     # ----------------------------------------------------------------- stages
     def steps_in(self, stage: Stage) -> int:
@@ -466,16 +472,9 @@ class Trainer:
     def _epoch_row(self, position: _Position, stage: Stage, train_loss: float, train_accuracy: float, lr: float,
                    seconds: float, images: int) -> dict[str, Any]:
         """One line of metrics.csv (the validation scores measured now) for the epoch at ``position``."""
-        row: dict[str, Any] = {
-            "epoch": position.epoch + 1, "stage": stage.name,
-            "train_loss": round(train_loss, 6), "train_accuracy": round(train_accuracy, 6),
-            "val_loss": None, "val_accuracy": None, "lr": round(lr, 8),
-            "seconds": round(seconds, 3), "images_per_second": round(images / max(seconds, 1e-9), 1),
-        }
-        if self.val_loader is not None:
-            scores = self.evaluate("val")
-            row["val_loss"], row["val_accuracy"] = round(scores["loss"], 6), round(scores["accuracy"], 6)
-        return row
+        scores = self.evaluate("val") if self.val_loader is not None else {"loss": None, "accuracy": None}
+        return history_row(position.epoch + 1, stage.name, train_loss, train_accuracy, scores["loss"],
+                           scores["accuracy"], lr, seconds, images)
 
     def _run_epoch(self, stage: Stage, position: _Position, optimizer: torch.optim.Optimizer,
                    scheduler: torch.optim.lr_scheduler.LambdaLR, total_steps: int,
@@ -532,7 +531,7 @@ class Trainer:
         if self.run is not None:
             save_checkpoint(self._state(position, optimizer, scheduler, history, best), self.run.last_checkpoint)
             self.run.write_metrics(history)
-        self._print_epoch(row, best)
+        print_epoch(row, best["epoch"] == row["epoch"])
 
     def _should_stop_early(self, best: dict[str, Any]) -> bool:
         patience = self.config.early_stopping
@@ -552,14 +551,6 @@ class Trainer:
         if weights is not None:
             model.load_state_dict(weights)
         return model
-
-    def _print_epoch(self, row: dict[str, Any], best: dict[str, Any]) -> None:
-        val = ""
-        if row["val_accuracy"] is not None:
-            val = f"  val loss {row['val_loss']:.4f}  val acc {row['val_accuracy']:.2%}"
-        marker = "  [green]best[/]" if best["epoch"] == row["epoch"] else ""
-        console.print(f"epoch {row['epoch']} ({row['stage']}): train loss {row['train_loss']:.4f}  "
-                      f"train acc {row['train_accuracy']:.2%}{val}  {row['images_per_second']:,.0f} img/s{marker}")
 
 
 class _BudgetGuard:

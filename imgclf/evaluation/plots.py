@@ -140,3 +140,25 @@ def plot_reliability(labels: np.ndarray, probabilities: np.ndarray, path: Path, 
     axis.set_ylim(0, 1)
     axis.legend(loc="upper left")
     return _save(figure, path)
+
+
+def plot_backend_comparison(histories: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+    """Loss and accuracy per epoch of the same network trained on each backend: one colour per backend,
+    dashed for training and solid for validation."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for colour, (backend, history) in enumerate(histories.items()):
+        epochs = [int(row["epoch"]) for row in history]
+        for axis, metric in zip(axes, ("loss", "accuracy")):
+            train = [_number(row.get(f"train_{metric}")) for row in history]
+            val = np.array([_number(row.get(f"val_{metric}")) for row in history])
+            axis.plot(epochs, train, linestyle="--", marker=".", color=f"C{colour}", label=f"{backend} train")
+            if not np.isnan(val).all():
+                axis.plot(epochs, val, marker="o", color=f"C{colour}", label=f"{backend} validation")
+    for axis, metric in zip(axes, ("loss", "accuracy")):
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.set_xlabel("epoch")
+        axis.set_title(metric)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    return _save(figure, path)

@@ -1,0 +1,53 @@
+"""The runtime of a Keras bundle (backend: tensorflow): ``model.keras`` loaded with safe mode.
+
+Everything but the forward pass is the :class:`~imgclf.deploy.classifier.Classifier`'s:
+the same decoder, resize policy, flip TTA, softmax and streaming of rows, so
+``predict``, ``evaluate``, ``serve`` and the run report treat both backends
+alike. ``safe_mode=True`` means a bundle cannot run code when it is opened.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.deploy.bundle import KERAS_FILE, BundleInfo
+from imgclf.errors import ImgclfError
+
+BATCH = 64  # images per forward pass
+
+
+class KerasRuntime:
+    """Logits from a Keras model that takes normalised float NHWC images."""
+
+    name = "keras"
+
+    def __init__(self, model: object, info: BundleInfo) -> None:
+        self.info = info
+        self.model = model
+
+    @classmethod
+    def load(cls, directory: Path, info: BundleInfo) -> KerasRuntime:
+        from imgclf.backends import require_tensorflow
+
+        require_tensorflow()
+        from imgclf.engines.keras_setup import keras
+        from imgclf.models import keras_models  # noqa: F401  (registers our layers for loading)
+
+        try:
+            model = keras.saving.load_model(directory / KERAS_FILE, safe_mode=True, compile=False)
+        except Exception as error:  # Keras raises several types for a missing, damaged or unsafe file
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ImgclfError(f"{directory / KERAS_FILE} is not a loadable Keras model ({first_line})") from None
+        return cls(model, info)
+
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, H, W, C) uint8 -> (N, classes) float32 logits."""
+        mean = np.asarray(self.info.mean, dtype=np.float32)
+        std = np.asarray(self.info.std, dtype=np.float32)
+        outputs = []
+        for start in range(0, len(pixels), BATCH):
+            batch = (pixels[start:start + BATCH].astype(np.float32) / 255.0 - mean) / std
+            outputs.append(np.asarray(self.model.predict_on_batch(batch), dtype=np.float32))  # type: ignore[attr-defined]
+        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.info.classes)), dtype=np.float32)

@@ -1,0 +1,392 @@
+"""The TensorFlow engine: Keras 3 ``model.fit`` behind the same contract as :mod:`imgclf.engines.torch_engine`.
+
+Same input, same output: it trains on the shared :class:`TrainingData`
+(the decoded uint8 cache) through the very :class:`BatchLoader` the torch
+engine uses, so both frameworks see the same images in the same order with
+the same augmentation; it runs the same stages (:func:`plan_stages`) and
+returns a :class:`FitResult` whose history rows are ``metrics.csv``'s.
+
+Keras's own callbacks do what they exist for: ``EarlyStopping`` with
+``restore_best_weights`` (the shipped weights are the best epoch's),
+``ModelCheckpoint`` (a ``.keras`` file per epoch, optimiser state included),
+``CSVLogger`` (``keras_log.csv``, Keras's names) and ``TensorBoard``. A
+resume reloads the last checkpoint with ``safe_mode=True`` and continues at
+the next epoch; unlike the torch engine, it resumes at epoch boundaries.
+
+Per-variable learning rates do not exist in Keras, so fine-tuning uses one
+rate for the whole network: ``--lr`` x ``--backbone-lr-scale`` (x 0.1 after
+a probe, as in torch). The probe stage is gradient descent on the head.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from imgclf.config import TrainConfig
+from imgclf.console import console, training_progress
+from imgclf.data.augment_presets import PRESETS, augment_config
+from imgclf.data.batches import BatchLoader
+from imgclf.engines.history import history_row, print_epoch
+from imgclf.engines.keras_setup import keras
+from imgclf.engines.torch_engine import FitResult, Stage, TrainingData, plan_stages, split_loader
+from imgclf.errors import ImgclfError
+from imgclf.files import write_text_atomic
+from imgclf.models.keras_models import backbone_of, build_model
+from imgclf.runs import RunDirectory
+
+STATE_FILE = "keras_state.json"  # in checkpoints/: position, history and best epoch, written after each checkpoint
+CSV_LOG = "keras_log.csv"
+
+
+def keras_normalisation(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std (0..1 units) under which the shared pipeline hands Keras models 0..255 pixels."""
+    return (0.0,) * channels, (1.0 / 255,) * channels
+
+
+class CacheBatches(keras.utils.PyDataset):
+    """The shared :class:`BatchLoader`'s batches as NHWC numpy arrays with one-hot targets, by index.
+
+    Keras asks for batch ``i`` of the current pass; the pass counter
+    advances when Keras ends an epoch, starting from ``epoch`` (a resumed run's).
+    """
+
+    def __init__(self, loader: BatchLoader, num_classes: int, epoch: int = 0) -> None:
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.loader = loader
+        self.num_classes = num_classes
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        images, targets = self.loader.batch(self.epoch, index)
+        pixels = images.permute(0, 2, 3, 1).contiguous().numpy()
+        return pixels, np.eye(self.num_classes, dtype=np.float32)[targets.numpy()]
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+
+
+@keras.saving.register_keras_serializable(package="imgclf")
+class StageSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """The torch engine's schedules (:func:`lr_factor`: onecycle, cosine, constant with warm-up) in Keras ops."""
+
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int, schedule: str) -> None:
+        self.peak, self.total_steps, self.warmup_steps, self.schedule = peak, total_steps, warmup_steps, schedule
+
+    def __call__(self, step: Any) -> Any:
+        ops = keras.ops
+        step = ops.cast(step, "float32")
+        start = 0.2 if self.schedule == "onecycle" else 0.0
+        warm = start + (1.0 - start) * (step + 1.0) / max(self.warmup_steps, 1)
+        progress = ops.clip((step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps), 0.0, 1.0)
+        if self.schedule == "onecycle":
+            after = 1.0 + (0.05 - 1.0) * progress
+        elif self.schedule == "cosine":
+            after = 0.5 * (1.0 + ops.cos(math.pi * progress))
+        else:
+            after = ops.ones_like(progress)
+        return self.peak * ops.where(step < self.warmup_steps, warm, after)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                "schedule": self.schedule}
+
+
+class KerasTrainer:
+    """Builds (or reloads) the Keras model and runs the plan's stages with ``model.fit``."""
+
+    def __init__(self, data: TrainingData, config: TrainConfig, run: RunDirectory | None) -> None:
+        if data.multilabel:
+            raise ImgclfError("--backend tensorflow trains single-label data; use --backend torch for multi-label")
+        self.config = config
+        self.data = data
+        self.run = run
+        self.classes = len(data.classes)
+        self.stages = [_whole_epochs(stage) for stage in plan_stages(config)]
+        augment = augment_config(config.augment or "none")
+        self.train_loader = self._loader("train", augment, shuffle=True)
+        self.has_val = len(data.rows.get("val", [])) > 0
+        self.model: keras.Model | None = None
+
+    def _loader(self, split: str, augment: Any, shuffle: bool, batch_size: int | None = None) -> BatchLoader:
+        return split_loader(self.data, self.config, split, augment, shuffle, batch_size)
+
+    # ----------------------------------------------------------------- model
+    def build(self) -> keras.Model:
+        """A fresh model, pretrained backbone weights loaded as the config says."""
+        keras.utils.set_random_seed(self.config.seed)
+        weights = None
+        if self.config.pretrained:
+            weights = self.config.weights or "imagenet"
+        channels = 1 if self.config.grayscale else 3
+        model = build_model(self.config.model or "", self.classes, self.config.image_size or 0, channels,
+                            self.config.model_args, weights)
+        if weights is not None:
+            console.print(f"pretrained weights: {'Keras ImageNet' if weights == 'imagenet' else weights}")
+        return model
+
+    def _compile(self, model: keras.Model, stage: Stage) -> None:
+        backbone = backbone_of(model)
+        if backbone is not None:
+            backbone.trainable = stage.trainable == "all"
+        model.compile(optimizer=self._optimizer(stage), loss=keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=self.config.label_smoothing or 0.0),
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                     keras.metrics.CategoricalCrossentropy(from_logits=True, name="xent")])
+
+    def _optimizer(self, stage: Stage) -> keras.optimizers.Optimizer:
+        config = self.config
+        steps_per_epoch = len(self.train_loader)
+        total = max(1, int(stage.epochs) * steps_per_epoch)
+        warmup = min(total - 1, round((config.warmup_epochs or 0.0) * steps_per_epoch))
+        if stage.name == "finetune" and len(self.stages) > 1:
+            warmup = min(warmup, total // 10)
+        peak = (config.lr or 1e-3) * stage.lr_scale * stage.backbone_lr_scale
+        rate: Any = peak if config.schedule == "constant" and warmup <= 0 else StageSchedule(
+            peak, total, max(warmup, 0), config.schedule or "constant")
+        clip = {"clipnorm": config.grad_clip} if config.grad_clip else {}
+        decay = config.weight_decay or 0.0
+        if config.optimizer == "sgd":
+            optimizer = keras.optimizers.SGD(rate, momentum=config.momentum or 0.0, nesterov=True,
+                                             weight_decay=decay or None, **clip)
+        elif decay:
+            optimizer = keras.optimizers.AdamW(rate, weight_decay=decay, beta_1=config.momentum or 0.9, **clip)
+        else:
+            optimizer = keras.optimizers.Adam(rate, beta_1=config.momentum or 0.9, **clip)
+        if decay:
+            optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])  # as torch: matrices only
+        return optimizer
+
+    # ----------------------------------------------------------------- evaluation
+    def predict_logits(self, split: str, model: keras.Model | None = None, tta: bool = False) -> np.ndarray:
+        model = model or self.model
+        loader = self._loader(split, PRESETS["none"], shuffle=False, batch_size=2 * self.config.batch_size)
+        outputs = []
+        for images, _ in loader:
+            pixels = images.permute(0, 2, 3, 1).contiguous().numpy()
+            logits = model.predict_on_batch(pixels)
+            if tta:
+                logits = 0.5 * (logits + model.predict_on_batch(pixels[:, :, ::-1].copy()))
+            outputs.append(logits.astype(np.float32))
+        return np.concatenate(outputs) if outputs else np.zeros((0, self.classes), np.float32)
+
+    def evaluate(self, split: str, model: keras.Model | None = None, tta: bool = False) -> dict[str, float]:
+        """Plain cross-entropy and accuracy on ``split``, computed as the torch engine computes them."""
+        logits = self.predict_logits(split, model, tta).astype(np.float64)
+        targets = self.data.split_targets(split).numpy()
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        loss = float(-log_probabilities[np.arange(len(targets)), targets].mean()) if len(targets) else 0.0
+        accuracy = float((logits.argmax(axis=1) == targets).mean()) if len(targets) else 0.0
+        return {"loss": loss, "accuracy": accuracy}
+
+    # ----------------------------------------------------------------- the loop
+    def fit(self, resume: bool = False) -> FitResult:
+        """Run every stage, or continue from the run's last checkpoint with ``resume``."""
+        started = time.perf_counter()
+        state = self._read_state() if resume else None
+        history: list[dict[str, Any]] = list(state["history"]) if state else []
+        best: dict[str, Any] = dict(state["best"]) if state else {"epoch": 0, "value": None, "file": None, "wait": 0}
+        epoch = len(history)
+        first_stage = 0
+        if state:
+            self.model = self._load(state["checkpoint"])
+            first_stage = state["stage"]
+            console.print(f"resuming at epoch {epoch + 1} from {state['checkpoint']}")
+        else:
+            self.model = self.build()
+        outcome = "finished"
+        stage_end = 0
+        for index, stage in enumerate(self.stages):
+            stage_start, stage_end = stage_end, stage_end + int(stage.epochs)
+            if index < first_stage or epoch >= stage_end:
+                continue
+            if not (state and index == first_stage):  # a reloaded checkpoint keeps its compiled optimiser
+                self._compile(self.model, stage)
+            if stage_start < epoch and best["value"] is not None:
+                best["weights"] = self._load(best["file"]).get_weights()
+            try:
+                outcome = self._fit_stage(stage, index, epoch, stage_end, history, best)
+            except KeyboardInterrupt:
+                console.print("[yellow]interrupted; the last finished epoch's checkpoint is kept[/]")
+                outcome = "interrupted"
+            epoch = len(history)
+            if outcome != "finished":
+                break
+        return FitResult(history=history, best_epoch=int(best["epoch"] or len(history)),
+                         stopped_early=outcome == "stopped", interrupted=outcome == "interrupted",
+                         seconds=time.perf_counter() - started, model=self.model)  # type: ignore[arg-type]
+
+    def _fit_stage(self, stage: Stage, index: int, epoch: int, stage_end: int, history: list[dict[str, Any]],
+                   best: dict[str, Any]) -> str:
+        assert self.model is not None
+        train = CacheBatches(self.train_loader, self.classes, epoch)
+        validation = None
+        if self.has_val:
+            validation = CacheBatches(self._loader("val", PRESETS["none"], shuffle=False), self.classes)
+        monitor = ("val_xent" if self.config.monitor == "val_loss" else "val_accuracy") if self.has_val else None
+        last_stage = index == len(self.stages) - 1  # earlier stages hand their last weights on, as in torch
+        stopper = _ResumableEarlyStopping(best, monitor or "loss", mode="min" if monitor != "val_accuracy" else "max",
+                                          patience=self.config.early_stopping or 10**9,
+                                          restore_best_weights=last_stage, use=monitor is not None)
+        loader = self.train_loader
+        images = len(loader) * loader.batch_size if loader.drop_last else len(loader.rows)
+        # EarlyStopping first: the row, the checkpoint state and the printed line know whether this epoch is the best
+        callbacks: list[keras.callbacks.Callback] = [stopper, _Progress(stage, len(loader), images, history, stopper)]
+        class_weight = None
+        if self.config.class_weights == "auto":
+            counts = self.data.class_counts("train").float().clamp(min=1).numpy()
+            class_weight = {i: float(counts.sum() / (len(counts) * count)) for i, count in enumerate(counts)}
+        if self.run is not None:
+            checkpoints = self.run.last_checkpoint.parent
+            callbacks += [
+                keras.callbacks.ModelCheckpoint(str(checkpoints / "epoch-{epoch:03d}.keras")),
+                _StateWriter(self.run, index, history, stopper),
+                keras.callbacks.CSVLogger(str(self.run.path / CSV_LOG), append=epoch > 0),
+                keras.callbacks.TensorBoard(log_dir=str(self.run.tensorboard_dir), write_graph=False),
+            ]
+        self.model.fit(train, validation_data=validation, epochs=stage_end, initial_epoch=epoch, verbose=0,
+                       callbacks=callbacks, class_weight=class_weight)
+        best.update(stopper.state())
+        if stopper.stopped_epoch > 0:
+            console.print(f"[yellow]early stopping: no better {self.config.monitor} for {self.config.early_stopping} "
+                          f"epoch(s); keeping epoch {best['epoch']}[/]")
+            return "stopped"
+        return "finished"
+
+    # ----------------------------------------------------------------- checkpoints
+    def _read_state(self) -> dict[str, Any] | None:
+        assert self.run is not None
+        path = self.run.last_checkpoint.parent / STATE_FILE
+        if not path.exists():
+            console.print(f"{self.run.path} has no checkpoint yet; starting its training from the beginning")
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ImgclfError(f"{path} is damaged ({error}); start a new run") from None
+
+    def _load(self, name: str) -> keras.Model:
+        assert self.run is not None
+        path = self.run.last_checkpoint.parent / name
+        try:
+            return keras.saving.load_model(path, safe_mode=True)
+        except Exception as error:  # Keras raises several types for a missing, damaged or unsafe file
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ImgclfError(f"{path} is not a readable Keras checkpoint ({first_line})") from None
+
+
+def _whole_epochs(stage: Stage) -> Stage:
+    """Keras trains whole epochs: a fractional stage length is rounded (at least one epoch)."""
+    epochs = max(1, round(stage.epochs))
+    if epochs != stage.epochs:
+        console.print(f"[yellow]--backend tensorflow trains whole epochs: {stage.name} runs {epochs} "
+                      f"instead of {stage.epochs:g}[/]")
+    return Stage(stage.name, float(epochs), stage.trainable, stage.backbone_lr_scale, stage.lr_scale)
+
+
+class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping (restore best) that carries its best epoch over a resume and across stages of one run.
+
+    Without a validation split (``use`` false) there is no score to compare:
+    the latest epoch is the best one, as in the torch engine.
+    """
+
+    def __init__(self, best: dict[str, Any], monitor: str, use: bool, **kwargs: Any) -> None:
+        super().__init__(monitor=monitor, **kwargs)
+        self.carried = best
+        self.use = use
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        super().on_train_begin(logs)
+        if self.use and self.carried.get("value") is not None and "weights" in self.carried:
+            self.best, self.best_weights = self.carried["value"], self.carried.pop("weights")
+            self.best_epoch, self.wait = self.carried["epoch"] - 1, self.carried["wait"]
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.use:
+            super().on_epoch_end(epoch, logs)
+        else:
+            self.best_epoch, self.best_weights = epoch, None
+
+    def state(self) -> dict[str, Any]:
+        value = None if self.best is None or not self.use else float(self.best)
+        return {"epoch": self.best_epoch + 1, "value": value, "wait": int(self.wait)}
+
+
+class _Progress(keras.callbacks.Callback):
+    """The Rich progress bar of each epoch; at its end, the epoch's row of ``metrics.csv`` and its printed line."""
+
+    def __init__(self, stage: Stage, steps: int, images: int, history: list[dict[str, Any]],
+                 stopper: _ResumableEarlyStopping) -> None:
+        super().__init__()
+        self.stage, self.steps, self.images, self.history, self.stopper = stage, steps, images, history, stopper
+        self.progress: Any = None
+        self.started = time.perf_counter()
+        self.seconds = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.started = time.perf_counter()
+        self.progress = training_progress()
+        self.progress.start()
+        in_stage = int(self.stage.epochs) - (self.params["epochs"] - epoch) + 1
+        self.task = self.progress.add_task(f"{self.stage.name} {in_stage}/{int(self.stage.epochs)}", total=self.steps,
+                                           loss=0.0, accuracy=0.0, speed=0.0)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        seen = self.images * (batch + 1) / self.steps
+        self.progress.update(self.task, completed=batch + 1, loss=float(logs.get("loss", 0.0)),
+                             accuracy=float(logs.get("accuracy", 0.0)),
+                             speed=seen / max(time.perf_counter() - self.started, 1e-9))
+
+    def _close(self) -> None:
+        if self.progress is not None:
+            self.seconds = time.perf_counter() - self.started
+            self.progress.stop()
+            self.progress = None
+
+    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._close()  # validation is not training time
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._close()
+        logs = logs or {}
+        rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        row = history_row(epoch + 1, self.stage.name, float(logs["loss"]), float(logs["accuracy"]),
+                          logs.get("val_xent"), logs.get("val_accuracy"), rate, self.seconds, self.images)
+        self.history.append(row)
+        print_epoch(row, self.stopper.best_epoch == epoch)
+
+
+class _StateWriter(keras.callbacks.Callback):
+    """After ModelCheckpoint wrote ``epoch-N.keras``: record it in ``keras_state.json`` (atomically), delete
+    the checkpoints no longer needed (all but the last and the best) and rewrite ``metrics.csv``.
+
+    The state file is the commit point: a crash while Keras writes a new
+    checkpoint leaves the state pointing at the previous, complete one.
+    """
+
+    def __init__(self, run: RunDirectory, stage_index: int, history: list[dict[str, Any]],
+                 stopper: _ResumableEarlyStopping) -> None:
+        super().__init__()
+        self.run, self.stage_index, self.history, self.stopper = run, stage_index, history, stopper
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        folder = self.run.last_checkpoint.parent
+        latest = f"epoch-{epoch + 1:03d}.keras"
+        best = self.stopper.state()
+        best["file"] = f"epoch-{best['epoch']:03d}.keras"
+        state = {"format": 1, "stage": self.stage_index, "checkpoint": latest, "history": self.history, "best": best}
+        write_text_atomic(folder / STATE_FILE, json.dumps(state, indent=1))
+        for old in folder.glob("epoch-*.keras"):
+            if old.name not in (latest, best["file"]):
+                old.unlink(missing_ok=True)
+        self.run.write_metrics(self.history)

@@ -244,7 +244,8 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto", tta: b
 
     ``precision`` ``auto`` is bf16 on CPUs with bf16 instructions (as in
     training); ``tta`` (flip averaging) defaults to what the model trained with;
-    ``runtime`` is ``torch``, ``onnx``, ``onnx-int8`` or ``auto`` (see :func:`export`).
+    ``runtime`` is ``torch`` (``keras`` for a TensorFlow model), ``onnx``, ``onnx-int8`` or ``auto`` (see
+    :func:`export`).
     """
     from imgclf.deploy.classifier import Classifier
 
@@ -304,7 +305,10 @@ def predict(model: str | Path, inputs: str | Path | list[str | Path], *, top_k: 
 
 def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = None, quantize: str | None = None,
            data: str | Path | None = None, tolerance: float = 1e-4, max_accuracy_drop: float = 0.02) -> ExportResult:
-    """Export a bundle (``onnx`` or ``torchscript``) with a parity check; ``quantize="int8"`` adds an int8 ONNX file.
+    """Export a bundle with a parity check; ``quantize="int8"`` adds an int8 ONNX file.
+
+    ``format``: ``onnx`` or ``torchscript`` for a PyTorch model; ``savedmodel``,
+    ``tflite`` or ``onnx`` for a Keras (``backend="tensorflow"``) one.
 
     The files go into the bundle folder by default, where ``runtime="onnx"``
     (and ``auto``, when it measured faster) finds them.

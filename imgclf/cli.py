@@ -273,8 +273,8 @@ def models(
 Model = Annotated[str, typer.Argument(help="A run directory (runs/NAME) or a model bundle folder.", show_default=False)]
 TtaOption = Annotated[Optional[bool], Opt("--tta/--no-tta", help="Flip averaging (default: as the model trained).",
                                           show_default=False)]
-RuntimeOption = Annotated[str, Opt(help="torch, onnx, onnx-int8 (files imgclf export wrote into the bundle), or auto: "
-                                          "the faster one as measured at export.")]
+RuntimeOption = Annotated[str, Opt(help="torch (keras for a TensorFlow model), onnx, onnx-int8 (files imgclf export "
+                                          "wrote into the bundle), or auto: the faster one as measured at export.")]
 TABLE_LIMIT = 20  # up to this many images, predict prints a probability table per image
 
 
@@ -437,10 +437,11 @@ def report(
 
 # ---------------------------------------------------------------- deploy: export and serve
 @app.command(epilog="Examples: imgclf export runs/shop  |  imgclf export runs/shop --format torchscript  |  "
-                    "imgclf export runs/shop --quantize int8")
+                    "imgclf export runs/shop --quantize int8  |  imgclf export runs/keras-shop --format tflite")
 def export(
     model: Model,
-    output_format: Annotated[str, Opt("--format", help="onnx or torchscript (savedmodel, tflite: Keras models).")] = "onnx",
+    output_format: Annotated[str, Opt("--format", help="onnx or torchscript; savedmodel, tflite or onnx for a Keras "
+                                                                 "model.")] = "onnx",
     out: Annotated[Optional[Path], Opt(help="Folder for the file (default: the bundle, where --runtime onnx finds it).")] = None,
     quantize: Annotated[Optional[str], Opt(help="int8: also write model.int8.onnx (static quantisation).")] = None,
     data: Annotated[Optional[str], Opt(help="Labelled images to calibrate and check --quantize on (default: the run's "
@@ -448,11 +449,11 @@ def export(
     tolerance: Annotated[float, Opt(help="Largest allowed probability difference from the original.")] = 1e-4,
     max_accuracy_drop: Annotated[float, Opt(help="Refuse an int8 model that loses more validation accuracy.")] = 0.02,
 ) -> None:
-    """Export a model to ONNX or TorchScript, check it gives the same answers, and time it."""
+    """Export a model (ONNX, TorchScript; SavedModel, TFLite for Keras), check it gives the same answers, time it."""
     result = api.export(model, output_format, out=out, quantize=quantize, data=data, tolerance=tolerance,
                         max_accuracy_drop=max_accuracy_drop)
     parity = result.parity
-    table = Table(title=f"{result.path} ({result.path.stat().st_size / 1e6:.1f} MB)", title_justify="left")
+    table = Table(title=f"{result.path} ({result.bytes / 1e6:.1f} MB)", title_justify="left")
     table.add_column("check")
     table.add_column("result", justify="right")
     table.add_row("parity images", f"{parity.images} ({parity.source})")

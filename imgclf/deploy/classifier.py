@@ -20,7 +20,7 @@ from PIL import Image
 from imgclf.data.decode import decode_file, fit, to_channels
 from imgclf.deploy.bundle import BundleInfo, find_bundle, read_bundle_info
 from imgclf.deploy.predict import PredictionRow, decoded_batches
-from imgclf.deploy.runtime import Runtime, load_runtime, resolve_runtime
+from imgclf.deploy.runtime import NATIVE, Runtime, load_runtime, resolve_runtime
 from imgclf.errors import ImgclfError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
@@ -41,18 +41,15 @@ class Classifier:
              runtime: str = "auto", batch_size: int = 64) -> Classifier:
         """Load a bundle folder or a run directory (its ``model/``).
 
-        ``runtime`` is ``torch``, ``onnx`` / ``onnx-int8`` (an exported file in
-        the bundle) or ``auto``: the faster at ``batch_size`` as measured at export.
+        ``runtime`` is the bundle's own framework (``torch``, or ``keras`` for a
+        tensorflow bundle), ``onnx`` / ``onnx-int8`` (an exported file in the
+        bundle) or ``auto``: the faster at ``batch_size`` as measured at export.
         """
         directory = find_bundle(path)
         info = read_bundle_info(directory)
-        if info.backend == "tensorflow":
-            from imgclf.deploy.keras_runtime import KerasRuntime
-
-            return cls(KerasRuntime.load(directory, info), info, tta=tta)
-        if info.backend != "torch":
+        if info.backend not in NATIVE:
             raise ImgclfError(f"{directory} is a {info.backend} model; this imgclf loads torch and tensorflow bundles")
-        chosen = resolve_runtime(directory, runtime, device=device, batch_size=batch_size)
+        chosen = resolve_runtime(directory, runtime, device=device, batch_size=batch_size, native=NATIVE[info.backend])
         return cls(load_runtime(directory, info, chosen, device=device, precision=precision), info, tta=tta)
 
     # ----------------------------------------------------------------- input

@@ -1,4 +1,4 @@
-"""``imgclf export``: a bundle as ONNX or TorchScript, with proof that it still gives the same answers.
+"""``imgclf export``: a bundle as ONNX, TorchScript, SavedModel or TFLite, with proof that it still gives the same answers.
 
 An export is written to a temporary file, run beside the original model on
 sample images (the run's own held-out images where there are any, plus
@@ -11,13 +11,16 @@ preprocess (resize policy, size, mean, std), the classes, the parity and the
 measured speed, and the sha256 of the weights it came from so that a
 retrained bundle never runs a stale export.
 
-Exporters are looked up by (bundle backend, format): the Keras backend adds
-its own entries (``savedmodel``, ``tflite``, ``onnx``) to :data:`EXPORTERS`.
+Exporters are looked up by (bundle backend, format): a torch bundle exports
+to ONNX and TorchScript, a Keras bundle to SavedModel, TFLite and ONNX
+(:mod:`imgclf.deploy.keras_export`). The original is run in its own
+framework (PyTorch fp32, or Keras) for the parity check.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,11 +33,13 @@ import numpy as np
 from imgclf import __version__
 from imgclf.console import console
 from imgclf.data.sources import read_manifest
+from imgclf.deploy import keras_export
 from imgclf.deploy.bundle import BundleInfo, find_bundle, read_bundle_info
 from imgclf.deploy.classifier import probabilities_from_logits
 from imgclf.deploy.predict import decoded_batches
 from imgclf.deploy.runtime import (
     ONNX_FILES,
+    ONNX_OPSET,
     OnnxRuntime,
     Runtime,
     TorchRuntime,
@@ -46,10 +51,12 @@ from imgclf.errors import ImgclfError
 from imgclf.files import write_text_atomic
 
 FORMATS = ("onnx", "torchscript", "savedmodel", "tflite")
-FILES = {"onnx": ONNX_FILES["onnx"], "torchscript": "model.torchscript.pt"}
+FILES = {"onnx": ONNX_FILES["onnx"], "torchscript": "model.torchscript.pt", "savedmodel": "model.savedmodel",
+         "tflite": "model.tflite"}
+NHWC_FORMATS = ("savedmodel", "tflite")  # Keras's own layout; ONNX and TorchScript take NCHW
+TIMED_FORMATS = ("onnx", "tflite")  # timed against the native runtime (onnx: for --runtime auto)
 DEFAULT_TOLERANCE = 1e-4  # largest allowed |probability difference|; fp32 exports differ by ~1e-6
 PARITY_IMAGES = 16  # held-out images, and as many random ones
-OPSET = 17
 
 
 @dataclass
@@ -73,25 +80,33 @@ class ExportResult:
     parity: Parity
     speed: dict[str, dict[str, float]] = field(default_factory=dict)
     quantization: Any = None  # a QuantizationReport with --quantize int8
+    bytes: int = 0  # the file's size; a SavedModel folder's, all its files
 
 
 # ------------------------------------------------------------------ exporters
-def _torch_to_onnx(model: Any, example: Any, path: Path) -> None:
+def _example(info: BundleInfo) -> Any:
+    import torch
+
+    return torch.zeros(2, info.channels, info.image_size, info.image_size)
+
+
+def _torch_to_onnx(model: Any, info: BundleInfo, path: Path) -> None:
     """The TorchScript-based exporter (``dynamo=False``): one pass, no onnxscript, exact for conv nets."""
     import torch
 
+    example = _example(info)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its deprecation notice and tracer warnings; parity is the real check
         torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=OPSET)
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET)
 
 
-def _torch_to_torchscript(model: Any, example: Any, path: Path) -> None:
+def _torch_to_torchscript(model: Any, info: BundleInfo, path: Path) -> None:
     import torch
 
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.jit.trace(model, example).save(str(path))
+        torch.jit.trace(model, _example(info)).save(str(path))
 
 
 def _load_onnx(path: Path, info: BundleInfo) -> Runtime:
@@ -107,9 +122,13 @@ def _load_torchscript(path: Path, info: BundleInfo) -> Runtime:
     return TorchRuntime(model, info, device="cpu", precision="fp32")
 
 
-Exporter = tuple[Callable[[Any, Any, Path], None], Callable[[Path, BundleInfo], Runtime]]
+# (write(model, info, path), load(path, info)) per bundle backend and format
+Exporter = tuple[Callable[[Any, BundleInfo, Path], None], Callable[[Path, BundleInfo], Runtime]]
 EXPORTERS: dict[str, dict[str, Exporter]] = {
     "torch": {"onnx": (_torch_to_onnx, _load_onnx), "torchscript": (_torch_to_torchscript, _load_torchscript)},
+    "tensorflow": {"savedmodel": (keras_export.write_savedmodel, keras_export.load_savedmodel),
+                   "tflite": (keras_export.write_tflite, keras_export.load_tflite),
+                   "onnx": (keras_export.write_onnx, _load_onnx)},
 }
 
 
@@ -131,11 +150,12 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
     available = EXPORTERS.get(info.backend, {})
     if format not in available:
         raise ImgclfError(f"--format {format} cannot export {directory}, a {info.backend} model; "
-                          f"choose {' or '.join(available) or 'another format'} (savedmodel and tflite are for Keras models)")
+                          f"choose {' or '.join(available) or 'another format'} (savedmodel and tflite are for Keras "
+                          "models, torchscript for PyTorch ones)")
     if quantize not in (None, "int8"):
         raise ImgclfError(f"--quantize {quantize} is not supported; use --quantize int8")
     if quantize and format != "onnx":
-        raise ImgclfError("--quantize int8 works on ONNX exports; add --format onnx")
+        raise ImgclfError(f"--quantize int8 works on ONNX exports, not {format}; add --format onnx")
     if tolerance <= 0:
         raise ImgclfError(f"--tolerance must be positive, got {tolerance}")
     out_dir = Path(out) if out is not None else directory
@@ -149,23 +169,21 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
         calibration = labelled_images(directory, info, data)
 
     write, load = available[format]
-    console.print(f"exporting {directory} to {format}, then checking parity" + (" and timing it" if format == "onnx" else ""))
-    reference = TorchRuntime.load(directory, info, device="cpu", precision="fp32")
+    console.print(f"exporting {directory} to {format}, then checking parity" + (" and timing it" if format in TIMED_FORMATS else ""))
+    reference = native_runtime(directory, info, exact=True)
     path = out_dir / FILES[format]
     partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        import torch
-
-        example = torch.zeros(2, info.channels, info.image_size, info.image_size)
-        write(reference.model, example, partial)
+        write(reference.model, info, partial)
         exported = load(partial, info)
         parity = check_parity(reference, exported, info, sample_images(directory, info), tolerance, path)
-        os.replace(partial, path)
+        _replace(partial, path)
     finally:
-        partial.unlink(missing_ok=True)
-    speed = measure_speed(directory, info, exported) if format == "onnx" else {}
-    meta = write_metadata(path, format, directory, info, parity=asdict(parity), speed=speed)
-    result = ExportResult(format, path, meta, parity, speed)
+        _remove(partial)
+    speed = measure_speed(directory, info, exported) if format in TIMED_FORMATS else {}
+    size = sum(file.stat().st_size for file in path.rglob("*") if file.is_file()) if path.is_dir() else path.stat().st_size
+    meta = write_metadata(path, format, directory, info, bytes=size, parity=asdict(parity), speed=speed)
+    result = ExportResult(format, path, meta, parity, speed, bytes=size)
     if calibration is not None:
         from imgclf.deploy.quantize import quantize_int8
 
@@ -173,6 +191,36 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
                       f"then comparing with fp32 on {calibration.source}")
         result.quantization = quantize_int8(path, directory, info, calibration, max_accuracy_drop)
     return result
+
+
+def native_runtime(directory: Path, info: BundleInfo, exact: bool = False) -> Runtime:
+    """The bundle in its own framework: Keras, or PyTorch (fp32 on the CPU when ``exact``, else as predict runs it)."""
+    if info.backend == "tensorflow":
+        from imgclf.deploy.keras_runtime import KerasRuntime
+
+        return KerasRuntime.load(directory, info)
+    if exact:
+        return TorchRuntime.load(directory, info, device="cpu", precision="fp32")
+    return TorchRuntime.load(directory, info)
+
+
+def _replace(partial: Path, path: Path) -> None:
+    """Move a checked export into place; a folder (SavedModel) replaces the old one only once it is complete."""
+    if not partial.is_dir():
+        os.replace(partial, path)
+        return
+    previous = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, previous)
+    os.replace(partial, path)
+    _remove(previous)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def sample_images(directory: Path, info: BundleInfo) -> tuple[np.ndarray, str]:
@@ -208,10 +256,10 @@ def check_parity(reference: Runtime, exported: Runtime, info: BundleInfo, sample
 
 
 def measure_speed(directory: Path, info: BundleInfo, exported: Runtime) -> dict[str, Any]:
-    """Images/s of the default PyTorch runtime (device and precision as predict uses them) and of the export."""
-    native = TorchRuntime.load(directory, info)
-    return {"torch_device": str(native.device), "torch_precision": native.precision,
-            **compare_speeds({"torch": native, exported.name: exported}, info)}
+    """Images/s of the native runtime (PyTorch with predict's device and precision, or Keras) and of the export."""
+    native = native_runtime(directory, info)
+    details = {"torch_device": str(native.device), "torch_precision": native.precision} if native.name == "torch" else {}
+    return {**details, **compare_speeds({native.name: native, exported.name: exported}, info)}
 
 
 def write_metadata(path: Path, format: str, directory: Path, info: BundleInfo, **extra: Any) -> Path:
@@ -219,6 +267,7 @@ def write_metadata(path: Path, format: str, directory: Path, info: BundleInfo, *
     import json
 
     channels, size = info.channels, info.image_size
+    shape, layout = (["batch", size, size, channels], "NHWC") if format in NHWC_FORMATS else (["batch", channels, size, size], "NCHW")
     values = {
         "format": format,
         "file": path.name,
@@ -229,7 +278,8 @@ def write_metadata(path: Path, format: str, directory: Path, info: BundleInfo, *
         "architecture": info.architecture,
         "classes": info.classes,
         "multilabel": info.multilabel,
-        "input": {"name": "input", "shape": ["batch", channels, size, size], "dtype": "float32", "layout": "NCHW"},
+        "backend": info.backend,
+        "input": {"name": "input", "shape": shape, "dtype": "float32", "layout": layout},
         "output": {"name": "logits", "shape": ["batch", len(info.classes)],
                    "activation": "sigmoid" if info.multilabel else "softmax"},
         "preprocessing": {
@@ -242,7 +292,7 @@ def write_metadata(path: Path, format: str, directory: Path, info: BundleInfo, *
             "formula": "(pixel / 255 - mean) / std, per channel",
         },
         "tta": info.tta,
-        **({"opset": OPSET} if format == "onnx" else {}),
+        **({"opset": ONNX_OPSET} if format == "onnx" else {}),
         **extra,
     }
     return write_text_atomic(metadata_path(path), json.dumps(values, indent=2))

@@ -44,10 +44,19 @@ class KerasRuntime:
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W, C) uint8 -> (N, classes) float32 logits."""
-        mean = np.asarray(self.info.mean, dtype=np.float32)
-        std = np.asarray(self.info.std, dtype=np.float32)
         outputs = []
         for start in range(0, len(pixels), BATCH):
-            batch = (pixels[start:start + BATCH].astype(np.float32) / 255.0 - mean) / std
+            batch = keras_input(pixels[start:start + BATCH], self.info)
             outputs.append(np.asarray(self.model.predict_on_batch(batch), dtype=np.float32))  # type: ignore[attr-defined]
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.info.classes)), dtype=np.float32)
+
+
+def keras_input(pixels: np.ndarray, info: BundleInfo) -> np.ndarray:
+    """uint8 NHWC -> the float32 NHWC a Keras bundle's model (or its export) takes: (x / 255 - mean) / std.
+
+    A Keras bundle records mean 0 and std 1/255, so this is the raw 0..255
+    pixels; the formula is the one every runtime and the export metadata use.
+    """
+    mean = np.asarray(info.mean[:info.channels], dtype=np.float32)
+    std = np.asarray(info.std[:info.channels], dtype=np.float32)
+    return np.ascontiguousarray((pixels.astype(np.float32) / 255.0 - mean) / std)

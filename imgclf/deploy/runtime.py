@@ -1,4 +1,4 @@
-"""Where a classifier's forward pass runs: PyTorch or ONNX Runtime, behind one small interface.
+"""Where a classifier's forward pass runs: PyTorch, Keras or ONNX Runtime, behind one small interface.
 
 A runtime turns a batch of decoded uint8 images (N, H, W, C), already at the
 model's input size, into logits (N, classes); normalisation is its job, so
@@ -7,9 +7,10 @@ Runtime, which then needs no torch at all). Everything around it, flip TTA,
 softmax, top-k, is shared by :class:`~imgclf.deploy.classifier.Classifier`.
 
 ``auto`` chooses by measurement, not by rule: ``imgclf export --format onnx``
-times both runtimes on this machine at batch 1 and 64 and records the
-figures beside the file; ``auto`` then takes the faster one at the batch size
-nearest to the caller's (ONNX Runtime fp32 wins at batch 1 on a CPU, PyTorch
+times the native runtime (PyTorch, or Keras for a tensorflow bundle) and ONNX
+Runtime on this machine at batch 1 and 64 and records the figures beside the
+file; ``auto`` then takes the faster one at the batch size nearest to the
+caller's (ONNX Runtime fp32 wins at batch 1 on a CPU, PyTorch
 bf16 can win at batch 64; a GPU makes PyTorch win). An export whose
 weights no longer match the bundle's is never used.
 """
@@ -25,12 +26,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from imgclf.deploy.bundle import WEIGHTS_FILE, BundleInfo
+from imgclf.deploy.bundle import KERAS_FILE, WEIGHTS_FILE, BundleInfo
 from imgclf.errors import ImgclfError
 
-RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
+RUNTIMES = ("auto", "torch", "keras", "onnx", "onnx-int8")
+NATIVE = {"torch": "torch", "tensorflow": "keras"}  # a bundle backend's own runtime
 # the exported file each ONNX runtime loads, inside the bundle folder
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+ONNX_OPSET = 17  # every ONNX export, from either backend
 SPEED_BATCHES = (1, 64)  # batch sizes ``export`` times both runtimes at, for ``auto``
 
 
@@ -50,9 +53,10 @@ def metadata_path(model_file: Path) -> Path:
 
 
 def weights_digest(directory: Path) -> str:
-    """sha256 of the bundle's weights: ties an export to the exact weights it was made from."""
+    """sha256 of the bundle's weights (``model.keras`` for Keras): ties an export to the exact weights it was made from."""
     digest = hashlib.sha256()
-    with open(directory / WEIGHTS_FILE, "rb") as handle:
+    weights = directory / WEIGHTS_FILE
+    with open(weights if weights.is_file() else directory / KERAS_FILE, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -71,28 +75,32 @@ def read_export(directory: Path, runtime: str) -> dict[str, Any] | None:
     return values if values.get("weights_sha256") == weights_digest(directory) else None
 
 
-def resolve_runtime(directory: Path, requested: str, device: str = "auto", batch_size: int = 64) -> str:
-    """'torch', 'onnx' or 'onnx-int8' for ``--runtime requested`` on this bundle."""
+def resolve_runtime(directory: Path, requested: str, device: str = "auto", batch_size: int = 64,
+                    native: str = "torch") -> str:
+    """``native`` ('torch' or 'keras'), 'onnx' or 'onnx-int8' for ``--runtime requested`` on this bundle."""
     if requested not in RUNTIMES:
         raise ImgclfError(f"--runtime {requested} is not known; choose one of {', '.join(RUNTIMES)}")
-    if requested == "torch":
-        return "torch"
+    if requested in NATIVE.values():
+        if requested != native:
+            raise ImgclfError(f"--runtime {requested} cannot run {directory}, a {native} model; "
+                              f"use --runtime {native}, onnx or auto")
+        return native
     if requested in ONNX_FILES:
         if device == "cuda":
             raise ImgclfError(f"--runtime {requested} runs on the CPU (onnxruntime); use --runtime torch for --device cuda")
         if read_export(directory, requested) is None:
             how = " --quantize int8" if requested == "onnx-int8" else ""
             raise ImgclfError(f"{directory} has no up-to-date {ONNX_FILES[requested]}; run imgclf export {directory} "
-                              f"--format onnx{how} first, or use --runtime torch")
+                              f"--format onnx{how} first, or use --runtime {native}")
         return requested
     exported = read_export(directory, "onnx")
     if device not in ("auto", "cpu") or exported is None or not _onnx_installed():
-        return "torch"
+        return native
     speed = exported.get("speed", {})
     nearest = min(SPEED_BATCHES, key=lambda size: abs(math.log(size) - math.log(max(batch_size, 1))))
     onnx_speed = speed.get("onnx", {}).get(str(nearest), 0.0)
-    torch_speed = speed.get("torch", {}).get(str(nearest), math.inf)
-    return "onnx" if onnx_speed > torch_speed else "torch"
+    native_speed = speed.get(native, {}).get(str(nearest), math.inf)
+    return "onnx" if onnx_speed > native_speed else native
 
 
 def _onnx_installed() -> bool:
@@ -106,6 +114,10 @@ def load_runtime(directory: Path, info: BundleInfo, runtime: str, device: str = 
     """The resolved runtime (``resolve_runtime``) loaded from the bundle folder."""
     if runtime in ONNX_FILES:
         return OnnxRuntime(directory / ONNX_FILES[runtime], info, name=runtime)
+    if runtime == "keras":
+        from imgclf.deploy.keras_runtime import KerasRuntime
+
+        return KerasRuntime.load(directory, info)
     return TorchRuntime.load(directory, info, device=device, precision=precision)
 
 

@@ -77,11 +77,11 @@ def test_savedmodel_export_serves_the_keras_model_s_answers_at_any_batch(keras_r
                                                                                         "model.savedmodel.json"]
 
 
-def test_tflite_export_resizes_its_input_for_any_batch_and_is_timed(keras_run: Path, images: list[Path],
-                                                                     tmp_path: Path) -> None:
+def test_tflite_export_and_its_int8_twin_resize_their_input_for_any_batch(keras_run: Path, images: list[Path],
+                                                                          tmp_path: Path) -> None:
     from imgclf.engines.keras_setup import tf
 
-    result = imgclf.export(keras_run, "tflite", out=tmp_path)
+    result = imgclf.export(keras_run, "tflite", out=tmp_path, quantize="int8")
     assert result.path == tmp_path / "model.tflite" and result.parity.max_abs_diff <= 1e-4
     assert result.parity.top1_agreement == 1.0
     meta = json.loads((tmp_path / "model.tflite.json").read_text())
@@ -95,6 +95,16 @@ def test_tflite_export_resizes_its_input_for_any_batch_and_is_timed(keras_run: P
     for batch in (1, len(pixels)):
         logits = runner(input=pixels[:batch].astype(np.float32))["logits"]
         np.testing.assert_allclose(probabilities_from_logits(logits, False), expected[:batch], atol=1e-5)
+    quantization = result.quantization  # full-integer TFLite, calibrated on the run's train split, float in and out
+    assert quantization.path == tmp_path / "model.int8.tflite" and quantization.int8_bytes < quantization.fp32_bytes
+    assert quantization.int8_accuracy >= quantization.fp32_accuracy - INT8_ACCURACY_TOLERANCE
+    int8_meta = json.loads((tmp_path / "model.int8.tflite.json").read_text())
+    assert int8_meta["format"] == "tflite" and set(int8_meta["speed"]["tflite-int8"]) == {"1", "64"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        int8 = tf.lite.Interpreter(model_path=str(quantization.path)).get_signature_runner("serving_default")
+    logits = int8(input=pixels.astype(np.float32))["logits"]
+    assert list(logits.argmax(axis=1)) == list(expected.argmax(axis=1))
 
 
 def test_onnx_export_takes_nchw_like_a_torch_export_and_runs_predict(onnx_run: Path, images: list[Path]) -> None:
@@ -146,7 +156,8 @@ def test_cli_exports_a_keras_model_and_refuses_what_it_cannot_do(keras_run: Path
     assert "Traceback" not in result.stderr and "deprecated" not in result.stderr and "XNNPACK" not in result.stderr
     cases = [(["--format", "torchscript"], "torchscript cannot export .* a tensorflow model; choose savedmodel or "
                                            "tflite or onnx"),
-             (["--format", "tflite", "--quantize", "int8"], "--quantize int8 works on ONNX exports, not tflite")]
+             (["--format", "savedmodel", "--quantize", "int8"], "--quantize int8 works on ONNX and TFLite exports, "
+                                                                "not savedmodel; add --format tflite")]
     for options, message in cases:
         refused = run_cli("export", str(keras_run), *options, "--out", str(tmp_path / "refused"))
         assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr

@@ -37,6 +37,7 @@ from imgclf.deploy import keras_export
 from imgclf.deploy.bundle import BundleInfo, find_bundle, read_bundle_info
 from imgclf.deploy.classifier import probabilities_from_logits
 from imgclf.deploy.predict import decoded_batches
+from imgclf.deploy.quantize import QUANTISERS
 from imgclf.deploy.runtime import (
     ONNX_FILES,
     ONNX_OPSET,
@@ -154,8 +155,9 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
                           "models, torchscript for PyTorch ones)")
     if quantize not in (None, "int8"):
         raise ImgclfError(f"--quantize {quantize} is not supported; use --quantize int8")
-    if quantize and format != "onnx":
-        raise ImgclfError(f"--quantize int8 works on ONNX exports, not {format}; add --format onnx")
+    if quantize and format not in QUANTISERS:
+        raise ImgclfError(f"--quantize int8 works on ONNX and TFLite exports, not {format}; add --format "
+                          f"{'tflite' if info.backend == 'tensorflow' else 'onnx'}")
     if tolerance <= 0:
         raise ImgclfError(f"--tolerance must be positive, got {tolerance}")
     out_dir = Path(out) if out is not None else directory
@@ -189,7 +191,8 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
 
         console.print(f"quantising to int8: calibrating on {len(calibration.calibration)} images, "
                       f"then comparing with fp32 on {calibration.source}")
-        result.quantization = quantize_int8(path, directory, info, calibration, max_accuracy_drop)
+        result.quantization = quantize_int8(path, directory, info, calibration, max_accuracy_drop, format=format,
+                                            model=reference.model)
     return result
 
 

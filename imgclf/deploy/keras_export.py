@@ -61,12 +61,31 @@ def write_savedmodel(model: Any, info: BundleInfo, path: Path) -> None:
 
 def write_tflite(model: Any, info: BundleInfo, path: Path) -> None:
     """A fp32 ``.tflite`` converted from a SavedModel of the model (TFLite's most reliable route for Keras 3)."""
+    _convert_tflite(model, info, path, calibration=None)
+
+
+def write_tflite_int8(model: Any, info: BundleInfo, path: Path, calibration: np.ndarray) -> None:
+    """Full-integer post-training quantisation: int8 weights and activations, ranges from ``calibration`` (uint8 NHWC).
+
+    Input and output stay float32, so the file is fed exactly like the fp32 one.
+    """
+    _convert_tflite(model, info, path, calibration=calibration)
+
+
+def _convert_tflite(model: Any, info: BundleInfo, path: Path, calibration: np.ndarray | None) -> None:
     tf = _tensorflow()
     with tempfile.TemporaryDirectory(prefix="imgclf-tflite-") as scratch:
         write_savedmodel(model, info, Path(scratch) / "savedmodel")
         converter = tf.lite.TFLiteConverter.from_saved_model(str(Path(scratch) / "savedmodel"))
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # runs on every TFLite runtime
-        path.write_bytes(converter.convert())
+        if calibration is None:
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # runs on every TFLite runtime
+        else:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([keras_input(calibration[index:index + 1], info)]
+                                                        for index in range(len(calibration)))
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        with native_stderr_silenced():  # the converter prints its settings straight to fd 2
+            path.write_bytes(converter.convert())
 
 
 def write_onnx(model: Any, info: BundleInfo, path: Path) -> None:
@@ -120,10 +139,9 @@ class TfliteRuntime:
     the warning is silenced rather than a second runtime package added.
     """
 
-    name = "tflite"
-
-    def __init__(self, path: Path, info: BundleInfo) -> None:
+    def __init__(self, path: Path, info: BundleInfo, name: str = "tflite") -> None:
         tf = _tensorflow()
+        self.name = name
         self.info = info
         try:
             with warnings.catch_warnings():

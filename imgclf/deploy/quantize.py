@@ -1,31 +1,37 @@
-"""``--quantize int8``: static int8 quantisation of an ONNX export, with its cost in accuracy and its gain in speed.
+"""``--quantize int8``: static int8 quantisation of an ONNX or TFLite export, with its cost in accuracy and its gain in speed.
 
 Static (calibrated) quantisation, not dynamic: a conv net's time is in its
-convolutions, which dynamic quantisation leaves in float; static QDQ
-quantisation with per-channel weights turns them into int8 kernels. The
-activation ranges are calibrated on up to :data:`CALIBRATION_IMAGES` training
-images; the fp32 and int8 files are then both run on the validation images
-and the accuracy change, top-1 agreement and speed-up are reported. A drop
-beyond ``max_accuracy_drop`` is refused: the int8 file is not written.
+convolutions, which dynamic quantisation leaves in float. ONNX: ONNX
+Runtime's QDQ quantisation with per-channel weights turns them into int8
+kernels. TFLite (Keras bundles): the TFLite converter's full-integer
+post-training quantisation (int8 weights and activations, float input and
+output, so the file is fed like the fp32 one). The activation ranges are
+calibrated on up to :data:`CALIBRATION_IMAGES` training images; the fp32 and
+int8 files are then both run on the validation images and the accuracy
+change, top-1 agreement and speed-up are reported. A drop beyond
+``max_accuracy_drop`` is refused: the int8 file is not written.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from imgclf.data.sources import Item, load_source, read_manifest
 from imgclf.deploy.bundle import BundleInfo
 from imgclf.deploy.predict import decoded_batches
-from imgclf.deploy.runtime import ONNX_FILES, OnnxRuntime, compare_speeds
+from imgclf.deploy.runtime import ONNX_FILES, OnnxRuntime, Runtime, compare_speeds
 from imgclf.errors import ImgclfError
 
 CALIBRATION_IMAGES = 256
 CALIBRATION_BATCH = 16
+INT8_FILES = {"onnx": ONNX_FILES["onnx-int8"], "tflite": "model.int8.tflite"}
 
 
 @dataclass
@@ -93,17 +99,42 @@ def _decoded(paths: list[Path], info: BundleInfo) -> np.ndarray:
 
 
 def quantize_int8(fp32_path: Path, directory: Path, info: BundleInfo, images: LabelledImages,
-                  max_accuracy_drop: float) -> QuantizationReport:
-    """Write ``model.int8.onnx`` beside ``fp32_path`` (with metadata) and report what it costs and gains."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+                  max_accuracy_drop: float, format: str = "onnx", model: Any = None) -> QuantizationReport:
+    """Write the int8 file (``model.int8.onnx`` / ``.tflite``) beside ``fp32_path``, with metadata; report its cost and gain.
 
+    ``model`` is the Keras model, which the TFLite converter quantises from.
+    """
     from imgclf.deploy.export import write_metadata
 
-    fp32 = OnnxRuntime(fp32_path, info)
     calibration = _decoded(images.calibration, info)
     if not len(calibration):
         raise ImgclfError(f"none of the calibration images ({images.source}) could be decoded")
+    path = fp32_path.with_name(INT8_FILES[format])
+    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fp32, int8 = QUANTISERS[format](fp32_path, partial, info, calibration, model)
+        report = _compare(fp32, int8, info, images, path, fp32_path)
+        if report.accuracy_change < -max_accuracy_drop:
+            raise ImgclfError(f"int8 quantisation loses {-report.accuracy_change:.1%} accuracy on {report.source} "
+                              f"({report.fp32_accuracy:.1%} -> {report.int8_accuracy:.1%}), more than "
+                              f"--max-accuracy-drop {max_accuracy_drop:g}; {path.name} was not written "
+                              f"({fp32_path.name} was)")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    report.int8_bytes = path.stat().st_size
+    summary = {key: value for key, value in asdict(report).items() if key != "path"}
+    write_metadata(path, format, directory, info, quantization=summary, speed={int8.name: report.int8_speed})
+    return report
+
+
+def _onnx_int8(fp32_path: Path, partial: Path, info: BundleInfo, calibration: np.ndarray,
+               model: Any) -> tuple[Runtime, Runtime]:
+    """ONNX Runtime's static QDQ quantisation (per-channel int8 weights, uint8 activations)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32 = OnnxRuntime(fp32_path, info)
 
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:
@@ -113,33 +144,31 @@ def quantize_int8(fp32_path: Path, directory: Path, info: BundleInfo, images: La
             start = next(self.batches, None)
             return None if start is None else {"input": fp32.normalise(calibration[start:start + CALIBRATION_BATCH])}
 
-    path = fp32_path.with_name(ONNX_FILES["onnx-int8"])
-    prepared = path.with_name(f".{path.stem}.pre-{os.getpid()}.onnx")
-    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    prepared = partial.with_name(f".{partial.stem}.pre-{os.getpid()}.onnx")
     logging.disable(logging.WARNING)  # the quantiser logs per-tensor notes that mean nothing to a user
     try:
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(partial), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        int8 = OnnxRuntime(partial, info, name="onnx-int8")
-        report = _compare(fp32, int8, info, images, path, fp32_path)
-        if report.accuracy_change < -max_accuracy_drop:
-            raise ImgclfError(f"int8 quantisation loses {-report.accuracy_change:.1%} accuracy on {report.source} "
-                              f"({report.fp32_accuracy:.1%} -> {report.int8_accuracy:.1%}), more than "
-                              f"--max-accuracy-drop {max_accuracy_drop:g}; {path.name} was not written "
-                              f"({fp32_path.name} was)")
-        os.replace(partial, path)
     finally:
         logging.disable(logging.NOTSET)
         prepared.unlink(missing_ok=True)
-        partial.unlink(missing_ok=True)
-    report.int8_bytes = path.stat().st_size
-    summary = {key: value for key, value in asdict(report).items() if key != "path"}
-    write_metadata(path, "onnx", directory, info, quantization=summary, speed={"onnx-int8": report.int8_speed})
-    return report
+    return fp32, OnnxRuntime(partial, info, name="onnx-int8")
 
 
-def _compare(fp32: OnnxRuntime, int8: OnnxRuntime, info: BundleInfo, images: LabelledImages, path: Path,
+def _tflite_int8(fp32_path: Path, partial: Path, info: BundleInfo, calibration: np.ndarray,
+                 model: Any) -> tuple[Runtime, Runtime]:
+    from imgclf.deploy.keras_export import TfliteRuntime, write_tflite_int8
+
+    write_tflite_int8(model, info, partial, calibration)
+    return TfliteRuntime(fp32_path, info), TfliteRuntime(partial, info, name="tflite-int8")
+
+
+QuantiseFn = Callable[[Path, Path, BundleInfo, np.ndarray, Any], tuple[Runtime, Runtime]]
+QUANTISERS: dict[str, QuantiseFn] = {"onnx": _onnx_int8, "tflite": _tflite_int8}
+
+
+def _compare(fp32: Runtime, int8: Runtime, info: BundleInfo, images: LabelledImages, path: Path,
              fp32_path: Path) -> QuantizationReport:
     from imgclf.console import progress_bar
     from imgclf.deploy.classifier import probabilities_from_logits

@@ -137,7 +137,7 @@ def test_probe_trains_the_head_only(colours: Path, tmp_path: Path) -> None:
     run = imgclf.train(colours, out=tmp_path / "run", backend="tensorflow", model="mobilenetv3_small_100",
                        weights=str(weights), strategy="probe", epochs=1, image_size=32, batch_size=8, workers=1,
                        augment="none")
-    shipped = imgclf.load(run.run_dir).model
+    shipped = imgclf.load(run.run_dir).runtime.model
     for before, after in zip(start.get_weights(), shipped.get_layer("backbone").get_weights()):
         np.testing.assert_array_equal(before, after)
     assert np.abs(shipped.get_layer("classifier").get_weights()[0]).sum() > 0  # the zero-initialised head learnt

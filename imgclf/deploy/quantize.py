@@ -91,10 +91,21 @@ def _describe(source: str, items: list[Item]) -> str:
     return f"{len(items)} {split} images of {source}"
 
 
+def _workers(info: BundleInfo) -> int | None:
+    """Decoding processes: none beside this one once TensorFlow runs here.
+
+    The decoder forks its workers; a fork taken after TensorFlow / TFLite
+    started their thread pools can inherit a held lock and hang for ever
+    (seen with a TFLite export of the flowers model), so a Keras bundle's
+    images are decoded in this process.
+    """
+    return 1 if info.backend == "tensorflow" else None
+
+
 def _decoded(paths: list[Path], info: BundleInfo) -> np.ndarray:
     """The decodable images of ``paths`` (N, H, W, C)."""
     size = (info.image_size, info.image_size)
-    batches = decoded_batches(paths, size, info.resize, info.channels == 1, 64)  # type: ignore[arg-type]
+    batches = decoded_batches(paths, size, info.resize, info.channels == 1, 64, _workers(info))  # type: ignore[arg-type]
     return np.concatenate([pixels[[not error for error in errors]] for _, pixels, errors in batches])
 
 
@@ -177,7 +188,8 @@ def _compare(fp32: Runtime, int8: Runtime, info: BundleInfo, images: LabelledIma
     before, after, labels = [], [], []
     with progress_bar() as bar:
         task = bar.add_task("fp32 vs int8", total=len(images.validation))
-        batches = decoded_batches(images.validation, size, info.resize, info.channels == 1, 64)  # type: ignore[arg-type]
+        batches = decoded_batches(images.validation, size, info.resize, info.channels == 1, 64,  # type: ignore[arg-type]
+                                  _workers(info))
         for start, (chunk, pixels, errors) in zip(range(0, len(images.validation), 64), batches):
             ok = np.array([not error for error in errors])
             before.append(probabilities_from_logits(fp32.logits(pixels[ok]), info.multilabel))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -128,6 +130,11 @@ def test_onnx_export_takes_nchw_like_a_torch_export_and_runs_predict(onnx_run: P
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == len(images) and [row["prediction"] for row in rows] == [Path(row["path"]).parent.name
                                                                                  for row in rows]
+    script = ("import sys, imgclf; print(imgclf.load(sys.argv[1], runtime='onnx').predict(sys.argv[2])[0][0]); "
+              "print(sorted({'tensorflow', 'keras', 'torch'} & set(sys.modules)))")
+    alone = subprocess.run([sys.executable, "-c", script, str(onnx_run), str(images[0])], capture_output=True, text=True,
+                           timeout=120)
+    assert alone.stdout.split("\n")[:2] == [images[0].parent.name, "[]"], alone.stderr  # neither framework loaded
 
 
 def test_int8_onnx_of_a_keras_model_is_within_the_stated_accuracy_tolerance(onnx_run: Path, images: list[Path]) -> None:

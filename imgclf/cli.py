@@ -443,7 +443,7 @@ def export(
     output_format: Annotated[str, Opt("--format", help="onnx or torchscript; savedmodel, tflite or onnx for a Keras "
                                                                  "model.")] = "onnx",
     out: Annotated[Optional[Path], Opt(help="Folder for the file (default: the bundle, where --runtime onnx finds it).")] = None,
-    quantize: Annotated[Optional[str], Opt(help="int8: also write model.int8.onnx (static quantisation).")] = None,
+    quantize: Annotated[Optional[str], Opt(help="int8: also write model.int8.onnx (or model.int8.tflite), statically quantised.")] = None,
     data: Annotated[Optional[str], Opt(help="Labelled images to calibrate and check --quantize on (default: the run's "
                                             "split.csv).")] = None,
     tolerance: Annotated[float, Opt(help="Largest allowed probability difference from the original.")] = 1e-4,

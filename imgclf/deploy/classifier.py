@@ -28,7 +28,7 @@ Prediction = list[tuple[str, float]]
 
 
 class Classifier:
-    """Classes, preprocessing and a runtime (PyTorch or ONNX Runtime) for one trained model."""
+    """Classes, preprocessing and a runtime (PyTorch, Keras or ONNX Runtime) for one trained model."""
 
     def __init__(self, runtime: Runtime, info: BundleInfo, tta: bool | None = None) -> None:
         self.info = info

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from imgclf.data.sources import IMAGE_EXTENSIONS
 from imgclf.deploy.classifier import Classifier
@@ -59,7 +59,10 @@ def naive_predict(classifier: Classifier, run: Path, paths: list[Path]) -> tuple
     started = time.perf_counter()
     with torch.no_grad():
         for path in paths:
-            image = Image.open(path).convert("RGB").resize((info.image_size, info.image_size), Image.BILINEAR)
+            image = Image.open(path).convert("RGB")
+            side = (info.image_size, info.image_size)  # the bundle's resize policy, as a script would write it
+            image = (ImageOps.fit(image, side, Image.BILINEAR) if info.resize == "crop"
+                     else image.resize(side, Image.BILINEAR))
             tensor = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
             probabilities = torch.softmax(model((tensor - mean) / std), dim=1)
             predictions.append(classifier.classes[int(probabilities.argmax())])
@@ -93,7 +96,7 @@ def main() -> None:
         results[name] = {"images": len(paths), "imgclf_images_per_second": round(ours, 1),
                          "naive_images_per_second": round(naive, 1), "speedup": round(ours / naive, 2),
                          "goal_speedup": goal, "top1_agreement_with_naive": round(agreement, 4),
-                         "precision": fast.precision}
+                         "runtime": fast.runtime.name, "precision": getattr(fast.runtime, "precision", "fp32")}
         print(name, json.dumps(results[name]), flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"cpu_count": os.cpu_count(), "cases": results}, indent=2) + "\n")

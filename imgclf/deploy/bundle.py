@@ -16,14 +16,13 @@ run directory, no pickles.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from imgclf.errors import ImgclfError
+from imgclf.files import write_folder_atomic
 
 BUNDLE_FORMAT = 1
 MODEL_FILE = "model.json"
@@ -81,18 +80,12 @@ def _write_atomically(info: BundleInfo, save_weights: Callable[[Path], None], di
     from imgclf import __version__
 
     info.imgclf_version = __version__
-    partial = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    save_weights(partial)
-    (partial / MODEL_FILE).write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
-    # the old bundle is moved aside, not deleted, until the new one is in place
-    previous = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-    if directory.exists():
-        os.replace(directory, previous)
-    os.replace(partial, directory)
-    shutil.rmtree(previous, ignore_errors=True)
-    return directory
+
+    def fill(folder: Path) -> None:
+        save_weights(folder)
+        (folder / MODEL_FILE).write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
+
+    return write_folder_atomic(directory, fill)
 
 
 def find_bundle(path: str | Path) -> Path:

@@ -49,7 +49,7 @@ from imgclf.deploy.runtime import (
     weights_digest,
 )
 from imgclf.errors import ImgclfError
-from imgclf.files import write_text_atomic
+from imgclf.files import replace_folder, write_text_atomic
 
 FORMATS = ("onnx", "torchscript", "savedmodel", "tflite")
 FILES = {"onnx": ONNX_FILES["onnx"], "torchscript": "model.torchscript.pt", "savedmodel": "model.savedmodel",
@@ -212,11 +212,7 @@ def _replace(partial: Path, path: Path) -> None:
     if not partial.is_dir():
         os.replace(partial, path)
         return
-    previous = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        os.replace(path, previous)
-    os.replace(partial, path)
-    _remove(previous)
+    replace_folder(partial, path)
 
 
 def _remove(path: Path) -> None:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from imgclf.embeddings.embedder import Embedder
 from imgclf.embeddings.similarity import normalise
 from imgclf.embeddings.tables import IMAGE_COLUMN
 from imgclf.errors import ImgclfError
+from imgclf.files import write_folder_atomic
 
 INDEX_FORMAT = 1
 META_FILE, ITEMS_FILE, VECTORS_FILE = "index.json", "items.csv", "vectors.npy"
@@ -98,25 +97,19 @@ class SimilarityIndex:
 
     def save(self, directory: Path) -> Path:
         """Write the index folder atomically (a half-written index never replaces a good one)."""
-        partial = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        (partial / META_FILE).write_text(json.dumps(self.meta, indent=2, default=str), encoding="utf-8")
-        columns = list(dict.fromkeys(key for item in self.items for key in item))
-        with (partial / ITEMS_FILE).open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.items)
-        np.save(partial / VECTORS_FILE, self.vectors.astype(np.float16), allow_pickle=False)
         if directory.exists() and not (directory / META_FILE).exists():
-            shutil.rmtree(partial)
             raise ImgclfError(f"--out {directory} exists and is not an index; choose another folder")
-        previous = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        if directory.exists():
-            os.replace(directory, previous)
-        os.replace(partial, directory)
-        shutil.rmtree(previous, ignore_errors=True)
-        return directory
+
+        def fill(folder: Path) -> None:
+            (folder / META_FILE).write_text(json.dumps(self.meta, indent=2, default=str), encoding="utf-8")
+            columns = list(dict.fromkeys(key for item in self.items for key in item))
+            with (folder / ITEMS_FILE).open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(self.items)
+            np.save(folder / VECTORS_FILE, self.vectors.astype(np.float16), allow_pickle=False)
+
+        return write_folder_atomic(directory, fill)
 
     @classmethod
     def load(cls, directory: str | Path) -> SimilarityIndex:

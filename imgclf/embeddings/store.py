@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from imgclf import paths
+from imgclf.files import write_bytes_atomic
 
 STORE_VERSION = 1
 MERGE_AFTER_CHUNKS = 16
@@ -114,10 +115,10 @@ class EmbeddingStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         description = self.directory / "model.json"
         if not description.exists():
-            _write_atomic(description, json.dumps({**self.identity, "dim": int(vectors.shape[1])}, indent=2,
+            write_bytes_atomic(description, json.dumps({**self.identity, "dim": int(vectors.shape[1])}, indent=2,
                                                   default=str).encode())
         chunk = f"chunk-{uuid.uuid4().hex[:16]}"
-        _write_atomic(self.directory / f"{chunk}.keys", "\n".join(keys).encode())
+        write_bytes_atomic(self.directory / f"{chunk}.keys", "\n".join(keys).encode())
         partial = self.directory / f".{chunk}.tmp-{os.getpid()}.npy"
         np.save(partial, np.asarray(vectors, dtype=np.float16), allow_pickle=False)
         os.replace(partial, self.directory / f"{chunk}.npy")
@@ -134,7 +135,7 @@ class EmbeddingStore:
         if vectors is None:
             return
         merged = f"chunk-{uuid.uuid4().hex[:16]}"
-        _write_atomic(self.directory / f"{merged}.keys", "\n".join(keys).encode())
+        write_bytes_atomic(self.directory / f"{merged}.keys", "\n".join(keys).encode())
         partial = self.directory / f".{merged}.tmp-{os.getpid()}.npy"
         np.save(partial, vectors.astype(np.float16), allow_pickle=False)
         os.replace(partial, self.directory / f"{merged}.npy")
@@ -143,8 +144,3 @@ class EmbeddingStore:
             (self.directory / f"{chunk}.keys").unlink(missing_ok=True)
         self._rows = None
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    partial.write_bytes(data)
-    os.replace(partial, path)

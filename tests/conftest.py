@@ -67,3 +67,32 @@ def chromium() -> str:
             pytest.fail("chromium is missing under CI; `make test` installs it (apt-get install chromium)")
         pytest.skip("chromium is not installed (apt-get install chromium)")
     return path
+
+
+TINY_FASTNET = dict(model="fastnet", model_args={"widths": [8, 16, 16], "depth": 1}, batch_size=16, lr=0.5,
+                    label_smoothing=0.0, precision="fp32", workers=1)
+
+
+def train_tiny_run(root: Path, epochs: int = 10) -> Path:
+    """A tiny fastnet trained on three colour classes: the run directory that evaluate, export and serve tests use."""
+    import imgclf
+
+    data = make_class_folder(root / "data", per_class=20)
+    return imgclf.train(data, out=root / "run", epochs=epochs, **TINY_FASTNET).run_dir
+
+
+def interrupt_training(args: list[str], run: Path, ready: Path, wait_s: float = 90) -> tuple[int, str]:
+    """Start ``imgclf train ARGS --out RUN``, press Ctrl-C once ``ready`` exists; (exit code, stderr)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "imgclf", "train", *args, "--out", str(run)],
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+    deadline = time.time() + wait_s
+    while not ready.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    return process.returncode, stderr

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import csv
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_class_folder
+from conftest import interrupt_training, make_class_folder
 from test_cli import imgclf
 
 TINY = ["--model", "fastnet", "--model-arg", "widths=[8,16,16]", "--model-arg", "depth=1", "--batch-size", "16",
@@ -54,15 +49,8 @@ def test_bad_options_get_one_line_errors(args: list[str], message: str, colours:
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(colours: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    env = {**os.environ, "COLUMNS": "200"}
-    process = subprocess.Popen([sys.executable, "-m", "imgclf", "train", str(colours), "--out", str(run),
-                                "--epochs", "400", *TINY], stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 90
-    while not (run / "metrics.csv").exists() and time.time() < deadline:
-        time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
+    code, stderr = interrupt_training([str(colours), "--epochs", "400", *TINY], run, ready=run / "metrics.csv")
+    assert code == 130, stderr
     assert f"imgclf train --resume {run}" in stderr
     done = len(list(csv.DictReader(open(run / "metrics.csv"))))
     assert 1 <= done < 400

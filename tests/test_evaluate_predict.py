@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import make_class_folder, make_image
+from conftest import make_class_folder, make_image, train_tiny_run
 from test_cli import imgclf as run_cli
 
 import imgclf
@@ -20,11 +20,7 @@ SECTIONS = ("summary", "configuration", "data", "curves", "metrics", "confusion"
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("trained")
-    data = make_class_folder(root / "data", per_class=20)
-    run = imgclf.train(data, out=root / "run", model="fastnet", model_args={"widths": [8, 16, 16], "depth": 1},
-                       epochs=10, batch_size=16, lr=0.5, label_smoothing=0.0, precision="fp32", workers=1)
-    return run.run_dir
+    return train_tiny_run(tmp_path_factory.mktemp("trained"))
 
 
 def test_training_ends_with_a_self_contained_report(trained: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_class_folder
+from conftest import make_class_folder, train_tiny_run
 from test_cli import imgclf as run_cli
 
 import imgclf
@@ -23,11 +23,7 @@ INT8_ACCURACY_TOLERANCE = 0.02  # the stated tolerance: int8 may lose at most 2 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("export")
-    data = make_class_folder(root / "data", per_class=20)
-    result = imgclf.train(data, out=root / "run", model="fastnet", model_args={"widths": [8, 16, 16], "depth": 1},
-                          epochs=10, batch_size=16, lr=0.5, label_smoothing=0.0, precision="fp32", workers=1)
-    return result.run_dir
+    return train_tiny_run(tmp_path_factory.mktemp("export"))
 
 
 @pytest.fixture(scope="module")

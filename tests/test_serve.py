@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from conftest import make_class_folder, make_image
+from conftest import make_image, train_tiny_run
 from PIL import Image
 from test_cli import imgclf as run_cli
 
@@ -35,11 +35,7 @@ LIMITS = Limits(max_bytes=200_000, max_pixels=1_000_000, max_files=3, timeout_s=
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("serve")
-    data = make_class_folder(root / "data", per_class=20)
-    result = imgclf.train(data, out=root / "run", model="fastnet", model_args={"widths": [8, 16, 16], "depth": 1},
-                          epochs=10, batch_size=16, lr=0.5, label_smoothing=0.0, precision="fp32", workers=1)
-    return result.run_dir
+    return train_tiny_run(tmp_path_factory.mktemp("serve"))
 
 
 def start_server(app: object) -> tuple[str, uvicorn.Server, threading.Thread]:

@@ -6,16 +6,14 @@ import csv
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import make_class_folder
+from conftest import interrupt_training, make_class_folder
 from test_cli import imgclf
 
 # find_spec, not importorskip: importing TensorFlow here, before torchvision, would crash the process
@@ -85,15 +83,9 @@ def test_predict_streams_rows_from_a_keras_bundle_identically_across_processes(
 
 def test_resume_continues_an_interrupted_tensorflow_run(colours: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    env = {**os.environ, "COLUMNS": "200"}
-    process = subprocess.Popen([sys.executable, "-m", "imgclf", "train", str(colours), "--out", str(run),
-                                "--epochs", "400", *TINY], stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "keras_state.json").exists() and time.time() < deadline:
-        time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
+    code, stderr = interrupt_training([str(colours), "--epochs", "400", *TINY], run,
+                                      ready=run / "checkpoints" / "keras_state.json", wait_s=120)
+    assert code == 130, stderr
     assert f"imgclf train --resume {run}" in stderr
     done = len(list(csv.DictReader(open(run / "metrics.csv"))))
     assert 1 <= done < 400

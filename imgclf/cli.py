@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
-import click
 import typer
 from rich.markup import escape
 from rich.table import Table
+from typer._click.exceptions import ClickException  # typer 0.29 bundles its own click; standalone click's never match
 
 from imgclf import __version__, api
 from imgclf.cli_embeddings import register as register_embedding_commands
@@ -515,10 +515,10 @@ def main() -> None:
             raise
         console.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)  # messages may hold [brackets]
         sys.exit(2)
-    except click.exceptions.Abort:
+    except typer.Abort:
         console.print("interrupted")
         sys.exit(130)
-    except click.ClickException as error:
+    except ClickException as error:  # usage mistakes: click's message, usage line and "Did you mean", exit 2
         error.show()
         sys.exit(error.exit_code)
     except KeyboardInterrupt:

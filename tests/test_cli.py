@@ -121,6 +121,39 @@ def test_bad_input_is_one_line_without_traceback(class_folder: Path, args: list[
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+# The console script (`imgclf`, installed by pip) calls the entry point exactly like this.
+CONSOLE_SCRIPT = ("import sys; from importlib.metadata import entry_points; "
+                  "(script,) = entry_points(group='console_scripts', name='imgclf'); sys.argv[0] = 'imgclf'; "
+                  "sys.exit(script.load()())")
+
+
+@pytest.mark.parametrize("runner", ["python -m imgclf", "console script"])
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "--bogus"], "No such option: --bogus"),
+    (["train", "x", "--epoch", "3"], "No such option: --epoch (Possible options: --epochs"),
+    (["predict"], "Missing argument 'model'"),
+    (["bogus"], "No such command 'bogus'"),
+    (["trian"], "Did you mean 'train'?"),
+])
+def test_usage_mistakes_show_usage_not_a_traceback(runner: str, args: list[str], message: str) -> None:
+    if runner == "console script":
+        result = subprocess.run([sys.executable, "-c", CONSOLE_SCRIPT, *args], capture_output=True, text=True,
+                                timeout=120)
+    else:
+        result = imgclf(*args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Usage: imgclf" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_no_arguments_shows_help_without_a_traceback() -> None:
+    result = imgclf()
+    output = result.stdout + result.stderr
+    assert "Commands" in output and "train" in output
+    assert "Traceback" not in output
+
+
 def test_preview_augment_writes_a_png(class_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "aug.png"
     result = imgclf("preview-augment", str(class_folder), "--augment", "strong", "--out", str(out))

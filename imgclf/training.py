@@ -26,6 +26,7 @@ from imgclf.config import TrainConfig, parse_duration
 from imgclf.console import console
 from imgclf.data.inspect import imbalance_warning
 from imgclf.data.sources import ImageDataset, read_manifest, write_manifest
+from imgclf.data.splits import require_training_images
 from imgclf.errors import ImgclfError
 from imgclf.files import write_problem_list
 from imgclf.recipes import DataFacts, model_family, resolve
@@ -88,6 +89,7 @@ def plan(config: TrainConfig, archive: str | Path | None = None) -> tuple[TrainC
                            test_fraction=config.test_fraction, seed=config.seed, group_by=config.group_by)
     if len(dataset.classes) < 2:
         raise ImgclfError(f"{dataset.source}: found {len(dataset.classes)} class; a classifier needs at least 2")
+    require_training_images(dataset)
     resolved = resolve(config, data_facts(dataset), source)
     check_backend(resolved, dataset.multilabel)
     return resolved, dataset
@@ -203,6 +205,8 @@ def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> Tr
                             dtype=np.int64) for split in ("train", "val", "test")}
     if not len(rows["train"]):
         raise ImgclfError(f"{dataset.source}: no training image could be decoded; run imgclf inspect to see why")
+    require_training_images(dataset.with_items([item for item, good in zip(dataset.items, ok) if good]),
+                            "readable training images", "replace the files listed in broken_files.txt")
     index = {name: position for position, name in enumerate(dataset.classes)}
     if dataset.multilabel:
         targets = torch.zeros(len(dataset.items), len(dataset.classes))

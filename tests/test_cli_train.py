@@ -47,6 +47,29 @@ def test_bad_options_get_one_line_errors(args: list[str], message: str, colours:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_class_without_training_images_is_refused_by_name(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_class_folder(data / "train", per_class=6)
+    make_class_folder(data / "test", per_class=2)
+    (data / "test" / "blue").rename(data / "test" / "navy")  # renamed in one split only
+    result = imgclf("train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", *TINY)
+    assert result.returncode == 2, result.stderr
+    assert "1 class(es) have no training images: 'navy' (only in test)" in result.stderr
+    assert "rename or merge" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_class_whose_training_images_are_all_broken_is_refused(tmp_path: Path) -> None:
+    data = make_class_folder(tmp_path / "data", per_class=6)
+    for path in (data / "blue").iterdir():
+        path.write_bytes(b"not an image")
+    result = imgclf("train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--val-fraction", "0",
+                    "--test-fraction", "0", *TINY)
+    assert result.returncode == 2, result.stderr
+    assert ("have no readable training images: 'blue' (none in any split); replace the files listed in "
+            "broken_files.txt") in result.stderr
+
+
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(colours: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     code, stderr = interrupt_training([str(colours), "--epochs", "400", *TINY], run, ready=run / "metrics.csv")

@@ -135,3 +135,27 @@ def _next_split(targets: dict[str, int], filled: dict[str, int], units_left: int
             if filled[split] < targets[split]:
                 return split
     return "train"
+
+
+def require_training_images(dataset: ImageDataset, what: str = "training images",
+                            fix: str = "rename or merge each folder to match a training class, or remove it") -> None:
+    """Refuse a class with no training image, naming it and the splits it appears in.
+
+    Such a class can never be learned, yet it still counts in the head: label
+    smoothing gives it a share of every target, so its loss is paid on every
+    training image (and a probe must invent a bias for it). It is nearly
+    always a folder renamed in one split, so the fix is the user's to make.
+    ``what`` says which training images were counted (e.g. only the decodable
+    ones) and ``fix`` what the user can do about it.
+    """
+    counts = dataset.class_counts()
+    missing = {name: [split for split, count in per_split.items() if count] for name, per_split in counts.items()
+               if not per_split.get("train")}
+    if not missing:
+        return
+    named = "; ".join(f"'{name}' ({'only in ' + ', '.join(splits) if splits else 'none in any split'})"
+                      for name, splits in list(missing.items())[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    raise ImgclfError(
+        f"{dataset.source}: {len(missing)} class(es) have no {what}: {named}{more}; {fix}"
+    )

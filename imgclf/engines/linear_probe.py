@@ -62,16 +62,17 @@ def fit_linear_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray 
         if best is None or score > best[0]:
             best = (score, regularisation, solver)
     _, regularisation, solver = best  # type: ignore[misc]
-    weight = np.zeros((classes, train_x.shape[1]))
-    bias = np.full(classes, -1e4)  # a class absent from training can never be predicted
+    present = solver.classes_  # type: ignore[attr-defined]
+    if len(present) != classes:
+        # Training refuses such data (imgclf.data.splits.require_training_images): any made-up
+        # logit for an unseen class would be paid in every later loss (label smoothing).
+        raise ValueError(f"the probe saw {len(present)} of {classes} classes in training; every class needs images")
     fitted = solver.coef_ / scale  # type: ignore[attr-defined]
     intercept = solver.intercept_ - fitted @ centre  # type: ignore[attr-defined]
-    present = solver.classes_  # type: ignore[attr-defined]
-    if len(present) == 2:  # sklearn gives one row for two classes: logit of the second
-        weight[present[1]], bias[present[1]] = fitted[0] / 2, intercept[0] / 2
-        weight[present[0]], bias[present[0]] = -fitted[0] / 2, -intercept[0] / 2
+    if classes == 2:  # sklearn gives one row for two classes: the logit of the second
+        weight, bias = np.stack([-fitted[0], fitted[0]]) / 2, np.array([-intercept[0], intercept[0]]) / 2
     else:
-        weight[present], bias[present] = fitted, intercept
+        weight, bias = fitted, intercept
     val_accuracy = None
     if val_x is not None and len(val_x):
         val_accuracy = float(np.mean((val_x @ weight.T + bias).argmax(axis=1) == val_y))

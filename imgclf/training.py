@@ -124,8 +124,8 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     if result.interrupted:
         console.print(f"[yellow]interrupted; checkpoint saved. Continue with: imgclf train --resume {run.path}[/]")
         return TrainResult(run.path, None, config, result.history, {}, interrupted=True)
-    metrics = _final_metrics(trainer, result, config)
-    model_dir = _write_bundle(run, config, trainer.data, result.model, metrics)
+    model_dir = _write_bundle(run, config, trainer.data, result.model, {})
+    metrics = _final_metrics(trainer.data, result, config, model_dir)
     _print_summary(run, config, result, metrics)
     if report and not trainer.data.multilabel:
         from imgclf.evaluation.run_report import report_run
@@ -318,16 +318,22 @@ def _fit_to_budget(config: TrainConfig, trainer: Trainer) -> TrainConfig:
                    probe_epochs=None if config.probe_epochs is None else max(1.0, round(config.probe_epochs * scale, 1)))
 
 
-def _final_metrics(trainer: Trainer | KerasTrainer, result: FitResult, config: TrainConfig) -> dict[str, Any]:
+def _final_metrics(data: TrainingData, result: FitResult, config: TrainConfig, model_dir: Path) -> dict[str, Any]:
+    """The run's figures, val/test scored by the written bundle as ``imgclf evaluate`` scores them; saved in it."""
+    from imgclf.deploy.bundle import write_bundle_metrics
+    from imgclf.deploy.classifier import Classifier
+
     metrics: dict[str, Any] = {"epochs_trained": len(result.history), "best_epoch": result.best_epoch,
                                "train_seconds": round(sum(row["seconds"] for row in result.history), 2),
                                "parameters": _parameter_count(result.model, config.backend)}
-    for split in ("val", "test"):
-        if len(trainer.data.rows[split]):
-            scores = trainer.evaluate(split, model=result.model, tta=bool(config.tta))
-            metrics[f"{split}_loss"] = round(scores["loss"], 6)
-            metrics[f"{split}_accuracy"] = round(scores["accuracy"], 6)
-            metrics[f"{split}_images"] = len(trainer.data.rows[split])
+    held_out = [split for split in ("val", "test") if len(data.rows[split])]
+    classifier = Classifier.load(model_dir) if held_out else None
+    for split in held_out:
+        scores = classifier.score(data.pixels, data.rows[split], data.split_targets(split).numpy())  # type: ignore[union-attr]
+        metrics[f"{split}_loss"] = round(scores["loss"], 6)
+        metrics[f"{split}_accuracy"] = round(scores["accuracy"], 6)
+        metrics[f"{split}_images"] = len(data.rows[split])
+    write_bundle_metrics(model_dir, metrics)
     return metrics
 
 

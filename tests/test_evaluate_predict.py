@@ -63,6 +63,22 @@ def test_cli_evaluate_prints_a_table_and_writes_metrics(trained: Path) -> None:
     assert json.loads(as_json.stdout)["images"] == 6
 
 
+def test_one_model_on_one_split_gives_one_number_everywhere(backbone_weights: Path, tmp_path: Path) -> None:
+    # a probe-only run: its training loop scores from float16 cached embeddings, the bundle in full precision
+    data = make_class_folder(tmp_path / "data", per_class=12)
+    run = imgclf.train(data, out=tmp_path / "run", model="test_resnet", weights=str(backbone_weights), strategy="probe",
+                       precision="fp32", batch_size=16, image_size=32, workers=1)
+    bundle = json.loads((run.model_dir / "model.json").read_text())["metrics"]
+    report = json.loads((run.run_dir / "evaluation" / "metrics.json").read_text())
+    evaluated = run_cli("evaluate", str(run.run_dir), "--json", "--out", str(tmp_path / "eval"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    evaluated_metrics = json.loads(evaluated.stdout)
+    assert run.metrics == bundle and bundle["test_images"] == evaluated_metrics["images"] == report["images"]
+    for metrics in (report, evaluated_metrics):
+        assert bundle["test_accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
+        assert bundle["test_loss"] == pytest.approx(metrics["log_loss"], abs=1e-6)
+
+
 def test_cli_report_regenerates_the_page(trained: Path) -> None:
     (trained / "report.html").unlink()
     result = run_cli("report", str(trained))

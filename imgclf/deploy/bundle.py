@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.errors import ImgclfError
-from imgclf.files import write_folder_atomic
+from imgclf.files import write_folder_atomic, write_text_atomic
 
 BUNDLE_FORMAT = 1
 MODEL_FILE = "model.json"
@@ -86,6 +86,17 @@ def _write_atomically(info: BundleInfo, save_weights: Callable[[Path], None], di
         (folder / MODEL_FILE).write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
 
     return write_folder_atomic(directory, fill)
+
+
+def write_bundle_metrics(directory: Path, metrics: dict[str, Any]) -> None:
+    """Replace the final metrics in a written bundle's ``model.json`` (atomically).
+
+    Training scores the held-out splits with the bundle itself, the way
+    ``evaluate`` will, so the metrics can only be filled in after it is written.
+    """
+    info = read_bundle_info(directory)
+    info.metrics = metrics
+    write_text_atomic(directory / MODEL_FILE, json.dumps(asdict(info), indent=2))
 
 
 def find_bundle(path: str | Path) -> Path:

@@ -80,6 +80,28 @@ class Classifier:
             logits = 0.5 * (logits + self.runtime.logits(pixels[:, :, ::-1]))
         return probabilities_from_logits(logits, self.info.multilabel)
 
+    def score(self, pixels: np.ndarray, rows: np.ndarray, targets: np.ndarray, batch_size: int = 64
+              ) -> dict[str, float]:
+        """Plain loss (no smoothing, no class weights) and accuracy on rows of a decoded array.
+
+        Training's final scores come from here rather than from the training
+        loop's model, so the summary and ``model.json`` give exactly the
+        number ``imgclf evaluate`` gives for the same images: the same
+        runtime, precision and TTA. ``targets`` are class indices, or 0/1
+        rows for a multi-label model (accuracy is then an exact match).
+        """
+        probabilities = np.concatenate([self.predict_pixels(np.asarray(pixels[rows[start:start + batch_size]]))
+                                        for start in range(0, len(rows), batch_size)])
+        eps = np.finfo(probabilities.dtype).eps  # as scikit-learn's log_loss (evaluate's) clips
+        clipped = np.clip(probabilities.astype(np.float64), eps, 1.0 - eps)
+        if self.info.multilabel:
+            loss = -np.mean(targets * np.log(clipped) + (1 - targets) * np.log(1 - clipped))
+            correct = ((probabilities > 0.5) == (targets > 0.5)).all(axis=1)
+        else:
+            loss = -np.mean(np.log(clipped[np.arange(len(targets)), targets]))
+            correct = probabilities.argmax(axis=1) == targets
+        return {"loss": float(loss), "accuracy": float(np.mean(correct))}
+
     def predict_proba(self, images: Sequence[ImageInput], batch_size: int = 64) -> np.ndarray:
         """(N, classes) probabilities: softmax, or independent sigmoids for a multi-label model."""
         outputs = [self.predict_pixels(np.stack([self._pixels(image) for image in images[start:start + batch_size]]))

@@ -89,6 +89,16 @@ def test_inspect_finds_leakage_across_given_splits(tmp_path: Path) -> None:
     assert any("leakage" in warning for warning in report["warnings"])
 
 
+def test_inspect_uses_split_folders_beside_a_docs_folder(tmp_path: Path) -> None:
+    make_class_folder(tmp_path / "data" / "train", per_class=3)
+    make_class_folder(tmp_path / "data" / "test", per_class=1)
+    make_image(tmp_path / "data" / "iconic_images" / "red.png", (220, 30, 30))
+    result = imgclf("inspect", str(tmp_path / "data"), "--json", "--out", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["splits"] == {"train": 9, "test": 3}
+    assert "ignored 1 other folder(s): iconic_images" in result.stderr
+
+
 def test_inspect_csv_manifest(tmp_path: Path) -> None:
     make_image(tmp_path / "imgs" / "a.png", (200, 0, 0))
     make_image(tmp_path / "imgs" / "b.png", (0, 200, 0))

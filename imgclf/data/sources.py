@@ -21,6 +21,9 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from rich.markup import escape
+
+from imgclf.console import console
 from imgclf.data.cifar import CIFAR_NAMES, prepare_cifar
 from imgclf.errors import ImgclfError
 
@@ -123,23 +126,26 @@ def read_folder(root: Path) -> ImageDataset:
     """Read ``root/<class>/*`` or ``root/<split>/<class>/*``.
 
     The split layout is recognised when every top-level folder is a split
-    name (train, val/valid/validation, test); otherwise top-level folders are
-    classes. Hidden files and folders are skipped.
+    name (train, val/valid/validation, test), or when two kinds of split
+    folder are there: other folders beside them are then ignored, with one
+    warning line naming them. Otherwise top-level folders are classes.
+    Hidden files and folders are skipped.
     """
     root = root.resolve()
     top_dirs = [entry for entry in _visible_entries(root) if entry.is_dir()]
     if not top_dirs:
         raise ImgclfError(f"{root} has no sub-folders; put images in one folder per class, e.g. {root}/cat/1.jpg")
     split_names = [entry.name for entry in top_dirs if entry.name.lower() in SPLIT_ALIASES]
-    split_layout = len(split_names) == len(top_dirs)
-    # one folder named like a split ("train" next to "car", "bus") is a class;
-    # train plus val/test next to other folders is a layout mistake
-    if not split_layout and len({SPLIT_ALIASES[name.lower()] for name in split_names}) > 1:
-        others = [entry.name for entry in top_dirs if entry.name.lower() not in SPLIT_ALIASES]
-        raise ImgclfError(
-            f"{root} mixes split folders ({', '.join(split_names)}) with other folders ({', '.join(others[:5])}); "
-            "move those into train/val/test or out of the dataset folder"
-        )
+    # One folder named like a split ("train" next to "car", "bus") is a class; two kinds of
+    # split folder (train plus val/test) are the split layout, even beside other folders:
+    # public datasets often ship descriptions or sample images there.
+    split_layout = len({SPLIT_ALIASES[name.lower()] for name in split_names}) > 1 or len(split_names) == len(top_dirs)
+    others = [entry.name for entry in top_dirs if entry.name.lower() not in SPLIT_ALIASES]
+    if split_layout and others:
+        console.print(f"[yellow]warning:[/] {escape(str(root))}: using the split folders ({escape(', '.join(split_names))}); "
+                      f"ignored {len(others)} other folder(s): {escape(', '.join(others[:5]))}"
+                      f"{', ...' if len(others) > 5 else ''}", soft_wrap=True)
+        top_dirs = [entry for entry in top_dirs if entry.name.lower() in SPLIT_ALIASES]
     items: list[Item] = []
     ignored: list[Path] = []
     if split_layout:

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import make_class_folder, make_image, train_tiny_run
 from test_cli import imgclf as run_cli
 
@@ -31,6 +32,18 @@ def test_training_ends_with_a_self_contained_report(trained: Path) -> None:
     assert "http://" not in page and "https://" not in page  # nothing to fetch
     metrics = json.loads((trained / "evaluation" / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["images"] == 6
+
+
+def test_report_configuration_shows_values_as_a_person_writes_them(trained: Path) -> None:
+    page = (trained / "report.html").read_text()
+    section = re.search(r'<section id="configuration">(.*?)</section>', page, re.S).group(1)  # type: ignore[union-attr]
+    values = dict(re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td></tr>", section))
+    assert values["lr"] == "0.5" and values["label_smoothing"] == "0" and values["model"] == "fastnet"
+    assert values["group_by"] == "none" and values["pretrained"] == "false"
+    assert values["model_args"] == "{widths: [8, 16, 16], depth: 1}"
+    weight_decay = yaml.safe_load((trained / "config.yaml").read_text())["weight_decay"]  # chosen from the data
+    assert values["weight_decay"] == f"{weight_decay:.4g}" and len(values["weight_decay"]) < len(str(weight_decay))
+    assert not any("..." in value for value in values.values())
 
 
 def test_evaluate_on_other_data_with_label_issues(trained: Path, tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ def write_report(run_dir: Path, evaluation: Evaluation | None, pictures: dict[st
     bundle_metrics = yaml.safe_load(model_json.read_text())["metrics"] if model_json.is_file() else {}
     sections = [
         ("summary", "Summary", _summary(config, bundle_metrics, evaluation)),
-        ("configuration", "Configuration", _table(["option", "value"], [[k, _yaml_value(v)] for k, v in config.items()])),
+        ("configuration", "Configuration", _table(["option", "value"], [[k, _readable(v)] for k, v in config.items()])),
         ("data", "Data", _data(run_dir / "split.csv")),
         ("curves", "Training curves", _image(pictures.get("curves"), "training curves")
          + '<p class="muted">The shaded band is the gap between training and validation: a widening gap is '
@@ -105,8 +105,19 @@ def write_report(run_dir: Path, evaluation: Evaluation | None, pictures: dict[st
     return write_text_atomic(path, page)
 
 
-def _yaml_value(value: Any) -> str:
-    return value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+def _readable(value: Any) -> str:
+    """A config value as a person writes it: 0.2652, not 0.26516504294495535; none, not YAML's "null ..."."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_readable(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {_readable(item)}" for key, item in value.items()) + "}"
+    return str(value)
 
 
 def _summary(config: dict[str, Any], bundle_metrics: dict[str, Any], evaluation: Evaluation | None) -> str:

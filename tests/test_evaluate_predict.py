@@ -68,6 +68,21 @@ def test_evaluate_refuses_unknown_labels_and_training_only_data(trained: Path, t
         imgclf.evaluate(trained, tmp_path / "split")
 
 
+def test_evaluate_names_the_splits_the_data_has(trained: Path, tmp_path: Path) -> None:
+    unsplit = make_class_folder(tmp_path / "unsplit", per_class=2)
+    result = run_cli("evaluate", str(trained), str(unsplit), "--split", "train", "--out", str(tmp_path / "e"))
+    assert result.returncode == 2
+    assert ("has no images in that split; it has only unsplit images (no train/val/test folders or split column); "
+            "use --split all") in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    make_class_folder(tmp_path / "split" / "test", per_class=2)
+    result = run_cli("evaluate", str(trained), str(tmp_path / "split"), "--split", "val", "--out", str(tmp_path / "e"))
+    assert "it has only the splits test; use --split test or --split all" in result.stderr
+    everything = run_cli("evaluate", str(trained), str(unsplit), "--split", "all", "--json", "--out", str(tmp_path / "e"))
+    assert everything.returncode == 0, everything.stderr
+    assert json.loads(everything.stdout)["images"] == 6
+
+
 def test_cli_evaluate_prints_a_table_and_writes_metrics(trained: Path) -> None:
     result = run_cli("evaluate", str(trained))
     assert result.returncode == 0, result.stderr

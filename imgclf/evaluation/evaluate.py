@@ -57,11 +57,16 @@ def evaluation_items(model: str | Path, data: str | Path | None, split: str | No
 
 
 def _choose_split(dataset: ImageDataset, split: str | None) -> tuple[list[Item], str]:
+    if split == "all":
+        return dataset.items, "all"
     if split is not None:
         items = dataset.split_items(split)
         if not items:
-            raise ImgclfError(f"--split {split}: {dataset.source} has no images in that split; "
-                              f"it has {', '.join(dataset.splits)}")
+            has = (f"only the splits {', '.join(dataset.splits)}" if dataset.splits
+                   else "only unsplit images (no train/val/test folders or split column)")
+            choices = " or ".join(f"--split {name}" for name in [*dataset.splits, "all"])
+            raise ImgclfError(f"--split {split}: {dataset.source} has no images in that split; it has {has}; "
+                              f"use {choices}")
         return items, split
     for name in ("test", "val"):
         if dataset.split_items(name):

@@ -106,8 +106,8 @@ def _print_report(result: api.InspectResult) -> None:
                       f"modes: {', '.join(f'{mode} {count:,}' for mode, count in report.modes.items())}")
     if report.ignored:
         console.print(f"ignored {len(report.ignored)} file(s) that are not images inside class folders")
-    for warning in report.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+    for warning in report.warnings:  # one line each, however long: they name files, which may hold [brackets]
+        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     if result.broken_list:
         console.print(f"broken files listed in {result.broken_list}")
     if report.near_duplicates is not None:
@@ -284,7 +284,7 @@ def evaluate(
     data: Annotated[Optional[str], typer.Argument(help="Labelled images (any source); default: the run's test split.",
                                                   show_default=False)] = None,
     out: Annotated[Optional[Path], Opt(help="Folder for metrics.json and pictures.")] = None,
-    split: Annotated[Optional[str], Opt(help="Which split of DATA (default: test, else val, else all).")] = None,
+    split: Annotated[Optional[str], Opt(help="Which split of DATA: train, val, test or all (default: test, else val, else all).")] = None,
     label_issues: Annotated[bool, Opt("--label-issues", help="List images whose label the model contradicts.")] = False,
     folds: Annotated[Optional[int], Opt(help="Label issues from K-fold cross-validation (retrains K models).")] = None,
     tta: TtaOption = None,

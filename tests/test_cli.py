@@ -99,6 +99,18 @@ def test_inspect_uses_split_folders_beside_a_docs_folder(tmp_path: Path) -> None
     assert "ignored 1 other folder(s): iconic_images" in result.stderr
 
 
+def test_inspect_names_images_under_different_labels(tmp_path: Path) -> None:
+    data = make_class_folder(tmp_path / "data", per_class=4)
+    for number in range(4):  # four files copied into another class: a labelling mistake to find
+        shutil.copy(data / "red" / f"{number:03d}.png", data / "green" / f"from-red-{number}.png")
+    result = imgclf("inspect", str(data), "--out", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stderr.splitlines() if "different labels" in line)
+    assert line.startswith("warning: 4 image(s) appear under different labels; e.g. green/from-red-0.png (green) = "
+                           "red/000.png (red); green/from-red-1.png (green) = red/001.png (red); ")
+    assert line.endswith("(all 4 in report.json, duplicates)")
+
+
 def test_inspect_csv_manifest(tmp_path: Path) -> None:
     make_image(tmp_path / "imgs" / "a.png", (200, 0, 0))
     make_image(tmp_path / "imgs" / "b.png", (0, 200, 0))

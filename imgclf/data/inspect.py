@@ -128,9 +128,11 @@ def _warnings(report: InspectReport, items: list[Item]) -> list[str]:
         warnings.append(f"{len(report.broken)} file(s) cannot be decoded and will be skipped")
     kinds = Counter(group.kind for group in report.duplicates)
     if kinds["leakage"]:
-        warnings.append(f"{kinds['leakage']} image(s) appear in more than one split (leakage): test scores will be too high")
+        warnings.append(f"{kinds['leakage']} image(s) appear in more than one split (leakage): test scores will be "
+                        f"too high; {_examples(report, 'leakage')}")
     if kinds["label-conflict"]:
-        warnings.append(f"{kinds['label-conflict']} image(s) appear under different labels")
+        warnings.append(f"{kinds['label-conflict']} image(s) appear under different labels; "
+                        f"{_examples(report, 'label-conflict')}")
     if kinds["within-split"]:
         warnings.append(f"{kinds['within-split']} group(s) of exact duplicates inside a split")
     training = [item for item in items if item.split in (None, "train")]
@@ -142,6 +144,21 @@ def _warnings(report: InspectReport, items: list[Item]) -> list[str]:
     if missing:
         warnings.append(f"{len(missing)} class(es) have no training images: {', '.join(missing[:5])}")
     return warnings
+
+
+def _examples(report: InspectReport, kind: str, shown: int = 3) -> str:
+    """The first few duplicate groups of ``kind`` as path pairs, so the user can find them, then where the rest are."""
+    groups = [group for group in report.duplicates if group.kind == kind]
+    root = Path(report.source)
+
+    def name(path: Path, label: str, split: str) -> str:
+        where = path.relative_to(root) if path.is_relative_to(root) else path
+        return f"{where} ({split if kind == 'leakage' else label})"
+
+    pairs = [" = ".join(name(*member) for member in zip(group.paths, group.labels, group.splits))
+             for group in groups[:shown]]
+    rest = f"all {len(groups)} in" if len(groups) > shown else "also in"
+    return f"e.g. {'; '.join(pairs)} ({rest} report.json, duplicates)"
 
 
 def near_duplicate_warnings(pairs: list[dict]) -> list[str]:

@@ -25,3 +25,13 @@ def cache_dir() -> Path:
 def datasets_dir() -> Path:
     """Folder of downloaded and extracted datasets (``$IMGCLF_HOME/datasets``)."""
     return imgclf_home() / "datasets"
+
+
+def real_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` absolute with its symlinks resolved as far as they go; never raises.
+
+    ``Path.resolve()`` raises ``RuntimeError`` on a symlink loop, and a user's
+    image folder may hold one: such a file must be reported as unreadable by
+    the decoder, not kill the run while its path is being written down.
+    """
+    return Path(os.path.realpath(path))

@@ -70,6 +70,18 @@ def test_a_class_whose_training_images_are_all_broken_is_refused(tmp_path: Path)
             "broken_files.txt") in result.stderr
 
 
+def test_a_symlink_loop_is_skipped_and_reported_not_a_crash(tmp_path: Path) -> None:
+    data = make_class_folder(tmp_path / "data", per_class=8)
+    (data / "red" / "loop_a.jpg").symlink_to(data / "red" / "loop_b.jpg")
+    (data / "red" / "loop_b.jpg").symlink_to(data / "red" / "loop_a.jpg")
+    run = tmp_path / "run"
+    result = imgclf("train", str(data), "--out", str(run), "--epochs", "1", *TINY)
+    assert result.returncode == 0, result.stderr
+    assert "skipped 2 unreadable image(s)" in result.stderr
+    assert "loop_a.jpg" in (run / "broken_files.txt").read_text()
+    assert str(data / "red" / "loop_a.jpg") in (run / "split.csv").read_text()
+
+
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(colours: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     code, stderr = interrupt_training([str(colours), "--epochs", "400", *TINY], run, ready=run / "metrics.csv")

@@ -17,7 +17,8 @@ import imgclf
 from imgclf import api
 from imgclf.embeddings.embedder import Embedder
 from imgclf.embeddings.match import Catalog, evaluate, held_out_split
-from imgclf.embeddings.store import MERGE_AFTER_CHUNKS, EmbeddingStore
+from imgclf.embeddings.store import MERGE_AFTER_CHUNKS, EmbeddingStore, image_key
+from imgclf.embeddings.tables import read_items
 from imgclf.engines.inference import inference_copy
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model
@@ -166,6 +167,15 @@ def test_index_from_a_csv_keeps_its_columns_and_refuses_bad_input(gallery: Path,
         api.build_index("tf_efficientnet_lite0", tmp_path / "bad.csv", tmp_path / "index2")
     with pytest.raises(ImgclfError, match="not an index folder"):
         api.query_index(tmp_path, [gallery / "item02.png"])
+
+
+def test_a_symlink_loop_in_a_catalogue_is_listed_not_fatal(tmp_path: Path) -> None:
+    (tmp_path / "loop_a.png").symlink_to(tmp_path / "loop_b.png")
+    (tmp_path / "loop_b.png").symlink_to(tmp_path / "loop_a.png")
+    (tmp_path / "items.csv").write_text("image,sku\nloop_a.png,1\n")
+    rows = read_items(tmp_path / "items.csv")
+    assert rows == [{"image": str(tmp_path / "loop_a.png"), "sku": "1"}]
+    assert image_key(Path(rows[0]["image"])) is None  # unreadable: embedded as an error, never a crash
 
 
 # ----------------------------------------------------------------- product matching

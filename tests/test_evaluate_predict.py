@@ -129,6 +129,16 @@ def test_predict_table_for_a_few_images(trained: Path, inputs: Path) -> None:
     assert result.stderr.count("%") == 4  # two classes per image
 
 
+def test_predict_reports_a_symlink_loop_in_a_folder_as_unreadable(trained: Path, tmp_path: Path) -> None:
+    folder = make_class_folder(tmp_path / "new", per_class=1)
+    (folder / "red" / "loop_a.png").symlink_to(folder / "red" / "loop_b.png")
+    (folder / "red" / "loop_b.png").symlink_to(folder / "red" / "loop_a.png")
+    result = run_cli("predict", str(trained), str(folder), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    errors = {Path(row["path"]).name: row["error"] for row in json.loads(result.stdout) if row.get("error")}
+    assert set(errors) == {"loop_a.png", "loop_b.png"} and "symbolic links" in errors["loop_a.png"]
+
+
 @pytest.mark.parametrize("output_format", ["csv", "json", "jsonl"])
 def test_predict_streams_every_format_with_error_rows(output_format: str, trained: Path, inputs: Path,
                                                       tmp_path: Path) -> None:

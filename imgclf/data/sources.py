@@ -26,6 +26,7 @@ from rich.markup import escape
 from imgclf.console import console
 from imgclf.data.cifar import CIFAR_NAMES, prepare_cifar
 from imgclf.errors import ImgclfError
+from imgclf.paths import real_path
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -269,7 +270,7 @@ def write_manifest(dataset: ImageDataset, csv_path: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(["path", label_column, "split"])
         for item in dataset.items:
-            writer.writerow([str(item.path.resolve()), MULTILABEL_SEPARATOR.join(item.labels), item.split or ""])
+            writer.writerow([str(real_path(item.path)), MULTILABEL_SEPARATOR.join(item.labels), item.split or ""])
     os.replace(tmp, csv_path)
 
 

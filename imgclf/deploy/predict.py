@@ -86,7 +86,8 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 def _folder_images(folder: Path) -> list[Path]:
-    found = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file())
+    # not is_dir() rather than is_file(): a dangling link or a symlink loop is listed, so the decoder reports it
+    found = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS and not path.is_dir())
     if not found:
         raise ImgclfError(f"{folder}: no images found in this folder (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return found

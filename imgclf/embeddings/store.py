@@ -44,7 +44,7 @@ def image_key(path: Path) -> str | None:
     """Identity of an image file's current contents: resolved path, size and mtime; None if it cannot be read."""
     try:
         stat = path.stat()
-        resolved = path.resolve()
+        resolved = paths.real_path(path)
     except OSError:
         return None
     return hashlib.blake2b(f"{resolved}\0{stat.st_size}\0{stat.st_mtime_ns}".encode(), digest_size=16).hexdigest()

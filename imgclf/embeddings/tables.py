@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from imgclf.errors import ImgclfError
+from imgclf.paths import real_path
 
 IMAGE_COLUMN = "image"
 
@@ -37,7 +38,7 @@ def _folder_items(folder: Path) -> list[dict[str, str]]:
     items = []
     for image in expand_inputs([folder]):
         relative = image.relative_to(folder)
-        item = {IMAGE_COLUMN: str(image.resolve())}
+        item = {IMAGE_COLUMN: str(real_path(image))}
         if len(relative.parts) > 1:
             item["label"] = relative.parts[0]
         items.append(item)
@@ -63,5 +64,5 @@ def _csv_items(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
         if empty:
             raise ImgclfError(f"{path}, line {line}: empty {', '.join(empty)}; every row needs {', '.join(required)}")
         image = Path(row[IMAGE_COLUMN])
-        row[IMAGE_COLUMN] = str((image if image.is_absolute() else path.parent / image).resolve())
+        row[IMAGE_COLUMN] = str(real_path(image if image.is_absolute() else path.parent / image))
     return rows

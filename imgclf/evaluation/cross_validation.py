@@ -17,6 +17,7 @@ import numpy as np
 from imgclf.console import console
 from imgclf.data.sources import Item
 from imgclf.errors import ImgclfError
+from imgclf.paths import real_path
 
 # what a fold's run must not inherit from the original run's config
 FOLD_OVERRIDES = ("data", "out", "val_fraction", "test_fraction", "group_by")
@@ -66,4 +67,4 @@ def _write_fold(path: Path, items: list[Item], train_rows: np.ndarray, held_out:
         writer.writerow(["path", "label", "split"])
         for rows, split in ((train_rows, "train"), (held_out, "test")):
             for row in rows:
-                writer.writerow([str(items[row].path.resolve()), items[row].label, split])
+                writer.writerow([str(real_path(items[row].path)), items[row].label, split])

@@ -327,12 +327,13 @@ def _final_metrics(data: TrainingData, result: FitResult, config: TrainConfig, m
                                "train_seconds": round(sum(row["seconds"] for row in result.history), 2),
                                "parameters": _parameter_count(result.model, config.backend)}
     held_out = [split for split in ("val", "test") if len(data.rows[split])]
-    classifier = Classifier.load(model_dir) if held_out else None
-    for split in held_out:
-        scores = classifier.score(data.pixels, data.rows[split], data.split_targets(split).numpy())  # type: ignore[union-attr]
-        metrics[f"{split}_loss"] = round(scores["loss"], 6)
-        metrics[f"{split}_accuracy"] = round(scores["accuracy"], 6)
-        metrics[f"{split}_images"] = len(data.rows[split])
+    if held_out:
+        classifier = Classifier.load(model_dir)
+        for split in held_out:
+            scores = classifier.score(data.pixels, data.rows[split], data.split_targets(split).numpy())
+            metrics[f"{split}_loss"] = round(scores["loss"], 6)
+            metrics[f"{split}_accuracy"] = round(scores["accuracy"], 6)
+            metrics[f"{split}_images"] = len(data.rows[split])
     write_bundle_metrics(model_dir, metrics)
     return metrics
 

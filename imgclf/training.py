@@ -52,6 +52,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     metrics: dict[str, Any]
     interrupted: bool = False
+    multilabel: bool = False
 
 
 def data_facts(dataset: ImageDataset) -> DataFacts:
@@ -71,7 +72,7 @@ def data_facts(dataset: ImageDataset) -> DataFacts:
 
 def plan(config: TrainConfig, archive: str | Path | None = None) -> tuple[TrainConfig, ImageDataset]:
     """The resolved config and the split dataset, without training (``--dry-run``)."""
-    from imgclf.api import load_dataset
+    from imgclf.data.splits import load_dataset
     from imgclf.models import model_info, pretrained_source
 
     if not config.data:
@@ -99,8 +100,8 @@ def _no_local_weights(name: str) -> None:
 
 
 def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: bool = False,
-          resume: str | Path | None = None, report: bool = True) -> TrainResult:
-    """Train as ``config`` says (or continue the run at ``resume``) and write the bundle (and ``report.html``)."""
+          resume: str | Path | None = None) -> TrainResult:
+    """Train as ``config`` says (or continue the run at ``resume``) and write the bundle."""
     resuming = resume is not None
     if resume is not None:
         run = RunDirectory(Path(resume))
@@ -125,12 +126,7 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     metrics = _final_metrics(trainer, result, config)
     model_dir = _write_bundle(run, config, trainer.data, result.model, metrics)
     _print_summary(run, config, result, metrics)
-    if report and not trainer.data.multilabel:
-        from imgclf.evaluation.run_report import report_run
-
-        page, _ = report_run(run.path)
-        console.print(f"report: {page}")
-    return TrainResult(run.path, model_dir, config, result.history, metrics)
+    return TrainResult(run.path, model_dir, config, result.history, metrics, multilabel=trainer.data.multilabel)
 
 
 def _fit_torch(config: TrainConfig, dataset: ImageDataset, run: RunDirectory, resuming: bool

@@ -23,11 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.data.sources import Item, load_source, read_manifest
+from imgclf.data.sources import Item, load_source
 from imgclf.deploy.bundle import BundleInfo
+from imgclf.deploy.metadata import write_metadata
 from imgclf.deploy.predict import decoded_batches
 from imgclf.deploy.runtime import ONNX_FILES, OnnxRuntime, Runtime, compare_speeds
 from imgclf.errors import ImgclfError
+from imgclf.runs import HELD_OUT, RunDirectory, held_out_items
 
 CALIBRATION_IMAGES = 256
 CALIBRATION_BATCH = 16
@@ -65,15 +67,15 @@ class QuantizationReport:
 
 def labelled_images(directory: Path, info: BundleInfo, data: str | Path | None) -> LabelledImages:
     """Calibration images from the train split, validation images from val (else test, else all)."""
-    manifest = directory.parent / "split.csv"
+    run = RunDirectory(directory.parent)
     if data is not None:
         dataset = load_source(data)
-    elif manifest.is_file():
-        dataset = read_manifest(manifest)
+    elif run.has_split():
+        dataset = run.read_split()
     else:
         raise ImgclfError(f"--quantize int8 needs labelled images to calibrate on and to measure accuracy; {directory} "
                           "has no run split.csv beside it, so add --data DATA")
-    validation = dataset.split_items("val") or dataset.split_items("test") or dataset.items
+    validation = held_out_items(dataset, order=tuple(reversed(HELD_OUT)))
     training = dataset.split_items("train") or validation
     unknown = sorted({item.label for item in validation} - set(info.classes))
     if unknown:
@@ -115,8 +117,6 @@ def quantize_int8(fp32_path: Path, directory: Path, info: BundleInfo, images: La
 
     ``model`` is the Keras model, which the TFLite converter quantises from.
     """
-    from imgclf.deploy.export import write_metadata
-
     calibration = _decoded(images.calibration, info)
     if not len(calibration):
         raise ImgclfError(f"none of the calibration images ({images.source}) could be decoded")

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from imgclf.data.inspect import InspectReport, inspect_dataset, near_duplicate_w
 from imgclf.data.sources import ImageDataset, load_source
 from imgclf.data.splits import load_dataset
 from imgclf.errors import ImgclfError
-from imgclf.files import write_problem_list
+from imgclf.files import atomic_path, write_problem_list
 from imgclf.pictures import draw_augmentations, save_samples
 from imgclf.runs import slug
 
@@ -341,11 +340,9 @@ def _save_embeddings(embedded: FileEmbeddings, path: Path) -> None:
     if path.suffix.lower() != ".npz":
         raise ImgclfError(f"--out {path}: embeddings are saved as .npz (arrays paths, vectors, errors); "
                           "give a file name ending in .npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez(partial, paths=np.array([str(p) for p in embedded.paths]), vectors=embedded.vectors,
-             errors=np.array(embedded.errors))
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        np.savez(partial, paths=np.array([str(p) for p in embedded.paths]), vectors=embedded.vectors,
+                 errors=np.array(embedded.errors))
 
 
 def similar(model: str | Path, image_a: str | Path, image_b: str | Path, *, weights: str | Path | None = None,

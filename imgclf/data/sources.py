@@ -23,6 +23,7 @@ from pathlib import Path
 
 from imgclf.data.cifar import CIFAR_NAMES, prepare_cifar
 from imgclf.errors import ImgclfError
+from imgclf.files import atomic_path
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -258,13 +259,11 @@ def write_manifest(dataset: ImageDataset, csv_path: Path) -> None:
     exactly the same images on each side.
     """
     label_column = "labels" if dataset.multilabel else "label"
-    tmp = csv_path.with_suffix(csv_path.suffix + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_path(csv_path) as partial, partial.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", label_column, "split"])
         for item in dataset.items:
             writer.writerow([str(item.path.resolve()), MULTILABEL_SEPARATOR.join(item.labels), item.split or ""])
-    os.replace(tmp, csv_path)
 
 
 def label_histogram(items: list[Item]) -> Counter[str]:

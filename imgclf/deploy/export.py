@@ -19,8 +19,6 @@ framework (PyTorch fp32, or Keras) for the parity check.
 
 from __future__ import annotations
 
-import os
-import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -44,7 +42,7 @@ from imgclf.deploy.runtime import (
     compare_speeds,
 )
 from imgclf.errors import ImgclfError
-from imgclf.files import replace_folder
+from imgclf.files import atomic_path
 from imgclf.runs import RunDirectory, held_out_items
 
 FORMATS = ("onnx", "torchscript", "savedmodel", "tflite")
@@ -167,14 +165,10 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
     console.print(f"exporting {directory} to {format}, then checking parity" + (" and timing it" if format in TIMED_FORMATS else ""))
     reference = native_runtime(directory, info, exact=True)
     path = out_dir / FILES[format]
-    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as partial:  # moved into place only once parity holds
         write(reference.model, info, partial)
         exported = load(partial, info)
         parity = check_parity(reference, exported, info, sample_images(directory, info), tolerance, path)
-        _replace(partial, path)
-    finally:
-        _remove(partial)
     speed = measure_speed(directory, info, exported) if format in TIMED_FORMATS else {}
     size = sum(file.stat().st_size for file in path.rglob("*") if file.is_file()) if path.is_dir() else path.stat().st_size
     meta = write_metadata(path, format, directory, info, bytes=size, parity=asdict(parity), speed=speed)
@@ -196,21 +190,6 @@ def native_runtime(directory: Path, info: BundleInfo, exact: bool = False) -> Ru
     if exact:
         return TorchRuntime.load(directory, info, device="cpu", precision="fp32")
     return TorchRuntime.load(directory, info)
-
-
-def _replace(partial: Path, path: Path) -> None:
-    """Move a checked export into place; a folder (SavedModel) replaces the old one only once it is complete."""
-    if not partial.is_dir():
-        os.replace(partial, path)
-        return
-    replace_folder(partial, path)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def sample_images(directory: Path, info: BundleInfo) -> tuple[np.ndarray, str]:

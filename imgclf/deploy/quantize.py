@@ -29,6 +29,7 @@ from imgclf.deploy.metadata import write_metadata
 from imgclf.deploy.predict import decoded_batches
 from imgclf.deploy.runtime import ONNX_FILES, OnnxRuntime, Runtime, compare_speeds
 from imgclf.errors import ImgclfError
+from imgclf.files import atomic_path
 from imgclf.runs import HELD_OUT, RunDirectory, held_out_items
 
 CALIBRATION_IMAGES = 256
@@ -121,8 +122,7 @@ def quantize_int8(fp32_path: Path, directory: Path, info: BundleInfo, images: La
     if not len(calibration):
         raise ImgclfError(f"none of the calibration images ({images.source}) could be decoded")
     path = fp32_path.with_name(INT8_FILES[format])
-    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as partial:  # kept only when the accuracy check passes
         fp32, int8 = QUANTISERS[format](fp32_path, partial, info, calibration, model)
         report = _compare(fp32, int8, info, images, path, fp32_path)
         if report.accuracy_change < -max_accuracy_drop:
@@ -130,9 +130,6 @@ def quantize_int8(fp32_path: Path, directory: Path, info: BundleInfo, images: La
                               f"({report.fp32_accuracy:.1%} -> {report.int8_accuracy:.1%}), more than "
                               f"--max-accuracy-drop {max_accuracy_drop:g}; {path.name} was not written "
                               f"({fp32_path.name} was)")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     report.int8_bytes = path.stat().st_size
     summary = {key: value for key, value in asdict(report).items() if key != "path"}
     write_metadata(path, format, directory, info, quantization=summary, speed={int8.name: report.int8_speed})

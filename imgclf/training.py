@@ -25,7 +25,7 @@ from imgclf.backends import check_backend, keras_model_name, require_tensorflow
 from imgclf.config import TrainConfig, parse_duration
 from imgclf.console import console
 from imgclf.data.inspect import imbalance_warning
-from imgclf.data.sources import ImageDataset, read_manifest, write_manifest
+from imgclf.data.sources import ImageDataset, write_manifest
 from imgclf.errors import ImgclfError
 from imgclf.files import write_problem_list
 from imgclf.recipes import DataFacts, model_family, resolve
@@ -106,7 +106,7 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     if resume is not None:
         run = RunDirectory(Path(resume))
         config = run.read_config()
-        dataset = read_manifest(run.split_file)
+        dataset = run.read_split()
     else:
         config, dataset = plan(config, archive)
         run = new_run_directory(config.out, dataset.source, overwrite)

@@ -21,6 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from imgclf.data.cifar import CIFAR_NAMES, prepare_cifar
 from imgclf.errors import ImgclfError
 from imgclf.files import atomic_path
@@ -264,6 +266,12 @@ def write_manifest(dataset: ImageDataset, csv_path: Path) -> None:
         writer.writerow(["path", label_column, "split"])
         for item in dataset.items:
             writer.writerow([str(item.path.resolve()), MULTILABEL_SEPARATOR.join(item.labels), item.split or ""])
+
+
+def label_indices(items: list[Item], classes: list[str]) -> np.ndarray:
+    """Each single-label item's position in ``classes`` (a bundle's or dataset's order), as int64."""
+    index = {name: position for position, name in enumerate(classes)}
+    return np.array([index[item.label] for item in items], dtype=np.int64)
 
 
 def label_histogram(items: list[Item]) -> Counter[str]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.data.sources import Item, load_source
+from imgclf.data.sources import Item, label_indices, load_source
 from imgclf.deploy.bundle import BundleInfo
 from imgclf.deploy.metadata import write_metadata
 from imgclf.deploy.predict import decoded_batches
@@ -82,10 +82,9 @@ def labelled_images(directory: Path, info: BundleInfo, data: str | Path | None) 
     if unknown:
         raise ImgclfError(f"--data {dataset.source}: labels the model does not know: {', '.join(unknown[:5])}")
     order = np.random.default_rng(0).permutation(len(training))[:CALIBRATION_IMAGES]
-    index = {name: position for position, name in enumerate(info.classes)}
     return LabelledImages(calibration=[training[i].path for i in sorted(order)],
                           validation=[item.path for item in validation],
-                          labels=np.array([index[item.label] for item in validation]),
+                          labels=label_indices(validation, info.classes),
                           source=_describe(dataset.source, validation))
 
 

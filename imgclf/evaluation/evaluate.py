@@ -18,7 +18,7 @@ import numpy as np
 
 from imgclf.console import console, progress_bar
 from imgclf.data.decode import decode_file
-from imgclf.data.sources import ImageDataset, Item, load_source
+from imgclf.data.sources import ImageDataset, Item, label_indices, load_source
 from imgclf.deploy.bundle import find_bundle
 from imgclf.errors import ImgclfError
 from imgclf.evaluation.label_issues import find_label_issues
@@ -139,8 +139,7 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
 
 def _predict(classifier: Any, items: list[Item], batch_size: int
              ) -> tuple[list[str], np.ndarray, np.ndarray, list[tuple[str, str]]]:
-    index = {name: position for position, name in enumerate(classifier.classes)}
-    paths, labels, rows, skipped = [], [], [], []
+    paths, labelled, rows, skipped = [], [], [], []
     with progress_bar() as bar:
         task = bar.add_task("Evaluating", total=len(items))
         stream = classifier.predict_files([item.path for item in items], batch_size=batch_size)
@@ -150,10 +149,10 @@ def _predict(classifier: Any, items: list[Item], batch_size: int
                 skipped.append((row.path, row.error))
                 continue
             paths.append(row.path)
-            labels.append(index[item.label])
+            labelled.append(item)
             rows.append(row.probabilities)
     probabilities = np.stack(rows) if rows else np.zeros((0, len(classifier.classes)))
-    return paths, np.array(labels, dtype=np.int64), probabilities, skipped
+    return paths, label_indices(labelled, classifier.classes), probabilities, skipped
 
 
 def _worst_mistakes(paths: list[str], labels: np.ndarray, probabilities: np.ndarray, classes: list[str]

@@ -17,7 +17,7 @@ import numpy as np
 
 from imgclf.config import make_config
 from imgclf.console import console
-from imgclf.data.sources import Item
+from imgclf.data.sources import Item, label_indices
 from imgclf.deploy.classifier import Classifier
 from imgclf.errors import ImgclfError
 from imgclf.training import train
@@ -44,8 +44,7 @@ def out_of_fold_probabilities(bundle_config: dict[str, Any], classes: list[str],
 
     if folds < 2:
         raise ImgclfError(f"--folds must be at least 2, got {folds}")
-    index = {name: position for position, name in enumerate(classes)}
-    labels = np.array([index[item.label] for item in items])
+    labels = label_indices(items, classes)
     smallest = np.bincount(labels, minlength=len(classes))
     smallest = smallest[smallest > 0].min()
     if smallest < folds:

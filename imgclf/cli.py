@@ -22,7 +22,7 @@ from rich.table import Table
 
 from imgclf import api
 from imgclf.cli_embeddings import register as register_embedding_commands
-from imgclf.config import PANELS, TrainConfig, fields_by_name
+from imgclf.config import PANELS, TrainConfig
 from imgclf.console import console
 from imgclf.data.augment_presets import PRESETS
 from imgclf.data.decode import DEFAULT_MAX_PIXELS
@@ -137,7 +137,7 @@ def preview_augment(
     console.print(f"wrote {path}")
 
 
-Opt = typer.Option  # brevity for the long option lists below
+Opt = typer.Option  # brevity in the option lists below
 
 _KINDS = {"int": int, "float": float, "bool": bool, "str": str}
 
@@ -157,7 +157,7 @@ def config_options(config_class: type[TrainConfig] = TrainConfig, skip: tuple[st
         text = item.metadata["help"] + (f" One of: {', '.join(choices)}." if choices else "")
         option = typer.Option(help=escape(text), rich_help_panel=item.metadata["panel"], show_default=False)
         parameters.append(Parameter(item.name, Parameter.KEYWORD_ONLY, default=None,
-                                            annotation=Annotated[Optional[kind], option]))
+                                    annotation=Annotated[Optional[kind], option]))
     return parameters
 
 
@@ -173,7 +173,8 @@ def with_config_options(command: Callable[..., None], config_class: type[TrainCo
 
 
 def _config_help(name: str) -> str:
-    return fields_by_name()[name].metadata["help"]
+    """The declared help of a field whose flag the command writes itself."""
+    return next(item for item in fields(TrainConfig) if item.name == name).metadata["help"]
 
 
 @app.command(epilog="Examples: imgclf train photos/ --out runs/shop  |  imgclf train cifar10 --time-budget 5m  |  "

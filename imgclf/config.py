@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import Field, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -122,10 +122,6 @@ class TrainConfig:
 
 def config_names() -> list[str]:
     return [item.name for item in fields(TrainConfig)]
-
-
-def fields_by_name() -> dict[str, Field[Any]]:
-    return {item.name: item for item in fields(TrainConfig)}
 
 
 def make_config(config_file: str | Path | None = None, **options: Any) -> TrainConfig:

@@ -36,8 +36,10 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
+# ruff, then the layer contract in pyproject.toml ([tool.importlinter]); CI runs both test and lint
 lint: $(STAMP)
 	$(BIN)/ruff check imgclf tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -1,8 +1,6 @@
 """imgclf: from a folder of labelled images to a trained, evaluated, deployed classifier."""
 
-__version__ = "0.1.0"
-
-from imgclf.api import (  # noqa: E402  (the public API)
+from imgclf.api import (  # the public API
     build_index,
     compare,
     embed,
@@ -21,7 +19,8 @@ from imgclf.api import (  # noqa: E402  (the public API)
     similar,
     train,
 )
-from imgclf.errors import ImgclfError  # noqa: E402
+from imgclf.errors import ImgclfError
+from imgclf.version import __version__
 
 __all__ = ["ImgclfError", "__version__", "build_index", "compare", "embed", "evaluate", "evaluate_match", "export",
            "inspect", "load", "load_dataset", "match", "models", "predict", "preview_augment", "query_index",

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,18 +15,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from imgclf.console import console
 from imgclf.data.cache import ImageCache, build_cache
-from imgclf.data.decode import DEFAULT_MAX_PIXELS, decode_file
-from imgclf.data.inspect import InspectReport, inspect_dataset, near_duplicate_warnings, sample_items
-from imgclf.data.sources import ImageDataset, Item, load_source
-from imgclf.data.splits import assign_splits
+from imgclf.data.decode import DEFAULT_MAX_PIXELS
+from imgclf.data.inspect import InspectReport, inspect_dataset, near_duplicate_warnings
+from imgclf.data.sources import ImageDataset, load_source
+from imgclf.data.splits import load_dataset
 from imgclf.errors import ImgclfError
-from imgclf.files import write_problem_list
-from imgclf.pictures import save_image_grid
+from imgclf.files import atomic_path, write_problem_list
+from imgclf.pictures import draw_augmentations, save_samples
 from imgclf.runs import slug
 
 if TYPE_CHECKING:  # the heavy modules load only when their command runs
-    from imgclf.comparison import Comparison
     from imgclf.config import TrainConfig
     from imgclf.deploy.classifier import Classifier
     from imgclf.deploy.export import ExportResult
@@ -39,27 +38,9 @@ if TYPE_CHECKING:  # the heavy modules load only when their command runs
     from imgclf.evaluation.evaluate import Evaluation
     from imgclf.models import ModelInfo
     from imgclf.training import TrainResult
+    from imgclf.workflows.comparison import Comparison
 
-SAMPLE_GRID_SIZE = 160  # pixels per tile in sample pictures
 DEFAULT_EMBEDDING_MODEL = "tf_efficientnet_lite0"  # ImageNet weights installed with imgclf: works offline
-
-
-def load_dataset(
-    source: str | Path,
-    *,
-    archive: str | Path | None = None,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    seed: int = 0,
-    group_by: str | None = None,
-) -> ImageDataset:
-    """Read ``source`` (folder, CSV manifest, ``cifar10``/``cifar100``) and give every image a split.
-
-    See :mod:`imgclf.data.splits` for which splits are carved and when.
-    """
-    dataset = load_source(source, Path(archive) if archive else None)
-    return assign_splits(dataset, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                         group_by=group_by)
 
 
 @dataclass
@@ -148,15 +129,6 @@ def _near_duplicates(dataset: ImageDataset, cache: ImageCache, model: str | Path
                                 [str(cache.digests[readable[i]]) for i in keep], threshold)
 
 
-def save_samples(dataset: ImageDataset, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
-    size = (SAMPLE_GRID_SIZE, SAMPLE_GRID_SIZE)
-    decoded = [(decode_file(item.path, size, policy="pad", max_pixels=max_pixels).pixels, " | ".join(item.labels))
-               for item in sample_items(dataset)]
-    shown = [(pixels, title) for pixels, title in decoded if pixels is not None]
-    return save_image_grid([pixels for pixels, _ in shown], [title for _, title in shown], path,
-                           title=f"{Path(dataset.source).name}: first images of each class")
-
-
 def preview_augment(
     source: str | Path,
     out: str | Path = "augment-preview.png",
@@ -183,28 +155,6 @@ def preview_augment(
                               grayscale=grayscale)
 
 
-def draw_augmentations(item: Item, out: Path, *, augment: str, seed: int = 0, image_size: int | None = None,
-                       grayscale: bool = False) -> Path:
-    """One image and eight augmented copies of it in a grid (``preview-augment``, and the run report)."""
-    import torch
-
-    from imgclf.data.augment import augment_batch
-    from imgclf.data.augment_presets import augment_config
-
-    config = augment_config(augment)
-    probe = decode_file(item.path, grayscale=grayscale)
-    if probe.error:
-        raise ImgclfError(f"{item.path} cannot be decoded ({probe.error}); pick another --index")
-    side = image_size if image_size is not None else min(224, max(probe.width, probe.height))
-    pixels = decode_file(item.path, (side, side), grayscale=grayscale).pixels
-    batch = torch.from_numpy(np.repeat(pixels[None], 9, axis=0))
-    augmented = augment_batch(batch, config, torch.Generator().manual_seed(seed))
-    tiles = [tile.permute(1, 2, 0).clamp(0, 1).numpy() for tile in augmented]
-    titles = ["original"] + [f"{augment} #{k}" for k in range(1, 9)]
-    tiles[0] = pixels
-    return save_image_grid(tiles, titles, out, title=f"{item.path.name} ({item.label}), augment={augment}")
-
-
 def train(
     data: str | Path | None = None,
     *,
@@ -215,7 +165,7 @@ def train(
     dry_run: bool = False,
     **options: object,
 ) -> TrainResult | TrainConfig:
-    """Train a classifier on ``data``; every option is a :class:`~imgclf.config.TrainConfig` field.
+    """Train a classifier on ``data`` and write its ``report.html``; every option is a :class:`~imgclf.config.TrainConfig` field.
 
     >>> run = imgclf.train("photos/", epochs=5)       # doctest: +SKIP
     >>> run.metrics["test_accuracy"]                  # doctest: +SKIP
@@ -231,11 +181,21 @@ def train(
     if resume is not None:
         if data is not None or options or config is not None:
             raise ImgclfError("--resume continues a run with its saved config; drop the other options")
-        return run_training(make_config(), resume=resume)
+        return _reported(run_training(make_config(), resume=resume))
     settings = make_config(config, **({"data": str(data)} if data is not None else {}), **options)
     if dry_run:
         return plan(settings, archive)[0]
-    return run_training(settings, archive=archive, overwrite=overwrite)
+    return _reported(run_training(settings, archive=archive, overwrite=overwrite))
+
+
+def _reported(run: TrainResult) -> TrainResult:
+    """Write the run's ``report.html`` once it finished (workflows that train many runs call training directly)."""
+    from imgclf.evaluation.run_report import report_run
+
+    if not run.interrupted and not run.multilabel:
+        page, _ = report_run(run.run_dir)
+        console.print(f"report: {page}")
+    return run
 
 
 def load(path: str | Path, device: str = "auto", precision: str = "auto", tta: bool | None = None,
@@ -274,6 +234,7 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, out: str | Pa
     from imgclf.deploy.classifier import Classifier
     from imgclf.evaluation.evaluate import evaluate as run_evaluation
     from imgclf.evaluation.evaluate import evaluation_items
+    from imgclf.workflows.cross_validation import CrossValidation
 
     if batch_size < 1:
         raise ImgclfError(f"--batch-size must be at least 1, got {batch_size}")
@@ -281,8 +242,8 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, out: str | Pa
     classifier = Classifier.load(model, device=device, tta=tta, runtime=runtime, batch_size=batch_size)
     if out is None:
         out = find_bundle(model).parent / "evaluation" if data is None else Path(f"evaluation-{slug(str(data), 'data')}")
-    return run_evaluation(classifier, items, chosen, Path(out), label_issues=label_issues, folds=folds,
-                          batch_size=batch_size)
+    return run_evaluation(classifier, items, chosen, Path(out), label_issues=label_issues,
+                          out_of_fold=CrossValidation(folds) if folds else None, batch_size=batch_size)
 
 
 def predict(model: str | Path, inputs: str | Path | list[str | Path], *, top_k: int = 5, min_confidence: float = 0.0,
@@ -326,8 +287,8 @@ def compare(data: str | Path, *, backends: str | list[str] = "torch,tensorflow",
 
     >>> imgclf.compare("photos/", epochs=10).html     # doctest: +SKIP
     """
-    from imgclf.comparison import compare as run_comparison
-    from imgclf.comparison import parse_backends
+    from imgclf.workflows.comparison import compare as run_comparison
+    from imgclf.workflows.comparison import parse_backends
 
     names = parse_backends(backends if isinstance(backends, str) else ",".join(backends))
     return run_comparison(data, backends=names, model=model, epochs=epochs, out=out, overwrite=overwrite,
@@ -379,11 +340,9 @@ def _save_embeddings(embedded: FileEmbeddings, path: Path) -> None:
     if path.suffix.lower() != ".npz":
         raise ImgclfError(f"--out {path}: embeddings are saved as .npz (arrays paths, vectors, errors); "
                           "give a file name ending in .npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez(partial, paths=np.array([str(p) for p in embedded.paths]), vectors=embedded.vectors,
-             errors=np.array(embedded.errors))
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        np.savez(partial, paths=np.array([str(p) for p in embedded.paths]), vectors=embedded.vectors,
+                 errors=np.array(embedded.errors))
 
 
 def similar(model: str | Path, image_a: str | Path, image_b: str | Path, *, weights: str | Path | None = None,

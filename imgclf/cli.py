@@ -10,6 +10,8 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import fields
+from inspect import Parameter, Signature, signature
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -18,12 +20,14 @@ from rich.markup import escape
 from rich.table import Table
 from typer._click.exceptions import ClickException  # typer 0.29 bundles its own click; standalone click's never match
 
-from imgclf import __version__, api
+from imgclf import api
 from imgclf.cli_embeddings import register as register_embedding_commands
+from imgclf.config import PANELS, TrainConfig
 from imgclf.console import console
 from imgclf.data.augment_presets import PRESETS
 from imgclf.data.decode import DEFAULT_MAX_PIXELS
 from imgclf.errors import ImgclfError
+from imgclf.version import __version__
 
 if TYPE_CHECKING:
     from imgclf.deploy.predict import PredictionRow
@@ -133,96 +137,65 @@ def preview_augment(
     console.print(f"wrote {path}")
 
 
-Opt = typer.Option  # brevity for the long option lists below
+Opt = typer.Option  # brevity in the option lists below
+
+_KINDS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def config_options(config_class: type[TrainConfig] = TrainConfig, skip: tuple[str, ...] = ()) -> list[Parameter]:
+    """One ``--flag`` per config field, from the field's type, help, choices and panel.
+
+    Every flag defaults to None ("not given"), so a YAML ``--config`` or the
+    config's own default applies; bool fields get ``--x/--no-x``.
+    """
+    parameters = []
+    for item in sorted(fields(config_class), key=lambda item: PANELS.index(item.metadata["panel"])):
+        kind = _KINDS.get(str(item.type).split("|")[0].strip())
+        if item.name in skip or kind is None:  # a dict (model_args) needs the command's own KEY=VALUE flag
+            continue
+        choices = item.metadata["choices"]
+        text = item.metadata["help"] + (f" One of: {', '.join(choices)}." if choices else "")
+        option = typer.Option(help=escape(text), rich_help_panel=item.metadata["panel"], show_default=False)
+        parameters.append(Parameter(item.name, Parameter.KEYWORD_ONLY, default=None,
+                                    annotation=Annotated[Optional[kind], option]))
+    return parameters
+
+
+def with_config_options(command: Callable[..., None], config_class: type[TrainConfig] = TrainConfig
+                        ) -> Callable[..., None]:
+    """``command``'s own parameters, then :func:`config_options` for its ``**options``: what Typer builds the
+    command from. The options the command declares itself (such as DATA) are not generated twice."""
+    own = [parameter for parameter in signature(command, eval_str=True).parameters.values()
+           if parameter.kind is not Parameter.VAR_KEYWORD]
+    generated = config_options(config_class, skip=tuple(parameter.name for parameter in own))
+    command.__signature__ = Signature([*own, *generated])  # type: ignore[attr-defined]
+    return command
+
+
+def _config_help(name: str) -> str:
+    """The declared help of a field whose flag the command writes itself."""
+    return next(item for item in fields(TrainConfig) if item.name == name).metadata["help"]
 
 
 @app.command(epilog="Examples: imgclf train photos/ --out runs/shop  |  imgclf train cifar10 --time-budget 5m  |  "
                     "imgclf train photos/ --model resnet50 --pretrained --weights resnet50.safetensors --strategy finetune  |  "
                     "imgclf train --resume runs/shop")
+@with_config_options
 def train(
-    data: Annotated[Optional[str], typer.Argument(help="A folder of class folders, a CSV manifest, or cifar10 / cifar100.",
-                                                  show_default=False)] = None,
-    out: Annotated[Optional[str], Opt(help="Run directory (default: runs/<data name>).", rich_help_panel="Run")] = None,
+    data: Annotated[Optional[str], typer.Argument(help=_config_help("data"), show_default=False)] = None,
     config: Annotated[Optional[Path], Opt(help="YAML file of options (same names); flags win.", rich_help_panel="Run")] = None,
     resume: Annotated[Optional[Path], Opt(help="Continue an interrupted run exactly.", rich_help_panel="Run")] = None,
     overwrite: Annotated[bool, Opt(help="Replace an existing --out run.", rich_help_panel="Run")] = False,
     dry_run: Annotated[bool, Opt(help="Print the resolved config and exit.", rich_help_panel="Run")] = False,
-    model: Annotated[Optional[str], Opt(help="Model name (imgclf models lists them); default chosen from the data.",
-                                        rich_help_panel="Model")] = None,
-    model_arg: Annotated[Optional[list[str]], Opt(help="Model argument KEY=VALUE, repeatable (e.g. widths=[32,64,64]).",
-                                                  rich_help_panel="Model")] = None,
-    pretrained: Annotated[Optional[bool], Opt("--pretrained/--no-pretrained", help="Start from pretrained weights.",
-                                              rich_help_panel="Model", show_default=False)] = None,
-    weights: Annotated[Optional[str], Opt(help="Weights file for --pretrained: .safetensors or .pth (torch), no-top .h5 (tensorflow).",
-                                          rich_help_panel="Model")] = None,
-    strategy: Annotated[Optional[str], Opt(help="auto, scratch, probe, finetune or two-stage.", rich_help_panel="Model")] = None,
-    probe_epochs: Annotated[Optional[float], Opt(help="Epochs of --epochs given to the probe stage in two-stage (one fit with the linear probe).", rich_help_panel="Model")] = None,
-    backbone_lr_scale: Annotated[Optional[float], Opt(help="Backbone learning rate relative to the head when fine-tuning.",
-                                                      rich_help_panel="Model")] = None,
-    linear_probe: Annotated[Optional[bool], Opt("--linear-probe/--no-linear-probe",
-                                                help="Fit the probe stage by logistic regression on cached embeddings "
-                                                     "(default) instead of gradient descent.",
-                                                rich_help_panel="Model", show_default=False)] = None,
-    image_size: Annotated[Optional[int], Opt(help="Input side in pixels.", rich_help_panel="Data")] = None,
-    resize: Annotated[Optional[str], Opt(help="squash, crop (centre) or pad; default: crop with pretrained weights, else squash.", rich_help_panel="Data")] = None,
-    grayscale: Annotated[Optional[bool], Opt("--grayscale/--no-grayscale", help="Train on one grey channel.", rich_help_panel="Data",
-                                             show_default=False)] = None,
-    val_fraction: Annotated[Optional[float], Opt(help="Share of train carved out for validation if none given.",
-                                                 rich_help_panel="Data")] = None,
-    test_fraction: Annotated[Optional[float], Opt(help="Share carved out for test if no val/test given.",
-                                                  rich_help_panel="Data")] = None,
-    group_by: Annotated[Optional[str], Opt(help="Regex on the path; matching groups stay in one split.",
-                                           rich_help_panel="Data")] = None,
-    seed: Annotated[Optional[int], Opt(help="Seed for split, initialisation, order and augmentation.",
-                                       rich_help_panel="Data")] = None,
-    augment: Annotated[Optional[str], Opt(help=f"Augmentation preset: {', '.join(PRESETS)}.", rich_help_panel="Data")] = None,
-    mixup: Annotated[Optional[float], Opt(help="Mixup Beta alpha (0 = off).", rich_help_panel="Data")] = None,
-    cutmix: Annotated[Optional[float], Opt(help="CutMix Beta alpha (0 = off).", rich_help_panel="Data")] = None,
-    class_weights: Annotated[Optional[str], Opt(help="none or auto (inverse-frequency loss weights).",
-                                                rich_help_panel="Data")] = None,
-    balanced_sampling: Annotated[Optional[bool], Opt("--balanced-sampling/--no-balanced-sampling", help="Draw classes equally often.",
-                                                     rich_help_panel="Data", show_default=False)] = None,
-    max_pixels: Annotated[Optional[int], Opt(help="Refuse images with more pixels.", rich_help_panel="Data")] = None,
-    workers: Annotated[Optional[int], Opt(help="Decoding processes (default: CPU count).", rich_help_panel="Data")] = None,
-    epochs: Annotated[Optional[float], Opt(help="Epochs (fractions allowed).", rich_help_panel="Schedule")] = None,
-    time_budget: Annotated[Optional[str], Opt(help="Train to a wall-clock budget, e.g. 5m; fits the schedule.",
-                                              rich_help_panel="Schedule")] = None,
-    batch_size: Annotated[Optional[int], Opt(help="Images per step.", rich_help_panel="Schedule")] = None,
-    optimizer: Annotated[Optional[str], Opt(help="adamw or sgd (Nesterov).", rich_help_panel="Schedule")] = None,
-    lr: Annotated[Optional[float], Opt(help="Peak learning rate.", rich_help_panel="Schedule")] = None,
-    momentum: Annotated[Optional[float], Opt(help="SGD momentum / AdamW beta1.", rich_help_panel="Schedule")] = None,
-    weight_decay: Annotated[Optional[float], Opt(help="Weight decay (not on norms and biases).",
-                                                 rich_help_panel="Schedule")] = None,
-    bias_lr_scale: Annotated[Optional[float], Opt(help="Learning-rate multiplier for biases and norms.",
-                                                  rich_help_panel="Schedule")] = None,
-    schedule: Annotated[Optional[str], Opt(help="onecycle, cosine or constant.", rich_help_panel="Schedule")] = None,
-    warmup_epochs: Annotated[Optional[float], Opt(help="Linear warm-up length.", rich_help_panel="Schedule")] = None,
-    label_smoothing: Annotated[Optional[float], Opt(help="Label smoothing.", rich_help_panel="Schedule")] = None,
-    grad_clip: Annotated[Optional[float], Opt(help="Clip the gradient norm to this.", rich_help_panel="Schedule")] = None,
-    ema: Annotated[Optional[bool], Opt("--ema/--no-ema", help="Keep an exponential moving average of the weights.",
-                                       rich_help_panel="Schedule", show_default=False)] = None,
-    ema_decay: Annotated[Optional[float], Opt(help="EMA decay per step.", rich_help_panel="Schedule")] = None,
-    tta: Annotated[Optional[bool], Opt("--tta/--no-tta", help="Flip test-time augmentation in evaluation and predict.",
-                                       rich_help_panel="Schedule", show_default=False)] = None,
-    early_stopping: Annotated[Optional[int], Opt(help="Stop after this many epochs without improvement.",
-                                                 rich_help_panel="Schedule")] = None,
-    monitor: Annotated[Optional[str], Opt(help="val_accuracy or val_loss.", rich_help_panel="Schedule")] = None,
-    backend: Annotated[Optional[str], Opt(help="torch (default) or tensorflow (Keras 3; pip install 'imgclf\\[tensorflow]').",
-                                          rich_help_panel="Machine")] = None,
-    device: Annotated[Optional[str], Opt(help="auto, cpu or cuda.", rich_help_panel="Machine")] = None,
-    precision: Annotated[Optional[str], Opt(help="auto, fp32, bf16 or fp16.", rich_help_panel="Machine")] = None,
-    compile: Annotated[Optional[bool], Opt("--compile/--no-compile", help="torch.compile the model.", rich_help_panel="Machine",
-                                           show_default=False)] = None,
-    channels_last: Annotated[Optional[bool], Opt("--channels-last/--no-channels-last", help="Channels-last memory layout.",
-                                                 rich_help_panel="Machine", show_default=False)] = None,
+    model_args: Annotated[Optional[list[str]], Opt("--model-arg", help=_config_help("model_args"),
+                                                   rich_help_panel="Model")] = None,
     archive: ArchiveOption = None,
+    **config_values: object,
 ) -> None:
     """Train a classifier: good defaults from the data, every choice a flag, a model bundle at the end."""
-    options = {name: value for name, value in locals().items()
-               if name not in ("data", "config", "resume", "overwrite", "dry_run", "model_arg", "archive")
-               and value is not None}
-    if model_arg:
-        options["model_args"] = _parse_model_args(model_arg)
+    options = {name: value for name, value in config_values.items() if value is not None}
+    if model_args:
+        options["model_args"] = _parse_model_args(model_args)
     if dry_run:
         resolved = api.train(data, config=config, archive=archive, dry_run=True, **options)
         print(resolved.to_yaml(), end="")

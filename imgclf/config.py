@@ -31,61 +31,87 @@ RESIZE_POLICIES = ("squash", "crop", "pad")
 BACKENDS = ("torch", "tensorflow")
 
 
+PANELS = ("Run", "Model", "Data", "Schedule", "Machine")  # the groups of `imgclf train --help`, in this order
+
+
+def option(default: Any, help: str, panel: str, *, choices: tuple[str, ...] = (), factory: Any = None) -> Any:
+    """A :class:`TrainConfig` field that also says what the CLI, YAML reading and validation need to know.
+
+    ``help`` is the flag's help (the choices are appended to it), ``panel``
+    its group in ``--help``, ``choices`` the values :func:`validate` accepts.
+    Adding an option is adding one such field: the ``train`` command, the
+    YAML keys and the Python API's keyword arguments follow from it.
+    """
+    metadata = {"help": help, "panel": panel, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainConfig:
     """Every choice a training run makes. Field names are the option names everywhere."""
 
     # data
-    data: str = ""
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    seed: int = 0
-    group_by: str | None = None
-    image_size: int | None = None
-    resize: str | None = None
-    grayscale: bool = False
-    max_pixels: int | None = None
-    workers: int | None = None
+    data: str = option("", "A folder of class folders, a CSV manifest, or cifar10 / cifar100.", "Data")
+    val_fraction: float = option(0.1, "Share of train carved out for validation if none given.", "Data")
+    test_fraction: float = option(0.1, "Share carved out for test if no val/test given.", "Data")
+    seed: int = option(0, "Seed for split, initialisation, order and augmentation.", "Data")
+    group_by: str | None = option(None, "Regex on the path; matching groups stay in one split.", "Data")
+    image_size: int | None = option(None, "Input side in pixels.", "Data")
+    resize: str | None = option(None, "How images reach the input size (crop: centre crop); default: crop with "
+                                      "pretrained weights, else squash.", "Data", choices=RESIZE_POLICIES)
+    grayscale: bool = option(False, "Train on one grey channel.", "Data")
+    max_pixels: int | None = option(None, "Refuse images with more pixels.", "Data")
+    workers: int | None = option(None, "Decoding processes (default: CPU count).", "Data")
     # model
-    model: str | None = None
-    model_args: dict[str, Any] = field(default_factory=dict)
-    pretrained: bool | None = None
-    weights: str | None = None
-    strategy: str = "auto"
-    probe_epochs: float | None = None
-    linear_probe: bool = True
-    backbone_lr_scale: float = 0.1
+    model: str | None = option(None, "Model name (imgclf models lists them); default chosen from the data.", "Model")
+    model_args: dict[str, Any] = option(None, "Model argument KEY=VALUE, repeatable (e.g. widths=[32,64,64]).", "Model",
+                                        factory=dict)
+    pretrained: bool | None = option(None, "Start from pretrained weights.", "Model")
+    weights: str | None = option(None, "Weights file for --pretrained: .safetensors or .pth (torch), no-top .h5 "
+                                       "(tensorflow).", "Model")
+    strategy: str = option("auto", "What trains: everything from scratch, the head only (probe), everything "
+                                   "(finetune), or a probe then fine-tuning (two-stage).", "Model", choices=STRATEGIES)
+    probe_epochs: float | None = option(None, "Epochs of --epochs given to the probe stage in two-stage (one fit with "
+                                              "the linear probe).", "Model")
+    linear_probe: bool = option(True, "Fit the probe stage by logistic regression on cached embeddings (default) "
+                                      "instead of gradient descent.", "Model")
+    backbone_lr_scale: float = option(0.1, "Backbone learning rate relative to the head when fine-tuning.", "Model")
     # optimisation
-    epochs: float | None = None
-    time_budget: str | None = None
-    batch_size: int | None = None
-    optimizer: str | None = None
-    lr: float | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    bias_lr_scale: float | None = None
-    schedule: str | None = None
-    warmup_epochs: float | None = None
-    label_smoothing: float | None = None
-    grad_clip: float | None = None
-    ema: bool | None = None
-    ema_decay: float = 0.999
-    augment: str | None = None
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    tta: bool | None = None
-    class_weights: str = "none"
-    balanced_sampling: bool = False
-    early_stopping: int | None = None
-    monitor: str = "val_accuracy"
+    epochs: float | None = option(None, "Epochs (fractions allowed).", "Schedule")
+    time_budget: str | None = option(None, "Train to a wall-clock budget, e.g. 5m; fits the schedule.", "Schedule")
+    batch_size: int | None = option(None, "Images per step.", "Schedule")
+    optimizer: str | None = option(None, "Optimiser (sgd with Nesterov momentum).", "Schedule", choices=OPTIMIZERS)
+    lr: float | None = option(None, "Peak learning rate.", "Schedule")
+    momentum: float | None = option(None, "SGD momentum / AdamW beta1.", "Schedule")
+    weight_decay: float | None = option(None, "Weight decay (not on norms and biases).", "Schedule")
+    bias_lr_scale: float | None = option(None, "Learning-rate multiplier for biases and norms.", "Schedule")
+    schedule: str | None = option(None, "Learning-rate schedule.", "Schedule", choices=SCHEDULES)
+    warmup_epochs: float | None = option(None, "Linear warm-up length.", "Schedule")
+    label_smoothing: float | None = option(None, "Label smoothing.", "Schedule")
+    grad_clip: float | None = option(None, "Clip the gradient norm to this.", "Schedule")
+    ema: bool | None = option(None, "Keep an exponential moving average of the weights.", "Schedule")
+    ema_decay: float = option(0.999, "EMA decay per step.", "Schedule")
+    augment: str | None = option(None, "Augmentation preset.", "Data", choices=tuple(PRESETS))
+    mixup: float = option(0.0, "Mixup Beta alpha (0 = off).", "Data")
+    cutmix: float = option(0.0, "CutMix Beta alpha (0 = off).", "Data")
+    tta: bool | None = option(None, "Flip test-time augmentation in evaluation and predict.", "Schedule")
+    class_weights: str = option("none", "Loss weights per class (auto: inverse frequency).", "Data",
+                                choices=CLASS_WEIGHTS)
+    balanced_sampling: bool = option(False, "Draw classes equally often.", "Data")
+    early_stopping: int | None = option(None, "Stop after this many epochs without improvement.", "Schedule")
+    monitor: str = option("val_accuracy", "What early stopping and the best checkpoint watch.", "Schedule",
+                          choices=MONITORS)
     # machine
-    backend: str = "torch"
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
-    channels_last: bool = True
+    backend: str = option("torch", "Training framework (tensorflow: Keras 3; pip install 'imgclf[tensorflow]').",
+                          "Machine", choices=BACKENDS)
+    device: str = option("auto", "Where to train.", "Machine", choices=DEVICES)
+    precision: str = option("auto", "Arithmetic precision.", "Machine", choices=PRECISIONS)
+    compile: bool = option(False, "torch.compile the model.", "Machine")
+    channels_last: bool = option(True, "Channels-last memory layout.", "Machine")
     # output
-    out: str | None = None
+    out: str | None = option(None, "Run directory (default: runs/<data name>).", "Run")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,8 +172,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def _choice(name: str, value: str | None, allowed: tuple[str, ...]) -> None:
-    if value is not None and value not in allowed:
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if allowed and value is not None and value not in allowed:
         raise ImgclfError(f"--{name.replace('_', '-')} '{value}' is not one of {', '.join(allowed)}")
 
 
@@ -162,16 +188,8 @@ def _positive(name: str, value: float | None, minimum: float = 0.0, strict: bool
 
 def validate(config: TrainConfig) -> None:
     """Reject impossible values with a message naming the option (sizes, fractions, choices)."""
-    _choice("strategy", config.strategy, STRATEGIES)
-    _choice("optimizer", config.optimizer, OPTIMIZERS)
-    _choice("schedule", config.schedule, SCHEDULES)
-    _choice("precision", config.precision, PRECISIONS)
-    _choice("device", config.device, DEVICES)
-    _choice("backend", config.backend, BACKENDS)
-    _choice("class_weights", config.class_weights, CLASS_WEIGHTS)
-    _choice("monitor", config.monitor, MONITORS)
-    _choice("resize", config.resize, RESIZE_POLICIES)
-    _choice("augment", config.augment, tuple(PRESETS))
+    for item in fields(config):
+        _choice(item.name, getattr(config, item.name), item.metadata.get("choices", ()))
     for name in ("ema_decay", "momentum"):
         value = getattr(config, name)
         if value is not None and not 0 <= value < 1:

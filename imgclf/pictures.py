@@ -1,4 +1,8 @@
-"""Draw pictures (PNG, matplotlib) of images a person would rather look at than read about."""
+"""Draw pictures (PNG, matplotlib) of images a person would rather look at than read about.
+
+The sample grid and the augmentation preview live here because inspect, preview-augment and the run
+report all draw them.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from imgclf.data.decode import DEFAULT_MAX_PIXELS, decode_file
+from imgclf.data.inspect import sample_items
+from imgclf.data.sources import ImageDataset, Item
+from imgclf.errors import ImgclfError
+
+SAMPLE_GRID_SIZE = 160  # pixels per tile in sample pictures
 
 
 def save_image_grid(images: Sequence[np.ndarray], titles: Sequence[str], path: Path, columns: int = 3,
@@ -32,3 +43,34 @@ def save_image_grid(images: Sequence[np.ndarray], titles: Sequence[str], path: P
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def save_samples(dataset: ImageDataset, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
+    size = (SAMPLE_GRID_SIZE, SAMPLE_GRID_SIZE)
+    decoded = [(decode_file(item.path, size, policy="pad", max_pixels=max_pixels).pixels, " | ".join(item.labels))
+               for item in sample_items(dataset)]
+    shown = [(pixels, title) for pixels, title in decoded if pixels is not None]
+    return save_image_grid([pixels for pixels, _ in shown], [title for _, title in shown], path,
+                           title=f"{Path(dataset.source).name}: first images of each class")
+
+
+def draw_augmentations(item: Item, out: Path, *, augment: str, seed: int = 0, image_size: int | None = None,
+                       grayscale: bool = False) -> Path:
+    """One image and eight augmented copies of it in a grid (``preview-augment``, and the run report)."""
+    import torch
+
+    from imgclf.data.augment import augment_batch
+    from imgclf.data.augment_presets import augment_config
+
+    config = augment_config(augment)
+    probe = decode_file(item.path, grayscale=grayscale)
+    if probe.error:
+        raise ImgclfError(f"{item.path} cannot be decoded ({probe.error}); pick another --index")
+    side = image_size if image_size is not None else min(224, max(probe.width, probe.height))
+    pixels = decode_file(item.path, (side, side), grayscale=grayscale).pixels
+    batch = torch.from_numpy(np.repeat(pixels[None], 9, axis=0))
+    augmented = augment_batch(batch, config, torch.Generator().manual_seed(seed))
+    tiles = [tile.permute(1, 2, 0).clamp(0, 1).numpy() for tile in augmented]
+    titles = ["original"] + [f"{augment} #{k}" for k in range(1, 9)]
+    tiles[0] = pixels
+    return save_image_grid(tiles, titles, out, title=f"{item.path.name} ({item.label}), augment={augment}")

@@ -25,10 +25,15 @@ from typing import Any
 import yaml
 
 from imgclf.config import TrainConfig, config_names
+from imgclf.data.sources import ImageDataset, Item, read_manifest
 from imgclf.errors import ImgclfError
 from imgclf.files import write_text_atomic
 
 MARKER = ".imgclf-run"  # only folders carrying it are ever deleted by --overwrite
+
+# The split a run is judged on: its test split, else its validation split. Quantisation reads the order
+# the other way round (val first), so that calibrating int8 never spends the test images.
+HELD_OUT = ("test", "val")
 
 METRIC_COLUMNS = ("epoch", "stage", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
                   "images_per_second")
@@ -36,6 +41,8 @@ METRIC_COLUMNS = ("epoch", "stage", "train_loss", "train_accuracy", "val_loss", 
 
 @dataclass(frozen=True)
 class RunDirectory:
+    """One run's folder; a bundle's run is the folder holding it (``RunDirectory(bundle.parent)``)."""
+
     path: Path
 
     @property
@@ -66,6 +73,15 @@ class RunDirectory:
     def model_dir(self) -> Path:
         return self.path / "model"
 
+    def has_split(self) -> bool:
+        return self.split_file.is_file()
+
+    def read_split(self) -> ImageDataset:
+        """Every image of the run with the split it was given (``split.csv``)."""
+        if not self.has_split():
+            raise ImgclfError(f"{self.path} has no split.csv; is it an imgclf run directory?")
+        return read_manifest(self.split_file)
+
     def write_config(self, config: TrainConfig) -> None:
         write_text_atomic(self.config_file, config.to_yaml())
 
@@ -86,6 +102,18 @@ class RunDirectory:
         writer.writeheader()
         writer.writerows(history)
         write_text_atomic(self.metrics_file, buffer.getvalue())
+
+
+def held_out_split(dataset: ImageDataset, order: tuple[str, ...] = HELD_OUT) -> str | None:
+    """The first split of ``order`` that has images, or None: the one held-out rule of evaluate, export,
+    quantize, compare and the run report."""
+    return next((name for name in order if dataset.split_items(name)), None)
+
+
+def held_out_items(dataset: ImageDataset, order: tuple[str, ...] = HELD_OUT) -> list[Item]:
+    """The images of :func:`held_out_split`, or every image when the data names none of those splits."""
+    split = held_out_split(dataset, order)
+    return dataset.split_items(split) if split else dataset.items
 
 
 def new_run_directory(out: str | None, data_source: str, overwrite: bool) -> RunDirectory:

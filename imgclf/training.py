@@ -25,7 +25,7 @@ from imgclf.backends import check_backend, keras_model_name, require_tensorflow
 from imgclf.config import TrainConfig, parse_duration
 from imgclf.console import console
 from imgclf.data.inspect import imbalance_warning
-from imgclf.data.sources import ImageDataset, read_manifest, write_manifest
+from imgclf.data.sources import ImageDataset, write_manifest
 from imgclf.data.splits import require_training_images
 from imgclf.errors import ImgclfError
 from imgclf.files import write_problem_list
@@ -53,6 +53,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     metrics: dict[str, Any]
     interrupted: bool = False
+    multilabel: bool = False
 
 
 def data_facts(dataset: ImageDataset) -> DataFacts:
@@ -72,7 +73,7 @@ def data_facts(dataset: ImageDataset) -> DataFacts:
 
 def plan(config: TrainConfig, archive: str | Path | None = None) -> tuple[TrainConfig, ImageDataset]:
     """The resolved config and the split dataset, without training (``--dry-run``)."""
-    from imgclf.api import load_dataset
+    from imgclf.data.splits import load_dataset
     from imgclf.models import model_info, pretrained_source
 
     if not config.data:
@@ -101,13 +102,13 @@ def _no_local_weights(name: str) -> None:
 
 
 def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: bool = False,
-          resume: str | Path | None = None, report: bool = True) -> TrainResult:
-    """Train as ``config`` says (or continue the run at ``resume``) and write the bundle (and ``report.html``)."""
+          resume: str | Path | None = None) -> TrainResult:
+    """Train as ``config`` says (or continue the run at ``resume``) and write the bundle."""
     resuming = resume is not None
     if resume is not None:
         run = RunDirectory(Path(resume))
         config = run.read_config()
-        dataset = read_manifest(run.split_file)
+        dataset = run.read_split()
     else:
         config, dataset = plan(config, archive)
         run = new_run_directory(config.out, dataset.source, overwrite)
@@ -127,12 +128,7 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     model_dir = _write_bundle(run, config, trainer.data, result.model, {})
     metrics = _final_metrics(trainer.data, result, config, model_dir)
     _print_summary(run, config, result, metrics)
-    if report and not trainer.data.multilabel:
-        from imgclf.evaluation.run_report import report_run
-
-        page, _ = report_run(run.path)
-        console.print(f"report: {page}")
-    return TrainResult(run.path, model_dir, config, result.history, metrics)
+    return TrainResult(run.path, model_dir, config, result.history, metrics, multilabel=trainer.data.multilabel)
 
 
 def _fit_torch(config: TrainConfig, dataset: ImageDataset, run: RunDirectory, resuming: bool

@@ -233,6 +233,6 @@ def test_cli_starts_without_importing_torch_or_tensorflow(command: list[str]) ->
 
 def test_the_python_api_compare_stays_callable_after_its_module_loads() -> None:
     import imgclf
-    import imgclf.comparison  # noqa: F401  (a submodule named like the function would replace it)
+    import imgclf.workflows.comparison  # noqa: F401  (a submodule named like the function would replace it)
 
     assert callable(imgclf.compare)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
 import time
@@ -33,10 +32,12 @@ import numpy as np
 from imgclf import paths
 from imgclf.console import progress_bar
 from imgclf.data.decode import DEFAULT_MAX_PIXELS, ResizePolicy, decode_file
+from imgclf.data.workers import run_in_workers
 
 CACHE_VERSION = 1
 # Below this many files a process pool costs more to start than it saves.
 PARALLEL_THRESHOLD = 256
+CHUNKS_AHEAD_PER_WORKER = 8  # chunks are small and their pixels go to the memmap: keep every worker busy
 
 
 @dataclass
@@ -184,28 +185,19 @@ class _DecodeJob:
 
 
 def _decode_all(job: _DecodeJob, files: list[Path], workers: int | None, description: str) -> list[_Facts]:
-    """Decode in parallel processes (Pillow holds the GIL for much of small-image work)."""
+    """Decode in the worker processes of :mod:`imgclf.data.workers`, each chunk's pixels straight into the memmap."""
     workers = workers or os.cpu_count() or 1
+    if len(files) < PARALLEL_THRESHOLD:
+        workers = 1
     indexed = [(index, str(file)) for index, file in enumerate(files)]
     chunk_size = max(1, min(512, len(files) // (workers * 8) or 1))
     chunks = [indexed[start:start + chunk_size] for start in range(0, len(indexed), chunk_size)]
     facts: list[_Facts] = []
     with progress_bar() as bar:
         task = bar.add_task(description, total=len(files))
-        if workers == 1 or len(files) < PARALLEL_THRESHOLD:
-            for chunk in chunks:
-                facts += job.run(chunk)
-                bar.advance(task, len(chunk))
-        else:
-            # fork where there is one: spawn would re-run an unguarded user
-            # script in every worker. Workers touch only Pillow and numpy, so
-            # torch's thread pools in the parent do not matter to them.
-            methods = multiprocessing.get_all_start_methods()
-            context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-            with context.Pool(workers) as pool:
-                for result in pool.imap_unordered(job.run, chunks):
-                    facts += result
-                    bar.advance(task, len(result))
+        for result in run_in_workers(job.run, chunks, workers, ahead_per_worker=CHUNKS_AHEAD_PER_WORKER):
+            facts += result
+            bar.advance(task, len(result))
     facts.sort()
     return facts
 

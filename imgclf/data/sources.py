@@ -21,11 +21,13 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 from rich.markup import escape
 
 from imgclf.console import console
 from imgclf.data.cifar import CIFAR_NAMES, prepare_cifar
 from imgclf.errors import ImgclfError
+from imgclf.files import atomic_path
 from imgclf.paths import real_path
 
 IMAGE_EXTENSIONS = frozenset(
@@ -265,13 +267,17 @@ def write_manifest(dataset: ImageDataset, csv_path: Path) -> None:
     exactly the same images on each side.
     """
     label_column = "labels" if dataset.multilabel else "label"
-    tmp = csv_path.with_suffix(csv_path.suffix + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_path(csv_path) as partial, partial.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", label_column, "split"])
         for item in dataset.items:
             writer.writerow([str(real_path(item.path)), MULTILABEL_SEPARATOR.join(item.labels), item.split or ""])
-    os.replace(tmp, csv_path)
+
+
+def label_indices(items: list[Item], classes: list[str]) -> np.ndarray:
+    """Each single-label item's position in ``classes`` (a bundle's or dataset's order), as int64."""
+    index = {name: position for position, name in enumerate(classes)}
+    return np.array([index[item.label] for item in items], dtype=np.int64)
 
 
 def label_histogram(items: list[Item]) -> Counter[str]:

@@ -25,9 +25,28 @@ import re
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
-from imgclf.data.sources import ImageDataset, Item
+from imgclf.data.sources import ImageDataset, Item, load_source
 from imgclf.errors import ImgclfError
+
+
+def load_dataset(
+    source: str | Path,
+    *,
+    archive: str | Path | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    group_by: str | None = None,
+) -> ImageDataset:
+    """Read ``source`` (folder, CSV manifest, ``cifar10``/``cifar100``) and give every image a split.
+
+    See the module rules for which splits are carved and when.
+    """
+    dataset = load_source(source, Path(archive) if archive else None)
+    return assign_splits(dataset, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                         group_by=group_by)
 
 
 def assign_splits(

@@ -77,7 +77,7 @@ def write_keras_bundle(info: BundleInfo, model: Any, directory: Path) -> Path:
 
 def _write_atomically(info: BundleInfo, save_weights: Callable[[Path], None], directory: Path) -> Path:
     """Write ``directory`` atomically: a half-written bundle never replaces a good one."""
-    from imgclf import __version__
+    from imgclf.version import __version__
 
     info.imgclf_version = __version__
 

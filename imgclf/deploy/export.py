@@ -19,42 +19,35 @@ framework (PyTorch fp32, or Keras) for the parity check.
 
 from __future__ import annotations
 
-import os
-import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from imgclf import __version__
 from imgclf.console import console
-from imgclf.data.sources import read_manifest
 from imgclf.deploy import keras_export
 from imgclf.deploy.bundle import BundleInfo, find_bundle, read_bundle_info
 from imgclf.deploy.classifier import probabilities_from_logits
+from imgclf.deploy.metadata import ONNX_OPSET, write_metadata
 from imgclf.deploy.predict import decoded_batches
-from imgclf.deploy.quantize import QUANTISERS
+from imgclf.deploy.quantize import QUANTISERS, labelled_images, quantize_int8
 from imgclf.deploy.runtime import (
     ONNX_FILES,
-    ONNX_OPSET,
     OnnxRuntime,
     Runtime,
     TorchRuntime,
     compare_speeds,
-    metadata_path,
-    weights_digest,
 )
 from imgclf.errors import ImgclfError
-from imgclf.files import replace_folder, write_text_atomic
+from imgclf.files import atomic_path
+from imgclf.runs import RunDirectory, held_out_items
 
 FORMATS = ("onnx", "torchscript", "savedmodel", "tflite")
 FILES = {"onnx": ONNX_FILES["onnx"], "torchscript": "model.torchscript.pt", "savedmodel": "model.savedmodel",
          "tflite": "model.tflite"}
-NHWC_FORMATS = ("savedmodel", "tflite")  # Keras's own layout; ONNX and TorchScript take NCHW
 TIMED_FORMATS = ("onnx", "tflite")  # timed against the native runtime (onnx: for --runtime auto)
 DEFAULT_TOLERANCE = 1e-4  # largest allowed |probability difference|; fp32 exports differ by ~1e-6
 PARITY_IMAGES = 16  # held-out images, and as many random ones
@@ -166,29 +159,21 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
     out_dir.mkdir(parents=True, exist_ok=True)
     calibration = None
     if quantize:  # read the labelled images first: a missing data set should fail before minutes of work
-        from imgclf.deploy.quantize import labelled_images
-
         calibration = labelled_images(directory, info, data)
 
     write, load = available[format]
     console.print(f"exporting {directory} to {format}, then checking parity" + (" and timing it" if format in TIMED_FORMATS else ""))
     reference = native_runtime(directory, info, exact=True)
     path = out_dir / FILES[format]
-    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as partial:  # moved into place only once parity holds
         write(reference.model, info, partial)
         exported = load(partial, info)
         parity = check_parity(reference, exported, info, sample_images(directory, info), tolerance, path)
-        _replace(partial, path)
-    finally:
-        _remove(partial)
     speed = measure_speed(directory, info, exported) if format in TIMED_FORMATS else {}
     size = sum(file.stat().st_size for file in path.rglob("*") if file.is_file()) if path.is_dir() else path.stat().st_size
     meta = write_metadata(path, format, directory, info, bytes=size, parity=asdict(parity), speed=speed)
     result = ExportResult(format, path, meta, parity, speed, bytes=size)
     if calibration is not None:
-        from imgclf.deploy.quantize import quantize_int8
-
         console.print(f"quantising to int8: calibrating on {len(calibration.calibration)} images, "
                       f"then comparing with fp32 on {calibration.source}")
         result.quantization = quantize_int8(path, directory, info, calibration, max_accuracy_drop, format=format,
@@ -207,31 +192,15 @@ def native_runtime(directory: Path, info: BundleInfo, exact: bool = False) -> Ru
     return TorchRuntime.load(directory, info)
 
 
-def _replace(partial: Path, path: Path) -> None:
-    """Move a checked export into place; a folder (SavedModel) replaces the old one only once it is complete."""
-    if not partial.is_dir():
-        os.replace(partial, path)
-        return
-    replace_folder(partial, path)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
 def sample_images(directory: Path, info: BundleInfo) -> tuple[np.ndarray, str]:
     """Held-out images of the bundle's run (when it has a split.csv) and random images, decoded (N, H, W, C)."""
     rng = np.random.default_rng(0)
     shape = (info.image_size, info.image_size, info.channels)
     noise = rng.integers(0, 256, (PARITY_IMAGES, *shape), dtype=np.uint8)
-    manifest = directory.parent / "split.csv"
-    if not manifest.is_file():
+    run = RunDirectory(directory.parent)
+    if not run.has_split():
         return noise, f"{PARITY_IMAGES} random images"
-    dataset = read_manifest(manifest)
-    held_out = (dataset.split_items("test") or dataset.split_items("val") or dataset.items)[:PARITY_IMAGES]
+    held_out = held_out_items(run.read_split())[:PARITY_IMAGES]
     _, pixels, errors = next(decoded_batches([item.path for item in held_out], shape[:2], info.resize,  # type: ignore[arg-type]
                                              info.channels == 1, len(held_out), workers=1))
     real = pixels[[index for index, error in enumerate(errors) if not error]]
@@ -259,39 +228,3 @@ def measure_speed(directory: Path, info: BundleInfo, exported: Runtime) -> dict[
     native = native_runtime(directory, info)
     details = {"torch_device": str(native.device), "torch_precision": native.precision} if native.name == "torch" else {}
     return {**details, **compare_speeds({native.name: native, exported.name: exported}, info)}
-
-
-def write_metadata(path: Path, format: str, directory: Path, info: BundleInfo, **extra: Any) -> Path:
-    """``<file>.json``: everything a production stack needs to feed the file and read its output."""
-    import json
-
-    channels, size = info.channels, info.image_size
-    shape, layout = (["batch", size, size, channels], "NHWC") if format in NHWC_FORMATS else (["batch", channels, size, size], "NCHW")
-    values = {
-        "format": format,
-        "file": path.name,
-        "imgclf_version": __version__,
-        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "bundle": str(directory.resolve()),
-        "weights_sha256": weights_digest(directory),
-        "architecture": info.architecture,
-        "classes": info.classes,
-        "multilabel": info.multilabel,
-        "backend": info.backend,
-        "input": {"name": "input", "shape": shape, "dtype": "float32", "layout": layout},
-        "output": {"name": "logits", "shape": ["batch", len(info.classes)],
-                   "activation": "sigmoid" if info.multilabel else "softmax"},
-        "preprocessing": {
-            "decode": "8-bit RGB" if channels == 3 else "8-bit grayscale",
-            "exif_orientation": True,
-            "resize": info.resize,
-            "image_size": size,
-            "mean": info.mean[:channels],
-            "std": info.std[:channels],
-            "formula": "(pixel / 255 - mean) / std, per channel",
-        },
-        "tta": info.tta,
-        **({"opset": ONNX_OPSET} if format == "onnx" else {}),
-        **extra,
-    }
-    return write_text_atomic(metadata_path(path), json.dumps(values, indent=2))

@@ -32,7 +32,7 @@ import numpy as np
 from imgclf.console import native_stderr_silenced
 from imgclf.deploy.bundle import BundleInfo
 from imgclf.deploy.keras_runtime import keras_input
-from imgclf.deploy.runtime import ONNX_OPSET
+from imgclf.deploy.metadata import ONNX_OPSET
 from imgclf.errors import ImgclfError
 
 

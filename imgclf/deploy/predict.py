@@ -11,10 +11,8 @@ becomes an error row and the stream goes on.
 from __future__ import annotations
 
 import glob
-import multiprocessing
 import os
 import sys
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +21,11 @@ import numpy as np
 
 from imgclf.data.decode import ResizePolicy, decode_file
 from imgclf.data.sources import IMAGE_EXTENSIONS
+from imgclf.data.workers import run_in_workers
 from imgclf.errors import ImgclfError
 
 UNKNOWN = "unknown"
 GLOB_CHARACTERS = set("*?[")
-AHEAD_PER_WORKER = 2  # decoded batches waiting per worker process, at most
 
 
 @dataclass
@@ -119,20 +117,6 @@ def decoded_batches(paths: list[Path], size: tuple[int, int], policy: ResizePoli
     job = _DecodeBatch(size, policy, grayscale)
     chunks = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
     workers = workers if workers is not None else min(os.cpu_count() or 1, len(chunks))
-    if workers <= 1 or len(chunks) <= 1:
-        for chunk in chunks:
-            yield (chunk, *job([str(path) for path in chunk]))
-        return
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with context.Pool(workers) as pool:
-        # a bounded window of batches in flight: decoding runs ahead of the model, memory stays flat
-        pending: deque = deque()
-        for chunk in chunks:
-            pending.append((chunk, pool.apply_async(job, ([str(path) for path in chunk],))))
-            if len(pending) > AHEAD_PER_WORKER * workers:
-                done, result = pending.popleft()
-                yield (done, *result.get())
-        while pending:
-            done, result = pending.popleft()
-            yield (done, *result.get())
+    decoded = run_in_workers(job, [[str(path) for path in chunk] for chunk in chunks], workers)
+    for chunk, (pixels, errors) in zip(chunks, decoded, strict=True):
+        yield chunk, pixels, errors

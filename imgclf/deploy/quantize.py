@@ -23,11 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.data.sources import Item, load_source, read_manifest
+from imgclf.data.sources import Item, label_indices, load_source
 from imgclf.deploy.bundle import BundleInfo
+from imgclf.deploy.metadata import write_metadata
 from imgclf.deploy.predict import decoded_batches
 from imgclf.deploy.runtime import ONNX_FILES, OnnxRuntime, Runtime, compare_speeds
 from imgclf.errors import ImgclfError
+from imgclf.files import atomic_path
+from imgclf.runs import HELD_OUT, RunDirectory, held_out_items
 
 CALIBRATION_IMAGES = 256
 CALIBRATION_BATCH = 16
@@ -65,24 +68,23 @@ class QuantizationReport:
 
 def labelled_images(directory: Path, info: BundleInfo, data: str | Path | None) -> LabelledImages:
     """Calibration images from the train split, validation images from val (else test, else all)."""
-    manifest = directory.parent / "split.csv"
+    run = RunDirectory(directory.parent)
     if data is not None:
         dataset = load_source(data)
-    elif manifest.is_file():
-        dataset = read_manifest(manifest)
+    elif run.has_split():
+        dataset = run.read_split()
     else:
         raise ImgclfError(f"--quantize int8 needs labelled images to calibrate on and to measure accuracy; {directory} "
                           "has no run split.csv beside it, so add --data DATA")
-    validation = dataset.split_items("val") or dataset.split_items("test") or dataset.items
+    validation = held_out_items(dataset, order=tuple(reversed(HELD_OUT)))
     training = dataset.split_items("train") or validation
     unknown = sorted({item.label for item in validation} - set(info.classes))
     if unknown:
         raise ImgclfError(f"--data {dataset.source}: labels the model does not know: {', '.join(unknown[:5])}")
     order = np.random.default_rng(0).permutation(len(training))[:CALIBRATION_IMAGES]
-    index = {name: position for position, name in enumerate(info.classes)}
     return LabelledImages(calibration=[training[i].path for i in sorted(order)],
                           validation=[item.path for item in validation],
-                          labels=np.array([index[item.label] for item in validation]),
+                          labels=label_indices(validation, info.classes),
                           source=_describe(dataset.source, validation))
 
 
@@ -115,14 +117,11 @@ def quantize_int8(fp32_path: Path, directory: Path, info: BundleInfo, images: La
 
     ``model`` is the Keras model, which the TFLite converter quantises from.
     """
-    from imgclf.deploy.export import write_metadata
-
     calibration = _decoded(images.calibration, info)
     if not len(calibration):
         raise ImgclfError(f"none of the calibration images ({images.source}) could be decoded")
     path = fp32_path.with_name(INT8_FILES[format])
-    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as partial:  # kept only when the accuracy check passes
         fp32, int8 = QUANTISERS[format](fp32_path, partial, info, calibration, model)
         report = _compare(fp32, int8, info, images, path, fp32_path)
         if report.accuracy_change < -max_accuracy_drop:
@@ -130,9 +129,6 @@ def quantize_int8(fp32_path: Path, directory: Path, info: BundleInfo, images: La
                               f"({report.fp32_accuracy:.1%} -> {report.int8_accuracy:.1%}), more than "
                               f"--max-accuracy-drop {max_accuracy_drop:g}; {path.name} was not written "
                               f"({fp32_path.name} was)")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     report.int8_bytes = path.stat().st_size
     summary = {key: value for key, value in asdict(report).items() if key != "path"}
     write_metadata(path, format, directory, info, quantization=summary, speed={int8.name: report.int8_speed})

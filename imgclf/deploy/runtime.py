@@ -17,8 +17,6 @@ weights no longer match the bundle's is never used.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from pathlib import Path
@@ -26,14 +24,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from imgclf.deploy.bundle import KERAS_FILE, WEIGHTS_FILE, BundleInfo
+from imgclf.deploy.bundle import WEIGHTS_FILE, BundleInfo
+from imgclf.deploy.metadata import read_export
 from imgclf.errors import ImgclfError
 
 RUNTIMES = ("auto", "torch", "keras", "onnx", "onnx-int8")
 NATIVE = {"torch": "torch", "tensorflow": "keras"}  # a bundle backend's own runtime
 # the exported file each ONNX runtime loads, inside the bundle folder
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
-ONNX_OPSET = 17  # every ONNX export, from either backend
 SPEED_BATCHES = (1, 64)  # batch sizes ``export`` times both runtimes at, for ``auto``
 
 
@@ -45,34 +43,6 @@ class Runtime(Protocol):
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W, C) uint8 -> (N, classes) float32 logits."""
         ...
-
-
-def metadata_path(model_file: Path) -> Path:
-    """The JSON written beside an exported file (``model.onnx`` -> ``model.onnx.json``)."""
-    return model_file.with_name(model_file.name + ".json")
-
-
-def weights_digest(directory: Path) -> str:
-    """sha256 of the bundle's weights (``model.keras`` for Keras): ties an export to the exact weights it was made from."""
-    digest = hashlib.sha256()
-    weights = directory / WEIGHTS_FILE
-    with open(weights if weights.is_file() else directory / KERAS_FILE, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_export(directory: Path, runtime: str) -> dict[str, Any] | None:
-    """The metadata of the bundle's export for ``runtime`` when it exists and matches the weights, else None."""
-    model_file = directory / ONNX_FILES[runtime]
-    meta = metadata_path(model_file)
-    if not model_file.is_file() or not meta.is_file():
-        return None
-    try:
-        values = json.loads(meta.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return values if values.get("weights_sha256") == weights_digest(directory) else None
 
 
 def resolve_runtime(directory: Path, requested: str, device: str = "auto", batch_size: int = 64,
@@ -88,12 +58,12 @@ def resolve_runtime(directory: Path, requested: str, device: str = "auto", batch
     if requested in ONNX_FILES:
         if device == "cuda":
             raise ImgclfError(f"--runtime {requested} runs on the CPU (onnxruntime); use --runtime torch for --device cuda")
-        if read_export(directory, requested) is None:
+        if read_export(directory, directory / ONNX_FILES[requested]) is None:
             how = " --quantize int8" if requested == "onnx-int8" else ""
             raise ImgclfError(f"{directory} has no up-to-date {ONNX_FILES[requested]}; run imgclf export {directory} "
                               f"--format onnx{how} first, or use --runtime {native}")
         return requested
-    exported = read_export(directory, "onnx")
+    exported = read_export(directory, directory / ONNX_FILES["onnx"])
     if device not in ("auto", "cpu") or exported is None or not _onnx_installed():
         return native
     speed = exported.get("speed", {})

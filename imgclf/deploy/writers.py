@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import IO, Any
 
 from imgclf.deploy.predict import PredictionRow
 from imgclf.errors import ImgclfError
+from imgclf.files import atomic_path
 
 FORMATS = ("csv", "json", "jsonl")
 
@@ -33,21 +33,15 @@ def open_writer(output_format: str, out: Path | None, classes: list[str]) -> Ite
     """A ``write(row)`` function for ``output_format``; the file is complete when the block exits cleanly."""
     if output_format not in FORMATS:
         raise ImgclfError(f"--format '{output_format}' is not one of {', '.join(FORMATS)}")
-    partial = out.with_name(f".{out.name}.tmp-{os.getpid()}") if out else None
-    if partial:
-        partial.parent.mkdir(parents=True, exist_ok=True)
-    handle: IO[str] = open(partial, "w", newline="", encoding="utf-8") if partial else sys.stdout
-    try:
+    if out is None:
+        write, finish = _writer(output_format, sys.stdout, classes)
+        yield write
+        finish()
+        return
+    with atomic_path(out) as partial, open(partial, "w", newline="", encoding="utf-8") as handle:
         write, finish = _writer(output_format, handle, classes)
         yield write
         finish()
-        if partial:
-            handle.close()
-            os.replace(partial, out)  # type: ignore[arg-type]
-    finally:
-        if partial:
-            handle.close()
-            partial.unlink(missing_ok=True)
 
 
 def _writer(output_format: str, handle: IO[str], classes: list[str]

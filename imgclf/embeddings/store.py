@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from imgclf import paths
-from imgclf.files import write_bytes_atomic
+from imgclf.files import atomic_path, write_bytes_atomic
 
 STORE_VERSION = 1
 MERGE_AFTER_CHUNKS = 16
@@ -119,9 +118,8 @@ class EmbeddingStore:
                                                   default=str).encode())
         chunk = f"chunk-{uuid.uuid4().hex[:16]}"
         write_bytes_atomic(self.directory / f"{chunk}.keys", "\n".join(keys).encode())
-        partial = self.directory / f".{chunk}.tmp-{os.getpid()}.npy"
-        np.save(partial, np.asarray(vectors, dtype=np.float16), allow_pickle=False)
-        os.replace(partial, self.directory / f"{chunk}.npy")
+        with atomic_path(self.directory / f"{chunk}.npy") as partial:
+            np.save(partial, np.asarray(vectors, dtype=np.float16), allow_pickle=False)
         self._rows = None
         if len(self._chunks()) > MERGE_AFTER_CHUNKS:
             self._merge()
@@ -136,9 +134,8 @@ class EmbeddingStore:
             return
         merged = f"chunk-{uuid.uuid4().hex[:16]}"
         write_bytes_atomic(self.directory / f"{merged}.keys", "\n".join(keys).encode())
-        partial = self.directory / f".{merged}.tmp-{os.getpid()}.npy"
-        np.save(partial, vectors.astype(np.float16), allow_pickle=False)
-        os.replace(partial, self.directory / f"{merged}.npy")
+        with atomic_path(self.directory / f"{merged}.npy") as partial:
+            np.save(partial, vectors.astype(np.float16), allow_pickle=False)
         for chunk in chunks:
             (self.directory / f"{chunk}.npy").unlink(missing_ok=True)
             (self.directory / f"{chunk}.keys").unlink(missing_ok=True)

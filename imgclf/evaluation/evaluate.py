@@ -12,13 +12,13 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from imgclf.console import console, progress_bar
 from imgclf.data.decode import decode_file
-from imgclf.data.sources import ImageDataset, Item, load_source, read_manifest
+from imgclf.data.sources import ImageDataset, Item, label_indices, load_source
 from imgclf.deploy.bundle import find_bundle
 from imgclf.errors import ImgclfError
 from imgclf.evaluation.label_issues import find_label_issues
@@ -26,6 +26,7 @@ from imgclf.evaluation.metrics import compute_metrics
 from imgclf.evaluation.plots import plot_confusion_matrix, plot_reliability, plot_roc
 from imgclf.files import write_problem_list, write_text_atomic
 from imgclf.pictures import save_image_grid
+from imgclf.runs import RunDirectory, held_out_split
 
 GALLERY_SIZE = 12
 THUMBNAIL = 128
@@ -46,11 +47,11 @@ class Evaluation:
 def evaluation_items(model: str | Path, data: str | Path | None, split: str | None) -> tuple[list[Item], str]:
     """The labelled images to evaluate on, and the name of the split they come from."""
     if data is None:
-        manifest = find_bundle(model).parent / "split.csv"
-        if not manifest.is_file():
+        run = RunDirectory(find_bundle(model).parent)
+        if not run.has_split():
             raise ImgclfError(f"{model} is a bundle without its run's split.csv; give the images to evaluate on "
                               "(imgclf evaluate MODEL DATA)")
-        dataset = read_manifest(manifest)
+        dataset = run.read_split()
     else:
         dataset = load_source(data)
     return _choose_split(dataset, split)
@@ -68,22 +69,36 @@ def _choose_split(dataset: ImageDataset, split: str | None) -> tuple[list[Item],
             raise ImgclfError(f"--split {split}: {dataset.source} has no images in that split; it has {has}; "
                               f"use {choices}")
         return items, split
-    for name in ("test", "val"):
-        if dataset.split_items(name):
-            return dataset.split_items(name), name
+    held_out = held_out_split(dataset)
+    if held_out is not None:
+        return dataset.split_items(held_out), held_out
     if dataset.split_items("train"):
         raise ImgclfError(f"{dataset.source} holds only training images; evaluating on them would flatter the "
                           "model. Give held-out images, or --split train if you mean it")
     return dataset.items, "all"
 
 
+class OutOfFold(Protocol):
+    """Probabilities of each image from a model that did not train on it (``workflows.cross_validation``).
+
+    A protocol rather than an import: cross-validation trains models, and
+    training sits below evaluation, so evaluation is handed the workflow.
+    """
+
+    folds: int
+
+    def __call__(self, bundle_config: dict[str, Any], classes: list[str], items: list[Item], work_dir: Path
+                 ) -> tuple[list[str], np.ndarray, np.ndarray]: ...
+
+
 def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label_issues: bool = False,
-             folds: int | None = None, batch_size: int = 64) -> Evaluation:
+             out_of_fold: OutOfFold | None = None, batch_size: int = 64) -> Evaluation:
     """Predict ``items`` with ``classifier`` and write metrics.json, pictures and (optionally) label issues.
 
-    Label issues come from the bundle's own predictions, or with ``folds``
-    from out-of-fold predictions of models retrained with its recipe.
+    Label issues come from the bundle's own predictions, or with
+    ``out_of_fold`` from out-of-fold predictions of models retrained with its recipe.
     """
+    folds = out_of_fold.folds if out_of_fold is not None else None
     if classifier.info.multilabel:
         raise ImgclfError("evaluate handles single-label models; this model is multi-label")
     unknown = sorted({item.label for item in items} - set(classifier.classes))
@@ -109,13 +124,10 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
                                               "highest-loss mistakes")
     issues: list[dict[str, Any]] = []
     if label_issues or folds:
-        if folds:
-            from imgclf.evaluation.cross_validation import out_of_fold_probabilities
-
+        if out_of_fold is not None:
             decoded = set(paths)
             good = [item for item in items if str(item.path) in decoded]
-            paths, labels, probabilities = out_of_fold_probabilities(classifier.info.config, classifier.classes, good,
-                                                                     folds, out / "folds")
+            paths, labels, probabilities = out_of_fold(classifier.info.config, classifier.classes, good, out / "folds")
         issues = find_label_issues(paths, labels, probabilities, classifier.classes)
         _write_issues(issues, out / "label_issues.csv")
         if issues:
@@ -132,8 +144,7 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
 
 def _predict(classifier: Any, items: list[Item], batch_size: int
              ) -> tuple[list[str], np.ndarray, np.ndarray, list[tuple[str, str]]]:
-    index = {name: position for position, name in enumerate(classifier.classes)}
-    paths, labels, rows, skipped = [], [], [], []
+    paths, labelled, rows, skipped = [], [], [], []
     with progress_bar() as bar:
         task = bar.add_task("Evaluating", total=len(items))
         stream = classifier.predict_files([item.path for item in items], batch_size=batch_size)
@@ -143,10 +154,10 @@ def _predict(classifier: Any, items: list[Item], batch_size: int
                 skipped.append((row.path, row.error))
                 continue
             paths.append(row.path)
-            labels.append(index[item.label])
+            labelled.append(item)
             rows.append(row.probabilities)
     probabilities = np.stack(rows) if rows else np.zeros((0, len(classifier.classes)))
-    return paths, np.array(labels, dtype=np.int64), probabilities, skipped
+    return paths, label_indices(labelled, classifier.classes), probabilities, skipped
 
 
 def _worst_mistakes(paths: list[str], labels: np.ndarray, probabilities: np.ndarray, classes: list[str]

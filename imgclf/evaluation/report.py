@@ -1,7 +1,6 @@
 """``report.html``: one self-contained page about a run, readable offline and shareable as a file.
 
-Pictures are embedded as base64 PNGs and the style is inline, so the page
-needs no network and no other file. Sections: summary, configuration, data,
+Built from :mod:`imgclf.evaluation.pages`. Sections: summary, configuration, data,
 training curves, metrics (overall and per class), confusion matrix, ROC,
 reliability, samples, augmented examples, worst mistakes and, when computed,
 likely label errors.
@@ -9,59 +8,16 @@ likely label errors.
 
 from __future__ import annotations
 
-import base64
 import html
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from imgclf.data.sources import read_manifest
 from imgclf.evaluation.evaluate import Evaluation
+from imgclf.evaluation.pages import image, page, percent, section, table
 from imgclf.files import write_text_atomic
-
-STYLE = """
-body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 0 auto; max-width: 1100px;
-       padding: 1.5rem; color: #1d2330; background: #fff; }
-h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 2px solid #e3e7ef; padding-bottom: 0.3rem; margin-top: 2.2rem; }
-table { border-collapse: collapse; margin: 0.6rem 0; font-size: 0.92rem; }
-th, td { border: 1px solid #d9dee8; padding: 0.25rem 0.6rem; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-th { background: #f3f5f9; }
-img { max-width: 100%; height: auto; border: 1px solid #e3e7ef; }
-.cards { display: flex; gap: 1rem; flex-wrap: wrap; }
-.card { background: #f3f5f9; border-radius: 8px; padding: 0.7rem 1.1rem; min-width: 9rem; }
-.card b { display: block; font-size: 1.5rem; }
-.muted { color: #66708a; }
-nav a { margin-right: 0.8rem; }
-"""
-
-
-def _image(path: Path | None, alt: str) -> str:
-    if path is None or not Path(path).is_file():
-        return f'<p class="muted">({html.escape(alt)}: not available)</p>'
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(cell))}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return "" if value is None else str(value)
-
-
-def _percent(value: Any) -> str:
-    return f"{value:.2%}" if isinstance(value, (int, float)) else "n/a"
-
-
-def _section(anchor: str, title: str, body: str) -> str:
-    return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>'
+from imgclf.runs import RunDirectory
 
 
 def write_report(run_dir: Path, evaluation: Evaluation | None, pictures: dict[str, Path], path: Path) -> Path:
@@ -71,38 +27,36 @@ def write_report(run_dir: Path, evaluation: Evaluation | None, pictures: dict[st
     bundle_metrics = yaml.safe_load(model_json.read_text())["metrics"] if model_json.is_file() else {}
     sections = [
         ("summary", "Summary", _summary(config, bundle_metrics, evaluation)),
-        ("configuration", "Configuration", _table(["option", "value"], [[k, _readable(v)] for k, v in config.items()])),
-        ("data", "Data", _data(run_dir / "split.csv")),
-        ("curves", "Training curves", _image(pictures.get("curves"), "training curves")
+        ("configuration", "Configuration", table(["option", "value"], [[k, _readable(v)] for k, v in config.items()])),
+        ("data", "Data", _data(RunDirectory(run_dir))),
+        ("curves", "Training curves", image(pictures.get("curves"), "training curves")
          + '<p class="muted">The shaded band is the gap between training and validation: a widening gap is '
            "overfitting.</p>"),
     ]
     if evaluation is not None:
         sections += [
             ("metrics", f"Metrics on the {evaluation.split} split", _metrics(evaluation.metrics)),
-            ("confusion", "Confusion matrix", _image(evaluation.pictures.get("confusion_matrix"), "confusion matrix")
+            ("confusion", "Confusion matrix", image(evaluation.pictures.get("confusion_matrix"), "confusion matrix")
              + _confusions(evaluation.metrics)),
-            ("roc", "ROC curves", _image(evaluation.pictures.get("roc"), "ROC curves")),
-            ("reliability", "Reliability", _image(evaluation.pictures.get("reliability"), "reliability diagram")
+            ("roc", "ROC curves", image(evaluation.pictures.get("roc"), "ROC curves")),
+            ("reliability", "Reliability", image(evaluation.pictures.get("reliability"), "reliability diagram")
              + '<p class="muted">Bars on the diagonal mean the predicted probabilities can be taken at their word.</p>'),
         ]
     sections += [
-        ("samples", "Samples", _image(pictures.get("samples"), "sample images")),
-        ("augmentation", "Augmented examples", _image(pictures.get("augmentation"), "augmented examples")),
+        ("samples", "Samples", image(pictures.get("samples"), "sample images")),
+        ("augmentation", "Augmented examples", image(pictures.get("augmentation"), "augmented examples")),
     ]
     if evaluation is not None:
         mistakes = evaluation.pictures.get("worst_mistakes")
-        sections.append(("mistakes", "Worst mistakes", _image(mistakes, "worst mistakes") if mistakes
+        sections.append(("mistakes", "Worst mistakes", image(mistakes, "worst mistakes") if mistakes
                          else "<p>No image of this split was misclassified.</p>"))
         if evaluation.metrics.get("label_issues") is not None:
             sections.append(("label-issues", "Likely label errors", _issues(evaluation)))
     nav = "".join(f'<a href="#{anchor}">{html.escape(title)}</a>' for anchor, title, _ in sections)
-    body = "".join(_section(anchor, title, content) for anchor, title, content in sections)
+    body = "".join(section(anchor, title, content) for anchor, title, content in sections)
     title = f"imgclf report: {config.get('model', '')} on {Path(str(config.get('data', ''))).name}"
-    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-            f'<p class="muted">run: {html.escape(str(run_dir))}</p><nav>{nav}</nav>{body}</body></html>')
-    return write_text_atomic(path, page)
+    return write_text_atomic(path, page(title, f"<h1>{html.escape(title)}</h1>"
+                                         f'<p class="muted">run: {html.escape(str(run_dir))}</p><nav>{nav}</nav>{body}'))
 
 
 def _readable(value: Any) -> str:
@@ -126,7 +80,7 @@ def _summary(config: dict[str, Any], bundle_metrics: dict[str, Any], evaluation:
              ("training time", f"{bundle_metrics.get('train_seconds', 0):.0f} s")]
     for split in ("val", "test"):
         if f"{split}_accuracy" in bundle_metrics:
-            cards.append((f"{split} accuracy", _percent(bundle_metrics[f"{split}_accuracy"])))
+            cards.append((f"{split} accuracy", percent(bundle_metrics[f"{split}_accuracy"])))
     if evaluation is not None:
         cards.append((f"macro F1 ({evaluation.split})", f"{evaluation.metrics['macro_avg']['f1']:.3f}"))
     return '<div class="cards">' + "".join(
@@ -134,20 +88,20 @@ def _summary(config: dict[str, Any], bundle_metrics: dict[str, Any], evaluation:
         for name, value in cards) + "</div>"
 
 
-def _data(split_file: Path) -> str:
-    if not split_file.is_file():
+def _data(run: RunDirectory) -> str:
+    if not run.has_split():
         return '<p class="muted">(no split.csv in this run)</p>'
-    dataset = read_manifest(split_file)
+    dataset = run.read_split()
     counts = dataset.class_counts()
     splits = dataset.splits
     rows = [[name, *(counts[name].get(split, 0) for split in splits)] for name in sorted(counts)]
     rows.append(["total", *(sum(counts[name].get(split, 0) for name in counts) for split in splits)])
-    return _table(["class", *splits], rows)
+    return table(["class", *splits], rows)
 
 
 def _metrics(metrics: dict[str, Any]) -> str:
-    overall = [["images", metrics["images"]], ["accuracy", _percent(metrics["accuracy"])]]
-    overall += [[name.replace("_", " "), _percent(metrics[name])] for name in sorted(metrics)
+    overall = [["images", metrics["images"]], ["accuracy", percent(metrics["accuracy"])]]
+    overall += [[name.replace("_", " "), percent(metrics[name])] for name in sorted(metrics)
                 if name.startswith("top_")]
     overall += [["macro F1", metrics["macro_avg"]["f1"]], ["weighted F1", metrics["weighted_avg"]["f1"]],
                 ["ROC-AUC (one vs rest)", metrics.get("roc_auc_ovr")], ["log loss", metrics["log_loss"]],
@@ -157,14 +111,14 @@ def _metrics(metrics: dict[str, Any]) -> str:
     for label, key in (("macro avg", "macro_avg"), ("weighted avg", "weighted_avg")):
         per_class.append([label, metrics[key]["precision"], metrics[key]["recall"], metrics[key]["f1"],
                           metrics["images"]])
-    return _table(["metric", "value"], overall) + _table(["class", "precision", "recall", "F1", "support"], per_class)
+    return table(["metric", "value"], overall) + table(["class", "precision", "recall", "F1", "support"], per_class)
 
 
 def _confusions(metrics: dict[str, Any]) -> str:
     pairs = metrics.get("most_confused") or []
     if not pairs:
         return ""
-    return "<h3>Most confused pairs</h3>" + _table(["true", "predicted as", "images"],
+    return "<h3>Most confused pairs</h3>" + table(["true", "predicted as", "images"],
                                                     [[p["true"], p["predicted"], p["count"]] for p in pairs])
 
 
@@ -172,8 +126,8 @@ def _issues(evaluation: Evaluation) -> str:
     issues = evaluation.label_issues
     if not issues:
         return "<p>No image's label is confidently contradicted by the model.</p>"
-    rows = [[issue["path"], issue["given"], issue["predicted"], _percent(issue["given_probability"]),
-             _percent(issue["predicted_probability"])] for issue in issues[:50]]
-    return (_image(evaluation.pictures.get("label_issues"), "likely label errors")
+    rows = [[issue["path"], issue["given"], issue["predicted"], percent(issue["given_probability"]),
+             percent(issue["predicted_probability"])] for issue in issues[:50]]
+    return (image(evaluation.pictures.get("label_issues"), "likely label errors")
             + f"<p>{len(issues)} image(s) flagged; all in label_issues.csv.</p>"
-            + _table(["image", "given label", "model says", "p(given)", "p(model)"], rows))
+            + table(["image", "given label", "model says", "p(given)", "p(model)"], rows))

@@ -9,19 +9,17 @@ import csv
 from pathlib import Path
 
 from imgclf.console import console
+from imgclf.deploy.classifier import Classifier
 from imgclf.errors import ImgclfError
 from imgclf.evaluation.evaluate import Evaluation, evaluate, evaluation_items
 from imgclf.evaluation.plots import plot_training_curves
 from imgclf.evaluation.report import write_report
+from imgclf.pictures import draw_augmentations, save_samples
+from imgclf.runs import RunDirectory
 
 
 def report_run(run_dir: str | Path, *, label_issues: bool = True) -> tuple[Path, Evaluation | None]:
     """(report.html, the evaluation) for ``run_dir``; pictures go to ``RUN/plots`` and ``RUN/evaluation``."""
-    from imgclf.api import draw_augmentations, save_samples
-    from imgclf.data.sources import read_manifest
-    from imgclf.deploy.classifier import Classifier
-    from imgclf.runs import RunDirectory
-
     run = RunDirectory(Path(run_dir))
     if not run.config_file.is_file():
         raise ImgclfError(f"{run.path} is not an imgclf run directory (no config.yaml); give runs/NAME")
@@ -33,7 +31,7 @@ def report_run(run_dir: str | Path, *, label_issues: bool = True) -> tuple[Path,
             history = list(csv.DictReader(handle))
         if history:
             pictures["curves"] = plot_training_curves(history, plots / "training_curves.png")
-    dataset = read_manifest(run.split_file)
+    dataset = run.read_split()
     train = dataset.split_items("train")
     if train:
         pictures["samples"] = save_samples(dataset.with_items(train), plots / "samples.png")

@@ -26,7 +26,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imgclf import __version__
 from imgclf.serve.batcher import DynamicBatcher, Overloaded
 from imgclf.serve.metrics import ServerMetrics
 from imgclf.serve.uploads import (
@@ -38,6 +37,7 @@ from imgclf.serve.uploads import (
     decode_uploads,
     read_uploads,
 )
+from imgclf.version import __version__
 
 ROUTES = ("/", "/v1/predict", "/v1/model", "/healthz", "/metrics", "/docs", "/openapi.json")
 MAX_TOP_K = 1000

@@ -9,18 +9,33 @@ trained on the other K-1 folds with the original run's recipe.
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from imgclf.config import make_config
 from imgclf.console import console
-from imgclf.data.sources import Item
+from imgclf.data.sources import Item, label_indices
+from imgclf.deploy.classifier import Classifier
 from imgclf.errors import ImgclfError
 from imgclf.paths import real_path
+from imgclf.training import train
 
 # what a fold's run must not inherit from the original run's config
 FOLD_OVERRIDES = ("data", "out", "val_fraction", "test_fraction", "group_by")
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """``evaluate``'s source of out-of-fold probabilities: ``folds`` models retrained with the bundle's recipe."""
+
+    folds: int
+
+    def __call__(self, bundle_config: dict[str, Any], classes: list[str], items: list[Item], work_dir: Path
+                 ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        return out_of_fold_probabilities(bundle_config, classes, items, self.folds, work_dir)
 
 
 def out_of_fold_probabilities(bundle_config: dict[str, Any], classes: list[str], items: list[Item], folds: int,
@@ -28,14 +43,9 @@ def out_of_fold_probabilities(bundle_config: dict[str, Any], classes: list[str],
     """(paths, label indices, probabilities) with every image predicted by the model that did not train on it."""
     from sklearn.model_selection import StratifiedKFold
 
-    from imgclf.config import make_config
-    from imgclf.deploy.classifier import Classifier
-    from imgclf.training import train
-
     if folds < 2:
         raise ImgclfError(f"--folds must be at least 2, got {folds}")
-    index = {name: position for position, name in enumerate(classes)}
-    labels = np.array([index[item.label] for item in items])
+    labels = label_indices(items, classes)
     smallest = np.bincount(labels, minlength=len(classes))
     smallest = smallest[smallest > 0].min()
     if smallest < folds:
@@ -51,7 +61,7 @@ def out_of_fold_probabilities(bundle_config: dict[str, Any], classes: list[str],
         manifest = work_dir / f"fold-{fold}.csv"
         _write_fold(manifest, items, train_rows, held_out)
         config = make_config(**recipe, data=str(manifest), out=str(work_dir / f"fold-{fold}"), test_fraction=0.0)
-        run = train(config, overwrite=True, report=False)
+        run = train(config, overwrite=True)
         classifier = Classifier.load(run.run_dir)
         for row, prediction in zip(held_out, classifier.predict_files([items[i].path for i in held_out])):
             if prediction.error:

@@ -27,7 +27,7 @@ from imgclf.config import BACKENDS, make_config
 from imgclf.console import console
 from imgclf.errors import ImgclfError
 from imgclf.files import write_text_atomic
-from imgclf.runs import slug
+from imgclf.runs import RunDirectory, held_out_items, slug
 
 INFERENCE_IMAGES = 1024  # held-out images timed for inference speed
 INFERENCE_BATCH = 64
@@ -91,12 +91,12 @@ def compare(data: str | Path, *, backends: list[str], model: str = "tutorial-cnn
         console.rule(f"[bold]{backend}")
         config = make_config(data=str(data), model=model, epochs=epochs, backend=backend, precision="fp32",
                              out=str(out / backend), **options)
-        run = train(config, archive=archive, overwrite=overwrite, report=False)
+        run = train(config, archive=archive, overwrite=overwrite)
         if run.interrupted:
             raise ImgclfError(f"the {backend} run was interrupted; continue it with imgclf train --resume "
                               f"{run.run_dir}, or run compare again")
         results.append(_result(backend, run.run_dir, run.history, run.metrics))
-    splits = {(Path(result.run_dir) / "split.csv").read_bytes() for result in results}
+    splits = {RunDirectory(Path(result.run_dir)).split_file.read_bytes() for result in results}
     comparison = Comparison(out, results, parameters_match=len({result.parameters for result in results}) == 1,
                             same_split=len(splits) == 1)
     plot_backend_comparison({result.backend: result.history for result in results}, comparison.chart)
@@ -118,13 +118,11 @@ def _result(backend: str, run_dir: Path, history: list[dict[str, Any]], metrics:
 
 def inference_speed(run_dir: Path) -> float:
     """Images/s of the bundle's forward pass (batches of 64, fp32) on up to 1,024 decoded held-out images."""
-    from imgclf.api import load
     from imgclf.data.cache import build_cache
-    from imgclf.data.sources import read_manifest
+    from imgclf.deploy.classifier import Classifier
 
-    classifier = load(run_dir, precision="fp32")
-    dataset = read_manifest(run_dir / "split.csv")
-    items = dataset.split_items("test") or dataset.split_items("val") or dataset.items
+    classifier = Classifier.load(run_dir, precision="fp32")
+    items = held_out_items(RunDirectory(run_dir).read_split())
     info = classifier.info
     cache = build_cache([item.path for item in items[:INFERENCE_IMAGES]], size=(info.image_size, info.image_size),
                         policy=info.resize, grayscale=info.channels == 1,  # type: ignore[arg-type]
@@ -143,7 +141,7 @@ def inference_speed(run_dir: Path) -> float:
 def _page(comparison: Comparison, model: str, data: str | Path) -> str:
     import html
 
-    from imgclf.evaluation.report import STYLE, _image, _section, _table
+    from imgclf.evaluation.pages import image, page, section, table
 
     results = comparison.results
     header = ["", *(result.backend for result in results)]
@@ -176,9 +174,8 @@ def _page(comparison: Comparison, model: str, data: str | Path) -> str:
                            entry["val_loss"], entry["val_accuracy"], entry["seconds"]])
     body = (f"<h1>{html.escape(model)}: {' vs '.join(r.backend for r in results)}</h1>"
             f"<p class=\"muted\">{html.escape(str(data))}</p>"
-            + _section("metrics", "Final metrics", _table(header, rows) + checks)
-            + _section("curves", "Loss and accuracy per epoch", _image(comparison.chart, "training curves"))
-            + _section("epochs", "Every epoch", _table(["backend", "epoch", "train loss", "train accuracy",
+            + section("metrics", "Final metrics", table(header, rows) + checks)
+            + section("curves", "Loss and accuracy per epoch", image(comparison.chart, "training curves"))
+            + section("epochs", "Every epoch", table(["backend", "epoch", "train loss", "train accuracy",
                                                           "val loss", "val accuracy", "seconds"], epochs)))
-    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>imgclf compare: {html.escape(model)}</title>"
-            f"<style>{STYLE}</style></head><body>{body}</body></html>")
+    return page(f"imgclf compare: {model}", body)

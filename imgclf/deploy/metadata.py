@@ -1,0 +1,82 @@
+"""``<file>.json`` beside every exported model file: how to feed it, what it returns, which weights it came from.
+
+Written by ``export`` and ``quantize``; read by the runtime chooser
+(``--runtime auto`` takes the speeds measured here, and ignores an export
+whose weights digest no longer matches the bundle's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from imgclf.deploy.bundle import KERAS_FILE, WEIGHTS_FILE, BundleInfo
+from imgclf.files import write_text_atomic
+from imgclf.version import __version__
+
+ONNX_OPSET = 17  # every ONNX export, from either backend
+NHWC_FORMATS = ("savedmodel", "tflite")  # Keras's own layout; ONNX and TorchScript take NCHW
+
+
+def metadata_path(model_file: Path) -> Path:
+    """The JSON written beside an exported file (``model.onnx`` -> ``model.onnx.json``)."""
+    return model_file.with_name(model_file.name + ".json")
+
+
+def weights_digest(directory: Path) -> str:
+    """sha256 of the bundle's weights (``model.keras`` for Keras): ties an export to the exact weights it was made from."""
+    digest = hashlib.sha256()
+    weights = directory / WEIGHTS_FILE
+    with open(weights if weights.is_file() else directory / KERAS_FILE, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_export(directory: Path, model_file: Path) -> dict[str, Any] | None:
+    """The metadata of ``model_file``, an export of the bundle at ``directory``, when both exist and the weights match."""
+    meta = metadata_path(model_file)
+    if not model_file.is_file() or not meta.is_file():
+        return None
+    try:
+        values = json.loads(meta.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return values if values.get("weights_sha256") == weights_digest(directory) else None
+
+
+def write_metadata(path: Path, format: str, directory: Path, info: BundleInfo, **extra: Any) -> Path:
+    """``<file>.json``: everything a production stack needs to feed the file and read its output."""
+    channels, size = info.channels, info.image_size
+    shape, layout = (["batch", size, size, channels], "NHWC") if format in NHWC_FORMATS else (["batch", channels, size, size], "NCHW")
+    values = {
+        "format": format,
+        "file": path.name,
+        "imgclf_version": __version__,
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "bundle": str(directory.resolve()),
+        "weights_sha256": weights_digest(directory),
+        "architecture": info.architecture,
+        "classes": info.classes,
+        "multilabel": info.multilabel,
+        "backend": info.backend,
+        "input": {"name": "input", "shape": shape, "dtype": "float32", "layout": layout},
+        "output": {"name": "logits", "shape": ["batch", len(info.classes)],
+                   "activation": "sigmoid" if info.multilabel else "softmax"},
+        "preprocessing": {
+            "decode": "8-bit RGB" if channels == 3 else "8-bit grayscale",
+            "exif_orientation": True,
+            "resize": info.resize,
+            "image_size": size,
+            "mean": info.mean[:channels],
+            "std": info.std[:channels],
+            "formula": "(pixel / 255 - mean) / std, per channel",
+        },
+        "tta": info.tta,
+        **({"opset": ONNX_OPSET} if format == "onnx" else {}),
+        **extra,
+    }
+    return write_text_atomic(metadata_path(path), json.dumps(values, indent=2))

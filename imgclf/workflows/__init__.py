@@ -1,0 +1,1 @@
+"""Work made of several training runs: cross-validation (out-of-fold predictions) and backend comparison."""

@@ -13,6 +13,7 @@ from imgclf.api import (  # noqa: E402  (the public API)
     load,
     load_dataset,
     match,
+    match_batch,
     models,
     predict,
     preview_augment,
@@ -24,5 +25,5 @@ from imgclf.api import (  # noqa: E402  (the public API)
 from imgclf.errors import ImgclfError  # noqa: E402
 
 __all__ = ["ImgclfError", "__version__", "build_index", "compare", "embed", "evaluate", "evaluate_match", "export",
-           "inspect", "load", "load_dataset", "match", "models", "predict", "preview_augment", "query_index",
+           "inspect", "load", "load_dataset", "match", "match_batch", "models", "predict", "preview_augment", "query_index",
            "report", "similar", "train"]

@@ -442,8 +442,9 @@ def catalog_matcher(catalog: str | Path, *, model: str | Path = DEFAULT_EMBEDDIN
     """The catalogue embedded and its scoring ready (the learned matcher fitted once, then loaded from ``matcher``)."""
     from imgclf.embeddings.embedder import Embedder
     from imgclf.embeddings.match import Catalog
-    from imgclf.embeddings.suggest import CatalogMatcher
+    from imgclf.embeddings.suggest import CatalogMatcher, check_options
 
+    check_options(scoring, image_weight, min_confidence)  # before the catalogue is embedded
     embedder = Embedder.load(model, weights=weights, device=device)
     return CatalogMatcher.build(Catalog.load(catalog, embedder), embedder, scoring=scoring,
                                 image_weight=image_weight, k=k, min_confidence=min_confidence,

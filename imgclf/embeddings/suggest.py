@@ -65,6 +65,20 @@ class Suggestion:
     evidence: dict[str, float]  # for the top category: best image, token-set and n-gram similarity
 
 
+def check_options(scoring: str, image_weight: float | None, min_confidence: float) -> str:
+    """The scoring asked for ("blend" when an image weight is given); refuses impossible combinations early."""
+    if scoring not in SCORINGS:
+        raise ImgclfError(f"--scoring {scoring!r} is not one of {', '.join(SCORINGS)}")
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ImgclfError(f"--min-confidence {min_confidence:g} is outside 0..1; 0.5 is usual")
+    if image_weight is None:
+        return scoring
+    check_weight(image_weight)
+    if scoring == "learned":
+        raise ImgclfError("--image-weight sets the fixed blend; use --scoring blend, or leave it out")
+    return "blend"
+
+
 class CatalogMatcher:
     """The whole catalogue as reference plus a scoring: suggestions for batches of new products."""
 
@@ -85,15 +99,7 @@ class CatalogMatcher:
               image_weight: float | None = None, k: int | None = None,
               min_confidence: float = DEFAULT_MIN_CONFIDENCE, matcher_dir: Path | None = None) -> CatalogMatcher:
         """Resolve the scoring; fit the learned matcher or load it from ``matcher_dir`` (default: the cache)."""
-        if scoring not in SCORINGS:
-            raise ImgclfError(f"--scoring {scoring!r} is not one of {', '.join(SCORINGS)}")
-        if not 0.0 <= min_confidence <= 1.0:
-            raise ImgclfError(f"--min-confidence {min_confidence:g} is outside 0..1; 0.5 is usual")
-        if image_weight is not None:
-            check_weight(image_weight)
-            if scoring == "learned":
-                raise ImgclfError("--image-weight sets the fixed blend; use --scoring blend, or leave it out")
-            scoring = "blend"
+        scoring = check_options(scoring, image_weight, min_confidence)
         if scoring == "auto":
             scoring = "learned" if can_learn(catalog) else "blend"
         k = DEFAULT_TOP_K if k is None else k

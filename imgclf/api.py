@@ -444,9 +444,10 @@ def catalog_matcher(catalog: str | Path, *, model: str | Path = DEFAULT_EMBEDDIN
     from imgclf.embeddings.match import Catalog
     from imgclf.embeddings.suggest import CatalogMatcher, check_options
 
-    check_options(scoring, image_weight, min_confidence)  # before the catalogue is embedded
+    check_options(scoring, image_weight, min_confidence)  # mistakes are reported before the model loads
+    items = Catalog.read(catalog)
     embedder = Embedder.load(model, weights=weights, device=device)
-    return CatalogMatcher.build(Catalog.load(catalog, embedder), embedder, scoring=scoring,
+    return CatalogMatcher.build(Catalog.load(catalog, embedder, items), embedder, scoring=scoring,
                                 image_weight=image_weight, k=k, min_confidence=min_confidence,
                                 matcher_dir=Path(matcher) if matcher else None)
 
@@ -492,5 +493,6 @@ def evaluate_match(catalog: str | Path, *, model: str | Path = DEFAULT_EMBEDDING
     from imgclf.embeddings.match import DEFAULT_TOP_K, Catalog
     from imgclf.embeddings.match_evaluation import evaluate as evaluate_catalog
 
-    loaded = Catalog.load(catalog, Embedder.load(model, weights=weights, device=device))
+    items = Catalog.read(catalog)
+    loaded = Catalog.load(catalog, Embedder.load(model, weights=weights, device=device), items)
     return evaluate_catalog(loaded, DEFAULT_TOP_K if k is None else k, seed)

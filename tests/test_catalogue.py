@@ -193,8 +193,8 @@ def test_batch_mode_resumes_after_a_kill_and_writes_one_row_per_product(tmp_path
         category = list(PAIRS)[number % 4]
         image = noisy_copy(np.array(Image.open(tmp_path / "catalog" / "base" / f"{PAIRS[category]}.png")),
                            tmp_path / "new" / f"{number}.png", rng, number)
-        rows.append({"image": f"new/{image}" if number % 5 else "", "sku": f"N{number}",
-                     "name": product_name(category, rng) if number % 7 else ""})
+        rows.append({"image": f"new/{image}" if number % 10 != 1 else "", "sku": f"N{number}",
+                     "name": product_name(category, rng) if number % 10 != 2 else ""})
     rows.append({"image": "new/missing.png", "sku": "N40", "name": "nordic brie"})
     queries = write_csv(tmp_path / "new.csv", rows)
     out = tmp_path / "suggestions.csv"

@@ -56,10 +56,17 @@ class Catalog:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     source: str = ""
 
-    @classmethod
-    def load(cls, source: str | Path, embedder: Embedder) -> Catalog:
+    @staticmethod
+    def read(source: str | Path) -> list[dict[str, str]]:
+        """The catalogue's rows, checked (columns, empty cells, category paths) before any model is loaded."""
         items = read_items(source, CATALOG_COLUMNS)
-        Hierarchy([item["category"] for item in items], where=f"{source}, column category")  # refuses bad paths
+        Hierarchy([item["category"] for item in items], where=f"{source}, column category")
+        return items
+
+    @classmethod
+    def load(cls, source: str | Path, embedder: Embedder, items: list[dict[str, str]] | None = None) -> Catalog:
+        """The rows (``items`` when already read) with their photos embedded; unreadable photos are skipped."""
+        items = cls.read(source) if items is None else items
         embedded = embedder.embed_files([Path(item[IMAGE_COLUMN]) for item in items], description="Catalogue")
         ok = embedded.ok
         if not ok.any():

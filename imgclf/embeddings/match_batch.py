@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.console import console, progress_bar
-from imgclf.embeddings.embedder import Embedder
 from imgclf.embeddings.match import Queries
 from imgclf.embeddings.similarity import normalise
 from imgclf.embeddings.suggest import RANKED, CatalogMatcher, Suggestion
@@ -65,8 +64,8 @@ def read_queries(path: Path) -> list[dict[str, str]]:
     return rows
 
 
-def match_batch(matcher: CatalogMatcher, embedder: Embedder, queries_path: Path, out: Path,
-                batch_size: int = DEFAULT_BATCH_SIZE) -> BatchSummary:
+def match_batch(matcher: CatalogMatcher, queries_path: Path, out: Path, batch_size: int = DEFAULT_BATCH_SIZE
+                ) -> BatchSummary:
     """Match every product of ``queries_path`` and write ``out``; resumes an interrupted run's parts."""
     if batch_size < 1:
         raise ImgclfError(f"--batch-size {batch_size} must be at least 1")
@@ -77,7 +76,7 @@ def match_batch(matcher: CatalogMatcher, embedder: Embedder, queries_path: Path,
     meta = {"queries": hashlib.sha256(queries_path.read_bytes()).hexdigest() if queries_path.is_file()
             else [row[IMAGE_COLUMN] for row in rows], "scoring": matcher.scoring, "k": matcher.k,
             "min_confidence": matcher.min_confidence, "image_weight": matcher.image_weight,
-            "catalog": matcher.catalog.fingerprint(embedder.identity), "batch_size": batch_size}
+            "catalog": matcher.catalog.fingerprint(matcher.embedder.identity), "batch_size": batch_size}
     _prepare_parts(parts, meta)
     chunks = [range(start, min(start + batch_size, len(rows))) for start in range(0, len(rows), batch_size)]
     pending = [number for number in range(len(chunks)) if not _part(parts, number).is_file()]
@@ -89,7 +88,7 @@ def match_batch(matcher: CatalogMatcher, embedder: Embedder, queries_path: Path,
         task = bar.add_task("Matching", total=len(rows), completed=done)
         for number in pending:
             chunk = [rows[i] for i in chunks[number]]
-            lines = _match_chunk(matcher, embedder, chunk, extra, [i + 1 for i in chunks[number]], len(header))
+            lines = _match_chunk(matcher, chunk, extra, [i + 1 for i in chunks[number]], len(header))
             write_text_atomic(_part(parts, number), _csv_text(lines))
             bar.advance(task, len(chunk))
     body = "".join(_part(parts, number).read_text(encoding="utf-8") for number in range(len(chunks)))
@@ -130,13 +129,13 @@ def _header(matcher: CatalogMatcher, extra: list[str]) -> list[str]:
             "scoring", "error"]
 
 
-def _match_chunk(matcher: CatalogMatcher, embedder: Embedder, chunk: list[dict[str, str]], extra: list[str],
+def _match_chunk(matcher: CatalogMatcher, chunk: list[dict[str, str]], extra: list[str],
                  numbers: list[int], width: int) -> list[list[str]]:
     """Output rows for ``chunk``; a product with neither a usable photo nor a name gets only its problem."""
     vectors = np.zeros((len(chunk), matcher.reference.vectors.shape[1]), dtype=np.float32)
     problems = [""] * len(chunk)
     with_photo = [row for row, item in enumerate(chunk) if item.get(IMAGE_COLUMN)]
-    embedded = embedder.embed_files([Path(chunk[row][IMAGE_COLUMN]) for row in with_photo], progress=False)
+    embedded = matcher.embedder.embed_files([Path(chunk[row][IMAGE_COLUMN]) for row in with_photo], progress=False)
     for row, vector, error in zip(with_photo, normalise(embedded.vectors), embedded.errors):
         if error:
             problems[row] = f"photo skipped ({error})" + ("; matched by name" if chunk[row].get("name") else "")

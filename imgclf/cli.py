@@ -477,7 +477,8 @@ def export(
 
 
 @app.command(epilog="Examples: imgclf serve runs/shop  |  imgclf serve runs/shop --port 9000 --runtime onnx  |  "
-                    "curl -F file=@cat.jpg http://127.0.0.1:8000/v1/predict")
+                    "curl -F file=@cat.jpg http://127.0.0.1:8000/v1/predict  |  "
+                    "imgclf serve --catalog catalog.csv --queries new.csv --accepted accepted.csv")
 def serve(
     model: Annotated[Optional[str], typer.Argument(help="A run directory (runs/NAME) or a model bundle folder; "
                                                         "leave out with --catalog.", show_default=False)] = None,

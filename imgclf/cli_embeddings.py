@@ -38,7 +38,8 @@ def register(app: typer.Typer) -> None:
     app.command(epilog="Example: imgclf similar tf_efficientnet_lite0 a.jpg b.jpg")(similar)
     app.add_typer(index_app, name="index")
     app.command(epilog="Examples: imgclf match catalog.csv --image new.jpg --name \"blue denim jacket\"  |  "
-                       "imgclf match catalog.csv --evaluate")(match)
+                       "imgclf match catalog.csv --evaluate  |  "
+                       "imgclf match catalog.csv --queries new.csv --out suggestions.csv")(match)
 
 
 def embed(

@@ -87,8 +87,7 @@ class Catalog:
     def products(self) -> list[str]:
         """Which product each item shows: the product (or sku) column, else the normalised name."""
         column = next((name for name in PRODUCT_COLUMNS if any(item.get(name) for item in self.items)), None)
-        return [item.get(column, "") or normalised_name(item["name"]) if column else normalised_name(item["name"])
-                for item in self.items]
+        return [(item.get(column, "") if column else "") or normalised_name(item["name"]) for item in self.items]
 
     def fingerprint(self, identity: dict) -> str:
         """sha256 of what a fitted matcher depends on: every item (path, name, category, product) and the model."""

@@ -94,6 +94,8 @@ def test_a_category_tree_sums_children_and_backs_off_to_the_deepest_sure_level()
     assert Hierarchy.back_off(levels, 0.6).label == "Dairy/Milk"
     assert Hierarchy.back_off(levels, 0.3).label == "Dairy/Milk/Oat-Milk"
     assert Hierarchy.back_off(levels, 0.9) is None
+    shallow = tree.levels(np.array([0.1, 0.1, 0.6, 0.2]))  # the path stops at the leaf Dairy/Yoghurt
+    assert [(level.label, round(level.probability, 2)) for level in shallow] == [("Dairy", 0.8), ("Dairy/Yoghurt", 0.6)]
     assert Hierarchy(["a", "b"]).is_flat
     for bad in ("Dairy//Milk", "/Milk", "Dairy/ "):
         with pytest.raises(ImgclfError, match="is not a category path"):

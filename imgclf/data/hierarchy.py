@@ -63,24 +63,32 @@ class Hierarchy:
         return self.depth <= 1
 
     def levels(self, probabilities: np.ndarray) -> list[LevelSuggestion]:
-        """Per depth, the most probable node given probabilities over ``leaves`` (which sum to 1)."""
-        suggestions = []
+        """From the top down, the most probable child of the node chosen above, given probabilities over ``leaves``.
+
+        The path stops at a leaf, so a shallow leaf (``Dairy/Yoghurt`` beside
+        ``Dairy/Milk/Oat-Milk``) gets as many levels as it has.
+        """
+        suggestions: list[LevelSuggestion] = []
         for depth, (names, matrix) in enumerate(zip(self.nodes, self.membership), start=1):
-            totals = matrix @ probabilities
+            prefix = suggestions[-1].label + SEPARATOR if suggestions else ""
+            children = [row for row, name in enumerate(names) if name.startswith(prefix)]
+            if not children:
+                break
+            totals = matrix[children] @ probabilities
             best = int(np.argmax(totals))
-            suggestions.append(LevelSuggestion(depth, names[best], float(totals[best])))
+            suggestions.append(LevelSuggestion(depth, names[children[best]], float(totals[best])))
         return suggestions
 
     @staticmethod
     def back_off(levels: Sequence[LevelSuggestion], min_confidence: float) -> LevelSuggestion | None:
         """The deepest level at least ``min_confidence`` sure, following the top path; None when not even the top is.
 
-        A deeper node is only taken while it lies under the node chosen above
-        it, so the answer is always one path, never a leaf of another branch.
+        ``levels`` is one path (:meth:`levels`), so the answer never jumps to
+        another branch.
         """
         chosen = None
         for level in levels:
-            if level.probability < min_confidence or (chosen and not level.label.startswith(chosen.label + SEPARATOR)):
+            if level.probability < min_confidence:
                 break
             chosen = level
         return chosen

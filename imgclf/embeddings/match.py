@@ -155,8 +155,14 @@ class Reference:
         self.vectoriser.fit(self.names + self.label_names)
         self.name_ngrams = self.vectoriser.transform(self.names)
         self.label_ngrams = self.vectoriser.transform(self.label_names)
-        self.probe = probe if probe is not None else Probe.fit(self.vectors, self.item_category, len(self.labels))
-        self.hierarchy = Hierarchy(self.labels)
+        self._probe = probe
+
+    @property
+    def probe(self) -> Probe:
+        """The embedding probe, fitted on first use (the fixed blend never needs it)."""
+        if self._probe is None:
+            self._probe = Probe.fit(self.vectors, self.item_category, len(self.labels))
+        return self._probe
 
     def item_scores(self, queries: Queries) -> ItemScores:
         """Image cosine, token-set and n-gram similarity of every query with every reference item."""

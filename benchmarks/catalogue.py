@@ -75,12 +75,12 @@ def product_name(flower: str, rng: np.random.Generator) -> str:
     return " ".join(words)
 
 
-def build(data: Path, folder: Path) -> tuple[Path, Path]:
-    """catalog.csv (3,000 photos grouped into products) and new.csv (10,000 products from the other photos)."""
+def build(data: Path, folder: Path, catalog_photos: int, new_products: int) -> tuple[Path, Path]:
+    """catalog.csv (photos grouped into products) and new.csv (new products from the other photos)."""
     rng = np.random.default_rng(SEED)
     files = sorted(data.glob("*/*/*.jpg"))
     order = rng.permutation(len(files))
-    catalog_files, query_files = [files[i] for i in order[:CATALOG_PHOTOS]], [files[i] for i in order[CATALOG_PHOTOS:]]
+    catalog_files, query_files = [files[i] for i in order[:catalog_photos]], [files[i] for i in order[catalog_photos:]]
     by_flower: dict[str, list[Path]] = {}
     for file in catalog_files:
         by_flower.setdefault(file.parent.name, []).append(file)
@@ -88,11 +88,11 @@ def build(data: Path, folder: Path) -> tuple[Path, Path]:
     for flower, photos in sorted(by_flower.items()):
         position = 0
         while position < len(photos):
-            count = int(rng.integers(1, 4))
+            photo_count = int(rng.integers(1, 4))
             name, product = product_name(flower, rng), f"P{len(rows):05d}"
-            for photo in photos[position:position + count]:
+            for photo in photos[position:position + photo_count]:
                 rows.append([str(photo.resolve()), name, CATEGORIES[flower], product])
-            position += count
+            position += photo_count
     catalog = folder / "catalog.csv"
     with catalog.open("w", newline="") as handle:
         csv.writer(handle).writerows([["image", "name", "category", "product"], *rows])
@@ -100,7 +100,7 @@ def build(data: Path, folder: Path) -> tuple[Path, Path]:
     with queries.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "name", "truth"])
-        for number in range(QUERIES):
+        for number in range(new_products):
             photo = query_files[number % len(query_files)]
             writer.writerow([str(photo.resolve()), product_name(photo.parent.name, rng), CATEGORIES[photo.parent.name]])
     return catalog, queries
@@ -109,16 +109,19 @@ def build(data: Path, folder: Path) -> tuple[Path, Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).parents[2] / "shared" / "datasets" / "flowers")
+    parser.add_argument("--catalog-photos", type=int, default=CATALOG_PHOTOS)
+    parser.add_argument("--queries", type=int, default=QUERIES)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON file to merge the figures into.")
     args = parser.parse_args()
     import imgclf
     from imgclf.embeddings.embedder import Embedder
 
     record: dict = {"synthetic": "photos are the real flowers photos; categories, products, names, brands, sizes and "
                                  "spelling noise are generated (fixed seed)",
-                    "catalog_photos": CATALOG_PHOTOS, "queries": QUERIES}
+                    "catalog_photos": args.catalog_photos, "queries": args.queries}
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        catalog, queries = build(args.data, folder)
+        catalog, queries = build(args.data, folder, args.catalog_photos, args.queries)
         started = time.perf_counter()
         evaluation = imgclf.evaluate_match(catalog)
         record["evaluate"] = {
@@ -162,7 +165,7 @@ def main() -> None:
         print(f"batch: {summary.products:,} products in {summary.seconds:.1f} s ({summary.rate:,.0f} products/s, "
               f"matching only: photos embedded and matcher fitted beforehand); accuracy {correct.mean():.1%}, "
               f"{sure.mean():.0%} sure (>= 0.5 at some level) with {record['batch']['accuracy_when_sure']:.1%} right")
-    save(RESULTS, {"flowers-catalogue": record})
+    save(args.results, {"flowers-catalogue": record})
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import numpy as np
 from imgclf.data.hierarchy import SEPARATOR, Hierarchy
 from imgclf.embeddings.embedder import Embedder
 from imgclf.embeddings.similarity import normalise
+from imgclf.embeddings.store import image_key
 from imgclf.embeddings.tables import IMAGE_COLUMN, read_items
 from imgclf.errors import ImgclfError
 
@@ -90,10 +91,11 @@ class Catalog:
         return [(item.get(column, "") if column else "") or normalised_name(item["name"]) for item in self.items]
 
     def fingerprint(self, identity: dict) -> str:
-        """sha256 of what a fitted matcher depends on: every item (path, name, category, product) and the model."""
+        """sha256 of what a fitted matcher depends on: every item (photo contents, name, category, product), the model."""
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
         for item, product in zip(self.items, self.products):
-            digest.update("\t".join((item[IMAGE_COLUMN], item["name"], item["category"], product, "\n")).encode())
+            photo = str(image_key(Path(item[IMAGE_COLUMN])))  # path, size and mtime: a replaced photo refits
+            digest.update("\t".join((photo, item["name"], item["category"], product, "\n")).encode())
         return digest.hexdigest()
 
 

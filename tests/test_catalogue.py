@@ -233,6 +233,7 @@ def test_batch_mode_resumes_after_a_kill_and_writes_one_row_per_product(tmp_path
 
 # ----------------------------------------------------------------- review page
 def test_the_review_page_accepts_and_corrects_suggestions_in_a_browser(tmp_path: Path, chromium: str) -> None:
+    import httpx
     from playwright.sync_api import sync_playwright
     from test_serve import start_server
 
@@ -274,6 +275,9 @@ def test_the_review_page_accepts_and_corrects_suggestions_in_a_browser(tmp_path:
             page.wait_for_selector("article[data-id='1'].done")
             reloaded = page.locator("article[data-id='1'] .state").inner_text()
             browser.close()
+        bad_path = httpx.post(f"{url}/v1/review/2", json={"category": "Dairy//Kefir"})
+        assert bad_path.status_code == 422 and "is not a category path" in bad_path.text
+        assert httpx.get(f"{url}/v1/review/photo/99").status_code == 404
     finally:
         server.should_exit = True
         thread.join(10)

@@ -205,9 +205,8 @@ def search(data: Path) -> dict:
         evaluation = imgclf.evaluate_match(catalog)
         record["match_evaluate"] = {"seconds": round(time.perf_counter() - started, 1),
                                     "image_weight_chosen": evaluation.image_weight,
-                                    "test_accuracy": {k: round(v, 4) for k, v in evaluation.test_accuracy.items()},
-                                    "items": [evaluation.reference_items, evaluation.validation_items,
-                                              evaluation.test_items]}
+                                    "test_accuracy": {k: round(r.accuracy, 4) for k, r in evaluation.results.items()},
+                                    "items": [evaluation.reference_items, evaluation.test_items]}
         started = time.perf_counter()
         result = imgclf.inspect(data, out=Path(folder) / "inspect", near_duplicates=True)
         pairs = result.report.near_duplicates or []

@@ -11,6 +11,7 @@ from imgclf.api import (  # the public API
     load,
     load_dataset,
     match,
+    match_batch,
     models,
     predict,
     preview_augment,
@@ -23,5 +24,5 @@ from imgclf.errors import ImgclfError
 from imgclf.version import __version__
 
 __all__ = ["ImgclfError", "__version__", "build_index", "compare", "embed", "evaluate", "evaluate_match", "export",
-           "inspect", "load", "load_dataset", "match", "models", "predict", "preview_augment", "query_index",
+           "inspect", "load", "load_dataset", "match", "match_batch", "models", "predict", "preview_augment", "query_index",
            "report", "similar", "train"]

@@ -450,9 +450,11 @@ def export(
 
 
 @app.command(epilog="Examples: imgclf serve runs/shop  |  imgclf serve runs/shop --port 9000 --runtime onnx  |  "
-                    "curl -F file=@cat.jpg http://127.0.0.1:8000/v1/predict")
+                    "curl -F file=@cat.jpg http://127.0.0.1:8000/v1/predict  |  "
+                    "imgclf serve --catalog catalog.csv --queries new.csv --accepted accepted.csv")
 def serve(
-    model: Model,
+    model: Annotated[Optional[str], typer.Argument(help="A run directory (runs/NAME) or a model bundle folder; "
+                                                        "leave out with --catalog.", show_default=False)] = None,
     host: Annotated[str, Opt(help="Address to bind; loopback by default (0.0.0.0 exposes it to the network).")] = "127.0.0.1",
     port: Annotated[int, Opt(help="TCP port.")] = 8000,
     runtime: RuntimeOption = "auto",
@@ -464,10 +466,24 @@ def serve(
     max_pixels: Annotated[int, Opt(help="Most pixels per image.", rich_help_panel="Limits")] = 50_000_000,
     max_files: Annotated[int, Opt(help="Most images per request.", rich_help_panel="Limits")] = 16,
     timeout: Annotated[float, Opt(help="Seconds a request may take.", rich_help_panel="Limits")] = 30.0,
+    catalog: Annotated[Optional[Path], Opt(help="Instead of a model: a catalogue CSV whose suggestions for --queries "
+                                                "a person reviews on the page.", rich_help_panel="Review")] = None,
+    queries: Annotated[Optional[Path], Opt(help="The new products (image and/or name) to review.",
+                                           rich_help_panel="Review")] = None,
+    accepted: Annotated[Path, Opt(help="CSV the decisions are written to, in the catalogue's format.",
+                                  rich_help_panel="Review")] = Path("accepted.csv"),
 ) -> None:
-    """Serve a model over HTTP: REST API with dynamic batching, limits, metrics, docs, and a web page."""
+    """Serve a model over HTTP (REST API with dynamic batching, limits, metrics, docs, a web page), or a review page."""
     from imgclf.serve.server import serve as run_server
+    from imgclf.serve.server import serve_review
     from imgclf.serve.uploads import Limits
+
+    if catalog is not None or model is None:
+        if model is not None or catalog is None or queries is None:
+            raise ImgclfError("give a model to serve (runs/NAME), or --catalog catalog.csv --queries new.csv "
+                              "(no model) for the review page")
+        serve_review(catalog, queries, accepted, host=host, port=port)
+        return
 
     limits = Limits(max_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels, max_files=max_files,
                     timeout_s=timeout)

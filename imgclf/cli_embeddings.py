@@ -8,6 +8,7 @@ command, import torch only when they run.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -37,7 +38,8 @@ def register(app: typer.Typer) -> None:
     app.command(epilog="Example: imgclf similar tf_efficientnet_lite0 a.jpg b.jpg")(similar)
     app.add_typer(index_app, name="index")
     app.command(epilog="Examples: imgclf match catalog.csv --image new.jpg --name \"blue denim jacket\"  |  "
-                       "imgclf match catalog.csv --evaluate")(match)
+                       "imgclf match catalog.csv --evaluate  |  "
+                       "imgclf match catalog.csv --queries new.csv --out suggestions.csv")(match)
 
 
 def embed(
@@ -131,64 +133,127 @@ def index_query(
 
 
 def match(
-    catalog: Annotated[Path, typer.Argument(help="Catalogue CSV: image,name,category[,sku] (paths relative to it).",
+    catalog: Annotated[Path, typer.Argument(help="Catalogue CSV: image,name,category[,product or sku] (paths "
+                                                 "relative to it); a category may be a path like Dairy/Milk.",
                                             show_default=False)],
     image: Annotated[Optional[Path], typer.Option(help="Photo of the new product.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Name of the new product.")] = None,
-    evaluate: Annotated[bool, typer.Option("--evaluate", help="Hold out part of the catalogue and report category "
-                                                              "accuracy of image, name and combined matching.")] = False,
+    queries: Annotated[Optional[Path], typer.Option(help="Batch mode: a CSV of new products (image and/or name "
+                                                         "columns, others are copied); needs --out.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Batch mode: the suggestions CSV to write (resumes a killed "
+                                                     "run).")] = None,
+    evaluate: Annotated[bool, typer.Option("--evaluate", help="Hold out whole products and report the accuracy of "
+                                                              "image, name, blend and learned matching.")] = False,
+    scoring: Annotated[str, typer.Option(help="learned (weights fitted on held-out products), blend (fixed image "
+                                              "weight) or auto (learned from 30 products up).")] = "auto",
+    image_weight: Annotated[Optional[float], typer.Option(help="Share of the photo in the blend, 0..1 (default 0.5); "
+                                                               "implies --scoring blend.")] = None,
+    min_confidence: Annotated[float, typer.Option(help="Suggest the deepest category level at least this sure.")
+                              ] = 0.5,
+    matcher: Annotated[Optional[Path], typer.Option(help="Folder for the fitted matcher (default: in the cache, "
+                                                         "per catalogue and model).")] = None,
     model: Annotated[str, typer.Option(help="Backbone or trained model for the image embeddings.")] =
         api.DEFAULT_EMBEDDING_MODEL,
     weights: WeightsOption = None,
-    image_weight: Annotated[Optional[float], typer.Option(help="Share of the photo in the final score, 0..1 "
-                                                               "(default 0.5; --evaluate chooses one).")] = None,
-    k: Annotated[Optional[int], typer.Option("-k", "--top-k", help="Matches that vote for the category (default 5).")
-                 ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the held-out split for --evaluate.")] = 0,
+    k: Annotated[Optional[int], typer.Option("-k", "--top-k", help="Closest items shown, and that vote in the blend "
+                                                                   "(default 5).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch mode: products per part written (a killed run redoes at "
+                                                 "most one part).")] = 512,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out products for --evaluate.")] = 0,
     as_json: JsonOption = False,
 ) -> None:
-    """Suggest a category for a new product from its photo and name, with the closest catalogue items."""
+    """Suggest categories for new products from photo and name: one, a batch CSV, or an honest evaluation."""
+    options = dict(model=model, weights=weights, scoring=scoring, image_weight=image_weight, k=k,
+                   min_confidence=min_confidence, matcher=matcher)
     if evaluate:
-        if image is not None or name is not None:
-            raise ImgclfError("--evaluate measures the catalogue itself; leave out --image and --name")
+        if image is not None or name is not None or queries is not None:
+            raise ImgclfError("--evaluate measures the catalogue itself; leave out --image, --name and --queries")
         _print_match_evaluation(api.evaluate_match(catalog, model=model, weights=weights, k=k, seed=seed), as_json)
         return
-    result = api.match(catalog, image=image, name=name, model=model, weights=weights, image_weight=image_weight, k=k)
+    if queries is not None or out is not None:
+        if queries is None or out is None:
+            raise ImgclfError("batch mode needs both --queries new.csv and --out suggestions.csv")
+        if image is not None or name is not None:
+            raise ImgclfError("--queries matches a whole CSV; leave out --image and --name")
+        _print_batch(api.match_batch(catalog, queries, out, batch_size=batch_size, **options), as_json)
+        return
+    _print_suggestion(api.match(catalog, image=image, name=name, **options), as_json)
+
+
+def _print_suggestion(suggestion: api.Suggestion, as_json: bool) -> None:
     if as_json:
-        print(json.dumps({"category": result.category, "confidence": round(result.confidence, 4),
+        print(json.dumps({"category": suggestion.category, "confidence": round(suggestion.confidence, 4),
+                          "sure": suggestion.sure,
+                          "ranking": [{"category": label, "probability": round(p, 4)} for label, p in suggestion.ranking],
+                          "levels": [{"level": level.depth, "category": level.label,
+                                      "confidence": round(level.probability, 4)} for level in suggestion.levels],
+                          "evidence": {key: None if value != value else round(value, 4)
+                                       for key, value in suggestion.evidence.items()},
                           "matches": [{"score": round(m.score, 4), "image_score": round(m.image_score, 4),
-                                       "name_score": round(m.name_score, 4), **m.item} for m in result.matches]},
+                                       "name_score": round(m.name_score, 4), **m.item} for m in suggestion.matches]},
                          indent=2))
         return
-    console.print(f"suggested category: [bold]{result.category}[/] ({result.confidence:.0%} of the top-match vote)")
+    sure = "" if suggestion.sure else " [yellow](below --min-confidence: check it)[/]"
+    console.print(f"suggested category: [bold]{suggestion.category}[/] ({suggestion.confidence:.0%} sure){sure}")
+    if len(suggestion.levels) > 1:
+        console.print("  per level: " + "  >  ".join(f"{level.label.rsplit('/', 1)[-1]} {level.probability:.0%}"
+                                                     for level in suggestion.levels))
+    console.print("  also: " + ", ".join(f"{label} {p:.0%}" for label, p in suggestion.ranking[1:]))
     table = Table(title="closest catalogue items", title_justify="left")
     for column in ("#", "score", "image", "name"):
-        table.add_column(column, justify="right" if column in ("#", "score", "image") else "left")
-    table.add_column("catalogue name")
-    table.add_column("category")
-    table.add_column("sku")
-    for rank, scored in enumerate(result.matches, start=1):
+        table.add_column(column, justify="right")
+    for column in ("catalogue name", "category", "sku"):
+        table.add_column(column)
+    for rank, scored in enumerate(suggestion.matches, start=1):
         item = scored.item
         table.add_row(str(rank), f"{scored.score:.3f}", f"{scored.image_score:.3f}", f"{scored.name_score:.3f}",
-                      item["name"], item["category"], item.get("sku", ""))
+                      item["name"], item["category"], item.get("sku", item.get("product", "")))
+    console.print(table)
+
+
+def _print_batch(summary: api.BatchSummary, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"out": str(summary.out), "products": summary.products, "resumed": summary.resumed,
+                          "unsure": summary.unsure, "failed": summary.failed, "seconds": round(summary.seconds, 3),
+                          "products_per_second": round(summary.rate, 1), "scoring": summary.scoring}, indent=2))
+        return
+    table = Table(title=f"suggestions for {summary.products:,} products written to {summary.out}",
+                  title_justify="left")
+    table.add_column("")
+    table.add_column("", justify="right")
+    for label, value in (("scoring", summary.scoring), ("matched now", f"{summary.products - summary.resumed:,}"),
+                         ("from an interrupted run", f"{summary.resumed:,}"),
+                         ("below --min-confidence (check them)", f"{summary.unsure:,}"),
+                         ("not matched (no usable photo or name)", f"{summary.failed:,}"),
+                         ("time", f"{summary.seconds:.1f} s ({summary.rate:,.0f} products/s)")):
+        table.add_row(label, value)
     console.print(table)
 
 
 def _print_match_evaluation(evaluation: api.MatchEvaluation, as_json: bool) -> None:
+    coverage = f"{evaluation.coverage:.0%}"
     if as_json:
-        print(json.dumps({"image_weight": evaluation.image_weight, "test_accuracy": evaluation.test_accuracy,
-                          "validation_accuracy": evaluation.validation_accuracy, "k": evaluation.k,
-                          "items": {"reference": evaluation.reference_items, "validation": evaluation.validation_items,
-                                    "test": evaluation.test_items}}, indent=2))
+        print(json.dumps({"image_weight": evaluation.image_weight, "k": evaluation.k, "coverage": evaluation.coverage,
+                          "results": {name: asdict(result) for name, result in evaluation.results.items()},
+                          "reference": {"items": evaluation.reference_items, "products": evaluation.reference_products},
+                          "test": {"items": evaluation.test_items, "products": evaluation.test_products},
+                          "matcher_trained_on": evaluation.trained_on}, indent=2))
         return
-    table = Table(title=f"category accuracy on {evaluation.test_items} held-out items "
-                        f"(compared with {evaluation.reference_items} reference items, top-{evaluation.k} vote)",
-                  title_justify="left")
+    table = Table(title=f"category accuracy on {evaluation.test_products:,} held-out products "
+                        f"({evaluation.test_items:,} photos), compared with {evaluation.reference_products:,} "
+                        f"others ({evaluation.reference_items:,} photos)", title_justify="left")
     table.add_column("scoring")
-    table.add_column("test accuracy", justify="right")
-    for label, key in (("image only", "image"), ("name only", "name"),
-                       (f"combined (image weight {evaluation.image_weight:g})", "combined")):
-        table.add_row(label, f"{evaluation.test_accuracy[key]:.1%}")
+    for column in ("accuracy", "top-3", f"accuracy on the surest {coverage}", "at confidence"):
+        table.add_column(column, justify="right")
+    depth = max(len(result.level_accuracy) for result in evaluation.results.values())
+    for level in range(1, depth + 1):
+        table.add_column(f"level {level}", justify="right")
+    labels = {"image": "image only", "name": "name only", "blend": f"blend (image weight {evaluation.image_weight:g})",
+              "learned": "learned"}
+    for key, result in evaluation.results.items():
+        table.add_row(labels[key], f"{result.accuracy:.1%}", f"{result.top3_accuracy:.1%}",
+                      f"{result.accuracy_at_coverage:.1%}", f"≥ {result.threshold:.2f}",
+                      *(f"{value:.1%}" for value in result.level_accuracy))
     console.print(table)
-    console.print(f"image weight {evaluation.image_weight:g} chosen on {evaluation.validation_items} validation items "
-                  f"({evaluation.validation_accuracy:.1%}); use it with --image-weight {evaluation.image_weight:g}")
+    console.print(f"the blend's image weight and the learned matcher were fitted on {evaluation.trained_on:,} "
+                  "photos of products held out of the reference part, never on the test products")

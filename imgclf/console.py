@@ -21,8 +21,8 @@ from rich.progress import (
 console = Console(stderr=True, highlight=False)
 
 
-def progress_bar(transient: bool = False) -> Progress:
-    """A progress bar with count, rate-derived ETA and elapsed time."""
+def progress_bar(transient: bool = False, disable: bool = False) -> Progress:
+    """A progress bar with count, rate-derived ETA and elapsed time (``disable``: none, inside another bar)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -32,6 +32,7 @@ def progress_bar(transient: bool = False) -> Progress:
         TimeElapsedColumn(),
         console=console,
         transient=transient,
+        disable=disable,
     )
 
 

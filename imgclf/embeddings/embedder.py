@@ -167,9 +167,12 @@ class Embedder:
             vectors[missing] = computed[missing]
         return vectors  # type: ignore[return-value]
 
-    def embed_files(self, paths: Sequence[Path], description: str = "Embedding", workers: int | None = None
-                    ) -> FileEmbeddings:
-        """Embeddings of image files, read from the store where present; unreadable files get an error."""
+    def embed_files(self, paths: Sequence[Path], description: str = "Embedding", workers: int | None = None,
+                    progress: bool = True) -> FileEmbeddings:
+        """Embeddings of image files, read from the store where present; unreadable files get an error.
+
+        ``progress=False`` shows no bar, for callers that draw their own.
+        """
         from imgclf.deploy.predict import decoded_batches
 
         started = time.perf_counter()
@@ -183,7 +186,7 @@ class Embedder:
         size = (self.preprocessing.image_size,) * 2
         pending_keys: list[str] = []
         pending_vectors: list[np.ndarray] = []
-        with progress_bar(transient=not missing) as bar:  # nothing to compute: no bar left behind
+        with progress_bar(transient=not missing, disable=not progress) as bar:  # nothing to compute: no bar left behind
             task = bar.add_task(description, total=len(missing), visible=bool(missing))
             batches = decoded_batches([paths[index] for index in missing], size, self._resize(),
                                       self.preprocessing.channels == 1, self.batch_size, workers)

@@ -63,6 +63,7 @@ def _csv_items(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
         empty = [name for name in required if not row.get(name)]
         if empty:
             raise ImgclfError(f"{path}, line {line}: empty {', '.join(empty)}; every row needs {', '.join(required)}")
-        image = Path(row[IMAGE_COLUMN])
-        row[IMAGE_COLUMN] = str(real_path(image if image.is_absolute() else path.parent / image))
+        if row.get(IMAGE_COLUMN):  # optional where a caller does not require it (a new product named only)
+            image = Path(row[IMAGE_COLUMN])
+            row[IMAGE_COLUMN] = str(real_path(image if image.is_absolute() else path.parent / image))
     return rows

@@ -24,13 +24,10 @@ def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, runti
           device: str = "auto", tta: bool | None = None, limits: Limits = DEFAULT_LIMITS, max_batch: int = 32,
           max_wait_ms: float = 2.0, max_queue: int = 256) -> None:
     """Serve ``model`` over HTTP until interrupted; see :func:`imgclf.serve.app.create_app` for the routes."""
-    import uvicorn
-
     from imgclf.deploy.classifier import Classifier
     from imgclf.serve.app import create_app
 
-    if not 1 <= port <= 65535:
-        raise ImgclfError(f"--port {port} is not a TCP port; give one from 1 to 65535, e.g. 8000")
+    check_port(port)
     for option, value in (("--max-batch", max_batch), ("--max-files", limits.max_files),
                           ("--max-queue", max_queue), ("--max-pixels", limits.max_pixels),
                           ("--max-upload-mb", limits.max_bytes), ("--timeout", limits.timeout_s)):
@@ -42,12 +39,35 @@ def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, runti
     classifier = Classifier.load(directory, device=device, tta=tta, runtime=runtime, batch_size=1)
     app = create_app(classifier, name, classifier.runtime.name, limits, max_batch=max_batch,
                      max_wait_ms=max_wait_ms, max_queue=max_queue)
+    run_app(app, host, port, f"{name} ({classifier.runtime.name} runtime)", "use the model")
+
+
+def serve_review(catalog: str | Path, queries: str | Path, accepted: str | Path, *, host: str = "127.0.0.1",
+                 port: int = 8000, **matching: object) -> None:
+    """Serve the review page for ``queries`` matched against ``catalog``; decisions go to ``accepted``."""
+    from imgclf.api import catalog_matcher
+    from imgclf.serve.review import ReviewQueue, create_review_app
+
+    check_port(port)
+    queue = ReviewQueue(catalog_matcher(catalog, **matching), Path(queries), Path(accepted))  # type: ignore[arg-type]
+    run_app(create_review_app(queue), host, port, f"the review of {len(queue.rows):,} new products", "see and "
+            f"decide the products; decisions go to {accepted}")
+
+
+def check_port(port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise ImgclfError(f"--port {port} is not a TCP port; give one from 1 to 65535, e.g. 8000")
+
+
+def run_app(app: object, host: str, port: int, what: str, exposure: str) -> None:
+    """Run ``app`` with uvicorn until Ctrl-C, warning when it is reachable beyond this machine."""
+    import uvicorn
+
     if not is_loopback(host):
-        console.print(f"[yellow]warning:[/] serving on {host}: anyone who can reach this machine can use the model "
+        console.print(f"[yellow]warning:[/] serving on {host}: anyone who can reach this machine can {exposure} "
                       "(there is no authentication); put it behind a proxy that checks who calls")
-    console.print(f"serving {name} ({classifier.runtime.name} runtime) on http://{host}:{port}  "
-                  f"(web page /, API docs /docs); Ctrl-C stops")
+    console.print(f"serving {what} on http://{host}:{port}  (web page /, API docs /docs); Ctrl-C stops")
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)  # type: ignore[arg-type]
     except OSError as error:  # uvicorn logs bind errors and exits; other socket errors land here
         raise ImgclfError(f"cannot serve on {host}:{port} ({error.strerror or error}); choose another --port") from None

@@ -24,6 +24,7 @@ from imgclf.console import console
 from imgclf.data.augment_presets import PRESETS
 from imgclf.data.decode import DEFAULT_MAX_PIXELS
 from imgclf.errors import ImgclfError
+from imgclf.files import disk_error
 
 if TYPE_CHECKING:
     from imgclf.deploy.predict import PredictionRow
@@ -514,6 +515,12 @@ def main() -> None:
         if _debug:
             raise
         console.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)  # messages may hold [brackets]
+        sys.exit(2)
+    except OSError as error:  # a full disk is the user's to fix; other OS errors are bugs and keep their traceback
+        readable = disk_error(error)
+        if readable is None or _debug:
+            raise
+        console.print(f"[red]error:[/] {escape(str(readable))}", soft_wrap=True)
         sys.exit(2)
     except click.exceptions.Abort:
         console.print("interrupted")

@@ -1,19 +1,35 @@
-"""Write files so that a crash or Ctrl-C never leaves a half-written one behind."""
+"""Write files so that a crash, ``kill -9``, Ctrl-C or a full disk never leaves a half-written one behind.
+
+Everything is written to a temporary name beside its target and renamed
+over it once complete (a rename within one folder is atomic), so a reader
+sees the old file or the new one, never a mix. A write that fails for lack
+of space is turned into one clear line by :func:`disk_error`.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from imgclf.errors import ImgclfError
+
+# what a full disk, a quota, a file size limit (RLIMIT_FSIZE) or a read-only mount look like
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
+
 
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``."""
+    """Write ``data`` to a temporary file beside ``path``, flush it to disk and rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(path)
     partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        partial.write_bytes(data)
+        with open(partial, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())  # the rename must not reach the disk before the data
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
@@ -31,6 +47,7 @@ def write_folder_atomic(directory: Path, fill: Callable[[Path], None]) -> Path:
     A half-written folder (a crash, Ctrl-C, an error in ``fill``) never
     replaces a good one: bundles, indexes and exports are written this way.
     """
+    remove_stale_partials(directory)
     partial = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -55,3 +72,49 @@ def replace_folder(partial: Path, directory: Path) -> Path:
 def write_problem_list(path: Path, problems: list[tuple[str, str]]) -> Path:
     """``path<TAB>reason`` per line: the list of files that were skipped and why."""
     return write_text_atomic(path, "".join(f"{file}\t{reason}\n" for file, reason in problems))
+
+
+def remove_stale_partials(path: Path) -> None:
+    """Delete what writes of ``path`` by processes that no longer run left behind (``kill -9``, power loss).
+
+    Temporary names carry the writer's process id, so the partial files of a
+    write still in progress elsewhere are left alone. A writer killed between
+    moving the old folder aside and renaming the new one in leaves no
+    ``path`` at all: the old one is then put back first.
+    """
+    try:
+        names = sorted(os.listdir(path.parent))
+    except OSError:
+        return
+    for name in names:
+        prefix, _, pid = name.rpartition("-")
+        if prefix in (f".{path.name}.tmp", f".{path.name}.old") and pid.isdigit() and not _running(int(pid)):
+            stale = path.parent / name
+            if prefix.endswith(".old") and not os.path.lexists(path):
+                os.replace(stale, path)
+            elif stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def disk_error(error: OSError) -> ImgclfError | None:
+    """A one-line error for a write that failed for lack of space (None for other OS errors)."""
+    if error.errno not in DISK_ERRNOS:
+        return None
+    where = f" {error.filename}" if error.filename else ""
+    return ImgclfError(f"cannot write{where} ({error.strerror}): the disk is full, a quota or file size limit was "
+                       "reached, or it is read-only; files written before are intact (nothing half-written was "
+                       "kept): free space or choose another --out, then run the command again")

@@ -449,8 +449,10 @@ def match(catalog: str | Path, *, image: str | Path | None = None, name: str | N
         if embedded.errors[0]:
             raise ImgclfError(f"--image {image}: {embedded.errors[0]}")
         vector = embedded.vectors[0]
-    return match_catalog(loaded, vector, name, DEFAULT_IMAGE_WEIGHT if image_weight is None else image_weight,
-                         DEFAULT_TOP_K if k is None else k)
+    result = match_catalog(loaded, vector, name, DEFAULT_IMAGE_WEIGHT if image_weight is None else image_weight,
+                           DEFAULT_TOP_K if k is None else k)
+    result.skipped = loaded.skipped
+    return result
 
 
 def evaluate_match(catalog: str | Path, *, model: str | Path = DEFAULT_EMBEDDING_MODEL,

@@ -24,7 +24,7 @@ from imgclf.console import console
 from imgclf.data.augment_presets import PRESETS
 from imgclf.data.decode import DEFAULT_MAX_PIXELS
 from imgclf.errors import ImgclfError
-from imgclf.files import disk_error
+from imgclf.files import PATH_BYTES, disk_error
 
 if TYPE_CHECKING:
     from imgclf.deploy.predict import PredictionRow
@@ -474,6 +474,8 @@ def export(
         table.add_row("int8 top-1 agreement", f"{quantized.top1_agreement:.1%}")
         table.add_row("int8 speed-up", ", ".join(f"{rate:.2f}x at batch {batch}" for batch, rate in quantized.speedup.items()))
     console.print(table)
+    for path, error in quantized.skipped if quantized is not None else []:
+        console.print(f"[yellow]skipped {path}: {error}[/]")
     console.print(f"metadata (preprocessing, classes, parity, speed): {result.metadata}")
 
 
@@ -509,6 +511,8 @@ register_embedding_commands(app)
 def main() -> None:
     """Console-script entry point: one-line errors unless --debug."""
     command = typer.main.get_command(app)
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as their own bytes, as ls does
+        stream.reconfigure(errors=PATH_BYTES)  # type: ignore[union-attr]
     try:
         code = command.main(args=sys.argv[1:], prog_name="imgclf", standalone_mode=False)
     except ImgclfError as error:

@@ -157,9 +157,12 @@ def match(
     if as_json:
         print(json.dumps({"category": result.category, "confidence": round(result.confidence, 4),
                           "matches": [{"score": round(m.score, 4), "image_score": round(m.image_score, 4),
-                                       "name_score": round(m.name_score, 4), **m.item} for m in result.matches]},
+                                       "name_score": round(m.name_score, 4), **m.item} for m in result.matches],
+                          "skipped": [{"image": path, "error": error} for path, error in result.skipped]},
                          indent=2))
         return
+    for path, error in result.skipped:
+        console.print(f"[yellow]skipped catalogue image {path}: {error}[/]")
     console.print(f"suggested category: [bold]{result.category}[/] ({result.confidence:.0%} of the top-match vote)")
     table = Table(title="closest catalogue items", title_justify="left")
     for column in ("#", "score", "image", "name"):

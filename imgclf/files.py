@@ -16,6 +16,9 @@ from pathlib import Path
 
 from imgclf.errors import ImgclfError
 
+# File names are bytes on POSIX; Python carries the ones that are not UTF-8 as lone surrogates. Lists and
+# tables of paths write (and read) them back as those same bytes, as ls and find print them.
+PATH_BYTES = "surrogateescape"
 # what a full disk, a quota, a file size limit (RLIMIT_FSIZE) or a read-only mount look like
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
 
@@ -38,7 +41,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
 
 def write_text_atomic(path: Path, text: str) -> Path:
     """Write ``text`` (UTF-8) atomically, as :func:`write_bytes_atomic`."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
+    return write_bytes_atomic(path, text.encode("utf-8", errors=PATH_BYTES))
 
 
 def write_folder_atomic(directory: Path, fill: Callable[[Path], None]) -> Path:

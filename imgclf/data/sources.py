@@ -23,6 +23,7 @@ from pathlib import Path
 
 from imgclf.data.cifar import CIFAR_NAMES, prepare_cifar
 from imgclf.errors import ImgclfError
+from imgclf.files import PATH_BYTES
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -215,7 +216,7 @@ def read_manifest(csv_path: Path) -> ImageDataset:
 
 
 def _read_manifest_rows(csv_path: Path) -> ImageDataset:
-    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+    with csv_path.open(newline="", encoding="utf-8-sig", errors=PATH_BYTES) as handle:
         reader = csv.DictReader(handle)
         columns = [name.strip().lower() for name in reader.fieldnames or []]
         reader.fieldnames = columns
@@ -259,11 +260,12 @@ def write_manifest(dataset: ImageDataset, csv_path: Path) -> None:
     """
     label_column = "labels" if dataset.multilabel else "label"
     tmp = csv_path.with_suffix(csv_path.suffix + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    with tmp.open("w", newline="", encoding="utf-8", errors=PATH_BYTES) as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", label_column, "split"])
         for item in dataset.items:
-            writer.writerow([str(item.path.resolve()), MULTILABEL_SEPARATOR.join(item.labels), item.split or ""])
+            # abspath, not resolve(): a symlink loop among the files must not stop the run (the decoder reports it)
+            writer.writerow([os.path.abspath(item.path), MULTILABEL_SEPARATOR.join(item.labels), item.split or ""])
     os.replace(tmp, csv_path)
 
 

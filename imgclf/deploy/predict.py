@@ -74,7 +74,7 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
         elif Path(entry).is_dir():
             paths += _folder_images(Path(entry))
         elif GLOB_CHARACTERS & set(entry) and not Path(entry).exists():
-            matches = sorted(Path(match) for match in glob.glob(entry, recursive=True) if Path(match).is_file())
+            matches = sorted(Path(match) for match in glob.glob(entry, recursive=True) if not Path(match).is_dir())
             if not matches:
                 raise ImgclfError(f"{entry}: the pattern matches no files")
             paths += matches
@@ -86,7 +86,8 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 def _folder_images(folder: Path) -> list[Path]:
-    found = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file())
+    # not is_dir() rather than is_file(): a dangling link or a symlink loop is listed, and reported by the decoder
+    found = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS and not path.is_dir())
     if not found:
         raise ImgclfError(f"{folder}: no images found in this folder (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return found

@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from imgclf.deploy.predict import PredictionRow
 from imgclf.errors import ImgclfError
+from imgclf.files import PATH_BYTES
 
 FORMATS = ("csv", "json", "jsonl")
 
@@ -36,7 +37,7 @@ def open_writer(output_format: str, out: Path | None, classes: list[str]) -> Ite
     partial = out.with_name(f".{out.name}.tmp-{os.getpid()}") if out else None
     if partial:
         partial.parent.mkdir(parents=True, exist_ok=True)
-    handle: IO[str] = open(partial, "w", newline="", encoding="utf-8") if partial else sys.stdout
+    handle: IO[str] = open(partial, "w", newline="", encoding="utf-8", errors=PATH_BYTES) if partial else sys.stdout
     try:
         write, finish = _writer(output_format, handle, classes)
         yield write

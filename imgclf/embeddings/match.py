@@ -48,6 +48,7 @@ class MatchResult:
     category: str
     confidence: float  # the winning category's share of the top-k vote
     matches: list[Scored]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # catalogue images that could not be read, why
 
 
 @dataclass

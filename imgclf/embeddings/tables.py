@@ -7,10 +7,12 @@ be moved as a whole); every other column is kept and shown with results.
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from imgclf.errors import ImgclfError
+from imgclf.files import PATH_BYTES
 
 IMAGE_COLUMN = "image"
 
@@ -37,7 +39,7 @@ def _folder_items(folder: Path) -> list[dict[str, str]]:
     items = []
     for image in expand_inputs([folder]):
         relative = image.relative_to(folder)
-        item = {IMAGE_COLUMN: str(image.resolve())}
+        item = {IMAGE_COLUMN: os.path.abspath(image)}  # not resolve(): a symlink loop is reported, not a crash
         if len(relative.parts) > 1:
             item["label"] = relative.parts[0]
         items.append(item)
@@ -46,7 +48,7 @@ def _folder_items(folder: Path) -> list[dict[str, str]]:
 
 def _csv_items(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        with path.open(newline="", encoding="utf-8-sig", errors=PATH_BYTES) as handle:
             reader = csv.DictReader(handle)
             columns = [name.strip() for name in reader.fieldnames or []]
             rows = [{(key or "").strip(): (value or "").strip() for key, value in row.items()} for row in reader]
@@ -63,5 +65,5 @@ def _csv_items(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
         if empty:
             raise ImgclfError(f"{path}, line {line}: empty {', '.join(empty)}; every row needs {', '.join(required)}")
         image = Path(row[IMAGE_COLUMN])
-        row[IMAGE_COLUMN] = str((image if image.is_absolute() else path.parent / image).resolve())
+        row[IMAGE_COLUMN] = os.path.abspath(image if image.is_absolute() else path.parent / image)
     return rows

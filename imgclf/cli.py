@@ -494,6 +494,9 @@ def serve(
     max_pixels: Annotated[int, Opt(help="Most pixels per image.", rich_help_panel="Limits")] = 50_000_000,
     max_files: Annotated[int, Opt(help="Most images per request.", rich_help_panel="Limits")] = 16,
     timeout: Annotated[float, Opt(help="Seconds a request may take.", rich_help_panel="Limits")] = 30.0,
+    api_key: Annotated[Optional[str], Opt(envvar="IMGCLF_API_KEY", show_default=False, help=(
+        "Require this key (Authorization: Bearer KEY or X-API-Key) on /v1/* and /metrics; prefer the "
+        "IMGCLF_API_KEY environment variable, which other users cannot see in the process list."))] = None,
 ) -> None:
     """Serve a model over HTTP: REST API with dynamic batching, limits, metrics, docs, and a web page."""
     from imgclf.serve.server import serve as run_server
@@ -502,7 +505,7 @@ def serve(
     limits = Limits(max_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels, max_files=max_files,
                     timeout_s=timeout)
     run_server(model, host=host, port=port, runtime=runtime, tta=tta, limits=limits, max_batch=max_batch,
-               max_wait_ms=max_wait_ms, max_queue=max_queue)
+               max_wait_ms=max_wait_ms, max_queue=max_queue, api_key=api_key)
 
 
 register_embedding_commands(app)

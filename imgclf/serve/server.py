@@ -22,13 +22,16 @@ def is_loopback(host: str) -> bool:
 
 def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, runtime: str = "auto",
           device: str = "auto", tta: bool | None = None, limits: Limits = DEFAULT_LIMITS, max_batch: int = 32,
-          max_wait_ms: float = 2.0, max_queue: int = 256) -> None:
+          max_wait_ms: float = 2.0, max_queue: int = 256, api_key: str | None = None) -> None:
     """Serve ``model`` over HTTP until interrupted; see :func:`imgclf.serve.app.create_app` for the routes."""
     import uvicorn
 
     from imgclf.deploy.classifier import Classifier
     from imgclf.serve.app import create_app
 
+    if api_key is not None and len(api_key) < 16:
+        raise ImgclfError("--api-key is too short to be secret; use at least 16 characters, e.g. "
+                          "IMGCLF_API_KEY=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
     if not 1 <= port <= 65535:
         raise ImgclfError(f"--port {port} is not a TCP port; give one from 1 to 65535, e.g. 8000")
     for option, value in (("--max-batch", max_batch), ("--max-files", limits.max_files),
@@ -41,10 +44,12 @@ def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, runti
     # batch 1 is what a lightly loaded server mostly runs, and where the runtimes differ most
     classifier = Classifier.load(directory, device=device, tta=tta, runtime=runtime, batch_size=1)
     app = create_app(classifier, name, classifier.runtime.name, limits, max_batch=max_batch,
-                     max_wait_ms=max_wait_ms, max_queue=max_queue)
+                     max_wait_ms=max_wait_ms, max_queue=max_queue, api_key=api_key)
     if not is_loopback(host):
-        console.print(f"[yellow]warning:[/] serving on {host}: anyone who can reach this machine can use the model "
-                      "(there is no authentication); put it behind a proxy that checks who calls")
+        who = ("callers need the API key; use TLS (a reverse proxy) so it is not sent in clear text" if api_key else
+               "anyone who can reach this machine can use the model (no --api-key); put it behind a proxy that "
+               "checks who calls")
+        console.print(f"[yellow]warning:[/] serving on {host}: {who}")
     console.print(f"serving {name} ({classifier.runtime.name} runtime) on http://{host}:{port}  "
                   f"(web page /, API docs /docs); Ctrl-C stops")
     try:

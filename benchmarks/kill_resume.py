@@ -105,9 +105,18 @@ def read_output(kind: str, path: Path) -> object:
         return [(row["path"], row["prediction"]) for row in rows]
     import onnx
 
-    model = onnx.load(str(path / "model.onnx"))
+    from imgclf.deploy.runtime import file_digest
+
+    model = onnx.load(str(path / "model.onnx"))  # a file cut short does not parse
     onnx.checker.check_model(model)
-    return json.loads((path / "model.onnx.json").read_text())["weights_sha256"]
+    meta = path / "model.onnx.json"
+    if not meta.is_file() or json.loads(meta.read_text())["file_sha256"] != file_digest(path / "model.onnx"):
+        raise StaleMetadata  # killed between the file and its metadata: runtimes treat it as not exported
+    return json.loads(meta.read_text())["weights_sha256"]
+
+
+class StaleMetadata(Exception):
+    """An export whose file is complete but whose metadata does not describe it."""
 
 
 def other_trials(work: Path, model: Path, images: Path, trials: int, rng: random.Random) -> list[dict[str, object]]:
@@ -134,10 +143,12 @@ def other_trials(work: Path, model: Path, images: Path, trials: int, rng: random
             process.kill()
             process.communicate(timeout=60)
             state = "absent"
-            if out.exists():
+            if out.exists() and (kind != "export" or (out / "model.onnx").exists()):
                 try:
                     read_output(kind, out)
                     state = "complete"
+                except StaleMetadata:
+                    state = "no metadata yet (refused)"
                 except Exception:  # noqa: BLE001
                     state = "HALF-WRITTEN"
             finish(*make(out))

@@ -45,6 +45,7 @@ from imgclf.deploy.runtime import (
     Runtime,
     TorchRuntime,
     compare_speeds,
+    file_digest,
     metadata_path,
     weights_digest,
 )
@@ -274,6 +275,7 @@ def write_metadata(path: Path, format: str, directory: Path, info: BundleInfo, *
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "bundle": str(directory.resolve()),
         "weights_sha256": weights_digest(directory),
+        **({"file_sha256": file_digest(path)} if path.is_file() else {}),  # a SavedModel is a folder
         "architecture": info.architecture,
         "classes": info.classes,
         "multilabel": info.multilabel,

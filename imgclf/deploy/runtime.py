@@ -54,16 +54,25 @@ def metadata_path(model_file: Path) -> Path:
 
 def weights_digest(directory: Path) -> str:
     """sha256 of the bundle's weights (``model.keras`` for Keras): ties an export to the exact weights it was made from."""
-    digest = hashlib.sha256()
     weights = directory / WEIGHTS_FILE
-    with open(weights if weights.is_file() else directory / KERAS_FILE, "rb") as handle:
+    return file_digest(weights if weights.is_file() else directory / KERAS_FILE)
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
 def read_export(directory: Path, runtime: str) -> dict[str, Any] | None:
-    """The metadata of the bundle's export for ``runtime`` when it exists and matches the weights, else None."""
+    """The metadata of the bundle's export for ``runtime`` when it exists and matches the weights, else None.
+
+    The metadata also records the exported file's own sha256: an export
+    killed between writing the file and its metadata, or a file replaced
+    since, does not match and is treated as missing (export again).
+    """
     model_file = directory / ONNX_FILES[runtime]
     meta = metadata_path(model_file)
     if not model_file.is_file() or not meta.is_file():
@@ -72,7 +81,9 @@ def read_export(directory: Path, runtime: str) -> dict[str, Any] | None:
         values = json.loads(meta.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    return values if values.get("weights_sha256") == weights_digest(directory) else None
+    if values.get("weights_sha256") != weights_digest(directory):
+        return None
+    return values if values.get("file_sha256", file_digest(model_file)) == file_digest(model_file) else None
 
 
 def resolve_runtime(directory: Path, requested: str, device: str = "auto", batch_size: int = 64,

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 from imgclf.deploy.predict import PredictionRow
 from imgclf.errors import ImgclfError
-from imgclf.files import PATH_BYTES
+from imgclf.files import PATH_BYTES, remove_stale_partials
 
 FORMATS = ("csv", "json", "jsonl")
 
@@ -35,8 +35,9 @@ def open_writer(output_format: str, out: Path | None, classes: list[str]) -> Ite
     if output_format not in FORMATS:
         raise ImgclfError(f"--format '{output_format}' is not one of {', '.join(FORMATS)}")
     partial = out.with_name(f".{out.name}.tmp-{os.getpid()}") if out else None
-    if partial:
+    if partial and out:
         partial.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(out)
     handle: IO[str] = open(partial, "w", newline="", encoding="utf-8", errors=PATH_BYTES) if partial else sys.stdout
     try:
         write, finish = _writer(output_format, handle, classes)

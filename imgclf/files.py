@@ -34,6 +34,8 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
             handle.flush()
             os.fsync(handle.fileno())  # the rename must not reach the disk before the data
         os.replace(partial, path)
+    except OSError as error:
+        raise _naming(error, path) from None
     finally:
         partial.unlink(missing_ok=True)
     return path
@@ -56,6 +58,9 @@ def write_folder_atomic(directory: Path, fill: Callable[[Path], None]) -> Path:
     partial.mkdir(parents=True)
     try:
         fill(partial)
+    except OSError as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise _naming(error, directory) from None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -111,6 +116,13 @@ def _running(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
+
+
+def _naming(error: OSError, target: Path) -> OSError:
+    """``error`` with the file the user asked for as its file name (a failed write() names none)."""
+    if error.filename is None or ".tmp-" in str(error.filename):
+        error.filename = str(target)
+    return error
 
 
 def disk_error(error: OSError) -> ImgclfError | None:

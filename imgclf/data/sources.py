@@ -231,6 +231,9 @@ def _read_manifest_rows(csv_path: Path) -> ImageDataset:
     if not items:
         raise ImgclfError(f"{csv_path} has a header but no rows; add one row per image")
     classes = sorted({label for item in items for label in item.labels})
+    # file names may be any bytes (read back as written); labels are text and must be UTF-8
+    if any("\udc80" <= character <= "\udcff" for label in classes for character in label):  # escaped bytes
+        raise UnicodeDecodeError("utf-8", b"", 0, 1, "a label is not UTF-8")
     return ImageDataset(items=items, classes=classes, multilabel=multilabel, source=str(csv_path))
 
 

@@ -429,7 +429,9 @@ def match(catalog: str | Path, *, image: str | Path | None = None, name: str | N
         if embedded.errors[0]:
             raise ImgclfError(f"--image {image}: {embedded.errors[0]}")
         vector = normalise(embedded.vectors[:1])
-    return found.suggest(Queries(vector, [name or ""]))[0]
+    suggestion = found.suggest(Queries(vector, [name or ""]))[0]
+    suggestion.skipped = found.catalog.skipped
+    return suggestion
 
 
 def match_batch(catalog: str | Path, queries: str | Path, out: str | Path, *, batch_size: int = 512,

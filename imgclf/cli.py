@@ -27,6 +27,7 @@ from imgclf.console import console
 from imgclf.data.augment_presets import PRESETS
 from imgclf.data.decode import DEFAULT_MAX_PIXELS
 from imgclf.errors import ImgclfError
+from imgclf.files import PATH_BYTES, disk_error
 from imgclf.version import __version__
 
 if TYPE_CHECKING:
@@ -446,6 +447,8 @@ def export(
         table.add_row("int8 top-1 agreement", f"{quantized.top1_agreement:.1%}")
         table.add_row("int8 speed-up", ", ".join(f"{rate:.2f}x at batch {batch}" for batch, rate in quantized.speedup.items()))
     console.print(table)
+    for path, error in quantized.skipped if quantized is not None else []:
+        console.print(f"[yellow]skipped {path}: {error}[/]")
     console.print(f"metadata (preprocessing, classes, parity, speed): {result.metadata}")
 
 
@@ -472,6 +475,9 @@ def serve(
                                            rich_help_panel="Review")] = None,
     accepted: Annotated[Path, Opt(help="CSV the decisions are written to, in the catalogue's format.",
                                   rich_help_panel="Review")] = Path("accepted.csv"),
+    api_key: Annotated[Optional[str], Opt(envvar="IMGCLF_API_KEY", show_default=False, help=(
+        "Require this key (Authorization: Bearer KEY or X-API-Key) on /v1/* and /metrics; prefer the "
+        "IMGCLF_API_KEY environment variable, which other users cannot see in the process list."))] = None,
 ) -> None:
     """Serve a model over HTTP (REST API with dynamic batching, limits, metrics, docs, a web page), or a review page."""
     from imgclf.serve.server import serve as run_server
@@ -488,7 +494,7 @@ def serve(
     limits = Limits(max_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels, max_files=max_files,
                     timeout_s=timeout)
     run_server(model, host=host, port=port, runtime=runtime, tta=tta, limits=limits, max_batch=max_batch,
-               max_wait_ms=max_wait_ms, max_queue=max_queue)
+               max_wait_ms=max_wait_ms, max_queue=max_queue, api_key=api_key)
 
 
 register_embedding_commands(app)
@@ -497,12 +503,20 @@ register_embedding_commands(app)
 def main() -> None:
     """Console-script entry point: one-line errors unless --debug."""
     command = typer.main.get_command(app)
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as their own bytes, as ls does
+        stream.reconfigure(errors=PATH_BYTES)  # type: ignore[union-attr]
     try:
         code = command.main(args=sys.argv[1:], prog_name="imgclf", standalone_mode=False)
     except ImgclfError as error:
         if _debug:
             raise
         console.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)  # messages may hold [brackets]
+        sys.exit(2)
+    except OSError as error:  # a full disk is the user's to fix; other OS errors are bugs and keep their traceback
+        readable = disk_error(error)
+        if readable is None or _debug:
+            raise
+        console.print(f"[red]error:[/] {escape(str(readable))}", soft_wrap=True)
         sys.exit(2)
     except typer.Abort:
         console.print("interrupted")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from imgclf import api
@@ -190,9 +191,12 @@ def _print_suggestion(suggestion: api.Suggestion, as_json: bool) -> None:
                           "evidence": {key: None if value != value else round(value, 4)
                                        for key, value in suggestion.evidence.items()},
                           "matches": [{"score": round(m.score, 4), "image_score": round(m.image_score, 4),
-                                       "name_score": round(m.name_score, 4), **m.item} for m in suggestion.matches]},
+                                       "name_score": round(m.name_score, 4), **m.item} for m in suggestion.matches],
+                          "skipped": [{"image": path, "error": error} for path, error in suggestion.skipped]},
                          indent=2))
         return
+    for path, error in suggestion.skipped:
+        console.print(f"[yellow]skipped catalogue image {escape(path)}: {escape(error)}[/]")
     sure = "" if suggestion.sure else " [yellow](below --min-confidence: check it)[/]"
     console.print(f"suggested category: [bold]{suggestion.category}[/] ({suggestion.confidence:.0%} sure){sure}")
     if len(suggestion.levels) > 1:

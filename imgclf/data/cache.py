@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from imgclf import paths
-from imgclf.console import progress_bar
+from imgclf.console import console, progress_bar
 from imgclf.data.decode import DEFAULT_MAX_PIXELS, ResizePolicy, decode_file
 from imgclf.data.workers import run_in_workers
 
@@ -93,7 +93,12 @@ def build_cache(
     directory = cache_root / key
     if (directory / "index.json").exists():
         os.utime(directory / "index.json")  # last-used time, for anyone pruning by age
-        return _load(directory, files, size, started)
+        try:
+            return _load(directory, files, size, started)
+        except (OSError, ValueError, KeyError) as error:  # damaged or tampered with (never unpickled): decode again
+            console.print(f"[yellow]the decode cache entry {directory} is damaged ({str(error).splitlines()[0]}); "
+                          "decoding again[/]")
+            shutil.rmtree(directory, ignore_errors=True)
     family = _digest([settings, source]) if source else ""
     _write(directory, files, size, policy, grayscale, max_pixels, workers, description, family)
     if family:

@@ -27,7 +27,7 @@ from rich.markup import escape
 from imgclf.console import console
 from imgclf.data.cifar import CIFAR_NAMES, prepare_cifar
 from imgclf.errors import ImgclfError
-from imgclf.files import atomic_path
+from imgclf.files import PATH_BYTES, atomic_path
 from imgclf.paths import real_path
 
 IMAGE_EXTENSIONS = frozenset(
@@ -224,7 +224,7 @@ def read_manifest(csv_path: Path) -> ImageDataset:
 
 
 def _read_manifest_rows(csv_path: Path) -> ImageDataset:
-    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+    with csv_path.open(newline="", encoding="utf-8-sig", errors=PATH_BYTES) as handle:
         reader = csv.DictReader(handle)
         columns = [name.strip().lower() for name in reader.fieldnames or []]
         reader.fieldnames = columns
@@ -239,6 +239,9 @@ def _read_manifest_rows(csv_path: Path) -> ImageDataset:
     if not items:
         raise ImgclfError(f"{csv_path} has a header but no rows; add one row per image")
     classes = sorted({label for item in items for label in item.labels})
+    # file names may be any bytes (read back as written); labels are text and must be UTF-8
+    if any("\udc80" <= character <= "\udcff" for label in classes for character in label):  # escaped bytes
+        raise UnicodeDecodeError("utf-8", b"", 0, 1, "a label is not UTF-8")
     return ImageDataset(items=items, classes=classes, multilabel=multilabel, source=str(csv_path))
 
 
@@ -267,7 +270,7 @@ def write_manifest(dataset: ImageDataset, csv_path: Path) -> None:
     exactly the same images on each side.
     """
     label_column = "labels" if dataset.multilabel else "label"
-    with atomic_path(csv_path) as partial, partial.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_path(csv_path) as partial, partial.open("w", newline="", encoding="utf-8", errors=PATH_BYTES) as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", label_column, "split"])
         for item in dataset.items:

@@ -53,11 +53,13 @@ class BundleInfo:
 
 def write_bundle(info: BundleInfo, state_dict: dict[str, Any], directory: Path) -> Path:
     """Write a torch model's bundle: ``model.json`` and ``weights.safetensors``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     def save_weights(folder: Path) -> None:
         tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state_dict.items()}
-        save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "imgclf", "architecture": info.architecture})
+        # serialised in memory, written by Python: a full disk is a plain OSError, not a wrapped safetensors one
+        (folder / WEIGHTS_FILE).write_bytes(save(tensors, metadata={"format": "imgclf",
+                                                                    "architecture": info.architecture}))
 
     return _write_atomically(info, save_weights, directory)
 

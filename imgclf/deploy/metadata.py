@@ -2,7 +2,8 @@
 
 Written by ``export`` and ``quantize``; read by the runtime chooser
 (``--runtime auto`` takes the speeds measured here, and ignores an export
-whose weights digest no longer matches the bundle's).
+whose weights digest no longer matches the bundle's, or whose file is not
+the one the metadata describes).
 """
 
 from __future__ import annotations
@@ -28,16 +29,25 @@ def metadata_path(model_file: Path) -> Path:
 
 def weights_digest(directory: Path) -> str:
     """sha256 of the bundle's weights (``model.keras`` for Keras): ties an export to the exact weights it was made from."""
-    digest = hashlib.sha256()
     weights = directory / WEIGHTS_FILE
-    with open(weights if weights.is_file() else directory / KERAS_FILE, "rb") as handle:
+    return file_digest(weights if weights.is_file() else directory / KERAS_FILE)
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
 def read_export(directory: Path, model_file: Path) -> dict[str, Any] | None:
-    """The metadata of ``model_file``, an export of the bundle at ``directory``, when both exist and the weights match."""
+    """The metadata of ``model_file``, an export of the bundle at ``directory``, when both exist and the weights match.
+
+    The metadata also records the exported file's own sha256: an export
+    killed between writing the file and its metadata, or a file replaced
+    since, does not match and is treated as missing (export again).
+    """
     meta = metadata_path(model_file)
     if not model_file.is_file() or not meta.is_file():
         return None
@@ -45,7 +55,9 @@ def read_export(directory: Path, model_file: Path) -> dict[str, Any] | None:
         values = json.loads(meta.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    return values if values.get("weights_sha256") == weights_digest(directory) else None
+    if values.get("weights_sha256") != weights_digest(directory):
+        return None
+    return values if values.get("file_sha256", file_digest(model_file)) == file_digest(model_file) else None
 
 
 def write_metadata(path: Path, format: str, directory: Path, info: BundleInfo, **extra: Any) -> Path:
@@ -59,6 +71,7 @@ def write_metadata(path: Path, format: str, directory: Path, info: BundleInfo, *
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "bundle": str(directory.resolve()),
         "weights_sha256": weights_digest(directory),
+        **({"file_sha256": file_digest(path)} if path.is_file() else {}),  # a SavedModel is a folder
         "architecture": info.architecture,
         "classes": info.classes,
         "multilabel": info.multilabel,

@@ -72,7 +72,7 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
         elif Path(entry).is_dir():
             paths += _folder_images(Path(entry))
         elif GLOB_CHARACTERS & set(entry) and not Path(entry).exists():
-            matches = sorted(Path(match) for match in glob.glob(entry, recursive=True) if Path(match).is_file())
+            matches = sorted(Path(match) for match in glob.glob(entry, recursive=True) if not Path(match).is_dir())
             if not matches:
                 raise ImgclfError(f"{entry}: the pattern matches no files")
             paths += matches

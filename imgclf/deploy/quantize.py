@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ class QuantizationReport:
     speedup: dict[str, float]
     fp32_bytes: int
     int8_bytes: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # images that could not be decoded, and why
 
 
 def labelled_images(directory: Path, info: BundleInfo, data: str | Path | None) -> LabelledImages:
@@ -104,11 +105,15 @@ def _workers(info: BundleInfo) -> int | None:
     return 1 if info.backend == "tensorflow" else None
 
 
-def _decoded(paths: list[Path], info: BundleInfo) -> np.ndarray:
-    """The decodable images of ``paths`` (N, H, W, C)."""
+def _decoded(paths: list[Path], info: BundleInfo) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """The decodable images of ``paths`` (N, H, W, C), and the (path, reason) of the others."""
     size = (info.image_size, info.image_size)
     batches = decoded_batches(paths, size, info.resize, info.channels == 1, 64, _workers(info))  # type: ignore[arg-type]
-    return np.concatenate([pixels[[not error for error in errors]] for _, pixels, errors in batches])
+    kept, skipped = [], []
+    for chunk, pixels, errors in batches:
+        kept.append(pixels[[not error for error in errors]])
+        skipped += [(str(path), error) for path, error in zip(chunk, errors) if error]
+    return np.concatenate(kept), skipped
 
 
 def quantize_int8(fp32_path: Path, directory: Path, info: BundleInfo, images: LabelledImages,
@@ -117,13 +122,14 @@ def quantize_int8(fp32_path: Path, directory: Path, info: BundleInfo, images: La
 
     ``model`` is the Keras model, which the TFLite converter quantises from.
     """
-    calibration = _decoded(images.calibration, info)
+    calibration, skipped = _decoded(images.calibration, info)
     if not len(calibration):
         raise ImgclfError(f"none of the calibration images ({images.source}) could be decoded")
     path = fp32_path.with_name(INT8_FILES[format])
     with atomic_path(path) as partial:  # kept only when the accuracy check passes
         fp32, int8 = QUANTISERS[format](fp32_path, partial, info, calibration, model)
         report = _compare(fp32, int8, info, images, path, fp32_path)
+        report.skipped = skipped + report.skipped
         if report.accuracy_change < -max_accuracy_drop:
             raise ImgclfError(f"int8 quantisation loses {-report.accuracy_change:.1%} accuracy on {report.source} "
                               f"({report.fp32_accuracy:.1%} -> {report.int8_accuracy:.1%}), more than "
@@ -186,8 +192,10 @@ def _compare(fp32: Runtime, int8: Runtime, info: BundleInfo, images: LabelledIma
         task = bar.add_task("fp32 vs int8", total=len(images.validation))
         batches = decoded_batches(images.validation, size, info.resize, info.channels == 1, 64,  # type: ignore[arg-type]
                                   _workers(info))
+        skipped = []
         for start, (chunk, pixels, errors) in zip(range(0, len(images.validation), 64), batches):
             ok = np.array([not error for error in errors])
+            skipped += [(str(path), error) for path, error in zip(chunk, errors) if error]
             before.append(probabilities_from_logits(fp32.logits(pixels[ok]), info.multilabel))
             after.append(probabilities_from_logits(int8.logits(pixels[ok]), info.multilabel))
             labels.append(images.labels[start:start + len(chunk)][ok])
@@ -205,4 +213,4 @@ def _compare(fp32: Runtime, int8: Runtime, info: BundleInfo, images: LabelledIma
         top1_agreement=float(np.mean(first.argmax(axis=1) == second.argmax(axis=1))),
         max_abs_diff=float(np.abs(first - second).max()), fp32_speed=fp32_speed, int8_speed=int8_speed,
         speedup={batch: round(int8_speed[batch] / fp32_speed[batch], 2) for batch in fp32_speed},
-        fp32_bytes=fp32_path.stat().st_size, int8_bytes=0)
+        fp32_bytes=fp32_path.stat().st_size, int8_bytes=0, skipped=skipped)

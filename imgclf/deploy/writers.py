@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from imgclf.deploy.predict import PredictionRow
 from imgclf.errors import ImgclfError
-from imgclf.files import atomic_path
+from imgclf.files import PATH_BYTES, atomic_path
 
 FORMATS = ("csv", "json", "jsonl")
 
@@ -38,7 +38,7 @@ def open_writer(output_format: str, out: Path | None, classes: list[str]) -> Ite
         yield write
         finish()
         return
-    with atomic_path(out) as partial, open(partial, "w", newline="", encoding="utf-8") as handle:
+    with atomic_path(out) as partial, open(partial, "w", newline="", encoding="utf-8", errors=PATH_BYTES) as handle:
         write, finish = _writer(output_format, handle, classes)
         yield write
         finish()

@@ -28,7 +28,7 @@ from imgclf.embeddings.embedder import Embedder
 from imgclf.embeddings.similarity import normalise
 from imgclf.embeddings.tables import IMAGE_COLUMN
 from imgclf.errors import ImgclfError
-from imgclf.files import write_folder_atomic
+from imgclf.files import PATH_BYTES, write_folder_atomic
 
 INDEX_FORMAT = 1
 META_FILE, ITEMS_FILE, VECTORS_FILE = "index.json", "items.csv", "vectors.npy"
@@ -103,7 +103,7 @@ class SimilarityIndex:
         def fill(folder: Path) -> None:
             (folder / META_FILE).write_text(json.dumps(self.meta, indent=2, default=str), encoding="utf-8")
             columns = list(dict.fromkeys(key for item in self.items for key in item))
-            with (folder / ITEMS_FILE).open("w", newline="", encoding="utf-8") as handle:
+            with (folder / ITEMS_FILE).open("w", newline="", encoding="utf-8", errors=PATH_BYTES) as handle:
                 writer = csv.DictWriter(handle, fieldnames=columns)
                 writer.writeheader()
                 writer.writerows(self.items)
@@ -118,7 +118,7 @@ class SimilarityIndex:
             raise ImgclfError(f"{directory}: not an index folder (no {META_FILE}); build one with imgclf index build")
         try:
             meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
-            with (directory / ITEMS_FILE).open(newline="", encoding="utf-8") as handle:
+            with (directory / ITEMS_FILE).open(newline="", encoding="utf-8", errors=PATH_BYTES) as handle:
                 items = [dict(row) for row in csv.DictReader(handle)]
             vectors = np.load(directory / VECTORS_FILE, allow_pickle=False).astype(np.float32)
         except (OSError, ValueError, json.JSONDecodeError, csv.Error) as error:

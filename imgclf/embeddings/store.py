@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,7 +47,9 @@ def image_key(path: Path) -> str | None:
         resolved = paths.real_path(path)
     except OSError:
         return None
-    return hashlib.blake2b(f"{resolved}\0{stat.st_size}\0{stat.st_mtime_ns}".encode(), digest_size=16).hexdigest()
+    # fsencode: the name's own bytes (the same as UTF-8 for UTF-8 names), so names that are not UTF-8 work too
+    identity = os.fsencode(resolved) + f"\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
+    return hashlib.blake2b(identity, digest_size=16).hexdigest()
 
 
 def model_key(identity: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ an image weight asks for the blend.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +63,7 @@ class Suggestion:
     levels: list[LevelSuggestion]  # one per level of the category path
     matches: list[Scored]  # the closest catalogue items
     evidence: dict[str, float]  # for the top category: best image, token-set and n-gram similarity
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # catalogue photos that could not be read, why
 
 
 def check_options(scoring: str, image_weight: float | None, min_confidence: float) -> str:

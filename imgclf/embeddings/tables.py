@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from imgclf.errors import ImgclfError
+from imgclf.files import PATH_BYTES
 from imgclf.paths import real_path
 
 IMAGE_COLUMN = "image"
@@ -47,7 +48,7 @@ def _folder_items(folder: Path) -> list[dict[str, str]]:
 
 def _csv_items(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        with path.open(newline="", encoding="utf-8-sig", errors=PATH_BYTES) as handle:
             reader = csv.DictReader(handle)
             columns = [name.strip() for name in reader.fieldnames or []]
             rows = [{(key or "").strip(): (value or "").strip() for key, value in row.items()} for row in reader]

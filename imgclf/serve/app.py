@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imgclf.serve.auth import RequireApiKey
 from imgclf.serve.batcher import DynamicBatcher, Overloaded
 from imgclf.serve.metrics import ServerMetrics
 from imgclf.serve.uploads import (
@@ -69,7 +70,7 @@ class ErrorBody(BaseModel):
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
-    for code, text in ((400, "Empty, truncated or non-image data"), (408, "The upload did not finish in time"),
+    for code, text in ((400, "Empty, truncated or non-image data"), (401, "Missing or wrong API key (with --api-key)"), (408, "The upload did not finish in time"),
                        (413, "Too many bytes, pixels or files"), (415, "Not an image content type"),
                        (422, "Bad query parameter"), (503, "Busy: queue full or answer not ready in time"))
 }
@@ -116,8 +117,11 @@ class LimitAndMeasure:
 
 
 def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAULT_LIMITS, *, max_batch: int = 32,
-               max_wait_ms: float = 2.0, max_queue: int = 256) -> FastAPI:
-    """The server for one loaded classifier (anything with ``info``, ``classes`` and ``predict_pixels``)."""
+               max_wait_ms: float = 2.0, max_queue: int = 256, api_key: str | None = None) -> FastAPI:
+    """The server for one loaded classifier (anything with ``info``, ``classes`` and ``predict_pixels``).
+
+    With ``api_key``, the API and metrics answer 401 to requests without it (:mod:`imgclf.serve.auth`).
+    """
     info = classifier.info
     metrics = ServerMetrics()
     batcher = DynamicBatcher(classifier.predict_pixels, max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
@@ -132,7 +136,9 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
 
     app = FastAPIOffline(title=f"imgclf: {name}", version=__version__, lifespan=lifespan,
                          description=f"Classifies images into {len(classifier.classes)} classes with {info.architecture}.")
-    app.add_middleware(LimitAndMeasure, limits=limits, metrics=metrics)  # type: ignore[arg-type]
+    if api_key:
+        app.add_middleware(RequireApiKey, api_key=api_key)  # type: ignore[arg-type]
+    app.add_middleware(LimitAndMeasure, limits=limits, metrics=metrics)  # type: ignore[arg-type]  (outermost: counts 401s)
     _add_error_handlers(app)
     page = files("imgclf.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 

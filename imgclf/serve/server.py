@@ -22,11 +22,14 @@ def is_loopback(host: str) -> bool:
 
 def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, runtime: str = "auto",
           device: str = "auto", tta: bool | None = None, limits: Limits = DEFAULT_LIMITS, max_batch: int = 32,
-          max_wait_ms: float = 2.0, max_queue: int = 256) -> None:
+          max_wait_ms: float = 2.0, max_queue: int = 256, api_key: str | None = None) -> None:
     """Serve ``model`` over HTTP until interrupted; see :func:`imgclf.serve.app.create_app` for the routes."""
     from imgclf.deploy.classifier import Classifier
     from imgclf.serve.app import create_app
 
+    if api_key is not None and len(api_key) < 16:
+        raise ImgclfError("--api-key is too short to be secret; use at least 16 characters, e.g. "
+                          "IMGCLF_API_KEY=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
     check_port(port)
     for option, value in (("--max-batch", max_batch), ("--max-files", limits.max_files),
                           ("--max-queue", max_queue), ("--max-pixels", limits.max_pixels),
@@ -38,8 +41,11 @@ def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, runti
     # batch 1 is what a lightly loaded server mostly runs, and where the runtimes differ most
     classifier = Classifier.load(directory, device=device, tta=tta, runtime=runtime, batch_size=1)
     app = create_app(classifier, name, classifier.runtime.name, limits, max_batch=max_batch,
-                     max_wait_ms=max_wait_ms, max_queue=max_queue)
-    run_app(app, host, port, f"{name} ({classifier.runtime.name} runtime)", "use the model")
+                     max_wait_ms=max_wait_ms, max_queue=max_queue, api_key=api_key)
+    who = ("callers need the API key; use TLS (a reverse proxy) so it is not sent in clear text" if api_key else
+           "anyone who can reach this machine can use the model (no --api-key); put it behind a proxy that "
+           "checks who calls")
+    run_app(app, host, port, f"{name} ({classifier.runtime.name} runtime)", who)
 
 
 def serve_review(catalog: str | Path, queries: str | Path, accepted: str | Path, *, host: str = "127.0.0.1",
@@ -50,8 +56,9 @@ def serve_review(catalog: str | Path, queries: str | Path, accepted: str | Path,
 
     check_port(port)
     queue = ReviewQueue(catalog_matcher(catalog, **matching), Path(queries), Path(accepted))  # type: ignore[arg-type]
-    run_app(create_review_app(queue), host, port, f"the review of {len(queue.rows):,} new products", "see and "
-            f"decide the products; decisions go to {accepted}")
+    run_app(create_review_app(queue), host, port, f"the review of {len(queue.rows):,} new products",
+            f"anyone who can reach this machine can see and decide the products (there is no authentication; "
+            f"decisions go to {accepted}); put it behind a proxy that checks who calls")
 
 
 def check_port(port: int) -> None:
@@ -60,12 +67,11 @@ def check_port(port: int) -> None:
 
 
 def run_app(app: object, host: str, port: int, what: str, exposure: str) -> None:
-    """Run ``app`` with uvicorn until Ctrl-C, warning when it is reachable beyond this machine."""
+    """Run ``app`` with uvicorn until Ctrl-C; ``exposure`` is the warning when it is reachable beyond this machine."""
     import uvicorn
 
     if not is_loopback(host):
-        console.print(f"[yellow]warning:[/] serving on {host}: anyone who can reach this machine can {exposure} "
-                      "(there is no authentication); put it behind a proxy that checks who calls")
+        console.print(f"[yellow]warning:[/] serving on {host}: {exposure}")
     console.print(f"serving {what} on http://{host}:{port}  (web page /, API docs /docs); Ctrl-C stops")
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)  # type: ignore[arg-type]

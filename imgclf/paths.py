@@ -35,3 +35,12 @@ def real_path(path: str | os.PathLike[str]) -> Path:
     the decoder, not kill the run while its path is being written down.
     """
     return Path(os.path.realpath(path))
+
+
+def absolute_path(path: str | os.PathLike[str]) -> str:
+    """``path`` absolute and normalised, symlinks kept; never raises (a symlink loop is the decoder's to report).
+
+    This is how lists, manifests and reports name a file: as the user's
+    folder has it, so a problem is reported under the name the user knows.
+    """
+    return os.path.abspath(path)

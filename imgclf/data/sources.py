@@ -28,7 +28,7 @@ from imgclf.console import console
 from imgclf.data.cifar import CIFAR_NAMES, prepare_cifar
 from imgclf.errors import ImgclfError
 from imgclf.files import PATH_BYTES, atomic_path
-from imgclf.paths import real_path
+from imgclf.paths import absolute_path
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -274,7 +274,7 @@ def write_manifest(dataset: ImageDataset, csv_path: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(["path", label_column, "split"])
         for item in dataset.items:
-            writer.writerow([str(real_path(item.path)), MULTILABEL_SEPARATOR.join(item.labels), item.split or ""])
+            writer.writerow([absolute_path(item.path), MULTILABEL_SEPARATOR.join(item.labels), item.split or ""])
 
 
 def label_indices(items: list[Item], classes: list[str]) -> np.ndarray:

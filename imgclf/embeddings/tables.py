@@ -12,7 +12,7 @@ from pathlib import Path
 
 from imgclf.errors import ImgclfError
 from imgclf.files import PATH_BYTES
-from imgclf.paths import real_path
+from imgclf.paths import absolute_path
 
 IMAGE_COLUMN = "image"
 
@@ -39,7 +39,7 @@ def _folder_items(folder: Path) -> list[dict[str, str]]:
     items = []
     for image in expand_inputs([folder]):
         relative = image.relative_to(folder)
-        item = {IMAGE_COLUMN: str(real_path(image))}
+        item = {IMAGE_COLUMN: absolute_path(image)}
         if len(relative.parts) > 1:
             item["label"] = relative.parts[0]
         items.append(item)
@@ -66,5 +66,5 @@ def _csv_items(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
             raise ImgclfError(f"{path}, line {line}: empty {', '.join(empty)}; every row needs {', '.join(required)}")
         if row.get(IMAGE_COLUMN):  # optional where a caller does not require it (a new product named only)
             image = Path(row[IMAGE_COLUMN])
-            row[IMAGE_COLUMN] = str(real_path(image if image.is_absolute() else path.parent / image))
+            row[IMAGE_COLUMN] = absolute_path(image if image.is_absolute() else path.parent / image)
     return rows

@@ -20,7 +20,7 @@ from imgclf.console import console
 from imgclf.data.sources import Item, label_indices
 from imgclf.deploy.classifier import Classifier
 from imgclf.errors import ImgclfError
-from imgclf.paths import real_path
+from imgclf.paths import absolute_path
 from imgclf.training import train
 
 # what a fold's run must not inherit from the original run's config
@@ -77,4 +77,4 @@ def _write_fold(path: Path, items: list[Item], train_rows: np.ndarray, held_out:
         writer.writerow(["path", "label", "split"])
         for rows, split in ((train_rows, "train"), (held_out, "test")):
             for row in rows:
-                writer.writerow([str(real_path(items[row].path)), items[row].label, split])
+                writer.writerow([absolute_path(items[row].path), items[row].label, split])

@@ -130,7 +130,7 @@ class TorchRuntime:
         import torch
 
         from imgclf.engines.device import choose_device, choose_precision
-        from imgclf.engines.inference import inference_copy
+        from imgclf.models.folding import inference_copy
 
         self.info = info
         self.device = choose_device(device)

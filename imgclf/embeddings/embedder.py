@@ -26,8 +26,8 @@ from imgclf.console import progress_bar
 from imgclf.data.decode import ResizePolicy
 from imgclf.embeddings.store import EmbeddingStore, image_key
 from imgclf.engines.device import autocast, choose_device, choose_precision
-from imgclf.engines.inference import inference_copy
 from imgclf.errors import ImgclfError
+from imgclf.models.folding import inference_copy
 
 SAVE_EVERY = 1024  # images embedded between writes to the store, so an interrupted run keeps its work
 

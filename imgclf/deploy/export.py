@@ -39,12 +39,14 @@ from imgclf.deploy.classifier import probabilities_from_logits
 from imgclf.deploy.predict import decoded_batches
 from imgclf.deploy.quantize import QUANTISERS
 from imgclf.deploy.runtime import (
+    NATIVE,
     ONNX_FILES,
     ONNX_OPSET,
     OnnxRuntime,
     Runtime,
     TorchRuntime,
     compare_speeds,
+    load_runtime,
     metadata_path,
     weights_digest,
 )
@@ -157,7 +159,7 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
         raise ImgclfError(f"--quantize {quantize} is not supported; use --quantize int8")
     if quantize and format not in QUANTISERS:
         raise ImgclfError(f"--quantize int8 works on ONNX and TFLite exports, not {format}; add --format "
-                          f"{'tflite' if info.backend == 'tensorflow' else 'onnx'}")
+                          f"{next(name for name in available if name in QUANTISERS)}")
     if tolerance <= 0:
         raise ImgclfError(f"--tolerance must be positive, got {tolerance}")
     out_dir = Path(out) if out is not None else directory
@@ -198,13 +200,9 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
 
 def native_runtime(directory: Path, info: BundleInfo, exact: bool = False) -> Runtime:
     """The bundle in its own framework: Keras, or PyTorch (fp32 on the CPU when ``exact``, else as predict runs it)."""
-    if info.backend == "tensorflow":
-        from imgclf.deploy.keras_runtime import KerasRuntime
-
-        return KerasRuntime.load(directory, info)
     if exact:
-        return TorchRuntime.load(directory, info, device="cpu", precision="fp32")
-    return TorchRuntime.load(directory, info)
+        return load_runtime(directory, info, NATIVE[info.backend], device="cpu", precision="fp32")
+    return load_runtime(directory, info, NATIVE[info.backend])
 
 
 def _replace(partial: Path, path: Path) -> None:

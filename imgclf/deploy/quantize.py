@@ -26,7 +26,7 @@ import numpy as np
 from imgclf.data.sources import Item, load_source, read_manifest
 from imgclf.deploy.bundle import BundleInfo
 from imgclf.deploy.predict import decoded_batches
-from imgclf.deploy.runtime import ONNX_FILES, OnnxRuntime, Runtime, compare_speeds
+from imgclf.deploy.runtime import FORK_UNSAFE, NATIVE, ONNX_FILES, OnnxRuntime, Runtime, compare_speeds
 from imgclf.errors import ImgclfError
 
 CALIBRATION_IMAGES = 256
@@ -99,7 +99,7 @@ def _workers(info: BundleInfo) -> int | None:
     (seen with a TFLite export of the flowers model), so a Keras bundle's
     images are decoded in this process.
     """
-    return 1 if info.backend == "tensorflow" else None
+    return 1 if NATIVE[info.backend] in FORK_UNSAFE else None
 
 
 def _decoded(paths: list[Path], info: BundleInfo) -> np.ndarray:

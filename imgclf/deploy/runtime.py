@@ -31,6 +31,7 @@ from imgclf.errors import ImgclfError
 
 RUNTIMES = ("auto", "torch", "keras", "onnx", "onnx-int8")
 NATIVE = {"torch": "torch", "tensorflow": "keras"}  # a bundle backend's own runtime
+FORK_UNSAFE = {"keras"}  # native runtimes whose thread pools make a later fork (decode workers) hang
 # the exported file each ONNX runtime loads, inside the bundle folder
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 ONNX_OPSET = 17  # every ONNX export, from either backend

@@ -101,11 +101,11 @@ class Embedder:
     @classmethod
     def _from_bundle(cls, path: Path, device: str, precision: str, image_size: int | None) -> Embedder:
         from imgclf.deploy.bundle import WEIGHTS_FILE, find_bundle, read_bundle_info
-        from imgclf.deploy.runtime import TorchRuntime
+        from imgclf.deploy.runtime import NATIVE, TorchRuntime
 
         directory = find_bundle(path)
         info = read_bundle_info(directory)
-        if info.backend != "torch":
+        if NATIVE.get(info.backend) != TorchRuntime.name:
             raise ImgclfError(f"{directory} is a {info.backend} model; embeddings come from torch models "
                               "(a registry backbone or a model trained with the torch backend)")
         if image_size not in (None, info.image_size):

@@ -130,7 +130,7 @@ class TorchRuntime:
     def __init__(self, model: Any, info: BundleInfo, device: str = "auto", precision: str = "auto") -> None:
         import torch
 
-        from imgclf.engines.device import choose_device, choose_precision
+        from imgclf.models.device import choose_device, choose_precision
         from imgclf.models.folding import inference_copy
 
         self.info = info
@@ -169,7 +169,7 @@ class TorchRuntime:
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         import torch
 
-        from imgclf.engines.device import autocast
+        from imgclf.models.device import autocast
 
         with torch.no_grad(), autocast(self.device, self.precision):
             return self.model(self.normalise(pixels)).float().cpu().numpy()

@@ -25,8 +25,8 @@ from torch import nn
 from imgclf.console import progress_bar
 from imgclf.data.decode import ResizePolicy
 from imgclf.embeddings.store import EmbeddingStore, image_key
-from imgclf.engines.device import autocast, choose_device, choose_precision
 from imgclf.errors import ImgclfError
+from imgclf.models.device import autocast, choose_device, choose_precision
 from imgclf.models.folding import inference_copy
 
 SAVE_EVERY = 1024  # images embedded between writes to the store, so an interrupted run keeps its work
@@ -120,8 +120,8 @@ class Embedder:
     @classmethod
     def _from_backbone(cls, name: str, weights: str | Path | None, device: str, precision: str,
                        image_size: int | None) -> Embedder:
-        from imgclf.engines.linear_probe import weights_fingerprint
         from imgclf.models import create_model, load_pretrained, pretrained_source
+        from imgclf.models.pretrained import weights_fingerprint
         from imgclf.recipes import PRETRAINED_IMAGE_SIZE
 
         size = image_size or PRETRAINED_IMAGE_SIZE

@@ -48,10 +48,10 @@ from imgclf.engines.contract import (
     warmup_steps,
 )
 from imgclf.engines.history import history_row
-from imgclf.engines.keras_setup import keras
 from imgclf.errors import ImgclfError
 from imgclf.files import write_text_atomic
 from imgclf.models.keras_models import backbone_of, build_model, count_parameters
+from imgclf.models.keras_setup import keras
 from imgclf.runs import RunDirectory
 
 STATE_FILE = "keras_state.json"  # in checkpoints/: position, history and best epoch, written after each checkpoint

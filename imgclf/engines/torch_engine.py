@@ -51,11 +51,12 @@ from imgclf.engines.contract import (
     split_loader,
     warmup_steps,
 )
-from imgclf.engines.device import autocast, choose_device, choose_precision
 from imgclf.engines.history import history_row
-from imgclf.engines.linear_probe import fit_linear_head, load_into_head, supports_linear_probe, weights_fingerprint
+from imgclf.engines.linear_probe import fit_linear_head, load_into_head, supports_linear_probe
 from imgclf.engines.optim import build_optimizer, build_scheduler, parameter_groups
 from imgclf.models import create_model, load_pretrained, pretrained_source
+from imgclf.models.device import autocast, choose_device, choose_precision
+from imgclf.models.pretrained import weights_fingerprint
 from imgclf.recipes import model_family
 from imgclf.runs import RunDirectory
 

@@ -258,8 +258,9 @@ class KerasEngine:
         monitor = ("val_xent" if self.config.monitor == "val_loss" else "val_accuracy") if self.has_val else None
         last_stage = index == len(self.stages) - 1  # earlier stages hand their last weights on, as in torch
         # only the best epoch is tracked here (patience for ever): our EarlyStopping callback stops
-        best_weights = _ResumableEarlyStopping(best, monitor or "loss", mode="min" if monitor != "val_accuracy" else "max",
-                                               patience=10**9, restore_best_weights=last_stage, use=monitor is not None)
+        best_weights = _ResumableEarlyStopping(best, monitor or "loss", use=monitor is not None, patience=10**9,
+                                               mode="min" if monitor != "val_accuracy" else "max",
+                                               restore_best_weights=last_stage)
         checkpoints = self.run.last_checkpoint.parent
         # best_weights first: the row, the checkpoint state and the printed line know whether this epoch is the best
         keras_callbacks: list[keras.callbacks.Callback] = [
@@ -305,7 +306,7 @@ def _whole_epochs(stage: Stage) -> Stage:
 
 
 class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping (restore best) that carries its best epoch over a resume and across stages of one run.
+    """Keras's EarlyStopping as the best-epoch tracker (restore best), carried over a resume and across stages.
 
     Without a validation split (``use`` false) there is no score to compare:
     the latest epoch is the best one, as in the torch engine.
@@ -348,7 +349,8 @@ class _Events(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.started, self.seconds = time.perf_counter(), None
         fit, epochs = self.fit, int(self.fit.stage.epochs)
-        fit.epoch, fit.epoch_in_stage, fit.epochs_in_stage = epoch + 1, epochs - (self.params["epochs"] - epoch) + 1, epochs
+        fit.epoch, fit.epochs_in_stage = epoch + 1, epochs
+        fit.epoch_in_stage = epochs - (self.params["epochs"] - epoch) + 1
         fit.steps, fit.step, fit.images, fit.loss, fit.accuracy = self.steps, 0, 0, 0.0, 0.0
         fire(self.callbacks, "on_epoch_begin", fit)
 

@@ -103,9 +103,9 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
         console.print(f"[yellow]warning: {imbalance}[/]")
     backend = get_backend(config.backend)
     backend.require()
+    engine = backend.engine(config, run)
     data = _decode(dataset, config, run)
-    engine = backend.engine(config, data, run)
-    resumed = engine.build(resuming)
+    resumed = engine.build(data, resuming)
     if config.time_budget and not resumed:
         config = engine.fit_to_budget(parse_duration(config.time_budget))
         run.write_config(config)
@@ -114,8 +114,8 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     if result.interrupted:
         console.print(f"[yellow]interrupted; checkpoint saved. Continue with: imgclf train --resume {run.path}[/]")
         return TrainResult(run.path, None, config, result.history, {}, interrupted=True)
-    metrics = _final_metrics(engine, result, config)
-    model_dir = _write_bundle(run, config, engine, metrics)
+    metrics = _final_metrics(engine, data, result, config)
+    model_dir = _write_bundle(run, config, engine, data, metrics)
     _print_summary(run, config, result, metrics)
     if report and not data.multilabel:
         from imgclf.evaluation.run_report import report_run
@@ -162,10 +162,9 @@ def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> Tr
                         paths=[item.path for item in dataset.items])
 
 
-def _final_metrics(engine: Engine, result: FitResult, config: TrainConfig) -> dict[str, Any]:
+def _final_metrics(engine: Engine, data: TrainingData, result: FitResult, config: TrainConfig) -> dict[str, Any]:
     from imgclf.engines.contract import score_logits
 
-    data = engine.data
     metrics: dict[str, Any] = {"epochs_trained": len(result.history), "best_epoch": result.best_epoch,
                                "train_seconds": round(sum(row["seconds"] for row in result.history), 2),
                                "parameters": engine.parameter_count()}
@@ -179,10 +178,10 @@ def _final_metrics(engine: Engine, result: FitResult, config: TrainConfig) -> di
     return metrics
 
 
-def _write_bundle(run: RunDirectory, config: TrainConfig, engine: Engine, metrics: dict[str, Any]) -> Path:
+def _write_bundle(run: RunDirectory, config: TrainConfig, engine: Engine, data: TrainingData,
+                  metrics: dict[str, Any]) -> Path:
     from imgclf.deploy.bundle import BundleInfo
 
-    data = engine.data
     info = BundleInfo(architecture=config.model or "", model_args=dict(config.model_args), classes=data.classes,
                       image_size=config.image_size or 0, mean=list(data.mean), std=list(data.std),
                       multilabel=data.multilabel, channels=1 if config.grayscale else 3, resize=config.resize,

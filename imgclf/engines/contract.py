@@ -152,17 +152,20 @@ class FitResult:
 class Engine(Protocol):
     """One framework's training, as :mod:`imgclf.training` drives it; registered in :mod:`imgclf.engines.registry`.
 
-    The engine is made with ``(config, data, run)``; ``build`` makes (or, on
-    resume, reloads) the model and sets ``data.mean`` / ``data.std`` to the
-    normalisation it expects, before any batch is read.
+    The engine is made with ``(config, run)`` before the data is decoded (so
+    a bad ``--device`` fails at once); ``build`` takes the decoded data, makes
+    (or, on resume, reloads) the model and sets ``data.mean`` / ``data.std``
+    to the normalisation it expects, before any batch is read.
     """
 
     config: TrainConfig
-    data: TrainingData
     machine: str  # for the start line: "cpu bf16", "tensorflow cpu fp32"
 
-    def build(self, resume: bool) -> None:
-        """The model: fresh (pretrained weights, data statistics) or the run's last checkpoint with ``resume``."""
+    def build(self, data: TrainingData, resume: bool) -> bool:
+        """The model: fresh (pretrained weights, data statistics) or the run's last checkpoint with ``resume``.
+
+        Returns whether a checkpoint was loaded.
+        """
         ...
 
     def fit_to_budget(self, seconds: float) -> TrainConfig:

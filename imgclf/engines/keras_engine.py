@@ -119,23 +119,23 @@ class KerasEngine:
 
     machine = "tensorflow cpu fp32"
 
-    def __init__(self, config: TrainConfig, data: TrainingData, run: RunDirectory) -> None:
-        if data.multilabel:
-            raise ImgclfError("--backend tensorflow trains single-label data; use --backend torch for multi-label")
+    def __init__(self, config: TrainConfig, run: RunDirectory) -> None:
         self.config = config
-        self.data = data
         self.run = run
-        self.classes = len(data.classes)
         self.stages = [_whole_epochs(stage) for stage in plan_stages(config)]
-        self.has_val = len(data.rows.get("val", [])) > 0
         self.state: dict[str, Any] | None = None
 
     def _loader(self, split: str, augment: Any, shuffle: bool, batch_size: int | None = None) -> BatchLoader:
         return split_loader(self.data, self.config, split, augment, shuffle, batch_size)
 
     # ----------------------------------------------------------------- model
-    def build(self, resume: bool) -> bool:
+    def build(self, data: TrainingData, resume: bool) -> bool:
         """A fresh model, or with ``resume`` the run's last checkpoint; whether a checkpoint was loaded."""
+        if data.multilabel:
+            raise ImgclfError("--backend tensorflow trains single-label data; use --backend torch for multi-label")
+        self.data = data
+        self.classes = len(data.classes)
+        self.has_val = len(data.rows.get("val", [])) > 0
         self.data.mean, self.data.std = keras_normalisation(1 if self.config.grayscale else 3)
         self.train_loader = self._loader("train", augment_config(self.config.augment or "none"), shuffle=True)
         self.state = self._read_state() if resume else None

@@ -19,7 +19,7 @@ from imgclf.config import TrainConfig
 from imgclf.errors import ImgclfError
 
 if TYPE_CHECKING:
-    from imgclf.engines.contract import Engine, TrainingData
+    from imgclf.engines.contract import Engine
     from imgclf.runs import RunDirectory
 
 WeightsSource = Callable[[str], "str | None"]  # model name -> a local pretrained weights file, if any
@@ -40,11 +40,11 @@ class Backend:
             raise ImgclfError(f"--backend {self.name} does not support {', '.join(named)}; "
                               f"drop it or train with --backend {DEFAULT_BACKEND}")
 
-    def engine(self, config: TrainConfig, data: TrainingData, run: RunDirectory) -> Engine:
+    def engine(self, config: TrainConfig, run: RunDirectory) -> Engine:
         """A new engine for this run (imports the framework)."""
         module, name = self.engine_class.split(":")
         factory = getattr(importlib.import_module(module), name)
-        engine: Engine = factory(config, data, run)
+        engine: Engine = factory(config, run)
         return engine
 
 

@@ -102,9 +102,8 @@ def _seed_for(*parts: int) -> int:
 class TorchEngine:
     """Owns the model, the optimiser of the current stage, EMA and the loaders; ``fit`` runs the plan."""
 
-    def __init__(self, config: TrainConfig, data: TrainingData, run: RunDirectory) -> None:
+    def __init__(self, config: TrainConfig, run: RunDirectory) -> None:
         self.config = config
-        self.data = data
         self.run = run
         self.device = choose_device(config.device)
         self.precision = choose_precision(config.precision, self.device)
@@ -115,8 +114,9 @@ class TorchEngine:
         self._best_weights: dict[str, torch.Tensor] | None = None
 
     # ----------------------------------------------------------------- model
-    def build(self, resume: bool) -> bool:
+    def build(self, data: TrainingData, resume: bool) -> bool:
         """The model (and, with ``resume``, the run's last checkpoint); whether a checkpoint was loaded."""
+        self.data = data
         if resume:
             if self.run.last_checkpoint.exists():
                 self.checkpoint = load_checkpoint(self.run.last_checkpoint)

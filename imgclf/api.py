@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # the heavy modules load only when their command runs
     from imgclf.embeddings.match_evaluation import MatchEvaluation
     from imgclf.embeddings.near_duplicates import NearDuplicatePair
     from imgclf.embeddings.suggest import CatalogMatcher, Suggestion
+    from imgclf.engines.callbacks import Callback
     from imgclf.evaluation.evaluate import Evaluation
     from imgclf.models import ModelInfo
     from imgclf.training import TrainResult
@@ -165,6 +166,7 @@ def train(
     overwrite: bool = False,
     resume: str | Path | None = None,
     dry_run: bool = False,
+    callbacks: list[Callback] | None = None,
     **options: object,
 ) -> TrainResult | TrainConfig:
     """Train a classifier on ``data`` and write its ``report.html``; every option is a :class:`~imgclf.config.TrainConfig` field.
@@ -174,7 +176,8 @@ def train(
 
     ``config`` is a YAML file of the same names (explicit options win);
     ``resume`` continues an interrupted run exactly; ``dry_run`` returns the
-    resolved :class:`TrainConfig` without training.
+    resolved :class:`TrainConfig` without training; ``callbacks`` (subclasses
+    of :class:`imgclf.engines.callbacks.Callback`) see every training event.
     """
     from imgclf.config import make_config
     from imgclf.training import plan
@@ -183,11 +186,11 @@ def train(
     if resume is not None:
         if data is not None or options or config is not None:
             raise ImgclfError("--resume continues a run with its saved config; drop the other options")
-        return _reported(run_training(make_config(), resume=resume))
+        return _reported(run_training(make_config(), resume=resume, callbacks=callbacks))
     settings = make_config(config, **({"data": str(data)} if data is not None else {}), **options)
     if dry_run:
         return plan(settings, archive)[0]
-    return _reported(run_training(settings, archive=archive, overwrite=overwrite))
+    return _reported(run_training(settings, archive=archive, overwrite=overwrite, callbacks=callbacks))
 
 
 def _reported(run: TrainResult) -> TrainResult:

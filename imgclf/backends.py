@@ -1,15 +1,14 @@
-"""Which framework trains a model: ``torch`` (the default) or ``tensorflow`` (Keras 3).
+"""The TensorFlow backend's facts that need no framework: its model names and the install check.
 
-Imports neither framework: the CLI checks a backend choice, its model name
-and its options (and says how to install TensorFlow when it is missing)
-before anything slow starts.
+Imports neither framework, so the CLI checks a model name (and says how to
+install TensorFlow when it is missing) before anything slow starts. Which
+backend does what is decided in :mod:`imgclf.engines.registry`.
 """
 
 from __future__ import annotations
 
 import importlib.util
 
-from imgclf.config import TrainConfig
 from imgclf.errors import ImgclfError
 
 INSTALL_TENSORFLOW = "pip install 'imgclf[tensorflow]'"
@@ -46,23 +45,3 @@ def require_tensorflow() -> None:
         raise ImgclfError(f"--backend tensorflow needs TensorFlow, which is not installed; install it with: "
                           f"{INSTALL_TENSORFLOW}")
 
-
-def check_backend(config: TrainConfig, multilabel: bool) -> None:
-    """Refuse, by name, the options the Keras engine does not implement (rather than ignore them)."""
-    if config.backend != "tensorflow":
-        return
-    require_tensorflow()
-    unsupported = {
-        "--time-budget": config.time_budget is not None,
-        "--mixup": config.mixup > 0,
-        "--cutmix": config.cutmix > 0,
-        "--ema": bool(config.ema),
-        "--compile": config.compile,
-        f"--precision {config.precision}": config.precision not in ("auto", "fp32"),
-        "--device cuda (tensorflow-cpu)": config.device == "cuda",
-        "multi-label data": multilabel,
-    }
-    named = [name for name, used in unsupported.items() if used]
-    if named:
-        raise ImgclfError(f"--backend tensorflow does not support {', '.join(named)}; "
-                          "drop it or train with --backend torch")

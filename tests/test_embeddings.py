@@ -18,9 +18,9 @@ from imgclf import api
 from imgclf.embeddings.embedder import Embedder
 from imgclf.embeddings.store import MERGE_AFTER_CHUNKS, EmbeddingStore, image_key
 from imgclf.embeddings.tables import read_items
-from imgclf.engines.inference import inference_copy
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model
+from imgclf.models.folding import inference_copy
 
 SIZE = 64  # backbone input side in these tests: small enough to be fast, large enough for real features
 

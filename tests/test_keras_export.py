@@ -59,7 +59,7 @@ def keras_probabilities(run: Path, images: list[Path]) -> tuple[np.ndarray, np.n
 
 def test_savedmodel_export_serves_the_keras_model_s_answers_at_any_batch(keras_run: Path, images: list[Path],
                                                                          tmp_path: Path) -> None:
-    from imgclf.engines.keras_setup import tf
+    from imgclf.models.keras_setup import tf
 
     result = imgclf.export(keras_run, "savedmodel", out=tmp_path)
     assert result.path == tmp_path / "model.savedmodel" and (result.path / "saved_model.pb").is_file()
@@ -81,7 +81,7 @@ def test_savedmodel_export_serves_the_keras_model_s_answers_at_any_batch(keras_r
 
 def test_tflite_export_and_its_int8_twin_resize_their_input_for_any_batch(keras_run: Path, images: list[Path],
                                                                           tmp_path: Path) -> None:
-    from imgclf.engines.keras_setup import tf
+    from imgclf.models.keras_setup import tf
 
     result = imgclf.export(keras_run, "tflite", out=tmp_path, quantize="int8")
     assert result.path == tmp_path / "model.tflite" and result.parity.max_abs_diff <= 1e-4

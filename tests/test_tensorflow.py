@@ -17,7 +17,7 @@ from conftest import interrupt_training, make_class_folder
 from test_cli import imgclf
 
 # find_spec, not importorskip: importing TensorFlow here, before torchvision, would crash the process
-# (see imgclf/engines/keras_setup.py)
+# (see imgclf/models/keras_setup.py)
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
                                 reason="the TensorFlow extra is not installed (pip install 'imgclf[tensorflow]')")
 

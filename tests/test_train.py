@@ -14,7 +14,7 @@ from conftest import make_class_folder, make_image
 from safetensors.torch import load_file
 
 import imgclf
-from imgclf.engines.torch_engine import Trainer
+from imgclf.engines.callbacks import Callback, FitState
 from imgclf.errors import ImgclfError
 
 TINY_FASTNET = {"widths": [8, 16, 16], "depth": 1}
@@ -63,21 +63,25 @@ def assert_same_weights(left: Path, right: Path) -> None:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
 
 
-def test_resume_after_an_interruption_mid_epoch_gives_the_same_final_weights(
-        colours: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+class InterruptAt(Callback):
+    """As if Ctrl-C arrived right after the given training step (counted from 1)."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.steps = step, 0
+
+    def on_step_end(self, fit: FitState) -> None:
+        self.steps += 1
+        if self.steps == self.step:
+            fit.interrupt()
+
+
+def test_resume_after_an_interruption_mid_epoch_gives_the_same_final_weights(colours: Path, tmp_path: Path) -> None:
     options = dict(epochs=3, mixup=0.2, **FAST)
     uninterrupted = imgclf.train(colours, out=tmp_path / "whole", **options)
 
-    original = Trainer._after_epoch
-
-    def stop_soon_after_first_epoch(self, *args, **kwargs):  # as if Ctrl-C arrived during epoch 2
-        original(self, *args, **kwargs)
-        self._stop_requested = True
-
-    monkeypatch.setattr(Trainer, "_after_epoch", stop_soon_after_first_epoch)
-    interrupted = imgclf.train(colours, out=tmp_path / "cut", **options)
+    # 3 batches per epoch: Ctrl-C during epoch 2, after its first step
+    interrupted = imgclf.train(colours, out=tmp_path / "cut", callbacks=[InterruptAt(step=4)], **options)
     assert interrupted.interrupted and interrupted.model_dir is None
-    monkeypatch.setattr(Trainer, "_after_epoch", original)
     resumed = imgclf.train(resume=tmp_path / "cut")
     assert not resumed.interrupted
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
@@ -226,22 +230,11 @@ def test_gradient_probe_and_the_embedding_cache(colours: Path, backbone_weights:
     assert first.metrics["val_accuracy"] >= 0.8
 
 
-def test_ctrl_c_on_the_last_step_of_an_epoch_resumes_exactly(colours: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_on_the_last_step_of_an_epoch_resumes_exactly(colours: Path, tmp_path: Path) -> None:
     options = dict(epochs=3, **FAST)
     uninterrupted = imgclf.train(colours, out=tmp_path / "whole", **options)
-    original = Trainer._train_step
-    steps = []
-
-    def interrupt_on_the_sixth_step(self, *args, **kwargs):  # 3 batches per epoch: the last of epoch 2
-        steps.append(1)
-        if len(steps) == 6:
-            self._stop_requested = True
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "_train_step", interrupt_on_the_sixth_step)
-    assert imgclf.train(colours, out=tmp_path / "cut", **options).interrupted
-    monkeypatch.setattr(Trainer, "_train_step", original)
+    # 3 batches per epoch: the sixth step is the last of epoch 2
+    assert imgclf.train(colours, out=tmp_path / "cut", callbacks=[InterruptAt(step=6)], **options).interrupted
     resumed = imgclf.train(resume=tmp_path / "cut")
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
     assert_same_weights(uninterrupted.model_dir, resumed.model_dir)

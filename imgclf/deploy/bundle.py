@@ -67,7 +67,7 @@ def write_bundle(info: BundleInfo, state_dict: dict[str, Any], directory: Path) 
 def write_keras_bundle(info: BundleInfo, model: Any, directory: Path) -> Path:
     """Write a Keras model's bundle: ``model.json`` and ``model.keras`` (no optimiser state; safe-mode loadable)."""
 
-    from imgclf.engines.keras_setup import keras
+    from imgclf.models.keras_setup import keras
 
     def save_model(folder: Path) -> None:
         shipped = keras.models.clone_model(model)  # uncompiled: no optimiser state in the bundle

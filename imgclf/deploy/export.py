@@ -35,11 +35,13 @@ from imgclf.deploy.metadata import ONNX_OPSET, write_metadata
 from imgclf.deploy.predict import decoded_batches
 from imgclf.deploy.quantize import QUANTISERS, labelled_images, quantize_int8
 from imgclf.deploy.runtime import (
+    NATIVE,
     ONNX_FILES,
     OnnxRuntime,
     Runtime,
     TorchRuntime,
     compare_speeds,
+    load_runtime,
 )
 from imgclf.errors import ImgclfError
 from imgclf.files import atomic_path
@@ -150,7 +152,7 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
         raise ImgclfError(f"--quantize {quantize} is not supported; use --quantize int8")
     if quantize and format not in QUANTISERS:
         raise ImgclfError(f"--quantize int8 works on ONNX and TFLite exports, not {format}; add --format "
-                          f"{'tflite' if info.backend == 'tensorflow' else 'onnx'}")
+                          f"{next(name for name in available if name in QUANTISERS)}")
     if tolerance <= 0:
         raise ImgclfError(f"--tolerance must be positive, got {tolerance}")
     out_dir = Path(out) if out is not None else directory
@@ -183,13 +185,9 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
 
 def native_runtime(directory: Path, info: BundleInfo, exact: bool = False) -> Runtime:
     """The bundle in its own framework: Keras, or PyTorch (fp32 on the CPU when ``exact``, else as predict runs it)."""
-    if info.backend == "tensorflow":
-        from imgclf.deploy.keras_runtime import KerasRuntime
-
-        return KerasRuntime.load(directory, info)
     if exact:
-        return TorchRuntime.load(directory, info, device="cpu", precision="fp32")
-    return TorchRuntime.load(directory, info)
+        return load_runtime(directory, info, NATIVE[info.backend], device="cpu", precision="fp32")
+    return load_runtime(directory, info, NATIVE[info.backend])
 
 
 def sample_images(directory: Path, info: BundleInfo) -> tuple[np.ndarray, str]:

@@ -17,7 +17,7 @@ whole classifier:
   and ``--quantize int8`` treat both backends' ONNX files alike.
 
 TensorFlow, tf2onnx and the TFLite interpreter are imported only here, after
-:mod:`imgclf.engines.keras_setup` (torchvision and triton must load first).
+:mod:`imgclf.models.keras_setup` (torchvision and triton must load first).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from imgclf.errors import ImgclfError
 
 
 def _tensorflow() -> Any:
-    from imgclf.engines.keras_setup import tf  # never `import tensorflow` directly: the import order matters
+    from imgclf.models.keras_setup import tf  # never `import tensorflow` directly: the import order matters
 
     return tf
 
@@ -50,7 +50,7 @@ def _input_spec(info: BundleInfo) -> Any:
 
 def write_savedmodel(model: Any, info: BundleInfo, path: Path) -> None:
     """A SavedModel folder: ``serve`` and the ``serving_default`` signature (``input`` -> ``logits``)."""
-    from imgclf.engines.keras_setup import keras
+    from imgclf.models.keras_setup import keras
 
     archive = keras.export.ExportArchive()
     archive.track(model)

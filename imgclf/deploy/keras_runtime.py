@@ -32,8 +32,8 @@ class KerasRuntime:
         from imgclf.backends import require_tensorflow
 
         require_tensorflow()
-        from imgclf.engines.keras_setup import keras
         from imgclf.models import keras_models  # noqa: F401  (registers our layers for loading)
+        from imgclf.models.keras_setup import keras
 
         try:
             model = keras.saving.load_model(directory / KERAS_FILE, safe_mode=True, compile=False)

@@ -30,6 +30,7 @@ from imgclf.errors import ImgclfError
 
 RUNTIMES = ("auto", "torch", "keras", "onnx", "onnx-int8")
 NATIVE = {"torch": "torch", "tensorflow": "keras"}  # a bundle backend's own runtime
+FORK_UNSAFE = {"keras"}  # native runtimes whose thread pools make a later fork (decode workers) hang
 # the exported file each ONNX runtime loads, inside the bundle folder
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 SPEED_BATCHES = (1, 64)  # batch sizes ``export`` times both runtimes at, for ``auto``
@@ -99,8 +100,8 @@ class TorchRuntime:
     def __init__(self, model: Any, info: BundleInfo, device: str = "auto", precision: str = "auto") -> None:
         import torch
 
-        from imgclf.engines.device import choose_device, choose_precision
-        from imgclf.engines.inference import inference_copy
+        from imgclf.models.device import choose_device, choose_precision
+        from imgclf.models.folding import inference_copy
 
         self.info = info
         self.device = choose_device(device)
@@ -138,7 +139,7 @@ class TorchRuntime:
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         import torch
 
-        from imgclf.engines.device import autocast
+        from imgclf.models.device import autocast
 
         with torch.no_grad(), autocast(self.device, self.precision):
             return self.model(self.normalise(pixels)).float().cpu().numpy()

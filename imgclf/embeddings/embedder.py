@@ -25,9 +25,9 @@ from torch import nn
 from imgclf.console import progress_bar
 from imgclf.data.decode import ResizePolicy
 from imgclf.embeddings.store import EmbeddingStore, image_key
-from imgclf.engines.device import autocast, choose_device, choose_precision
-from imgclf.engines.inference import inference_copy
 from imgclf.errors import ImgclfError
+from imgclf.models.device import autocast, choose_device, choose_precision
+from imgclf.models.folding import inference_copy
 
 SAVE_EVERY = 1024  # images embedded between writes to the store, so an interrupted run keeps its work
 
@@ -101,11 +101,11 @@ class Embedder:
     @classmethod
     def _from_bundle(cls, path: Path, device: str, precision: str, image_size: int | None) -> Embedder:
         from imgclf.deploy.bundle import WEIGHTS_FILE, find_bundle, read_bundle_info
-        from imgclf.deploy.runtime import TorchRuntime
+        from imgclf.deploy.runtime import NATIVE, TorchRuntime
 
         directory = find_bundle(path)
         info = read_bundle_info(directory)
-        if info.backend != "torch":
+        if NATIVE.get(info.backend) != TorchRuntime.name:
             raise ImgclfError(f"{directory} is a {info.backend} model; embeddings come from torch models "
                               "(a registry backbone or a model trained with the torch backend)")
         if image_size not in (None, info.image_size):
@@ -120,8 +120,8 @@ class Embedder:
     @classmethod
     def _from_backbone(cls, name: str, weights: str | Path | None, device: str, precision: str,
                        image_size: int | None) -> Embedder:
-        from imgclf.engines.linear_probe import weights_fingerprint
         from imgclf.models import create_model, load_pretrained, pretrained_source
+        from imgclf.models.pretrained import weights_fingerprint
         from imgclf.recipes import PRETRAINED_IMAGE_SIZE
 
         size = image_size or PRETRAINED_IMAGE_SIZE

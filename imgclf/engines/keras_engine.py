@@ -1,4 +1,4 @@
-"""The TensorFlow engine: Keras 3 ``model.fit`` behind the same contract as :mod:`imgclf.engines.torch_engine`.
+"""The TensorFlow engine: Keras 3 ``model.fit`` behind the same contract (:mod:`imgclf.engines.contract`).
 
 Same input, same output: it trains on the shared :class:`TrainingData`
 (the decoded uint8 cache) through the very :class:`BatchLoader` the torch
@@ -7,9 +7,12 @@ the same augmentation; it runs the same stages (:func:`plan_stages`) and
 returns a :class:`FitResult` whose history rows are ``metrics.csv``'s.
 
 Keras's own callbacks do what they exist for: ``EarlyStopping`` with
-``restore_best_weights`` (the shipped weights are the best epoch's),
-``ModelCheckpoint`` (a ``.keras`` file per epoch, optimiser state included),
-``CSVLogger`` (``keras_log.csv``, Keras's names) and ``TensorBoard``. A
+``restore_best_weights`` keeps the best epoch's weights (the shipped ones;
+stopping itself is our :class:`~imgclf.engines.callbacks.EarlyStopping`),
+``ModelCheckpoint`` (a ``.keras`` file per epoch, optimiser state included)
+and ``CSVLogger`` (``keras_log.csv``, Keras's names). ``_Events`` turns
+Keras's events into ours, so the callbacks of a run (metrics.csv, the
+progress bar, TensorBoard, early stopping, a user's) work unchanged here. A
 resume reloads the last checkpoint with ``safe_mode=True`` and continues at
 the next epoch; unlike the torch engine, it resumes at epoch boundaries.
 
@@ -23,20 +26,32 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from imgclf.config import TrainConfig
-from imgclf.console import console, training_progress
+from imgclf.console import console
 from imgclf.data.augment_presets import PRESETS, augment_config
 from imgclf.data.batches import BatchLoader
-from imgclf.engines.history import history_row, print_epoch
-from imgclf.engines.keras_setup import keras
-from imgclf.engines.torch_engine import FitResult, Stage, TrainingData, plan_stages, split_loader
+from imgclf.deploy.bundle import BundleInfo, write_keras_bundle
+from imgclf.engines.callbacks import Callback, FitState, fire
+from imgclf.engines.contract import (
+    FitResult,
+    Stage,
+    TrainingData,
+    class_weights,
+    plan_stages,
+    split_loader,
+    warmup_steps,
+)
+from imgclf.engines.history import history_row
 from imgclf.errors import ImgclfError
 from imgclf.files import write_text_atomic
-from imgclf.models.keras_models import backbone_of, build_model
+from imgclf.models.keras_models import backbone_of, build_model, count_parameters
+from imgclf.models.keras_setup import keras
 from imgclf.runs import RunDirectory
 
 STATE_FILE = "keras_state.json"  # in checkpoints/: position, history and best epoch, written after each checkpoint
@@ -99,27 +114,39 @@ class StageSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "schedule": self.schedule}
 
 
-class KerasTrainer:
+class KerasEngine:
     """Builds (or reloads) the Keras model and runs the plan's stages with ``model.fit``."""
 
-    def __init__(self, data: TrainingData, config: TrainConfig, run: RunDirectory | None) -> None:
-        if data.multilabel:
-            raise ImgclfError("--backend tensorflow trains single-label data; use --backend torch for multi-label")
+    machine = "tensorflow cpu fp32"
+
+    def __init__(self, config: TrainConfig, run: RunDirectory) -> None:
         self.config = config
-        self.data = data
         self.run = run
-        self.classes = len(data.classes)
         self.stages = [_whole_epochs(stage) for stage in plan_stages(config)]
-        augment = augment_config(config.augment or "none")
-        self.train_loader = self._loader("train", augment, shuffle=True)
-        self.has_val = len(data.rows.get("val", [])) > 0
-        self.model: keras.Model | None = None
+        self.state: dict[str, Any] | None = None
 
     def _loader(self, split: str, augment: Any, shuffle: bool, batch_size: int | None = None) -> BatchLoader:
         return split_loader(self.data, self.config, split, augment, shuffle, batch_size)
 
     # ----------------------------------------------------------------- model
-    def build(self) -> keras.Model:
+    def build(self, data: TrainingData, resume: bool) -> bool:
+        """A fresh model, or with ``resume`` the run's last checkpoint; whether a checkpoint was loaded."""
+        if data.multilabel:
+            raise ImgclfError("--backend tensorflow trains single-label data; use --backend torch for multi-label")
+        self.data = data
+        self.classes = len(data.classes)
+        self.has_val = len(data.rows.get("val", [])) > 0
+        self.data.mean, self.data.std = keras_normalisation(1 if self.config.grayscale else 3)
+        self.train_loader = self._loader("train", augment_config(self.config.augment or "none"), shuffle=True)
+        self.state = self._read_state() if resume else None
+        if self.state:
+            self.model = self._load(self.state["checkpoint"])
+            console.print(f"resuming at epoch {len(self.state['history']) + 1} from {self.state['checkpoint']}")
+        else:
+            self.model = self._new_model()
+        return self.state is not None
+
+    def _new_model(self) -> keras.Model:
         """A fresh model, pretrained backbone weights loaded as the config says."""
         keras.utils.set_random_seed(self.config.seed)
         weights = None
@@ -131,6 +158,15 @@ class KerasTrainer:
         if weights is not None:
             console.print(f"pretrained weights: {'Keras ImageNet' if weights == 'imagenet' else weights}")
         return model
+
+    def fit_to_budget(self, seconds: float) -> TrainConfig:
+        raise ImgclfError("--backend tensorflow does not support --time-budget; drop it or train with --backend torch")
+
+    def parameter_count(self) -> int:
+        return count_parameters(self.model)
+
+    def write_bundle(self, info: BundleInfo, directory: Path) -> Path:
+        return write_keras_bundle(info, self.model, directory)
 
     def _compile(self, model: keras.Model, stage: Stage) -> None:
         backbone = backbone_of(model)
@@ -145,12 +181,10 @@ class KerasTrainer:
         config = self.config
         steps_per_epoch = len(self.train_loader)
         total = max(1, int(stage.epochs) * steps_per_epoch)
-        warmup = min(total - 1, round((config.warmup_epochs or 0.0) * steps_per_epoch))
-        if stage.name == "finetune" and len(self.stages) > 1:
-            warmup = min(warmup, total // 10)
+        warmup = warmup_steps(config, stage, self.stages, steps_per_epoch, total)
         peak = (config.lr or 1e-3) * stage.lr_scale * stage.backbone_lr_scale
-        rate: Any = peak if config.schedule == "constant" and warmup <= 0 else StageSchedule(
-            peak, total, max(warmup, 0), config.schedule or "constant")
+        rate: Any = peak if config.schedule == "constant" and warmup == 0 else StageSchedule(
+            peak, total, warmup, config.schedule or "constant")
         clip = {"clipnorm": config.grad_clip} if config.grad_clip else {}
         decay = config.weight_decay or 0.0
         if config.optimizer == "sgd":
@@ -164,106 +198,86 @@ class KerasTrainer:
             optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])  # as torch: matrices only
         return optimizer
 
-    # ----------------------------------------------------------------- evaluation
-    def predict_logits(self, split: str, model: keras.Model | None = None, tta: bool = False) -> np.ndarray:
-        model = model or self.model
+    # ----------------------------------------------------------------- prediction
+    def predict_logits(self, split: str, tta: bool = False) -> torch.Tensor:
         loader = self._loader(split, PRESETS["none"], shuffle=False, batch_size=2 * self.config.batch_size)
         outputs = []
         for images, _ in loader:
             pixels = images.permute(0, 2, 3, 1).contiguous().numpy()
-            logits = model.predict_on_batch(pixels)
+            logits = self.model.predict_on_batch(pixels)
             if tta:
-                logits = 0.5 * (logits + model.predict_on_batch(pixels[:, :, ::-1].copy()))
+                logits = 0.5 * (logits + self.model.predict_on_batch(pixels[:, :, ::-1].copy()))
             outputs.append(logits.astype(np.float32))
-        return np.concatenate(outputs) if outputs else np.zeros((0, self.classes), np.float32)
-
-    def evaluate(self, split: str, model: keras.Model | None = None, tta: bool = False) -> dict[str, float]:
-        """Plain cross-entropy and accuracy on ``split``, computed as the torch engine computes them."""
-        logits = self.predict_logits(split, model, tta).astype(np.float64)
-        targets = self.data.split_targets(split).numpy()
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        loss = float(-log_probabilities[np.arange(len(targets)), targets].mean()) if len(targets) else 0.0
-        accuracy = float((logits.argmax(axis=1) == targets).mean()) if len(targets) else 0.0
-        return {"loss": loss, "accuracy": accuracy}
+        return torch.from_numpy(np.concatenate(outputs) if outputs else np.zeros((0, self.classes), np.float32))
 
     # ----------------------------------------------------------------- the loop
-    def fit(self, resume: bool = False) -> FitResult:
-        """Run every stage, or continue from the run's last checkpoint with ``resume``."""
+    def fit(self, callbacks: list[Callback]) -> FitResult:
+        """Run every stage, or continue from the checkpoint ``build`` loaded, firing ``callbacks``."""
         started = time.perf_counter()
-        state = self._read_state() if resume else None
+        state = self.state
         history: list[dict[str, Any]] = list(state["history"]) if state else []
         best: dict[str, Any] = dict(state["best"]) if state else {"epoch": 0, "value": None, "file": None, "wait": 0}
         epoch = len(history)
-        first_stage = 0
-        if state:
-            self.model = self._load(state["checkpoint"])
-            first_stage = state["stage"]
-            console.print(f"resuming at epoch {epoch + 1} from {state['checkpoint']}")
-        else:
-            self.model = self.build()
-        outcome = "finished"
-        stage_end = 0
-        for index, stage in enumerate(self.stages):
-            stage_start, stage_end = stage_end, stage_end + int(stage.epochs)
-            if index < first_stage or epoch >= stage_end:
-                continue
-            if not (state and index == first_stage):  # a reloaded checkpoint keeps its compiled optimiser
-                self._compile(self.model, stage)
-            if stage_start < epoch and best["value"] is not None:
-                best["weights"] = self._load(best["file"]).get_weights()
-            try:
-                outcome = self._fit_stage(stage, index, epoch, stage_end, history, best)
-            except KeyboardInterrupt:
-                console.print("[yellow]interrupted; the last finished epoch's checkpoint is kept[/]")
-                outcome = "interrupted"
-            epoch = len(history)
-            if outcome != "finished":
-                break
+        first_stage = state["stage"] if state else 0
+        fit = FitState(self.config, self.stages, history, best_epoch=int(best["epoch"]), stale=int(best["wait"]))
+        fire(callbacks, "on_fit_begin", fit)
+        try:
+            stage_end = 0
+            for index, stage in enumerate(self.stages):
+                stage_start, stage_end = stage_end, stage_end + int(stage.epochs)
+                if index < first_stage or epoch >= stage_end:
+                    continue
+                if not (state and index == first_stage):  # a reloaded checkpoint keeps its compiled optimiser
+                    self._compile(self.model, stage)
+                if stage_start < epoch and best["value"] is not None:
+                    best["weights"] = self._load(best["file"]).get_weights()
+                fit.stage_index = index
+                fire(callbacks, "on_stage_begin", fit)
+                try:
+                    self._fit_stage(fit, callbacks, epoch, stage_end, best)
+                except KeyboardInterrupt:
+                    console.print("[yellow]interrupted; the last finished epoch's checkpoint is kept[/]")
+                    fit.interrupt()
+                    fire(callbacks, "on_interrupt", fit)
+                epoch = len(history)
+                if fit.interrupted or fit.stop_reason:
+                    break
+        finally:
+            fire(callbacks, "on_fit_end", fit)
         return FitResult(history=history, best_epoch=int(best["epoch"] or len(history)),
-                         stopped_early=outcome == "stopped", interrupted=outcome == "interrupted",
-                         seconds=time.perf_counter() - started, model=self.model)  # type: ignore[arg-type]
+                         stopped_early=fit.stop_reason is not None and not fit.interrupted,
+                         interrupted=fit.interrupted, seconds=time.perf_counter() - started, model=self.model)
 
-    def _fit_stage(self, stage: Stage, index: int, epoch: int, stage_end: int, history: list[dict[str, Any]],
-                   best: dict[str, Any]) -> str:
-        assert self.model is not None
+    def _fit_stage(self, fit: FitState, callbacks: list[Callback], epoch: int, stage_end: int,
+                   best: dict[str, Any]) -> None:
+        index = fit.stage_index
         train = CacheBatches(self.train_loader, self.classes, epoch)
         validation = None
         if self.has_val:
             validation = CacheBatches(self._loader("val", PRESETS["none"], shuffle=False), self.classes)
         monitor = ("val_xent" if self.config.monitor == "val_loss" else "val_accuracy") if self.has_val else None
         last_stage = index == len(self.stages) - 1  # earlier stages hand their last weights on, as in torch
-        stopper = _ResumableEarlyStopping(best, monitor or "loss", mode="min" if monitor != "val_accuracy" else "max",
-                                          patience=self.config.early_stopping or 10**9,
-                                          restore_best_weights=last_stage, use=monitor is not None)
-        loader = self.train_loader
-        images = len(loader) * loader.batch_size if loader.drop_last else len(loader.rows)
-        # EarlyStopping first: the row, the checkpoint state and the printed line know whether this epoch is the best
-        callbacks: list[keras.callbacks.Callback] = [stopper, _Progress(stage, len(loader), images, history, stopper)]
-        class_weight = None
-        if self.config.class_weights == "auto":
-            counts = self.data.class_counts("train").float().clamp(min=1).numpy()
-            class_weight = {i: float(counts.sum() / (len(counts) * count)) for i, count in enumerate(counts)}
-        if self.run is not None:
-            checkpoints = self.run.last_checkpoint.parent
-            callbacks += [
-                keras.callbacks.ModelCheckpoint(str(checkpoints / "epoch-{epoch:03d}.keras")),
-                _StateWriter(self.run, index, history, stopper),
-                keras.callbacks.CSVLogger(str(self.run.path / CSV_LOG), append=epoch > 0),
-                keras.callbacks.TensorBoard(log_dir=str(self.run.tensorboard_dir), write_graph=False),
-            ]
+        # only the best epoch is tracked here (patience for ever): our EarlyStopping callback stops
+        best_weights = _ResumableEarlyStopping(best, monitor or "loss", use=monitor is not None, patience=10**9,
+                                               mode="min" if monitor != "val_accuracy" else "max",
+                                               restore_best_weights=last_stage)
+        checkpoints = self.run.last_checkpoint.parent
+        # best_weights first: the row, the checkpoint state and the printed line know whether this epoch is the best
+        keras_callbacks: list[keras.callbacks.Callback] = [
+            best_weights,
+            _Events(fit, callbacks, self.train_loader, sum(int(stage.epochs) for stage in self.stages), best_weights),
+            keras.callbacks.ModelCheckpoint(str(checkpoints / "epoch-{epoch:03d}.keras")),
+            _StateWriter(self.run, index, fit.history, best_weights),
+            keras.callbacks.CSVLogger(str(self.run.path / CSV_LOG), append=epoch > 0),
+        ]
+        weights = class_weights(self.data, self.config)
+        class_weight = None if weights is None else {i: float(weight) for i, weight in enumerate(weights)}
         self.model.fit(train, validation_data=validation, epochs=stage_end, initial_epoch=epoch, verbose=0,
-                       callbacks=callbacks, class_weight=class_weight)
-        best.update(stopper.state())
-        if stopper.stopped_epoch > 0:
-            console.print(f"[yellow]early stopping: no better {self.config.monitor} for {self.config.early_stopping} "
-                          f"epoch(s); keeping epoch {best['epoch']}[/]")
-            return "stopped"
-        return "finished"
+                       callbacks=keras_callbacks, class_weight=class_weight)
+        best.update(best_weights.state())
 
     # ----------------------------------------------------------------- checkpoints
     def _read_state(self) -> dict[str, Any] | None:
-        assert self.run is not None
         path = self.run.last_checkpoint.parent / STATE_FILE
         if not path.exists():
             console.print(f"{self.run.path} has no checkpoint yet; starting its training from the beginning")
@@ -274,7 +288,6 @@ class KerasTrainer:
             raise ImgclfError(f"{path} is damaged ({error}); start a new run") from None
 
     def _load(self, name: str) -> keras.Model:
-        assert self.run is not None
         path = self.run.last_checkpoint.parent / name
         try:
             return keras.saving.load_model(path, safe_mode=True)
@@ -293,7 +306,7 @@ def _whole_epochs(stage: Stage) -> Stage:
 
 
 class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping (restore best) that carries its best epoch over a resume and across stages of one run.
+    """Keras's EarlyStopping as the best-epoch tracker (restore best), carried over a resume and across stages.
 
     Without a validation split (``use`` false) there is no score to compare:
     the latest epoch is the best one, as in the torch engine.
@@ -321,54 +334,57 @@ class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         return {"epoch": self.best_epoch + 1, "value": value, "wait": int(self.wait)}
 
 
-class _Progress(keras.callbacks.Callback):
-    """The Rich progress bar of each epoch; at its end, the epoch's row of ``metrics.csv`` and its printed line."""
+class _Events(keras.callbacks.Callback):
+    """Keras's events as ours: our callbacks run inside ``model.fit``; each epoch's history row is made here."""
 
-    def __init__(self, stage: Stage, steps: int, images: int, history: list[dict[str, Any]],
-                 stopper: _ResumableEarlyStopping) -> None:
+    def __init__(self, fit: FitState, callbacks: list[Callback], loader: BatchLoader, plan_epochs: int,
+                 best_weights: _ResumableEarlyStopping) -> None:
         super().__init__()
-        self.stage, self.steps, self.images, self.history, self.stopper = stage, steps, images, history, stopper
-        self.progress: Any = None
+        self.fit, self.callbacks, self.plan_epochs, self.best_weights = fit, callbacks, plan_epochs, best_weights
+        self.steps = len(loader)
+        self.images = len(loader) * loader.batch_size if loader.drop_last else len(loader.rows)
         self.started = time.perf_counter()
-        self.seconds = 0.0
+        self.seconds: float | None = None
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self.started = time.perf_counter()
-        self.progress = training_progress()
-        self.progress.start()
-        in_stage = int(self.stage.epochs) - (self.params["epochs"] - epoch) + 1
-        self.task = self.progress.add_task(f"{self.stage.name} {in_stage}/{int(self.stage.epochs)}", total=self.steps,
-                                           loss=0.0, accuracy=0.0, speed=0.0)
+        self.started, self.seconds = time.perf_counter(), None
+        fit, epochs = self.fit, int(self.fit.stage.epochs)
+        fit.epoch, fit.epochs_in_stage = epoch + 1, epochs
+        fit.epoch_in_stage = epochs - (self.params["epochs"] - epoch) + 1
+        fit.steps, fit.step, fit.images, fit.loss, fit.accuracy = self.steps, 0, 0, 0.0, 0.0
+        fire(self.callbacks, "on_epoch_begin", fit)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        logs = logs or {}
-        seen = self.images * (batch + 1) / self.steps
-        self.progress.update(self.task, completed=batch + 1, loss=float(logs.get("loss", 0.0)),
-                             accuracy=float(logs.get("accuracy", 0.0)),
-                             speed=seen / max(time.perf_counter() - self.started, 1e-9))
-
-    def _close(self) -> None:
-        if self.progress is not None:
-            self.seconds = time.perf_counter() - self.started
-            self.progress.stop()
-            self.progress = None
+        logs, fit = logs or {}, self.fit
+        fit.step, fit.images = batch + 1, round(self.images * (batch + 1) / self.steps)
+        fit.loss, fit.accuracy = float(logs.get("loss", 0.0)), float(logs.get("accuracy", 0.0))
+        fire(self.callbacks, "on_step_end", fit)
+        if fit.interrupted:
+            raise KeyboardInterrupt  # as Ctrl-C: the last finished epoch's checkpoint is kept
 
     def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self._close()  # validation is not training time
+        if self.seconds is None:  # validation is not training time
+            self.seconds = time.perf_counter() - self.started
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._close()
-        logs = logs or {}
+        logs, fit = logs or {}, self.fit
+        seconds = self.seconds if self.seconds is not None else time.perf_counter() - self.started
         rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        row = history_row(epoch + 1, self.stage.name, float(logs["loss"]), float(logs["accuracy"]),
-                          logs.get("val_xent"), logs.get("val_accuracy"), rate, self.seconds, self.images)
-        self.history.append(row)
-        print_epoch(row, self.stopper.best_epoch == epoch)
+        row = history_row(epoch + 1, fit.stage.name, float(logs["loss"]), float(logs["accuracy"]),
+                          logs.get("val_xent"), logs.get("val_accuracy"), rate, seconds, self.images)
+        fit.history.append(row)
+        fit.row, fit.last_epoch = row, epoch + 1 == self.plan_epochs
+        fit.best_epoch, fit.stale = self.best_weights.best_epoch + 1, int(self.best_weights.wait)
+        fire(self.callbacks, "on_epoch_end", fit)
+        if fit.interrupted:
+            raise KeyboardInterrupt
+        if fit.stop_reason:
+            self.model.stop_training = True
 
 
 class _StateWriter(keras.callbacks.Callback):
-    """After ModelCheckpoint wrote ``epoch-N.keras``: record it in ``keras_state.json`` (atomically), delete
-    the checkpoints no longer needed (all but the last and the best) and rewrite ``metrics.csv``.
+    """After ModelCheckpoint wrote ``epoch-N.keras``: record it in ``keras_state.json`` (atomically) and delete
+    the checkpoints no longer needed (all but the last and the best).
 
     The state file is the commit point: a crash while Keras writes a new
     checkpoint leaves the state pointing at the previous, complete one.
@@ -389,4 +405,3 @@ class _StateWriter(keras.callbacks.Callback):
         for old in folder.glob("epoch-*.keras"):
             if old.name not in (latest, best["file"]):
                 old.unlink(missing_ok=True)
-        self.run.write_metrics(self.history)

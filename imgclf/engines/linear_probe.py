@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -85,13 +84,3 @@ def load_into_head(head: nn.Linear, fit: ProbeFit) -> None:
         head.weight.copy_(torch.from_numpy(fit.weight).to(head.weight))
         head.bias.copy_(torch.from_numpy(fit.bias).to(head.bias))
 
-
-def weights_fingerprint(path: str | None) -> list[object] | None:
-    """(path, size, mtime) of a weights file, so a changed file is a new cache key."""
-    if not path:
-        return None
-    try:
-        stat = Path(path).stat()
-    except OSError:  # e.g. moved since training: a resumed run's weights live in its checkpoint
-        return None
-    return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]

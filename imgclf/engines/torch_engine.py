@@ -1,11 +1,13 @@
 """The PyTorch engine: train a model on a decoded cache, stage by stage, resumable at any batch.
 
-Read it top to bottom like airbench: the data it needs (:class:`TrainingData`),
-the stages a strategy becomes (:func:`plan_stages`), then :class:`Trainer`,
-whose ``fit`` loops over stages, epochs and batches. Every batch's shuffle,
-augmentation, mixup and dropout randomness is seeded by (seed, epoch, batch),
-so a run resumed from a checkpoint (taken at an epoch end or on Ctrl-C
-mid-epoch) ends with the same weights as an uninterrupted one on a CPU.
+Read it top to bottom like airbench: :class:`TorchEngine` builds the model
+(pretrained weights, or the data's statistics and FastNet's whitening),
+fits the schedule to ``--time-budget`` from measured steps, and ``fit``
+loops over the stages (:func:`plan_stages`), epochs and batches, firing the
+callbacks' events (:mod:`imgclf.engines.callbacks`). Every batch's shuffle,
+augmentation, mixup and dropout randomness is seeded by (seed, epoch,
+batch), so a run resumed from a checkpoint (taken at an epoch end or on
+Ctrl-C mid-epoch) ends with the same weights as an uninterrupted one on a CPU.
 
 A probe stage freezes the backbone including its BatchNorm statistics and
 runs it under ``no_grad``: only the classifier learns, and the backward pass
@@ -19,7 +21,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,89 +31,36 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgclf.config import TrainConfig
-from imgclf.console import console, training_progress
+from imgclf.console import console
 from imgclf.data.augment import mix_batch
 from imgclf.data.augment_presets import PRESETS, augment_config
 from imgclf.data.batches import BatchLoader
+from imgclf.deploy.bundle import BundleInfo, write_bundle
 from imgclf.embeddings.embedder import Embedder, Preprocessing
-from imgclf.engines.checkpoint import save_checkpoint
-from imgclf.engines.device import autocast
-from imgclf.engines.history import history_row, print_epoch
+from imgclf.engines.callbacks import Callback, FitState, fire
+from imgclf.engines.checkpoint import load_checkpoint, save_checkpoint
+from imgclf.engines.contract import (
+    FitResult,
+    Stage,
+    TrainingData,
+    class_weights,
+    correct_predictions,
+    monitor_score,
+    plan_stages,
+    score_logits,
+    split_loader,
+    warmup_steps,
+)
+from imgclf.engines.history import history_row
 from imgclf.engines.linear_probe import fit_linear_head, load_into_head, supports_linear_probe
 from imgclf.engines.optim import build_optimizer, build_scheduler, parameter_groups
+from imgclf.models import create_model, load_pretrained, pretrained_source
+from imgclf.models.device import autocast, choose_device, choose_precision
+from imgclf.models.pretrained import weights_fingerprint
+from imgclf.recipes import model_family
 from imgclf.runs import RunDirectory
 
-
-@dataclass
-class TrainingData:
-    """Decoded pixels plus, per split, the rows that decoded and their targets."""
-
-    pixels: np.ndarray  # (N, H, W, C) uint8
-    rows: dict[str, np.ndarray]  # split name -> row indices into pixels
-    targets: torch.Tensor  # (N,) class index, or (N, K) multi-hot floats for multi-label data
-    classes: list[str]
-    multilabel: bool
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    paths: list[Path] = field(default_factory=list)  # row -> its image file, for per-image caches
-
-    def split_targets(self, split: str) -> torch.Tensor:
-        return self.targets[torch.from_numpy(self.rows[split])]
-
-    def class_counts(self, split: str) -> torch.Tensor:
-        """Images per class in ``split`` (single-label data)."""
-        return torch.bincount(self.split_targets(split), minlength=len(self.classes))
-
-
-def split_loader(data: TrainingData, config: TrainConfig, split: str, augment: Any, shuffle: bool,
-                 batch_size: int | None = None, device: torch.device | str = "cpu") -> BatchLoader:
-    """Batches of one split, as every engine reads them (balanced sampling, dropping a ragged last batch)."""
-    rows = data.rows[split]
-    weights = None
-    if split == "train" and config.balanced_sampling and not data.multilabel:
-        counts = data.class_counts(split).numpy()
-        weights = 1.0 / counts[data.split_targets(split).numpy()]
-    return BatchLoader(data.pixels, rows, data.split_targets(split), batch_size or config.batch_size, augment,
-                       data.mean, data.std, shuffle=shuffle, drop_last=shuffle and len(rows) > config.batch_size,
-                       seed=config.seed, device=device, sample_weights=weights)
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str  # "train", "probe" or "finetune"
-    epochs: float
-    trainable: str  # "all" or "head"
-    backbone_lr_scale: float = 1.0
-    lr_scale: float = 1.0  # of the whole stage, on top of the backbone's
-
-
-# Fine-tuning after a probe starts from a trained head at a low loss: at the full learning rate its
-# first steps undo what the probe found (flowers: val accuracy fell from 91% to 76%), as LP-FT
-# (Kumar et al., 2022) describes. So that stage runs at a tenth of --lr.
-FINETUNE_AFTER_PROBE_LR_SCALE = 0.1
-
-
-def plan_stages(config: TrainConfig) -> list[Stage]:
-    """What a strategy means as a sequence of stages."""
-    if config.strategy == "probe":
-        return [Stage("probe", config.epochs, "head")]
-    if config.strategy == "finetune":
-        return [Stage("finetune", config.epochs, "all", config.backbone_lr_scale)]
-    if config.strategy == "two-stage":
-        probe = float(config.probe_epochs)
-        return [Stage("probe", probe, "head"), Stage("finetune", config.epochs - probe, "all",
-                                                     config.backbone_lr_scale, FINETUNE_AFTER_PROBE_LR_SCALE)]
-    return [Stage("train", config.epochs, "all")]
-
-
-@dataclass
-class FitResult:
-    history: list[dict[str, Any]]
-    best_epoch: int
-    stopped_early: bool
-    interrupted: bool
-    seconds: float
-    model: nn.Module  # the weights to ship: the best validation score's (restore-best)
+STATS_SAMPLE = 5000  # training images whose pixels give the normalisation of a from-scratch model
 
 
 @dataclass
@@ -150,38 +99,96 @@ def _seed_for(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-class Trainer:
+class TorchEngine:
     """Owns the model, the optimiser of the current stage, EMA and the loaders; ``fit`` runs the plan."""
 
-    def __init__(self, model: nn.Module, data: TrainingData, config: TrainConfig, run: RunDirectory | None,
-                 device: torch.device, precision: str, class_weights: torch.Tensor | None = None,
-                 embedding_weights: str | None = None) -> None:
+    def __init__(self, config: TrainConfig, run: RunDirectory) -> None:
         self.config = config
-        self.data = data
         self.run = run
-        self.device = device
-        self.precision = precision
+        self.device = choose_device(config.device)
+        self.precision = choose_precision(config.precision, self.device)
+        self.machine = f"{self.device.type} {self.precision}"
+        self.checkpoint: dict[str, Any] | None = None
+        self.ema: nn.Module | None = None
+        self._embedder: Embedder | None = None
+        self._best_weights: dict[str, torch.Tensor] | None = None
+
+    # ----------------------------------------------------------------- model
+    def build(self, data: TrainingData, resume: bool) -> bool:
+        """The model (and, with ``resume``, the run's last checkpoint); whether a checkpoint was loaded."""
+        self.data = data
+        if resume:
+            if self.run.last_checkpoint.exists():
+                self.checkpoint = load_checkpoint(self.run.last_checkpoint)
+                console.print(f"resuming {self.run.path} at epoch {len(self.checkpoint['history']) + 1}")
+            else:  # stopped before the first checkpoint (e.g. while decoding): start over with the saved split
+                console.print(f"{self.run.path} has no checkpoint yet; starting its training from the beginning")
+        config, data = self.config, self.data
+        torch.manual_seed(config.seed)
+        model = self._create_model()
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        self.model = model.to(device=device, memory_format=memory_format)
+        self.model = model.to(device=self.device, memory_format=memory_format)
         self.head = model.get_classifier()
         # what the architecture itself keeps fixed (e.g. FastNet's whitening filters) stays fixed in every stage
         self._trainable = {id(parameter): parameter.requires_grad for parameter in model.parameters()}
-        self._stop_requested = False
         # the probe stage becomes one logistic-regression fit on cached embeddings where it can;
         # ``embedding_weights`` names the pretrained weights, which (with the model) key that cache
-        self.embedding_weights = embedding_weights
-        self.uses_linear_probe = (config.linear_probe and embedding_weights is not None and not data.multilabel
+        self.embedding_weights = None
+        if config.pretrained:
+            found = weights_fingerprint(config.weights) or pretrained_source(config.model or "") or config.weights
+            self.embedding_weights = str(found) if found else None
+        self.uses_linear_probe = (config.linear_probe and self.embedding_weights is not None and not data.multilabel
                                   and supports_linear_probe(self.head))
-        self._embedder: Embedder | None = None
-        self.class_weights = class_weights.to(device) if class_weights is not None else None
+        weights = class_weights(data, config)
+        self.class_weights = weights.to(self.device) if weights is not None else None
+        self._adopt(config)
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = (
+            torch.compile(self.model) if config.compile else self.model)  # type: ignore[assignment]
+        return self.checkpoint is not None
+
+    def _create_model(self) -> nn.Module:
+        """The model, with ``data.mean``/``std`` set to the normalisation it expects (its weights' or the data's)."""
+        config, data = self.config, self.data
+        channels = 1 if config.grayscale else 3
+        model = create_model(config.model, len(data.classes), in_chans=channels, image_size=config.image_size,
+                             **config.model_args)
+        if config.pretrained and self.checkpoint is None:
+            weights = load_pretrained(model, config.model, Path(config.weights) if config.weights else None)
+            console.print(f"pretrained weights: {weights.source}")
+            data.mean, data.std = tuple(weights.mean[:channels]), tuple(weights.std[:channels])
+            return model
+        if model_family(config.model) == "tutorial-cnn":
+            data.mean, data.std = (0.0,) * channels, (1.0,) * channels  # the seed tutorial's Rescaling(1/255)
+        else:
+            train = data.rows["train"]  # rows are sorted by class: a strided sample covers every class
+            picked = train[np.linspace(0, len(train) - 1, min(STATS_SAMPLE, len(train))).astype(np.int64)]
+            sample = data.pixels[np.unique(picked)].astype(np.float32) / 255.0
+            data.mean = tuple(float(v) for v in sample.mean(axis=(0, 1, 2)))
+            data.std = tuple(max(float(v), 1e-3) for v in sample.std(axis=(0, 1, 2)))
+            if hasattr(model, "init_whitening") and not config.pretrained:
+                # also on resume: it decides which weights are frozen; the checkpoint then sets their values
+                images = torch.from_numpy(sample).permute(0, 3, 1, 2)
+                model.init_whitening((images - torch.tensor(data.mean)[:, None, None])
+                                     / torch.tensor(data.std)[:, None, None])
+        if self.checkpoint is not None:
+            normalisation = self.checkpoint["normalisation"]
+            data.mean, data.std = tuple(normalisation["mean"]), tuple(normalisation["std"])
+        return model
+
+    def _adopt(self, config: TrainConfig) -> None:
+        """Stages, augmentation and loaders for ``config`` (again after the budget changed its epochs)."""
+        self.config = config
         self.stages = plan_stages(config)
         self.augment = augment_config(config.augment or "none", mixup=config.mixup, cutmix=config.cutmix)
         self.train_loader = self._loader("train", self.augment, shuffle=True)
-        self.val_loader = self._loader("val", PRESETS["none"], shuffle=False) if len(data.rows.get("val", [])) else None
-        self.ema: nn.Module | None = None
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        self.forward: Callable[[torch.Tensor], torch.Tensor] = (
-            torch.compile(self.model) if config.compile else self.model)  # type: ignore[assignment]
+        self.has_val = len(self.data.rows.get("val", [])) > 0
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    def parameter_count(self) -> int:
+        return sum(parameter.numel() for parameter in self.model.parameters())
+
+    def write_bundle(self, info: BundleInfo, directory: Path) -> Path:
+        return write_bundle(info, self.evaluated_model().state_dict(), directory)
 
     # ----------------------------------------------------------------- data
     def _loader(self, split: str, augment: Any, shuffle: bool, batch_size: int | None = None) -> BatchLoader:
@@ -200,10 +207,8 @@ class Trainer:
                                   stage.lr_scale)
         optimizer = build_optimizer(groups, self.config)
         total = self.steps_in(stage)
-        warmup = min(total - 1, round((self.config.warmup_epochs or 0.0) * len(self.train_loader)))
-        if stage.name == "finetune" and len(self.stages) > 1:
-            warmup = min(warmup, total // 10)  # the head is already trained: a short ramp is enough
-        return optimizer, build_scheduler(optimizer, total, max(warmup, 0), self.config.schedule)
+        warmup = warmup_steps(self.config, stage, self.stages, len(self.train_loader), total)
+        return optimizer, build_scheduler(optimizer, total, warmup, self.config.schedule)
 
     def _set_train_mode(self, stage: Stage) -> None:
         if stage.trainable == "head":
@@ -227,13 +232,6 @@ class Trainer:
         return F.cross_entropy(logits, targets, weight=self.class_weights,
                                label_smoothing=self.config.label_smoothing or 0.0)
 
-    def _correct(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.data.multilabel:
-            hard = targets > 0.5
-            return ((logits > 0) == hard).all(dim=1).sum()
-        labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
-        return (logits.argmax(dim=1) == labels).sum()
-
     def _train_step(self, stage: Stage, images: torch.Tensor, targets: torch.Tensor, seed: int,
                     optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
         torch.manual_seed(seed)  # dropout and drop-path draw from the global generator
@@ -256,12 +254,14 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.scaler.step(optimizer)
         self.scaler.update()
-        return loss.detach(), self._correct(logits.detach(), targets)
+        return loss.detach(), correct_predictions(logits.detach(), targets, self.data.multilabel)
 
+
+    # ----------------------------------------------------------------- prediction
     @torch.no_grad()
-    def predict_logits(self, split: str, model: nn.Module | None = None, tta: bool = False) -> torch.Tensor:
+    def predict_logits(self, split: str, tta: bool = False) -> torch.Tensor:
         """Logits for every row of ``split`` (no augmentation; flip-averaged with ``tta``)."""
-        model = model or self.evaluated_model()
+        model = self.evaluated_model()
         if not tta and self.backbone_is_embedder():
             # the backbone never changed: its cached embeddings through the head are these logits, in seconds
             head = model.get_classifier()
@@ -279,20 +279,13 @@ class Trainer:
             outputs.append(logits.cpu())
         return torch.cat(outputs) if outputs else torch.empty(0, len(self.data.classes))
 
-    def evaluate(self, split: str, model: nn.Module | None = None, tta: bool = False) -> dict[str, float]:
-        logits = self.predict_logits(split, model, tta)
-        targets = self.data.split_targets(split)
-        # the plain loss (no class weights, no smoothing), comparable across epochs, stages and runs
-        if self.data.multilabel:
-            loss = float(F.binary_cross_entropy_with_logits(logits, targets))
-        else:
-            loss = float(F.cross_entropy(logits, targets))
-        accuracy = float(self._correct(logits, targets)) / max(len(targets), 1)
-        return {"loss": loss, "accuracy": accuracy}
+    def _scores(self, split: str) -> dict[str, float]:
+        return score_logits(self.predict_logits(split), self.data.split_targets(split), self.data.multilabel)
 
     def evaluated_model(self) -> nn.Module:
         return self.ema if self.ema is not None else self.model
 
+    # ----------------------------------------------------------------- time budget
     def measure_step_seconds(self, stage: Stage, steps: int = 4) -> float:
         """Seconds per training step of ``stage``, measured on a few batches; the model is left as it was."""
         started = time.perf_counter()
@@ -309,45 +302,63 @@ class Trainer:
             return finished_at[0] - started if finished_at else 0.0
         return float(np.median(np.diff(finished_at)))
 
-    # ----------------------------------------------------------------- EMA
-    def _update_ema(self, stage_step: int, total_steps: int) -> None:
-        if self.ema is None:
-            return
-        # The average spans at most the last ~10% of the stage, so a short run is not shipped with
-        # weights from its first steps; early on, the decay warms up to follow fast-moving weights.
-        decay = min(self.config.ema_decay, 1 - 10 / max(total_steps, 20), (1 + stage_step) / (10 + stage_step))
-        with torch.no_grad():
-            for averaged, current in zip(self.ema.state_dict().values(), self.model.state_dict().values()):
-                if averaged.dtype.is_floating_point:
-                    averaged.lerp_(current, 1 - decay)
-                else:
-                    averaged.copy_(current)
+    def fit_to_budget(self, seconds: float) -> TrainConfig:
+        """Epochs that fit ``seconds``, from the measured speed of a few steps of each stage.
 
-    # ----------------------------------------------------------------- state
-    def _state(self, position: _Position, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LambdaLR, history: list[dict[str, Any]],
-               best: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "format": 1,
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "position": vars(position).copy(),
-            "normalisation": {"mean": list(self.data.mean), "std": list(self.data.std)},
-            "history": history,
-            "best": best,
-        }
+        Warm-up and probe epochs keep their share of the schedule, so the whole
+        schedule (not just its length) is fitted to the budget.
+        """
+        self._adopt(self._budget_config(seconds))
+        return self.config
+
+    def _budget_config(self, budget: float) -> TrainConfig:
+        config = self.config
+        started = time.perf_counter()
+        steps_per_epoch = len(self.train_loader)
+        val_rows = len(self.data.rows["val"])
+        forward_per_image: dict[str, float] = {}  # seconds of one forward pass per image, by stage kind
+        epoch_seconds: dict[str, float] = {}
+        for stage in self.stages:
+            if stage.trainable in epoch_seconds or (stage.trainable == "head" and self.uses_linear_probe):
+                continue
+            step = self.measure_step_seconds(stage)
+            forward_per_image[stage.trainable] = step / config.batch_size / (1 if stage.trainable == "head" else 3)
+            epoch_seconds[stage.trainable] = steps_per_epoch * step + val_rows * forward_per_image[stage.trainable]
+        left = budget - (time.perf_counter() - started)
+        if self.uses_linear_probe:
+            # the probe is one embedding pass over train + val (about a third of a training step per image)
+            # and a fit of a second or two, whatever its epochs; only fine-tuning scales with the budget
+            finetune = epoch_seconds.get("all")
+            if finetune is None:  # a probe alone: nothing to fit to the budget
+                return config
+            probe_epochs = config.probe_epochs or 1.0
+            probe = 0.0 if self.embeddings_cached() else (
+                (len(self.data.rows["train"]) + val_rows) * forward_per_image["all"])
+            epochs = probe_epochs + max(round((left - probe) / finetune, 1), 0.1)
+            console.print(f"time budget {config.time_budget}: probe about {probe:.0f} s, fine-tuning "
+                          f"{finetune:.1f} s per epoch measured; training {epochs:g} epochs")
+            return replace(config, epochs=epochs,
+                           warmup_epochs=round((config.warmup_epochs or 0.0) * epochs / config.epochs, 2))
+        shares = {stage.trainable: stage.epochs / config.epochs for stage in self.stages}
+        per_epoch = sum(shares[kind] * seconds for kind, seconds in epoch_seconds.items())
+        epochs = max(round(left / per_epoch, 1), 0.1)
+        if config.strategy == "two-stage":
+            epochs = max(epochs, 2.0)
+        scale = epochs / config.epochs
+        console.print(f"time budget {config.time_budget}: {per_epoch:.1f} s per epoch measured; "
+                      f"training {epochs:g} epochs")
+        return replace(config, epochs=epochs, warmup_epochs=round((config.warmup_epochs or 0.0) * scale, 2),
+                       probe_epochs=None if config.probe_epochs is None
+                       else max(1.0, round(config.probe_epochs * scale, 1)))
 
     # ----------------------------------------------------------------- the loop
-    def fit(self, resume: dict[str, Any] | None = None,
-            on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
-        """Run every stage; ``resume`` is a checkpoint dict from :func:`load_checkpoint`."""
+    def fit(self, callbacks: list[Callback]) -> FitResult:
+        """Run every stage from where ``build`` left off, firing ``callbacks`` (after this engine's checkpoint)."""
         started = time.perf_counter()
-        position = _Position()
+        resume = self.checkpoint
+        self.position = _Position()
         history: list[dict[str, Any]] = []
-        best: dict[str, Any] = {"score": None, "epoch": -1, "stale": 0}
+        self.best: dict[str, Any] = {"score": None, "epoch": -1, "stale": 0}
         if self.config.ema:
             self.ema = copy.deepcopy(self.model).eval()
             for parameter in self.ema.parameters():
@@ -356,69 +367,115 @@ class Trainer:
             self.model.load_state_dict(resume["model"])
             if self.ema is not None and resume["ema"] is not None:
                 self.ema.load_state_dict(resume["ema"])
-            position = _Position(**resume["position"])
-            history, best = list(resume["history"]), dict(resume["best"])
-        budget = _BudgetGuard(self.config, already=sum(row["seconds"] for row in history))
-        outcome = "finished"
-        with _deferred_interrupt(self):
-            for stage_index in range(position.stage, len(self.stages)):
-                stage = self.stages[stage_index]
-                optimizer, scheduler = self._start_stage(stage)
-                if resume is not None and stage_index == position.stage:
-                    optimizer.load_state_dict(resume["optimizer"])
-                    scheduler.load_state_dict(resume["scheduler"])
-                    self.scaler.load_state_dict(resume["scaler"])
-                else:
-                    position = _Position(stage=stage_index, epoch=position.epoch)
-                if stage.trainable == "head" and self.uses_linear_probe and position.stage_step == 0:
-                    row = self._linear_probe(stage, position)
-                    history.append(row)
-                    self._after_epoch(row, best, position, optimizer, scheduler, history)
-                    if on_epoch:
-                        on_epoch(row)
-                    if self._stop_requested:  # the checkpoint after the probe is already written
-                        outcome = "interrupted"
+            self.position = _Position(**resume["position"])
+            history, self.best = list(resume["history"]), dict(resume["best"])
+        fit = FitState(self.config, self.stages, history, best_epoch=max(int(self.best["epoch"]), 0),
+                       stale=int(self.best["stale"]))
+        callbacks = [_Checkpoint(self), *callbacks]
+        fire(callbacks, "on_fit_begin", fit)
+        try:
+            with _deferred_interrupt(fit):
+                for stage_index in range(self.position.stage, len(self.stages)):
+                    self.optimizer, self.scheduler = self._start_stage(self.stages[stage_index])
+                    if resume is not None and stage_index == self.position.stage:
+                        self.optimizer.load_state_dict(resume["optimizer"])
+                        self.scheduler.load_state_dict(resume["scheduler"])
+                        self.scaler.load_state_dict(resume["scaler"])
+                    else:
+                        self.position = _Position(stage=stage_index, epoch=self.position.epoch)
+                    fit.stage_index = stage_index
+                    fire(callbacks, "on_stage_begin", fit)
+                    self._run_stage(fit, callbacks)
+                    if fit.interrupted:
+                        fire(callbacks, "on_interrupt", fit)
+                    if fit.interrupted or fit.stop_reason:
                         break
-                    continue
-                try:
-                    outcome = self._run_stage(stage, position, optimizer, scheduler, history, best, budget, on_epoch)
-                except _Interrupted:
-                    outcome = "interrupted"
-                    if self.run is not None:
-                        save_checkpoint(self._state(position, optimizer, scheduler, history, best),
-                                        self.run.last_checkpoint)
-                if outcome != "finished":
-                    break
+        finally:
+            fire(callbacks, "on_fit_end", fit)
         shipped = self._restore_best()
-        return FitResult(history=history, best_epoch=int(best["epoch"]),
-                         stopped_early=outcome == "stopped", interrupted=outcome == "interrupted",
-                         seconds=time.perf_counter() - started, model=shipped)
+        return FitResult(history=history, best_epoch=int(self.best["epoch"]),
+                         stopped_early=fit.stop_reason is not None and not fit.interrupted,
+                         interrupted=fit.interrupted, seconds=time.perf_counter() - started, model=shipped)
 
-    def _run_stage(self, stage: Stage, position: _Position, optimizer: torch.optim.Optimizer,
-                   scheduler: torch.optim.lr_scheduler.LambdaLR, history: list[dict[str, Any]],
-                   best: dict[str, Any], budget: _BudgetGuard,
-                   on_epoch: Callable[[dict[str, Any]], None] | None) -> str:
-        """Epochs of one stage from ``position``; 'finished' or 'stopped' (early stopping, time budget)."""
+    def _run_stage(self, fit: FitState, callbacks: list[Callback]) -> None:
+        """Epochs of the current stage from ``self.position``, until it ends or a callback stops the fit."""
+        stage, position = fit.stage, self.position
         total_steps = self.steps_in(stage)
-        epochs_in_stage = math.ceil(total_steps / len(self.train_loader))
+        probe = stage.trainable == "head" and self.uses_linear_probe and position.stage_step == 0
+        fit.epochs_in_stage = 1 if probe else math.ceil(total_steps / len(self.train_loader))
         while position.stage_step < total_steps:
-            row = self._run_epoch(stage, position, optimizer, scheduler, total_steps, epochs_in_stage)
-            history.append(row)
-            self._after_epoch(row, best, position, optimizer, scheduler, history)
-            if on_epoch:
-                on_epoch(row)
-            if self._stop_requested:
-                raise _Interrupted
-            if self._should_stop_early(best):
-                return "stopped"
-            more_to_do = position.stage_step < total_steps or self.stages[-1] is not stage
-            if more_to_do and budget.exhausted(row["seconds"]):
-                console.print("[yellow]time budget reached; stopping after this epoch[/]")
-                return "stopped"
-        return "finished"
+            fit.epoch, fit.epoch_in_stage = position.epoch + 1, position.epoch_in_stage + 1
+            row = self._linear_probe(fit, callbacks) if probe else self._run_epoch(fit, callbacks, total_steps)
+            if row is None:  # interrupted mid-epoch
+                return
+            fit.history.append(row)
+            fit.row = row
+            fit.last_epoch = position.stage_step >= total_steps and stage is self.stages[-1]
+            self._track_best(fit)
+            fire(callbacks, "on_epoch_end", fit)
+            if fit.interrupted or fit.stop_reason:
+                return
 
+    def _run_epoch(self, fit: FitState, callbacks: list[Callback], total_steps: int) -> dict[str, Any] | None:
+        """One epoch (the rest of one, after a resume) of training steps; its history row, or None if interrupted."""
+        stage, position = fit.stage, self.position
+        self._set_train_mode(stage)
+        loader = self.train_loader
+        loader.set_epoch(position.epoch, start_batch=position.batch)
+        steps = min(len(loader), total_steps - position.stage_step + position.batch)
+        tally = _EpochTally()
+        fit.steps, fit.step, fit.images, fit.loss, fit.accuracy = steps, position.batch, 0, 0.0, 0.0
+        fire(callbacks, "on_epoch_begin", fit)
+        for images, targets in _take(loader, steps - position.batch):
+            seed = _seed_for(self.config.seed, position.epoch, position.batch, 7)
+            loss, correct = self._train_step(stage, images, targets, seed, self.optimizer)
+            self.scheduler.step()
+            position.batch += 1
+            position.stage_step += 1
+            self._update_ema(position.stage_step, total_steps)
+            tally.add(loss, correct, len(images))
+            fit.step, fit.images, fit.loss, fit.accuracy = position.batch, tally.seen, tally.mean_loss, tally.accuracy
+            fire(callbacks, "on_step_end", fit)
+            if fit.interrupted and position.batch < steps:
+                return None  # mid-epoch; at an epoch's end the row and checkpoint come first
+        seconds = time.perf_counter() - tally.started
+        row = self._epoch_row(stage, tally.mean_loss, tally.accuracy, self.optimizer.param_groups[-1]["lr"],
+                              seconds, tally.seen)
+        position.epoch += 1
+        position.epoch_in_stage += 1
+        position.batch = 0
+        return row
+
+    def _epoch_row(self, stage: Stage, train_loss: float, train_accuracy: float, lr: float, seconds: float,
+                   images: int) -> dict[str, Any]:
+        """One line of metrics.csv (the validation scores measured now) for the epoch at ``self.position``."""
+        scores = self._scores("val") if self.has_val else {"loss": None, "accuracy": None}
+        return history_row(self.position.epoch + 1, stage.name, train_loss, train_accuracy, scores["loss"],
+                           scores["accuracy"], lr, seconds, images)
+
+    def _track_best(self, fit: FitState) -> None:
+        """Keep the weights of the best epoch so far (``--monitor``), to ship them at the end."""
+        assert fit.row is not None
+        score = monitor_score(fit.row, self.config.monitor)
+        if self.best["score"] is None or score > self.best["score"]:
+            self.best.update(score=score, epoch=fit.row["epoch"], stale=0)
+            self._best_weights = copy.deepcopy(self.evaluated_model().state_dict())
+        else:
+            self.best["stale"] += 1
+        fit.best_epoch, fit.stale = self.best["epoch"], self.best["stale"]
+
+    def _restore_best(self) -> nn.Module:
+        model = self.evaluated_model()
+        weights = self._best_weights
+        if weights is None and self.run.best_checkpoint.exists():
+            weights = load_checkpoint(self.run.best_checkpoint)["model"]
+        if weights is not None:
+            model.load_state_dict(weights)
+        return model
+
+    # ----------------------------------------------------------------- the linear probe
     def _probe_splits(self) -> list[str]:
-        return ["train"] + (["val"] if self.val_loader is not None else [])
+        return ["train"] + (["val"] if self.has_val else [])
 
     def embedder(self) -> Embedder:
         """The frozen backbone as an embedder (made once, before any training changes the weights)."""
@@ -443,133 +500,81 @@ class Trainer:
         keys = [image_key(self.data.paths[row]) for split in self._probe_splits() for row in self.data.rows[split]]
         return bool(store.get(keys)[1].all())
 
-    def _linear_probe(self, stage: Stage, position: _Position) -> dict[str, Any]:
-        """The whole probe stage as one fit on cached embeddings; returns its history row."""
+    def _linear_probe(self, fit: FitState, callbacks: list[Callback]) -> dict[str, Any]:
+        """The whole probe stage as one fit on cached embeddings (an epoch without steps); its history row."""
         started = time.perf_counter()
+        fit.steps = fit.step = fit.images = 0
+        fire(callbacks, "on_epoch_begin", fit)
         splits = self._probe_splits()
         features = {}
         for split in splits:
             features[split] = self.embedder().embed_decoded(self.data.pixels, self.data.rows[split], self.data.paths,
                                                             description=f"Embedding {split}")
         labels = {split: self.data.split_targets(split).numpy() for split in splits}
-        fit = fit_linear_head(features["train"], labels["train"], features.get("val"), labels.get("val"),
-                              len(self.data.classes), balanced=self.config.class_weights == "auto")
-        load_into_head(self.head, fit)
+        probe = fit_linear_head(features["train"], labels["train"], features.get("val"), labels.get("val"),
+                                len(self.data.classes), balanced=self.config.class_weights == "auto")
+        load_into_head(self.head, probe)
         if self.ema is not None:
             self.ema.load_state_dict(self.model.state_dict())
-        train_logits = torch.from_numpy(features["train"] @ fit.weight.T + fit.bias).float()
+        train_logits = torch.from_numpy(features["train"] @ probe.weight.T + probe.bias).float()
         seconds = time.perf_counter() - started
         train_loss = float(F.cross_entropy(train_logits, torch.from_numpy(labels["train"])))
-        row = self._epoch_row(position, stage, train_loss, fit.train_accuracy, 0.0, seconds,
-                              len(self.data.rows["train"]))
-        console.print(f"probe: logistic regression on cached embeddings, C={fit.regularisation:g}, "
-                      f"fitted in {fit.seconds:.1f} s")
-        position.epoch += 1
-        position.stage_step = self.steps_in(stage)
-        position.epoch_in_stage = 1
+        row = self._epoch_row(fit.stage, train_loss, probe.train_accuracy, 0.0, seconds, len(self.data.rows["train"]))
+        console.print(f"probe: logistic regression on cached embeddings, C={probe.regularisation:g}, "
+                      f"fitted in {probe.seconds:.1f} s")
+        self.position.epoch += 1
+        self.position.stage_step = self.steps_in(fit.stage)
+        self.position.epoch_in_stage = 1
         return row
 
-    def _epoch_row(self, position: _Position, stage: Stage, train_loss: float, train_accuracy: float, lr: float,
-                   seconds: float, images: int) -> dict[str, Any]:
-        """One line of metrics.csv (the validation scores measured now) for the epoch at ``position``."""
-        scores = self.evaluate("val") if self.val_loader is not None else {"loss": None, "accuracy": None}
-        return history_row(position.epoch + 1, stage.name, train_loss, train_accuracy, scores["loss"],
-                           scores["accuracy"], lr, seconds, images)
+    # ----------------------------------------------------------------- EMA
+    def _update_ema(self, stage_step: int, total_steps: int) -> None:
+        if self.ema is None:
+            return
+        # The average spans at most the last ~10% of the stage, so a short run is not shipped with
+        # weights from its first steps; early on, the decay warms up to follow fast-moving weights.
+        decay = min(self.config.ema_decay, 1 - 10 / max(total_steps, 20), (1 + stage_step) / (10 + stage_step))
+        with torch.no_grad():
+            for averaged, current in zip(self.ema.state_dict().values(), self.model.state_dict().values()):
+                if averaged.dtype.is_floating_point:
+                    averaged.lerp_(current, 1 - decay)
+                else:
+                    averaged.copy_(current)
 
-    def _run_epoch(self, stage: Stage, position: _Position, optimizer: torch.optim.Optimizer,
-                   scheduler: torch.optim.lr_scheduler.LambdaLR, total_steps: int,
-                   epochs_in_stage: int) -> dict[str, Any]:
-        self._set_train_mode(stage)
-        loader = self.train_loader
-        loader.set_epoch(position.epoch, start_batch=position.batch)
-        steps = min(len(loader), total_steps - position.stage_step + position.batch)
-        tally = _EpochTally()
-        description = f"{stage.name} {position.epoch_in_stage + 1}/{epochs_in_stage}"
-        with training_progress() as progress:
-            task = progress.add_task(description, total=steps, completed=position.batch, loss=0.0, accuracy=0.0,
-                                     speed=0.0)
-            for images, targets in _take(loader, steps - position.batch):
-                seed = _seed_for(self.config.seed, position.epoch, position.batch, 7)
-                loss, correct = self._train_step(stage, images, targets, seed, optimizer)
-                scheduler.step()
-                position.batch += 1
-                position.stage_step += 1
-                self._update_ema(position.stage_step, total_steps)
-                tally.add(loss, correct, len(images))
-                elapsed = time.perf_counter() - tally.started
-                progress.update(task, advance=1, loss=tally.mean_loss, accuracy=tally.accuracy,
-                                speed=tally.seen / max(elapsed, 1e-9))
-                if self._stop_requested and position.batch < steps:
-                    raise _Interrupted  # mid-epoch; at an epoch's end the row and checkpoint come first
-        seconds = time.perf_counter() - tally.started
-        row = self._epoch_row(position, stage, tally.mean_loss, tally.accuracy, optimizer.param_groups[-1]["lr"],
-                              seconds, tally.seen)
-        position.epoch += 1
-        position.epoch_in_stage += 1
-        position.batch = 0
-        return row
-
-    def _after_epoch(self, row: dict[str, Any], best: dict[str, Any], position: _Position,
-                     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
-                     history: list[dict[str, Any]]) -> None:
-        monitor = self.config.monitor
-        value = row.get(monitor)
-        if value is None:
-            # No validation split: training losses of different stages (smoothing, mixup, a probe fit)
-            # are not comparable, so the latest epoch is the best one.
-            score = float(row["epoch"])
-        else:
-            score = -value if monitor == "val_loss" else value
-        if best["score"] is None or score > best["score"]:
-            best.update(score=score, epoch=row["epoch"], stale=0)
-            if self.run is not None:
-                save_checkpoint({"format": 1, "model": self.evaluated_model().state_dict(), "epoch": row["epoch"]},
-                                self.run.best_checkpoint)
-            self._best_weights = copy.deepcopy(self.evaluated_model().state_dict())
-        else:
-            best["stale"] += 1
-        if self.run is not None:
-            save_checkpoint(self._state(position, optimizer, scheduler, history, best), self.run.last_checkpoint)
-            self.run.write_metrics(history)
-        print_epoch(row, best["epoch"] == row["epoch"])
-
-    def _should_stop_early(self, best: dict[str, Any]) -> bool:
-        patience = self.config.early_stopping
-        if patience is not None and best["stale"] >= patience:
-            console.print(f"[yellow]early stopping: no better {self.config.monitor} for {patience} epoch(s); "
-                          f"keeping epoch {best['epoch']}[/]")
-            return True
-        return False
-
-    def _restore_best(self) -> nn.Module:
-        model = self.evaluated_model()
-        weights = getattr(self, "_best_weights", None)
-        if weights is None and self.run is not None and self.run.best_checkpoint.exists():
-            from imgclf.engines.checkpoint import load_checkpoint
-
-            weights = load_checkpoint(self.run.best_checkpoint)["model"]
-        if weights is not None:
-            model.load_state_dict(weights)
-        return model
+    # ----------------------------------------------------------------- checkpoints
+    def state(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        """Everything a resume needs, as a checkpoint dict (tensors, numbers, strings, lists)."""
+        return {
+            "format": 1,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "position": vars(self.position).copy(),
+            "normalisation": {"mean": list(self.data.mean), "std": list(self.data.std)},
+            "history": history,
+            "best": self.best,
+        }
 
 
-class _BudgetGuard:
-    """With ``--time-budget``, stops when one more epoch would overrun the budget by more than 10%.
+class _Checkpoint(Callback):
+    """``checkpoints/best.pt`` when an epoch is the best so far, ``last.pt`` after every epoch and on Ctrl-C."""
 
-    The schedule was already fitted to the budget from measured speed; this
-    only catches a machine that got slower mid-run.
-    """
+    def __init__(self, engine: TorchEngine) -> None:
+        self.engine = engine
 
-    def __init__(self, config: TrainConfig, already: float) -> None:
-        from imgclf.config import parse_duration
+    def on_epoch_end(self, fit: FitState) -> None:
+        engine = self.engine
+        assert fit.row is not None
+        if fit.best_epoch == fit.row["epoch"]:
+            save_checkpoint({"format": 1, "model": engine.evaluated_model().state_dict(), "epoch": fit.row["epoch"]},
+                            engine.run.best_checkpoint)
+        self.on_interrupt(fit)
 
-        self.budget = parse_duration(config.time_budget) if config.time_budget else None
-        self.started = time.perf_counter() - already
-
-    def exhausted(self, last_epoch_seconds: float) -> bool:
-        if self.budget is None:
-            return False
-        return time.perf_counter() - self.started + last_epoch_seconds > 1.1 * self.budget
+    def on_interrupt(self, fit: FitState) -> None:
+        engine = self.engine
+        save_checkpoint(engine.state(fit.history), engine.run.last_checkpoint)
 
 
 def _take(batches: Iterator[Any] | Any, count: int) -> Iterator[Any]:
@@ -587,12 +592,8 @@ def _take(batches: Iterator[Any] | Any, count: int) -> Iterator[Any]:
             close()
 
 
-class _Interrupted(Exception):
-    """Ctrl-C arrived; raised between two steps, where the state is consistent and can be saved."""
-
-
 @contextmanager
-def _deferred_interrupt(trainer: Trainer) -> Iterator[None]:
+def _deferred_interrupt(fit: FitState) -> Iterator[None]:
     """The first Ctrl-C asks the loop to stop after the current step; a second one aborts at once."""
     import signal
     import threading
@@ -602,7 +603,7 @@ def _deferred_interrupt(trainer: Trainer) -> Iterator[None]:
         return
 
     def request_stop(signum: int, frame: object) -> None:
-        trainer._stop_requested = True
+        fit.interrupt()
         console.print("[yellow]stopping after this step and saving a checkpoint (Ctrl-C again to abort)[/]")
         signal.signal(signal.SIGINT, signal.default_int_handler)
 

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from imgclf.backends import KERAS_APPLICATIONS, keras_model_name
-from imgclf.engines.keras_setup import keras
 from imgclf.errors import ImgclfError
+from imgclf.models.keras_setup import keras
 
 BACKBONE = "backbone"  # the layer name of a keras.applications backbone inside our model
 HEAD = "classifier"

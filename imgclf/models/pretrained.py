@@ -375,3 +375,14 @@ def describe_error(error: BaseException) -> str:
     """An exception as one short line, for the one-line user messages that wrap it."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:160]}" if text else type(error).__name__
+
+
+def weights_fingerprint(path: str | None) -> list[object] | None:
+    """(path, size, mtime) of a weights file, so a changed file is a new cache key."""
+    if not path:
+        return None
+    try:
+        stat = Path(path).stat()
+    except OSError:  # e.g. moved since training: a resumed run's weights live in its checkpoint
+        return None
+    return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]

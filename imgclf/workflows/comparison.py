@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.backends import require_tensorflow
 from imgclf.config import BACKENDS, make_config
 from imgclf.console import console
+from imgclf.engines.registry import get_backend
 from imgclf.errors import ImgclfError
 from imgclf.files import write_text_atomic
 from imgclf.runs import RunDirectory, held_out_items, slug
@@ -71,8 +71,8 @@ def parse_backends(text: str) -> list[str]:
         raise ImgclfError(f"--backends '{text}': give a comma-separated list of {', '.join(BACKENDS)}")
     if len(set(names)) != len(names):
         raise ImgclfError(f"--backends '{text}' names a backend twice")
-    if "tensorflow" in names:
-        require_tensorflow()
+    for name in names:
+        get_backend(name).require()
     return names
 
 

@@ -27,5 +27,5 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 with native_stderr_silenced():
-    import keras  # noqa: F401  (re-exported: `from imgclf.engines.keras_setup import keras`)
+    import keras  # noqa: F401  (re-exported: `from imgclf.models.keras_setup import keras`)
     import tensorflow as tf  # noqa: F401  (re-exported for the exporters: SavedModel, TFLite, tf.function)

@@ -1,0 +1,126 @@
+"""The training events a callback sees, the bookkeeping callbacks that stop a run, and the engine registry."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_class_folder
+
+import imgclf
+from imgclf.config import BACKENDS
+from imgclf.engines.callbacks import Callback, FitState, TimeBudget
+from imgclf.engines.registry import BACKENDS as REGISTERED
+from imgclf.engines.registry import get_backend
+from imgclf.errors import ImgclfError
+
+TINY = dict(model="fastnet", model_args={"widths": [8, 16, 16], "depth": 1}, precision="fp32", batch_size=16, lr=0.5,
+            label_smoothing=0.0, workers=1)
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_class_folder(tmp_path_factory.mktemp("colours") / "data", per_class=20)  # 3 steps per epoch
+
+
+class Recorder(Callback):
+    """Every event with the epoch and step it came at."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, int]] = []
+
+    def _record(self, name: str, fit: FitState) -> None:
+        self.events.append((name, fit.epoch, fit.step))
+
+    def on_fit_begin(self, fit: FitState) -> None:
+        self._record("fit_begin", fit)
+
+    def on_stage_begin(self, fit: FitState) -> None:
+        self._record(f"stage_begin {fit.stage.name}", fit)
+
+    def on_epoch_begin(self, fit: FitState) -> None:
+        self._record("epoch_begin", fit)
+
+    def on_step_end(self, fit: FitState) -> None:
+        self._record("step_end", fit)
+
+    def on_epoch_end(self, fit: FitState) -> None:
+        assert fit.row is not None and fit.row["epoch"] == fit.epoch and fit.history[-1] is fit.row
+        self._record("epoch_end", fit)
+
+    def on_interrupt(self, fit: FitState) -> None:
+        self._record("interrupt", fit)
+
+    def on_fit_end(self, fit: FitState) -> None:
+        self._record("fit_end", fit)
+
+
+def epoch_events(epoch: int) -> list[tuple[str, int, int]]:
+    return [("epoch_begin", epoch, 0), *[("step_end", epoch, step) for step in (1, 2, 3)], ("epoch_end", epoch, 3)]
+
+
+def test_a_callback_sees_every_event_in_order(colours: Path, tmp_path: Path) -> None:
+    recorder = Recorder()
+    run = imgclf.train(colours, out=tmp_path / "run", epochs=2, callbacks=[recorder], **TINY)
+    assert recorder.events == [("fit_begin", 0, 0), ("stage_begin train", 0, 0), *epoch_events(1),
+                               *epoch_events(2), ("fit_end", 2, 3)]
+    assert run.model_dir is not None and len(run.history) == 2
+
+
+class StopAfter(Callback):
+    """Ends the run as finished after ``epoch``, the way a pruner or a custom rule would."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, fit: FitState) -> None:
+        if fit.epoch == self.epoch:
+            fit.stop("enough")
+
+
+def test_a_callback_that_stops_ends_a_complete_run_with_a_bundle(colours: Path, tmp_path: Path) -> None:
+    run = imgclf.train(colours, out=tmp_path / "run", epochs=5, callbacks=[StopAfter(2)], **TINY)
+    assert [row["epoch"] for row in run.history] == [1, 2]
+    assert not run.interrupted and (run.model_dir / "weights.safetensors").is_file()
+    assert [row["epoch"] for row in csv.DictReader(open(run.run_dir / "metrics.csv"))] == ["1", "2"]
+
+
+def test_the_budget_guard_stops_after_the_epoch_that_overruns(colours: Path, tmp_path: Path) -> None:
+    recorder = Recorder()
+    run = imgclf.train(colours, out=tmp_path / "run", epochs=4, callbacks=[TimeBudget(1e-6), recorder], **TINY)
+    assert len(run.history) == 1 and run.model_dir is not None
+    assert [name for name, _, _ in recorder.events][-2:] == ["epoch_end", "fit_end"]
+
+
+def test_an_interrupting_callback_leaves_a_resumable_run(colours: Path, tmp_path: Path) -> None:
+    class InterruptAfterFirstEpoch(Recorder):
+        def on_epoch_end(self, fit: FitState) -> None:
+            super().on_epoch_end(fit)
+            fit.interrupt()
+
+    recorder = InterruptAfterFirstEpoch()
+    cut = imgclf.train(colours, out=tmp_path / "run", epochs=3, callbacks=[recorder], **TINY)
+    assert cut.interrupted and cut.model_dir is None
+    assert [name for name, _, _ in recorder.events][-3:] == ["epoch_end", "interrupt", "fit_end"]
+    resumed = imgclf.train(resume=tmp_path / "run")
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3] and resumed.model_dir is not None
+
+
+def test_every_configurable_backend_is_registered() -> None:
+    assert set(REGISTERED) == set(BACKENDS)
+
+
+def test_an_unknown_backend_is_a_one_line_error_naming_the_registered_ones() -> None:
+    with pytest.raises(ImgclfError) as error:
+        get_backend("jax")
+    assert str(error.value) == "--backend jax is not known; choose one of torch, tensorflow"
+
+
+def test_the_cli_refuses_an_unknown_backend_without_a_traceback(colours: Path, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "imgclf", "train", str(colours), "--backend", "jax", "--out",
+                           str(tmp_path / "run")], capture_output=True, text=True)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "--backend" in done.stderr and "torch" in done.stderr and "tensorflow" in done.stderr

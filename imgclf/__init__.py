@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from imgclf.api import (  # noqa: E402  (the public API)
     build_index,
+    calibrate,
     compare,
     embed,
     evaluate,
@@ -23,6 +24,6 @@ from imgclf.api import (  # noqa: E402  (the public API)
 )
 from imgclf.errors import ImgclfError  # noqa: E402
 
-__all__ = ["ImgclfError", "__version__", "build_index", "compare", "embed", "evaluate", "evaluate_match", "export",
+__all__ = ["ImgclfError", "__version__", "build_index", "calibrate", "compare", "embed", "evaluate", "evaluate_match", "export",
            "inspect", "load", "load_dataset", "match", "models", "predict", "preview_augment", "query_index",
            "report", "similar", "train"]

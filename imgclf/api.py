@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # the heavy modules load only when their command runs
     from imgclf.embeddings.index import Neighbour, SimilarityIndex
     from imgclf.embeddings.match import MatchEvaluation, MatchResult
     from imgclf.embeddings.near_duplicates import NearDuplicatePair
+    from imgclf.evaluation.calibration import Calibration
     from imgclf.evaluation.evaluate import Evaluation
     from imgclf.models import ModelInfo
     from imgclf.training import TrainResult
@@ -339,6 +340,20 @@ def report(run: str | Path, *, label_issues: bool = True) -> Path:
     from imgclf.evaluation.run_report import report_run
 
     return report_run(run, label_issues=label_issues)[0]
+
+
+def calibrate(model: str | Path, data: str | Path | None = None, *, split: str = "val",
+              batch_size: int = 64) -> Calibration:
+    """Fit the temperature of an (older) run's bundle on its validation split and store it in ``model.json``.
+
+    Training does this itself at the end; ``data`` and ``split`` choose other
+    held-out labelled images. Every runtime then applies it.
+    """
+    from imgclf.evaluation.calibration import calibrate_run
+
+    if batch_size < 1:
+        raise ImgclfError(f"--batch-size must be at least 1, got {batch_size}")
+    return calibrate_run(model, data, split=split, batch_size=batch_size)
 
 
 # ----------------------------------------------------------------- embeddings

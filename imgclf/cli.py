@@ -435,6 +435,24 @@ def report(
     console.print(f"wrote {api.report(run, label_issues=label_issues)}")
 
 
+@app.command(epilog="Examples: imgclf calibrate runs/shop  |  imgclf calibrate runs/shop --data photos/ --split val")
+def calibrate(
+    model: Model,
+    data: Annotated[Optional[str], Opt(help="Labelled held-out images (any source); default: the run's split.csv.")] = None,
+    split: Annotated[str, Opt(help="Which split of the data to fit on.")] = "val",
+    batch_size: Annotated[int, Opt(help="Images per batch.")] = 64,
+) -> None:
+    """Fit temperature scaling on validation images and store it in the bundle (training does this itself)."""
+    result = api.calibrate(model, data, split=split, batch_size=batch_size)
+    table = Table(title=f"temperature T = {result.temperature:.4f} on {result.images:,} {split} images",
+                  title_justify="left")
+    for name in ("", "before", "after"):
+        table.add_column(name, justify="right" if name else "left")
+    table.add_row("negative log-likelihood", f"{result.nll_before:.4f}", f"{result.nll_after:.4f}")
+    table.add_row("expected calibration error", f"{result.ece_before:.4f}", f"{result.ece_after:.4f}")
+    console.print(table)
+
+
 # ---------------------------------------------------------------- deploy: export and serve
 @app.command(epilog="Examples: imgclf export runs/shop  |  imgclf export runs/shop --format torchscript  |  "
                     "imgclf export runs/shop --quantize int8  |  imgclf export runs/keras-shop --format tflite")

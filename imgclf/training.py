@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from statistics import median
 from typing import TYPE_CHECKING, Any
@@ -124,6 +124,7 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
         return TrainResult(run.path, None, config, result.history, {}, interrupted=True)
     metrics = _final_metrics(trainer, result, config)
     model_dir = _write_bundle(run, config, trainer.data, result.model, metrics)
+    metrics.update(_calibrate(model_dir, trainer.data))
     _print_summary(run, config, result, metrics)
     if report and not trainer.data.multilabel:
         from imgclf.evaluation.run_report import report_run
@@ -349,6 +350,17 @@ def _write_bundle(run: RunDirectory, config: TrainConfig, data: TrainingData, mo
     return write_bundle(info, model.state_dict(), run.model_dir)
 
 
+def _calibrate(model_dir: Path, data: TrainingData) -> dict[str, Any]:
+    """Temperature scaling on the validation split, stored in the bundle (nothing for multi-label or no val)."""
+    from imgclf.evaluation.calibration import calibrate_bundle
+
+    val = data.rows["val"]
+    if data.multilabel or len(val) < 2:
+        return {}
+    calibration = calibrate_bundle(model_dir, data.pixels[val], data.targets[val].numpy())
+    return {"calibration": asdict(calibration)}
+
+
 def _print_summary(run: RunDirectory, config: TrainConfig, result: FitResult, metrics: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -364,6 +376,10 @@ def _print_summary(run: RunDirectory, config: TrainConfig, result: FitResult, me
             tta = " (TTA)" if config.tta else ""
             table.add_row(f"{split} accuracy{tta}", f"{metrics[f'{split}_accuracy']:.2%} of {metrics[f'{split}_images']:,}")
             table.add_row(f"{split} loss", f"{metrics[f'{split}_loss']:.4f}")
+    if "calibration" in metrics:
+        calibration = metrics["calibration"]
+        table.add_row("val ECE (temperature)", f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} "
+                                               f"(T = {calibration['temperature']:.3f})")
     table.add_row("run", str(run.path))
     table.add_row("model", str(run.model_dir))
     console.print(table)

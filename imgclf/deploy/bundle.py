@@ -3,7 +3,8 @@
 ```
 model/
   model.json            format version, backend, architecture and its arguments, classes,
-                        input size, normalisation, preprocessing, training config, final metrics
+                        input size, normalisation, preprocessing, calibration temperature,
+                        training config, final metrics
   weights.safetensors   the weights (safetensors cannot execute code on load), backend torch
   model.keras           backend tensorflow: the Keras model, loaded with safe_mode=True; it takes
                         0..255 float NHWC pixels (its preprocessing is inside it) and returns logits
@@ -44,6 +45,7 @@ class BundleInfo:
     channels: int = 3
     resize: str = "squash"
     tta: bool = False
+    temperature: float = 1.0  # calibration: logits / temperature before the softmax (1: not calibrated)
     backend: str = "torch"
     format_version: int = BUNDLE_FORMAT
     imgclf_version: str = ""

@@ -5,7 +5,9 @@
 [('cat', 0.91), ('dog', 0.07), ...]
 
 Preprocessing is exactly training's: the same decoder, resize policy, size
-and normalisation, all read from ``model.json``.
+and normalisation, all read from ``model.json``. So is the output: the
+logits are divided by the bundle's calibration temperature before the
+softmax, whatever the runtime (see :mod:`imgclf.evaluation.calibration`).
 """
 
 from __future__ import annotations
@@ -71,14 +73,18 @@ class Classifier:
         return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
     # ----------------------------------------------------------------- output
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, classes) raw logits (flip-averaged with TTA, before temperature) for decoded uint8 images."""
+        logits = self.runtime.logits(pixels)
+        if self.tta:  # flip averaging: the mirrored image's logits, as in training's TTA
+            logits = 0.5 * (logits + self.runtime.logits(pixels[:, :, ::-1]))
+        return logits
+
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(N, classes) probabilities for decoded uint8 images (N, H, W, C) at the model's input size."""
         if not len(pixels):
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        logits = self.runtime.logits(pixels)
-        if self.tta:  # flip averaging: the mirrored image's logits, as in training's TTA
-            logits = 0.5 * (logits + self.runtime.logits(pixels[:, :, ::-1]))
-        return probabilities_from_logits(logits, self.info.multilabel)
+        return probabilities_from_logits(self.logits(pixels) / self.info.temperature, self.info.multilabel)
 
     def predict_proba(self, images: Sequence[ImageInput], batch_size: int = 64) -> np.ndarray:
         """(N, classes) probabilities: softmax, or independent sigmoids for a multi-label model."""

@@ -21,8 +21,9 @@ from imgclf.data.decode import decode_file
 from imgclf.data.sources import ImageDataset, Item, load_source, read_manifest
 from imgclf.deploy.bundle import find_bundle
 from imgclf.errors import ImgclfError
+from imgclf.evaluation.calibration import uncalibrated
 from imgclf.evaluation.label_issues import find_label_issues
-from imgclf.evaluation.metrics import compute_metrics
+from imgclf.evaluation.metrics import compute_log_loss, compute_metrics, expected_calibration_error
 from imgclf.evaluation.plots import plot_confusion_matrix, plot_reliability, plot_roc
 from imgclf.files import write_problem_list, write_text_atomic
 from imgclf.pictures import save_image_grid
@@ -98,6 +99,14 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
         "reliability": plot_reliability(labels, probabilities, out / "reliability.png",
                                         metrics["expected_calibration_error"]),
     }
+    temperature = classifier.info.temperature
+    if temperature != 1.0 and not classifier.info.multilabel:  # the same images before temperature scaling
+        raw = uncalibrated(probabilities, temperature)
+        raw_ece = expected_calibration_error(labels, raw)
+        metrics["uncalibrated"] = {"temperature": temperature, "expected_calibration_error": raw_ece,
+                                   "log_loss": compute_log_loss(labels, raw, len(classifier.classes))}
+        pictures["reliability_uncalibrated"] = plot_reliability(labels, raw, out / "reliability_uncalibrated.png",
+                                                                raw_ece, title="before temperature scaling")
     mistakes = _worst_mistakes(paths, labels, probabilities, classifier.classes)
     if mistakes:
         pictures["worst_mistakes"] = _gallery(mistakes, classifier.classes, out / "worst_mistakes.png",

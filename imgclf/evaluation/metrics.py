@@ -42,7 +42,7 @@ def compute_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: list
         "weighted_avg": _average(report["weighted avg"]),
         "confusion_matrix": confusion.tolist(),
         "confusion_matrix_normalised": normalised.round(6).tolist(),
-        "log_loss": float(skm.log_loss(labels, _renormalised(probabilities), labels=indices)),
+        "log_loss": compute_log_loss(labels, probabilities, count),
         "expected_calibration_error": expected_calibration_error(labels, probabilities),
         "most_confused": most_confused(confusion, classes),
     }
@@ -51,6 +51,12 @@ def compute_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: list
             result[f"top_{k}_accuracy"] = float(skm.top_k_accuracy_score(labels, probabilities, k=k, labels=indices))
     result.update(_roc(labels, probabilities, classes))
     return result
+
+
+def compute_log_loss(labels: np.ndarray, probabilities: np.ndarray, classes: int) -> float:
+    """Mean negative log-likelihood of the true classes (scikit-learn's log loss over all ``classes``)."""
+    return float(skm.log_loss(labels, _renormalised(np.asarray(probabilities, dtype=np.float64)),
+                              labels=list(range(classes))))
 
 
 def row_normalised(confusion: np.ndarray) -> np.ndarray:

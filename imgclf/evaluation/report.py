@@ -3,7 +3,7 @@
 Pictures are embedded as base64 PNGs and the style is inline, so the page
 needs no network and no other file. Sections: summary, configuration, data,
 training curves, metrics (overall and per class), confusion matrix, ROC,
-reliability, samples, augmented examples, worst mistakes and, when computed,
+reliability (before and after temperature scaling), samples, augmented examples, worst mistakes and, when computed,
 likely label errors.
 """
 
@@ -83,8 +83,7 @@ def write_report(run_dir: Path, evaluation: Evaluation | None, pictures: dict[st
             ("confusion", "Confusion matrix", _image(evaluation.pictures.get("confusion_matrix"), "confusion matrix")
              + _confusions(evaluation.metrics)),
             ("roc", "ROC curves", _image(evaluation.pictures.get("roc"), "ROC curves")),
-            ("reliability", "Reliability", _image(evaluation.pictures.get("reliability"), "reliability diagram")
-             + '<p class="muted">Bars on the diagonal mean the predicted probabilities can be taken at their word.</p>'),
+            ("reliability", "Reliability", _reliability(evaluation)),
         ]
     sections += [
         ("samples", "Samples", _image(pictures.get("samples"), "sample images")),
@@ -147,6 +146,23 @@ def _metrics(metrics: dict[str, Any]) -> str:
         per_class.append([label, metrics[key]["precision"], metrics[key]["recall"], metrics[key]["f1"],
                           metrics["images"]])
     return _table(["metric", "value"], overall) + _table(["class", "precision", "recall", "F1", "support"], per_class)
+
+
+def _reliability(evaluation: Evaluation) -> str:
+    """The reliability diagram; for a calibrated model, before and after temperature scaling side by side."""
+    after = _image(evaluation.pictures.get("reliability"), "reliability diagram")
+    note = '<p class="muted">Bars on the diagonal mean the predicted probabilities can be taken at their word.</p>'
+    before = evaluation.metrics.get("uncalibrated")
+    if before is None:
+        return after + note
+    figures = _table(["", "before", f"after (T = {before['temperature']:.3f})"],
+                     [["expected calibration error", before["expected_calibration_error"],
+                       evaluation.metrics["expected_calibration_error"]],
+                      ["log loss", before["log_loss"], evaluation.metrics["log_loss"]]])
+    pictures = (f'<div class="cards">{_image(evaluation.pictures.get("reliability_uncalibrated"), "before")}'
+                f"{after}</div>")
+    return (figures + pictures + note + '<p class="muted">Temperature scaling (fitted on the validation split) '
+            "divides every logit by T: it changes the probabilities, never the predicted class.</p>")
 
 
 def _confusions(metrics: dict[str, Any]) -> str:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the heavy modules load only when their command runs
     from imgclf.comparison import Comparison
     from imgclf.config import TrainConfig
     from imgclf.deploy.classifier import Classifier
+    from imgclf.deploy.explain import Explanation
     from imgclf.deploy.export import ExportResult
     from imgclf.deploy.predict import PredictionRow
     from imgclf.embeddings.embedder import FileEmbeddings
@@ -354,6 +355,46 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, split: str =
     if batch_size < 1:
         raise ImgclfError(f"--batch-size must be at least 1, got {batch_size}")
     return calibrate_run(model, data, split=split, batch_size=batch_size)
+
+
+def explain(model: str | Path, image: str | Path | np.ndarray, *, top_k: int = 3) -> Explanation:
+    """Grad-CAM heat maps of one image: ``.map`` is the top class's (H, W) array in [0, 1], ``.top`` the classes.
+
+    >>> imgclf.explain("runs/shop", "cat.jpg").map.shape    # doctest: +SKIP
+    (224, 224)
+    """
+    return load(model, tta=False).explain(image, top_k=top_k)
+
+
+def explain_files(model: str | Path, images: str | Path | list[str | Path], out: str | Path, *, top_k: int = 3
+                  ) -> tuple[list[tuple[Path, Explanation]], list[tuple[str, str]]]:
+    """Write ``OUT/<image name>.gradcam.png`` (the image and one overlay per top class) for each image.
+
+    Returns the (file written, explanation) pairs and the (path, reason) of images that could not be read.
+    """
+    from imgclf.deploy.explain import save_explanation
+    from imgclf.deploy.predict import expand_inputs
+
+    if top_k < 1:
+        raise ImgclfError(f"--top-k must be at least 1, got {top_k}")
+    classifier = load(model, tta=False)
+    paths = expand_inputs([images] if isinstance(images, (str, Path)) else list(images))
+    size = (classifier.info.image_size, classifier.info.image_size)
+    written, skipped = [], []
+    taken: set[str] = set()
+    for path in paths:
+        decoded = decode_file(Path(path), size, policy=classifier.info.resize,  # type: ignore[arg-type]
+                              grayscale=classifier.info.channels == 1)
+        if decoded.pixels is None:  # an unreadable image is skipped and reported; the others go on
+            skipped.append((str(path), decoded.error))
+            continue
+        explanation = classifier.explain(decoded.pixels, top_k=top_k)
+        name = f"{Path(path).stem}.gradcam.png"
+        if name in taken:  # two images of the same name in different folders
+            name = f"{Path(path).stem}-{len(taken)}.gradcam.png"
+        taken.add(name)
+        written.append((save_explanation(explanation, Path(out) / name, title=Path(path).name), explanation))
+    return written, skipped
 
 
 # ----------------------------------------------------------------- embeddings

@@ -453,6 +453,26 @@ def calibrate(
     console.print(table)
 
 
+@app.command(epilog="Examples: imgclf explain runs/shop cat.jpg  |  imgclf explain runs/shop photos/odd/ --out why --top-k 2")
+def explain(
+    model: Model,
+    images: Annotated[list[str], typer.Argument(help="Image files, folders, globs or @list.txt.", show_default=False)],
+    out: Annotated[Path, Opt(help="Folder for the <image>.gradcam.png overlays.")] = Path("explanations"),
+    top_k: Annotated[int, Opt(help="Classes to draw a heat map for, best first.")] = 3,
+) -> None:
+    """Grad-CAM heat maps: which parts of each image the model's top classes rest on, as overlays."""
+    written, skipped = api.explain_files(model, images, out, top_k=top_k)
+    table = Table(title=f"{len(written)} explanation(s) in {out}", title_justify="left")
+    for name in ("image", "top classes", "file"):
+        table.add_column(name)
+    for path, explanation in written[:20]:
+        table.add_row(path.name.removesuffix(".gradcam.png"),
+                      ", ".join(f"{name} {probability:.0%}" for name, probability in explanation.top), str(path))
+    console.print(table)
+    for path, reason in skipped:
+        console.print(f"[yellow]skipped {escape(path)}: {escape(reason)}[/]")
+
+
 # ---------------------------------------------------------------- deploy: export and serve
 @app.command(epilog="Examples: imgclf export runs/shop  |  imgclf export runs/shop --format torchscript  |  "
                     "imgclf export runs/shop --quantize int8  |  imgclf export runs/keras-shop --format tflite")

@@ -185,3 +185,9 @@ def test_a_failed_parity_check_leaves_no_savedmodel_folder(keras_run: Path, tmp_
     with pytest.raises(ImgclfError, match=r"model.savedmodel: the exported model differs .* nothing was written"):
         imgclf.export(keras_run, "savedmodel", out=tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_keras_model_is_explained_with_the_same_kind_of_map(keras_run: Path, images: list[Path]) -> None:
+    explanation = imgclf.explain(keras_run, images[0], top_k=2)  # tf.GradientTape Grad-CAM
+    assert explanation.maps.shape == (2, 16, 16) and explanation.map.max() == 1.0 and explanation.map.min() >= 0.0
+    assert explanation.layer.startswith("max_pooling2d") and len(explanation.top) == 2

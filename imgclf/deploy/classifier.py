@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image
 
 from imgclf.data.decode import decode_file, fit, to_channels
 from imgclf.deploy.bundle import BundleInfo, find_bundle, read_bundle_info
+from imgclf.deploy.explain import Explanation, KerasGradCam, TorchGradCam
 from imgclf.deploy.predict import PredictionRow, decoded_batches
 from imgclf.deploy.runtime import NATIVE, Runtime, load_runtime, resolve_runtime
 from imgclf.errors import ImgclfError
@@ -32,11 +33,14 @@ Prediction = list[tuple[str, float]]
 class Classifier:
     """Classes, preprocessing and a runtime (PyTorch, Keras or ONNX Runtime) for one trained model."""
 
-    def __init__(self, runtime: Runtime, info: BundleInfo, tta: bool | None = None) -> None:
+    def __init__(self, runtime: Runtime, info: BundleInfo, tta: bool | None = None,
+                 directory: Path | None = None) -> None:
         self.info = info
         self.classes = list(info.classes)
         self.runtime = runtime
         self.tta = info.tta if tta is None else tta
+        self.directory = directory  # the bundle folder: what explain() rebuilds a differentiable model from
+        self._explainer: Any = None
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", precision: str = "auto", tta: bool | None = None,
@@ -52,7 +56,8 @@ class Classifier:
         if info.backend not in NATIVE:
             raise ImgclfError(f"{directory} is a {info.backend} model; this imgclf loads torch and tensorflow bundles")
         chosen = resolve_runtime(directory, runtime, device=device, batch_size=batch_size, native=NATIVE[info.backend])
-        return cls(load_runtime(directory, info, chosen, device=device, precision=precision), info, tta=tta)
+        return cls(load_runtime(directory, info, chosen, device=device, precision=precision), info, tta=tta,
+                   directory=directory)
 
     # ----------------------------------------------------------------- input
     def _pixels(self, image: ImageInput) -> np.ndarray:
@@ -120,6 +125,27 @@ class Classifier:
         ranked = [[(self.classes[i], float(row[i])) for i in np.argsort(-row, kind="stable")[:k]]
                   for row in probabilities]
         return ranked[0] if single else ranked
+
+    def explain(self, image: ImageInput, top_k: int = 3) -> Explanation:
+        """Grad-CAM heat maps of ``image`` for its ``top_k`` classes: ``.map`` is the top class's (H, W) array."""
+        if self._explainer is None:
+            self._explainer = self._make_explainer()
+        pixels = self._pixels(image)
+        probabilities = self.predict_pixels(pixels[None])[0]
+        order = [int(i) for i in np.argsort(-probabilities, kind="stable")[:max(1, min(top_k, len(self.classes)))]]
+        return Explanation(pixels=pixels, top=[(self.classes[i], float(probabilities[i])) for i in order],
+                           maps=self._explainer.maps(pixels, order), layer=self._explainer.layer_name)
+
+    def _make_explainer(self) -> TorchGradCam | KerasGradCam:
+        if self.directory is None:
+            raise ImgclfError("this classifier was not loaded from a bundle; load it with imgclf.load(...) to explain")
+        if self.info.backend == "tensorflow":
+            from imgclf.deploy.keras_runtime import KerasRuntime
+
+            keras_runtime = self.runtime if isinstance(self.runtime, KerasRuntime) else KerasRuntime.load(
+                self.directory, self.info)
+            return KerasGradCam(keras_runtime.model, self.info)
+        return TorchGradCam(self.directory, self.info)
 
 
 def probabilities_from_logits(logits: np.ndarray, multilabel: bool) -> np.ndarray:

@@ -63,6 +63,9 @@ class TrainConfig:
     lr: float | None = None
     momentum: float | None = None
     weight_decay: float | None = None
+    l1: float = 0.0  # L1 penalty on weights (not norms and biases), added to the loss
+    dropout: float | None = None  # before the classifier: timm's drop_rate (tutorial-cnn's dropout)
+    drop_path: float | None = None  # stochastic depth: timm's drop_path_rate
     bias_lr_scale: float | None = None
     schedule: str | None = None
     warmup_epochs: float | None = None
@@ -182,7 +185,11 @@ def validate(config: TrainConfig) -> None:
         raise ImgclfError(f"--batch-size must be between 1 and 65536, got {config.batch_size}")
     for name in ("epochs", "lr", "ema_decay", "backbone_lr_scale", "bias_lr_scale"):
         _positive(name, getattr(config, name))
-    for name in ("weight_decay", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "probe_epochs"):
+    for name in ("dropout", "drop_path"):
+        value = getattr(config, name)
+        if value is not None and not 0 <= value < 1:
+            raise ImgclfError(f"--{name.replace('_', '-')} is a probability in [0, 1), got {value:g}")
+    for name in ("weight_decay", "l1", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "probe_epochs"):
         _positive(name, getattr(config, name), strict=False)
     _positive("grad_clip", config.grad_clip)
     if config.early_stopping is not None and config.early_stopping < 1:

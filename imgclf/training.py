@@ -225,7 +225,7 @@ def _build_model(config: TrainConfig, data: TrainingData, checkpoint: dict[str, 
 
     channels = 1 if config.grayscale else 3
     model = create_model(config.model, len(data.classes), in_chans=channels, image_size=config.image_size,
-                         **config.model_args)
+                         **{**config.model_args, **regularisation_args(config)})
     if config.pretrained and checkpoint is None:
         weights = load_pretrained(model, config.model, Path(config.weights) if config.weights else None)
         console.print(f"pretrained weights: {weights.source}")
@@ -245,6 +245,22 @@ def _build_model(config: TrainConfig, data: TrainingData, checkpoint: dict[str, 
     if checkpoint is not None:
         return model, tuple(checkpoint["normalisation"]["mean"]), tuple(checkpoint["normalisation"]["std"])
     return model, mean, std
+
+
+def regularisation_args(config: TrainConfig) -> dict[str, float]:
+    """``--dropout`` / ``--drop-path`` as the model's own constructor arguments (training only: no weights change)."""
+    from imgclf.models.registry import OWN_MODELS
+
+    args: dict[str, float] = {}
+    own = (config.model or "") in OWN_MODELS
+    if config.dropout is not None:
+        args["dropout" if own else "drop_rate"] = config.dropout
+    if config.drop_path is not None:
+        if own:
+            raise ImgclfError(f"--drop-path: {config.model} has no stochastic depth; it works with timm models "
+                              "(resnet, efficientnet, convnext, vit)")
+        args["drop_path_rate"] = config.drop_path
+    return args
 
 
 def _trainer(model: nn.Module, data: TrainingData, config: TrainConfig, run: RunDirectory, device: torch.device,

@@ -249,8 +249,12 @@ class Trainer:
             else:
                 logits = self.forward(images)
         loss = self._loss(logits, mixed_targets)
+        objective = loss
+        if self.config.l1:  # L1 on the weights this stage trains (matrices and kernels: not norms and biases)
+            weights = [p for group in optimizer.param_groups for p in group["params"] if p.ndim > 1]
+            objective = loss + self.config.l1 * sum(weight.abs().sum() for weight in weights)
         optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(objective).backward()
         if self.config.grad_clip:
             self.scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)

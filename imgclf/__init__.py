@@ -7,6 +7,7 @@ from imgclf.api import (  # noqa: E402  (the public API)
     calibrate,
     compare,
     embed,
+    ensemble,
     evaluate,
     evaluate_match,
     explain,
@@ -25,6 +26,6 @@ from imgclf.api import (  # noqa: E402  (the public API)
 )
 from imgclf.errors import ImgclfError  # noqa: E402
 
-__all__ = ["ImgclfError", "__version__", "build_index", "calibrate", "compare", "embed", "evaluate", "evaluate_match", "explain", "export",
+__all__ = ["ImgclfError", "__version__", "build_index", "calibrate", "compare", "embed", "ensemble", "evaluate", "evaluate_match", "explain", "export",
            "inspect", "load", "load_dataset", "match", "models", "predict", "preview_augment", "query_index",
            "report", "similar", "train"]

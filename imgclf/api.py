@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # the heavy modules load only when their command runs
     from imgclf.evaluation.evaluate import Evaluation
     from imgclf.models import ModelInfo
     from imgclf.training import TrainResult
+    from imgclf.workflows.ensemble import EnsembleResult
 
 SAMPLE_GRID_SIZE = 160  # pixels per tile in sample pictures
 DEFAULT_EMBEDDING_MODEL = "tf_efficientnet_lite0"  # ImageNet weights installed with imgclf: works offline
@@ -355,6 +356,22 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, split: str =
     if batch_size < 1:
         raise ImgclfError(f"--batch-size must be at least 1, got {batch_size}")
     return calibrate_run(model, data, split=split, batch_size=batch_size)
+
+
+def ensemble(runs: list[str | Path], out: str | Path, *, weights: str = "fit", overwrite: bool = False,
+             report: bool = True, batch_size: int = 64) -> EnsembleResult:
+    """Soft-voting ensemble of trained runs in ``out``: one model for load, predict, evaluate, serve, export.
+
+    ``weights="fit"`` minimises the validation NLL over the simplex; ``"equal"`` averages.
+    Members may differ in architecture, input size and backend; their classes must match.
+    """
+    from imgclf.evaluation.run_report import report_run
+    from imgclf.workflows.ensemble import build_ensemble
+
+    result = build_ensemble(runs, out, weights=weights, overwrite=overwrite, batch_size=batch_size)
+    if report:
+        report_run(result.out)
+    return result
 
 
 def explain(model: str | Path, image: str | Path | np.ndarray, *, top_k: int = 3) -> Explanation:

@@ -459,6 +459,37 @@ def calibrate(
     console.print(table)
 
 
+@app.command(epilog="Examples: imgclf ensemble runs/a runs/b runs/c --out runs/abc  |  "
+                    "imgclf ensemble runs/a runs/b --out runs/ab --weights equal")
+def ensemble(
+    runs: Annotated[list[str], typer.Argument(help="Two or more run directories trained on the same classes and split.",
+                                              show_default=False)],
+    out: Annotated[Path, Opt(help="Folder for the ensemble (a model every command accepts).")],
+    weights: Annotated[str, Opt(help="fit (minimise validation NLL) or equal.")] = "fit",
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing --out.")] = False,
+    batch_size: Annotated[int, Opt(help="Images per batch.")] = 64,
+) -> None:
+    """Soft-voting ensemble of trained runs, weights fitted on validation; shows the gain over each member."""
+    result = api.ensemble(runs, out, weights=weights, overwrite=overwrite, batch_size=batch_size)
+    splits = list(result.scores["ensemble"])
+    table = Table(title=f"ensemble in {result.out}", title_justify="left")
+    table.add_column("model")
+    table.add_column("weight", justify="right")
+    for split in splits:
+        table.add_column(f"{split} accuracy", justify="right")
+        table.add_column(f"{split} log loss", justify="right")
+    for name, scores in result.scores.items():
+        weight = f"{result.weights[name]:.3f}" if name in result.weights else ""
+        table.add_row(name, weight, *(cell for split in splits for cell in (f"{scores[split]['accuracy']:.2%}",
+                                                                            f"{scores[split]['log_loss']:.4f}")))
+    console.print(table)
+    held_out = splits[-1] if "test" in splits else "val"
+    best = max((scores[held_out]["accuracy"], name) for name, scores in result.scores.items() if name != "ensemble")
+    gain = result.scores["ensemble"][held_out]["accuracy"] - best[0]
+    console.print(f"{held_out}: ensemble {gain * 100:+.2f} points over the best member ({best[1]}); "
+                  f"report: {result.out / 'report.html'}")
+
+
 @app.command(epilog="Examples: imgclf explain runs/shop cat.jpg  |  imgclf explain runs/shop photos/odd/ --out why --top-k 2")
 def explain(
     model: Model,

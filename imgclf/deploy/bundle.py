@@ -26,6 +26,7 @@ from imgclf.errors import ImgclfError
 from imgclf.files import write_folder_atomic
 
 BUNDLE_FORMAT = 1
+ENSEMBLE = "ensemble"  # BundleInfo.kind of an ensemble bundle
 MODEL_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
 KERAS_FILE = "model.keras"  # the weights of a backend: tensorflow bundle, with the Keras model's structure
@@ -51,6 +52,8 @@ class BundleInfo:
     imgclf_version: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    kind: str = "model"  # or "ensemble": soft voting over the member bundles copied inside
+    members: list[dict[str, Any]] = field(default_factory=list)  # ensemble: {"path" (relative), "weight", "name"}
 
 
 def write_bundle(info: BundleInfo, state_dict: dict[str, Any], directory: Path) -> Path:

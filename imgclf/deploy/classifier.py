@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from imgclf.data.decode import decode_file, fit, to_channels
-from imgclf.deploy.bundle import BundleInfo, find_bundle, read_bundle_info
+from imgclf.deploy.bundle import ENSEMBLE, BundleInfo, find_bundle, read_bundle_info
 from imgclf.deploy.explain import Explanation, KerasGradCam, TorchGradCam
 from imgclf.deploy.predict import PredictionRow, decoded_batches
 from imgclf.deploy.runtime import NATIVE, Runtime, load_runtime, resolve_runtime
@@ -53,6 +53,9 @@ class Classifier:
         """
         directory = find_bundle(path)
         info = read_bundle_info(directory)
+        if info.kind == ENSEMBLE:
+            return EnsembleClassifier.load_members(directory, info, device=device, precision=precision, tta=tta,
+                                                   runtime=runtime, batch_size=batch_size)
         if info.backend not in NATIVE:
             raise ImgclfError(f"{directory} is a {info.backend} model; this imgclf loads torch and tensorflow bundles")
         chosen = resolve_runtime(directory, runtime, device=device, batch_size=batch_size, native=NATIVE[info.backend])
@@ -100,20 +103,25 @@ class Classifier:
     def predict_files(self, paths: Sequence[Path], *, top_k: int = 5, min_confidence: float = 0.0,
                       batch_size: int = 64, workers: int | None = None) -> Iterator[PredictionRow]:
         """One :class:`PredictionRow` per path, in order, streamed; unreadable files give error rows."""
-        size = (self.info.image_size, self.info.image_size)
         k = max(1, min(top_k, len(self.classes)))
+        for path, row, error in self.file_probabilities(paths, batch_size, workers):
+            if row is None:
+                yield PredictionRow(str(path), error=error)
+                continue
+            order = np.argsort(-row, kind="stable")[:k]
+            yield PredictionRow(str(path), top=[(self.classes[i], float(row[i])) for i in order],
+                                probabilities=row, min_confidence=min_confidence)
+
+    def file_probabilities(self, paths: Sequence[Path], batch_size: int = 64, workers: int | None = None
+                           ) -> Iterator[tuple[Path, np.ndarray | None, str]]:
+        """(path, probabilities or None, error) per path, in order, decoded ahead by worker processes."""
+        size = (self.info.image_size, self.info.image_size)
         for chunk, pixels, errors in decoded_batches(list(paths), size, self.info.resize,  # type: ignore[arg-type]
                                                      self.info.channels == 1, batch_size, workers):
             good = [index for index, error in enumerate(errors) if not error]
             probabilities = iter(self.predict_pixels(pixels[good]))
             for path, error in zip(chunk, errors):
-                if error:
-                    yield PredictionRow(str(path), error=error)
-                    continue
-                row = next(probabilities)
-                order = np.argsort(-row, kind="stable")[:k]
-                yield PredictionRow(str(path), top=[(self.classes[i], float(row[i])) for i in order],
-                                    probabilities=row, min_confidence=min_confidence)
+                yield path, None if error else next(probabilities), error
 
     def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int | None = None
                 ) -> Prediction | list[Prediction]:
@@ -146,6 +154,69 @@ class Classifier:
                 self.directory, self.info)
             return KerasGradCam(keras_runtime.model, self.info)
         return TorchGradCam(self.directory, self.info)
+
+
+class EnsembleClassifier(Classifier):
+    """Soft voting: the weighted mean of member classifiers' (calibrated) probabilities, one model to its users.
+
+    Members may differ in architecture, input size, resize policy and
+    backend: files are decoded by each member with its own preprocessing.
+    Already decoded pixels (``predict_pixels``, what ``serve`` sends) are at
+    the largest member's size and squashed to each smaller member's.
+    """
+
+    def __init__(self, members: list[Classifier], weights: Sequence[float], info: BundleInfo,
+                 directory: Path | None = None) -> None:
+        super().__init__(_EnsembleRuntime(members), info, tta=False, directory=directory)
+        self.members = members
+        self.weights = np.asarray(weights, dtype=np.float64)
+
+    @classmethod
+    def load_members(cls, directory: Path, info: BundleInfo, **options: Any) -> EnsembleClassifier:
+        members = [Classifier.load(directory / member["path"], **options) for member in info.members]
+        return cls(members, [member["weight"] for member in info.members], info, directory)
+
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        raise ImgclfError("an ensemble votes with probabilities and has no logits; calibrate its members")
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        if not len(pixels):
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return self.combine([member.predict_pixels(_resized(pixels, member.info.image_size)) for member in self.members])
+
+    def predict_proba(self, images: Sequence[ImageInput], batch_size: int = 64) -> np.ndarray:
+        return self.combine([member.predict_proba(images, batch_size) for member in self.members])
+
+    def file_probabilities(self, paths: Sequence[Path], batch_size: int = 64, workers: int | None = None
+                           ) -> Iterator[tuple[Path, np.ndarray | None, str]]:
+        streams = [member.file_probabilities(paths, batch_size, workers) for member in self.members]
+        for rows in zip(*streams):
+            path, _, error = rows[0]
+            yield path, None if error else self.combine([row for _, row, _ in rows]), error
+
+    def combine(self, probabilities: Sequence[np.ndarray]) -> np.ndarray:
+        """The weighted mean of members' (N, classes) probabilities."""
+        return np.tensordot(self.weights, np.stack(probabilities), axes=1).astype(np.float32)
+
+    def explain(self, image: ImageInput, top_k: int = 3) -> Explanation:
+        raise ImgclfError(f"explain one member of the ensemble instead: "
+                          f"{', '.join(member['path'] for member in self.info.members)}")
+
+
+class _EnsembleRuntime:
+    """The runtime name an ensemble reports: its members' runtimes."""
+
+    def __init__(self, members: list[Classifier]) -> None:
+        self.name = "ensemble(" + ",".join(member.runtime.name for member in members) + ")"
+
+
+def _resized(pixels: np.ndarray, side: int) -> np.ndarray:
+    """Decoded (N, H, W, C) uint8 images squashed to ``side`` (unchanged when they are that size already)."""
+    if pixels.shape[1] == side and pixels.shape[2] == side:
+        return pixels
+    resized = [np.asarray(Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).resize(
+        (side, side), Image.Resampling.BILINEAR)) for image in pixels]
+    return np.stack([image[:, :, None] if image.ndim == 2 else image for image in resized])
 
 
 def probabilities_from_logits(logits: np.ndarray, multilabel: bool) -> np.ndarray:

@@ -66,9 +66,13 @@ def _section(anchor: str, title: str, body: str) -> str:
 
 def write_report(run_dir: Path, evaluation: Evaluation | None, pictures: dict[str, Path], path: Path) -> Path:
     """Write ``report.html`` for the run at ``run_dir``; ``pictures`` adds curves, samples and augmentations."""
-    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
     model_json = run_dir / "model" / "model.json"
-    bundle_metrics = yaml.safe_load(model_json.read_text())["metrics"] if model_json.is_file() else {}
+    bundle = yaml.safe_load(model_json.read_text()) if model_json.is_file() else {}
+    bundle_metrics = bundle.get("metrics", {})
+    config_file = run_dir / "config.yaml"  # an ensemble has none: its members' configs are in their bundles
+    config = (yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}) if config_file.is_file() else {
+        "model": bundle.get("architecture", ""), "data": str(run_dir.name),
+        "members": [f"{member['name']} (weight {member['weight']:.3f})" for member in bundle.get("members", [])]}
     sections = [
         ("summary", "Summary", _summary(config, bundle_metrics, evaluation)),
         ("configuration", "Configuration", _table(["option", "value"], [[k, _yaml_value(v)] for k, v in config.items()])),

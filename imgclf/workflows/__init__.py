@@ -1,0 +1,1 @@
+"""Things made of several trainings or models: ensembles (and, later, tuning and cross-validation)."""

@@ -2,10 +2,13 @@
 
 from imgclf.api import (  # the public API
     build_index,
+    calibrate,
     compare,
     embed,
+    ensemble,
     evaluate,
     evaluate_match,
+    explain,
     export,
     inspect,
     load,
@@ -23,6 +26,7 @@ from imgclf.api import (  # the public API
 from imgclf.errors import ImgclfError
 from imgclf.version import __version__
 
-__all__ = ["ImgclfError", "__version__", "build_index", "compare", "embed", "evaluate", "evaluate_match", "export",
-           "inspect", "load", "load_dataset", "match", "match_batch", "models", "predict", "preview_augment", "query_index",
+__all__ = ["ImgclfError", "__version__", "build_index", "calibrate", "compare", "embed", "ensemble", "evaluate",
+           "evaluate_match", "explain", "export", "inspect", "load", "load_dataset", "match", "match_batch", "models",
+           "predict", "preview_augment", "query_index",
            "report", "similar", "train"]

@@ -28,7 +28,9 @@ from imgclf.runs import slug
 
 if TYPE_CHECKING:  # the heavy modules load only when their command runs
     from imgclf.config import TrainConfig
+    from imgclf.deploy.calibration import Calibration
     from imgclf.deploy.classifier import Classifier
+    from imgclf.deploy.explain import Explanation
     from imgclf.deploy.export import ExportResult
     from imgclf.deploy.predict import PredictionRow
     from imgclf.embeddings.embedder import FileEmbeddings
@@ -42,6 +44,7 @@ if TYPE_CHECKING:  # the heavy modules load only when their command runs
     from imgclf.models import ModelInfo
     from imgclf.training import TrainResult
     from imgclf.workflows.comparison import Comparison
+    from imgclf.workflows.ensemble import EnsembleResult
 
 DEFAULT_EMBEDDING_MODEL = "tf_efficientnet_lite0"  # ImageNet weights installed with imgclf: works offline
 
@@ -305,6 +308,77 @@ def report(run: str | Path, *, label_issues: bool = True) -> Path:
     from imgclf.evaluation.run_report import report_run
 
     return report_run(run, label_issues=label_issues)[0]
+
+
+def calibrate(model: str | Path, data: str | Path | None = None, *, split: str = "val",
+              batch_size: int = 64) -> Calibration:
+    """Fit the temperature of an (older) run's bundle on its validation split and store it in ``model.json``.
+
+    Training does this itself at the end; ``data`` and ``split`` choose other
+    held-out labelled images. Every runtime then applies it.
+    """
+    from imgclf.deploy.calibration import calibrate_run
+
+    if batch_size < 1:
+        raise ImgclfError(f"--batch-size must be at least 1, got {batch_size}")
+    return calibrate_run(model, data, split=split, batch_size=batch_size)
+
+
+def ensemble(runs: list[str | Path], out: str | Path, *, weights: str = "fit", overwrite: bool = False,
+             report: bool = True, batch_size: int = 64) -> EnsembleResult:
+    """Soft-voting ensemble of trained runs in ``out``: one model for load, predict, evaluate, serve, export.
+
+    ``weights="fit"`` minimises the validation NLL over the simplex; ``"equal"`` averages.
+    Members may differ in architecture, input size and backend; their classes must match.
+    """
+    from imgclf.evaluation.run_report import report_run
+    from imgclf.workflows.ensemble import build_ensemble
+
+    result = build_ensemble(runs, out, weights=weights, overwrite=overwrite, batch_size=batch_size)
+    if report:
+        report_run(result.out)
+    return result
+
+
+def explain(model: str | Path, image: str | Path | np.ndarray, *, top_k: int = 3) -> Explanation:
+    """Grad-CAM heat maps of one image: ``.map`` is the top class's (H, W) array in [0, 1], ``.top`` the classes.
+
+    >>> imgclf.explain("runs/shop", "cat.jpg").map.shape    # doctest: +SKIP
+    (224, 224)
+    """
+    return load(model, tta=False).explain(image, top_k=top_k)
+
+
+def explain_files(model: str | Path, images: str | Path | list[str | Path], out: str | Path, *, top_k: int = 3
+                  ) -> tuple[list[tuple[Path, Explanation]], list[tuple[str, str]]]:
+    """Write ``OUT/<image name>.gradcam.png`` (the image and one overlay per top class) for each image.
+
+    Returns the (file written, explanation) pairs and the (path, reason) of images that could not be read.
+    """
+    from imgclf.data.decode import decode_file
+    from imgclf.deploy.explain import save_explanation
+    from imgclf.deploy.predict import expand_inputs
+
+    if top_k < 1:
+        raise ImgclfError(f"--top-k must be at least 1, got {top_k}")
+    classifier = load(model, tta=False)
+    paths = expand_inputs([images] if isinstance(images, (str, Path)) else list(images))
+    size = (classifier.info.image_size, classifier.info.image_size)
+    written, skipped = [], []
+    taken: set[str] = set()
+    for path in paths:
+        decoded = decode_file(Path(path), size, policy=classifier.info.resize,  # type: ignore[arg-type]
+                              grayscale=classifier.info.channels == 1)
+        if decoded.pixels is None:  # an unreadable image is skipped and reported; the others go on
+            skipped.append((str(path), decoded.error))
+            continue
+        explanation = classifier.explain(decoded.pixels, top_k=top_k)
+        name = f"{Path(path).stem}.gradcam.png"
+        if name in taken:  # two images of the same name in different folders
+            name = f"{Path(path).stem}-{len(taken)}.gradcam.png"
+        taken.add(name)
+        written.append((save_explanation(explanation, Path(out) / name, title=Path(path).name), explanation))
+    return written, skipped
 
 
 # ----------------------------------------------------------------- embeddings

@@ -44,4 +44,3 @@ def require_tensorflow() -> None:
     if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None:
         raise ImgclfError(f"--backend tensorflow needs TensorFlow, which is not installed; install it with: "
                           f"{INSTALL_TENSORFLOW}")
-

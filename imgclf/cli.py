@@ -409,6 +409,75 @@ def report(
     console.print(f"wrote {api.report(run, label_issues=label_issues)}")
 
 
+@app.command(epilog="Examples: imgclf calibrate runs/shop  |  imgclf calibrate runs/shop --data photos/ --split val")
+def calibrate(
+    model: Model,
+    data: Annotated[Optional[str], Opt(help="Labelled held-out images (any source); default: the run's split.csv.")] = None,
+    split: Annotated[str, Opt(help="Which split of the data to fit on.")] = "val",
+    batch_size: Annotated[int, Opt(help="Images per batch.")] = 64,
+) -> None:
+    """Fit temperature scaling on validation images and store it in the bundle (training does this itself)."""
+    result = api.calibrate(model, data, split=split, batch_size=batch_size)
+    table = Table(title=f"temperature T = {result.temperature:.4f} on {result.images:,} {split} images",
+                  title_justify="left")
+    for name in ("", "before", "after"):
+        table.add_column(name, justify="right" if name else "left")
+    table.add_row("negative log-likelihood", f"{result.nll_before:.4f}", f"{result.nll_after:.4f}")
+    table.add_row("expected calibration error", f"{result.ece_before:.4f}", f"{result.ece_after:.4f}")
+    console.print(table)
+
+
+@app.command(epilog="Examples: imgclf ensemble runs/a runs/b runs/c --out runs/abc  |  "
+                    "imgclf ensemble runs/a runs/b --out runs/ab --weights equal")
+def ensemble(
+    runs: Annotated[list[str], typer.Argument(help="Two or more run directories trained on the same classes and split.",
+                                              show_default=False)],
+    out: Annotated[Path, Opt(help="Folder for the ensemble (a model every command accepts).")],
+    weights: Annotated[str, Opt(help="fit (minimise validation NLL) or equal.")] = "fit",
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing --out.")] = False,
+    batch_size: Annotated[int, Opt(help="Images per batch.")] = 64,
+) -> None:
+    """Soft-voting ensemble of trained runs, weights fitted on validation; shows the gain over each member."""
+    result = api.ensemble(runs, out, weights=weights, overwrite=overwrite, batch_size=batch_size)
+    splits = list(result.scores["ensemble"])
+    table = Table(title=f"ensemble in {result.out}", title_justify="left")
+    table.add_column("model")
+    table.add_column("weight", justify="right")
+    for split in splits:
+        table.add_column(f"{split} accuracy", justify="right")
+        table.add_column(f"{split} log loss", justify="right")
+    for name, scores in result.scores.items():
+        weight = f"{result.weights[name]:.3f}" if name in result.weights else ""
+        table.add_row(name, weight, *(cell for split in splits for cell in (f"{scores[split]['accuracy']:.2%}",
+                                                                            f"{scores[split]['log_loss']:.4f}")))
+    console.print(table)
+    held_out = splits[-1] if "test" in splits else "val"
+    best = max((scores[held_out]["accuracy"], name) for name, scores in result.scores.items() if name != "ensemble")
+    gain = result.scores["ensemble"][held_out]["accuracy"] - best[0]
+    console.print(f"{held_out}: ensemble {gain * 100:+.2f} points over the best member ({best[1]}); "
+                  f"report: {result.out / 'report.html'}")
+
+
+@app.command(epilog="Examples: imgclf explain runs/shop cat.jpg  |  imgclf explain runs/shop photos/odd/ --out why --top-k 2")
+def explain(
+    model: Model,
+    images: Annotated[list[str], typer.Argument(help="Image files, folders, globs or @list.txt.", show_default=False)],
+    out: Annotated[Path, Opt(help="Folder for the <image>.gradcam.png overlays.")] = Path("explanations"),
+    top_k: Annotated[int, Opt(help="Classes to draw a heat map for, best first.")] = 3,
+) -> None:
+    """Grad-CAM heat maps: which parts of each image the model's top classes rest on, as overlays."""
+    written, skipped = api.explain_files(model, images, out, top_k=top_k)
+    table = Table(title=f"{len(written)} explanation(s) in {out}", title_justify="left")
+    for name in ("image", "top classes", "file"):
+        table.add_column(name)
+    for path, explanation in written[:20]:
+        table.add_row(path.name.removesuffix(".gradcam.png"),
+                      ", ".join(f"{name} {probability:.0%}" for name, probability in explanation.top), str(path))
+    console.print(table)
+    for path, reason in skipped:
+        console.print(f"[yellow]skipped {escape(path)}: {escape(reason)}[/]")
+
+
 # ---------------------------------------------------------------- deploy: export and serve
 @app.command(epilog="Examples: imgclf export runs/shop  |  imgclf export runs/shop --format torchscript  |  "
                     "imgclf export runs/shop --quantize int8  |  imgclf export runs/keras-shop --format tflite")

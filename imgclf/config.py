@@ -86,6 +86,10 @@ class TrainConfig:
     lr: float | None = option(None, "Peak learning rate.", "Schedule")
     momentum: float | None = option(None, "SGD momentum / AdamW beta1.", "Schedule")
     weight_decay: float | None = option(None, "Weight decay (not on norms and biases).", "Schedule")
+    l1: float = option(0.0, "L1 penalty on weights (not norms and biases), added to the loss.", "Schedule")
+    dropout: float | None = option(None, "Dropout before the classifier (timm's drop_rate; tutorial-cnn's dropout).",
+                                   "Model")
+    drop_path: float | None = option(None, "Stochastic depth rate (timm's drop_path_rate).", "Model")
     bias_lr_scale: float | None = option(None, "Learning-rate multiplier for biases and norms.", "Schedule")
     schedule: str | None = option(None, "Learning-rate schedule.", "Schedule", choices=SCHEDULES)
     warmup_epochs: float | None = option(None, "Linear warm-up length.", "Schedule")
@@ -200,7 +204,11 @@ def validate(config: TrainConfig) -> None:
         raise ImgclfError(f"--batch-size must be between 1 and 65536, got {config.batch_size}")
     for name in ("epochs", "lr", "ema_decay", "backbone_lr_scale", "bias_lr_scale"):
         _positive(name, getattr(config, name))
-    for name in ("weight_decay", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "probe_epochs"):
+    for name in ("dropout", "drop_path"):
+        value = getattr(config, name)
+        if value is not None and not 0 <= value < 1:
+            raise ImgclfError(f"--{name.replace('_', '-')} is a probability in [0, 1), got {value:g}")
+    for name in ("weight_decay", "l1", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "probe_epochs"):
         _positive(name, getattr(config, name), strict=False)
     _positive("grad_clip", config.grad_clip)
     if config.early_stopping is not None and config.early_stopping < 1:

@@ -12,7 +12,7 @@ split and last checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from statistics import median
 from typing import TYPE_CHECKING, Any
@@ -117,7 +117,8 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
         console.print(f"[yellow]interrupted; checkpoint saved. Continue with: imgclf train --resume {run.path}[/]")
         return TrainResult(run.path, None, config, result.history, {}, interrupted=True)
     model_dir = _write_bundle(run, config, engine, data, {})
-    metrics = _final_metrics(engine, data, result, model_dir)
+    calibration = _calibrate(model_dir, data)  # before scoring: val/test losses are the calibrated model's
+    metrics = _final_metrics(engine, data, result, model_dir, calibration)
     _print_summary(run, config, result, metrics)
     return TrainResult(run.path, model_dir, config, result.history, metrics, multilabel=data.multilabel)
 
@@ -161,7 +162,8 @@ def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> Tr
                         paths=[item.path for item in dataset.items])
 
 
-def _final_metrics(engine: Engine, data: TrainingData, result: FitResult, model_dir: Path) -> dict[str, Any]:
+def _final_metrics(engine: Engine, data: TrainingData, result: FitResult, model_dir: Path,
+                   calibration: dict[str, Any]) -> dict[str, Any]:
     """The run's figures, val/test scored by the written bundle as ``imgclf evaluate`` scores them; saved in it.
 
     Scoring the bundle rather than the engine's training-time model means
@@ -174,7 +176,7 @@ def _final_metrics(engine: Engine, data: TrainingData, result: FitResult, model_
 
     metrics: dict[str, Any] = {"epochs_trained": len(result.history), "best_epoch": result.best_epoch,
                                "train_seconds": round(sum(row["seconds"] for row in result.history), 2),
-                               "parameters": engine.parameter_count()}
+                               "parameters": engine.parameter_count(), **calibration}
     held_out = [split for split in ("val", "test") if len(data.rows[split])]
     if held_out:
         classifier = Classifier.load(model_dir)
@@ -198,6 +200,17 @@ def _write_bundle(run: RunDirectory, config: TrainConfig, engine: Engine, data: 
     return engine.write_bundle(info, run.model_dir)
 
 
+def _calibrate(model_dir: Path, data: TrainingData) -> dict[str, Any]:
+    """Temperature scaling on the validation split, stored in the bundle (nothing for multi-label or no val)."""
+    from imgclf.deploy.calibration import calibrate_bundle
+
+    val = data.rows["val"]
+    if data.multilabel or len(val) < 2:
+        return {}
+    calibration = calibrate_bundle(model_dir, data.pixels[val], data.targets[val].numpy())
+    return {"calibration": asdict(calibration)}
+
+
 def _print_summary(run: RunDirectory, config: TrainConfig, result: FitResult, metrics: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -213,6 +226,10 @@ def _print_summary(run: RunDirectory, config: TrainConfig, result: FitResult, me
             tta = " (TTA)" if config.tta else ""
             table.add_row(f"{split} accuracy{tta}", f"{metrics[f'{split}_accuracy']:.2%} of {metrics[f'{split}_images']:,}")
             table.add_row(f"{split} loss", f"{metrics[f'{split}_loss']:.4f}")
+    if "calibration" in metrics:
+        calibration = metrics["calibration"]
+        table.add_row("val ECE (temperature)", f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} "
+                                               f"(T = {calibration['temperature']:.3f})")
     table.add_row("run", str(run.path))
     table.add_row("model", str(run.model_dir))
     console.print(table)

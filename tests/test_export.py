@@ -91,7 +91,8 @@ def test_torchscript_export_matches(run: Path, images: list[Path], tmp_path: Pat
     pixels = np.stack([reference._pixels(path) for path in images])
     with torch.no_grad():
         logits = scripted(reference.runtime.normalise(pixels)).numpy()
-    np.testing.assert_allclose(torch.softmax(torch.from_numpy(logits), 1).numpy(),
+    temperature = json.loads((tmp_path / "ts" / "model.torchscript.pt.json").read_text())["output"]["temperature"]
+    np.testing.assert_allclose(torch.softmax(torch.from_numpy(logits) / temperature, 1).numpy(),
                                reference.predict_proba(images), atol=1e-4)
 
 

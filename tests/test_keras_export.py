@@ -73,7 +73,8 @@ def test_savedmodel_export_serves_the_keras_model_s_answers_at_any_batch(keras_r
     serving = tf.saved_model.load(str(result.path)).signatures["serving_default"]  # as TensorFlow Serving calls it
     for batch in (1, len(pixels)):
         logits = serving(input=tf.constant(pixels[:batch].astype(np.float32)))["logits"].numpy()
-        np.testing.assert_allclose(probabilities_from_logits(logits, False), expected[:batch], atol=1e-5)
+        np.testing.assert_allclose(probabilities_from_logits(logits / meta["output"]["temperature"], False),
+                                   expected[:batch], atol=1e-5)
     again = imgclf.export(keras_run, "savedmodel", out=tmp_path)  # an existing folder is replaced whole
     assert again.path.is_dir() and sorted(path.name for path in tmp_path.iterdir()) == ["model.savedmodel",
                                                                                         "model.savedmodel.json"]
@@ -96,7 +97,8 @@ def test_tflite_export_and_its_int8_twin_resize_their_input_for_any_batch(keras_
     runner = interpreter.get_signature_runner("serving_default")  # as a mobile app calls it; the batch is dynamic
     for batch in (1, len(pixels)):
         logits = runner(input=pixels[:batch].astype(np.float32))["logits"]
-        np.testing.assert_allclose(probabilities_from_logits(logits, False), expected[:batch], atol=1e-5)
+        np.testing.assert_allclose(probabilities_from_logits(logits / meta["output"]["temperature"], False),
+                                   expected[:batch], atol=1e-5)
     quantization = result.quantization  # full-integer TFLite, calibrated on the run's train split, float in and out
     assert quantization.path == tmp_path / "model.int8.tflite" and quantization.int8_bytes < quantization.fp32_bytes
     assert quantization.int8_accuracy >= quantization.fp32_accuracy - INT8_ACCURACY_TOLERANCE
@@ -121,7 +123,8 @@ def test_onnx_export_takes_nchw_like_a_torch_export_and_runs_predict(onnx_run: P
     expected, pixels = keras_probabilities(onnx_run, images)
     for batch in (1, len(pixels)):
         nchw = np.ascontiguousarray(pixels[:batch].astype(np.float32).transpose(0, 3, 1, 2))
-        np.testing.assert_allclose(probabilities_from_logits(session.run(None, {"input": nchw})[0], False), expected[:batch], atol=1e-5)
+        logits = session.run(None, {"input": nchw})[0] / meta["output"]["temperature"]  # as the metadata says
+        np.testing.assert_allclose(probabilities_from_logits(logits, False), expected[:batch], atol=1e-5)
     on_onnx = imgclf.load(onnx_run, runtime="onnx", tta=False)
     assert on_onnx.runtime.name == "onnx"
     np.testing.assert_allclose(on_onnx.predict_proba(images), expected, atol=1e-5)
@@ -182,3 +185,9 @@ def test_a_failed_parity_check_leaves_no_savedmodel_folder(keras_run: Path, tmp_
     with pytest.raises(ImgclfError, match=r"model.savedmodel: the exported model differs .* nothing was written"):
         imgclf.export(keras_run, "savedmodel", out=tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_keras_model_is_explained_with_the_same_kind_of_map(keras_run: Path, images: list[Path]) -> None:
+    explanation = imgclf.explain(keras_run, images[0], top_k=2)  # tf.GradientTape Grad-CAM
+    assert explanation.maps.shape == (2, 16, 16) and explanation.map.max() == 1.0 and explanation.map.min() >= 0.0
+    assert explanation.layer.startswith("max_pooling2d") and len(explanation.top) == 2

@@ -93,6 +93,15 @@ def test_predict_raw_body(client: httpx.Client) -> None:
     assert abs(sum(item["probability"] for item in prediction["top_k"]) - 1) < 1e-5
 
 
+def test_explain_answers_a_heat_map_png_of_one_image(client: httpx.Client) -> None:
+    answer = client.post("/v1/explain", files=[("file", ("red.jpg", RED, "image/jpeg"))])
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+    heat = np.asarray(Image.open(io.BytesIO(answer.content)))
+    assert heat.shape == (16, 16, 3)  # the model's input size
+    two = client.post("/v1/explain", files=[("file", ("a.jpg", RED, "image/jpeg")), ("file", ("b.png", BLUE, "image/png"))])
+    assert two.status_code == 400 and "exactly one image" in two.json()["error"]
+
+
 def test_model_health_metrics_docs_and_page(client: httpx.Client) -> None:
     model = client.get("/v1/model").json()
     assert model["classes"] == ["blue", "green", "red"] and model["image_size"] == 16
@@ -240,10 +249,13 @@ def test_web_page_classifies_an_uploaded_image_in_a_browser(client: httpx.Client
         prediction = page.inner_text("#prediction")
         rows = page.eval_on_selector_all("#probabilities tr", "rows => rows.map(row => row.innerText)")
         preview = page.eval_on_selector("#preview", "image => image.complete && image.naturalWidth")
+        page.click("#explain")
+        page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0")
+        heatmap = page.eval_on_selector("#heatmap", "image => !image.hidden && image.naturalWidth")
         browser.close()
     assert prediction == "red"
     assert len(rows) == 3 and rows[0].startswith("red") and rows[0].rstrip().endswith("%")
-    assert preview == 64
+    assert preview == 64 and heatmap == 16
     assert all(url.startswith((base, "blob:")) for url in requests), requests
 
 

@@ -3,7 +3,8 @@
 ```
 model/
   model.json            format version, backend, architecture and its arguments, classes,
-                        input size, normalisation, preprocessing, training config, final metrics
+                        input size, normalisation, preprocessing, calibration temperature,
+                        training config, final metrics
   weights.safetensors   the weights (safetensors cannot execute code on load), backend torch
   model.keras           backend tensorflow: the Keras model, loaded with safe_mode=True; it takes
                         0..255 float NHWC pixels (its preprocessing is inside it) and returns logits
@@ -25,6 +26,7 @@ from imgclf.errors import ImgclfError
 from imgclf.files import write_folder_atomic, write_text_atomic
 
 BUNDLE_FORMAT = 1
+ENSEMBLE = "ensemble"  # BundleInfo.kind of an ensemble bundle
 MODEL_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
 KERAS_FILE = "model.keras"  # the weights of a backend: tensorflow bundle, with the Keras model's structure
@@ -44,11 +46,14 @@ class BundleInfo:
     channels: int = 3
     resize: str = "squash"
     tta: bool = False
+    temperature: float = 1.0  # calibration: logits / temperature before the softmax (1: not calibrated)
     backend: str = "torch"
     format_version: int = BUNDLE_FORMAT
     imgclf_version: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    kind: str = "model"  # or "ensemble": soft voting over the member bundles copied inside
+    members: list[dict[str, Any]] = field(default_factory=list)  # ensemble: {"path" (relative), "weight", "name"}
 
 
 def write_bundle(info: BundleInfo, state_dict: dict[str, Any], directory: Path) -> Path:

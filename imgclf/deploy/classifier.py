@@ -5,20 +5,23 @@
 [('cat', 0.91), ('dog', 0.07), ...]
 
 Preprocessing is exactly training's: the same decoder, resize policy, size
-and normalisation, all read from ``model.json``.
+and normalisation, all read from ``model.json``. So is the output: the
+logits are divided by the bundle's calibration temperature before the
+softmax, whatever the runtime (see :mod:`imgclf.deploy.calibration`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image
 
 from imgclf.data.decode import decode_file, fit, to_channels
-from imgclf.deploy.bundle import BundleInfo, find_bundle, read_bundle_info
+from imgclf.deploy.bundle import ENSEMBLE, BundleInfo, find_bundle, read_bundle_info
+from imgclf.deploy.explain import Explanation, KerasGradCam, TorchGradCam
 from imgclf.deploy.predict import PredictionRow, decoded_batches
 from imgclf.deploy.runtime import NATIVE, Runtime, load_runtime, resolve_runtime
 from imgclf.errors import ImgclfError
@@ -30,11 +33,14 @@ Prediction = list[tuple[str, float]]
 class Classifier:
     """Classes, preprocessing and a runtime (PyTorch, Keras or ONNX Runtime) for one trained model."""
 
-    def __init__(self, runtime: Runtime, info: BundleInfo, tta: bool | None = None) -> None:
+    def __init__(self, runtime: Runtime, info: BundleInfo, tta: bool | None = None,
+                 directory: Path | None = None) -> None:
         self.info = info
         self.classes = list(info.classes)
         self.runtime = runtime
         self.tta = info.tta if tta is None else tta
+        self.directory = directory  # the bundle folder: what explain() rebuilds a differentiable model from
+        self._explainer: Any = None
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", precision: str = "auto", tta: bool | None = None,
@@ -47,10 +53,14 @@ class Classifier:
         """
         directory = find_bundle(path)
         info = read_bundle_info(directory)
+        if info.kind == ENSEMBLE:
+            return EnsembleClassifier.load_members(directory, info, device=device, precision=precision, tta=tta,
+                                                   runtime=runtime, batch_size=batch_size)
         if info.backend not in NATIVE:
             raise ImgclfError(f"{directory} is a {info.backend} model; this imgclf loads torch and tensorflow bundles")
         chosen = resolve_runtime(directory, runtime, device=device, batch_size=batch_size, native=NATIVE[info.backend])
-        return cls(load_runtime(directory, info, chosen, device=device, precision=precision), info, tta=tta)
+        return cls(load_runtime(directory, info, chosen, device=device, precision=precision), info, tta=tta,
+                   directory=directory)
 
     # ----------------------------------------------------------------- input
     def _pixels(self, image: ImageInput) -> np.ndarray:
@@ -71,14 +81,18 @@ class Classifier:
         return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
     # ----------------------------------------------------------------- output
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, classes) raw logits (flip-averaged with TTA, before temperature) for decoded uint8 images."""
+        logits = self.runtime.logits(pixels)
+        if self.tta:  # flip averaging: the mirrored image's logits, as in training's TTA
+            logits = 0.5 * (logits + self.runtime.logits(pixels[:, :, ::-1]))
+        return logits
+
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(N, classes) probabilities for decoded uint8 images (N, H, W, C) at the model's input size."""
         if not len(pixels):
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        logits = self.runtime.logits(pixels)
-        if self.tta:  # flip averaging: the mirrored image's logits, as in training's TTA
-            logits = 0.5 * (logits + self.runtime.logits(pixels[:, :, ::-1]))
-        return probabilities_from_logits(logits, self.info.multilabel)
+        return probabilities_from_logits(self.logits(pixels) / self.info.temperature, self.info.multilabel)
 
     def score(self, pixels: np.ndarray, rows: np.ndarray, targets: np.ndarray, batch_size: int = 64
               ) -> dict[str, float]:
@@ -111,20 +125,25 @@ class Classifier:
     def predict_files(self, paths: Sequence[Path], *, top_k: int = 5, min_confidence: float = 0.0,
                       batch_size: int = 64, workers: int | None = None) -> Iterator[PredictionRow]:
         """One :class:`PredictionRow` per path, in order, streamed; unreadable files give error rows."""
-        size = (self.info.image_size, self.info.image_size)
         k = max(1, min(top_k, len(self.classes)))
+        for path, row, error in self.file_probabilities(paths, batch_size, workers):
+            if row is None:
+                yield PredictionRow(str(path), error=error)
+                continue
+            order = np.argsort(-row, kind="stable")[:k]
+            yield PredictionRow(str(path), top=[(self.classes[i], float(row[i])) for i in order],
+                                probabilities=row, min_confidence=min_confidence)
+
+    def file_probabilities(self, paths: Sequence[Path], batch_size: int = 64, workers: int | None = None
+                           ) -> Iterator[tuple[Path, np.ndarray | None, str]]:
+        """(path, probabilities or None, error) per path, in order, decoded ahead by worker processes."""
+        size = (self.info.image_size, self.info.image_size)
         for chunk, pixels, errors in decoded_batches(list(paths), size, self.info.resize,  # type: ignore[arg-type]
                                                      self.info.channels == 1, batch_size, workers):
             good = [index for index, error in enumerate(errors) if not error]
             probabilities = iter(self.predict_pixels(pixels[good]))
             for path, error in zip(chunk, errors):
-                if error:
-                    yield PredictionRow(str(path), error=error)
-                    continue
-                row = next(probabilities)
-                order = np.argsort(-row, kind="stable")[:k]
-                yield PredictionRow(str(path), top=[(self.classes[i], float(row[i])) for i in order],
-                                    probabilities=row, min_confidence=min_confidence)
+                yield path, None if error else next(probabilities), error
 
     def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int | None = None
                 ) -> Prediction | list[Prediction]:
@@ -136,6 +155,90 @@ class Classifier:
         ranked = [[(self.classes[i], float(row[i])) for i in np.argsort(-row, kind="stable")[:k]]
                   for row in probabilities]
         return ranked[0] if single else ranked
+
+    def explain(self, image: ImageInput, top_k: int = 3) -> Explanation:
+        """Grad-CAM heat maps of ``image`` for its ``top_k`` classes: ``.map`` is the top class's (H, W) array."""
+        if self._explainer is None:
+            self._explainer = self._make_explainer()
+        pixels = self._pixels(image)
+        probabilities = self.predict_pixels(pixels[None])[0]
+        order = [int(i) for i in np.argsort(-probabilities, kind="stable")[:max(1, min(top_k, len(self.classes)))]]
+        return Explanation(pixels=pixels, top=[(self.classes[i], float(probabilities[i])) for i in order],
+                           maps=self._explainer.maps(pixels, order), layer=self._explainer.layer_name)
+
+    def _make_explainer(self) -> TorchGradCam | KerasGradCam:
+        if self.directory is None:
+            raise ImgclfError("this classifier was not loaded from a bundle; load it with imgclf.load(...) to explain")
+        if self.info.backend == "tensorflow":
+            from imgclf.deploy.keras_runtime import KerasRuntime
+
+            keras_runtime = self.runtime if isinstance(self.runtime, KerasRuntime) else KerasRuntime.load(
+                self.directory, self.info)
+            return KerasGradCam(keras_runtime.model, self.info)
+        return TorchGradCam(self.directory, self.info)
+
+
+class EnsembleClassifier(Classifier):
+    """Soft voting: the weighted mean of member classifiers' (calibrated) probabilities, one model to its users.
+
+    Members may differ in architecture, input size, resize policy and
+    backend: files are decoded by each member with its own preprocessing.
+    Already decoded pixels (``predict_pixels``, what ``serve`` sends) are at
+    the largest member's size and squashed to each smaller member's.
+    """
+
+    def __init__(self, members: list[Classifier], weights: Sequence[float], info: BundleInfo,
+                 directory: Path | None = None) -> None:
+        super().__init__(_EnsembleRuntime(members), info, tta=False, directory=directory)
+        self.members = members
+        self.weights = np.asarray(weights, dtype=np.float64)
+
+    @classmethod
+    def load_members(cls, directory: Path, info: BundleInfo, **options: Any) -> EnsembleClassifier:
+        members = [Classifier.load(directory / member["path"], **options) for member in info.members]
+        return cls(members, [member["weight"] for member in info.members], info, directory)
+
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        raise ImgclfError("an ensemble votes with probabilities and has no logits; calibrate its members")
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        if not len(pixels):
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return self.combine([member.predict_pixels(_resized(pixels, member.info.image_size)) for member in self.members])
+
+    def predict_proba(self, images: Sequence[ImageInput], batch_size: int = 64) -> np.ndarray:
+        return self.combine([member.predict_proba(images, batch_size) for member in self.members])
+
+    def file_probabilities(self, paths: Sequence[Path], batch_size: int = 64, workers: int | None = None
+                           ) -> Iterator[tuple[Path, np.ndarray | None, str]]:
+        streams = [member.file_probabilities(paths, batch_size, workers) for member in self.members]
+        for rows in zip(*streams):
+            path, _, error = rows[0]
+            yield path, None if error else self.combine([row for _, row, _ in rows]), error
+
+    def combine(self, probabilities: Sequence[np.ndarray]) -> np.ndarray:
+        """The weighted mean of members' (N, classes) probabilities."""
+        return np.tensordot(self.weights, np.stack(probabilities), axes=1).astype(np.float32)
+
+    def explain(self, image: ImageInput, top_k: int = 3) -> Explanation:
+        raise ImgclfError(f"explain one member of the ensemble instead: "
+                          f"{', '.join(member['path'] for member in self.info.members)}")
+
+
+class _EnsembleRuntime:
+    """The runtime name an ensemble reports: its members' runtimes."""
+
+    def __init__(self, members: list[Classifier]) -> None:
+        self.name = "ensemble(" + ",".join(member.runtime.name for member in members) + ")"
+
+
+def _resized(pixels: np.ndarray, side: int) -> np.ndarray:
+    """Decoded (N, H, W, C) uint8 images squashed to ``side`` (unchanged when they are that size already)."""
+    if pixels.shape[1] == side and pixels.shape[2] == side:
+        return pixels
+    resized = [np.asarray(Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).resize(
+        (side, side), Image.Resampling.BILINEAR)) for image in pixels]
+    return np.stack([image[:, :, None] if image.ndim == 2 else image for image in resized])
 
 
 def probabilities_from_logits(logits: np.ndarray, multilabel: bool) -> np.ndarray:

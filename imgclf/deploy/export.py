@@ -19,6 +19,7 @@ framework (PyTorch fp32, or Keras) for the parity check.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,8 +30,8 @@ import numpy as np
 
 from imgclf.console import console
 from imgclf.deploy import keras_export
-from imgclf.deploy.bundle import BundleInfo, find_bundle, read_bundle_info
-from imgclf.deploy.classifier import probabilities_from_logits
+from imgclf.deploy.bundle import ENSEMBLE, BundleInfo, find_bundle, read_bundle_info
+from imgclf.deploy.classifier import Classifier, EnsembleClassifier, probabilities_from_logits
 from imgclf.deploy.metadata import ONNX_OPSET, write_metadata
 from imgclf.deploy.predict import decoded_batches
 from imgclf.deploy.quantize import QUANTISERS, labelled_images, quantize_int8
@@ -44,7 +45,7 @@ from imgclf.deploy.runtime import (
     load_runtime,
 )
 from imgclf.errors import ImgclfError
-from imgclf.files import atomic_path
+from imgclf.files import atomic_path, write_text_atomic
 from imgclf.runs import RunDirectory, held_out_items
 
 FORMATS = ("onnx", "torchscript", "savedmodel", "tflite")
@@ -141,6 +142,9 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
     """
     directory = find_bundle(model)
     info = read_bundle_info(directory)
+    if info.kind == ENSEMBLE:
+        return export_ensemble(directory, info, format, quantize=quantize, data=data, tolerance=tolerance,
+                               max_accuracy_drop=max_accuracy_drop)
     if format not in FORMATS:
         raise ImgclfError(f"--format {format} is not known; choose one of {', '.join(FORMATS)}")
     available = EXPORTERS.get(info.backend, {})
@@ -181,6 +185,39 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
         result.quantization = quantize_int8(path, directory, info, calibration, max_accuracy_drop, format=format,
                                             model=reference.model)
     return result
+
+
+def export_ensemble(directory: Path, info: BundleInfo, format: str, **options: Any) -> ExportResult:
+    """Export every member (in its own folder, parity-checked) and check the ensemble's parity on the files.
+
+    The result is a documented set, not one graph: ``members/*/model.onnx``
+    (each with its ``.json``) and ``ensemble.onnx.json`` listing them with
+    their weights; ``--runtime onnx`` loads the set.
+    """
+    if format != "onnx":
+        raise ImgclfError(f"--format {format}: an ensemble exports as a set of ONNX files, one per member; use --format onnx")
+    results = [export(directory / member["path"], "onnx", **options) for member in info.members]
+    samples = sample_images(directory, info)[0]
+    weights = [member["weight"] for member in info.members]
+    native = EnsembleClassifier([Classifier.load(directory / member["path"], precision="fp32",
+                                                 runtime=NATIVE[member["backend"]]) for member in info.members],
+                                weights, info)
+    exported = Classifier.load(directory, runtime="onnx")
+    expected, batched = native.predict_pixels(samples), exported.predict_pixels(samples)
+    single = exported.predict_pixels(samples[:1])
+    diff = float(max(np.abs(expected - batched).max(), np.abs(expected[:1] - single).max()))
+    parity = Parity(len(samples), diff, float(np.mean(expected.argmax(1) == batched.argmax(1))), [1, len(samples)],
+                    f"{len(samples)} images through every member")
+    if not diff <= options.get("tolerance", DEFAULT_TOLERANCE):
+        raise ImgclfError(f"the exported ensemble differs from the original by up to {diff:.2e} in probability; "
+                          "the member files were written but the set is not consistent: export again")
+    meta = directory / "ensemble.onnx.json"
+    write_text_atomic(meta, json.dumps({
+        "format": "onnx-set", "classes": info.classes, "combine": "sum of weight * softmax(logits / temperature)",
+        "members": [{"file": f"{member['path']}/model.onnx", "metadata": f"{member['path']}/model.onnx.json",
+                     "weight": member["weight"]} for member in info.members],
+        "parity": asdict(parity)}, indent=2))
+    return ExportResult("onnx", directory, meta, parity, bytes=sum(result.bytes for result in results))
 
 
 def native_runtime(directory: Path, info: BundleInfo, exact: bool = False) -> Runtime:

@@ -78,7 +78,8 @@ def write_metadata(path: Path, format: str, directory: Path, info: BundleInfo, *
         "backend": info.backend,
         "input": {"name": "input", "shape": shape, "dtype": "float32", "layout": layout},
         "output": {"name": "logits", "shape": ["batch", len(info.classes)],
-                   "activation": "sigmoid" if info.multilabel else "softmax"},
+                   "activation": "sigmoid" if info.multilabel else "softmax",
+                   "temperature": info.temperature},  # divide the logits by it before the activation
         "preprocessing": {
             "decode": "8-bit RGB" if channels == 3 else "8-bit grayscale",
             "exif_orientation": True,

@@ -92,6 +92,22 @@ def load_runtime(directory: Path, info: BundleInfo, runtime: str, device: str = 
     return TorchRuntime.load(directory, info, device=device, precision=precision)
 
 
+def load_torch_model(directory: Path, info: BundleInfo) -> Any:
+    """The bundle's torch model (fp32, CPU, trainable as built): the registry architecture with its safetensors."""
+    from safetensors.torch import load_file
+
+    from imgclf.models import create_model
+
+    model = create_model(info.architecture, len(info.classes), in_chans=info.channels,
+                         image_size=info.image_size, **info.model_args)
+    try:
+        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    except Exception as error:  # safetensors and torch raise several types for a damaged or foreign file
+        first_line = str(error).strip().splitlines()[0]
+        raise ImgclfError(f"{directory / WEIGHTS_FILE} does not fit {info.architecture} ({first_line})") from None
+    return model
+
+
 class TorchRuntime:
     """The model in PyTorch: BatchNorm folded, channels-last, bf16 autocast where the CPU has it, or on CUDA."""
 
@@ -113,18 +129,7 @@ class TorchRuntime:
     @classmethod
     def load(cls, directory: Path, info: BundleInfo, device: str = "auto", precision: str = "auto") -> TorchRuntime:
         """Rebuild the architecture from the registry and load the safetensors weights into it."""
-        from safetensors.torch import load_file
-
-        from imgclf.models import create_model
-
-        model = create_model(info.architecture, len(info.classes), in_chans=info.channels,
-                             image_size=info.image_size, **info.model_args)
-        try:
-            model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-        except Exception as error:  # safetensors and torch raise several types for a damaged or foreign file
-            first_line = str(error).strip().splitlines()[0]
-            raise ImgclfError(f"{directory / WEIGHTS_FILE} does not fit {info.architecture} ({first_line})") from None
-        return cls(model, info, device=device, precision=precision)
+        return cls(load_torch_model(directory, info), info, device=device, precision=precision)
 
     def normalise(self, pixels: np.ndarray) -> Any:
         """uint8 NHWC -> normalised float32 NCHW (channels-last in memory) on the device, as in training."""

@@ -54,6 +54,7 @@ from imgclf.engines.contract import (
 from imgclf.engines.history import history_row
 from imgclf.engines.linear_probe import fit_linear_head, load_into_head, supports_linear_probe
 from imgclf.engines.optim import build_optimizer, build_scheduler, parameter_groups
+from imgclf.errors import ImgclfError
 from imgclf.models import create_model, load_pretrained, pretrained_source
 from imgclf.models.device import autocast, choose_device, choose_precision
 from imgclf.models.pretrained import weights_fingerprint
@@ -151,7 +152,7 @@ class TorchEngine:
         config, data = self.config, self.data
         channels = 1 if config.grayscale else 3
         model = create_model(config.model, len(data.classes), in_chans=channels, image_size=config.image_size,
-                             **config.model_args)
+                             **{**config.model_args, **regularisation_args(config)})
         if config.pretrained and self.checkpoint is None:
             weights = load_pretrained(model, config.model, Path(config.weights) if config.weights else None)
             console.print(f"pretrained weights: {weights.source}")
@@ -247,8 +248,12 @@ class TorchEngine:
             else:
                 logits = self.forward(images)
         loss = self._loss(logits, mixed_targets)
+        objective = loss
+        if self.config.l1:  # L1 on the weights this stage trains (matrices and kernels: not norms and biases)
+            weights = [p for group in optimizer.param_groups for p in group["params"] if p.ndim > 1]
+            objective = loss + self.config.l1 * sum(weight.abs().sum() for weight in weights)
         optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(objective).backward()
         if self.config.grad_clip:
             self.scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -613,3 +618,18 @@ def _deferred_interrupt(fit: FitState) -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous)
 
+
+def regularisation_args(config: TrainConfig) -> dict[str, float]:
+    """``--dropout`` / ``--drop-path`` as the model's own constructor arguments (training only: no weights change)."""
+    from imgclf.models.registry import OWN_MODELS
+
+    args: dict[str, float] = {}
+    own = (config.model or "") in OWN_MODELS
+    if config.dropout is not None:
+        args["dropout" if own else "drop_rate"] = config.dropout
+    if config.drop_path is not None:
+        if own:
+            raise ImgclfError(f"--drop-path: {config.model} has no stochastic depth; it works with timm models "
+                              "(resnet, efficientnet, convnext, vit)")
+        args["drop_path_rate"] = config.drop_path
+    return args

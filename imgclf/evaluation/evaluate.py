@@ -20,9 +20,11 @@ from imgclf.console import console, progress_bar
 from imgclf.data.decode import decode_file
 from imgclf.data.sources import ImageDataset, Item, label_indices, load_source
 from imgclf.deploy.bundle import find_bundle
+from imgclf.deploy.calibration import uncalibrated
+from imgclf.deploy.explain import overlay
 from imgclf.errors import ImgclfError
 from imgclf.evaluation.label_issues import find_label_issues
-from imgclf.evaluation.metrics import compute_metrics
+from imgclf.evaluation.metrics import compute_log_loss, compute_metrics, expected_calibration_error
 from imgclf.evaluation.plots import plot_confusion_matrix, plot_reliability, plot_roc
 from imgclf.files import write_problem_list, write_text_atomic
 from imgclf.pictures import save_image_grid
@@ -118,10 +120,19 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
         "reliability": plot_reliability(labels, probabilities, out / "reliability.png",
                                         metrics["expected_calibration_error"]),
     }
+    temperature = classifier.info.temperature
+    if temperature != 1.0 and not classifier.info.multilabel:  # the same images before temperature scaling
+        raw = uncalibrated(probabilities, temperature)
+        raw_ece = expected_calibration_error(labels, raw)
+        metrics["uncalibrated"] = {"temperature": temperature, "expected_calibration_error": raw_ece,
+                                   "log_loss": compute_log_loss(labels, raw, len(classifier.classes))}
+        pictures["reliability_uncalibrated"] = plot_reliability(labels, raw, out / "reliability_uncalibrated.png",
+                                                                raw_ece, title="before temperature scaling")
     mistakes = _worst_mistakes(paths, labels, probabilities, classifier.classes)
     if mistakes:
         pictures["worst_mistakes"] = _gallery(mistakes, classifier.classes, out / "worst_mistakes.png",
-                                              "highest-loss mistakes")
+                                              "highest-loss mistakes (heat: Grad-CAM of the predicted class)",
+                                              explainer=classifier)
     issues: list[dict[str, Any]] = []
     if label_issues or folds:
         if out_of_fold is not None:
@@ -132,7 +143,8 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
         _write_issues(issues, out / "label_issues.csv")
         if issues:
             pictures["label_issues"] = _gallery(issues[:GALLERY_SIZE], classifier.classes, out / "label_issues.png",
-                                                "likely label errors")
+                                                "likely label errors (heat: Grad-CAM of the model's class)",
+                                                explainer=classifier)
     metrics["label_issues"] = len(issues) if label_issues or folds else None
     metrics["label_issues_from"] = f"{folds}-fold cross-validation" if folds else "the model's own predictions"
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
@@ -172,16 +184,30 @@ def _worst_mistakes(paths: list[str], labels: np.ndarray, probabilities: np.ndar
              "predicted_probability": float(probabilities[i, predicted[i]])} for i in order]
 
 
-def _gallery(rows: list[dict[str, Any]], classes: list[str], path: Path, title: str) -> Path:
+def _gallery(rows: list[dict[str, Any]], classes: list[str], path: Path, title: str, explainer: Any = None) -> Path:
+    """Thumbnails with labels; with ``explainer`` (a Classifier) each overlaid with its predicted class's Grad-CAM."""
     images, titles = [], []
     for row in rows:
         decoded = decode_file(Path(row["path"]), (THUMBNAIL, THUMBNAIL), policy="pad")
         if decoded.pixels is None:
             continue
+        if explainer is not None:
+            try:
+                explanation = explainer.explain(Path(row["path"]), top_k=1)
+            except ImgclfError:  # a model Grad-CAM cannot explain: plain thumbnails
+                explainer = None
+            else:
+                images.append(overlay(explanation.pixels, explanation.map))
+                titles.append(_caption(row))
+                continue
         images.append(decoded.pixels)
-        titles.append(f"{Path(row['path']).name}\ntrue {row['given']} {row['given_probability']:.0%}\n"
-                      f"predicted {row['predicted']} {row['predicted_probability']:.0%}")
+        titles.append(_caption(row))
     return save_image_grid(images, titles, path, columns=4, title=title)
+
+
+def _caption(row: dict[str, Any]) -> str:
+    return (f"{Path(row['path']).name}\ntrue {row['given']} {row['given_probability']:.0%}\n"
+            f"predicted {row['predicted']} {row['predicted_probability']:.0%}")
 
 
 def _write_issues(issues: list[dict[str, Any]], path: Path) -> None:

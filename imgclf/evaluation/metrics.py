@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-CALIBRATION_BINS = 15
+from imgclf.deploy.calibration import CALIBRATION_BINS, expected_calibration_error, reliability  # noqa: F401 (part of the metrics)
+
 TOP_CONFUSIONS = 10
 
 
@@ -42,7 +43,7 @@ def compute_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: list
         "weighted_avg": _average(report["weighted avg"]),
         "confusion_matrix": confusion.tolist(),
         "confusion_matrix_normalised": normalised.round(6).tolist(),
-        "log_loss": float(skm.log_loss(labels, _renormalised(probabilities), labels=indices)),
+        "log_loss": compute_log_loss(labels, probabilities, count),
         "expected_calibration_error": expected_calibration_error(labels, probabilities),
         "most_confused": most_confused(confusion, classes),
     }
@@ -51,6 +52,12 @@ def compute_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: list
             result[f"top_{k}_accuracy"] = float(skm.top_k_accuracy_score(labels, probabilities, k=k, labels=indices))
     result.update(_roc(labels, probabilities, classes))
     return result
+
+
+def compute_log_loss(labels: np.ndarray, probabilities: np.ndarray, classes: int) -> float:
+    """Mean negative log-likelihood of the true classes (scikit-learn's log loss over all ``classes``)."""
+    return float(skm.log_loss(labels, _renormalised(np.asarray(probabilities, dtype=np.float64)),
+                              labels=list(range(classes))))
 
 
 def row_normalised(confusion: np.ndarray) -> np.ndarray:
@@ -87,27 +94,6 @@ def _roc(labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> d
         binary = labels == index
         per_class[classes[index]] = float(skm.roc_auc_score(binary, probabilities[:, index]))
     return {"roc_auc_ovr": float(np.mean(list(per_class.values()))), "roc_auc_per_class": per_class}
-
-
-def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
-    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by the images in each."""
-    confidence, accuracy, counts = reliability(labels, probabilities, bins)
-    filled = counts > 0
-    return float(np.sum(counts[filled] * np.abs(accuracy[filled] - confidence[filled])) / max(counts.sum(), 1))
-
-
-def reliability(labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per confidence bin: mean confidence, accuracy, count (for the reliability diagram)."""
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    counts = np.bincount(which, minlength=bins)
-    with np.errstate(invalid="ignore"):
-        mean_confidence = np.bincount(which, confidence, minlength=bins) / counts
-        accuracy = np.bincount(which, correct.astype(float), minlength=bins) / counts
-    return mean_confidence, accuracy, counts
 
 
 def most_confused(confusion: np.ndarray, classes: list[str], limit: int = TOP_CONFUSIONS) -> list[dict[str, Any]]:

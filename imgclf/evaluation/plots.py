@@ -122,7 +122,8 @@ def plot_roc(labels: np.ndarray, probabilities: np.ndarray, classes: list[str], 
     return _save(figure, path)
 
 
-def plot_reliability(labels: np.ndarray, probabilities: np.ndarray, path: Path, error: float) -> Path:
+def plot_reliability(labels: np.ndarray, probabilities: np.ndarray, path: Path, error: float,
+                     title: str = "reliability") -> Path:
     """Accuracy against confidence per bin; on the diagonal a model's confidence can be taken at its word."""
     plt = _pyplot()
     confidence, accuracy, counts = reliability(labels, probabilities)
@@ -135,7 +136,7 @@ def plot_reliability(labels: np.ndarray, probabilities: np.ndarray, path: Path, 
     axis.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
     axis.set_xlabel("confidence (top probability)")
     axis.set_ylabel("accuracy")
-    axis.set_title(f"reliability (ECE {error:.3f})")
+    axis.set_title(f"{title} (ECE {error:.3f})")
     axis.set_xlim(0, 1)
     axis.set_ylim(0, 1)
     axis.legend(loc="upper left")

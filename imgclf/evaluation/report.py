@@ -2,7 +2,7 @@
 
 Built from :mod:`imgclf.evaluation.pages`. Sections: summary, configuration, data,
 training curves, metrics (overall and per class), confusion matrix, ROC,
-reliability, samples, augmented examples, worst mistakes and, when computed,
+reliability (before and after temperature scaling), samples, augmented examples, worst mistakes and, when computed,
 likely label errors.
 """
 
@@ -22,9 +22,13 @@ from imgclf.runs import RunDirectory
 
 def write_report(run_dir: Path, evaluation: Evaluation | None, pictures: dict[str, Path], path: Path) -> Path:
     """Write ``report.html`` for the run at ``run_dir``; ``pictures`` adds curves, samples and augmentations."""
-    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
     model_json = run_dir / "model" / "model.json"
-    bundle_metrics = yaml.safe_load(model_json.read_text())["metrics"] if model_json.is_file() else {}
+    bundle = yaml.safe_load(model_json.read_text()) if model_json.is_file() else {}
+    bundle_metrics = bundle.get("metrics", {})
+    config_file = run_dir / "config.yaml"  # an ensemble has none: its members' configs are in their bundles
+    config = (yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}) if config_file.is_file() else {
+        "model": bundle.get("architecture", ""), "data": str(run_dir.name),
+        "members": [f"{member['name']} (weight {member['weight']:.3f})" for member in bundle.get("members", [])]}
     sections = [
         ("summary", "Summary", _summary(config, bundle_metrics, evaluation)),
         ("configuration", "Configuration", table(["option", "value"], [[k, _readable(v)] for k, v in config.items()])),
@@ -39,8 +43,7 @@ def write_report(run_dir: Path, evaluation: Evaluation | None, pictures: dict[st
             ("confusion", "Confusion matrix", image(evaluation.pictures.get("confusion_matrix"), "confusion matrix")
              + _confusions(evaluation.metrics)),
             ("roc", "ROC curves", image(evaluation.pictures.get("roc"), "ROC curves")),
-            ("reliability", "Reliability", image(evaluation.pictures.get("reliability"), "reliability diagram")
-             + '<p class="muted">Bars on the diagonal mean the predicted probabilities can be taken at their word.</p>'),
+            ("reliability", "Reliability", _reliability(evaluation)),
         ]
     sections += [
         ("samples", "Samples", image(pictures.get("samples"), "sample images")),
@@ -112,6 +115,23 @@ def _metrics(metrics: dict[str, Any]) -> str:
         per_class.append([label, metrics[key]["precision"], metrics[key]["recall"], metrics[key]["f1"],
                           metrics["images"]])
     return table(["metric", "value"], overall) + table(["class", "precision", "recall", "F1", "support"], per_class)
+
+
+def _reliability(evaluation: Evaluation) -> str:
+    """The reliability diagram; for a calibrated model, before and after temperature scaling side by side."""
+    after = image(evaluation.pictures.get("reliability"), "reliability diagram")
+    note = '<p class="muted">Bars on the diagonal mean the predicted probabilities can be taken at their word.</p>'
+    before = evaluation.metrics.get("uncalibrated")
+    if before is None:
+        return after + note
+    figures = table(["", "before", f"after (T = {before['temperature']:.3f})"],
+                     [["expected calibration error", before["expected_calibration_error"],
+                       evaluation.metrics["expected_calibration_error"]],
+                      ["log loss", before["log_loss"], evaluation.metrics["log_loss"]]])
+    pictures = (f'<div class="cards">{image(evaluation.pictures.get("reliability_uncalibrated"), "before")}'
+                f"{after}</div>")
+    return (figures + pictures + note + '<p class="muted">Temperature scaling (fitted on the validation split) '
+            "divides every logit by T: it changes the probabilities, never the predicted class.</p>")
 
 
 def _confusions(metrics: dict[str, Any]) -> str:

@@ -9,6 +9,8 @@ cut off while they stream in, and the model runs in its own thread.
 from __future__ import annotations
 
 import asyncio
+import io
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,12 +22,14 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
+from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imgclf.errors import ImgclfError
 from imgclf.serve.auth import RequireApiKey
 from imgclf.serve.batcher import DynamicBatcher, Overloaded
 from imgclf.serve.metrics import ServerMetrics
@@ -40,7 +44,7 @@ from imgclf.serve.uploads import (
 )
 from imgclf.version import __version__
 
-ROUTES = ("/", "/v1/predict", "/v1/model", "/healthz", "/metrics", "/docs", "/openapi.json")
+ROUTES = ("/", "/v1/predict", "/v1/explain", "/v1/model", "/healthz", "/metrics", "/docs", "/openapi.json")
 MAX_TOP_K = 1000
 
 
@@ -168,6 +172,37 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
         return {"model": name, "runtime": runtime,
                 "predictions": [_ranked(upload.name, row, classifier.classes, k)
                                 for upload, row in zip(uploads, probabilities)]}
+
+    explain_lock = threading.Lock()  # one Grad-CAM at a time: it hooks the model's layer while it runs
+
+    def explain_png(pixels: np.ndarray) -> bytes:
+        from imgclf.deploy.explain import overlay
+
+        with explain_lock:
+            explanation = classifier.explain(pixels, top_k=1)
+        buffer = io.BytesIO()
+        Image.fromarray((overlay(explanation.pixels, explanation.map) * 255).astype(np.uint8)).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    @app.post("/v1/explain", response_class=Response, responses={**ERROR_RESPONSES, 200: {
+        "content": {"image/png": {}}, "description": "The image at the model's input size with the Grad-CAM heat "
+                                                     "map of its top class overlaid."}}, openapi_extra=REQUEST_BODY)
+    async def explain(request: Request) -> Response:
+        """Grad-CAM of one image (multipart file or raw body): a PNG overlay of what the top class rests on."""
+        if not hasattr(classifier, "explain"):
+            raise ApiError(501, "this server's model cannot be explained")
+        try:
+            uploads = await asyncio.wait_for(read_uploads(request, limits), limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the upload did not finish within {limits.timeout_s:g} s (--timeout)") from None
+        if len(uploads) != 1:
+            raise ApiError(400, f"send exactly one image to explain, got {len(uploads)}")
+        pixels = await run_in_threadpool(decode_uploads, uploads, info, limits)
+        try:
+            png = await run_in_threadpool(explain_png, pixels[0])
+        except ImgclfError as error:
+            raise ApiError(422, str(error)) from None
+        return Response(png, media_type="image/png")
 
     @app.get("/v1/model")
     async def model() -> dict[str, Any]:

@@ -1,1 +1,2 @@
-"""Work made of several training runs: cross-validation (out-of-fold predictions) and backend comparison."""
+"""Work made of several training runs or models: cross-validation (out-of-fold predictions), backend comparison
+and ensembles."""

@@ -1,0 +1,167 @@
+"""``imgclf ensemble``: soft voting over trained runs, with weights fitted on the validation split.
+
+The ensemble is a folder that every command treats as one model::
+
+    E/
+      model/model.json          kind: ensemble, the classes, members (relative path, weight)
+      model/members/<i>-<name>/ each member's bundle, copied whole (exports included)
+      split.csv                 the first member's split: evaluate and report use its held-out images
+      ensemble.json             weights, and validation / held-out scores of each member and the ensemble
+
+Weights minimise the validation negative log-likelihood of the weighted
+mean of the members' calibrated probabilities over the simplex (softmax
+parameters, scipy's L-BFGS-B), or are equal with ``weights="equal"``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import softmax
+
+from imgclf.console import console
+from imgclf.data.sources import read_manifest
+from imgclf.deploy.bundle import ENSEMBLE, MODEL_FILE, BundleInfo, find_bundle, read_bundle_info
+from imgclf.deploy.classifier import Classifier, EnsembleClassifier
+from imgclf.errors import ImgclfError
+from imgclf.evaluation.metrics import compute_log_loss
+from imgclf.files import write_folder_atomic, write_text_atomic
+
+WEIGHTINGS = ("fit", "equal")
+
+
+@dataclass
+class EnsembleResult:
+    """Where the ensemble went, its weights, and each member's scores beside the ensemble's."""
+
+    out: Path
+    weights: dict[str, float]
+    scores: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {split: {accuracy, log_loss}}
+
+
+def fit_weights(probabilities: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """Simplex weights minimising the NLL of ``sum_m w_m p_m`` (members' (N, C) probabilities)."""
+    stacked = np.stack([np.clip(p.astype(np.float64), 1e-12, 1.0) for p in probabilities])  # (M, N, C)
+    true = stacked[:, np.arange(len(labels)), labels]  # (M, N)
+
+    def loss_and_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        weights = softmax(theta)
+        mixed = weights @ true  # (N,)
+        loss = -np.mean(np.log(mixed))
+        d_weights = -np.mean(true / mixed, axis=1)  # d loss / d w_m
+        return float(loss), weights * (d_weights - weights @ d_weights)  # through the softmax
+
+    result = minimize(loss_and_gradient, np.zeros(len(probabilities)), jac=True, method="L-BFGS-B")
+    return softmax(result.x)
+
+
+def build_ensemble(runs: list[str | Path], out: str | Path, weights: str = "fit", overwrite: bool = False,
+                   batch_size: int = 64) -> EnsembleResult:
+    """Copy the members into ``out``, fit (or equal) weights on validation, score members and ensemble."""
+    if weights not in WEIGHTINGS:
+        raise ImgclfError(f"--weights {weights} is not one of {', '.join(WEIGHTINGS)}")
+    if len(runs) < 2:
+        raise ImgclfError(f"an ensemble needs at least two runs, got {len(runs)}; imgclf ensemble RUN RUN... --out E")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ImgclfError(f"--out {out} exists; choose another folder or add --overwrite")
+    bundles = [find_bundle(run) for run in runs]
+    infos = [read_bundle_info(bundle) for bundle in bundles]
+    _check_members(bundles, infos)
+    names = [f"{index}-{Path(run).resolve().name if Path(run).name != 'model' else Path(run).resolve().parent.name}"
+             for index, run in enumerate(runs)]
+    split_file = bundles[0].parent / "split.csv"
+    if not split_file.is_file():
+        raise ImgclfError(f"{runs[0]} has no split.csv; the first run must be a run directory (its validation split "
+                          "fits the weights)")
+    dataset = read_manifest(split_file)
+    _check_splits(bundles, dataset, runs)
+    held_out_name = "test" if dataset.split_items("test") else "val"
+    members = [Classifier.load(bundle, batch_size=batch_size) for bundle in bundles]
+    index = {name: position for position, name in enumerate(infos[0].classes)}
+    scored: dict[str, tuple[np.ndarray, list[np.ndarray]]] = {}
+    for split in sorted({"val", held_out_name}):
+        items = dataset.split_items(split)
+        if len(items) < 2:
+            raise ImgclfError(f"{split_file} has {len(items)} {split} image(s); an ensemble fits its weights on val")
+        console.print(f"predicting {len(items):,} {split} images with {len(members)} members")
+        rows = [list(member.file_probabilities([item.path for item in items], batch_size)) for member in members]
+        ok = [all(row[position][1] is not None for row in rows) for position in range(len(items))]
+        labels = np.array([index[item.label] for item, good in zip(items, ok) if good])
+        scored[split] = (labels, [np.stack([row[position][1] for position in range(len(items)) if ok[position]])
+                                  for row in rows])
+    labels, val_probabilities = scored["val"]
+    fitted = fit_weights(val_probabilities, labels) if weights == "fit" else np.full(len(members), 1 / len(members))
+    info = BundleInfo(architecture=ENSEMBLE, model_args={}, classes=infos[0].classes,
+                      image_size=max(member.image_size for member in infos), mean=[0.0] * 3, std=[1.0] * 3,
+                      channels=infos[0].channels, backend=ENSEMBLE, kind=ENSEMBLE,
+                      config={"weights": weights, "members": [str(run) for run in runs]},
+                      members=[{"path": f"members/{name}", "name": name, "weight": round(float(weight), 6),
+                                "architecture": member.architecture, "backend": member.backend,
+                                "image_size": member.image_size}
+                               for name, weight, member in zip(names, fitted, infos)])
+    ensemble = EnsembleClassifier(members, fitted, info)
+    scores = {name: {split: _score(labels_, probabilities[position]) for split, (labels_, probabilities) in scored.items()}
+              for position, name in enumerate(names)}
+    scores["ensemble"] = {split: _score(labels_, ensemble.combine(probabilities))
+                          for split, (labels_, probabilities) in scored.items()}
+    info.metrics = {f"{split}_{metric}": value for split, values in scores["ensemble"].items()
+                    for metric, value in values.items()}
+    _write(out, info, bundles, names, split_file, {"weights": dict(zip(names, info_weights(info))), "scores": scores,
+                                                  "held_out": held_out_name})
+    return EnsembleResult(out, dict(zip(names, info_weights(info))), scores)
+
+
+def info_weights(info: BundleInfo) -> list[float]:
+    return [member["weight"] for member in info.members]
+
+
+def _score(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    return {"accuracy": round(float((probabilities.argmax(axis=1) == labels).mean()), 6),
+            "log_loss": round(compute_log_loss(labels, probabilities, probabilities.shape[1]), 6)}
+
+
+def _check_members(bundles: list[Path], infos: list[BundleInfo]) -> None:
+    first = infos[0]
+    for bundle, info in zip(bundles[1:], infos[1:]):
+        if info.kind == ENSEMBLE or first.kind == ENSEMBLE:
+            raise ImgclfError(f"{bundle} is an ensemble; list its member runs instead of nesting ensembles")
+        if info.classes != first.classes:
+            missing = sorted(set(first.classes) ^ set(info.classes))
+            raise ImgclfError(f"{bundle} has other classes than {bundles[0]} "
+                              f"({', '.join(missing[:5]) or 'another order'}); ensemble runs trained on the same classes")
+        if info.multilabel or info.channels != first.channels:
+            raise ImgclfError(f"{bundle}: ensembles combine single-label models with the same channels")
+
+
+def _check_splits(bundles: list[Path], dataset: Any, runs: list[str | Path]) -> None:
+    """No member may have trained on the images the weights are fitted and scored on."""
+    held_out = {str(item.path) for item in dataset.items if item.split != "train"}
+    for bundle, run in zip(bundles[1:], runs[1:]):
+        manifest = bundle.parent / "split.csv"
+        if manifest.is_file():
+            trained = {str(item.path) for item in read_manifest(manifest).split_items("train")}
+            if trained & held_out:
+                raise ImgclfError(f"{run} trained on {len(trained & held_out)} of {runs[0]}'s validation/test images; "
+                                  "train every member on the same split (same data and --seed)")
+
+
+def _write(out: Path, info: BundleInfo, bundles: list[Path], names: list[str], split_file: Path,
+           summary: dict[str, Any]) -> None:
+    from dataclasses import asdict
+
+    def fill(folder: Path) -> None:
+        model = folder / "model"
+        for bundle, name in zip(bundles, names):
+            shutil.copytree(bundle, model / "members" / name)
+        (model / MODEL_FILE).write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
+        shutil.copy2(split_file, folder / "split.csv")
+        write_text_atomic(folder / "ensemble.json", json.dumps(summary, indent=2))
+
+    write_folder_atomic(out, fill)

@@ -1,0 +1,80 @@
+"""Ensembles: weights fitted on validation, one bundle that every command treats as one model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import imgclf
+from imgclf.evaluation.metrics import compute_log_loss
+from imgclf.workflows.ensemble import fit_weights
+from tests.conftest import TINY_FASTNET, make_class_folder
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "imgclf", *args], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def test_fitted_weights_favour_the_better_member_and_beat_equal_weights() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    good = np.full((300, 3), 0.1)
+    good[np.arange(300), labels] = 0.8
+    noise = rng.dirichlet(np.ones(3), 300)
+    weights = fit_weights([good, noise], labels)
+    assert weights.sum() == pytest.approx(1.0) and weights[0] > 0.8
+    fitted = compute_log_loss(labels, weights[0] * good + weights[1] * noise, 3)
+    assert fitted < compute_log_loss(labels, 0.5 * good + 0.5 * noise, 3)
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """Two runs on the same data and split: fastnet at 16 px and tutorial-cnn at 24 px (other size and network)."""
+    root = tmp_path_factory.mktemp("ensemble")
+    data = make_class_folder(root / "data", per_class=20)
+    first = imgclf.train(data, out=root / "fastnet", epochs=4, **TINY_FASTNET).run_dir
+    second = imgclf.train(data, out=root / "cnn", model="tutorial-cnn", image_size=24, epochs=3, batch_size=16,
+                          model_args={"widths": [8, 16], "hidden": 16}, precision="fp32", workers=1).run_dir
+    return root, first, second
+
+
+def test_an_ensemble_bundle_round_trips_and_serves_every_command(members, tmp_path: Path) -> None:
+    root, first, second = members
+    result = cli("ensemble", str(first), str(second), "--out", str(tmp_path / "E"))
+    assert result.returncode == 0, result.stderr
+    assert "over the best member" in result.stderr and (tmp_path / "E" / "report.html").is_file()
+    bundle = json.loads((tmp_path / "E" / "model" / "model.json").read_text())
+    assert bundle["kind"] == "ensemble" and sum(member["weight"] for member in bundle["members"]) == pytest.approx(1, abs=1e-5)
+    ensemble = imgclf.load(tmp_path / "E")
+    images = sorted((root / "data").rglob("*.png"))[::7]
+    expected = sum(member["weight"] * imgclf.load(tmp_path / "E" / "model" / member["path"]).predict_proba(images)
+                   for member in bundle["members"])
+    np.testing.assert_allclose(ensemble.predict_proba(images), expected, atol=1e-5)
+    rows = list(imgclf.predict(tmp_path / "E", images))
+    np.testing.assert_allclose(np.stack([row.probabilities for row in rows]), expected, atol=1e-5)
+    assert imgclf.evaluate(tmp_path / "E", out=tmp_path / "eval").metrics["accuracy"] > 0.5
+    exported = imgclf.export(tmp_path / "E", "onnx")
+    assert exported.parity.max_abs_diff <= 1e-4 and exported.parity.top1_agreement == 1.0
+    listing = json.loads((tmp_path / "E" / "model" / "ensemble.onnx.json").read_text())
+    assert [member["file"] for member in listing["members"]] == [f"{m['path']}/model.onnx" for m in bundle["members"]]
+    on_onnx = imgclf.load(tmp_path / "E", runtime="onnx")
+    assert on_onnx.runtime.name == "ensemble(onnx,onnx)"
+    exact = sum(member["weight"] * imgclf.load(tmp_path / "E" / "model" / member["path"], precision="fp32",
+                                               runtime="torch").predict_proba(images) for member in bundle["members"])
+    np.testing.assert_allclose(on_onnx.predict_proba(images), exact, atol=1e-4)  # ONNX Runtime is fp32
+
+
+def test_members_with_other_classes_are_refused_in_one_line(members, tmp_path: Path) -> None:
+    root, first, _ = members
+    other = make_class_folder(tmp_path / "other", per_class=6)
+    (other / "blue").rename(other / "navy")
+    run = imgclf.train(other, out=tmp_path / "navy", epochs=1, **TINY_FASTNET).run_dir
+    result = cli("ensemble", str(first), str(run), "--out", str(tmp_path / "E"))
+    assert result.returncode == 2 and "other classes" in result.stderr and "Traceback" not in result.stderr

@@ -73,6 +73,20 @@ TINY_FASTNET = dict(model="fastnet", model_args={"widths": [8, 16, 16], "depth":
                     label_smoothing=0.0, precision="fp32", workers=1)
 
 
+def untrained_bundle(directory: Path) -> Path:
+    """An untrained tiny fastnet bundle (three colour classes, 16 px): for tests where how good the model is does not matter."""
+    import torch
+
+    from imgclf.deploy.bundle import BundleInfo, write_bundle
+    from imgclf.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("fastnet", 3, image_size=16, widths=[8, 16, 16], depth=1)
+    info = BundleInfo("fastnet", {"widths": [8, 16, 16], "depth": 1}, ["blue", "green", "red"], 16,
+                      [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    return write_bundle(info, model.state_dict(), directory / "model")
+
+
 def train_tiny_run(root: Path, epochs: int = 10) -> Path:
     """A tiny fastnet trained on three colour classes: the run directory that evaluate, export and serve tests use."""
     import imgclf

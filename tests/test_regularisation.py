@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY_FASTNET, make_class_folder
 from safetensors.numpy import load_file
 
 import imgclf
 from imgclf.config import make_config
 from imgclf.engines.torch_engine import regularisation_args
 from imgclf.models import create_model
-from tests.conftest import TINY_FASTNET, make_class_folder
 
 
 def weight_l1(run: Path) -> float:

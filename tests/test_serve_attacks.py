@@ -15,15 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 import schemathesis
-import torch
+from conftest import untrained_bundle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from test_serve import RED, start_server
 
 import imgclf
-from imgclf.deploy.bundle import BundleInfo, write_bundle
-from imgclf.models import create_model
 from imgclf.serve.app import create_app
 from imgclf.serve.uploads import Limits
 
@@ -34,11 +32,7 @@ KEY = "correct-horse-battery-staple-42"
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny fastnet bundle: what the HTTP layer does does not depend on how good the model is."""
-    torch.manual_seed(0)
-    model = create_model("fastnet", 3, image_size=16, widths=[8, 16, 16], depth=1)
-    info = BundleInfo("fastnet", {"widths": [8, 16, 16], "depth": 1}, ["blue", "green", "red"], 16,
-                      [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
-    return write_bundle(info, model.state_dict(), tmp_path_factory.mktemp("attacks") / "model")
+    return untrained_bundle(tmp_path_factory.mktemp("attacks"))
 
 
 @pytest.fixture(scope="module")

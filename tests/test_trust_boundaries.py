@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_class_folder, make_image
+from conftest import make_class_folder, make_image, untrained_bundle
 
 import imgclf
-from imgclf.deploy.bundle import BundleInfo, write_bundle
 from imgclf.deploy.metadata import weights_digest
 from imgclf.engines.checkpoint import load_checkpoint
 from imgclf.errors import ImgclfError
@@ -55,11 +54,7 @@ def object_npy(marker: Path) -> bytes:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = create_model("fastnet", 3, image_size=16, widths=[8, 16, 16], depth=1)
-    info = BundleInfo("fastnet", {"widths": [8, 16, 16], "depth": 1}, ["blue", "green", "red"], 16,
-                      [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
-    return write_bundle(info, model.state_dict(), tmp_path_factory.mktemp("trust") / "model")
+    return untrained_bundle(tmp_path_factory.mktemp("trust"))
 
 
 def poisoned_copy(bundle: Path, tmp_path: Path, file: str, data: bytes) -> Path:

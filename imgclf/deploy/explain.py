@@ -77,6 +77,8 @@ def _last_spatial_module(model: Any, example: Any, architecture: str) -> tuple[s
     """(name, module) of the last module with an (N, C, H, W), H, W > 1 output; refused if tokens follow it."""
     import torch
 
+    from imgclf.models.folding import run_with_hooks
+
     order: list[tuple[str, Any, int]] = []  # (name, module, rank of its output)
     hooks = []
     for name, module in model.named_modules():
@@ -90,12 +92,7 @@ def _last_spatial_module(model: Any, example: Any, architecture: str) -> tuple[s
                 order.append((name, module, 4 if spatial else 3 if tokens else 0))
 
         hooks.append(module.register_forward_hook(record))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    run_with_hooks(model, example, hooks)
     spatial = [index for index, (_, _, rank) in enumerate(order) if rank == 4]
     tokens = [index for index, (_, _, rank) in enumerate(order) if rank == 3]
     if not spatial or (tokens and tokens[-1] > spatial[-1]):
@@ -115,7 +112,7 @@ class KerasGradCam:
     """
 
     def __init__(self, model: Any, info: BundleInfo) -> None:
-        from imgclf.engines.keras_setup import keras
+        from imgclf.models.keras_setup import keras
 
         self.info = info
         self.layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
@@ -128,7 +125,7 @@ class KerasGradCam:
 
     def maps(self, pixels: np.ndarray, targets: list[int]) -> np.ndarray:
         from imgclf.deploy.keras_runtime import keras_input
-        from imgclf.engines.keras_setup import tf
+        from imgclf.models.keras_setup import tf
 
         features = tf.constant(keras_input(pixels[None], self.info))
         for layer in self.layers[:self.split]:

@@ -44,6 +44,20 @@ def inference_copy(model: nn.Module, example: torch.Tensor) -> nn.Module:
     return folded.to(memory_format=torch.channels_last)
 
 
+def run_with_hooks(model: nn.Module, example: torch.Tensor, hooks: list[torch.utils.hooks.RemovableHandle]) -> None:
+    """Run ``model`` once on ``example`` without gradients so that ``hooks`` see it, then remove them.
+
+    How a model's structure is read without knowing its code: which conv feeds
+    which BatchNorm (folding), which layer gives the last spatial map (Grad-CAM).
+    """
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def _fold_batchnorm(model: nn.Module, example: torch.Tensor) -> int:
     """Fold, in place, every BatchNorm2d fed directly by a Conv2d; returns how many were folded."""
     # the output tensors are kept alive so that an id cannot be reused by another tensor during the run
@@ -57,12 +71,7 @@ def _fold_batchnorm(model: nn.Module, example: torch.Tensor) -> int:
         elif isinstance(module, nn.BatchNorm2d):
             hooks.append(module.register_forward_pre_hook(
                 lambda norm, inputs: pairs.append((_producer(conv_by_output, inputs[0]), norm))))  # type: ignore[arg-type]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    run_with_hooks(model, example, hooks)
     conv_by_output.clear()
     parent_of = {id(child): (parent, name) for parent in model.modules() for name, child in parent.named_children()}
     folded = 0

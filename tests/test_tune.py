@@ -128,3 +128,23 @@ def test_the_cli_prints_a_bad_space_as_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert len(lines) == 1 and "epochs also given on the command line" in lines[0]
+
+
+@pytest.mark.parametrize("model, pretrained, searched", [
+    ("fastnet", False, {"lr", "weight_decay", "l1", "mixup", "cutmix", "epochs", "augment", "label_smoothing"}),
+    ("resnet18", True, {"lr", "weight_decay", "dropout", "probe_epochs", "augment", "label_smoothing"}),
+    ("tutorial-cnn", False, {"lr", "weight_decay", "dropout", "epochs", "l1", "mixup", "cutmix"}),
+])
+def test_the_default_space_follows_the_recipe_and_passes_its_own_checks(model: str, pretrained: bool,
+                                                                       searched: set[str]) -> None:
+    from imgclf.config import make_config
+    from imgclf.recipes import DataFacts, resolve
+    from imgclf.workflows.tune_space import check_space, default_space
+
+    resolved = resolve(make_config(data="x", model=model, pretrained=pretrained), DataFacts(2000, 128),
+                       lambda name: "weights" if pretrained else None)
+    space = default_space(resolved, given={"mixup"})
+    assert searched - {"mixup"} <= set(space) and "mixup" not in space  # an option given on the command line stays fixed
+    check_space(space, "default space", set())
+    low, high = space["lr"]["low"], space["lr"]["high"]
+    assert low < resolved.lr < high  # centred on the recipe's own rate (fastnet's scales with the batch)

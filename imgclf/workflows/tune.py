@@ -118,7 +118,7 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
     folder.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     name = study_name or folder.resolve().name
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial reaches the user as our one-line error
     study = optuna.create_study(
         storage=_storage(url), study_name=name, load_if_exists=True,
         direction="maximize" if base.monitor == "val_accuracy" else "minimize",

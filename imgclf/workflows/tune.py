@@ -229,7 +229,9 @@ def _write_outputs(study: optuna.Study, folder: Path, url: str, monitor: str,
     if best is not None:
         options = {**study.trials[best["trial"]].user_attrs["options"], "out": None}
         write_text_atomic(folder / "best.yaml", yaml.safe_dump(make_config(**options).to_dict(), sort_keys=False))
-        _copy_bundle(Path(best["run"]) / "model", folder / "best")
+        bundle = Path(best["run"]) / "model"
+        if bundle.is_dir():  # a worker on another machine trained it there: its best/ holds it
+            _copy_bundle(bundle, folder / "best")
     result = TuneResult(folder, study.study_name, url, monitor, rows, best, interrupted)
     summary = {"study_name": study.study_name, "storage": url, "monitor": monitor,
                "direction": "maximize" if maximise else "minimize", "best": best, "trials": rows,

@@ -459,7 +459,13 @@ def tune(
     """Search hyperparameters with Optuna: every trial a training run, pruned when hopeless; resumable, shareable."""
     from imgclf.config import read_yaml
 
-    options = {**(read_yaml(config) if config else {}),
+    from_file = read_yaml(config) if config else {}
+    if from_file.get("time_budget"):
+        raise ImgclfError(f"--config {config}: time_budget would be each trial's; tune's --time-budget is the "
+                          "search's, so fix --epochs instead")
+    # DATA and --out are tune's own (a best.yaml names its data and no out); unset keys fix nothing
+    options = {**{name: value for name, value in from_file.items()
+                  if value is not None and name not in ("data", "out", "time_budget")},
                **{name: value for name, value in config_values.items() if value is not None}}
     if model_args:
         options["model_args"] = _parse_model_args(model_args)

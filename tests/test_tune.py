@@ -148,3 +148,13 @@ def test_the_default_space_follows_the_recipe_and_passes_its_own_checks(model: s
     check_space(space, "default space", set())
     low, high = space["lr"]["low"], space["lr"]["high"]
     assert low < resolved.lr < high  # centred on the recipe's own rate (fastnet's scales with the batch)
+
+
+def test_a_fixed_config_may_not_set_a_trial_time_budget(tmp_path: Path) -> None:
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text("model: fastnet\ntime_budget: 5m\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "imgclf", "tune", str(tmp_path), "--trials", "2", "--config",
+                           str(fixed)], capture_output=True, text=True, env=ENV, timeout=60)
+    assert done.returncode == 2
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and "fixed.yaml: time_budget would be each trial's" in lines[0]

@@ -107,7 +107,8 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
     if startup_trials < 0:
         raise ImgclfError(f"--startup-trials must be 0 or more, got {startup_trials}")
     budget = parse_duration(time_budget) if time_budget else None
-    fixed = {name: value for name, value in options.items() if value is not None}
+    fixed = {name: os.fspath(value) if isinstance(value, os.PathLike) else value  # stored as JSON in the study
+             for name, value in options.items() if value is not None}
     fixed["data"] = str(data)
     base = make_config(**fixed)
     given = set(fixed) - {"data"}

@@ -22,6 +22,7 @@ from imgclf.api import (  # the public API
     report,
     similar,
     train,
+    tune,
 )
 from imgclf.errors import ImgclfError
 from imgclf.version import __version__
@@ -29,4 +30,4 @@ from imgclf.version import __version__
 __all__ = ["ImgclfError", "__version__", "build_index", "calibrate", "compare", "embed", "ensemble", "evaluate",
            "evaluate_match", "explain", "export", "inspect", "load", "load_dataset", "match", "match_batch", "models",
            "predict", "preview_augment", "query_index",
-           "report", "similar", "train"]
+           "report", "similar", "train", "tune"]

@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # the heavy modules load only when their command runs
     from imgclf.training import TrainResult
     from imgclf.workflows.comparison import Comparison
     from imgclf.workflows.ensemble import EnsembleResult
+    from imgclf.workflows.tune import TuneResult
 
 DEFAULT_EMBEDDING_MODEL = "tf_efficientnet_lite0"  # ImageNet weights installed with imgclf: works offline
 
@@ -338,6 +339,27 @@ def ensemble(runs: list[str | Path], out: str | Path, *, weights: str = "fit", o
     if report:
         report_run(result.out)
     return result
+
+
+def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None = None,
+         time_budget: str | None = None, storage: str | None = None, study_name: str | None = None,
+         space: str | Path | None = None, startup_trials: int = 3, archive: str | Path | None = None,
+         **options: object) -> TuneResult:
+    """Hyperparameter search with Optuna (TPE, median pruning); every trial is a training run in ``out/trials``.
+
+    >>> study = imgclf.tune("photos/", trials=20, model="fastnet")   # doctest: +SKIP
+    >>> study.best["params"]                                         # doctest: +SKIP
+
+    Stops when ``trials`` trials of the study finished or ``time_budget``
+    (e.g. ``"10m"``) is spent; rerunning resumes the study stored in
+    ``out/study.db`` (or ``storage``: an Optuna RDB URL or ``journal:PATH``).
+    ``space`` is a YAML search space (default: ranges around the model's
+    recipe); ``options`` are training options fixed for every trial.
+    """
+    from imgclf.workflows.tune import tune as run_tune
+
+    return run_tune(data, out=out, trials=trials, time_budget=time_budget, storage=storage, study_name=study_name,
+                    space_file=space, startup_trials=startup_trials, archive=archive, **options)
 
 
 def explain(model: str | Path, image: str | Path | np.ndarray, *, top_k: int = 3) -> Explanation:

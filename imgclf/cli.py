@@ -427,6 +427,67 @@ def calibrate(
     console.print(table)
 
 
+@app.command(epilog="Examples: imgclf tune photos/ --trials 20 --out runs/tune-shop  |  "
+                    "imgclf tune photos/ --time-budget 30m --model fastnet --space space.yaml  |  "
+                    "imgclf tune photos/ --trials 40 --storage journal:study.log --study-name shop (run it in several shells)")
+@with_config_options
+def tune(
+    data: Annotated[str, typer.Argument(help=_config_help("data"), show_default=False)],
+    out: Annotated[Optional[Path], Opt(help="Tune folder: study.db, trials/NNN, best.yaml, best/, tune.html "
+                                            "(default: runs/tune-<data name>).", rich_help_panel="Run")] = None,
+    trials: Annotated[Optional[int], Opt(help="Stop when the study has this many finished trials (pruned count; "
+                                              "failed do not).", rich_help_panel="Run")] = None,
+    time_budget: Annotated[Optional[str], Opt(help="Start no new trial after this long, e.g. 30m.",
+                                              rich_help_panel="Run")] = None,
+    storage: Annotated[Optional[str], Opt(help="Optuna storage shared by several workers: an RDB URL "
+                                               "(sqlite:///x.db, postgresql://...) or journal:PATH "
+                                               "(default: sqlite in --out).", rich_help_panel="Run")] = None,
+    study_name: Annotated[Optional[str], Opt(help="Study in --storage (default: the --out folder's name).",
+                                             rich_help_panel="Run")] = None,
+    space: Annotated[Optional[Path], Opt(help="YAML search space: option: {low, high, log, step} or "
+                                              "{choices: [...]} (default: ranges around the recipe).",
+                                         rich_help_panel="Run")] = None,
+    startup_trials: Annotated[int, Opt(help="Trials that run to the end before the median pruner stops any.",
+                                       rich_help_panel="Run")] = 3,
+    config: Annotated[Optional[Path], Opt(help="YAML file of fixed training options; flags win.",
+                                          rich_help_panel="Run")] = None,
+    model_args: Annotated[Optional[list[str]], Opt("--model-arg", help=_config_help("model_args"),
+                                                   rich_help_panel="Model")] = None,
+    archive: ArchiveOption = None,
+    **config_values: object,
+) -> None:
+    """Search hyperparameters with Optuna: every trial a training run, pruned when hopeless; resumable, shareable."""
+    from imgclf.config import read_yaml
+
+    from_file = read_yaml(config) if config else {}
+    if from_file.get("time_budget"):
+        raise ImgclfError(f"--config {config}: time_budget would be each trial's; tune's --time-budget is the "
+                          "search's, so fix --epochs instead")
+    # DATA and --out are tune's own (a best.yaml names its data and no out); unset keys fix nothing
+    options = {**{name: value for name, value in from_file.items()
+                  if value is not None and name not in ("data", "out", "time_budget")},
+               **{name: value for name, value in config_values.items() if value is not None}}
+    if model_args:
+        options["model_args"] = _parse_model_args(model_args)
+    result = api.tune(data, out=out, trials=trials, time_budget=time_budget, storage=storage, study_name=study_name,
+                      space=space, startup_trials=startup_trials, archive=archive, **options)
+    board = Table(title=f"study {result.study_name} ({result.monitor})", title_justify="left")
+    for name in ("trial", "state", "score", "params", "seconds"):
+        board.add_column(name, justify="right" if name in ("trial", "score", "seconds") else "left")
+    for row in result.trials[:TABLE_LIMIT]:
+        board.add_row(str(row["trial"]), row["state"].lower(), "" if row["score"] is None else f"{row['score']:.4f}",
+                      escape(", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                       for k, v in row["params"].items())),
+                      "" if row["seconds"] is None else f"{row['seconds']:.1f}")
+    console.print(board)
+    if result.best is not None:
+        console.print(f"best: trial {result.best['trial']} ({result.monitor} {result.best['score']:.4f}); "
+                      f"config {result.out / 'best.yaml'}, model {result.out / 'best'}, page {result.out / 'tune.html'}")
+    if result.interrupted:
+        console.print(f"[yellow]interrupted; rerun the same command to resume the study in {result.storage}[/]")
+        raise typer.Exit(130)
+
+
 @app.command(epilog="Examples: imgclf ensemble runs/a runs/b runs/c --out runs/abc  |  "
                     "imgclf ensemble runs/a runs/b --out runs/ab --weights equal")
 def ensemble(

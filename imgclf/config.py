@@ -158,14 +158,19 @@ def _check_types(values: dict[str, Any]) -> None:
             raise ImgclfError(f"option {name}: expected {' or '.join(kinds)}, got {value!r}")
 
 
+def load_yaml_file(path: Path, option: str) -> Any:
+    """The YAML document in ``path`` (``--config``, ``--space``), or a one-line error naming ``option`` and the file."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ImgclfError(f"{option} {path}: no such file") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ImgclfError(f"{option} {path}: not valid YAML ({str(error).splitlines()[0]})") from None
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a config YAML; unknown keys are an error that names them, so typos do not pass silently."""
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ImgclfError(f"--config {path}: no such file") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ImgclfError(f"--config {path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    loaded = load_yaml_file(path, "--config")
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

@@ -13,9 +13,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from imgclf.config import TrainConfig, config_names, make_config
+from imgclf.config import TrainConfig, config_names, load_yaml_file, make_config
 from imgclf.errors import ImgclfError
 from imgclf.recipes import model_family
 
@@ -67,12 +65,7 @@ def default_space(resolved: TrainConfig, given: set[str]) -> Space:
 
 def read_space(path: Path, given: set[str]) -> Space:
     """The space in a YAML file, every entry checked (see :func:`check_space`)."""
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ImgclfError(f"--space {path}: no such file") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ImgclfError(f"--space {path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    loaded = load_yaml_file(path, "--space")
     if not isinstance(loaded, dict) or not loaded:
         raise ImgclfError(f"--space {path}: expected a mapping of option: {{low, high}} or {{choices: [...]}}")
     check_space(loaded, f"--space {path}", given)

@@ -19,6 +19,7 @@ import yaml
 
 from imgclf.data.augment_presets import PRESETS
 from imgclf.errors import ImgclfError
+from imgclf.thresholds import DEFAULT_GOAL, GOAL_HELP, parse_goal
 
 STRATEGIES = ("auto", "scratch", "probe", "finetune", "two-stage")
 OPTIMIZERS = ("adamw", "sgd")
@@ -31,7 +32,7 @@ RESIZE_POLICIES = ("squash", "crop", "pad")
 BACKENDS = ("torch", "tensorflow")
 
 
-PANELS = ("Run", "Model", "Data", "Schedule", "Machine")  # the groups of `imgclf train --help`, in this order
+PANELS = ("Run", "Model", "Data", "Labels", "Schedule", "Machine")  # the groups of `imgclf train --help`, in this order
 
 
 def option(default: Any, help: str, panel: str, *, choices: tuple[str, ...] = (), factory: Any = None) -> Any:
@@ -104,6 +105,12 @@ class TrainConfig:
     class_weights: str = option("none", "Loss weights per class (auto: inverse frequency).", "Data",
                                 choices=CLASS_WEIGHTS)
     balanced_sampling: bool = option(False, "Draw classes equally often.", "Data")
+    positive: str | None = option(None, "The positive class of a binary decision (default: with two classes, the "
+                                  "second in sorted order).", "Labels")
+    threshold_for: str = option(DEFAULT_GOAL, f"Where binary and multi-label models decide yes, chosen on val: {GOAL_HELP}.",
+                                "Labels")
+    label_depth: int | None = option(None, "Train on category paths (animals/dog/puppy) cut to this many levels.",
+                                     "Labels")
     early_stopping: int | None = option(None, "Stop after this many epochs without improvement.", "Schedule")
     monitor: str = option("val_accuracy", "What early stopping and the best checkpoint watch.", "Schedule",
                           choices=MONITORS)
@@ -218,6 +225,9 @@ def validate(config: TrainConfig) -> None:
     _positive("grad_clip", config.grad_clip)
     if config.early_stopping is not None and config.early_stopping < 1:
         raise ImgclfError(f"--early-stopping is a patience in epochs, at least 1; got {config.early_stopping}")
+    parse_goal(config.threshold_for)
+    if config.label_depth is not None and config.label_depth < 1:
+        raise ImgclfError(f"--label-depth is a number of category levels, at least 1; got {config.label_depth}")
     if config.label_smoothing is not None and config.label_smoothing >= 1:
         raise ImgclfError(f"--label-smoothing must be below 1, got {config.label_smoothing:g}")
     if config.time_budget is not None:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from imgclf.deploy.thresholds import ThresholdGoal, choose_threshold, parse_goal
 from imgclf.errors import ImgclfError
+from imgclf.thresholds import ThresholdGoal, choose_threshold, parse_goal
 
 
 def _scores(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -47,6 +47,11 @@ class BundleInfo:
     resize: str = "squash"
     tta: bool = False
     temperature: float = 1.0  # calibration: logits / temperature before the softmax (1: not calibrated)
+    # decisions: binary models say `positive` when its probability reaches thresholds[positive]; multi-label models
+    # say every label whose probability reaches its own threshold; chosen on val for `threshold_goal`
+    positive: str | None = None
+    thresholds: dict[str, float] = field(default_factory=dict)
+    threshold_goal: str = ""
     backend: str = "torch"
     format_version: int = BUNDLE_FORMAT
     imgclf_version: str = ""

@@ -90,12 +90,22 @@ def torchrun_command(nproc: int, arguments: Sequence[str]) -> list[str]:
             "-m", "imgclf", *arguments]
 
 
-def launch(nproc: int, arguments: Sequence[str]) -> int:
-    """Run ``imgclf ARGUMENTS`` under torchrun with ``nproc`` processes; its exit code.
+def without_nproc(arguments: Sequence[str]) -> list[str]:
+    """``arguments`` less ``--nproc N`` / ``--nproc=N``: what each torchrun child runs (it must not launch again)."""
+    kept: list[str] = []
+    skip = False
+    for argument in arguments:
+        if skip:
+            skip = False
+        elif argument == "--nproc":
+            skip = True
+        elif not argument.startswith("--nproc="):
+            kept.append(argument)
+    return kept
 
-    The arguments must no longer contain ``--nproc`` (the children would
-    launch again).
-    """
+
+def launch(nproc: int, arguments: Sequence[str]) -> int:
+    """Run ``imgclf ARGUMENTS`` (this command line, ``--nproc`` removed) as ``nproc`` torchrun processes; the exit code."""
     if current_world().is_distributed:
         raise ImgclfError("--nproc is for starting a run; this process is already one rank of a torchrun job")
-    return subprocess.call(torchrun_command(nproc, arguments))
+    return subprocess.call(torchrun_command(nproc, without_nproc(arguments)))

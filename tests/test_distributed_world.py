@@ -2,7 +2,7 @@
 
 import pytest
 
-from imgclf.distributed import World, current_world, torchrun_command
+from imgclf.distributed import World, current_world, torchrun_command, without_nproc
 from imgclf.errors import ImgclfError
 
 
@@ -32,3 +32,8 @@ def test_nproc_below_one_is_a_one_line_error():
     with pytest.raises(ImgclfError, match="--nproc 0"):
         torchrun_command(0, ["train", "data"])
     assert torchrun_command(2, ["train", "data"])[-3:] == ["imgclf", "train", "data"]
+
+
+def test_children_run_the_command_line_without_nproc():
+    assert without_nproc(["train", "data", "--nproc", "2", "--epochs", "1"]) == ["train", "data", "--epochs", "1"]
+    assert without_nproc(["predict", "--nproc=4", "m", "x.jpg"]) == ["predict", "m", "x.jpg"]

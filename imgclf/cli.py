@@ -392,6 +392,7 @@ def compare(
     image_size: Annotated[Optional[int], Opt(help="Input side in pixels (default: from the data).")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Images per step (default: the model's recipe).")] = None,
     augment: Annotated[Optional[str], Opt(help=f"Augmentation preset: {', '.join(PRESETS)}.")] = None,
+    label_depth: Annotated[Optional[int], Opt(help="Train on category paths (animals/dog) cut to this many levels.")] = None,
     seed: Seed = 0,
     out: Annotated[Optional[Path], Opt(help="Folder for the runs and comparison.html (default: compare-<data>).")] = None,
     overwrite: Annotated[bool, Opt(help="Replace earlier runs in --out.")] = False,
@@ -399,7 +400,7 @@ def compare(
 ) -> None:
     """Train the same network with the same recipe, seed and split on each backend and compare them."""
     options = {name: value for name, value in (("image_size", image_size), ("batch_size", batch_size),
-                                               ("augment", augment)) if value is not None}
+                                               ("augment", augment), ("label_depth", label_depth)) if value is not None}
     result = api.compare(data, backends=backends, model=model, epochs=epochs, out=out, overwrite=overwrite,
                          archive=archive, seed=seed, **options)
     table = Table(title=f"{model}: {' vs '.join(item.backend for item in result.results)}")

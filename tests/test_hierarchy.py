@@ -8,6 +8,7 @@ sure of ``cool`` but not of which leaf: the case --min-confidence backs off.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 from pathlib import Path
@@ -99,13 +100,25 @@ def test_serve_answers_with_the_path(run: Path, tree: Path) -> None:
     assert [level["label"] for level in levels] == ["warm", "warm/red"] and levels[0]["depth"] == 1
 
 
-def test_label_depth_trains_on_the_cut_labels_and_evaluates_full_paths(tree: Path, tmp_path: Path) -> None:
+KERAS = ["--backend", "tensorflow", "--model", "tutorial-cnn", "--image-size", "16", "--batch-size", "8",
+         "--workers", "1"]
+NO_TENSORFLOW = importlib.util.find_spec("tensorflow") is None  # find_spec: importing it here would crash (keras_setup)
+
+
+@pytest.mark.parametrize("engine", [
+    pytest.param(TINY, id="torch"),
+    pytest.param(KERAS, id="keras", marks=pytest.mark.skipif(NO_TENSORFLOW, reason="the TensorFlow extra is not installed")),
+])
+def test_label_depth_trains_on_the_cut_labels_and_evaluates_full_paths(engine: list[str], tree: Path,
+                                                                       tmp_path: Path) -> None:
     result = run_cli("train", str(tree), "--out", str(tmp_path / "run"), "--epochs", "1", "--label-depth", "1",
-                     *TINY)
+                     *engine)
     assert result.returncode == 0, result.stderr
     info = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
     assert info["classes"] == ["cool", "warm"] and info["config"]["label_depth"] == 1
-    metrics = imgclf.evaluate(tmp_path / "run", tree, split="all", out=tmp_path / "evaluation").metrics
+    evaluated = run_cli("evaluate", str(tmp_path / "run"), str(tree), "--split", "all", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads(evaluated.stdout)
     assert metrics["images"] == 4 * 16 and "levels" not in metrics and set(metrics["per_class"]) == {"cool", "warm"}
 
 

@@ -116,7 +116,8 @@ def test_label_depth_trains_on_the_cut_labels_and_evaluates_full_paths(engine: l
     assert result.returncode == 0, result.stderr
     info = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
     assert info["classes"] == ["cool", "warm"] and info["config"]["label_depth"] == 1
-    evaluated = run_cli("evaluate", str(tmp_path / "run"), str(tree), "--split", "all", "--json")
+    evaluated = run_cli("evaluate", str(tmp_path / "run"), str(tree), "--split", "all", "--json",
+                        "--out", str(tmp_path / "evaluation"))
     assert evaluated.returncode == 0, evaluated.stderr
     metrics = json.loads(evaluated.stdout)
     assert metrics["images"] == 4 * 16 and "levels" not in metrics and set(metrics["per_class"]) == {"cool", "warm"}

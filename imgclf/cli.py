@@ -304,7 +304,8 @@ def predict(
     inputs: Annotated[list[str], typer.Argument(help="Files, folders, globs, @list.txt, or - for paths on stdin.",
                                                 show_default=False)],
     top_k: Annotated[int, Opt(help="Classes per image.")] = 5,
-    min_confidence: Annotated[float, Opt(help="Answer 'unknown' below this top probability.")] = 0.0,
+    min_confidence: Annotated[float, Opt(help="Answer 'unknown' below this top probability (multi-label: say no "
+                                              "label below it, whatever its threshold).")] = 0.0,
     output_format: Annotated[Optional[str], Opt("--format", help="csv, json or jsonl (default: a table for a few "
                                                                   "images, else from --out's suffix).")] = None,
     out: Annotated[Optional[Path], Opt(help="File for the predictions (default: stdout).")] = None,
@@ -330,7 +331,8 @@ def predict(
     if output_format is None:
         _print_prediction_tables(list(rows))
         return
-    with open_writer(output_format, out, read_bundle_info(find_bundle(model)).classes) as write:
+    info = read_bundle_info(find_bundle(model))
+    with open_writer(output_format, out, info.classes, info.multilabel) as write:
         _stream_predictions(rows, write, len(paths))
 
 
@@ -339,11 +341,15 @@ def _print_prediction_tables(rows: list[PredictionRow]) -> None:
         if row.error:
             console.print(f"[red]{row.path}: {row.error}[/]")
             continue
-        table = Table(title=f"{row.path} → [bold]{row.prediction}[/]", title_justify="left")
+        answer = row.prediction if row.labels is None else ", ".join(row.labels) or "(no label)"
+        table = Table(title=f"{row.path} → [bold]{escape(answer)}[/]", title_justify="left")
         table.add_column("class")
         table.add_column("probability", justify="right")
+        if row.labels is not None:
+            table.add_column("said", justify="center")
         for name, probability in row.top:
-            table.add_row(name, f"{probability:.2%}")
+            said = ["yes" if name in row.labels else ""] if row.labels is not None else []
+            table.add_row(escape(name), f"{probability:.2%}", *said)
         console.print(table)
 
 

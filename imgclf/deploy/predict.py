@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.data.decode import ResizePolicy, decode_file
-from imgclf.data.sources import IMAGE_EXTENSIONS
+from imgclf.data.sources import IMAGE_EXTENSIONS, MULTILABEL_SEPARATOR
 from imgclf.data.workers import run_in_workers
 from imgclf.errors import ImgclfError
 
@@ -37,17 +37,21 @@ class PredictionRow:
     probabilities: np.ndarray | None = None  # over every class, in the model's class order
     error: str = ""
     min_confidence: float = 0.0
+    labels: list[str] | None = None  # a multi-label model's answer: every label at or above its threshold
 
     @property
     def prediction(self) -> str:
         if self.error or not self.top:
             return ""
+        if self.labels is not None:  # written as a manifest's labels cell: "cat|dog" ("" when none is said)
+            return MULTILABEL_SEPARATOR.join(self.labels)
         label, probability = self.top[0]
         return label if probability >= self.min_confidence else UNKNOWN
 
     @property
     def confidence(self) -> float | None:
-        return self.top[0][1] if self.top else None
+        """The top class's probability (single-label; a multi-label answer has one probability per label)."""
+        return self.top[0][1] if self.top and self.labels is None else None
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:

@@ -56,9 +56,11 @@ class ClassProbability(BaseModel):
 
 class ImagePrediction(BaseModel):
     name: str = Field(description="The file name of the part, or 'body' for a raw body.")
-    prediction: str
-    confidence: float
+    prediction: str = Field(description="The top class; for a multi-label model its chosen labels as 'a|b'.")
+    confidence: float | None = Field(description="The top class's probability (null for a multi-label model).")
     top_k: list[ClassProbability]
+    labels: list[str] | None = Field(None, description="A multi-label model's answer: every label at or above its "
+                                                       "threshold, most probable first (absent otherwise).")
 
 
 class PredictResponse(BaseModel):
@@ -170,7 +172,7 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
         metrics.images.inc(len(pixels))
         k = min(top_k, len(classifier.classes))
         return {"model": name, "runtime": runtime,
-                "predictions": [_ranked(upload.name, row, classifier.classes, k)
+                "predictions": [_ranked(upload.name, row, classifier, k)
                                 for upload, row in zip(uploads, probabilities)]}
 
     explain_lock = threading.Lock()  # one Grad-CAM at a time: it hooks the model's layer while it runs
@@ -231,9 +233,12 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
     return app
 
 
-def _ranked(name: str, row: np.ndarray, classes: list[str], k: int) -> dict[str, Any]:
+def _ranked(name: str, row: np.ndarray, classifier: Any, k: int) -> dict[str, Any]:
     order = np.argsort(-row, kind="stable")[:k]
-    top = [{"class": classes[i], "probability": float(row[i])} for i in order]
+    top = [{"class": classifier.classes[i], "probability": float(row[i])} for i in order]
+    if classifier.info.multilabel:  # the decision is the Classifier's, as for predict
+        labels = classifier.chosen_labels(row)
+        return {"name": name, "prediction": "|".join(labels), "confidence": None, "top_k": top, "labels": labels}
     return {"name": name, "prediction": top[0]["class"], "confidence": top[0]["probability"], "top_k": top}
 
 

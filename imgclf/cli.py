@@ -32,6 +32,7 @@ from imgclf.version import __version__
 
 if TYPE_CHECKING:
     from imgclf.deploy.predict import PredictionRow
+    from imgclf.evaluation.evaluate import Evaluation
 
 app = typer.Typer(
     name="imgclf",
@@ -273,6 +274,36 @@ def evaluate(
         print(json.dumps(result.metrics, indent=2))
         return
     metrics = result.metrics
+    if metrics.get("multilabel"):
+        _print_multilabel_metrics(result)
+    else:
+        _print_single_label_metrics(result)
+    if label_issues or folds:
+        console.print(f"likely label errors: {len(result.label_issues)} (list: {result.out / 'label_issues.csv'})")
+    console.print(f"wrote {result.out / 'metrics.json'} and pictures in {result.out}")
+
+
+def _print_multilabel_metrics(result: Evaluation) -> None:
+    metrics = result.metrics
+    table = Table(title=f"{metrics['images']:,} images ({result.split}), labels at their thresholds "
+                        f"({escape(str(metrics['threshold_goal']))})")
+    for name in ("label", "AP", "threshold", "precision", "recall", "F1", "support"):
+        table.add_column(name, justify="left" if name == "label" else "right")
+    for name, row in metrics["per_label"].items():
+        ap = "" if row["average_precision"] is None else f"{row['average_precision']:.3f}"
+        table.add_row(escape(name), ap, f"{row['threshold']:.3f}", f"{row['precision']:.3f}", f"{row['recall']:.3f}",
+                      f"{row['f1']:.3f}", f"{row['support']:,}")
+    console.print(table)
+    half, cardinality = metrics["at_0.5"], metrics["label_cardinality"]
+    console.print(f"mAP {metrics['mean_average_precision'] or 0:.4f}  micro-F1 {metrics['micro_f1']:.4f} "
+                  f"(at 0.5: {half['micro_f1']:.4f})  macro-F1 {metrics['macro_f1']:.4f}  samples-F1 "
+                  f"{metrics['samples_f1']:.4f}  subset accuracy {metrics['subset_accuracy']:.2%} (at 0.5: "
+                  f"{half['subset_accuracy']:.2%})  Hamming loss {metrics['hamming_loss']:.4f}  labels per image "
+                  f"{cardinality['predicted']:.2f} said / {cardinality['true']:.2f} true")
+
+
+def _print_single_label_metrics(result: Evaluation) -> None:
+    metrics = result.metrics
     table = Table(title=f"{metrics['images']:,} images ({result.split})")
     table.add_column("class")
     for name in ("precision", "recall", "F1", "support"):
@@ -292,9 +323,6 @@ def evaluate(
     console.print("  ".join(extras))
     for pair in metrics["most_confused"][:3]:
         console.print(f"confused: {pair['true']} → {pair['predicted']} ({pair['count']})")
-    if label_issues or folds:
-        console.print(f"likely label errors: {len(result.label_issues)} (list: {result.out / 'label_issues.csv'})")
-    console.print(f"wrote {result.out / 'metrics.json'} and pictures in {result.out}")
 
 
 @app.command(epilog="Examples: imgclf predict runs/shop cat.jpg  |  imgclf predict runs/shop photos/ --out preds.csv  |  "

@@ -110,6 +110,14 @@ def _print_report(result: api.InspectResult) -> None:
         console.print(f"sizes: width {width['min']}-{width['max']} (median {width['median']:g}), "
                       f"height {height['min']}-{height['max']} (median {height['median']:g}); "
                       f"modes: {', '.join(f'{mode} {count:,}' for mode, count in report.modes.items())}")
+    if report.label_sets is not None:
+        per_image = ", ".join(f"{count}: {images:,}" for count, images in report.label_sets["labels_per_image"].items())
+        console.print(f"multi-label: images per number of labels {per_image}")
+        pairs = report.label_sets["top_pairs"]
+        if pairs:
+            console.print("labels most often together: " + ", ".join(
+                f"{escape(first)} + {escape(second)} {pair['images']:,}"
+                for pair in pairs for first, second in [pair["labels"]]), soft_wrap=True)
     if report.ignored:
         console.print(f"ignored {len(report.ignored)} file(s) that are not images inside class folders")
     for warning in report.warnings:  # one line each, however long: they name files, which may hold [brackets]

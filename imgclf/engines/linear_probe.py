@@ -15,6 +15,7 @@ bundle.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,7 +104,9 @@ def fit_label_heads(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray 
     for regularisation in grid:
         solver = OneVsRestClassifier(LogisticRegression(C=regularisation, max_iter=2000,
                                                         class_weight="balanced" if balanced else None))
-        solver.fit(standard, train_y)
+        with warnings.catch_warnings():  # a label on every image is handled by _label_rows, not worth a warning
+            warnings.filterwarnings("ignore", message="Label .* is present in all training examples")
+            solver.fit(standard, train_y)
         weight, bias = _label_rows(solver, train_y)
         weight, bias = weight / scale, bias - (weight / scale) @ centre
         score = _mean_average_precision(val_x @ weight.T + bias, val_y) if has_val else 0.0  # type: ignore[operator]

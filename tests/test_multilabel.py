@@ -151,6 +151,8 @@ def test_onnx_export_of_a_sigmoid_model_keeps_parity(run: Path, manifest: Path) 
     images = sorted((manifest.parent / "img").glob("*.png"))[:6]
     on_onnx, on_torch = imgclf.load(run, runtime="onnx"), imgclf.load(run, runtime="torch", precision="fp32")
     np.testing.assert_allclose(on_onnx.predict_proba(images), on_torch.predict_proba(images), atol=1e-4)
+    with pytest.raises(ImgclfError, match="--quantize int8 is checked by single-label accuracy"):
+        imgclf.export(run, "onnx", quantize="int8")
 
 
 def test_inspect_shows_label_counts_and_cooccurrence(manifest: Path, tmp_path: Path) -> None:
@@ -197,3 +199,5 @@ def test_keras_engine_trains_multilabel_with_thresholds(manifest: Path, tmp_path
     assert all(row.labels is not None and not row.error for row in rows)
     probabilities = rows[0].probabilities
     assert probabilities is not None and not np.isclose(probabilities.sum(), 1.0)  # independent sigmoids
+    exported = imgclf.export(tmp_path / "keras", "tflite")  # parity-checked on sigmoid probabilities
+    assert json.loads(Path(str(exported.path) + ".json").read_text())["output"]["activation"] == "sigmoid"

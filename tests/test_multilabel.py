@@ -173,7 +173,7 @@ def test_an_empty_label_set_is_one_line_naming_the_csv_row_and_what_to_write(tmp
         with pytest.raises(ImgclfError, match=re.escape(f"{tmp_path / 'labels.csv'}:3: the labels cell of a.png")):
             read_manifest(tmp_path / "labels.csv")
     (tmp_path / "labels.csv").write_text("path,labels\na.png,red\na.png,|\n")
-    result = run_cli("train", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "run"))
+    result = run_cli("train", str(tmp_path / "labels.csv"), "--dry-run")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert f"{tmp_path / 'labels.csv'}:3" in result.stderr and "separated by |" in result.stderr
 

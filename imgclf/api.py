@@ -201,7 +201,7 @@ def _reported(run: TrainResult) -> TrainResult:
     """Write the run's ``report.html`` once it finished (workflows that train many runs call training directly)."""
     from imgclf.evaluation.run_report import report_run
 
-    if not run.interrupted and not run.multilabel:
+    if not run.interrupted:
         page, _ = report_run(run.run_dir)
         console.print(f"report: {page}")
     return run

@@ -33,6 +33,7 @@ from imgclf.version import __version__
 
 if TYPE_CHECKING:
     from imgclf.deploy.predict import PredictionRow
+    from imgclf.evaluation.evaluate import Evaluation
 
 app = typer.Typer(
     name="imgclf",
@@ -112,6 +113,14 @@ def _print_report(result: api.InspectResult) -> None:
         console.print(f"sizes: width {width['min']}-{width['max']} (median {width['median']:g}), "
                       f"height {height['min']}-{height['max']} (median {height['median']:g}); "
                       f"modes: {', '.join(f'{mode} {count:,}' for mode, count in report.modes.items())}")
+    if report.label_sets is not None:
+        per_image = ", ".join(f"{count}: {images:,}" for count, images in report.label_sets["labels_per_image"].items())
+        console.print(f"multi-label: images per number of labels {per_image}")
+        pairs = report.label_sets["top_pairs"]
+        if pairs:
+            console.print("labels most often together: " + ", ".join(
+                f"{escape(first)} + {escape(second)} {pair['images']:,}"
+                for pair in pairs for first, second in [pair["labels"]]), soft_wrap=True)
     if report.ignored:
         console.print(f"ignored {len(report.ignored)} file(s) that are not images inside class folders")
     for warning in report.warnings:  # one line each, however long: they name files, which may hold [brackets]
@@ -286,6 +295,36 @@ def evaluate(
         print(json.dumps(result.metrics, indent=2))
         return
     metrics = result.metrics
+    if metrics.get("multilabel"):
+        _print_multilabel_metrics(result)
+    else:
+        _print_single_label_metrics(result)
+    if label_issues or folds:
+        console.print(f"likely label errors: {len(result.label_issues)} (list: {result.out / 'label_issues.csv'})")
+    console.print(f"wrote {result.out / 'metrics.json'} and pictures in {result.out}")
+
+
+def _print_multilabel_metrics(result: Evaluation) -> None:
+    metrics = result.metrics
+    table = Table(title=f"{metrics['images']:,} images ({result.split}), labels at their thresholds "
+                        f"({escape(str(metrics['threshold_goal']))})")
+    for name in ("label", "AP", "threshold", "precision", "recall", "F1", "support"):
+        table.add_column(name, justify="left" if name == "label" else "right")
+    for name, row in metrics["per_label"].items():
+        ap = "" if row["average_precision"] is None else f"{row['average_precision']:.3f}"
+        table.add_row(escape(name), ap, f"{row['threshold']:.3f}", f"{row['precision']:.3f}", f"{row['recall']:.3f}",
+                      f"{row['f1']:.3f}", f"{row['support']:,}")
+    console.print(table)
+    half, cardinality = metrics["at_0.5"], metrics["label_cardinality"]
+    console.print(f"mAP {metrics['mean_average_precision'] or 0:.4f}  micro-F1 {metrics['micro_f1']:.4f} "
+                  f"(at 0.5: {half['micro_f1']:.4f})  macro-F1 {metrics['macro_f1']:.4f}  samples-F1 "
+                  f"{metrics['samples_f1']:.4f}  subset accuracy {metrics['subset_accuracy']:.2%} (at 0.5: "
+                  f"{half['subset_accuracy']:.2%})  Hamming loss {metrics['hamming_loss']:.4f}  labels per image "
+                  f"{cardinality['predicted']:.2f} said / {cardinality['true']:.2f} true")
+
+
+def _print_single_label_metrics(result: Evaluation) -> None:
+    metrics = result.metrics
     table = Table(title=f"{metrics['images']:,} images ({result.split})")
     table.add_column("class")
     for name in ("precision", "recall", "F1", "support"):
@@ -308,9 +347,6 @@ def evaluate(
                       f"macro F1 {level['macro_f1']:.3f}")
     for pair in metrics["most_confused"][:3]:
         console.print(f"confused: {pair['true']} → {pair['predicted']} ({pair['count']})")
-    if label_issues or folds:
-        console.print(f"likely label errors: {len(result.label_issues)} (list: {result.out / 'label_issues.csv'})")
-    console.print(f"wrote {result.out / 'metrics.json'} and pictures in {result.out}")
 
 
 @app.command(epilog="Examples: imgclf predict runs/shop cat.jpg  |  imgclf predict runs/shop photos/ --out preds.csv  |  "
@@ -321,7 +357,8 @@ def predict(
                                                 show_default=False)],
     top_k: Annotated[int, Opt(help="Classes per image.")] = 5,
     min_confidence: Annotated[float, Opt(help="Answer 'unknown' below this top probability (a category model: the "
-                                              "deepest level at least this sure, e.g. Fruit/Apple).")] = 0.0,
+                                              "deepest level at least this sure, e.g. Fruit/Apple; multi-label: say "
+                                              "no label below it, whatever its threshold).")] = 0.0,
     output_format: Annotated[Optional[str], Opt("--format", help="csv, json or jsonl (default: a table for a few "
                                                                   "images, else from --out's suffix).")] = None,
     out: Annotated[Optional[Path], Opt(help="File for the predictions (default: stdout).")] = None,
@@ -347,7 +384,8 @@ def predict(
     if output_format is None:
         _print_prediction_tables(list(rows))
         return
-    with open_writer(output_format, out, read_bundle_info(find_bundle(model)).classes) as write:
+    info = read_bundle_info(find_bundle(model))
+    with open_writer(output_format, out, info.classes, info.multilabel) as write:
         _stream_predictions(rows, write, len(paths))
 
 
@@ -356,13 +394,17 @@ def _print_prediction_tables(rows: list[PredictionRow]) -> None:
         if row.error:
             console.print(f"[red]{row.path}: {row.error}[/]")
             continue
+        answer = row.prediction if row.labels is None else ", ".join(row.labels) or "(no label)"
         path = "  ›  ".join(f"{escape(level.label.rpartition('/')[2])} {level.probability:.0%}" for level in row.levels)
-        table = Table(title=f"{row.path} → [bold]{row.prediction}[/]", title_justify="left",
+        table = Table(title=f"{row.path} → [bold]{escape(answer)}[/]", title_justify="left",
                       caption=path or None, caption_justify="left")
         table.add_column("class")
         table.add_column("probability", justify="right")
+        if row.labels is not None:
+            table.add_column("said", justify="center")
         for name, probability in row.top:
-            table.add_row(name, f"{probability:.2%}")
+            said = ["yes" if name in row.labels else ""] if row.labels is not None else []
+            table.add_row(escape(name), f"{probability:.2%}", *said)
         console.print(table)
 
 

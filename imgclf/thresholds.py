@@ -107,3 +107,16 @@ def _choice_at(scores: np.ndarray, truth: np.ndarray, threshold: float, met: boo
     recall = true_positives / max(float(truth.sum()), 1.0)
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     return ThresholdChoice(threshold=threshold, precision=precision, recall=recall, f1=f1, met=met)
+
+
+def choose_label_thresholds(probabilities: np.ndarray, truth: np.ndarray, classes: list[str],
+                            goal: ThresholdGoal) -> dict[str, ThresholdChoice]:
+    """A multi-label model's decisions: :func:`choose_threshold` on each label's column of (N, K) ``probabilities``.
+
+    Labels are independent yes/no questions, so each gets the threshold that
+    meets the goal for its own column of ``truth`` (0/1, (N, K)); a rare
+    label usually wants a bar well below 0.5.
+    """
+    truth = np.asarray(truth)
+    return {name: choose_threshold(probabilities[:, index], truth[:, index], goal)
+            for index, name in enumerate(classes)}

@@ -122,6 +122,7 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
         return TrainResult(run.path, None, config, result.history, {}, interrupted=True)
     model_dir = _write_bundle(run, config, engine, data, {})
     calibration = _calibrate(model_dir, data)  # before scoring: val/test losses are the calibrated model's
+    calibration.update(_choose_label_thresholds(model_dir, data, config))  # after calibration, on what users get
     metrics = _final_metrics(engine, data, result, model_dir, calibration)
     _print_summary(run, config, result, metrics)
     return TrainResult(run.path, model_dir, config, result.history, metrics, multilabel=data.multilabel)
@@ -215,6 +216,32 @@ def _calibrate(model_dir: Path, data: TrainingData) -> dict[str, Any]:
     return {"calibration": asdict(calibration)}
 
 
+def _choose_label_thresholds(model_dir: Path, data: TrainingData, config: TrainConfig) -> dict[str, Any]:
+    """A multi-label bundle's per-label thresholds, chosen on val for ``--threshold-for`` (0.5 without val).
+
+    Multi-label models are not temperature-scaled (:func:`_calibrate`): one
+    temperature moves no label's ranking, and each label's threshold is
+    chosen on the probabilities exactly as the bundle will give them.
+    """
+    from imgclf.deploy.bundle import write_bundle_thresholds
+    from imgclf.deploy.classifier import Classifier
+    from imgclf.thresholds import choose_label_thresholds, parse_goal
+
+    val = data.rows["val"]
+    if not data.multilabel or not len(val):
+        return {}
+    goal = parse_goal(config.threshold_for)
+    classifier = Classifier.load(model_dir)
+    probabilities = np.concatenate([classifier.predict_pixels(np.asarray(data.pixels[val[start:start + 64]]))
+                                    for start in range(0, len(val), 64)])
+    choices = choose_label_thresholds(probabilities, data.targets[val].numpy(), data.classes, goal)
+    write_bundle_thresholds(model_dir, {name: round(choice.threshold, 6) for name, choice in choices.items()},
+                            str(goal))
+    return {"thresholds": {name: {"threshold": round(choice.threshold, 6), "precision": round(choice.precision, 6),
+                                  "recall": round(choice.recall, 6), "f1": round(choice.f1, 6), "met": choice.met}
+                           for name, choice in choices.items()}, "threshold_goal": str(goal)}
+
+
 def _print_summary(run: RunDirectory, config: TrainConfig, result: FitResult, metrics: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -230,6 +257,11 @@ def _print_summary(run: RunDirectory, config: TrainConfig, result: FitResult, me
             tta = " (TTA)" if config.tta else ""
             table.add_row(f"{split} accuracy{tta}", f"{metrics[f'{split}_accuracy']:.2%} of {metrics[f'{split}_images']:,}")
             table.add_row(f"{split} loss", f"{metrics[f'{split}_loss']:.4f}")
+    if "thresholds" in metrics:
+        chosen = metrics["thresholds"]
+        table.add_row(f"label thresholds ({metrics['threshold_goal']}, val)",
+                      ", ".join(f"{name} {row['threshold']:.2f}" for name, row in list(chosen.items())[:6])
+                      + (", ..." if len(chosen) > 6 else ""))
     if "calibration" in metrics:
         calibration = metrics["calibration"]
         table.add_row("val ECE (temperature)", f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} "

@@ -265,7 +265,7 @@ def test_manifest_header_only_is_an_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("path,label\na.jpg,cat\nb.jpg,\n", r"m\.csv:3: no label for b\.jpg"),
-    ("path,labels\na.jpg,cat\nb.jpg,dog\nc.jpg, | \n", r"m\.csv:4: no label"),
+    ("path,labels\na.jpg,cat\nb.jpg,dog\nc.jpg, | \n", r"m\.csv:4: the labels cell of c\.jpg has no label"),
     ("path,label\n ,cat\n", r"m\.csv:2: empty path"),
     ("path,label,split\na.jpg,cat,train\nb.jpg,cat,holdout\n", r"m\.csv:3: split 'holdout'"),
     ("path,label\na.jpg,cat\n\nb.jpg,\n", r"m\.csv:4:"),  # file lines, counted past blank lines

@@ -4,7 +4,9 @@ Counts per class and split, image sizes and modes, broken files, exact
 duplicates inside a split (they over-weight some images) and across splits
 (leakage: the model is tested on images it trained on), the same image under
 two labels, class imbalance and, for path labels (``animals/dog``), the
-category tree with counts and the same name under two parents.
+category tree with counts and the same name under two parents. For
+multi-label data also how many labels an image carries and which labels
+come together (co-occurrence).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from imgclf.data.sources import UNSPLIT, ImageDataset, Item, label_histogram
 # A class with under a fifth of the largest class's images is flagged:
 # below that, an unweighted loss mostly ignores it.
 IMBALANCE_RATIO = 0.2
+TOP_PAIRS = 10  # label pairs listed by inspect for multi-label data
 
 
 @dataclass
@@ -59,10 +62,13 @@ class InspectReport:
     warnings: list[str] = field(default_factory=list)
     near_duplicates: list[dict] | None = None  # pairs from --near-duplicates, as JSON; None when not searched
     tree: dict[str, int] = field(default_factory=dict)  # path labels: images under every category path
+    label_sets: dict | None = None  # multi-label data: labels per image and co-occurrence (label_cooccurrence)
+    images: dict[str, int] = field(default_factory=dict)  # readable images per split
 
     @property
     def split_totals(self) -> dict[str, int]:
-        return {split: sum(row.get(split, 0) for row in self.counts.values()) for split in self.splits}
+        """Images per split (with multi-label data fewer than the sum of the label counts)."""
+        return {split: self.images.get(split, 0) for split in self.splits}
 
     def to_json(self) -> dict:
         return {
@@ -79,6 +85,7 @@ class InspectReport:
             "ignored_files": len(self.ignored),
             **({"near_duplicates": self.near_duplicates} if self.near_duplicates is not None else {}),
             **({"tree": self.tree} if self.tree else {}),
+            **({"label_sets": self.label_sets} if self.label_sets is not None else {}),
             "warnings": self.warnings,
         }
 
@@ -99,12 +106,33 @@ def inspect_dataset(dataset: ImageDataset, cache: ImageCache) -> InspectReport:
         broken=cache.broken(),
         duplicates=_duplicates(dataset.items, cache.digests, ok),
         ignored=dataset.ignored,
+        label_sets=label_cooccurrence(good_items, dataset.classes) if dataset.multilabel else None,
+        images=dict(Counter(item.split or UNSPLIT for item in good_items)),
     )
     hierarchical = not dataset.multilabel and label_tree(dataset.classes, dataset.source) is not None
     if hierarchical:
         report.tree = node_counts(label_histogram(good_items))
     report.warnings = _warnings(report, good_items) + (same_leaf_warnings(dataset.classes) if hierarchical else [])
     return report
+
+
+def label_cooccurrence(items: list[Item], classes: list[str]) -> dict:
+    """Multi-label data: images per number of labels, the label pairs most often together, the full matrix.
+
+    ``matrix[i][j]``: images carrying both ``classes[i]`` and ``classes[j]``
+    (the diagonal: images carrying ``classes[i]``).
+    """
+    index = {name: position for position, name in enumerate(classes)}
+    truth = np.zeros((len(items), len(classes)), dtype=np.int64)
+    for row, item in enumerate(items):
+        truth[row, [index[label] for label in item.labels]] = 1
+    matrix = truth.T @ truth
+    pairs = sorted(((int(matrix[i, j]), classes[i], classes[j]) for i in range(len(classes))
+                    for j in range(i + 1, len(classes)) if matrix[i, j]), key=lambda pair: (-pair[0], pair[1], pair[2]))
+    return {"labels_per_image": {str(count): int(images) for count, images in
+                                 sorted(Counter(truth.sum(axis=1).tolist()).items())},
+            "top_pairs": [{"labels": [first, second], "images": images} for images, first, second in pairs[:TOP_PAIRS]],
+            "matrix": matrix.tolist()}
 
 
 def _size_stats(widths: np.ndarray, heights: np.ndarray) -> dict[str, dict[str, float]]:

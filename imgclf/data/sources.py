@@ -255,6 +255,12 @@ def _manifest_item(csv_path: Path, row_number: int, row: dict[str, str], label_c
         labels = tuple(dict.fromkeys(part.strip() for part in raw_labels.split(MULTILABEL_SEPARATOR) if part.strip()))
     else:
         labels = (raw_labels,) if raw_labels else ()
+    if not labels and multilabel:
+        # an image with no label at all is refused rather than read as "none of them": an empty cell is far more
+        # often a row someone forgot than a deliberate negative; a real "none" is a label of its own
+        raise ImgclfError(f"{where}: the labels cell of {raw_path} has no label ({raw_labels!r}); write one or more "
+                          f"labels separated by {MULTILABEL_SEPARATOR} (e.g. cat{MULTILABEL_SEPARATOR}dog), "
+                          "or a label such as 'none' for an image that shows none of them")
     if not labels:
         raise ImgclfError(f"{where}: no label for {raw_path}; fill the {label_column} column")
     raw_split = (row.get("split") or "").strip().lower()

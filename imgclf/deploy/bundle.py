@@ -111,6 +111,13 @@ def write_bundle_metrics(directory: Path, metrics: dict[str, Any]) -> None:
     write_text_atomic(directory / MODEL_FILE, json.dumps(asdict(info), indent=2))
 
 
+def write_bundle_thresholds(directory: Path, thresholds: dict[str, float], goal: str) -> None:
+    """Store decision thresholds (label -> threshold, chosen for ``goal``) in a written bundle's ``model.json``."""
+    info = read_bundle_info(directory)
+    info.thresholds, info.threshold_goal = dict(thresholds), goal
+    write_text_atomic(directory / MODEL_FILE, json.dumps(asdict(info), indent=2))
+
+
 def find_bundle(path: str | Path) -> Path:
     """The bundle folder for a bundle path or a run directory (``RUN/model``)."""
     path = Path(path)

@@ -112,7 +112,7 @@ class Classifier:
         clipped = np.clip(probabilities.astype(np.float64), eps, 1.0 - eps)
         if self.info.multilabel:
             loss = -np.mean(targets * np.log(clipped) + (1 - targets) * np.log(1 - clipped))
-            correct = ((probabilities > 0.5) == (targets > 0.5)).all(axis=1)
+            correct = (self.label_decisions(probabilities) == (targets > 0.5)).all(axis=1)
         else:
             loss = -np.mean(np.log(clipped[np.arange(len(targets)), targets]))
             correct = probabilities.argmax(axis=1) == targets
@@ -124,6 +124,24 @@ class Classifier:
                    for start in range(0, len(images), batch_size)]
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), dtype=np.float32)
 
+    # ----------------------------------------------------------------- multi-label decisions
+    def label_thresholds(self) -> np.ndarray:
+        """(classes,) where a multi-label model says each label: the bundle's tuned thresholds, else 0.5."""
+        return np.array([self.info.thresholds.get(name, 0.5) for name in self.classes], dtype=np.float64)
+
+    def label_decisions(self, probabilities: np.ndarray, min_confidence: float = 0.0) -> np.ndarray:
+        """(N, classes) booleans of a multi-label model: a label is said when its probability reaches its threshold.
+
+        ``min_confidence`` is a floor on every label's bar (``--min-confidence``
+        means per label here): it can make the model say less, never more.
+        """
+        return np.asarray(probabilities) >= np.maximum(self.label_thresholds(), min_confidence)[None, :]
+
+    def chosen_labels(self, probabilities: np.ndarray, min_confidence: float = 0.0) -> list[str]:
+        """The labels one (classes,) probability row says, most probable first (an empty list is an answer)."""
+        said = self.label_decisions(probabilities[None, :], min_confidence)[0]
+        return [self.classes[i] for i in np.argsort(-probabilities, kind="stable") if said[i]]
+
     def predict_files(self, paths: Sequence[Path], *, top_k: int = 5, min_confidence: float = 0.0,
                       batch_size: int = 64, workers: int | None = None) -> Iterator[PredictionRow]:
         """One :class:`PredictionRow` per path, in order, streamed; unreadable files give error rows."""
@@ -133,8 +151,9 @@ class Classifier:
                 yield PredictionRow(str(path), error=error)
                 continue
             order = np.argsort(-row, kind="stable")[:k]
+            labels = self.chosen_labels(row, min_confidence) if self.info.multilabel else None
             yield PredictionRow(str(path), top=[(self.classes[i], float(row[i])) for i in order],
-                                probabilities=row, min_confidence=min_confidence,
+                                probabilities=row, min_confidence=min_confidence, labels=labels,
                                 levels=self.hierarchy.levels(row) if self.hierarchy else [])
 
     def file_probabilities(self, paths: Sequence[Path], batch_size: int = 64, workers: int | None = None

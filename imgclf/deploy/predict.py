@@ -21,7 +21,7 @@ import numpy as np
 
 from imgclf.data.decode import ResizePolicy, decode_file
 from imgclf.data.hierarchy import Hierarchy, LevelSuggestion
-from imgclf.data.sources import IMAGE_EXTENSIONS
+from imgclf.data.sources import IMAGE_EXTENSIONS, MULTILABEL_SEPARATOR
 from imgclf.data.workers import run_in_workers
 from imgclf.errors import ImgclfError
 
@@ -40,12 +40,15 @@ class PredictionRow:
     min_confidence: float = 0.0
     # a hierarchical model's path from the top down, a probability per level (the sum of its leaves')
     levels: list[LevelSuggestion] = field(default_factory=list)
+    labels: list[str] | None = None  # a multi-label model's answer: every label at or above its threshold
 
     @property
     def prediction(self) -> str:
         """The top class, or for a hierarchical model the deepest level of its path at least ``min_confidence`` sure."""
         if self.error or not self.top:
             return ""
+        if self.labels is not None:  # written as a manifest's labels cell: "cat|dog" ("" when none is said)
+            return MULTILABEL_SEPARATOR.join(self.labels)
         if self.levels:
             answer = Hierarchy.back_off(self.levels, self.min_confidence)
             return answer.label if answer else UNKNOWN
@@ -54,7 +57,10 @@ class PredictionRow:
 
     @property
     def confidence(self) -> float | None:
-        """The predicted label's probability (the top level's when even that is unsure)."""
+        """The predicted label's probability (the top level's when even that is unsure; None for a multi-label
+        answer, which has one probability per label)."""
+        if self.labels is not None:
+            return None
         if self.levels:
             answer = Hierarchy.back_off(self.levels, self.min_confidence)
             return (answer or self.levels[0]).probability

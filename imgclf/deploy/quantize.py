@@ -69,6 +69,9 @@ class QuantizationReport:
 
 def labelled_images(directory: Path, info: BundleInfo, data: str | Path | None) -> LabelledImages:
     """Calibration images from the train split, validation images from val (else test, else all)."""
+    if info.multilabel:  # the int8 check compares top-1 accuracy, which says nothing about a label set
+        raise ImgclfError(f"--quantize int8 is checked by single-label accuracy; {directory} is a multi-label model: "
+                          "export it without --quantize (float exports keep parity)")
     run = RunDirectory(directory.parent)
     if data is not None:
         dataset = load_source(data)

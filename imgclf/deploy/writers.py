@@ -23,11 +23,18 @@ FORMATS = ("csv", "json", "jsonl")
 
 
 def row_record(row: PredictionRow, depth: int = 0) -> dict[str, Any]:
-    """The JSON form of one prediction; a hierarchical model's (``depth`` levels) adds ``level1``, ``level1_confidence``, ..."""
-    return {"path": row.path, "prediction": row.prediction or None, "confidence": row.confidence,
-            **level_cells(row, depth),
-            "top_k": [{"class": name, "probability": probability} for name, probability in row.top],
-            "error": row.error or None}
+    """The JSON form of one prediction (also what the REST API answers).
+
+    A hierarchical model's (``depth`` levels) adds ``level1``,
+    ``level1_confidence``, ...; a multi-label one adds ``labels``.
+    """
+    record = {"path": row.path, "prediction": row.prediction or None, "confidence": row.confidence,
+              **level_cells(row, depth),
+              "top_k": [{"class": name, "probability": probability} for name, probability in row.top],
+              "error": row.error or None}
+    if row.labels is not None:
+        record["labels"] = list(row.labels)
+    return record
 
 
 def level_cells(row: PredictionRow, depth: int) -> dict[str, Any]:
@@ -40,36 +47,42 @@ def level_cells(row: PredictionRow, depth: int) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def open_writer(output_format: str, out: Path | None, classes: list[str]) -> Iterator[Callable[[PredictionRow], None]]:
-    """A ``write(row)`` function for ``output_format``; the file is complete when the block exits cleanly."""
+def open_writer(output_format: str, out: Path | None, classes: list[str], multilabel: bool = False
+                ) -> Iterator[Callable[[PredictionRow], None]]:
+    """A ``write(row)`` function for ``output_format``; the file is complete when the block exits cleanly.
+
+    A multi-label model's CSV has a ``labels`` column (the chosen labels as
+    ``a|b``, the manifest's own spelling) instead of prediction and confidence.
+    """
     if output_format not in FORMATS:
         raise ImgclfError(f"--format '{output_format}' is not one of {', '.join(FORMATS)}")
     if out is None:
-        write, finish = _writer(output_format, sys.stdout, classes)
+        write, finish = _writer(output_format, sys.stdout, classes, multilabel)
         yield write
         finish()
         return
     with atomic_path(out) as partial, open(partial, "w", newline="", encoding="utf-8", errors=PATH_BYTES) as handle:
-        write, finish = _writer(output_format, handle, classes)
+        write, finish = _writer(output_format, handle, classes, multilabel)
         yield write
         finish()
 
 
-def _writer(output_format: str, handle: IO[str], classes: list[str]
+def _writer(output_format: str, handle: IO[str], classes: list[str], multilabel: bool
             ) -> tuple[Callable[[PredictionRow], None], Callable[[], None]]:
-    tree = label_tree(classes)
+    tree = None if multilabel else label_tree(classes)  # multi-label data is never read as a tree
     depth = tree.depth if tree else 0
     if output_format == "csv":
         table = csv.writer(handle)
-        table.writerow(["path", "prediction", "confidence", *level_columns(depth), *classes, "error"])
+        answer_columns = ["labels"] if multilabel else ["prediction", "confidence"]
+        table.writerow(["path", *answer_columns, *level_columns(depth), *classes, "error"])
 
         def write_csv(row: PredictionRow) -> None:
             probabilities = [] if row.probabilities is None else [f"{value:.6f}" for value in row.probabilities]
             confidence = "" if row.confidence is None else f"{row.confidence:.6f}"
             levels = ["" if value is None else f"{value:.6f}" if isinstance(value, float) else value
                       for value in level_cells(row, depth).values()]
-            table.writerow([row.path, row.prediction, confidence, *levels, *(probabilities or [""] * len(classes)),
-                            row.error])
+            answer = [row.prediction] if multilabel else [row.prediction, confidence]
+            table.writerow([row.path, *answer, *levels, *(probabilities or [""] * len(classes)), row.error])
 
         return write_csv, lambda: None
     if output_format == "jsonl":

@@ -64,17 +64,18 @@ def keras_normalisation(channels: int) -> tuple[tuple[float, ...], tuple[float, 
 
 
 class CacheBatches(keras.utils.PyDataset):
-    """The shared :class:`BatchLoader`'s batches as NHWC numpy arrays with one-hot targets, by index.
+    """The shared :class:`BatchLoader`'s batches as NHWC numpy arrays with one-hot (multi-label: multi-hot) targets.
 
     Keras asks for batch ``i`` of the current pass; the pass counter
     advances when Keras ends an epoch, starting from ``epoch`` (a resumed run's).
     """
 
-    def __init__(self, loader: BatchLoader, num_classes: int, epoch: int = 0) -> None:
+    def __init__(self, loader: BatchLoader, num_classes: int, epoch: int = 0, multilabel: bool = False) -> None:
         super().__init__(workers=1, use_multiprocessing=False)
         self.loader = loader
         self.num_classes = num_classes
         self.epoch = epoch
+        self.multilabel = multilabel
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -82,10 +83,43 @@ class CacheBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         images, targets = self.loader.batch(self.epoch, index)
         pixels = images.permute(0, 2, 3, 1).contiguous().numpy()
+        if self.multilabel:
+            return pixels, targets.numpy().astype(np.float32)
         return pixels, np.eye(self.num_classes, dtype=np.float32)[targets.numpy()]
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
+
+
+@keras.saving.register_keras_serializable(package="imgclf")
+class PositiveWeightedBinaryCrossentropy(keras.losses.Loss):
+    """Sigmoid cross-entropy on logits, each label's positives weighted: torch's ``pos_weight``, for rare labels.
+
+    Keras's ``class_weight`` weighs whole samples by one class, which means
+    nothing for multi-hot targets; this is the torch engine's loss instead.
+    """
+
+    def __init__(self, positive_weights: list[float] | None = None, name: str = "positive_weighted_bce",
+                 **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.positive_weights = positive_weights
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        ops = keras.ops
+        y_true = ops.cast(y_true, y_pred.dtype)
+        weight = 1.0 if self.positive_weights is None else ops.convert_to_tensor(self.positive_weights, y_pred.dtype)
+        return ops.mean(weight * y_true * ops.softplus(-y_pred) + (1.0 - y_true) * ops.softplus(y_pred), axis=-1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "positive_weights": self.positive_weights}
+
+
+@keras.saving.register_keras_serializable(package="imgclf")
+def subset_accuracy(y_true: Any, y_pred: Any) -> Any:
+    """1 where every label of a row is right (logit > 0 against the 0/1 target): the torch engine's accuracy."""
+    ops = keras.ops
+    right = ops.equal(ops.greater(y_pred, 0.0), ops.greater(y_true, 0.5))
+    return ops.cast(ops.all(right, axis=-1), "float32")
 
 
 @keras.saving.register_keras_serializable(package="imgclf")
@@ -131,8 +165,6 @@ class KerasEngine:
     # ----------------------------------------------------------------- model
     def build(self, data: TrainingData, resume: bool) -> bool:
         """A fresh model, or with ``resume`` the run's last checkpoint; whether a checkpoint was loaded."""
-        if data.multilabel:
-            raise ImgclfError("--backend tensorflow trains single-label data; use --backend torch for multi-label")
         self.data = data
         self.classes = len(data.classes)
         self.has_val = len(data.rows.get("val", [])) > 0
@@ -172,6 +204,13 @@ class KerasEngine:
         backbone = backbone_of(model)
         if backbone is not None:
             backbone.trainable = stage.trainable == "all"
+        if self.data.multilabel:  # independent sigmoids; accuracy is an exact match of the label set, as in torch
+            weights = class_weights(self.data, self.config)
+            model.compile(optimizer=self._optimizer(stage), loss=PositiveWeightedBinaryCrossentropy(
+                None if weights is None else [float(weight) for weight in weights]),
+                metrics=[keras.metrics.MeanMetricWrapper(subset_accuracy, name="accuracy"),
+                         keras.metrics.BinaryCrossentropy(from_logits=True, name="xent")])
+            return
         model.compile(optimizer=self._optimizer(stage), loss=keras.losses.CategoricalCrossentropy(
             from_logits=True, label_smoothing=self.config.label_smoothing or 0.0),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
@@ -251,10 +290,12 @@ class KerasEngine:
     def _fit_stage(self, fit: FitState, callbacks: list[Callback], epoch: int, stage_end: int,
                    best: dict[str, Any]) -> None:
         index = fit.stage_index
-        train = CacheBatches(self.train_loader, self.classes, epoch)
+        multilabel = self.data.multilabel
+        train = CacheBatches(self.train_loader, self.classes, epoch, multilabel)
         validation = None
         if self.has_val:
-            validation = CacheBatches(self._loader("val", PRESETS["none"], shuffle=False), self.classes)
+            validation = CacheBatches(self._loader("val", PRESETS["none"], shuffle=False), self.classes,
+                                      multilabel=multilabel)
         monitor = ("val_xent" if self.config.monitor == "val_loss" else "val_accuracy") if self.has_val else None
         last_stage = index == len(self.stages) - 1  # earlier stages hand their last weights on, as in torch
         # only the best epoch is tracked here (patience for ever): our EarlyStopping callback stops
@@ -270,7 +311,7 @@ class KerasEngine:
             _StateWriter(self.run, index, fit.history, best_weights),
             keras.callbacks.CSVLogger(str(self.run.path / CSV_LOG), append=epoch > 0),
         ]
-        weights = class_weights(self.data, self.config)
+        weights = None if multilabel else class_weights(self.data, self.config)  # multi-label: in the loss
         class_weight = None if weights is None else {i: float(weight) for i, weight in enumerate(weights)}
         self.model.fit(train, validation_data=validation, epochs=stage_end, initial_epoch=epoch, verbose=0,
                        callbacks=keras_callbacks, class_weight=class_weight)

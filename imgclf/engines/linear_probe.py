@@ -5,7 +5,8 @@ output for an image never changes: computing it every epoch (with gradient
 descent on top) wastes most of the probe's time and fits the head worse
 than a convex solver does. Here the backbone embeds every training and
 validation image once (no augmentation; ``imgclf.embeddings`` caches them
-per image on disk), and a multinomial logistic regression is fitted with its
+per image on disk), and a multinomial logistic regression (multi-label data:
+one-vs-rest, a binary logistic regression per label) is fitted with its
 regularisation chosen on the validation split. Its coefficients become the
 weights of the model's linear head, so the result is an ordinary model and
 bundle.
@@ -14,6 +15,7 @@ bundle.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,6 +79,71 @@ def fit_linear_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray 
         val_accuracy = float(np.mean((val_x @ weight.T + bias).argmax(axis=1) == val_y))
     train_accuracy = float(np.mean((train_x @ weight.T + bias).argmax(axis=1) == train_y))
     return ProbeFit(weight, bias, regularisation, train_accuracy, val_accuracy, time.perf_counter() - started)
+
+
+def fit_label_heads(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None, val_y: np.ndarray | None,
+                    balanced: bool = False) -> ProbeFit:
+    """Multi-label: one-vs-rest logistic regression on (N, K) 0/1 targets, C chosen on validation mAP.
+
+    Each label is its own yes/no question, so each row of the head is one
+    binary regression's coefficients: sigmoid(head) is its probability. A
+    label on every (or no) training image has nothing to separate; its row
+    is zero and its bias the smoothed log-odds of the label in training.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    started = time.perf_counter()
+    train_y = np.asarray(train_y, dtype=np.int64)
+    centre = train_x.mean(axis=0)
+    scale = train_x.std(axis=0) + 1e-6
+    standard = (train_x - centre) / scale
+    has_val = val_x is not None and val_y is not None and len(val_x) > 0
+    grid = REGULARISATION_GRID if has_val else (DEFAULT_C,)
+    best: tuple[float, float, np.ndarray, np.ndarray] | None = None
+    for regularisation in grid:
+        solver = OneVsRestClassifier(LogisticRegression(C=regularisation, max_iter=2000,
+                                                        class_weight="balanced" if balanced else None))
+        with warnings.catch_warnings():  # a label on every image is handled by _label_rows, not worth a warning
+            warnings.filterwarnings("ignore", message="Label .* is present in all training examples")
+            solver.fit(standard, train_y)
+        weight, bias = _label_rows(solver, train_y)
+        weight, bias = weight / scale, bias - (weight / scale) @ centre
+        score = _mean_average_precision(val_x @ weight.T + bias, val_y) if has_val else 0.0  # type: ignore[operator]
+        if best is None or score > best[0]:
+            best = (score, regularisation, weight, bias)
+    _, regularisation, weight, bias = best  # type: ignore[misc]
+
+    def subset_accuracy(x: np.ndarray, y: np.ndarray) -> float:
+        return float(np.mean(((x @ weight.T + bias > 0) == (np.asarray(y) > 0.5)).all(axis=1)))
+
+    val_accuracy = subset_accuracy(val_x, val_y) if has_val else None  # type: ignore[arg-type]
+    return ProbeFit(weight, bias, regularisation, subset_accuracy(train_x, train_y), val_accuracy,
+                    time.perf_counter() - started)
+
+
+def _mean_average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Macro average precision over the labels present in ``truth`` (AP is undefined for an absent label)."""
+    from sklearn.metrics import average_precision_score
+
+    present = np.asarray(truth).any(axis=0)
+    if not present.any():
+        return 0.0
+    return float(average_precision_score(np.asarray(truth)[:, present], scores[:, present], average="macro"))
+
+
+def _label_rows(solver: object, train_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(K, features) coefficients and (K,) intercepts on standardised features, one row per label."""
+    rows, biases = [], []
+    for index, estimator in enumerate(solver.estimators_):  # type: ignore[attr-defined]
+        if hasattr(estimator, "coef_"):
+            rows.append(estimator.coef_[0])
+            biases.append(float(estimator.intercept_[0]))
+        else:  # sklearn's constant predictor: the label is on every training image, or on none
+            positives = float(train_y[:, index].sum())
+            rows.append(np.zeros(solver.n_features_in_))  # type: ignore[attr-defined]
+            biases.append(float(np.log((positives + 0.5) / (len(train_y) - positives + 0.5))))
+    return np.stack(rows), np.array(biases)
 
 
 def load_into_head(head: nn.Linear, fit: ProbeFit) -> None:

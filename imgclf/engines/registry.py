@@ -77,7 +77,6 @@ def _tensorflow_refuses(config: TrainConfig, multilabel: bool) -> list[str]:
         "--compile": config.compile,
         f"--precision {config.precision}": config.precision not in ("auto", "fp32"),
         "--device cuda (tensorflow-cpu)": config.device == "cuda",
-        "multi-label data": multilabel,
     }
     return [name for name, used in unsupported.items() if used]
 

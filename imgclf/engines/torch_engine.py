@@ -52,7 +52,7 @@ from imgclf.engines.contract import (
     warmup_steps,
 )
 from imgclf.engines.history import history_row
-from imgclf.engines.linear_probe import fit_linear_head, load_into_head, supports_linear_probe
+from imgclf.engines.linear_probe import fit_label_heads, fit_linear_head, load_into_head, supports_linear_probe
 from imgclf.engines.optim import build_optimizer, build_scheduler, parameter_groups
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model, load_pretrained, pretrained_source
@@ -138,7 +138,7 @@ class TorchEngine:
         if config.pretrained:
             found = weights_fingerprint(config.weights) or pretrained_source(config.model or "") or config.weights
             self.embedding_weights = str(found) if found else None
-        self.uses_linear_probe = (config.linear_probe and self.embedding_weights is not None and not data.multilabel
+        self.uses_linear_probe = (config.linear_probe and self.embedding_weights is not None
                                   and supports_linear_probe(self.head))
         weights = class_weights(data, config)
         self.class_weights = weights.to(self.device) if weights is not None else None
@@ -516,14 +516,19 @@ class TorchEngine:
             features[split] = self.embedder().embed_decoded(self.data.pixels, self.data.rows[split], self.data.paths,
                                                             description=f"Embedding {split}")
         labels = {split: self.data.split_targets(split).numpy() for split in splits}
-        probe = fit_linear_head(features["train"], labels["train"], features.get("val"), labels.get("val"),
-                                len(self.data.classes), balanced=self.config.class_weights == "auto")
+        balanced = self.config.class_weights == "auto"
+        if self.data.multilabel:
+            probe = fit_label_heads(features["train"], labels["train"], features.get("val"), labels.get("val"),
+                                    balanced=balanced)
+        else:
+            probe = fit_linear_head(features["train"], labels["train"], features.get("val"), labels.get("val"),
+                                    len(self.data.classes), balanced=balanced)
         load_into_head(self.head, probe)
         if self.ema is not None:
             self.ema.load_state_dict(self.model.state_dict())
         train_logits = torch.from_numpy(features["train"] @ probe.weight.T + probe.bias).float()
         seconds = time.perf_counter() - started
-        train_loss = float(F.cross_entropy(train_logits, torch.from_numpy(labels["train"])))
+        train_loss = score_logits(train_logits, torch.from_numpy(labels["train"]), self.data.multilabel)["loss"]
         row = self._epoch_row(fit.stage, train_loss, probe.train_accuracy, 0.0, seconds, len(self.data.rows["train"]))
         console.print(f"probe: logistic regression on cached embeddings, C={probe.regularisation:g}, "
                       f"fitted in {probe.seconds:.1f} s")

@@ -27,6 +27,15 @@ from imgclf.errors import ImgclfError
 from imgclf.evaluation.label_issues import find_label_issues
 from imgclf.evaluation.levels import level_metrics, plot_level_confusions
 from imgclf.evaluation.metrics import compute_log_loss, compute_metrics, expected_calibration_error
+from imgclf.evaluation.multilabel import (
+    draw_mistakes,
+    find_multilabel_issues,
+    multilabel_metrics,
+    plot_cooccurrence,
+    plot_lowest_ap_curves,
+    truth_matrix,
+    worst_mistakes,
+)
 from imgclf.evaluation.plots import plot_confusion_matrix, plot_reliability, plot_roc
 from imgclf.files import write_problem_list, write_text_atomic
 from imgclf.pictures import save_image_grid
@@ -103,19 +112,21 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
     ``out_of_fold`` from out-of-fold predictions of models retrained with its recipe.
     """
     folds = out_of_fold.folds if out_of_fold is not None else None
-    if classifier.info.multilabel:
-        raise ImgclfError("evaluate handles single-label models; this model is multi-label")
     depth = classifier.info.config.get("label_depth")
-    if depth:  # trained on cut paths: the images' full paths are cut the same way
+    if depth and not classifier.info.multilabel:  # trained on cut paths: the images' full paths are cut the same way
         items = cut_items(items, depth)
-    unknown = sorted({item.label for item in items} - set(classifier.classes))
+    unknown = sorted({label for item in items for label in item.labels} - set(classifier.classes))
     if unknown:
         raise ImgclfError(f"labels the model does not know: {', '.join(unknown[:5])}; it was trained on "
                           f"{', '.join(classifier.classes[:10])}{', ...' if len(classifier.classes) > 10 else ''}")
+    if classifier.info.multilabel:
+        if folds:
+            raise ImgclfError("--folds: cross-validated label issues are for single-label models; use --label-issues "
+                              "alone for a multi-label model (issues from its own predictions)")
+        return _evaluate_multilabel(classifier, items, split, out, label_issues, batch_size)
     out.mkdir(parents=True, exist_ok=True)
-    paths, labels, probabilities, skipped = _predict(classifier, items, batch_size)
-    if not len(paths):
-        raise ImgclfError("none of the images could be decoded; run imgclf inspect on the data")
+    paths, labelled, probabilities, skipped = _predict(classifier, items, batch_size)
+    labels = label_indices(labelled, classifier.classes)
     metrics = compute_metrics(labels, probabilities, classifier.classes)
     metrics.update(split=split, tta=classifier.tta, skipped=len(skipped))
     pictures = {
@@ -156,6 +167,42 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
                                                 explainer=classifier)
     metrics["label_issues"] = len(issues) if label_issues or folds else None
     metrics["label_issues_from"] = f"{folds}-fold cross-validation" if folds else "the model's own predictions"
+    return _finish(metrics, out, split, pictures, issues, skipped)
+
+
+def _evaluate_multilabel(classifier: Any, items: list[Item], split: str, out: Path, label_issues: bool,
+                         batch_size: int) -> Evaluation:
+    """The multi-label evaluation: per-label and averaged figures at the bundle's thresholds, PR curves,
+    co-occurrence, missed and spurious labels, and (with ``label_issues``) per-label confident learning."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths, labelled, probabilities, skipped = _predict(classifier, items, batch_size)
+    truth = truth_matrix(labelled, classifier.classes)
+    thresholds = classifier.label_thresholds()
+    said = classifier.label_decisions(probabilities)
+    metrics = multilabel_metrics(truth, probabilities, classifier.classes, thresholds)
+    metrics.update(split=split, tta=classifier.tta, skipped=len(skipped),
+                   threshold_goal=classifier.info.threshold_goal or "0.5 (no thresholds in the bundle)")
+    pictures = {"pr_curves": plot_lowest_ap_curves(truth, probabilities, classifier.classes, thresholds,
+                                                   out / "pr_curves.png"),
+                "cooccurrence": plot_cooccurrence(truth, said, classifier.classes, out / "cooccurrence.png")}
+    mistakes = worst_mistakes(paths, truth, probabilities, said, classifier.classes)
+    metrics["worst_mistakes"] = mistakes
+    if mistakes:
+        pictures["worst_mistakes"] = draw_mistakes(mistakes, out / "worst_mistakes.png")
+    issues: list[dict[str, Any]] = []
+    if label_issues:
+        issues = find_multilabel_issues(paths, truth, probabilities, classifier.classes)
+        _write_issues(issues, out / "label_issues.csv")
+        if issues:
+            pictures["label_issues"] = _gallery(issues[:GALLERY_SIZE], classifier.classes, out / "label_issues.png",
+                                                "likely label errors, one label each")
+    metrics["label_issues"] = len(issues) if label_issues else None
+    metrics["label_issues_from"] = "the model's own predictions, per label"
+    return _finish(metrics, out, split, pictures, issues, skipped)
+
+
+def _finish(metrics: dict[str, Any], out: Path, split: str, pictures: dict[str, Path], issues: list[dict[str, Any]],
+            skipped: list[tuple[str, str]]) -> Evaluation:
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     if skipped:
         write_problem_list(out / "skipped.txt", skipped)
@@ -164,7 +211,8 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
 
 
 def _predict(classifier: Any, items: list[Item], batch_size: int
-             ) -> tuple[list[str], np.ndarray, np.ndarray, list[tuple[str, str]]]:
+             ) -> tuple[list[str], list[Item], np.ndarray, list[tuple[str, str]]]:
+    """Decodable images' paths, items and probabilities, and the skipped ones; none decodable is an error."""
     paths, labelled, rows, skipped = [], [], [], []
     with progress_bar() as bar:
         task = bar.add_task("Evaluating", total=len(items))
@@ -177,8 +225,9 @@ def _predict(classifier: Any, items: list[Item], batch_size: int
             paths.append(row.path)
             labelled.append(item)
             rows.append(row.probabilities)
-    probabilities = np.stack(rows) if rows else np.zeros((0, len(classifier.classes)))
-    return paths, label_indices(labelled, classifier.classes), probabilities, skipped
+    if not rows:
+        raise ImgclfError("none of the images could be decoded; run imgclf inspect on the data")
+    return paths, labelled, np.stack(rows), skipped
 
 
 def _worst_mistakes(paths: list[str], labels: np.ndarray, probabilities: np.ndarray, classes: list[str]

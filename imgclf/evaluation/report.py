@@ -4,7 +4,8 @@ Built from :mod:`imgclf.evaluation.pages`. Sections: summary, configuration, dat
 training curves, metrics (overall and per class), confusion matrix, for path labels the scores and
 confusion matrix of every level, ROC,
 reliability (before and after temperature scaling), samples, augmented examples, worst mistakes and, when computed,
-likely label errors.
+likely label errors. A multi-label run has its own metric sections instead (per-label table, PR curves of
+the lowest-AP labels, label co-occurrence: :mod:`imgclf.evaluation.multilabel`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from imgclf.evaluation.evaluate import Evaluation
+from imgclf.evaluation.multilabel import report_sections, summary_card
 from imgclf.evaluation.pages import image, page, percent, section, table
 from imgclf.files import write_text_atomic
 from imgclf.runs import RunDirectory
@@ -38,7 +40,10 @@ def write_report(run_dir: Path, evaluation: Evaluation | None, pictures: dict[st
          + '<p class="muted">The shaded band is the gap between training and validation: a widening gap is '
            "overfitting.</p>"),
     ]
-    if evaluation is not None:
+    multilabel = evaluation is not None and bool(evaluation.metrics.get("multilabel"))
+    if evaluation is not None and multilabel:
+        sections += report_sections(evaluation.metrics, evaluation.pictures)
+    elif evaluation is not None:
         sections += [
             ("metrics", f"Metrics on the {evaluation.split} split", _metrics(evaluation.metrics)),
             ("confusion", "Confusion matrix", image(evaluation.pictures.get("confusion_matrix"), "confusion matrix")
@@ -89,7 +94,9 @@ def _summary(config: dict[str, Any], bundle_metrics: dict[str, Any], evaluation:
     for split in ("val", "test"):
         if f"{split}_accuracy" in bundle_metrics:
             cards.append((f"{split} accuracy", percent(bundle_metrics[f"{split}_accuracy"])))
-    if evaluation is not None:
+    if evaluation is not None and evaluation.metrics.get("multilabel"):
+        cards.append(summary_card(evaluation.metrics))
+    elif evaluation is not None:
         cards.append((f"macro F1 ({evaluation.split})", f"{evaluation.metrics['macro_avg']['f1']:.3f}"))
     return '<div class="cards">' + "".join(
         f'<div class="card"><span class="muted">{html.escape(name)}</span><b>{html.escape(str(value))}</b></div>'

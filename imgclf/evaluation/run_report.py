@@ -47,7 +47,7 @@ def report_run(run_dir: str | Path, *, label_issues: bool = True) -> tuple[Path,
         except ImgclfError as error:  # the first image may have gone missing since training
             console.print(f"[yellow]augmentation picture skipped: {error}[/]")
     evaluation = None
-    if (run.model_dir / "model.json").is_file() and not dataset.multilabel:
+    if (run.model_dir / "model.json").is_file():
         classifier = Classifier.load(run.path)
         try:
             items, split = evaluation_items(run.path, None, None)

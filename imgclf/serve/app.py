@@ -64,11 +64,13 @@ class LevelProbability(BaseModel):
 
 class ImagePrediction(BaseModel):
     name: str = Field(description="The file name of the part, or 'body' for a raw body.")
-    prediction: str
-    confidence: float
+    prediction: str = Field(description="The top class; for a multi-label model its chosen labels as 'a|b'.")
+    confidence: float | None = Field(description="The top class's probability (null for a multi-label model).")
     top_k: list[ClassProbability]
     levels: list[LevelProbability] = Field(default_factory=list,
                                            description="A category model's path from the top down (else empty).")
+    labels: list[str] | None = Field(None, description="A multi-label model's answer: every label at or above its "
+                                                       "threshold, most probable first (absent otherwise).")
 
 
 class PredictResponse(BaseModel):
@@ -181,7 +183,7 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
         metrics.images.inc(len(pixels))
         k = min(top_k, len(classifier.classes))
         return {"model": name, "runtime": runtime,
-                "predictions": [_ranked(upload.name, row, classifier.classes, k, hierarchy)
+                "predictions": [_ranked(upload.name, row, classifier, k, hierarchy)
                                 for upload, row in zip(uploads, probabilities)]}
 
     explain_lock = threading.Lock()  # one Grad-CAM at a time: it hooks the model's layer while it runs
@@ -242,9 +244,12 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
     return app
 
 
-def _ranked(name: str, row: np.ndarray, classes: list[str], k: int, hierarchy: Hierarchy | None) -> dict[str, Any]:
+def _ranked(name: str, row: np.ndarray, classifier: Any, k: int, hierarchy: Hierarchy | None) -> dict[str, Any]:
     order = np.argsort(-row, kind="stable")[:k]
-    top = [{"class": classes[i], "probability": float(row[i])} for i in order]
+    top = [{"class": classifier.classes[i], "probability": float(row[i])} for i in order]
+    if classifier.info.multilabel:  # the decision is the Classifier's, as for predict
+        labels = classifier.chosen_labels(row)
+        return {"name": name, "prediction": "|".join(labels), "confidence": None, "top_k": top, "labels": labels}
     levels = [asdict(level) for level in hierarchy.levels(row)] if hierarchy else []
     return {"name": name, "prediction": top[0]["class"], "confidence": top[0]["probability"], "top_k": top,
             "levels": levels}

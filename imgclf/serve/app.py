@@ -122,7 +122,7 @@ class LimitAndMeasure:
 
 def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAULT_LIMITS, *, max_batch: int = 32,
                max_wait_ms: float = 2.0, max_queue: int = 256, api_key: str | None = None) -> FastAPI:
-    """The server for one loaded classifier (anything with ``info``, ``classes`` and ``predict_pixels``).
+    """The server for one loaded classifier (anything with ``info``, ``classes``, ``predict_pixels`` and ``ranking``).
 
     With ``api_key``, the API and metrics answer 401 to requests without it (:mod:`imgclf.serve.auth`).
     """
@@ -170,8 +170,9 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
         metrics.images.inc(len(pixels))
         k = min(top_k, len(classifier.classes))
         return {"model": name, "runtime": runtime,
-                "predictions": [_ranked(upload.name, row, classifier.classes, k)
-                                for upload, row in zip(uploads, probabilities)]}
+                "predictions": [_ranked(upload.name, row, order[:k], classifier.classes)
+                                for upload, row, order in zip(uploads, probabilities,
+                                                              classifier.ranking(probabilities))]}
 
     explain_lock = threading.Lock()  # one Grad-CAM at a time: it hooks the model's layer while it runs
 
@@ -210,6 +211,7 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
         return {"name": name, "architecture": info.architecture, "classes": classifier.classes,
                 "multilabel": info.multilabel, "image_size": info.image_size, "channels": info.channels,
                 "resize": info.resize, "mean": info.mean, "std": info.std, "tta": classifier.tta,
+                "positive": info.positive, "thresholds": info.thresholds, "threshold_goal": info.threshold_goal,
                 "metrics": info.metrics, "runtime": runtime, "version": __version__,
                 "model_imgclf_version": info.imgclf_version,
                 "limits": {"max_upload_bytes": limits.max_bytes, "max_pixels": limits.max_pixels,
@@ -231,8 +233,8 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
     return app
 
 
-def _ranked(name: str, row: np.ndarray, classes: list[str], k: int) -> dict[str, Any]:
-    order = np.argsort(-row, kind="stable")[:k]
+def _ranked(name: str, row: np.ndarray, order: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """One image's answer; ``order`` is the classifier's ranking (the decided class first, as predict's)."""
     top = [{"class": classes[i], "probability": float(row[i])} for i in order]
     return {"name": name, "prediction": top[0]["class"], "confidence": top[0]["probability"], "top_k": top}
 

@@ -58,7 +58,7 @@ def test_the_threshold_is_stored_and_every_output_decides_with_it_after_load(run
     assert overruled, "no image between 0.5 and 0.99: the test cannot tell the threshold from the argmax"
     assert all(row["prediction"] == "orange" for row in overruled)
     clf = imgclf.load(run)
-    python = [clf.predict(path)[0][0] for path in images]  # the decided class comes first
+    python = [ranked[0][0] for ranked in clf.predict(images)]  # the decided class comes first
     assert python == [row["prediction"] for row in rows]
     with open(images[0], "rb") as handle:
         upload = handle.read()
@@ -73,9 +73,7 @@ def test_the_threshold_is_stored_and_every_output_decides_with_it_after_load(run
 
 
 def test_evaluate_and_the_report_show_the_decision_its_curves_and_other_thresholds(run: Path) -> None:
-    result = run_cli("evaluate", str(run), "--json", "--out", str(run.parent / "evaluation"))
-    assert result.returncode == 0, result.stderr
-    metrics = json.loads(result.stdout)
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())  # the report's evaluate, on test
     decision = metrics["decision"]
     assert (decision["positive"], decision["threshold"], decision["goal"]) == ("red", 0.99, "0.99")
     classes = ["orange", "red"]
@@ -122,6 +120,16 @@ def test_an_old_bundle_without_thresholds_decides_by_argmax(run: Path, tmp_path:
     probabilities = np.array([[0.3, 0.7], [0.6, 0.4], [0.02, 0.98]])
     assert clf.decide(probabilities).tolist() == [1, 0, 1]
     assert imgclf.load(run).decide(probabilities).tolist() == [0, 0, 0]  # red only at 0.99
+
+
+def test_an_onnx_export_carries_the_decision_and_decides_the_same(run: Path, data: Path) -> None:
+    result = imgclf.export(run, "onnx")
+    metadata = json.loads(result.metadata.read_text())
+    assert metadata["decision"] == {"positive": "red", "thresholds": {"red": 0.99}, "goal": "0.99"}
+    images = sorted(data.rglob("*.png"))
+    torch_labels = [row.prediction for row in imgclf.load(run, runtime="torch").predict_files(images)]
+    onnx_labels = [row.prediction for row in imgclf.load(run, runtime="onnx").predict_files(images)]
+    assert onnx_labels == torch_labels
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="the TensorFlow extra is not installed")

@@ -121,7 +121,8 @@ def plot_roc(labels: np.ndarray, probabilities: np.ndarray, classes: list[str], 
     axis.set_xlabel("false positive rate")
     axis.set_ylabel("true positive rate")
     hidden = len(curves) - len(shown)
-    axis.set_title("ROC, one vs rest" + (f" (the {len(shown)} lowest AUCs)" if hidden > 0 and not two else ""))
+    axis.set_title(f"ROC for '{classes[positive_index]}'" if two else
+                   "ROC, one vs rest" + (f" (the {len(shown)} lowest AUCs)" if hidden > 0 else ""))
     axis.legend(fontsize=8)
     if two:
         pr_axis = axes[0, 1]

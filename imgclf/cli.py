@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.tree import Tree
 from typer._click.exceptions import ClickException  # typer 0.29 bundles its own click; standalone click's never match
 
 from imgclf import api
@@ -104,6 +105,8 @@ def _print_report(result: api.InspectResult) -> None:
     table.add_section()
     table.add_row("[bold]total", *(f"[bold]{report.split_totals[split]:,}" for split in report.splits))
     console.print(table)
+    if report.tree:
+        console.print(_category_tree(report.tree))
     if report.sizes:
         width, height = report.sizes["width"], report.sizes["height"]
         console.print(f"sizes: width {width['min']}-{width['max']} (median {width['median']:g}), "
@@ -119,6 +122,16 @@ def _print_report(result: api.InspectResult) -> None:
         console.print(f"near-duplicate pairs: {len(report.near_duplicates)}"
                       + (f", drawn in {result.near_duplicates_picture}" if result.near_duplicates_picture else ""))
     console.print(f"report: {result.out / 'report.json'}" + (f", samples: {result.samples}" if result.samples else ""))
+
+
+def _category_tree(counts: dict[str, int]) -> Tree:
+    """The category paths as a Rich tree, each node with the images under it (parents before children: sorted)."""
+    tree = Tree("[bold]categories[/]")
+    nodes: dict[str, Tree] = {}
+    for path, count in counts.items():
+        parent, _, name = path.rpartition("/")
+        nodes[path] = nodes.get(parent, tree).add(f"{escape(name)} [dim]{count:,}[/]")
+    return tree
 
 
 @app.command("preview-augment", epilog="Example: imgclf preview-augment photos/ --augment strong --out aug.png")
@@ -295,6 +308,9 @@ def evaluate(
         console.print(f"decision: {decision['positive']} at P >= {decision['threshold']:.4g} ({decision['goal']}): "
                       f"precision {decision['precision']:.3f}, recall {decision['recall']:.3f}, "
                       f"F1 {decision['f1']:.3f}, false positive rate {decision['false_positive_rate']:.3f}")
+    for level in metrics.get("levels", []):
+        console.print(f"level {level['depth']} ({len(level['classes'])} categories): accuracy {level['accuracy']:.2%}  "
+                      f"macro F1 {level['macro_f1']:.3f}")
     for pair in metrics["most_confused"][:3]:
         console.print(f"confused: {pair['true']} → {pair['predicted']} ({pair['count']})")
     if label_issues or folds:
@@ -309,7 +325,8 @@ def predict(
     inputs: Annotated[list[str], typer.Argument(help="Files, folders, globs, @list.txt, or - for paths on stdin.",
                                                 show_default=False)],
     top_k: Annotated[int, Opt(help="Classes per image.")] = 5,
-    min_confidence: Annotated[float, Opt(help="Answer 'unknown' below this top probability.")] = 0.0,
+    min_confidence: Annotated[float, Opt(help="Answer 'unknown' below this top probability (a category model: the "
+                                              "deepest level at least this sure, e.g. Fruit/Apple).")] = 0.0,
     output_format: Annotated[Optional[str], Opt("--format", help="csv, json or jsonl (default: a table for a few "
                                                                   "images, else from --out's suffix).")] = None,
     out: Annotated[Optional[Path], Opt(help="File for the predictions (default: stdout).")] = None,
@@ -344,7 +361,9 @@ def _print_prediction_tables(rows: list[PredictionRow]) -> None:
         if row.error:
             console.print(f"[red]{row.path}: {row.error}[/]")
             continue
-        table = Table(title=f"{row.path} → [bold]{row.prediction}[/]", title_justify="left")
+        path = "  ›  ".join(f"{escape(level.label.rpartition('/')[2])} {level.probability:.0%}" for level in row.levels)
+        table = Table(title=f"{row.path} → [bold]{row.prediction}[/]", title_justify="left",
+                      caption=path or None, caption_justify="left")
         table.add_column("class")
         table.add_column("probability", justify="right")
         for name, probability in row.top:
@@ -378,6 +397,7 @@ def compare(
     image_size: Annotated[Optional[int], Opt(help="Input side in pixels (default: from the data).")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Images per step (default: the model's recipe).")] = None,
     augment: Annotated[Optional[str], Opt(help=f"Augmentation preset: {', '.join(PRESETS)}.")] = None,
+    label_depth: Annotated[Optional[int], Opt(help="Train on category paths (animals/dog) cut to this many levels.")] = None,
     seed: Seed = 0,
     out: Annotated[Optional[Path], Opt(help="Folder for the runs and comparison.html (default: compare-<data>).")] = None,
     overwrite: Annotated[bool, Opt(help="Replace earlier runs in --out.")] = False,
@@ -385,7 +405,7 @@ def compare(
 ) -> None:
     """Train the same network with the same recipe, seed and split on each backend and compare them."""
     options = {name: value for name, value in (("image_size", image_size), ("batch_size", batch_size),
-                                               ("augment", augment)) if value is not None}
+                                               ("augment", augment), ("label_depth", label_depth)) if value is not None}
     result = api.compare(data, backends=backends, model=model, epochs=epochs, out=out, overwrite=overwrite,
                          archive=archive, seed=seed, **options)
     table = Table(title=f"{model}: {' vs '.join(item.backend for item in result.results)}")

@@ -21,6 +21,7 @@ import numpy as np
 
 from imgclf.config import TrainConfig, parse_duration
 from imgclf.console import console
+from imgclf.data.hierarchy import cut_labels, label_tree
 from imgclf.data.inspect import imbalance_warning
 from imgclf.data.sources import ImageDataset, write_manifest
 from imgclf.data.splits import require_training_images
@@ -76,6 +77,9 @@ def plan(config: TrainConfig, archive: str | Path | None = None) -> tuple[TrainC
     config, weights_source = backend.prepare(config)
     dataset = load_dataset(config.data, archive=archive, val_fraction=config.val_fraction,
                            test_fraction=config.test_fraction, seed=config.seed, group_by=config.group_by)
+    if config.label_depth:  # after the split: it stays stratified by the full paths
+        dataset = cut_labels(dataset, config.label_depth)
+    label_tree(dataset.classes, dataset.source)  # path labels must parse now, not when the bundle is loaded
     if len(dataset.classes) < 2:
         raise ImgclfError(f"{dataset.source}: found {len(dataset.classes)} class; a classifier needs at least 2")
     require_training_images(dataset)

@@ -3,7 +3,8 @@
 Counts per class and split, image sizes and modes, broken files, exact
 duplicates inside a split (they over-weight some images) and across splits
 (leakage: the model is tested on images it trained on), the same image under
-two labels, and class imbalance.
+two labels, class imbalance and, for path labels (``animals/dog``), the
+category tree with counts and the same name under two parents.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.data.cache import ImageCache
+from imgclf.data.hierarchy import label_tree, node_counts, same_leaf_warnings
 from imgclf.data.sources import UNSPLIT, ImageDataset, Item, label_histogram
 
 # A class with under a fifth of the largest class's images is flagged:
@@ -56,6 +58,7 @@ class InspectReport:
     ignored: list[Path]
     warnings: list[str] = field(default_factory=list)
     near_duplicates: list[dict] | None = None  # pairs from --near-duplicates, as JSON; None when not searched
+    tree: dict[str, int] = field(default_factory=dict)  # path labels: images under every category path
 
     @property
     def split_totals(self) -> dict[str, int]:
@@ -75,6 +78,7 @@ class InspectReport:
                             "labels": group.labels} for group in self.duplicates],
             "ignored_files": len(self.ignored),
             **({"near_duplicates": self.near_duplicates} if self.near_duplicates is not None else {}),
+            **({"tree": self.tree} if self.tree else {}),
             "warnings": self.warnings,
         }
 
@@ -96,7 +100,10 @@ def inspect_dataset(dataset: ImageDataset, cache: ImageCache) -> InspectReport:
         duplicates=_duplicates(dataset.items, cache.digests, ok),
         ignored=dataset.ignored,
     )
-    report.warnings = _warnings(report, good_items)
+    hierarchical = not dataset.multilabel and label_tree(dataset.classes, dataset.source) is not None
+    if hierarchical:
+        report.tree = node_counts(label_histogram(good_items))
+    report.warnings = _warnings(report, good_items) + (same_leaf_warnings(dataset.classes) if hierarchical else [])
     return report
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from imgclf.data.decode import decode_file, fit, to_channels
+from imgclf.data.hierarchy import label_tree
 from imgclf.deploy.bundle import ENSEMBLE, BundleInfo, find_bundle, read_bundle_info
 from imgclf.deploy.explain import Explanation, KerasGradCam, TorchGradCam
 from imgclf.deploy.predict import PredictionRow, decoded_batches
@@ -43,6 +44,7 @@ class Classifier:
         self.tta = info.tta if tta is None else tta
         self.directory = directory  # the bundle folder: what explain() rebuilds a differentiable model from
         self._explainer: Any = None
+        self.hierarchy = None if info.multilabel else label_tree(self.classes)  # path labels: a level per depth
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", precision: str = "auto", tta: bool | None = None,
@@ -134,7 +136,8 @@ class Classifier:
                 continue
             order = self.ranking(row[None])[0, :k]
             yield PredictionRow(str(path), top=[(self.classes[i], float(row[i])) for i in order],
-                                probabilities=row, min_confidence=min_confidence)
+                                probabilities=row, min_confidence=min_confidence,
+                                levels=self.hierarchy.levels(row) if self.hierarchy else [])
 
     def file_probabilities(self, paths: Sequence[Path], batch_size: int = 64, workers: int | None = None
                            ) -> Iterator[tuple[Path, np.ndarray | None, str]]:

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from imgclf.data.hierarchy import SEPARATOR, label_tree
 from imgclf.deploy.bundle import KERAS_FILE, WEIGHTS_FILE, BundleInfo
 from imgclf.files import write_text_atomic
 from imgclf.version import __version__
@@ -92,7 +93,18 @@ def write_metadata(path: Path, format: str, directory: Path, info: BundleInfo, *
         "tta": info.tta,
         # a binary model says `positive` when its probability reaches thresholds[positive] (empty: the argmax)
         "decision": {"positive": info.positive, "thresholds": info.thresholds, "goal": info.threshold_goal},
+        **_hierarchy(info),
         **({"opset": ONNX_OPSET} if format == "onnx" else {}),
         **extra,
     }
     return write_text_atomic(metadata_path(path), json.dumps(values, indent=2))
+
+
+def _hierarchy(info: BundleInfo) -> dict[str, Any]:
+    """For path classes (``animals/dog``): how a consumer reads the levels from the leaf probabilities."""
+    tree = None if info.multilabel else label_tree(info.classes)
+    if tree is None:
+        return {}
+    return {"hierarchy": {"separator": SEPARATOR, "levels": tree.depth, "label_depth": info.config.get("label_depth"),
+                          "rule": "a category's probability is the sum of the probabilities of the classes "
+                                  "whose path starts with it"}}

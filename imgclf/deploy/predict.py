@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.data.decode import ResizePolicy, decode_file
+from imgclf.data.hierarchy import Hierarchy, LevelSuggestion
 from imgclf.data.sources import IMAGE_EXTENSIONS
 from imgclf.data.workers import run_in_workers
 from imgclf.errors import ImgclfError
@@ -37,16 +38,26 @@ class PredictionRow:
     probabilities: np.ndarray | None = None  # over every class, in the model's class order
     error: str = ""
     min_confidence: float = 0.0
+    # a hierarchical model's path from the top down, a probability per level (the sum of its leaves')
+    levels: list[LevelSuggestion] = field(default_factory=list)
 
     @property
     def prediction(self) -> str:
+        """The top class, or for a hierarchical model the deepest level of its path at least ``min_confidence`` sure."""
         if self.error or not self.top:
             return ""
+        if self.levels:
+            answer = Hierarchy.back_off(self.levels, self.min_confidence)
+            return answer.label if answer else UNKNOWN
         label, probability = self.top[0]
         return label if probability >= self.min_confidence else UNKNOWN
 
     @property
     def confidence(self) -> float | None:
+        """The predicted label's probability (the top level's when even that is unsure)."""
+        if self.levels:
+            answer = Hierarchy.back_off(self.levels, self.min_confidence)
+            return (answer or self.levels[0]).probability
         return self.top[0][1] if self.top else None
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.console import console, progress_bar
+from imgclf.data.hierarchy import level_columns
 from imgclf.embeddings.match import Queries
 from imgclf.embeddings.similarity import normalise
 from imgclf.embeddings.suggest import RANKED, CatalogMatcher, Suggestion
@@ -121,8 +122,7 @@ def _part(parts: Path, number: int) -> Path:
 
 
 def _header(matcher: CatalogMatcher, extra: list[str]) -> list[str]:
-    levels = [f"level{depth}{suffix}" for depth in range(1, matcher.hierarchy.depth + 1)
-              for suffix in ("", "_confidence")] if not matcher.hierarchy.is_flat else []
+    levels = level_columns(matcher.hierarchy.depth)
     ranked = [f"top{rank}{suffix}" for rank in range(1, RANKED + 1) for suffix in ("", "_probability")]
     return ["query", IMAGE_COLUMN, "name", *extra, "category", "confidence", "sure", *levels, *ranked,
             "image_similarity", "name_token_set", "name_ngrams", "closest_name", "closest_category", "closest_image",

@@ -100,10 +100,8 @@ def score(probabilities: np.ndarray, truth: np.ndarray, hierarchy: Hierarchy) ->
     most_sure = np.argsort(-confidence, kind="stable")[:kept]
     levels = []
     if not hierarchy.is_flat:
-        for matrix in hierarchy.membership:
-            totals = probabilities @ matrix.T  # (queries, nodes at this depth)
-            true_node = matrix[:, truth].argmax(axis=0)
-            has_level = matrix[:, truth].sum(axis=0) > 0
+        for depth in range(1, hierarchy.depth + 1):
+            totals, true_node, has_level = hierarchy.at_depth(depth, probabilities, truth)
             levels.append(float((totals.argmax(axis=1) == true_node)[has_level].mean()))
     return ScoringResult(float(correct.mean()), float((ranked[:, :3] == truth[:, None]).any(axis=1).mean()),
                          float(correct[most_sure].mean()), float(confidence[most_sure].min()), levels)

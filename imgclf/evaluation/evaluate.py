@@ -18,6 +18,7 @@ import numpy as np
 
 from imgclf.console import console, progress_bar
 from imgclf.data.decode import decode_file
+from imgclf.data.hierarchy import cut_items
 from imgclf.data.sources import ImageDataset, Item, label_indices, load_source
 from imgclf.deploy.bundle import find_bundle
 from imgclf.deploy.calibration import uncalibrated
@@ -25,6 +26,7 @@ from imgclf.deploy.explain import overlay
 from imgclf.errors import ImgclfError
 from imgclf.evaluation.binary import binary_decision_metrics
 from imgclf.evaluation.label_issues import find_label_issues
+from imgclf.evaluation.levels import level_metrics, plot_level_confusions
 from imgclf.evaluation.metrics import compute_log_loss, compute_metrics, expected_calibration_error
 from imgclf.evaluation.plots import plot_confusion_matrix, plot_reliability, plot_roc
 from imgclf.files import write_problem_list, write_text_atomic
@@ -104,6 +106,9 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
     folds = out_of_fold.folds if out_of_fold is not None else None
     if classifier.info.multilabel:
         raise ImgclfError("evaluate handles single-label models; this model is multi-label")
+    depth = classifier.info.config.get("label_depth")
+    if depth:  # trained on cut paths: the images' full paths are cut the same way
+        items = cut_items(items, depth)
     unknown = sorted({item.label for item in items} - set(classifier.classes))
     if unknown:
         raise ImgclfError(f"labels the model does not know: {', '.join(unknown[:5])}; it was trained on "
@@ -127,6 +132,10 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
         "reliability": plot_reliability(labels, probabilities, out / "reliability.png",
                                         metrics["expected_calibration_error"]),
     }
+    levels = level_metrics(labels, probabilities, classifier.classes)
+    if levels:
+        metrics["levels"] = levels
+        pictures.update(plot_level_confusions(levels, out))
     temperature = classifier.info.temperature
     if temperature != 1.0 and not classifier.info.multilabel:  # the same images before temperature scaling
         raw = uncalibrated(probabilities, temperature)

@@ -65,7 +65,8 @@ def _number(value: Any) -> float:
         return float("nan")
 
 
-def plot_confusion_matrix(confusion: np.ndarray, classes: list[str], path: Path) -> Path:
+def plot_confusion_matrix(confusion: np.ndarray, classes: list[str], path: Path,
+                          title: str = "confusion matrix") -> Path:
     """Row-normalised confusion matrix (what share of each true class went where), counts in the cells."""
     plt = _pyplot()
     confusion = np.asarray(confusion)
@@ -85,7 +86,7 @@ def plot_confusion_matrix(confusion: np.ndarray, classes: list[str], path: Path)
                               color="white" if shares[true, predicted] > 0.5 else "black")
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
-    axis.set_title("confusion matrix")
+    axis.set_title(title)
     return _save(figure, path)
 
 

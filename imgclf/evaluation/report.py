@@ -1,7 +1,8 @@
 """``report.html``: one self-contained page about a run, readable offline and shareable as a file.
 
 Built from :mod:`imgclf.evaluation.pages`. Sections: summary, configuration, data,
-training curves, metrics (overall and per class), a binary model's decision threshold, confusion matrix, ROC,
+training curves, metrics (overall and per class), a binary model's decision threshold, confusion matrix, for
+path labels the scores and confusion matrix of every level, ROC,
 reliability (before and after temperature scaling), samples, augmented examples, worst mistakes and, when computed,
 likely label errors.
 """
@@ -47,6 +48,10 @@ def write_report(run_dir: Path, evaluation: Evaluation | None, pictures: dict[st
         sections += [
             ("confusion", "Confusion matrix", image(evaluation.pictures.get("confusion_matrix"), "confusion matrix")
              + _confusions(evaluation.metrics)),
+        ]
+        if evaluation.metrics.get("levels"):
+            sections.append(("levels", "Categories by level", _levels(evaluation)))
+        sections += [
             ("roc", "ROC curves", image(evaluation.pictures.get("roc"), "ROC curves")),
             ("reliability", "Reliability", _reliability(evaluation)),
         ]
@@ -140,6 +145,19 @@ def _decision(decision: dict[str, Any], split: str) -> str:
             + table(["goal", "threshold", "precision", "recall", "F1", "false positive rate"], rows)
             + '<p class="muted">Choose one at training time with --threshold-for (e.g. recall=0.95); a threshold '
               "read off the split it is measured on flatters it.</p>")
+
+
+def _levels(evaluation: Evaluation) -> str:
+    """Accuracy and macro F1 per depth of the category tree, and each upper level's confusion matrix."""
+    levels = evaluation.metrics["levels"]
+    rows = [[level["depth"], len(level["classes"]), level["images"], percent(level["accuracy"]), level["macro_f1"]]
+            for level in levels]
+    pictures = "".join(image(evaluation.pictures.get(f"confusion_level{level['depth']}"),
+                             f"confusion matrix, level {level['depth']}") for level in levels[:-1])
+    return (table(["level", "categories", "images", "accuracy", "macro F1"], rows)
+            + '<p class="muted">A category\'s probability is the sum of its sub-categories\'; each level is scored '
+              "by its own most probable category, so a mistake between two sub-categories of one parent still counts "
+              "as right one level up. The deepest level is the confusion matrix above.</p>" + pictures)
 
 
 def _reliability(evaluation: Evaluation) -> str:

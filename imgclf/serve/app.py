@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from importlib.resources import files
 from typing import Any
 
@@ -29,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imgclf.data.hierarchy import Hierarchy, label_tree
 from imgclf.errors import ImgclfError
 from imgclf.serve.auth import RequireApiKey
 from imgclf.serve.batcher import DynamicBatcher, Overloaded
@@ -54,11 +56,19 @@ class ClassProbability(BaseModel):
     probability: float
 
 
+class LevelProbability(BaseModel):
+    depth: int = Field(description="1 = the top category.")
+    label: str = Field(description="The path down to this level, e.g. 'animals/dog'.")
+    probability: float = Field(description="The sum of its sub-categories' probabilities.")
+
+
 class ImagePrediction(BaseModel):
     name: str = Field(description="The file name of the part, or 'body' for a raw body.")
     prediction: str
     confidence: float
     top_k: list[ClassProbability]
+    levels: list[LevelProbability] = Field(default_factory=list,
+                                           description="A category model's path from the top down (else empty).")
 
 
 class PredictResponse(BaseModel):
@@ -127,6 +137,7 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
     With ``api_key``, the API and metrics answer 401 to requests without it (:mod:`imgclf.serve.auth`).
     """
     info = classifier.info
+    hierarchy = None if info.multilabel else label_tree(classifier.classes)  # path labels: answers carry the path
     metrics = ServerMetrics()
     batcher = DynamicBatcher(classifier.predict_pixels, max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
                              max_queue=max_queue, on_batch=metrics.batch_size.observe)
@@ -170,7 +181,7 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
         metrics.images.inc(len(pixels))
         k = min(top_k, len(classifier.classes))
         return {"model": name, "runtime": runtime,
-                "predictions": [_ranked(upload.name, row, order[:k], classifier.classes)
+                "predictions": [_ranked(upload.name, row, order[:k], classifier.classes, hierarchy)
                                 for upload, row, order in zip(uploads, probabilities,
                                                               classifier.ranking(probabilities))]}
 
@@ -233,10 +244,13 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
     return app
 
 
-def _ranked(name: str, row: np.ndarray, order: np.ndarray, classes: list[str]) -> dict[str, Any]:
+def _ranked(name: str, row: np.ndarray, order: np.ndarray, classes: list[str], hierarchy: Hierarchy | None
+            ) -> dict[str, Any]:
     """One image's answer; ``order`` is the classifier's ranking (the decided class first, as predict's)."""
     top = [{"class": classes[i], "probability": float(row[i])} for i in order]
-    return {"name": name, "prediction": top[0]["class"], "confidence": top[0]["probability"], "top_k": top}
+    levels = [asdict(level) for level in hierarchy.levels(row)] if hierarchy else []
+    return {"name": name, "prediction": top[0]["class"], "confidence": top[0]["probability"], "top_k": top,
+            "levels": levels}
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -342,6 +342,11 @@ def _print_single_label_metrics(result: Evaluation) -> None:
         extras.append(f"ROC-AUC {metrics['roc_auc_ovr']:.4f}")
     extras += [f"log loss {metrics['log_loss']:.4f}", f"ECE {metrics['expected_calibration_error']:.4f}"]
     console.print("  ".join(extras))
+    if "decision" in metrics:
+        decision = metrics["decision"]
+        console.print(f"decision: {decision['positive']} at P >= {decision['threshold']:.4g} ({decision['goal']}): "
+                      f"precision {decision['precision']:.3f}, recall {decision['recall']:.3f}, "
+                      f"F1 {decision['f1']:.3f}, false positive rate {decision['false_positive_rate']:.3f}")
     for level in metrics.get("levels", []):
         console.print(f"level {level['depth']} ({len(level['classes'])} categories): accuracy {level['accuracy']:.2%}  "
                       f"macro F1 {level['macro_f1']:.3f}")

@@ -120,3 +120,28 @@ def choose_label_thresholds(probabilities: np.ndarray, truth: np.ndarray, classe
     truth = np.asarray(truth)
     return {name: choose_threshold(probabilities[:, index], truth[:, index], goal)
             for index, name in enumerate(classes)}
+
+
+def positive_class(classes: list[str], positive: str | None, multilabel: bool = False) -> str | None:
+    """The positive class of a binary decision: ``positive`` checked against ``classes``, else the second class.
+
+    Only single-label data with exactly two classes gets one. With more
+    classes ``--positive`` is refused rather than read as "this class
+    against the rest": a model trained on five classes splits its
+    probability five ways, so the rest would still need its own decision
+    rule; relabelling the data as two classes trains what is meant.
+    """
+    if positive is not None and multilabel:
+        raise ImgclfError(f"--positive {positive}: multi-label data has a threshold per label, not a positive class; "
+                          "drop --positive")
+    if multilabel or len(classes) != 2:
+        if positive is not None:
+            raise ImgclfError(f"--positive {positive}: a binary decision needs exactly 2 classes, found "
+                              f"{len(classes)} ({', '.join(classes[:10])}); relabel the others as one class "
+                              "(e.g. a CSV manifest with labels roses / other) or drop --positive")
+        return None
+    if positive is None:
+        return classes[1]
+    if positive not in classes:
+        raise ImgclfError(f"--positive {positive}: no such class; the classes are {', '.join(classes)}")
+    return positive

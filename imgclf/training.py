@@ -31,6 +31,7 @@ from imgclf.errors import ImgclfError
 from imgclf.files import write_problem_list
 from imgclf.recipes import DataFacts, resolve
 from imgclf.runs import RunDirectory, new_run_directory
+from imgclf.thresholds import ThresholdGoal, parse_goal, positive_class
 
 if TYPE_CHECKING:  # torch loads only when training starts
     from imgclf.engines.contract import Engine, FitResult, TrainingData
@@ -82,6 +83,7 @@ def plan(config: TrainConfig, archive: str | Path | None = None) -> tuple[TrainC
     if len(dataset.classes) < 2:
         raise ImgclfError(f"{dataset.source}: found {len(dataset.classes)} class; a classifier needs at least 2")
     require_training_images(dataset)
+    positive_class(dataset.classes, config.positive, dataset.multilabel)  # --positive refused before any work
     resolved = resolve(config, data_facts(dataset), weights_source)
     backend.check(resolved, dataset.multilabel)
     return resolved, dataset
@@ -123,7 +125,8 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     model_dir = _write_bundle(run, config, engine, data, {})
     calibration = _calibrate(model_dir, data)  # before scoring: val/test losses are the calibrated model's
     calibration.update(_choose_label_thresholds(model_dir, data, config))  # after calibration, on what users get
-    metrics = _final_metrics(engine, data, result, model_dir, calibration)
+    decision = _decide(model_dir, data, config)  # on calibrated probabilities, before scoring: accuracy at it
+    metrics = _final_metrics(engine, data, result, model_dir, {**calibration, **decision})
     _print_summary(run, config, result, metrics)
     return TrainResult(run.path, model_dir, config, result.history, metrics, multilabel=data.multilabel)
 
@@ -223,7 +226,7 @@ def _choose_label_thresholds(model_dir: Path, data: TrainingData, config: TrainC
     temperature moves no label's ranking, and each label's threshold is
     chosen on the probabilities exactly as the bundle will give them.
     """
-    from imgclf.deploy.bundle import write_bundle_thresholds
+    from imgclf.deploy.bundle import update_bundle_info
     from imgclf.deploy.classifier import Classifier
     from imgclf.thresholds import choose_label_thresholds, parse_goal
 
@@ -235,11 +238,38 @@ def _choose_label_thresholds(model_dir: Path, data: TrainingData, config: TrainC
     probabilities = np.concatenate([classifier.predict_pixels(np.asarray(data.pixels[val[start:start + 64]]))
                                     for start in range(0, len(val), 64)])
     choices = choose_label_thresholds(probabilities, data.targets[val].numpy(), data.classes, goal)
-    write_bundle_thresholds(model_dir, {name: round(choice.threshold, 6) for name, choice in choices.items()},
-                            str(goal))
+    update_bundle_info(model_dir, thresholds={name: round(choice.threshold, 6) for name, choice in choices.items()},
+                       threshold_goal=str(goal))
     return {"thresholds": {name: {"threshold": round(choice.threshold, 6), "precision": round(choice.precision, 6),
                                   "recall": round(choice.recall, 6), "f1": round(choice.f1, 6), "met": choice.met}
                            for name, choice in choices.items()}, "threshold_goal": str(goal)}
+
+
+def _decide(model_dir: Path, data: TrainingData, config: TrainConfig) -> dict[str, Any]:
+    """A two-class model's decision threshold, chosen on val's calibrated P(positive) and stored in the bundle.
+
+    Engine-independent: it reads only the written bundle's probabilities.
+    Without validation images a goal other than a fixed threshold cannot
+    be met, so the model decides at 0.5 and says so.
+    """
+    from imgclf.deploy.decision import decide_bundle
+
+    positive = positive_class(data.classes, config.positive, data.multilabel)
+    if positive is None:
+        return {}
+    goal = parse_goal(config.threshold_for)
+    val = data.rows["val"]
+    if not len(val) and goal.kind != "fixed":
+        console.print(f"[yellow]no validation images to choose the threshold for {goal} on; "
+                      f"deciding '{positive}' at 0.5[/]")
+        goal = ThresholdGoal("fixed", 0.5)
+    choice = decide_bundle(model_dir, data.pixels[val], data.targets[val].numpy(), positive, goal)
+    if not choice.met:
+        console.print(f"[yellow]no threshold reaches {goal} on val; kept the closest, {choice.threshold:.4g} "
+                      f"(precision {choice.precision:.3f}, recall {choice.recall:.3f})[/]")
+    return {"decision": {"positive": positive, "goal": str(goal), "threshold": choice.threshold, "met": choice.met,
+                         "val_precision": round(choice.precision, 6), "val_recall": round(choice.recall, 6),
+                         "val_f1": round(choice.f1, 6)}}
 
 
 def _print_summary(run: RunDirectory, config: TrainConfig, result: FitResult, metrics: dict[str, Any]) -> None:
@@ -266,6 +296,11 @@ def _print_summary(run: RunDirectory, config: TrainConfig, result: FitResult, me
         calibration = metrics["calibration"]
         table.add_row("val ECE (temperature)", f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} "
                                                f"(T = {calibration['temperature']:.3f})")
+    if "decision" in metrics:
+        decision = metrics["decision"]
+        table.add_row(f"decision ({decision['goal']})",
+                      f"{decision['positive']} at P >= {decision['threshold']:.4g}: val precision "
+                      f"{decision['val_precision']:.3f}, recall {decision['val_recall']:.3f}")
     table.add_row("run", str(run.path))
     table.add_row("model", str(run.model_dir))
     console.print(table)

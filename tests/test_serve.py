@@ -208,7 +208,8 @@ def test_slow_models_and_slow_uploads_time_out_and_the_server_recovers(run: Path
         time.sleep(next(delays, 0.0))
         return classifier.predict_pixels(pixels)
 
-    stand_in = SimpleNamespace(info=classifier.info, classes=classifier.classes, tta=False, predict_pixels=slow)
+    stand_in = SimpleNamespace(info=classifier.info, classes=classifier.classes, tta=False, predict_pixels=slow,
+                               ranking=classifier.ranking)
     url, server, thread = start_server(create_app(stand_in, "slow", "torch", Limits(timeout_s=1.0)))
     with httpx.Client(base_url=url, timeout=30) as http:
         answer = http.post("/v1/predict", content=RED, headers={"content-type": "image/jpeg"})

@@ -106,16 +106,16 @@ def write_bundle_metrics(directory: Path, metrics: dict[str, Any]) -> None:
     Training scores the held-out splits with the bundle itself, the way
     ``evaluate`` will, so the metrics can only be filled in after it is written.
     """
-    info = read_bundle_info(directory)
-    info.metrics = metrics
-    write_text_atomic(directory / MODEL_FILE, json.dumps(asdict(info), indent=2))
+    update_bundle_info(directory, metrics=metrics)
 
 
-def write_bundle_thresholds(directory: Path, thresholds: dict[str, float], goal: str) -> None:
-    """Store decision thresholds (label -> threshold, chosen for ``goal``) in a written bundle's ``model.json``."""
+def update_bundle_info(directory: Path, **fields: Any) -> BundleInfo:
+    """Replace ``fields`` of a written bundle's ``model.json`` (atomically), e.g. the decision threshold chosen on val."""
     info = read_bundle_info(directory)
-    info.thresholds, info.threshold_goal = dict(thresholds), goal
+    for name, value in fields.items():
+        setattr(info, name, value)
     write_text_atomic(directory / MODEL_FILE, json.dumps(asdict(info), indent=2))
+    return info
 
 
 def find_bundle(path: str | Path) -> Path:

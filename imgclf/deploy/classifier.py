@@ -7,7 +7,9 @@
 Preprocessing is exactly training's: the same decoder, resize policy, size
 and normalisation, all read from ``model.json``. So is the output: the
 logits are divided by the bundle's calibration temperature before the
-softmax, whatever the runtime (see :mod:`imgclf.deploy.calibration`).
+softmax, whatever the runtime (see :mod:`imgclf.deploy.calibration`), and
+the label each image gets is decided here, once (:meth:`Classifier.decide`:
+a binary model's threshold, see :mod:`imgclf.deploy.decision`).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ class Classifier:
             correct = (self.label_decisions(probabilities) == (targets > 0.5)).all(axis=1)
         else:
             loss = -np.mean(np.log(clipped[np.arange(len(targets)), targets]))
-            correct = probabilities.argmax(axis=1) == targets
+            correct = self.decide(probabilities) == targets
         return {"loss": float(loss), "accuracy": float(np.mean(correct))}
 
     def predict_proba(self, images: Sequence[ImageInput], batch_size: int = 64) -> np.ndarray:
@@ -150,7 +152,7 @@ class Classifier:
             if row is None:
                 yield PredictionRow(str(path), error=error)
                 continue
-            order = np.argsort(-row, kind="stable")[:k]
+            order = self.ranking(row[None])[0, :k]
             labels = self.chosen_labels(row, min_confidence) if self.info.multilabel else None
             yield PredictionRow(str(path), top=[(self.classes[i], float(row[i])) for i in order],
                                 probabilities=row, min_confidence=min_confidence, labels=labels,
@@ -169,14 +171,52 @@ class Classifier:
 
     def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int | None = None
                 ) -> Prediction | list[Prediction]:
-        """(class, probability) pairs, best first; a list of them when given a list of images."""
+        """(class, probability) pairs, the decided class first; a list of them when given a list of images."""
         single = isinstance(images, (str, Path, Image.Image, np.ndarray))
         batch = [images] if single else list(images)  # type: ignore[list-item]
         probabilities = self.predict_proba(batch)
         k = len(self.classes) if top_k is None else max(1, min(top_k, len(self.classes)))
-        ranked = [[(self.classes[i], float(row[i])) for i in np.argsort(-row, kind="stable")[:k]]
-                  for row in probabilities]
+        ranked = [[(self.classes[i], float(row[i])) for i in order[:k]]
+                  for row, order in zip(probabilities, self.ranking(probabilities))]
         return ranked[0] if single else ranked
+
+    # ----------------------------------------------------------------- decisions (binary: positive at a threshold)
+    @property
+    def decision(self) -> tuple[int, float] | None:
+        """(positive class index, threshold) of a two-class single-label model; None for every other model.
+
+        Bundles written before thresholds existed (or without a validation
+        split to choose one on) decide at 0.5 for the second class, which
+        is the argmax they always used.
+        """
+        if self.info.multilabel or len(self.classes) != 2:
+            return None
+        positive = self.info.positive if self.info.positive in self.classes else self.classes[1]
+        return self.classes.index(positive), float(self.info.thresholds.get(positive, 0.5))
+
+    def decide(self, probabilities: np.ndarray) -> np.ndarray:
+        """(N,) the class index each row of (N, classes) probabilities is called: the one place labels are decided.
+
+        A binary model with a stored threshold says its positive class when
+        P(positive) reaches the threshold, else the other; every other model
+        (and a bundle without thresholds) takes the most probable class.
+        """
+        decision = self.decision
+        if decision is None or self.classes[decision[0]] not in self.info.thresholds:
+            return np.asarray(probabilities).argmax(axis=1)
+        positive, threshold = decision
+        return np.where(np.asarray(probabilities)[:, positive] >= threshold, positive, 1 - positive)
+
+    def ranking(self, probabilities: np.ndarray) -> np.ndarray:
+        """(N, classes) class indices per row: the decided class first, then the others by probability.
+
+        Every output lists classes in this order (predict's table, CSV and
+        JSON ``top_k``, serve), so the first class is always the decision
+        and ``--top-k 1`` or ``--min-confidence`` act on it.
+        """
+        probabilities = np.asarray(probabilities)
+        not_decided = np.arange(probabilities.shape[1])[None, :] != self.decide(probabilities)[:, None]
+        return np.lexsort((-probabilities, not_decided), axis=-1)
 
     def explain(self, image: ImageInput, top_k: int = 3) -> Explanation:
         """Grad-CAM heat maps of ``image`` for its ``top_k`` classes: ``.map`` is the top class's (H, W) array."""
@@ -184,7 +224,7 @@ class Classifier:
             self._explainer = self._make_explainer()
         pixels = self._pixels(image)
         probabilities = self.predict_pixels(pixels[None])[0]
-        order = [int(i) for i in np.argsort(-probabilities, kind="stable")[:max(1, min(top_k, len(self.classes)))]]
+        order = [int(i) for i in self.ranking(probabilities[None])[0, :max(1, min(top_k, len(self.classes)))]]
         return Explanation(pixels=pixels, top=[(self.classes[i], float(probabilities[i])) for i in order],
                            maps=self._explainer.maps(pixels, order), layer=self._explainer.layer_name)
 

@@ -91,6 +91,8 @@ def write_metadata(path: Path, format: str, directory: Path, info: BundleInfo, *
             "formula": "(pixel / 255 - mean) / std, per channel",
         },
         "tta": info.tta,
+        # a binary model says `positive` when its probability reaches thresholds[positive] (empty: the argmax)
+        "decision": {"positive": info.positive, "thresholds": info.thresholds, "goal": info.threshold_goal},
         **_hierarchy(info),
         **({"opset": ONNX_OPSET} if format == "onnx" else {}),
         **extra,

@@ -24,6 +24,7 @@ from imgclf.deploy.bundle import find_bundle
 from imgclf.deploy.calibration import uncalibrated
 from imgclf.deploy.explain import overlay
 from imgclf.errors import ImgclfError
+from imgclf.evaluation.binary import binary_decision_metrics
 from imgclf.evaluation.label_issues import find_label_issues
 from imgclf.evaluation.levels import level_metrics, plot_level_confusions
 from imgclf.evaluation.metrics import compute_log_loss, compute_metrics, expected_calibration_error
@@ -127,12 +128,18 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
     out.mkdir(parents=True, exist_ok=True)
     paths, labelled, probabilities, skipped = _predict(classifier, items, batch_size)
     labels = label_indices(labelled, classifier.classes)
-    metrics = compute_metrics(labels, probabilities, classifier.classes)
+    predicted = classifier.decide(probabilities)  # the labels predict and serve give: a binary model's threshold
+    decision = classifier.decision
+    metrics = compute_metrics(labels, probabilities, classifier.classes, predicted=predicted,
+                              positive=decision[0] if decision else 1)
+    if decision is not None:
+        metrics["decision"] = binary_decision_metrics(labels, probabilities, classifier.classes, *decision,
+                                                      goal=classifier.info.threshold_goal)
     metrics.update(split=split, tta=classifier.tta, skipped=len(skipped))
     pictures = {
         "confusion_matrix": plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classifier.classes,
                                                   out / "confusion_matrix.png"),
-        "roc": plot_roc(labels, probabilities, classifier.classes, out / "roc.png"),
+        "roc": plot_roc(labels, probabilities, classifier.classes, out / "roc.png", metrics.get("decision")),
         "reliability": plot_reliability(labels, probabilities, out / "reliability.png",
                                         metrics["expected_calibration_error"]),
     }
@@ -148,7 +155,7 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
                                    "log_loss": compute_log_loss(labels, raw, len(classifier.classes))}
         pictures["reliability_uncalibrated"] = plot_reliability(labels, raw, out / "reliability_uncalibrated.png",
                                                                 raw_ece, title="before temperature scaling")
-    mistakes = _worst_mistakes(paths, labels, probabilities, classifier.classes)
+    mistakes = _worst_mistakes(paths, labels, predicted, probabilities, classifier.classes)
     if mistakes:
         pictures["worst_mistakes"] = _gallery(mistakes, classifier.classes, out / "worst_mistakes.png",
                                               "highest-loss mistakes (heat: Grad-CAM of the predicted class)",
@@ -230,10 +237,9 @@ def _predict(classifier: Any, items: list[Item], batch_size: int
     return paths, labelled, np.stack(rows), skipped
 
 
-def _worst_mistakes(paths: list[str], labels: np.ndarray, probabilities: np.ndarray, classes: list[str]
-                    ) -> list[dict[str, Any]]:
+def _worst_mistakes(paths: list[str], labels: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray,
+                    classes: list[str]) -> list[dict[str, Any]]:
     """Misclassified images with the highest loss (lowest probability on the true class) first."""
-    predicted = probabilities.argmax(axis=1)
     wrong = np.flatnonzero(predicted != labels)
     true_probability = probabilities[wrong, labels[wrong]]
     order = wrong[np.argsort(true_probability, kind="stable")][:GALLERY_SIZE]

@@ -22,13 +22,19 @@ TOP_CONFUSIONS = 10
 
 
 def compute_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: list[str],
-                    top_k: tuple[int, ...] = (3, 5)) -> dict[str, Any]:
-    """Metrics of single-label predictions: ``labels`` (N,) class indices, ``probabilities`` (N, C)."""
+                    top_k: tuple[int, ...] = (3, 5), predicted: np.ndarray | None = None,
+                    positive: int = 1) -> dict[str, Any]:
+    """Metrics of single-label predictions: ``labels`` (N,) class indices, ``probabilities`` (N, C).
+
+    ``predicted`` is the class each image was called (the classifier's
+    decision: a binary model's threshold); by default the most probable.
+    ``positive`` is the class whose curves a two-class model gets.
+    """
     labels = np.asarray(labels, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     count = len(classes)
     indices = list(range(count))
-    predicted = probabilities.argmax(axis=1)
+    predicted = probabilities.argmax(axis=1) if predicted is None else np.asarray(predicted, dtype=np.int64)
     report = skm.classification_report(labels, predicted, labels=indices, target_names=classes, output_dict=True,
                                        zero_division=0)
     confusion = skm.confusion_matrix(labels, predicted, labels=indices)
@@ -50,7 +56,7 @@ def compute_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: list
     for k in top_k:
         if k < count:
             result[f"top_{k}_accuracy"] = float(skm.top_k_accuracy_score(labels, probabilities, k=k, labels=indices))
-    result.update(_roc(labels, probabilities, classes))
+    result.update(_roc(labels, probabilities, classes, positive))
     return result
 
 
@@ -76,17 +82,17 @@ def _average(row: dict[str, float]) -> dict[str, float]:
     return {"precision": row["precision"], "recall": row["recall"], "f1": row["f1-score"]}
 
 
-def _roc(labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """ROC-AUC one-vs-rest over the classes present; curves for the two-class case."""
+def _roc(labels: np.ndarray, probabilities: np.ndarray, classes: list[str], positive: int) -> dict[str, Any]:
+    """ROC-AUC one-vs-rest over the classes present; curves of the ``positive`` class for the two-class case."""
     present = np.unique(labels)
     if len(present) < 2:
         return {"roc_auc_ovr": None}
     if len(classes) == 2:
-        scores = probabilities[:, 1]
-        fpr, tpr, _ = skm.roc_curve(labels, scores)
-        precision, recall, _ = skm.precision_recall_curve(labels, scores)
-        return {"roc_auc_ovr": float(skm.roc_auc_score(labels, scores)),
-                "average_precision": float(skm.average_precision_score(labels, scores)),
+        scores, truth = probabilities[:, positive], labels == positive
+        fpr, tpr, _ = skm.roc_curve(truth, scores)
+        precision, recall, _ = skm.precision_recall_curve(truth, scores)
+        return {"roc_auc_ovr": float(skm.roc_auc_score(truth, scores)),
+                "average_precision": float(skm.average_precision_score(truth, scores)),
                 "curves": {"roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
                            "precision_recall": {"precision": precision.tolist(), "recall": recall.tolist()}}}
     per_class = {}

@@ -90,12 +90,19 @@ def plot_confusion_matrix(confusion: np.ndarray, classes: list[str], path: Path,
     return _save(figure, path)
 
 
-def plot_roc(labels: np.ndarray, probabilities: np.ndarray, classes: list[str], path: Path) -> Path:
-    """One-vs-rest ROC curves (the classes with the lowest AUC when there are many); PR curve for two classes."""
+def plot_roc(labels: np.ndarray, probabilities: np.ndarray, classes: list[str], path: Path,
+             decision: dict[str, Any] | None = None) -> Path:
+    """One-vs-rest ROC curves (the classes with the lowest AUC when there are many).
+
+    A two-class model gets its positive class's ROC and precision-recall
+    curves, with ``decision`` (:func:`imgclf.evaluation.binary.binary_decision_metrics`)
+    marked on both: where the model's threshold puts it on these images.
+    """
     from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
     plt = _pyplot()
     two = len(classes) == 2
+    positive_index = classes.index(decision["positive"]) if two and decision else 1
     figure, axes = plt.subplots(1, 2 if two else 1, figsize=(11 if two else 6, 5), squeeze=False)
     axis = axes[0, 0]
     curves = []
@@ -105,21 +112,31 @@ def plot_roc(labels: np.ndarray, probabilities: np.ndarray, classes: list[str], 
             fpr, tpr, _ = roc_curve(positive, probabilities[:, index])
             curves.append((auc(fpr, tpr), name, fpr, tpr))
     curves.sort(key=lambda curve: curve[0])
-    shown = curves[1:] if two else curves[:MAX_ROC_CURVES]
+    shown = [curve for curve in curves if curve[1] == classes[positive_index]] if two else curves[:MAX_ROC_CURVES]
     for area, name, fpr, tpr in shown:
         axis.plot(fpr, tpr, label=f"{name} (AUC {area:.3f})")
+    if two and decision:
+        axis.plot(decision["false_positive_rate"], decision["recall"], "o", color="C3", markersize=9,
+                  label=f"threshold {decision['threshold']:.3g} ({decision['goal']})")
     axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
     axis.set_xlabel("false positive rate")
     axis.set_ylabel("true positive rate")
     hidden = len(curves) - len(shown)
-    axis.set_title("ROC, one vs rest" + (f" (the {len(shown)} lowest AUCs)" if hidden > 0 and not two else ""))
+    axis.set_title(f"ROC for '{classes[positive_index]}'" if two else
+                   "ROC, one vs rest" + (f" (the {len(shown)} lowest AUCs)" if hidden > 0 else ""))
     axis.legend(fontsize=8)
     if two:
-        precision, recall, _ = precision_recall_curve(labels == 1, probabilities[:, 1])
-        axes[0, 1].plot(recall, precision)
-        axes[0, 1].set_xlabel("recall")
-        axes[0, 1].set_ylabel("precision")
-        axes[0, 1].set_title(f"precision-recall for '{classes[1]}'")
+        pr_axis = axes[0, 1]
+        precision, recall, _ = precision_recall_curve(labels == positive_index, probabilities[:, positive_index])
+        pr_axis.plot(recall, precision)
+        if decision:
+            pr_axis.plot(decision["recall"], decision["precision"], "o", color="C3", markersize=9,
+                         label=f"threshold {decision['threshold']:.3g}: precision {decision['precision']:.3f}, "
+                               f"recall {decision['recall']:.3f}")
+            pr_axis.legend(fontsize=8, loc="lower left")
+        pr_axis.set_xlabel("recall")
+        pr_axis.set_ylabel("precision")
+        pr_axis.set_title(f"precision-recall for '{classes[positive_index]}'")
     return _save(figure, path)
 
 

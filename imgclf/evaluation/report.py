@@ -1,8 +1,8 @@
 """``report.html``: one self-contained page about a run, readable offline and shareable as a file.
 
 Built from :mod:`imgclf.evaluation.pages`. Sections: summary, configuration, data,
-training curves, metrics (overall and per class), confusion matrix, for path labels the scores and
-confusion matrix of every level, ROC,
+training curves, metrics (overall and per class), a binary model's decision threshold, confusion matrix, for
+path labels the scores and confusion matrix of every level, ROC,
 reliability (before and after temperature scaling), samples, augmented examples, worst mistakes and, when computed,
 likely label errors. A multi-label run has its own metric sections instead (per-label table, PR curves of
 the lowest-AP labels, label co-occurrence: :mod:`imgclf.evaluation.multilabel`).
@@ -46,6 +46,11 @@ def write_report(run_dir: Path, evaluation: Evaluation | None, pictures: dict[st
     elif evaluation is not None:
         sections += [
             ("metrics", f"Metrics on the {evaluation.split} split", _metrics(evaluation.metrics)),
+        ]
+        if "decision" in evaluation.metrics:
+            sections.append(("decision", "Decision threshold", _decision(evaluation.metrics["decision"],
+                                                                          evaluation.split)))
+        sections += [
             ("confusion", "Confusion matrix", image(evaluation.pictures.get("confusion_matrix"), "confusion matrix")
              + _confusions(evaluation.metrics)),
         ]
@@ -127,6 +132,26 @@ def _metrics(metrics: dict[str, Any]) -> str:
         per_class.append([label, metrics[key]["precision"], metrics[key]["recall"], metrics[key]["f1"],
                           metrics["images"]])
     return table(["metric", "value"], overall) + table(["class", "precision", "recall", "F1", "support"], per_class)
+
+
+def _decision(decision: dict[str, Any], split: str) -> str:
+    """Where the binary model says yes: its threshold's figures and counts on ``split``, and the alternatives."""
+    positive, negative = decision["positive"], decision["negative"]
+    intro = (f"<p>The model says <b>{html.escape(positive)}</b> when P({html.escape(positive)}) is at least "
+             f"<b>{decision['threshold']:.4g}</b> (chosen on the validation split for "
+             f"{html.escape(decision['goal'])}). On the {html.escape(split)} split that gives precision "
+             f"{decision['precision']:.3f}, recall {decision['recall']:.3f}, F1 {decision['f1']:.3f} and a false "
+             f"positive rate of {decision['false_positive_rate']:.3f}; the curves under ROC mark the point.</p>")
+    counts = table(["true (rows) / predicted (columns)", positive, negative],
+                   [[positive, decision["true_positives"], decision["false_negatives"]],
+                    [negative, decision["false_positives"], decision["true_negatives"]]])
+    rows = [[row["goal"] + ("" if row["met"] else " (not reached)"), row["threshold"], row["precision"],
+             row["recall"], row["f1"], row["false_positive_rate"]] for row in decision["alternatives"]]
+    return (intro + "<h3>Confusion matrix at the threshold</h3>" + counts
+            + f"<h3>Other thresholds, chosen on the {html.escape(split)} split itself</h3>"
+            + table(["goal", "threshold", "precision", "recall", "F1", "false positive rate"], rows)
+            + '<p class="muted">Choose one at training time with --threshold-for (e.g. recall=0.95); a threshold '
+              "read off the split it is measured on flatters it.</p>")
 
 
 def _levels(evaluation: Evaluation) -> str:

@@ -134,7 +134,7 @@ class LimitAndMeasure:
 
 def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAULT_LIMITS, *, max_batch: int = 32,
                max_wait_ms: float = 2.0, max_queue: int = 256, api_key: str | None = None) -> FastAPI:
-    """The server for one loaded classifier (anything with ``info``, ``classes`` and ``predict_pixels``).
+    """The server for one loaded classifier (anything with ``info``, ``classes``, ``predict_pixels`` and ``ranking``).
 
     With ``api_key``, the API and metrics answer 401 to requests without it (:mod:`imgclf.serve.auth`).
     """
@@ -183,8 +183,9 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
         metrics.images.inc(len(pixels))
         k = min(top_k, len(classifier.classes))
         return {"model": name, "runtime": runtime,
-                "predictions": [_ranked(upload.name, row, classifier, k, hierarchy)
-                                for upload, row in zip(uploads, probabilities)]}
+                "predictions": [_ranked(upload.name, row, order[:k], classifier, hierarchy)
+                                for upload, row, order in zip(uploads, probabilities,
+                                                              classifier.ranking(probabilities))]}
 
     explain_lock = threading.Lock()  # one Grad-CAM at a time: it hooks the model's layer while it runs
 
@@ -223,6 +224,7 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
         return {"name": name, "architecture": info.architecture, "classes": classifier.classes,
                 "multilabel": info.multilabel, "image_size": info.image_size, "channels": info.channels,
                 "resize": info.resize, "mean": info.mean, "std": info.std, "tta": classifier.tta,
+                "positive": info.positive, "thresholds": info.thresholds, "threshold_goal": info.threshold_goal,
                 "metrics": info.metrics, "runtime": runtime, "version": __version__,
                 "model_imgclf_version": info.imgclf_version,
                 "limits": {"max_upload_bytes": limits.max_bytes, "max_pixels": limits.max_pixels,
@@ -244,8 +246,9 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
     return app
 
 
-def _ranked(name: str, row: np.ndarray, classifier: Any, k: int, hierarchy: Hierarchy | None) -> dict[str, Any]:
-    order = np.argsort(-row, kind="stable")[:k]
+def _ranked(name: str, row: np.ndarray, order: np.ndarray, classifier: Any, hierarchy: Hierarchy | None
+            ) -> dict[str, Any]:
+    """One image's answer; ``order`` is the classifier's ranking (the decided class first, as predict's)."""
     top = [{"class": classifier.classes[i], "probability": float(row[i])} for i in order]
     if classifier.info.multilabel:  # the decision is the Classifier's, as for predict
         labels = classifier.chosen_labels(row)

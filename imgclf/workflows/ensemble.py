@@ -29,9 +29,11 @@ from imgclf.console import console
 from imgclf.data.sources import read_manifest
 from imgclf.deploy.bundle import ENSEMBLE, MODEL_FILE, BundleInfo, find_bundle, read_bundle_info
 from imgclf.deploy.classifier import Classifier, EnsembleClassifier
+from imgclf.deploy.decision import choose_decision
 from imgclf.errors import ImgclfError
 from imgclf.evaluation.metrics import compute_log_loss
 from imgclf.files import write_folder_atomic, write_text_atomic
+from imgclf.thresholds import parse_goal
 
 WEIGHTINGS = ("fit", "equal")
 
@@ -107,6 +109,11 @@ def build_ensemble(runs: list[str | Path], out: str | Path, weights: str = "fit"
                                 "image_size": member.image_size}
                                for name, weight, member in zip(names, fitted, infos)])
     ensemble = EnsembleClassifier(members, fitted, info)
+    positive = infos[0].positive
+    if positive and infos[0].thresholds:  # binary: the vote gets its own threshold on val, for the first member's goal
+        goal = parse_goal(infos[0].threshold_goal or "f1")
+        choice = choose_decision(ensemble.combine(val_probabilities), labels, info.classes, positive, goal)
+        info.positive, info.thresholds, info.threshold_goal = positive, {positive: choice.threshold}, str(goal)
     scores = {name: {split: _score(labels_, probabilities[position]) for split, (labels_, probabilities) in scored.items()}
               for position, name in enumerate(names)}
     scores["ensemble"] = {split: _score(labels_, ensemble.combine(probabilities))

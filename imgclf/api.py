@@ -206,11 +206,12 @@ def train_processes(nproc: int, arguments: list[str], data: str | Path | None = 
     process starts, so a mistake is one line rather than N.
     """
     from imgclf.config import make_config
-    from imgclf.distributed import launch, require_devices
+    from imgclf.distributed import launch, require_devices, torchrun_command
     from imgclf.engines.registry import get_backend
     from imgclf.runs import RunDirectory
     from imgclf.training import plan
 
+    torchrun_command(nproc, arguments)  # refuses --nproc below 1
     settings = (RunDirectory(Path(resume)).read_config() if resume is not None
                 else make_config(config, **({"data": str(data)} if data is not None else {}), **options))
     get_backend(settings.backend).check_processes(nproc)

@@ -44,6 +44,9 @@ class World:
         return range(start, count * (self.rank + 1) // self.size)
 
 
+ALONE = World()  # a plain process: a world of one
+
+
 def current_world() -> World:
     """The world torchrun describes in the environment, or a world of one."""
     try:

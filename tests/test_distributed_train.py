@@ -25,8 +25,9 @@ from test_cli_train import TINY
 
 from imgclf.data.augment_presets import PRESETS
 from imgclf.data.batches import BatchLoader
-from imgclf.distributed import World, weights_digest
+from imgclf.distributed import World, require_devices, weights_digest
 from imgclf.engines.checkpoint import load_checkpoint
+from imgclf.errors import ImgclfError
 
 EPOCHS = 400  # far more than the run lasts: it is interrupted once its first epoch is written
 RECIPE = [*TINY, "--ema", "--mixup", "0.2"]
@@ -99,15 +100,19 @@ def test_each_rank_reads_its_share_of_every_global_batch_in_the_same_order() -> 
     assert [a + b for a, b in zip(first, second)] == alone
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--nproc", "2", "--backend", "tensorflow"], "--backend tensorflow cannot train in 2 processes (torchrun, "
-                                                  "--nproc); train with --backend torch"),
-    (["--nproc", "2", "--device", "cuda"], "--nproc 2 with --device cuda needs 2 GPUs (one per process)"),
-    (["--nproc", "0"], "--nproc 0 must be at least 1"),
-])
-def test_nproc_that_cannot_run_is_a_one_line_error(args: list[str], message: str, tmp_path: Path) -> None:
+def test_nproc_with_the_keras_engine_is_a_one_line_error_naming_the_torch_backend(tmp_path: Path) -> None:
     data = make_class_folder(tmp_path / "data", per_class=4)
-    result = imgclf("train", str(data), "--out", str(tmp_path / "run"), *args, *TINY)
+    result = imgclf("train", str(data), "--out", str(tmp_path / "run"), "--nproc", "2", "--backend", "tensorflow")
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
-    assert message in result.stderr
+    assert "--backend tensorflow cannot train in 2 processes (torchrun, --nproc); train with --backend torch" \
+        in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_more_processes_than_gpus_is_refused_by_name() -> None:
+    visible = torch.cuda.device_count()
+    with pytest.raises(ImgclfError, match=rf"--nproc {visible + 1} with --device cuda needs {visible + 1} GPUs "
+                                          rf"\(one per process\) but {visible}"):
+        require_devices(visible + 1, "cuda")
+    require_devices(2, "cpu")  # CPU processes share the cores

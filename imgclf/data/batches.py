@@ -18,7 +18,7 @@ import torch
 
 from imgclf.data.augment import augment_batch
 from imgclf.data.augment_presets import AugmentConfig
-from imgclf.distributed import World
+from imgclf.distributed import ALONE, World
 
 PREFETCH_BATCHES = 2
 
@@ -56,7 +56,7 @@ class BatchLoader:
         seed: int = 0,
         device: torch.device | str = "cpu",
         sample_weights: np.ndarray | None = None,
-        world: World = World(),
+        world: World = ALONE,
     ) -> None:
         if len(rows) != len(targets):
             raise ValueError(f"{len(rows)} rows but {len(targets)} targets")

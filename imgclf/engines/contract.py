@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from imgclf.config import TrainConfig
 from imgclf.data.batches import BatchLoader
-from imgclf.distributed import World
+from imgclf.distributed import ALONE, World
 
 if TYPE_CHECKING:
     from imgclf.deploy.bundle import BundleInfo
@@ -51,7 +51,7 @@ class TrainingData:
 
 def split_loader(data: TrainingData, config: TrainConfig, split: str, augment: Any, shuffle: bool,
                  batch_size: int | None = None, device: torch.device | str = "cpu",
-                 world: World = World()) -> BatchLoader:
+                 world: World = ALONE) -> BatchLoader:
     """Batches of one split, as every engine reads them (balanced sampling, dropping a ragged last batch).
 
     ``world``: each batch is this rank's share of the global batch (see :class:`BatchLoader`).

@@ -122,7 +122,7 @@ class TrainConfig:
     compile: bool = option(False, "torch.compile the model.", "Machine")
     channels_last: bool = option(True, "Channels-last memory layout.", "Machine")
     sync_bn: bool = option(False, "SyncBatchNorm: BatchNorm statistics over the global batch in a run of several "
-                           "processes (torchrun, --nproc); nothing changes in one process.", "Machine")
+                           "CUDA processes (torchrun, --nproc); nothing changes in one process.", "Machine")
     # output
     out: str | None = option(None, "Run directory (default: runs/<data name>).", "Run")
 

@@ -102,7 +102,8 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
 
     resuming = resume is not None
     world = distributed.current_world()
-    console.quiet = not world.is_main
+    if not world.is_main:
+        console.quiet = True  # rank 0 alone prints
     if resume is not None:
         run = RunDirectory(Path(resume))
         config = run.read_config()

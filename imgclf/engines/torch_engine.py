@@ -325,8 +325,10 @@ class TorchEngine:
     def _embed_split(self, split: str) -> np.ndarray:
         """The backbone's embeddings of ``split``: each rank embeds its share, every rank gets them all, in order."""
         rows, _ = self._my_share(split)
-        mine = self.embedder().embed_decoded(self.data.pixels, rows, self.data.paths, description=f"Embedding {split}")
-        parts = distributed.gather_in_rank_order(mine.reshape(len(rows), -1))
+        embedder = self.embedder()
+        mine = (embedder.embed_decoded(self.data.pixels, rows, self.data.paths, description=f"Embedding {split}")
+                if len(rows) else np.empty((0, embedder.dim), dtype=np.float32))  # a split smaller than the world
+        parts = distributed.gather_in_rank_order(mine)
         return np.concatenate(parts)  # type: ignore[arg-type]
 
     def _scores(self, split: str) -> dict[str, float]:

@@ -197,11 +197,35 @@ def train(
     return _reported(run_training(settings, archive=archive, overwrite=overwrite, callbacks=callbacks))
 
 
+def train_processes(nproc: int, arguments: list[str], data: str | Path | None = None, *,
+                    config: str | Path | None = None, archive: str | Path | None = None,
+                    resume: str | Path | None = None, **options: object) -> int:
+    """``imgclf train --nproc N``: check the run here, then run ``arguments`` as N torchrun processes; the exit code.
+
+    The checks (data, options, backend, enough GPUs) run once, before any
+    process starts, so a mistake is one line rather than N.
+    """
+    from imgclf.config import make_config
+    from imgclf.distributed import launch, require_devices, torchrun_command
+    from imgclf.engines.registry import get_backend
+    from imgclf.runs import RunDirectory
+    from imgclf.training import plan
+
+    torchrun_command(nproc, arguments)  # refuses --nproc below 1
+    settings = (RunDirectory(Path(resume)).read_config() if resume is not None
+                else make_config(config, **({"data": str(data)} if data is not None else {}), **options))
+    get_backend(settings.backend).check_processes(nproc)
+    require_devices(nproc, settings.device)
+    if resume is None:
+        plan(settings, archive)  # the data and every option, checked once
+    return launch(nproc, arguments)
+
+
 def _reported(run: TrainResult) -> TrainResult:
     """Write the run's ``report.html`` once it finished (workflows that train many runs call training directly)."""
     from imgclf.evaluation.run_report import report_run
 
-    if not run.interrupted:
+    if run.model_dir is not None and not run.interrupted:  # no bundle on ranks other than 0
         page, _ = report_run(run.run_dir)
         console.print(f"report: {page}")
     return run

@@ -213,12 +213,18 @@ def train(
     model_args: Annotated[Optional[list[str]], Opt("--model-arg", help=_config_help("model_args"),
                                                    rich_help_panel="Model")] = None,
     archive: ArchiveOption = None,
+    nproc: Annotated[Optional[int], Opt(help="Train as N processes on this machine (torchrun; gloo on CPU, one GPU "
+                                        "each on CUDA). Several machines: see README, More than one machine.",
+                                        rich_help_panel="Machine", show_default=False)] = None,
     **config_values: object,
 ) -> None:
     """Train a classifier: good defaults from the data, every choice a flag, a model bundle at the end."""
     options = {name: value for name, value in config_values.items() if value is not None}
     if model_args:
         options["model_args"] = _parse_model_args(model_args)
+    if nproc is not None and not dry_run:
+        raise typer.Exit(api.train_processes(nproc, sys.argv[1:], data, config=config, archive=archive,
+                                             resume=resume, **options))
     if dry_run:
         resolved = api.train(data, config=config, archive=archive, dry_run=True, **options)
         print(resolved.to_yaml(), end="")

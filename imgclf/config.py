@@ -121,6 +121,8 @@ class TrainConfig:
     precision: str = option("auto", "Arithmetic precision.", "Machine", choices=PRECISIONS)
     compile: bool = option(False, "torch.compile the model.", "Machine")
     channels_last: bool = option(True, "Channels-last memory layout.", "Machine")
+    sync_bn: bool = option(False, "SyncBatchNorm: BatchNorm statistics over the global batch in a run of several "
+                           "CUDA processes (torchrun, --nproc); nothing changes in one process.", "Machine")
     # output
     out: str | None = option(None, "Run directory (default: runs/<data name>).", "Run")
 

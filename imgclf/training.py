@@ -8,6 +8,12 @@ train it with the run's callbacks; evaluate on val and test; write the
 bundle and a summary.
 ``--resume RUN`` re-enters the same steps from the run's saved config,
 split and last checkpoint.
+
+Under torchrun every rank runs these steps with the same config: rank 0
+makes the run directory (the others learn its path from it), decodes the
+cache while the others wait and then open it read-only, and alone prints,
+keeps the books (callbacks) and writes the bundle and summary; the others
+train quietly beside it and return once the fit ends.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from imgclf.runs import RunDirectory, new_run_directory
 from imgclf.thresholds import ThresholdGoal, parse_goal, positive_class
 
 if TYPE_CHECKING:  # torch loads only when training starts
+    from imgclf.distributed import World
     from imgclf.engines.contract import Engine, FitResult, TrainingData
 
 SIZE_SAMPLE = 256  # images whose header is read to choose the image size
@@ -70,6 +77,7 @@ def data_facts(dataset: ImageDataset) -> DataFacts:
 def plan(config: TrainConfig, archive: str | Path | None = None) -> tuple[TrainConfig, ImageDataset]:
     """The resolved config and the split dataset, without training (``--dry-run``)."""
     from imgclf.data.splits import load_dataset
+    from imgclf.distributed import current_world
 
     if not config.data:
         raise ImgclfError("no data given; pass a folder, a CSV manifest or cifar10 (imgclf train DATA)")
@@ -86,6 +94,7 @@ def plan(config: TrainConfig, archive: str | Path | None = None) -> tuple[TrainC
     positive_class(dataset.classes, config.positive, dataset.multilabel)  # --positive refused before any work
     resolved = resolve(config, data_facts(dataset), weights_source)
     backend.check(resolved, dataset.multilabel)
+    backend.check_processes(current_world().size)
     return resolved, dataset
 
 
@@ -95,17 +104,23 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
 
     ``callbacks`` see the training events after the run's own bookkeeping (see :mod:`imgclf.engines.callbacks`).
     """
+    from imgclf import distributed
+
     resuming = resume is not None
+    world = distributed.current_world()
+    if not world.is_main:
+        console.quiet = True  # rank 0 alone prints
     if resume is not None:
         run = RunDirectory(Path(resume))
         config = run.read_config()
         dataset = run.read_split()
+        get_backend(config.backend).check_processes(world.size)
+        _join(world, config)
     else:
         config, dataset = plan(config, archive)
-        run = new_run_directory(config.out, dataset.source, overwrite)
+        _join(world, config)
+        run = _new_run(world, config, dataset, overwrite)
         config = replace(config, out=str(run.path))
-        run.write_config(config)
-        write_manifest(dataset, run.split_file)
     imbalance = imbalance_warning(dataset.split_items("train"))
     if imbalance:
         console.print(f"[yellow]warning: {imbalance}[/]")
@@ -116,9 +131,15 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     resumed = engine.build(data, resuming)
     if config.time_budget and not resumed:
         config = engine.fit_to_budget(parse_duration(config.time_budget))
-        run.write_config(config)
+        if world.is_main:
+            run.write_config(config)
     _print_start(config, data, engine.machine)
-    result = engine.fit([*standard_callbacks(config, run), *(callbacks or [])])
+    bookkeeping = [*standard_callbacks(config, run), *(callbacks or [])] if world.is_main else []
+    result = engine.fit(bookkeeping)
+    distributed.barrier()
+    distributed.stop()
+    if not world.is_main:  # rank 0 writes the bundle, scores it and prints the summary
+        return TrainResult(run.path, None, config, result.history, {}, interrupted=result.interrupted)
     if result.interrupted:
         console.print(f"[yellow]interrupted; checkpoint saved. Continue with: imgclf train --resume {run.path}[/]")
         return TrainResult(run.path, None, config, result.history, {}, interrupted=True)
@@ -131,6 +152,34 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     return TrainResult(run.path, model_dir, config, result.history, metrics, multilabel=data.multilabel)
 
 
+def _join(world: World, config: TrainConfig) -> None:
+    """Join the job's process group (gloo on the CPU, nccl on CUDA); nothing in a world of one."""
+    if world.is_distributed:
+        from imgclf.distributed import start
+        from imgclf.models.device import choose_device
+
+        start(choose_device(config.device))
+
+
+def _new_run(world: World, config: TrainConfig, dataset: ImageDataset, overwrite: bool) -> RunDirectory:
+    """The new run directory with its config and split, made by rank 0; every rank gets it (or rank 0's error)."""
+    made: str | ImgclfError
+    if world.is_main:
+        try:
+            run = new_run_directory(config.out, dataset.source, overwrite)
+            run.write_config(replace(config, out=str(run.path)))
+            write_manifest(dataset, run.split_file)
+            made = str(run.path)
+        except ImgclfError as error:
+            made = error
+    from imgclf.distributed import broadcast_from_main
+
+    made = broadcast_from_main(made if world.is_main else None)  # type: ignore[assignment]
+    if isinstance(made, ImgclfError):
+        raise made
+    return RunDirectory(Path(made))
+
+
 def _print_start(config: TrainConfig, data: TrainingData, machine: str) -> None:
     console.print(f"training {config.model} ({config.strategy}) on {len(data.rows['train']):,} images at "
                   f"{config.image_size}px, {config.epochs:g} epochs, batch {config.batch_size}, {machine}")
@@ -141,14 +190,20 @@ def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> Tr
 
     from imgclf.data.cache import build_cache
     from imgclf.data.decode import DEFAULT_MAX_PIXELS
+    from imgclf.distributed import barrier, current_world
     from imgclf.engines.contract import TrainingData
 
     size = (config.image_size, config.image_size)
+    world = current_world()
+    if not world.is_main:
+        barrier()  # rank 0 decodes; the others then find its entry and open it read-only
     cache = build_cache([item.path for item in dataset.items], size=size, policy=config.resize,  # type: ignore[arg-type]
                         grayscale=config.grayscale, max_pixels=config.max_pixels or DEFAULT_MAX_PIXELS,
                         workers=config.workers, source=dataset.source)
+    if world.is_main:
+        barrier()
     broken = cache.broken()
-    if broken:
+    if broken and world.is_main:
         write_problem_list(run.path / "broken_files.txt", [(str(path), reason) for path, reason in broken])
         console.print(f"[yellow]skipped {len(broken)} unreadable image(s); listed in {run.path / 'broken_files.txt'}[/]")
     ok = cache.ok

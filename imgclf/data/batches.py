@@ -18,6 +18,7 @@ import torch
 
 from imgclf.data.augment import augment_batch
 from imgclf.data.augment_presets import AugmentConfig
+from imgclf.distributed import ALONE, World
 
 PREFETCH_BATCHES = 2
 
@@ -33,6 +34,12 @@ class BatchLoader:
     ``sample_weights`` (one per row) switches shuffling to sampling with
     replacement in proportion to the weights: that is how balanced sampling
     shows rare classes as often as common ones.
+
+    ``world`` (one rank of a distributed run) makes every batch this rank's
+    share (:meth:`World.share`) of the global batch: the order is the same on
+    every rank, so the ranks together see each global batch exactly once and
+    the number of batches (optimiser steps) is the one-process number. Each
+    rank augments its share with its own generator (seed, epoch, batch, rank).
     """
 
     def __init__(
@@ -49,6 +56,7 @@ class BatchLoader:
         seed: int = 0,
         device: torch.device | str = "cpu",
         sample_weights: np.ndarray | None = None,
+        world: World = ALONE,
     ) -> None:
         if len(rows) != len(targets):
             raise ValueError(f"{len(rows)} rows but {len(targets)} targets")
@@ -65,6 +73,7 @@ class BatchLoader:
         self.drop_last = drop_last
         self.seed = seed
         self.device = torch.device(device)
+        self.world = world
         self.sample_weights = None
         if sample_weights is not None:
             weights = np.asarray(sample_weights, dtype=np.float64)
@@ -110,10 +119,13 @@ class BatchLoader:
         batches = [order[start:start + self.batch_size] for start in starts]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
+        if self.world.is_distributed:
+            batches = [batch[(mine := self.world.share(len(batch))).start:mine.stop] for batch in batches]
         return batches
 
     def _generator(self, epoch: int, batch: int) -> torch.Generator:
-        seed = int(np.random.SeedSequence([self.seed, epoch, batch]).generate_state(1)[0])
+        parts = [self.seed, epoch, batch] + ([self.world.rank] if self.world.is_distributed else [])
+        seed = int(np.random.SeedSequence(parts).generate_state(1)[0])
         return torch.Generator().manual_seed(seed)
 
     def _make_batch(self, positions: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from imgclf.config import TrainConfig
 from imgclf.data.batches import BatchLoader
+from imgclf.distributed import ALONE, World
 
 if TYPE_CHECKING:
     from imgclf.deploy.bundle import BundleInfo
@@ -49,8 +50,12 @@ class TrainingData:
 
 
 def split_loader(data: TrainingData, config: TrainConfig, split: str, augment: Any, shuffle: bool,
-                 batch_size: int | None = None, device: torch.device | str = "cpu") -> BatchLoader:
-    """Batches of one split, as every engine reads them (balanced sampling, dropping a ragged last batch)."""
+                 batch_size: int | None = None, device: torch.device | str = "cpu",
+                 world: World = ALONE) -> BatchLoader:
+    """Batches of one split, as every engine reads them (balanced sampling, dropping a ragged last batch).
+
+    ``world``: each batch is this rank's share of the global batch (see :class:`BatchLoader`).
+    """
     rows = data.rows[split]
     weights = None
     if split == "train" and config.balanced_sampling and not data.multilabel:
@@ -58,7 +63,7 @@ def split_loader(data: TrainingData, config: TrainConfig, split: str, augment: A
         weights = 1.0 / counts[data.split_targets(split).numpy()]
     return BatchLoader(data.pixels, rows, data.split_targets(split), batch_size or config.batch_size, augment,
                        data.mean, data.std, shuffle=shuffle, drop_last=shuffle and len(rows) > config.batch_size,
-                       seed=config.seed, device=device, sample_weights=weights)
+                       seed=config.seed, device=device, sample_weights=weights, world=world)
 
 
 def class_weights(data: TrainingData, config: TrainConfig) -> torch.Tensor | None:

@@ -32,6 +32,7 @@ class Backend:
     require: Callable[[], None]  # raises, with the install command, when the framework is missing
     prepare: Callable[[TrainConfig], tuple[TrainConfig, WeightsSource]]  # checks and spells --model
     refused: Callable[[TrainConfig, bool], list[str]]  # (config, multi-label data) -> options it cannot honour
+    distributed: bool = False  # trains as one rank of a torchrun job
 
     def check(self, config: TrainConfig, multilabel: bool) -> None:
         """Refuse, by name, the options this engine does not implement (rather than ignore them)."""
@@ -39,6 +40,12 @@ class Backend:
         if named:
             raise ImgclfError(f"--backend {self.name} does not support {', '.join(named)}; "
                               f"drop it or train with --backend {DEFAULT_BACKEND}")
+
+    def check_processes(self, processes: int) -> None:
+        """Refuse a run of ``processes`` processes (torchrun, ``--nproc``) when this engine cannot train so."""
+        if processes > 1 and not self.distributed:
+            raise ImgclfError(f"--backend {self.name} cannot train in {processes} processes (torchrun, --nproc); "
+                              f"train with --backend {DEFAULT_BACKEND}, or in one process")
 
     def engine(self, config: TrainConfig, run: RunDirectory) -> Engine:
         """A new engine for this run (imports the framework)."""
@@ -75,6 +82,7 @@ def _tensorflow_refuses(config: TrainConfig, multilabel: bool) -> list[str]:
         "--dropout": config.dropout is not None,
         "--drop-path": config.drop_path is not None,
         "--compile": config.compile,
+        "--sync-bn": config.sync_bn,
         f"--precision {config.precision}": config.precision not in ("auto", "fp32"),
         "--device cuda (tensorflow-cpu)": config.device == "cuda",
     }
@@ -83,7 +91,7 @@ def _tensorflow_refuses(config: TrainConfig, multilabel: bool) -> list[str]:
 
 BACKENDS: dict[str, Backend] = {
     "torch": Backend("torch", "imgclf.engines.torch_engine:TorchEngine", lambda: None, _prepare_torch,
-                     lambda config, multilabel: []),
+                     lambda config, multilabel: [], distributed=True),
     "tensorflow": Backend("tensorflow", "imgclf.engines.keras_engine:KerasEngine", require_tensorflow,
                           _prepare_tensorflow, _tensorflow_refuses),
 }

@@ -12,6 +12,17 @@ Ctrl-C mid-epoch) ends with the same weights as an uninterrupted one on a CPU.
 A probe stage freezes the backbone including its BatchNorm statistics and
 runs it under ``no_grad``: only the classifier learns, and the backward pass
 costs nothing.
+
+Under torchrun (:mod:`imgclf.distributed`) every rank runs this same loop:
+the train loader hands each rank its share of every global batch (the same
+seeded order everywhere, so the steps are one process's steps), each stage's
+step module is wrapped in ``DistributedDataParallel`` (which averages the
+gradients; the loss is weighted by the share's size, so the average is the
+global batch's mean gradient even when shares differ by an image), and
+validation and the probe's embedding pass are split by rank and gathered,
+so every rank sees the same scores. Rank 0 alone writes checkpoints; an
+interrupt on any rank and a stop decided by rank 0 are agreed after every
+step, so all ranks leave the loop at the same step.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imgclf import distributed
 from imgclf.config import TrainConfig
 from imgclf.console import console
 from imgclf.data.augment import mix_batch
@@ -108,7 +120,9 @@ class TorchEngine:
         self.run = run
         self.device = choose_device(config.device)
         self.precision = choose_precision(config.precision, self.device)
-        self.machine = f"{self.device.type} {self.precision}"
+        self.world = distributed.current_world()
+        self.machine = f"{self.device.type} {self.precision}" + (
+            f" x {self.world.size} processes" if self.world.is_distributed else "")
         self.checkpoint: dict[str, Any] | None = None
         self.ema: nn.Module | None = None
         self._embedder: Embedder | None = None
@@ -127,6 +141,11 @@ class TorchEngine:
         config, data = self.config, self.data
         torch.manual_seed(config.seed)
         model = self._create_model()
+        if config.sync_bn and self.world.is_distributed:  # BatchNorm statistics of the global batch, not the share
+            if self.device.type != "cuda":
+                raise ImgclfError("--sync-bn needs CUDA (torch's SyncBatchNorm runs on GPUs only); drop it on CPUs, "
+                                  "where each process's BatchNorm sees its share of the batch")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = model.to(device=self.device, memory_format=memory_format)
         self.head = model.get_classifier()
@@ -143,8 +162,6 @@ class TorchEngine:
         weights = class_weights(data, config)
         self.class_weights = weights.to(self.device) if weights is not None else None
         self._adopt(config)
-        self.forward: Callable[[torch.Tensor], torch.Tensor] = (
-            torch.compile(self.model) if config.compile else self.model)  # type: ignore[assignment]
         return self.checkpoint is not None
 
     def _create_model(self) -> nn.Module:
@@ -181,7 +198,13 @@ class TorchEngine:
         self.config = config
         self.stages = plan_stages(config)
         self.augment = augment_config(config.augment or "none", mixup=config.mixup, cutmix=config.cutmix)
-        self.train_loader = self._loader("train", self.augment, shuffle=True)
+        self.train_loader = split_loader(self.data, config, "train", self.augment, True, device=self.device,
+                                         world=self.world)
+        # every full batch has this many images (a ragged last one is dropped, or there is only one batch)
+        self.global_batch = min(config.batch_size or 1, len(self.data.rows["train"]))
+        if self.global_batch < self.world.size:
+            raise ImgclfError(f"--batch-size {self.global_batch} is smaller than the {self.world.size} processes "
+                              "that share each batch; use a batch of at least one image per process")
         self.has_val = len(self.data.rows.get("val", [])) > 0
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
@@ -190,10 +213,6 @@ class TorchEngine:
 
     def write_bundle(self, info: BundleInfo, directory: Path) -> Path:
         return write_bundle(info, self.evaluated_model().state_dict(), directory)
-
-    # ----------------------------------------------------------------- data
-    def _loader(self, split: str, augment: Any, shuffle: bool, batch_size: int | None = None) -> BatchLoader:
-        return split_loader(self.data, self.config, split, augment, shuffle, batch_size, self.device)
 
     # ----------------------------------------------------------------- stages
     def steps_in(self, stage: Stage) -> int:
@@ -207,9 +226,25 @@ class TorchEngine:
         groups = parameter_groups(self.model, self.head, self.config, stage.backbone_lr_scale, stage.trainable,
                                   stage.lr_scale)
         optimizer = build_optimizer(groups, self.config)
+        self.forward = self._step_module(stage)
         total = self.steps_in(stage)
         warmup = warmup_steps(self.config, stage, self.stages, len(self.train_loader), total)
         return optimizer, build_scheduler(optimizer, total, warmup, self.config.schedule)
+
+    def _step_module(self, stage: Stage) -> Callable[[torch.Tensor], torch.Tensor]:
+        """What a training step of ``stage`` calls: the step module, data-parallel across ranks, compiled if asked.
+
+        Made per stage because DistributedDataParallel reduces exactly the
+        parameters that need gradients when it is made (the head alone in a
+        head stage); making it also copies rank 0's weights to every rank.
+        """
+        module: nn.Module = _StepModel(self.model, head_only=stage.trainable == "head")
+        if self.world.is_distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            module = DistributedDataParallel(
+                module, device_ids=[self.world.local_rank] if self.device.type == "cuda" else None)
+        return torch.compile(module) if self.config.compile else module  # type: ignore[return-value]
 
     def _set_train_mode(self, stage: Stage) -> None:
         if stage.trainable == "head":
@@ -241,14 +276,11 @@ class TorchEngine:
             soft = targets.float() if self.data.multilabel else F.one_hot(targets, len(self.data.classes)).float()
             images, mixed_targets = mix_batch(images, soft, self.augment, torch.Generator().manual_seed(seed))
         with autocast(self.device, self.precision):
-            if stage.trainable == "head":
-                with torch.no_grad():
-                    features = self.model.forward_features(images)
-                logits = self.model.forward_head(features)
-            else:
-                logits = self.forward(images)
+            logits = self.forward(images)
         loss = self._loss(logits, mixed_targets)
-        objective = loss
+        # DistributedDataParallel averages the ranks' gradients; weighting each rank's mean loss by its share
+        # of the global batch makes that average the global batch's mean gradient (1 in one process)
+        objective = loss * (len(images) * self.world.size / self.global_batch) if self.world.is_distributed else loss
         if self.config.l1:  # L1 on the weights this stage trains (matrices and kernels: not norms and biases)
             weights = [p for group in optimizer.param_groups for p in group["params"] if p.ndim > 1]
             objective = loss + self.config.l1 * sum(weight.abs().sum() for weight in weights)
@@ -270,19 +302,34 @@ class TorchEngine:
         if not tta and self.backbone_is_embedder():
             # the backbone never changed: its cached embeddings through the head are these logits, in seconds
             head = model.get_classifier()
-            features = self.embedder().embed_decoded(self.data.pixels, self.data.rows[split], self.data.paths,
-                                                     description=f"Embedding {split}")
+            features = self._embed_split(split)
             return head(torch.from_numpy(features).to(head.weight)).float().cpu()
         model.eval()
-        loader = self._loader(split, PRESETS["none"], shuffle=False, batch_size=2 * self.config.batch_size)
-        outputs = []
+        rows, targets = self._my_share(split)
+        loader = BatchLoader(self.data.pixels, rows, targets, 2 * self.config.batch_size, PRESETS["none"],
+                             self.data.mean, self.data.std, shuffle=False, device=self.device)
+        outputs = [torch.empty(0, len(self.data.classes))]
         for images, _ in loader:
             with autocast(self.device, self.precision):
                 logits = model(images).float()
                 if tta:
                     logits = 0.5 * (logits + model(images.flip(3)).float())
             outputs.append(logits.cpu())
-        return torch.cat(outputs) if outputs else torch.empty(0, len(self.data.classes))
+        return torch.cat(distributed.gather_in_rank_order(torch.cat(outputs)))  # type: ignore[arg-type]
+
+    def _my_share(self, split: str) -> tuple[np.ndarray, torch.Tensor]:
+        """This rank's contiguous share of ``split``'s rows and targets (all of them in one process)."""
+        mine = self.world.share(len(self.data.rows[split]))
+        return self.data.rows[split][mine.start:mine.stop], self.data.split_targets(split)[mine.start:mine.stop]
+
+    def _embed_split(self, split: str) -> np.ndarray:
+        """The backbone's embeddings of ``split``: each rank embeds its share, every rank gets them all, in order."""
+        rows, _ = self._my_share(split)
+        embedder = self.embedder()
+        mine = (embedder.embed_decoded(self.data.pixels, rows, self.data.paths, description=f"Embedding {split}")
+                if len(rows) else np.empty((0, embedder.dim), dtype=np.float32))  # a split smaller than the world
+        parts = distributed.gather_in_rank_order(mine)
+        return np.concatenate(parts)  # type: ignore[arg-type]
 
     def _scores(self, split: str) -> dict[str, float]:
         return score_logits(self.predict_logits(split), self.data.split_targets(split), self.data.multilabel)
@@ -313,7 +360,8 @@ class TorchEngine:
         Warm-up and probe epochs keep their share of the schedule, so the whole
         schedule (not just its length) is fitted to the budget.
         """
-        self._adopt(self._budget_config(seconds))
+        # every rank measures (the steps are collective), rank 0's measurement decides the schedule
+        self._adopt(distributed.broadcast_from_main(self._budget_config(seconds)))  # type: ignore[arg-type]
         return self.config
 
     def _budget_config(self, budget: float) -> TrainConfig:
@@ -376,10 +424,10 @@ class TorchEngine:
             history, self.best = list(resume["history"]), dict(resume["best"])
         fit = FitState(self.config, self.stages, history, best_epoch=max(int(self.best["epoch"]), 0),
                        stale=int(self.best["stale"]))
-        callbacks = [_Checkpoint(self), *callbacks]
+        callbacks = [_Checkpoint(self), *callbacks] if self.world.is_main else list(callbacks)
         fire(callbacks, "on_fit_begin", fit)
         try:
-            with _deferred_interrupt(fit):
+            with _deferred_interrupt(fit, self.world.is_distributed):
                 for stage_index in range(self.position.stage, len(self.stages)):
                     self.optimizer, self.scheduler = self._start_stage(self.stages[stage_index])
                     if resume is not None and stage_index == self.position.stage:
@@ -397,6 +445,10 @@ class TorchEngine:
                         break
         finally:
             fire(callbacks, "on_fit_end", fit)
+        if self.world.is_distributed:
+            distributed.share_buffers(self.model)
+            digest = distributed.same_weights_everywhere(self.model.state_dict())
+            console.print(f"{self.world.size} processes ended with the same weights (sha256 {digest[:16]})")
         shipped = self._restore_best()
         return FitResult(history=history, best_epoch=int(self.best["epoch"]),
                          stopped_early=fit.stop_reason is not None and not fit.interrupted,
@@ -418,6 +470,7 @@ class TorchEngine:
             fit.last_epoch = position.stage_step >= total_steps and stage is self.stages[-1]
             self._track_best(fit)
             fire(callbacks, "on_epoch_end", fit)
+            self._agree(fit)
             if fit.interrupted or fit.stop_reason:
                 return
 
@@ -441,15 +494,28 @@ class TorchEngine:
             tally.add(loss, correct, len(images))
             fit.step, fit.images, fit.loss, fit.accuracy = position.batch, tally.seen, tally.mean_loss, tally.accuracy
             fire(callbacks, "on_step_end", fit)
+            self._agree(fit)
             if fit.interrupted and position.batch < steps:
                 return None  # mid-epoch; at an epoch's end the row and checkpoint come first
         seconds = time.perf_counter() - tally.started
+        tally.loss, tally.correct, seen = distributed.sum_across([tally.loss, tally.correct, tally.seen], self.device)
+        tally.seen = int(seen)  # every rank's images: the epoch's figures are the global batch's
         row = self._epoch_row(stage, tally.mean_loss, tally.accuracy, self.optimizer.param_groups[-1]["lr"],
                               seconds, tally.seen)
         position.epoch += 1
         position.epoch_in_stage += 1
         position.batch = 0
         return row
+
+    def _agree(self, fit: FitState) -> None:
+        """Every rank leaves the loop at the same step: interrupted if any rank was, stopped if rank 0 stopped."""
+        if not self.world.is_distributed:
+            return
+        interrupted, stopped = distributed.agree(fit.interrupted, fit.stop_reason is not None, self.device)
+        if interrupted:
+            fit.interrupt()
+        if stopped and fit.stop_reason is None:
+            fit.stop("stopped by rank 0")
 
     def _epoch_row(self, stage: Stage, train_loss: float, train_accuracy: float, lr: float, seconds: float,
                    images: int) -> dict[str, Any]:
@@ -511,18 +577,19 @@ class TorchEngine:
         fit.steps = fit.step = fit.images = 0
         fire(callbacks, "on_epoch_begin", fit)
         splits = self._probe_splits()
-        features = {}
-        for split in splits:
-            features[split] = self.embedder().embed_decoded(self.data.pixels, self.data.rows[split], self.data.paths,
-                                                            description=f"Embedding {split}")
+        features = {split: self._embed_split(split) for split in splits}
         labels = {split: self.data.split_targets(split).numpy() for split in splits}
-        balanced = self.config.class_weights == "auto"
-        if self.data.multilabel:
-            probe = fit_label_heads(features["train"], labels["train"], features.get("val"), labels.get("val"),
-                                    balanced=balanced)
-        else:
-            probe = fit_linear_head(features["train"], labels["train"], features.get("val"), labels.get("val"),
-                                    len(self.data.classes), balanced=balanced)
+        probe = None
+        if self.world.is_main:  # the fit runs once; every rank loads rank 0's weights
+            balanced = self.config.class_weights == "auto"
+            if self.data.multilabel:
+                probe = fit_label_heads(features["train"], labels["train"], features.get("val"), labels.get("val"),
+                                        balanced=balanced)
+            else:
+                probe = fit_linear_head(features["train"], labels["train"], features.get("val"), labels.get("val"),
+                                        len(self.data.classes), balanced=balanced)
+        probe = distributed.broadcast_from_main(probe)  # type: ignore[assignment]
+        assert probe is not None
         load_into_head(self.head, probe)
         if self.ema is not None:
             self.ema.load_state_dict(self.model.state_dict())
@@ -568,6 +635,26 @@ class TorchEngine:
         }
 
 
+class _StepModel(nn.Module):
+    """What one training step runs: the whole model, or (a head stage) the frozen backbone under no_grad and the head.
+
+    One module for both, so that DistributedDataParallel has one thing to
+    wrap whatever the stage trains.
+    """
+
+    def __init__(self, model: nn.Module, head_only: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.head_only = head_only
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.head_only:
+            with torch.no_grad():
+                features = self.model.forward_features(images)
+            return self.model.forward_head(features)
+        return self.model(images)
+
+
 class _Checkpoint(Callback):
     """``checkpoints/best.pt`` when an epoch is the best so far, ``last.pt`` after every epoch and on Ctrl-C."""
 
@@ -603,8 +690,13 @@ def _take(batches: Iterator[Any] | Any, count: int) -> Iterator[Any]:
 
 
 @contextmanager
-def _deferred_interrupt(fit: FitState) -> Iterator[None]:
-    """The first Ctrl-C asks the loop to stop after the current step; a second one aborts at once."""
+def _deferred_interrupt(fit: FitState, distributed_run: bool = False) -> Iterator[None]:
+    """The first Ctrl-C asks the loop to stop after the current step; a second one aborts at once.
+
+    In a distributed run a rank gets Ctrl-C from the terminal and then
+    SIGTERM from torchrun, which is shutting the job down: both ask for the
+    same stop after this step (torchrun kills what is left after 30 s).
+    """
     import signal
     import threading
 
@@ -613,15 +705,20 @@ def _deferred_interrupt(fit: FitState) -> Iterator[None]:
         return
 
     def request_stop(signum: int, frame: object) -> None:
+        if not fit.interrupted:
+            console.print("[yellow]stopping after this step and saving a checkpoint"
+                          + ("[/]" if distributed_run else " (Ctrl-C again to abort)[/]"))
         fit.interrupt()
-        console.print("[yellow]stopping after this step and saving a checkpoint (Ctrl-C again to abort)[/]")
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if not distributed_run:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    previous = signal.signal(signal.SIGINT, request_stop)
+    kinds = [signal.SIGINT, signal.SIGTERM] if distributed_run else [signal.SIGINT]
+    previous = {kind: signal.signal(kind, request_stop) for kind in kinds}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for kind, handler in previous.items():
+            signal.signal(kind, handler)
 
 
 def regularisation_args(config: TrainConfig) -> dict[str, float]:

@@ -3,8 +3,9 @@
 Every rank expands the same inputs in the same order, so the job is a list
 of row ranges (*pieces*) that all ranks agree on. Rank 0 looks which pieces
 a killed run already finished (a part file exists only once complete:
-:func:`imgclf.files.atomic_path`) and sends the others' numbers to every
-rank; each rank computes its :meth:`~imgclf.distributed.World.share` of
+:func:`imgclf.files.atomic_path`) and sends the numbers of the others to
+every rank (a process outside a process group, rank or not, goes by its own
+look); each rank computes its :meth:`~imgclf.distributed.World.share` of
 them, so a resumed job is balanced again. The parts live in a folder named
 by a digest of everything the rows depend on (the model, the input files
 with their sizes and modification times, the options), and each part by
@@ -93,11 +94,10 @@ def plan_parts(folder: Path, count: int, world: World, suffix: str, rows_per_par
     size = max(1, min(rows_per_part, math.ceil(count / world.size)))
     pieces = tuple(range(start, min(start + size, count)) for start in range(0, count, size))
     probe = Parts(folder, pieces, (), suffix, 0)
-    pending: list[int] = []
-    if world.is_main:
-        folder.mkdir(parents=True, exist_ok=True)
-        pending = [number for number, piece in enumerate(pieces) if not probe.path(piece).is_file()]
-    pending = distributed.broadcast_numbers(pending)
+    folder.mkdir(parents=True, exist_ok=True)
+    # every rank looks, but rank 0's answer counts: a part another rank writes meanwhile must not change the plan
+    pending = distributed.broadcast_numbers([number for number, piece in enumerate(pieces)
+                                             if not probe.path(piece).is_file()])
     resumed = count - sum(len(pieces[number]) for number in pending)
     if resumed and world.is_main:
         console.print(f"resuming: {resumed:,} of {count:,} images are in parts an interrupted run finished")

@@ -141,3 +141,23 @@ def test_shares_of_the_cache_are_disjoint_complete_and_read_only_their_rows(tmp_
     np.testing.assert_array_equal(reader[7], pixels[7])
     with pytest.raises(IndexError):
         reader[[101]]
+
+
+def test_a_cache_too_large_for_memory_feeds_the_same_batches_through_pixel_rows(tmp_path: Path) -> None:
+    from imgclf.data.augment_presets import PRESETS
+    from imgclf.data.batches import BatchLoader
+    from imgclf.data.cache import build_cache
+    from imgclf.data.shards import training_pixels
+
+    files = sorted(make_class_folder(tmp_path / "data", per_class=5).rglob("*.png"))
+    cache = build_cache(files, size=(16, 16), cache_root=tmp_path / "cache")
+    assert training_pixels(cache) is cache.pixels  # small: the memory map
+    streamed = training_pixels(cache, limit=cache.pixels.nbytes - 1)
+    assert isinstance(streamed, PixelRows)
+    rows, targets = np.arange(len(files)), torch.arange(len(files))
+    mapped_batches, streamed_batches = (
+        list(BatchLoader(pixels, rows, targets, 4, PRESETS["standard"], (0.5,) * 3, (0.25,) * 3, seed=3))
+        for pixels in (cache.pixels, streamed))
+    for (mapped, mapped_targets), (read, read_targets) in zip(mapped_batches, streamed_batches, strict=True):
+        torch.testing.assert_close(read, mapped, rtol=0, atol=0)
+        assert torch.equal(read_targets, mapped_targets)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from imgclf.data.cache import ImageCache
 from imgclf.distributed import World
 
 
@@ -111,3 +112,23 @@ class PixelRows:
     def __del__(self) -> None:
         if getattr(self, "_descriptor", None) is not None and self._pid == os.getpid():
             os.close(self._descriptor)  # type: ignore[arg-type]
+
+
+def stream_above_bytes() -> int:
+    """Pixel arrays larger than a quarter of this machine's memory are read by :class:`PixelRows`.
+
+    Below that the memory map stays: its pages are the page cache's anyway,
+    and a numpy gather from mapped pages is about three times faster than
+    one ``pread`` per row (``benchmarks/sharded_cache.py``).
+    """
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+
+
+def training_pixels(cache: ImageCache, limit: int | None = None) -> np.ndarray | PixelRows:
+    """What batches are gathered from: the cache's memory map, or a :class:`PixelRows` for one too large for it."""
+    if cache.pixels is None:
+        raise ValueError("a facts-only cache entry has no pixels")
+    if cache.pixels.nbytes <= (stream_above_bytes() if limit is None else limit):
+        return cache.pixels
+    return PixelRows(cache.directory / "pixels.npy")
+

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imgclf.data.cache import ImageCache
-from imgclf.distributed import World
+
+if TYPE_CHECKING:  # torch-free at import: training's orchestration imports this module
+    from imgclf.distributed import World
 
 
 class PixelRows:

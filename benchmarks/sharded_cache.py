@@ -25,7 +25,6 @@ import argparse
 import json
 import mmap
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -79,7 +78,7 @@ def worker(path: Path, method: str, count: int, rank: int) -> dict:
         if method == "memmap+madvise":
             memory_map._mmap.madvise(mmap.MADV_DONTNEED)  # noqa: SLF001 (numpy keeps its mmap there)
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = rss_mb("VmHWM")  # not ru_maxrss: Linux carries that over from the parent through fork and exec
     return {"rank": rank, "images": images, "seconds": round(seconds, 2), "images_per_s": round(images / seconds),
             "peak_rss_mb": round(peak, 1), "rss_growth_mb": round(peak - before, 1), "checksum": checksum}
 
@@ -103,6 +102,7 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=32)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/sharded-cache"))
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated; results of others are kept")
     parser.add_argument("--worker", type=int, default=None)
     parser.add_argument("--method", default="pread")
     parser.add_argument("--count", type=int, default=0)
@@ -122,7 +122,7 @@ def main() -> None:
     counts = [args.rows // 4, args.rows // 2, args.rows]
     table = []
     try:
-        for method in METHODS:
+        for method in args.methods.split(","):
             for count in counts:
                 ranks = run_epoch(path, method, count)
                 table.append({"method": method, "images": count, "ranks": ranks})
@@ -133,9 +133,13 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(args.dir, ignore_errors=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    measured = {row["method"] for row in table}
+    kept = [row for row in (json.loads(RESULTS.read_text())["results"] if RESULTS.exists() else [])
+            if row["method"] not in measured and row["method"] in METHODS]
+    table = sorted(kept + table, key=lambda row: (METHODS.index(row["method"]), row["images"]))
     RESULTS.write_text(json.dumps({"rows": args.rows, "side": args.side, "batch_per_rank": BATCH, "ranks": RANKS,
                                    "machine": f"{platform.machine()}, 2 shared cores", "page_cache": "warm",
-                                   "results": table}, indent=2) + "\n")
+                                   "peak_rss": "VmHWM of each rank's process", "results": table}, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 
 

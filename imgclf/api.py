@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # the heavy modules load only when their command runs
     from imgclf.deploy.explain import Explanation
     from imgclf.deploy.export import ExportResult
     from imgclf.deploy.predict import PredictionRow
+    from imgclf.deploy.predict_parts import PartsSummary
     from imgclf.embeddings.embedder import FileEmbeddings
     from imgclf.embeddings.index import Neighbour, SimilarityIndex
     from imgclf.embeddings.match_batch import BatchSummary
@@ -206,7 +207,7 @@ def train_processes(nproc: int, arguments: list[str], data: str | Path | None = 
     process starts, so a mistake is one line rather than N.
     """
     from imgclf.config import make_config
-    from imgclf.distributed import launch, require_devices, torchrun_command
+    from imgclf.distributed import check_nproc_device, launch, torchrun_command
     from imgclf.engines.registry import get_backend
     from imgclf.runs import RunDirectory
     from imgclf.training import plan
@@ -215,7 +216,7 @@ def train_processes(nproc: int, arguments: list[str], data: str | Path | None = 
     settings = (RunDirectory(Path(resume)).read_config() if resume is not None
                 else make_config(config, **({"data": str(data)} if data is not None else {}), **options))
     get_backend(settings.backend).check_processes(nproc)
-    require_devices(nproc, settings.device)
+    check_nproc_device(nproc, settings.device)
     if resume is None:
         plan(settings, archive)  # the data and every option, checked once
     return launch(nproc, arguments)
@@ -286,15 +287,64 @@ def predict(model: str | Path, inputs: str | Path | list[str | Path], *, top_k: 
     from imgclf.deploy.classifier import Classifier
     from imgclf.deploy.predict import expand_inputs
 
+    _check_predict_options(top_k, min_confidence, batch_size)
+    paths = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
+    classifier = Classifier.load(model, device=device, tta=tta, runtime=runtime, batch_size=batch_size)
+    return classifier.predict_files(paths, top_k=top_k, min_confidence=min_confidence, batch_size=batch_size)
+
+
+def predict_in_parts(model: str | Path, inputs: str | Path | list[str | Path], output_format: str,
+                     out: str | Path | None = None, *, top_k: int = 5, min_confidence: float = 0.0,
+                     tta: bool | None = None, batch_size: int = 64, device: str = "auto", runtime: str = "auto"
+                     ) -> PartsSummary | None:
+    """``predict`` as one rank of a torchrun job, written as ``output_format`` to ``out`` (default: stdout).
+
+    Each rank classifies its share of the inputs into parts beside ``out``;
+    rank 0 joins them in input order and returns the summary, the other
+    ranks return None. A rerun of a killed job skips the finished parts. In
+    a plain process (a world of one) it writes the same output in one part.
+    """
+    from imgclf import distributed
+    from imgclf.deploy.predict import expand_inputs
+    from imgclf.deploy.predict_parts import predict_in_parts as run_in_parts
+
+    _check_predict_options(top_k, min_confidence, batch_size)
+    entries = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    check_distributable(model, entries)
+    world = distributed.start(distributed.rank_device(device, distributed.current_world()))
+    try:
+        return run_in_parts(model, expand_inputs(entries), output_format, Path(out) if out else None, world,
+                            top_k=top_k, min_confidence=min_confidence, tta=tta, batch_size=batch_size,
+                            runtime=runtime, device=device)
+    finally:
+        distributed.stop()
+
+
+def check_distributable(model: str | Path | None, inputs: list[str | Path]) -> None:
+    """Refuse what cannot be split among processes: paths on stdin, a TensorFlow (Keras) model."""
+    from imgclf.deploy.bundle import find_bundle, read_bundle_info
+
+    if "-" in [str(entry) for entry in inputs]:
+        raise ImgclfError("- (paths on stdin) cannot be split among processes, which do not share stdin; write the "
+                          "paths to a file and give @list.txt")
+    if model is None or not Path(model).is_dir():
+        return  # a registry backbone (embed): a torch model
+    bundle = find_bundle(model)
+    info = read_bundle_info(bundle)
+    backends = {info.backend} | {read_bundle_info(bundle / member["path"]).backend for member in info.members}
+    if backends - {"torch"}:
+        raise ImgclfError(f"{model}: a {'/'.join(sorted(backends - {'torch'}))} model runs in one process; "
+                          "--nproc and torchrun are supported for models trained with --backend torch "
+                          "(leave out --nproc)")
+
+
+def _check_predict_options(top_k: int, min_confidence: float, batch_size: int) -> None:
     if not 0.0 <= min_confidence <= 1.0:
         raise ImgclfError(f"--min-confidence must be a probability between 0 and 1, got {min_confidence}")
     if top_k < 1:
         raise ImgclfError(f"--top-k must be at least 1, got {top_k}")
     if batch_size < 1:
         raise ImgclfError(f"--batch-size must be at least 1, got {batch_size}")
-    paths = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
-    classifier = Classifier.load(model, device=device, tta=tta, runtime=runtime, batch_size=batch_size)
-    return classifier.predict_files(paths, top_k=top_k, min_confidence=min_confidence, batch_size=batch_size)
 
 
 def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = None, quantize: str | None = None,
@@ -430,22 +480,43 @@ def explain_files(model: str | Path, images: str | Path | list[str | Path], out:
 # ----------------------------------------------------------------- embeddings
 def embed(model: str | Path, inputs: str | Path | list[str | Path], *, weights: str | Path | None = None,
           out: str | Path | None = None, image_size: int | None = None, batch_size: int = 64,
-          device: str = "auto") -> FileEmbeddings:
+          device: str = "auto") -> FileEmbeddings | None:
     """Embeddings of images (files, folders, globs, @lists, or a CSV with an ``image`` column), cached per image.
 
     ``model`` is a registry backbone with pretrained weights (``imgclf models
     --pretrained``) or a trained model; ``out`` (``.npz``) also saves paths,
     vectors and errors for use outside imgclf. ``image_size`` applies to a
     backbone (default 224, as ``train`` uses it); a trained model keeps its own.
+
+    Under torchrun each rank embeds its share of the inputs into parts
+    (resumable) and rank 0 returns (and saves) them all in input order; the
+    other ranks return None.
     """
+    from imgclf import distributed
+    from imgclf.embeddings.embed_parts import embed_in_parts
     from imgclf.embeddings.embedder import Embedder
 
     if batch_size < 1:
         raise ImgclfError(f"--batch-size must be at least 1, got {batch_size}")
-    embedder = Embedder.load(model, weights=weights, device=device, image_size=image_size)
+    if out is not None and Path(out).suffix.lower() != ".npz":
+        raise ImgclfError(f"--out {out}: embeddings are saved as .npz (arrays paths, vectors, errors); "
+                          "give a file name ending in .npz")
+    world = distributed.current_world()
+    entries = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    if world.is_distributed:
+        check_distributable(None, entries)
+    embedder = Embedder.load(model, weights=weights, device=distributed.rank_device(device, world),
+                             image_size=image_size)
     embedder.batch_size = batch_size
-    embedded = embedder.embed_files(_image_inputs(inputs))
-    if out is not None:
+    if world.is_distributed:
+        distributed.start(embedder.device)
+        try:
+            embedded = embed_in_parts(embedder, _image_inputs(entries), Path(out) if out else None, world)
+        finally:
+            distributed.stop()
+    else:
+        embedded = embedder.embed_files(_image_inputs(entries))
+    if out is not None and embedded is not None:
         _save_embeddings(embedded, Path(out))
     return embedded
 
@@ -462,9 +533,6 @@ def _image_inputs(inputs: str | Path | list[str | Path]) -> list[Path]:
 
 
 def _save_embeddings(embedded: FileEmbeddings, path: Path) -> None:
-    if path.suffix.lower() != ".npz":
-        raise ImgclfError(f"--out {path}: embeddings are saved as .npz (arrays paths, vectors, errors); "
-                          "give a file name ending in .npz")
     with atomic_path(path) as partial:
         np.savez(partial, paths=np.array([str(p) for p in embedded.paths]), vectors=embedded.vectors,
                  errors=np.array(embedded.errors))

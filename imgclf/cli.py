@@ -22,6 +22,7 @@ from rich.tree import Tree
 from typer._click.exceptions import ClickException  # typer 0.29 bundles its own click; standalone click's never match
 
 from imgclf import api
+from imgclf.cli_embeddings import DeviceOption, NprocOption, start_processes
 from imgclf.cli_embeddings import register as register_embedding_commands
 from imgclf.config import PANELS, TrainConfig
 from imgclf.console import console
@@ -361,7 +362,8 @@ def _print_single_label_metrics(result: Evaluation) -> None:
 
 
 @app.command(epilog="Examples: imgclf predict runs/shop cat.jpg  |  imgclf predict runs/shop photos/ --out preds.csv  |  "
-                    "find . -name '*.jpg' | imgclf predict runs/shop - --format jsonl")
+                    "find . -name '*.jpg' | imgclf predict runs/shop - --format jsonl  |  "
+                    "imgclf predict runs/shop photos/ --out preds.csv --nproc 2")
 def predict(
     model: Model,
     inputs: Annotated[list[str], typer.Argument(help="Files, folders, globs, @list.txt, or - for paths on stdin.",
@@ -376,6 +378,8 @@ def predict(
     tta: TtaOption = None,
     batch_size: Annotated[int, Opt(help="Images per batch.")] = 64,
     runtime: RuntimeOption = "auto",
+    device: DeviceOption = "auto",
+    nproc: NprocOption = None,
 ) -> None:
     """Classify images: a probability table for a few, CSV/JSON/JSONL streamed for many."""
     from imgclf.deploy.bundle import find_bundle, read_bundle_info
@@ -385,19 +389,44 @@ def predict(
         output_format = {".csv": "csv", ".json": "json", ".jsonl": "jsonl"}.get(out.suffix.lower())
         if output_format is None:
             raise ImgclfError(f"--out {out}: cannot tell the format from the suffix; add --format csv, json or jsonl")
+    start_processes(nproc, device, lambda: _check_distributed_predict(model, inputs, output_format))
+    from imgclf.distributed import current_world
+
+    if current_world().is_distributed:  # a rank of a torchrun job
+        _check_distributed_predict(model, inputs, output_format)
+        summary = api.predict_in_parts(model, inputs, output_format, out, top_k=top_k,  # type: ignore[arg-type]
+                                       min_confidence=min_confidence, tta=tta, batch_size=batch_size,
+                                       device=device, runtime=runtime)
+        if summary is not None:
+            console.print(f"{summary.images:,} images in {summary.seconds:.1f} s ({summary.rate:,.0f} img/s) on "
+                          f"{summary.processes} processes, {summary.errors} unreadable"
+                          + (f"; {summary.resumed:,} from an interrupted run's parts" if summary.resumed else ""))
+        return
     from imgclf.deploy.predict import expand_inputs
 
     paths = expand_inputs(inputs)
     if output_format is None and len(paths) > TABLE_LIMIT:
         raise ImgclfError(f"{len(paths):,} images are too many for tables; add --out preds.csv or --format jsonl")
     rows = api.predict(model, paths, top_k=top_k, min_confidence=min_confidence, tta=tta, batch_size=batch_size,
-                       runtime=runtime)
+                       device=device, runtime=runtime)
     if output_format is None:
         _print_prediction_tables(list(rows))
         return
     info = read_bundle_info(find_bundle(model))
     with open_writer(output_format, out, info.classes, info.multilabel) as write:
         _stream_predictions(rows, write, len(paths))
+
+
+def _check_distributed_predict(model: str, inputs: list[str], output_format: str | None) -> None:
+    """What every process of a distributed predict needs: an output to join the parts into, and a torch model."""
+    from imgclf.deploy.writers import FORMATS
+
+    if output_format is None:
+        raise ImgclfError("a predict split among processes writes one file: add --out preds.csv (or .json, .jsonl) "
+                          "or --format csv|json|jsonl")
+    if output_format not in FORMATS:
+        raise ImgclfError(f"--format '{output_format}' is not one of {', '.join(FORMATS)}")
+    api.check_distributable(model, list(inputs))
 
 
 def _print_prediction_tables(rows: list[PredictionRow]) -> None:

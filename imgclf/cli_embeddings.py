@@ -8,6 +8,8 @@ command, import torch only when they run.
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
@@ -28,6 +30,13 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout i
 Images = Annotated[list[str], typer.Argument(help="Files, folders, globs, @list.txt, - for stdin, or a CSV with an "
                                                   "image column.", show_default=False)]
 
+# The options of the commands that split their inputs among processes (embed here, predict in cli.py).
+DeviceOption = Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu or cuda; with --nproc each "
+                                                "process gets its own GPU.")]
+NprocOption = Annotated[Optional[int], typer.Option(help="Split the inputs among N processes on this machine "
+                                                         "(torchrun); the output is the same, resumable in parts.",
+                                                    show_default=False)]
+
 index_app = typer.Typer(help="Search images by similarity: build an index of a folder or catalogue, then query it.",
                         no_args_is_help=True)
 
@@ -35,12 +44,25 @@ index_app = typer.Typer(help="Search images by similarity: build an index of a f
 def register(app: typer.Typer) -> None:
     """Add the embedding commands to the ``imgclf`` app."""
     app.command(epilog="Examples: imgclf embed tf_efficientnet_lite0 photos/  |  "
-                       "imgclf embed runs/shop photos/ --out embeddings.npz")(embed)
+                       "imgclf embed runs/shop photos/ --out embeddings.npz  |  "
+                       "imgclf embed runs/shop photos/ --nproc 2")(embed)
     app.command(epilog="Example: imgclf similar tf_efficientnet_lite0 a.jpg b.jpg")(similar)
     app.add_typer(index_app, name="index")
     app.command(epilog="Examples: imgclf match catalog.csv --image new.jpg --name \"blue denim jacket\"  |  "
                        "imgclf match catalog.csv --evaluate  |  "
                        "imgclf match catalog.csv --queries new.csv --out suggestions.csv")(match)
+
+
+def start_processes(nproc: int | None, device: str, check: Callable[[], None]) -> None:
+    """With ``--nproc N``: refuse what N processes cannot do (``check``, the device), then run this command line
+    under torchrun and exit with its code. Without: return, and the command runs here."""
+    if nproc is None:
+        return
+    from imgclf import distributed
+
+    check()
+    distributed.check_nproc_device(nproc, device)
+    raise typer.Exit(distributed.launch(nproc, sys.argv[1:]))
 
 
 def embed(
@@ -51,9 +73,15 @@ def embed(
     image_size: Annotated[Optional[int], typer.Option(help="Input side for a backbone (default 224, as train "
                                                            "uses it; a trained model keeps its own).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    device: DeviceOption = "auto",
+    nproc: NprocOption = None,
 ) -> None:
     """Compute and cache embeddings (pooled features), so probes, search and matching reuse them."""
-    result = api.embed(model, inputs, weights=weights, out=out, image_size=image_size, batch_size=batch_size)
+    start_processes(nproc, device, lambda: api.check_distributable(None, list(inputs)))
+    result = api.embed(model, inputs, weights=weights, out=out, image_size=image_size, batch_size=batch_size,
+                       device=device)
+    if result is None:  # a torchrun rank other than 0: rank 0 reports
+        return
     table = Table(title=f"embeddings of {len(result.paths):,} images by {model}", title_justify="left")
     table.add_column("")
     table.add_column("", justify="right")

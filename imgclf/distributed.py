@@ -10,10 +10,12 @@ CUDA, gloo on the CPU.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -84,6 +86,62 @@ def barrier() -> None:
         dist.barrier()
 
 
+# How long the ranks that finished wait for the others (a resumed job's shares are balanced, so this is slack for
+# slower machines); a rank that dies is seen sooner: torchrun then stops the whole job.
+WAIT_FOR_RANKS = timedelta(hours=2)
+_control_group: list[dist.ProcessGroup] = []  # a gloo group for small messages when the main backend is nccl
+
+
+def _control() -> dist.ProcessGroup | None:
+    """The group for barriers and lists of numbers: the default one on gloo, else a gloo group made once (collectively)."""
+    if dist.get_backend() == "gloo":
+        return None
+    if not _control_group:
+        _control_group.append(dist.new_group(backend="gloo"))
+    return _control_group[0]
+
+
+def wait_for_ranks(timeout: timedelta = WAIT_FOR_RANKS) -> None:
+    """A barrier that names the ranks that did not arrive within ``timeout`` instead of waiting silently."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        dist.monitored_barrier(group=_control(), timeout=timeout, wait_all_ranks=True)
+    except RuntimeError as error:
+        raise ImgclfError(f"rank {dist.get_rank()}: the other ranks did not all arrive within {timeout} "
+                          f"({str(error).splitlines()[0]}); see their output, then run the same command again "
+                          "(finished parts are kept)") from None
+
+
+def rank_device(requested: str, world: World) -> str:
+    """The device this rank runs on: ``auto`` resolved, and its own GPU (``cuda:LOCAL_RANK``) when that is CUDA."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if requested == "cpu" or (requested == "auto" and not gpus):
+        return "cpu"
+    if not world.is_distributed:
+        return "cuda" if requested == "auto" else requested
+    if requested not in ("auto", "cuda"):
+        raise ImgclfError(f"--device {requested}: a distributed run gives each process its own GPU; "
+                          "use --device cuda, cpu or auto")
+    if world.local_rank >= gpus:
+        raise ImgclfError(f"--device {requested}: {world.local_rank + 1} processes on this machine but {gpus} "
+                          f"GPU(s); start at most {gpus} per machine (--nproc / --nproc_per_node) or use --device cpu")
+    return f"cuda:{world.local_rank}"
+
+
+def check_nproc_device(nproc: int, requested: str) -> None:
+    """Refuse, before starting anything, ``nproc`` processes on a device that cannot hold one each."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if requested == "cuda" and not gpus:
+        raise ImgclfError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if requested in ("cuda", "auto") and gpus and nproc > gpus:
+        raise ImgclfError(f"--nproc {nproc} with --device {requested}: this machine has {gpus} GPU(s), one per "
+                          f"process; give --nproc {gpus} or --device cpu")
+    if requested not in ("auto", "cuda", "cpu"):
+        raise ImgclfError(f"--device {requested} with --nproc: each process gets its own GPU or the CPU; "
+                          "use --device cuda, cpu or auto")
+
+
 def torchrun_command(nproc: int, arguments: Sequence[str]) -> list[str]:
     """The command that runs ``imgclf ARGUMENTS`` as ``nproc`` processes on this machine under torchrun."""
     if nproc < 1:
@@ -110,14 +168,15 @@ def launch(nproc: int, arguments: Sequence[str]) -> int:
     """Run ``imgclf ARGUMENTS`` (this command line, ``--nproc`` removed) as ``nproc`` torchrun processes; the exit code.
 
     This process becomes torchrun's agent (``torch.distributed.run``, as the
-    ``torchrun_command`` line would start it) rather than its parent, so that
-    a rank's failure is the rank's own one-line error and exit code instead of
-    torchrun's traceback, and Ctrl-C is torchrun's: the ranks get it (and
-    then torchrun's SIGTERM), stop after the same step and exit 130. Each
-    process gets an equal share of the CPU threads unless OMP_NUM_THREADS says.
+    ``torchrun_command`` line would start it, with its ``--standalone``
+    rendezvous) rather than its parent, so that a rank's failure is the
+    rank's own one-line error and exit code instead of torchrun's traceback
+    report, and Ctrl-C is torchrun's: the ranks get it (and then torchrun's
+    SIGTERM), stop after the same step and exit 130. When a rank dies
+    (killed, out of memory) the agent stops the others and this says so in
+    one line. Each process gets an equal share of the CPU threads unless
+    OMP_NUM_THREADS says.
     """
-    import logging
-
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
@@ -126,14 +185,25 @@ def launch(nproc: int, arguments: Sequence[str]) -> int:
         raise ImgclfError("--nproc is for starting a run; this process is already one rank of a torchrun job")
     command = torchrun_command(nproc, without_nproc(arguments))
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the ranks say what went wrong
+    agent_log = logging.getLogger("torch.distributed.elastic")
+    level = agent_log.level
+    agent_log.setLevel(logging.CRITICAL)  # its warnings repeat, as tracebacks, what the ranks printed
     try:
         run(parse_args(command[3:]))
     except ChildFailedError as failed:
         codes = [failure.exitcode for failure in failed.failures.values()]
-        return 130 if 130 in codes else max(max(codes), 1)  # a rank killed by a signal has a negative code
+        if 130 in codes:
+            return 130
+        if 2 in codes:  # an ImgclfError: the rank printed its one line
+            return 2
+        rank, failure = failed.get_first_failure()
+        raise ImgclfError(f"rank {rank} of {nproc} stopped (exit code {failure.exitcode}; its output is above) and "
+                          "the others were stopped; run the same command again: a training run resumes with "
+                          "--resume, predict and embed keep their finished parts") from None
     except (SignalException, KeyboardInterrupt):
         return 130
+    finally:
+        agent_log.setLevel(level)
     return 0
 
 
@@ -213,13 +283,3 @@ def same_weights_everywhere(state: dict[str, torch.Tensor]) -> str:
         raise ImgclfError(f"the {len(digests)} processes ended with different weights ({', '.join(map(str, digests))}"
                           "); please report this with the command line")
     return digest
-
-
-def require_devices(nproc: int, device: str) -> None:
-    """A one-line error when ``nproc`` processes cannot each have the ``device`` they ask for (one GPU each)."""
-    visible = torch.cuda.device_count()
-    if device == "cuda" or (device == "auto" and visible):
-        if visible < nproc:
-            raise ImgclfError(f"--nproc {nproc} with --device cuda needs {nproc} GPUs (one per process) but "
-                              f"{visible} {'is' if visible == 1 else 'are'} visible; use --nproc {max(visible, 1)} "
-                              f"or --device cpu")

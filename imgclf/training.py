@@ -29,6 +29,7 @@ from imgclf.config import TrainConfig, parse_duration
 from imgclf.console import console
 from imgclf.data.hierarchy import cut_labels, label_tree
 from imgclf.data.inspect import imbalance_warning
+from imgclf.data.shards import training_pixels
 from imgclf.data.sources import ImageDataset, write_manifest
 from imgclf.data.splits import require_training_images
 from imgclf.engines.callbacks import Callback, standard_callbacks
@@ -220,7 +221,7 @@ def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> Tr
             targets[row, [index[label] for label in item.labels]] = 1.0
     else:
         targets = torch.tensor([index[item.labels[0]] for item in dataset.items], dtype=torch.int64)
-    return TrainingData(pixels=cache.pixels, rows=rows, targets=targets, classes=list(dataset.classes),
+    return TrainingData(pixels=training_pixels(cache), rows=rows, targets=targets, classes=list(dataset.classes),
                         multilabel=dataset.multilabel, mean=(0.0,), std=(1.0,),
                         paths=[item.path for item in dataset.items])
 

@@ -56,15 +56,59 @@ def open_writer(output_format: str, out: Path | None, classes: list[str], multil
     """
     if output_format not in FORMATS:
         raise ImgclfError(f"--format '{output_format}' is not one of {', '.join(FORMATS)}")
-    if out is None:
-        write, finish = _writer(output_format, sys.stdout, classes, multilabel)
-        yield write
-        finish()
-        return
-    with atomic_path(out) as partial, open(partial, "w", newline="", encoding="utf-8", errors=PATH_BYTES) as handle:
+    with _output(out) as handle:
         write, finish = _writer(output_format, handle, classes, multilabel)
         yield write
         finish()
+
+
+def part_format(output_format: str) -> str:
+    """The format a distributed run's parts are written in: JSON's as JSON Lines, one record a line, to join."""
+    return "jsonl" if output_format == "json" else output_format
+
+
+def join_parts(output_format: str, parts: list[Path], out: Path | None) -> tuple[int, int]:
+    """Write the rows of ``parts`` (in :func:`part_format`, in order) as one ``output_format`` output.
+
+    Returns (rows, rows with an error). Of the parts' CSV header lines only
+    the first is kept.
+    """
+    rows = errors = 0
+    with _output(out) as handle:
+        if output_format == "csv":
+            table = csv.writer(handle)
+            for number, part in enumerate(parts):
+                with open(part, newline="", encoding="utf-8", errors=PATH_BYTES) as source:
+                    records = csv.reader(source)
+                    header = next(records)
+                    if not number:
+                        table.writerow(header)
+                    error_column = header.index("error")
+                    for record in records:
+                        table.writerow(record)
+                        rows += 1
+                        errors += bool(record[error_column])
+            return rows, errors
+        add, finish = (lambda text: handle.write(text + "\n"), lambda: None) if output_format == "jsonl" \
+            else _json_array(handle)
+        for part in parts:
+            with open(part, encoding="utf-8", errors=PATH_BYTES) as source:
+                for line in source:
+                    add(line.rstrip("\n"))
+                    rows += 1
+                    errors += bool(json.loads(line)["error"])
+        finish()
+    return rows, errors
+
+
+@contextlib.contextmanager
+def _output(out: Path | None) -> Iterator[IO[str]]:
+    """stdout, or ``out`` written atomically (complete when the block exits cleanly)."""
+    if out is None:
+        yield sys.stdout
+        return
+    with atomic_path(out) as partial, open(partial, "w", newline="", encoding="utf-8", errors=PATH_BYTES) as handle:
+        yield handle
 
 
 def _writer(output_format: str, handle: IO[str], classes: list[str], multilabel: bool
@@ -87,13 +131,19 @@ def _writer(output_format: str, handle: IO[str], classes: list[str], multilabel:
         return write_csv, lambda: None
     if output_format == "jsonl":
         return lambda row: handle.write(json.dumps(row_record(row, depth)) + "\n"), lambda: None
+    add, finish = _json_array(handle)
+    return lambda row: add(json.dumps(row_record(row, depth))), finish
+
+
+def _json_array(handle: IO[str]) -> tuple[Callable[[str], None], Callable[[], None]]:
+    """(add one JSON record's text, close the array): one record a line, so a JSON file streams like JSONL."""
     state = {"first": True}
 
-    def write_json(row: PredictionRow) -> None:
-        handle.write(("[\n" if state["first"] else ",\n") + json.dumps(row_record(row, depth)))
+    def add(text: str) -> None:
+        handle.write(("[\n" if state["first"] else ",\n") + text)
         state["first"] = False
 
-    def finish_json() -> None:
+    def finish() -> None:
         handle.write("[]\n" if state["first"] else "\n]\n")
 
-    return write_json, finish_json
+    return add, finish

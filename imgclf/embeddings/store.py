@@ -77,7 +77,10 @@ class EmbeddingStore:
         if self._rows is None:
             self._rows = {}
             for chunk in self._chunks():
-                keys = (self.directory / f"{chunk}.keys").read_text().split()
+                try:
+                    keys = (self.directory / f"{chunk}.keys").read_text().split()
+                except FileNotFoundError:  # merged away by another process since it was listed
+                    continue
                 self._rows.update({key: (chunk, row) for row, key in enumerate(keys)})
         return self._rows
 
@@ -132,9 +135,11 @@ class EmbeddingStore:
         chunks = self._chunks()
         index = self._index()
         keys = list(index)
-        vectors, _ = self.get(keys)
+        vectors, found = self.get(keys)
         if vectors is None:
             return
+        # a chunk another process (a rank of the same job) merged away meanwhile: keep only rows that were read
+        keys, vectors = [key for key, hit in zip(keys, found) if hit], vectors[found]
         merged = f"chunk-{uuid.uuid4().hex[:16]}"
         write_bytes_atomic(self.directory / f"{merged}.keys", "\n".join(keys).encode())
         with atomic_path(self.directory / f"{merged}.npy") as partial:

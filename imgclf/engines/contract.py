@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 class TrainingData:
     """Decoded pixels plus, per split, the rows that decoded and their targets."""
 
-    pixels: np.ndarray  # (N, H, W, C) uint8
+    pixels: np.ndarray  # (N, H, W, C) uint8: the cache's memory map, or a data.shards.PixelRows indexed alike
     rows: dict[str, np.ndarray]  # split name -> row indices into pixels
     targets: torch.Tensor  # (N,) class index, or (N, K) multi-hot floats for multi-label data
     classes: list[str]

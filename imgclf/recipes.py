@@ -89,6 +89,8 @@ def resolve(config: TrainConfig, facts: DataFacts,
         filled["probe_epochs"] = min(max(1.0, round(epochs / 3)), epochs / 2)
     if family == "fastnet" and config.warmup_epochs is None:
         filled["warmup_epochs"] = round(0.23 * epochs, 2)  # airbench's triangle peaks at 23% of training
+    if family == "fastnet" and config.whitening_bias_epochs is None:
+        filled["whitening_bias_epochs"] = round(0.3 * epochs, 2)  # airbench94: 3 of its 9.9 epochs
     resolved = replace(config, model=model, model_args=model_args, pretrained=pretrained, strategy=strategy,
                        image_size=image_size, batch_size=batch_size, epochs=float(epochs), **filled)
     if resolved.probe_epochs is not None and strategy == "two-stage" and resolved.probe_epochs >= resolved.epochs:
@@ -140,7 +142,7 @@ def _recipe(family: str, pretrained: bool, batch_size: int, facts: DataFacts) ->
         return dict(optimizer="sgd", lr=lr, momentum=0.85,
                     weight_decay=AIRBENCH_WEIGHT_DECAY, bias_lr_scale=64.0, schedule="onecycle",
                     label_smoothing=0.2 if smoothing is None else smoothing,
-                    ema=True, augment="light", tta=True)
+                    ema=False, lookahead=True, augment="airbench", tta=True, tta_shift=1)
     if family == "tutorial-cnn":
         return dict(optimizer="adamw", lr=1e-3, momentum=0.9, bias_lr_scale=1.0, weight_decay=0.0,
                     schedule="constant", warmup_epochs=0.0,

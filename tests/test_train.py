@@ -260,7 +260,7 @@ def test_resume_is_exact_with_muon_lookahead_and_the_whitening_bias_freeze(colou
     options = dict(FAST, epochs=2, optimizer="muon", muon_lr=0.05, lookahead=True, ema=False,
                    whitening_bias_epochs=1, augment="airbench")
     uninterrupted = imgclf.train(colours, out=tmp_path / "whole", **options)
-    # 3 batches per epoch: Ctrl-C mid-epoch 2, after the Muon, lookahead and momentum state all exist
+    # 3 batches per epoch: Ctrl-C mid-epoch 2, when Muon, lookahead and momentum state all exist
     assert imgclf.train(colours, out=tmp_path / "cut", callbacks=[InterruptAt(step=4)], **options).interrupted
     resumed = imgclf.train(resume=tmp_path / "cut")
     assert_same_weights(uninterrupted.model_dir, resumed.model_dir)

@@ -355,6 +355,8 @@ class TorchEngine:
         console.print(f"time budget {config.time_budget}: {per_epoch:.1f} s per epoch measured; "
                       f"training {epochs:g} epochs")
         return replace(config, epochs=epochs, warmup_epochs=round((config.warmup_epochs or 0.0) * scale, 2),
+                       whitening_bias_epochs=None if config.whitening_bias_epochs is None
+                       else round(config.whitening_bias_epochs * scale, 2),
                        probe_epochs=None if config.probe_epochs is None
                        else max(1.0, round(config.probe_epochs * scale, 1)))
 

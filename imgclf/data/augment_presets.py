@@ -43,12 +43,12 @@ class AugmentConfig:
 PRESETS: dict[str, AugmentConfig] = {
     "none": AugmentConfig(),
     "light": AugmentConfig(hflip=True, translate=0.125),
-    # airbench94's: shifts of up to 2 px at 32 px with reflected borders, and alternating flips
-    "airbench": AugmentConfig(hflip=True, translate=0.0625, reflect=True, alternate_flip=True),
     "standard": AugmentConfig(hflip=True, translate=0.1, scale=(0.6, 1.0), brightness=0.2, contrast=0.2,
                               saturation=0.2),
     "strong": AugmentConfig(hflip=True, translate=0.15, scale=(0.35, 1.0), rotation=15.0, brightness=0.4,
                             contrast=0.4, saturation=0.4, hue=0.05, cutout=0.25),
+    # airbench94's: shifts of up to 2 px at 32 px with reflected borders, and alternating flips
+    "airbench": AugmentConfig(hflip=True, translate=0.0625, reflect=True, alternate_flip=True),
 }
 
 

@@ -22,7 +22,7 @@ from imgclf.errors import ImgclfError
 from imgclf.thresholds import DEFAULT_GOAL, GOAL_HELP, parse_goal
 
 STRATEGIES = ("auto", "scratch", "probe", "finetune", "two-stage")
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "muon")
 SCHEDULES = ("onecycle", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -83,7 +83,9 @@ class TrainConfig:
     epochs: float | None = option(None, "Epochs (fractions allowed).", "Schedule")
     time_budget: str | None = option(None, "Train to a wall-clock budget, e.g. 5m; fits the schedule.", "Schedule")
     batch_size: int | None = option(None, "Images per step.", "Schedule")
-    optimizer: str | None = option(None, "Optimiser (sgd with Nesterov momentum).", "Schedule", choices=OPTIMIZERS)
+    optimizer: str | None = option(None, "Optimiser (sgd with Nesterov momentum; muon: Muon for the backbone's "
+                                         "filters, that SGD for the rest).", "Schedule", choices=OPTIMIZERS)
+    muon_lr: float | None = option(None, "Learning rate of Muon's filter updates (--optimizer muon).", "Schedule")
     lr: float | None = option(None, "Peak learning rate.", "Schedule")
     momentum: float | None = option(None, "SGD momentum / AdamW beta1.", "Schedule")
     weight_decay: float | None = option(None, "Weight decay (not on norms and biases).", "Schedule")
@@ -98,10 +100,16 @@ class TrainConfig:
     grad_clip: float | None = option(None, "Clip the gradient norm to this.", "Schedule")
     ema: bool | None = option(None, "Keep an exponential moving average of the weights.", "Schedule")
     ema_decay: float = option(0.999, "EMA decay per step.", "Schedule")
+    lookahead: bool | None = option(None, "airbench's lookahead: every 5 steps pull the weights towards a slow "
+                                          "average of themselves.", "Schedule")
+    whitening_bias_epochs: float | None = option(None, "fastnet: epochs its whitening layer's bias trains before "
+                                                       "it is frozen (default: all).", "Schedule")
     augment: str | None = option(None, "Augmentation preset.", "Data", choices=tuple(PRESETS))
     mixup: float = option(0.0, "Mixup Beta alpha (0 = off).", "Data")
     cutmix: float = option(0.0, "CutMix Beta alpha (0 = off).", "Data")
     tta: bool | None = option(None, "Flip test-time augmentation in evaluation and predict.", "Schedule")
+    tta_shift: int | None = option(None, "With --tta, also average over the image shifted by this many pixels "
+                                         "(0: flips only).", "Schedule")
     class_weights: str = option("none", "Loss weights per class (auto: inverse frequency).", "Data",
                                 choices=CLASS_WEIGHTS)
     balanced_sampling: bool = option(False, "Draw classes equally often.", "Data")
@@ -216,15 +224,17 @@ def validate(config: TrainConfig) -> None:
         raise ImgclfError(f"--image-size must be between 8 and 1024 pixels, got {config.image_size}")
     if config.batch_size is not None and not 1 <= config.batch_size <= 65536:
         raise ImgclfError(f"--batch-size must be between 1 and 65536, got {config.batch_size}")
-    for name in ("epochs", "lr", "ema_decay", "backbone_lr_scale", "bias_lr_scale"):
+    for name in ("epochs", "lr", "ema_decay", "backbone_lr_scale", "bias_lr_scale", "muon_lr"):
         _positive(name, getattr(config, name))
     for name in ("dropout", "drop_path"):
         value = getattr(config, name)
         if value is not None and not 0 <= value < 1:
             raise ImgclfError(f"--{name.replace('_', '-')} is a probability in [0, 1), got {value:g}")
-    for name in ("weight_decay", "l1", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "probe_epochs"):
+    for name in ("weight_decay", "l1", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "probe_epochs",
+                 "whitening_bias_epochs"):
         _positive(name, getattr(config, name), strict=False)
     _positive("grad_clip", config.grad_clip)
+    _positive("tta_shift", config.tta_shift, strict=False)
     if config.early_stopping is not None and config.early_stopping < 1:
         raise ImgclfError(f"--early-stopping is a patience in epochs, at least 1; got {config.early_stopping}")
     parse_goal(config.threshold_for)

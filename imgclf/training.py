@@ -260,7 +260,7 @@ def _write_bundle(run: RunDirectory, config: TrainConfig, engine: Engine, data: 
     info = BundleInfo(architecture=config.model or "", model_args=dict(config.model_args), classes=data.classes,
                       image_size=config.image_size or 0, mean=list(data.mean), std=list(data.std),
                       multilabel=data.multilabel, channels=1 if config.grayscale else 3, resize=config.resize,
-                      tta=bool(config.tta), backend=config.backend, config=config.to_dict(), metrics=metrics)
+                      tta=bool(config.tta), tta_shift=config.tta_shift or 0, backend=config.backend, config=config.to_dict(), metrics=metrics)
     return engine.write_bundle(info, run.model_dir)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,3 +108,17 @@ def test_presets_by_name_and_bad_names() -> None:
         augment_config("wild")
     with pytest.raises(ImgclfError, match="unknown augmentation"):
         augment_config("light", wobble=1)
+
+
+def test_reflect_translate_shifts_whole_pixels_and_mirrors_the_border() -> None:
+    images = batch(n=32, size=12)
+    config = AugmentConfig(translate=2 / 12, reflect=True)
+    out = run(images, config, std=(1 / 255,) * 3).round().to(torch.uint8).permute(0, 2, 3, 1)
+    padded = np.pad(images.numpy(), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
+    shifts = []
+    for index in range(len(images)):
+        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if np.array_equal(out[index].numpy(), padded[index, 2 + dy:14 + dy, 2 + dx:14 + dx])]
+        assert len(matches) == 1, index  # exactly one reflected shift of at most 2 px explains every output
+        shifts.append(matches[0])
+    assert len(set(shifts)) > 5  # and the shifts vary from image to image

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from imgclf.data.augment_presets import PRESETS
+from imgclf.data.augment_presets import PRESETS, augment_config
 from imgclf.data.batches import BatchLoader
 
 
@@ -82,3 +82,25 @@ def test_sample_weights_draw_rows_in_proportion() -> None:
     assert 0.4 < share < 0.6
     with pytest.raises(ValueError):
         loader(sample_weights=np.zeros(50))
+
+
+def test_alternating_flip_mirrors_each_image_on_every_other_epoch() -> None:
+    # an asymmetric image per row (its row number on the left half, 255 on the right), shuffled batches
+    n = 40
+    pixels = np.full((n, 4, 4, 3), 255, dtype=np.uint8)
+    pixels[:, :, :2] = np.arange(n, dtype=np.uint8)[:, None, None, None]
+    data = BatchLoader(pixels, np.arange(n), torch.arange(n), 8, augment_config("none", hflip=True,
+                       alternate_flip=True), (0.0,) * 3, (1 / 255,) * 3, seed=3)
+
+    def flipped_by_row() -> dict[int, bool]:
+        seen = {}
+        for images, targets in data:
+            for image, row in zip(images, targets.tolist()):
+                seen[row] = bool(image[0, 0, 0] == 255)  # the bright half moved to the left
+        return seen
+
+    epochs = [flipped_by_row() for _ in range(4)]
+    assert all(sorted(epoch) == list(range(n)) for epoch in epochs)
+    for row in range(n):
+        assert [epoch[row] for epoch in epochs] in ([True, False] * 2, [False, True] * 2)
+    assert 0 < sum(epochs[0].values()) < n  # the first epoch starts a random half mirrored

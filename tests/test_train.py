@@ -90,7 +90,7 @@ def test_resume_after_an_interruption_mid_epoch_gives_the_same_final_weights(col
 
 def test_early_stopping_keeps_the_best_epoch(colours: Path, tmp_path: Path) -> None:
     run = imgclf.train(colours, out=tmp_path / "run", epochs=6, early_stopping=1, monitor="val_loss",
-                       ema=False, **{**FAST, "lr": 1e-12})
+                       ema=False, lookahead=False, augment="light", **{**FAST, "lr": 1e-12})
     assert len(run.history) == 2 and run.metrics["best_epoch"] == 1
 
 
@@ -254,3 +254,25 @@ def test_another_optimizer_gets_its_own_rates(colours: Path) -> None:
     adamw = imgclf.train(colours, model="fastnet", optimizer="adamw", dry_run=True)
     assert (adamw.lr, adamw.bias_lr_scale) == (1e-3, 1.0)
     assert imgclf.train(colours, model="fastnet", dry_run=True).bias_lr_scale == 64.0
+
+
+def test_resume_is_exact_with_muon_lookahead_and_the_whitening_bias_freeze(colours: Path, tmp_path: Path) -> None:
+    options = dict(FAST, epochs=2, optimizer="muon", muon_lr=0.05, lookahead=True, ema=False,
+                   whitening_bias_epochs=1, augment="airbench")
+    uninterrupted = imgclf.train(colours, out=tmp_path / "whole", **options)
+    # 3 batches per epoch: Ctrl-C mid-epoch 2, when Muon, lookahead and momentum state all exist
+    assert imgclf.train(colours, out=tmp_path / "cut", callbacks=[InterruptAt(step=4)], **options).interrupted
+    resumed = imgclf.train(resume=tmp_path / "cut")
+    assert_same_weights(uninterrupted.model_dir, resumed.model_dir)
+
+
+def test_the_whitening_bias_stops_training_after_its_epochs(colours: Path, tmp_path: Path) -> None:
+    options = dict(FAST, epochs=2, ema=False, whitening_bias_epochs=1)
+    # Ctrl-C at the end of epoch 1 leaves the weights of that moment in the checkpoint
+    assert imgclf.train(colours, out=tmp_path / "run", callbacks=[InterruptAt(step=3)], **options).interrupted
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    after_one = torch.load(last, weights_only=True)["model"]
+    assert not imgclf.train(resume=tmp_path / "run").interrupted
+    final = torch.load(last, weights_only=True)["model"]  # the weights after the last step (not the best epoch's)
+    torch.testing.assert_close(final["whiten.bias"], after_one["whiten.bias"], rtol=0, atol=0)
+    assert not torch.equal(final["groups.0.norms.0.bias"], after_one["groups.0.norms.0.bias"])  # the rest trained on

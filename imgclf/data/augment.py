@@ -36,18 +36,25 @@ def augment_batch(
     generator: torch.Generator,
     mean: tuple[float, ...] = (0.0, 0.0, 0.0),
     std: tuple[float, ...] = (1.0, 1.0, 1.0),
+    hflip: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Augment and normalise a uint8 batch (N, H, W, C) into float32 (N, C, H, W), channels_last.
 
     ``mean`` and ``std`` are in 0..1 units, as timm and torchvision give them.
-    The output has the same height and width as the input.
+    The output has the same height and width as the input. ``hflip`` (one
+    bool per image), when given, decides the horizontal flips instead of the
+    generator: the loader's alternating flip knows each image's epoch.
     """
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(f"expected a uint8 (N, H, W, C) batch, got {images.dtype} {tuple(images.shape)}")
     n, height, width, channels = images.shape
     params = _sample_geometry(n, height, width, config, generator)
+    if hflip is not None:
+        params["hflip"] = hflip.to(torch.bool) & config.hflip
     if config.rotation > 0:
         output = _warp_affine(images, params)
+    elif config.reflect and config.translate > 0 and config.scale == (1.0, 1.0):
+        output = _shift_reflect(images, params)
     else:
         output = _crop_resize(images, params) if config.geometric else images
         output = _flip(output, params["hflip"], params["vflip"], owned=config.geometric)
@@ -114,6 +121,32 @@ def _crop_resize(images: torch.Tensor, params: dict) -> torch.Tensor:
         target[index] = F.interpolate(crop, size=(height, width), mode="bilinear", antialias=True,
                                       align_corners=False)[0]
     return output
+
+
+def _shift_reflect(images: torch.Tensor, params: dict) -> torch.Tensor:
+    """Shift every image by its box's offset in whole pixels, mirroring the image into the uncovered border.
+
+    airbench's translate (reflect-pad, then a random crop of the original
+    size), as one batched gather: output pixel (y, x) reads (y + dy, x + dx)
+    reflected back into the image.
+    """
+    n, height, width, _ = images.shape
+    dx = (params["cx"] - width / 2).round().long()
+    dy = (params["cy"] - height / 2).round().long()
+    cols = _reflect_index(torch.arange(width)[None, :] + dx[:, None], width)
+    rows = _reflect_index(torch.arange(height)[None, :] + dy[:, None], height)
+    device = images.device
+    batch = torch.arange(n, device=device)[:, None, None]
+    return images[batch, rows.to(device)[:, :, None], cols.to(device)[:, None, :]]
+
+
+def _reflect_index(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices mirrored into 0..size-1 without repeating the edge (numpy's and torch's "reflect")."""
+    if size == 1:
+        return torch.zeros_like(index)
+    period = 2 * (size - 1)
+    index = index.remainder(period)
+    return torch.where(index < size, index, period - index)
 
 
 def _flip(images: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor, owned: bool) -> torch.Tensor:

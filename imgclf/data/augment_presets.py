@@ -18,6 +18,8 @@ class AugmentConfig:
     hflip: bool = False
     vflip: bool = False
     translate: float = 0.0  # largest shift, as a fraction of the image side
+    reflect: bool = False  # a pure shift fills the uncovered border by mirroring the image, not with black
+    alternate_flip: bool = False  # with hflip: each image flipped on every other epoch, not at random
     scale: tuple[float, float] = (1.0, 1.0)  # area kept by the random resized crop
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect-ratio range of that crop
     rotation: float = 0.0  # largest rotation in degrees
@@ -45,6 +47,8 @@ PRESETS: dict[str, AugmentConfig] = {
                               saturation=0.2),
     "strong": AugmentConfig(hflip=True, translate=0.15, scale=(0.35, 1.0), rotation=15.0, brightness=0.4,
                             contrast=0.4, saturation=0.4, hue=0.05, cutout=0.25),
+    # airbench94's: shifts of up to 2 px at 32 px with reflected borders, and alternating flips
+    "airbench": AugmentConfig(hflip=True, translate=0.0625, reflect=True, alternate_flip=True),
 }
 
 

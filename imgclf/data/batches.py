@@ -82,6 +82,9 @@ class BatchLoader:
             self.sample_weights = weights / weights.sum()
         self.epoch = 0
         self.start_batch = 0
+        # airbench's alternating flip: a fixed random half of the rows starts mirrored, and every
+        # row flips on odd epochs, so each image is seen both ways in every two epochs
+        self.flipped_first = np.random.default_rng([seed, 0xF11B]).random(len(self.rows)) < 0.5
         self._memo: tuple[int, list[np.ndarray]] | None = None
 
     def __len__(self) -> int:
@@ -97,7 +100,7 @@ class BatchLoader:
         epoch, first = self.epoch, self.start_batch
         self.epoch, self.start_batch = epoch + 1, 0
         batches = self._epoch_batches(epoch)
-        yield from _prefetched(self._make_batch(batches[index], self._generator(epoch, index))
+        yield from _prefetched(self._make_batch(batches[index], epoch, index)
                                for index in range(first, len(batches)))
 
     def batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +108,7 @@ class BatchLoader:
         memo = self._memo  # one pass's order, computed once, not once per batch
         if memo is None or memo[0] != epoch:
             memo = self._memo = (epoch, self._epoch_batches(epoch))
-        return self._make_batch(memo[1][index], self._generator(epoch, index))
+        return self._make_batch(memo[1][index], epoch, index)
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         """The row positions of every batch of pass ``epoch`` (reshuffled or resampled per epoch)."""
@@ -128,13 +131,17 @@ class BatchLoader:
         seed = int(np.random.SeedSequence(parts).generate_state(1)[0])
         return torch.Generator().manual_seed(seed)
 
-    def _make_batch(self, positions: np.ndarray, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _make_batch(self, positions: np.ndarray, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``index`` of pass ``epoch``: the rows at ``positions``, augmented with that batch's generator."""
         pixels = torch.from_numpy(np.ascontiguousarray(self.pixels[self.rows[positions]]))
         targets = self.targets[torch.from_numpy(positions)]
         if self.device.type == "cuda":
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
-        images = augment_batch(pixels, self.augment, generator, self.mean, self.std)
+        hflip = None
+        if self.augment.alternate_flip:
+            hflip = torch.from_numpy(self.flipped_first[positions] ^ bool(epoch % 2))
+        images = augment_batch(pixels, self.augment, self._generator(epoch, index), self.mean, self.std, hflip=hflip)
         return images, targets
 
 

@@ -86,11 +86,25 @@ class Classifier:
 
     # ----------------------------------------------------------------- output
     def logits(self, pixels: np.ndarray) -> np.ndarray:
-        """(N, classes) raw logits (flip-averaged with TTA, before temperature) for decoded uint8 images."""
-        logits = self.runtime.logits(pixels)
-        if self.tta:  # flip averaging: the mirrored image's logits, as in training's TTA
-            logits = 0.5 * (logits + self.runtime.logits(pixels[:, :, ::-1]))
+        """(N, classes) raw logits (averaged over TTA's views, before temperature) for decoded uint8 images.
+
+        TTA (airbench's): the image and its mirror; with the bundle's
+        ``tta_shift``, half the weight goes to the mirror pairs of the image
+        shifted by that many pixels up-left and down-right, borders reflected.
+        """
+        if not self.tta:
+            return self.runtime.logits(pixels)
+        logits = self._mirrored_logits(pixels)
+        shift = self.info.tta_shift
+        if shift:
+            height, width = pixels.shape[1:3]
+            padded = np.pad(pixels, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")
+            shifted = [padded[:, :height, :width], padded[:, 2 * shift:2 * shift + height, 2 * shift:2 * shift + width]]
+            logits = 0.5 * logits + 0.25 * sum(self._mirrored_logits(np.ascontiguousarray(view)) for view in shifted)
         return logits
+
+    def _mirrored_logits(self, pixels: np.ndarray) -> np.ndarray:
+        return 0.5 * (self.runtime.logits(pixels) + self.runtime.logits(pixels[:, :, ::-1]))
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(N, classes) probabilities for decoded uint8 images (N, H, W, C) at the model's input size."""

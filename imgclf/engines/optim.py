@@ -5,6 +5,12 @@ norm scales and biases pulls them toward zero for no benefit and is the
 classic silent mistake of hand-written loops. Biases and norm parameters
 may get a larger learning rate (``bias_lr_scale``, airbench's 64x), and the
 backbone of a pretrained model a smaller one (``backbone_lr_scale``).
+
+``--optimizer muon`` (airbench94_muon's) updates the backbone's weight
+matrices and conv filters by Muon, momentum orthogonalised by a
+Newton-Schulz iteration, at ``--muon-lr``; everything else (the head,
+biases) keeps Nesterov SGD, in the same optimizer so one schedule and one
+checkpoint cover both.
 """
 
 from __future__ import annotations
@@ -15,6 +21,12 @@ import torch
 from torch import nn
 
 from imgclf.config import TrainConfig
+
+MUON_MOMENTUM = 0.6  # airbench94_muon's momentum for the filters (SGD keeps --momentum)
+# Newton-Schulz coefficients of Muon's quintic iteration (Keller Jordan): steep at zero so that
+# three steps bring every singular value of the update near 1
+NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
+NEWTON_SCHULZ_STEPS = 3
 
 
 def parameter_groups(model: nn.Module, head: nn.Module, config: TrainConfig, backbone_scale: float,
@@ -37,14 +49,73 @@ def parameter_groups(model: nn.Module, head: nn.Module, config: TrainConfig, bac
         lr = (config.lr * stage_scale * (1.0 if in_head else backbone_scale)
               * (1.0 if decayed else config.bias_lr_scale))
         weight_decay = config.weight_decay if decayed else 0.0
-        result.append({"params": parameters, "lr": lr, "initial_lr": lr, "weight_decay": weight_decay})
+        group = {"params": parameters, "lr": lr, "initial_lr": lr, "weight_decay": weight_decay}
+        if config.optimizer == "muon":
+            orthogonalise = decayed and not in_head
+            group["orthogonalise"] = orthogonalise
+            if orthogonalise:  # Muon keeps each weight's norm fixed instead of decaying it
+                muon_lr = (config.muon_lr or 0.0) * stage_scale * backbone_scale
+                group.update(lr=muon_lr, initial_lr=muon_lr, weight_decay=0.0, momentum=MUON_MOMENTUM)
+        result.append(group)
     return result
 
 
 def build_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    if config.optimizer == "muon":
+        return Muon(groups, lr=config.lr, momentum=config.momentum)
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
+
+
+def orthogonalise(update: torch.Tensor, steps: int = NEWTON_SCHULZ_STEPS) -> torch.Tensor:
+    """An approximation of U Vᵀ for ``update`` = U S Vᵀ (2-D): the same directions, every singular value ≈ 1.
+
+    Muon's quintic Newton-Schulz iteration, run in bfloat16 as in airbench
+    (it only has to be roughly right), on the wide orientation of the matrix.
+    """
+    a, b, c = NEWTON_SCHULZ
+    x = update.to(torch.bfloat16)
+    x = x / (x.norm() + 1e-7)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).to(update.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for the groups marked ``orthogonalise``, Nesterov SGD (coupled weight decay) for the rest.
+
+    A Muon step (airbench94_muon): Nesterov momentum of the gradient, the
+    weight rescaled to norm √(output channels), then a step of ``lr`` along
+    the orthogonalised momentum (each filter bank flattened to a matrix).
+    """
+
+    def __init__(self, params: list[dict], lr: float, momentum: float) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=0.0, orthogonalise=False))
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            for parameter in group["params"]:
+                if parameter.grad is None:
+                    continue
+                gradient = parameter.grad
+                if group["weight_decay"]:
+                    gradient = gradient.add(parameter, alpha=group["weight_decay"])
+                state = self.state[parameter]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(gradient)
+                buffer = state["momentum_buffer"]
+                buffer.mul_(group["momentum"]).add_(gradient)
+                update = gradient.add(buffer, alpha=group["momentum"])
+                if group["orthogonalise"]:
+                    parameter.mul_(len(parameter) ** 0.5 / parameter.norm().clamp_min(1e-12))
+                    update = orthogonalise(update.reshape(len(update), -1)).view_as(update)
+                parameter.add_(update, alpha=-group["lr"])
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:

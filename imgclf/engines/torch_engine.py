@@ -65,6 +65,7 @@ from imgclf.engines.contract import (
 )
 from imgclf.engines.history import history_row
 from imgclf.engines.linear_probe import fit_label_heads, fit_linear_head, load_into_head, supports_linear_probe
+from imgclf.engines.lookahead import Lookahead
 from imgclf.engines.optim import build_optimizer, build_scheduler, parameter_groups
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model, load_pretrained, pretrained_source
@@ -125,6 +126,7 @@ class TorchEngine:
             f" x {self.world.size} processes" if self.world.is_distributed else "")
         self.checkpoint: dict[str, Any] | None = None
         self.ema: nn.Module | None = None
+        self.lookahead: Lookahead | None = None
         self._embedder: Embedder | None = None
         self._best_weights: dict[str, torch.Tensor] | None = None
 
@@ -401,6 +403,8 @@ class TorchEngine:
         console.print(f"time budget {config.time_budget}: {per_epoch:.1f} s per epoch measured; "
                       f"training {epochs:g} epochs")
         return replace(config, epochs=epochs, warmup_epochs=round((config.warmup_epochs or 0.0) * scale, 2),
+                       whitening_bias_epochs=None if config.whitening_bias_epochs is None
+                       else round(config.whitening_bias_epochs * scale, 2),
                        probe_epochs=None if config.probe_epochs is None
                        else max(1.0, round(config.probe_epochs * scale, 1)))
 
@@ -430,10 +434,13 @@ class TorchEngine:
             with _deferred_interrupt(fit, self.world.is_distributed):
                 for stage_index in range(self.position.stage, len(self.stages)):
                     self.optimizer, self.scheduler = self._start_stage(self.stages[stage_index])
+                    self.lookahead = Lookahead(self.model) if self.config.lookahead else None
                     if resume is not None and stage_index == self.position.stage:
                         self.optimizer.load_state_dict(resume["optimizer"])
                         self.scheduler.load_state_dict(resume["scheduler"])
                         self.scaler.load_state_dict(resume["scaler"])
+                        if self.lookahead is not None and resume.get("lookahead") is not None:
+                            self.lookahead.load_state_dict(resume["lookahead"])
                     else:
                         self.position = _Position(stage=stage_index, epoch=self.position.epoch)
                     fit.stage_index = stage_index
@@ -486,10 +493,13 @@ class TorchEngine:
         fire(callbacks, "on_epoch_begin", fit)
         for images, targets in _take(loader, steps - position.batch):
             seed = _seed_for(self.config.seed, position.epoch, position.batch, 7)
+            self._freeze_whitening_bias(stage, position.stage_step)
             loss, correct = self._train_step(stage, images, targets, seed, self.optimizer)
             self.scheduler.step()
             position.batch += 1
             position.stage_step += 1
+            if self.lookahead is not None:
+                self.lookahead.step(self.model, position.stage_step, total_steps)
             self._update_ema(position.stage_step, total_steps)
             tally.add(loss, correct, len(images))
             fit.step, fit.images, fit.loss, fit.accuracy = position.batch, tally.seen, tally.mean_loss, tally.accuracy
@@ -604,6 +614,18 @@ class TorchEngine:
         self.position.epoch_in_stage = 1
         return row
 
+    def _freeze_whitening_bias(self, stage: Stage, stage_step: int) -> None:
+        """fastnet's whitening bias trains for ``--whitening-bias-epochs`` only (airbench: 3 of ~10 epochs).
+
+        Past that point it gets no gradient, so the optimiser skips it and the
+        first layer is fixed while the rest of the network settles on it.
+        """
+        whiten = getattr(self.model, "whiten", None)
+        epochs = self.config.whitening_bias_epochs
+        if epochs is None or whiten is None or whiten.bias is None or stage.trainable != "all":
+            return
+        whiten.bias.requires_grad_(stage_step < epochs * len(self.train_loader))
+
     # ----------------------------------------------------------------- EMA
     def _update_ema(self, stage_step: int, total_steps: int) -> None:
         if self.ema is None:
@@ -625,6 +647,7 @@ class TorchEngine:
             "format": 1,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "lookahead": self.lookahead.state_dict() if self.lookahead is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),

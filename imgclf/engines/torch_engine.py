@@ -52,7 +52,7 @@ from imgclf.engines.contract import (
     warmup_steps,
 )
 from imgclf.engines.history import history_row
-from imgclf.engines.linear_probe import fit_linear_head, load_into_head, supports_linear_probe
+from imgclf.engines.linear_probe import CV_FOLDS, fit_linear_head, load_into_head, supports_linear_probe
 from imgclf.engines.optim import build_optimizer, build_scheduler, parameter_groups
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model, load_pretrained, pretrained_source
@@ -516,8 +516,14 @@ class TorchEngine:
             features[split] = self.embedder().embed_decoded(self.data.pixels, self.data.rows[split], self.data.paths,
                                                             description=f"Embedding {split}")
         labels = {split: self.data.split_targets(split).numpy() for split in splits}
-        probe = fit_linear_head(features["train"], labels["train"], features.get("val"), labels.get("val"),
-                                len(self.data.classes), balanced=self.config.class_weights == "auto")
+        # with flip TTA the model is judged on mirror images too, so it trains on them as well
+        train_views = [features["train"]] + [
+            self.embedder().embed_decoded(self.data.pixels, self.data.rows["train"], self.data.paths,
+                                          description="Embedding train (mirrored)", view="hflip")
+            for _ in range(bool(self.config.tta))]
+        probe = fit_linear_head(train_views, labels["train"], features.get("val"), labels.get("val"),
+                                len(self.data.classes), balanced=self.config.class_weights == "auto",
+                                seed=self.config.seed)
         load_into_head(self.head, probe)
         if self.ema is not None:
             self.ema.load_state_dict(self.model.state_dict())
@@ -525,8 +531,8 @@ class TorchEngine:
         seconds = time.perf_counter() - started
         train_loss = float(F.cross_entropy(train_logits, torch.from_numpy(labels["train"])))
         row = self._epoch_row(fit.stage, train_loss, probe.train_accuracy, 0.0, seconds, len(self.data.rows["train"]))
-        console.print(f"probe: logistic regression on cached embeddings, C={probe.regularisation:g}, "
-                      f"fitted in {probe.seconds:.1f} s")
+        console.print(f"probe: logistic regression on cached embeddings ({len(train_views)} view(s) of train), "
+                      f"C={probe.regularisation:g} by {CV_FOLDS}-fold cross-validation, fitted in {probe.seconds:.1f} s")
         self.position.epoch += 1
         self.position.stage_step = self.steps_in(fit.stage)
         self.position.epoch_in_stage = 1

@@ -231,12 +231,11 @@ def search(data: Path) -> dict:
 
 
 VIEW_NAMES = {"c": "centre crop", "f": "mirrored centre crop", "z": "0.875 zoom", "zf": "mirrored 0.875 zoom"}
-VIEW_PROBES = (  # (backbones as name-size, views)
-    (["lite0-224"], ["c"]), (["lite0-224"], ["c", "f"]), (["lite0-224"], ["c", "f", "z", "zf"]),
-    (["lite1-240"], ["c", "f"]), (["lite2-260"], ["c", "f"]),
-    (["lite0-224", "lite1-240"], ["c"]), (["lite0-224", "lite1-240"], ["c", "f"]),
-    (["lite0-240", "lite1-240"], ["c"]), (["lite0-240", "lite1-240"], ["c", "f"]),
-    (["lite0-224", "lite1-240"], ["c", "f", "z", "zf"]), (["lite0-224", "lite1-240", "lite2-260"], ["c", "f"]),
+VIEW_PROBES = (  # (backbones as name-size, views); the stack as trained (lite0 at 240, c+f) is flowers.py's default
+    (["lite0-224"], ["c"]), (["lite0-224"], ["c", "f"]), (["lite1-240"], ["c", "f"]), (["lite2-260"], ["c", "f"]),
+    (["lite0-224", "lite1-240"], ["c"]), (["lite0-224", "lite1-240"], ["c", "f"]), (["lite0-240", "lite1-240"], ["c"]),
+    (["lite0-224"], ["c", "f", "z", "zf"]), (["lite0-224", "lite1-240"], ["c", "f", "z", "zf"]),
+    (["lite0-224", "lite1-240", "lite2-260"], ["c", "f"]),
 )
 
 

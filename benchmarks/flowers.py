@@ -13,14 +13,26 @@ is recorded as well: it involves no selection on the held-out images.
   rotation and zoom, dropout 0.2, 15 epochs.
 - ``lite0-5m``: tf_efficientnet_lite0 with the offline ImageNet weights,
   two-stage (probe, then fine-tune), fitted to a 5-minute training budget.
+- ``baseline``: the plain script of ``benchmarks/transfer.py`` (lite0
+  embeddings, logistic regression), the yardstick for the next cases.
+- ``default``: ``imgclf train flowers`` with no options (the planner's photo
+  recipe for 5 minutes), from the JPEG files with empty caches (a fresh
+  ``IMGCLF_HOME``); ``budget-1m`` and ``budget-20m`` the same with
+  ``--time-budget``. Wall and process CPU seconds (children included) of the
+  whole call. Run ``baseline,default`` together: figures from one process.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
+import tempfile
+import time
 from pathlib import Path
 
 from training_runs import run_case, save
+from transfer import baseline
 
 RESULTS = Path(__file__).parent / "results" / "flowers.json"
 CASES = {
@@ -28,16 +40,51 @@ CASES = {
     "tutorial-cnn-augment": dict(model="tutorial-cnn", epochs=15, augment="standard",
                                  model_args={"dropout": 0.2}),
     "lite0-5m": dict(model="tf_efficientnet_lite0", pretrained=True, strategy="two-stage", time_budget="5m"),
+    "default": {},
+    "budget-1m": dict(time_budget="1m"),
+    "budget-20m": dict(time_budget="20m"),
 }
+COLD = ("default", "budget-1m", "budget-20m")
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (the decode workers)."""
+    return sum(usage.ru_utime + usage.ru_stime for usage in (resource.getrusage(resource.RUSAGE_SELF),
+                                                             resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def cold_case(name: str, data: Path) -> dict:
+    """A case in a fresh IMGCLF_HOME: nothing decoded or embedded before (the OS page cache may hold the JPEGs)."""
+    previous = os.environ.get("IMGCLF_HOME")
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["IMGCLF_HOME"] = home
+        cpu = cpu_seconds()
+        try:
+            record = run_case(f"flowers-{name}", data, **CASES[name])
+        finally:
+            if previous is None:
+                os.environ.pop("IMGCLF_HOME")
+            else:
+                os.environ["IMGCLF_HOME"] = previous
+    record["cpu_seconds"] = round(cpu_seconds() - cpu, 1)
+    record["caches"] = "empty IMGCLF_HOME"
+    return record
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/flowers"))
-    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--cases", default=",".join(["baseline", *CASES]))
     args = parser.parse_args()
     for name in args.cases.split(","):
-        record = run_case(f"flowers-{name}", args.data, **CASES[name])
+        if name == "baseline":
+            cpu, started = cpu_seconds(), time.perf_counter()
+            record = {**baseline(args.data), "cpu_seconds": round(cpu_seconds() - cpu, 1)}
+            record["wall_seconds"] = round(time.perf_counter() - started, 1)
+            print(record, flush=True)
+            save(RESULTS, {name: record})
+            continue
+        record = cold_case(name, args.data) if name in COLD else run_case(f"flowers-{name}", args.data, **CASES[name])
         record["last_epoch_val_accuracy"] = record["per_epoch"][-1]["val_accuracy"]
         save(RESULTS, {name: record})  # after each case, so an interrupted session keeps what it measured
 

@@ -21,6 +21,19 @@ Usage: python benchmarks/transfer.py [--data ../shared/datasets/flowers] [--sect
   --near-duplicates``. There is no public product catalogue with names on
   this machine; the name side is tested on generated catalogues instead.
 
+- ``views``: what the default photo recipe rests on. Embeddings of lite0,
+  lite1 and lite2 (each at its native size, and lite0 at 240 as the stack
+  runs it) for the views the probes use (the centre crop, its mirror image,
+  a 0.875 zoomed centre crop, its mirror), each with its wall and CPU
+  seconds; then
+  probes fitted by ``imgclf``'s own ``fit_linear_head`` (C by
+  cross-validation on train) on concatenations of backbones and on sets of
+  views (TTA: probabilities averaged over the same views of each val
+  image), and an ensemble of single-backbone probes. ``--embeddings DIR``
+  keeps the vectors as ``.npy`` files and reuses them, so the probes can be
+  refitted without the forward passes (their costs are recorded when
+  computed, in ``DIR/costs.json``).
+
 The two-stage fine-tuning figure for comparison is read from
 ``results/flowers.json`` (``benchmarks/flowers.py``, case ``lite0-5m``).
 """
@@ -217,6 +230,79 @@ def search(data: Path) -> dict:
     return record
 
 
+VIEW_NAMES = {"c": "centre crop", "f": "mirrored centre crop", "z": "0.875 zoom", "zf": "mirrored 0.875 zoom"}
+VIEW_PROBES = (  # (backbones as name-size, views); the stack as trained (lite0 at 240, c+f) is flowers.py's default
+    (["lite0-224"], ["c"]), (["lite0-224"], ["c", "f"]), (["lite1-240"], ["c", "f"]), (["lite2-260"], ["c", "f"]),
+    (["lite0-224", "lite1-240"], ["c"]), (["lite0-224", "lite1-240"], ["c", "f"]), (["lite0-240", "lite1-240"], ["c"]),
+    (["lite0-224"], ["c", "f", "z", "zf"]), (["lite0-224", "lite1-240"], ["c", "f", "z", "zf"]),
+    (["lite0-224", "lite1-240", "lite2-260"], ["c", "f"]),
+)
+
+
+def views(data: Path, saved: Path) -> dict:
+    """Embedding costs per backbone and view, then probes on backbone concatenations and view sets."""
+    from imgclf.data.cache import build_cache
+    from imgclf.embeddings.embedder import Embedder
+    from imgclf.engines.linear_probe import fit_linear_head
+
+    saved.mkdir(parents=True, exist_ok=True)
+    files = {split: sorted((data / split).glob("*/*.jpg")) for split in ("train", "val")}
+    every = files["train"] + files["val"]
+    classes = sorted(path.name for path in (data / "train").iterdir())
+    labels = np.array([classes.index(path.parent.name) for path in every])
+    is_val = np.arange(len(every)) >= len(files["train"])
+    costs_file = saved / "costs.json"
+    costs = json.loads(costs_file.read_text()) if costs_file.exists() else {}
+    needed = sorted({(backbone, view) for backbones, view_set in VIEW_PROBES for backbone in backbones
+                     for view in view_set})
+    for backbone, view in needed:
+        name, size = backbone.split("-")[0], int(backbone.split("-")[1])
+        target = saved / f"{backbone}-{view}.npy"
+        if target.exists():
+            continue
+        zoomed = round(size / 0.875) if view.startswith("z") else size
+        wall, cpu = time.perf_counter(), time.process_time()
+        pixels = build_cache(every, size=(zoomed, zoomed), policy="crop", source=str(data)).pixels
+        offset = (zoomed - size) // 2
+        pixels = pixels[:, offset:offset + size, offset:offset + size]
+        if view.endswith("f"):
+            pixels = pixels[:, :, ::-1]
+        vectors = Embedder.load(f"tf_efficientnet_{name}", image_size=size).embed_pixels(np.ascontiguousarray(pixels))
+        costs[target.stem] = {"images": len(every), "wall_seconds": round(time.perf_counter() - wall, 1),
+                              "cpu_seconds": round(time.process_time() - cpu, 1)}
+        np.save(target, vectors.astype(np.float16))
+        costs_file.write_text(json.dumps(costs, indent=2))
+        print(target.stem, costs[target.stem], flush=True)
+
+    def features(backbones: list[str], view: str) -> np.ndarray:
+        return np.concatenate([np.load(saved / f"{backbone}-{view}.npy").astype(np.float32)
+                               for backbone in backbones], axis=1)
+
+    def probabilities(backbones: list[str], view_set: list[str]) -> tuple[np.ndarray, float]:
+        per_view = [features(backbones, view) for view in view_set]
+        fit = fit_linear_head([rows[~is_val] for rows in per_view], labels[~is_val], None, None, len(classes))
+        logits = [rows[is_val] @ fit.weight.T + fit.bias for rows in per_view]
+        soft = [np.exp(logit - logit.max(1, keepdims=True)) for logit in logits]
+        return np.mean([row / row.sum(1, keepdims=True) for row in soft], axis=0), fit.regularisation
+
+    record: dict = {"embedding_costs": costs, "probes": {}}
+    singles = {}
+    for backbones, view_set in VIEW_PROBES:
+        started = time.perf_counter()
+        probability, regularisation = probabilities(backbones, view_set)
+        label = f"{'+'.join(backbones)} views {'+'.join(view_set)}"
+        record["probes"][label] = {"val_accuracy": round(float((probability.argmax(1) == labels[is_val]).mean()), 4),
+                                   "C": regularisation, "fit_seconds": round(time.perf_counter() - started, 1)}
+        if len(backbones) == 1 and view_set == ["c", "f"]:
+            singles[backbones[0]] = probability
+        print(label, record["probes"][label], flush=True)
+    ensemble = np.mean(list(singles.values()), axis=0)
+    record["ensemble_of_probes"] = {"members": list(singles), "views": "c+f",
+                                    "val_accuracy": round(float((ensemble.argmax(1) == labels[is_val]).mean()), 4)}
+    record["view_names"] = VIEW_NAMES
+    return record
+
+
 def _percentiles(scores: np.ndarray) -> dict:
     return {name: round(float(np.percentile(scores, q)), 3)
             for name, q in (("min", 0), ("p5", 5), ("median", 50), ("p95", 95), ("p99", 99), ("max", 100))}
@@ -225,11 +311,14 @@ def _percentiles(scores: np.ndarray) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/flowers"))
-    parser.add_argument("--sections", default="baseline,probe,fold,similarity,search")
+    parser.add_argument("--sections", default="baseline,probe,fold,similarity,search,views")
+    parser.add_argument("--embeddings", type=Path, default=Path("/tmp/imgclf-transfer-views"),
+                        help="where the views section keeps (and reuses) its embeddings")
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"{args.data}: the flowers dataset is missing (see ../shared/datasets/README.md)")
-    sections = {"baseline": baseline, "probe": probe, "fold": fold, "similarity": similarity, "search": search}
+    sections = {"baseline": baseline, "probe": probe, "fold": fold, "similarity": similarity, "search": search,
+                "views": lambda data: views(data, args.embeddings)}
     for name in args.sections.split(","):
         print(f"\n=== {name}", flush=True)
         record = sections[name](args.data)

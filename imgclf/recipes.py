@@ -17,8 +17,14 @@ The recipes:
   instead of EMA, Muon; the whitening-bias freeze is an option only.
 - ``tutorial-cnn``: the seed tutorial exactly: Adam at 1e-3, constant
   learning rate, batch 32, no augmentation, 10 epochs.
-- pretrained timm backbones: AdamW, cosine decay with a short warm-up,
-  label smoothing 0.1, standard augmentation, probe then fine-tune.
+- pretrained timm backbones (torch, single-label): the probe alone, fitted on
+  cached embeddings of each image and its mirror image, with flip TTA;
+  fine-tuning did not pay on CPUs (flowers, README "Benchmarks"), so it runs
+  only when asked for (``--strategy two-stage`` or ``finetune``). With no
+  ``--model``, :mod:`imgclf.engines.planner` picks the trunks and views that
+  fit the time budget. Keras and multi-label data: probe then fine-tune.
+  The fine-tuning recipe: AdamW, cosine decay with a short warm-up, label
+  smoothing 0.1, standard augmentation.
 - timm architectures from scratch: AdamW 2e-3 per 256 examples, cosine,
   label smoothing 0.1, standard augmentation, longer training.
 """
@@ -53,6 +59,18 @@ class DataFacts:
     multilabel: bool = False
 
 
+def uses_photo_plan(config: TrainConfig, facts: DataFacts) -> bool:
+    """Whether the default pretrained-photo recipe (the planner's trunks and views) applies to this run."""
+    return (config.model is None and config.strategy == "auto" and config.pretrained is not False
+            and config.weights is None and config.backend == "torch" and not facts.multilabel
+            and facts.median_side > SMALL_IMAGE_SIDE)
+
+
+def probes_only(config: TrainConfig, pretrained: bool, multilabel: bool) -> bool:
+    """Whether ``--strategy auto`` means the probe alone: pretrained torch single-label runs, where it is one fit."""
+    return pretrained and config.backend == "torch" and not multilabel
+
+
 def model_family(model: str) -> str:
     """'fastnet', 'tutorial-cnn' or 'timm': which recipe a model name gets."""
     return model if model in ("fastnet", "tutorial-cnn") else "timm"
@@ -72,7 +90,8 @@ def resolve(config: TrainConfig, facts: DataFacts,
         pretrained = config.weights is not None or (family == "timm" and pretrained_source(model) is not None)
     strategy = config.strategy
     if strategy == "auto":
-        strategy = "two-stage" if pretrained else "scratch"
+        strategy = ("probe" if probes_only(config, pretrained, facts.multilabel) else "two-stage") if pretrained \
+            else "scratch"
     if strategy != "scratch" and not pretrained:
         raise ImgclfError(f"--strategy {strategy} needs pretrained weights; add --pretrained (or --weights FILE), "
                           "or use --strategy scratch")
@@ -82,6 +101,8 @@ def resolve(config: TrainConfig, facts: DataFacts,
     image_size = config.image_size or _image_size(family, pretrained, small, facts)
     batch_size = config.batch_size or _batch_size(family, image_size, facts.train_images)
     recipe = _recipe(family, pretrained, batch_size, facts)
+    if strategy == "probe" and probes_only(config, pretrained, facts.multilabel):
+        recipe["tta"] = True  # the probe trains on mirror images too; predictions average both views
     if config.optimizer is not None and config.optimizer != recipe["optimizer"]:
         recipe.update(_optimizer_defaults(config.optimizer, batch_size))  # the recipe's rates belong to its optimizer
     epochs = config.epochs or _epochs(family, pretrained, image_size, facts.train_images)

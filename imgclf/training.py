@@ -18,6 +18,7 @@ train quietly beside it and return once the fit ends.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from statistics import median
@@ -36,7 +37,7 @@ from imgclf.engines.callbacks import Callback, standard_callbacks
 from imgclf.engines.registry import get_backend
 from imgclf.errors import ImgclfError
 from imgclf.files import write_problem_list
-from imgclf.recipes import DataFacts, resolve
+from imgclf.recipes import DataFacts, resolve, uses_photo_plan
 from imgclf.runs import RunDirectory, new_run_directory
 from imgclf.thresholds import ThresholdGoal, parse_goal, positive_class
 
@@ -93,10 +94,27 @@ def plan(config: TrainConfig, archive: str | Path | None = None) -> tuple[TrainC
         raise ImgclfError(f"{dataset.source}: found {len(dataset.classes)} class; a classifier needs at least 2")
     require_training_images(dataset)
     positive_class(dataset.classes, config.positive, dataset.multilabel)  # --positive refused before any work
-    resolved = resolve(config, data_facts(dataset), weights_source)
+    facts = data_facts(dataset)
+    if uses_photo_plan(config, facts):
+        config = _photo_plan(config, dataset, weights_source)
+    resolved = resolve(config, facts, weights_source)
     backend.check(resolved, dataset.multilabel)
     backend.check_processes(current_world().size)
     return resolved, dataset
+
+
+def _photo_plan(config: TrainConfig, dataset: ImageDataset, weights_source: Callable[[str], str | None]) -> TrainConfig:
+    """The default model, size and views for pretrained photos, chosen to fit the time budget (engines.planner)."""
+    from imgclf.engines.planner import DEFAULT_BUDGET_S, choose_plan, measure_trunk_seconds
+
+    budget = parse_duration(config.time_budget) if config.time_budget else DEFAULT_BUDGET_S
+    chosen = choose_plan(len(dataset.split_items("train")), len(dataset.split_items("val")), budget,
+                         measure_trunk_seconds(config.precision), lambda trunk: weights_source(trunk) is not None)
+    views = "with mirror images (flip TTA)" if chosen.views == 2 else "plain view"
+    console.print(f"photo recipe for {budget:.0f} s: {chosen.model} at {chosen.image_size}px, {views} "
+                  f"(flowers val {chosen.flowers_accuracy:.1%})")
+    return replace(config, model=chosen.model, image_size=config.image_size or chosen.image_size,
+                   tta=chosen.views == 2 if config.tta is None else config.tta)
 
 
 def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: bool = False,
@@ -120,6 +138,7 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     else:
         config, dataset = plan(config, archive)
         _join(world, config)
+        config = distributed.broadcast_from_main(config)  # type: ignore[assignment]  # the planner times trunks: rank 0's choice
         run = _new_run(world, config, dataset, overwrite)
         config = replace(config, out=str(run.path))
     imbalance = imbalance_warning(dataset.split_items("train"))

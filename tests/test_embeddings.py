@@ -240,7 +240,7 @@ def test_embed_cli_then_a_probe_reuses_the_embeddings(tmp_path: Path, backbone_w
     monkeypatch.setattr(Embedder, "embed_pixels",
                         lambda self, pixels: embedded.append(len(pixels)) or real_embed(self, pixels))
     run = imgclf.train(data, out=tmp_path / "run", model="test_resnet", pretrained=True, weights=str(backbone_weights),
-                       strategy="probe", image_size=32, workers=1)
+                       strategy="probe", tta=False, image_size=32, workers=1)  # embed has no mirror view
     assert sum(embedded) == 0  # train, val and test were embedded by `imgclf embed` already
     # the probe's bundle is an ordinary model: evaluated by a forward pass, it scores what the embeddings said
     evaluation = imgclf.evaluate(run.run_dir, out=tmp_path / "evaluation")

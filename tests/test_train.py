@@ -130,9 +130,13 @@ def test_defaults_are_chosen_from_the_data(colours: Path, tmp_path: Path) -> Non
     for name, colour in {"a": (200, 10, 10), "b": (10, 200, 10)}.items():
         for number in range(8):
             make_image(photos / name / f"{number}.jpg", colour, size=200, seed=number)
-    pretrained = imgclf.train(photos, dry_run=True)
-    assert (pretrained.model, pretrained.strategy, pretrained.image_size) == ("tf_efficientnet_lite0", "two-stage", 224)
-    assert pretrained.probe_epochs and pretrained.probe_epochs < pretrained.epochs
+    pretrained = imgclf.train(photos, dry_run=True)  # the planner's best plan: 16 photos fit any budget
+    assert (pretrained.model, pretrained.strategy, pretrained.image_size, pretrained.tta) == (
+        "tf_efficientnet_lite0+tf_efficientnet_lite1", "probe", 240, True)
+    one_trunk = imgclf.train(photos, model="tf_efficientnet_lite0", dry_run=True)
+    assert (one_trunk.strategy, one_trunk.image_size, one_trunk.tta) == ("probe", 224, True)
+    asked = imgclf.train(photos, model="tf_efficientnet_lite0", strategy="two-stage", dry_run=True)
+    assert asked.probe_epochs and asked.probe_epochs < asked.epochs and not asked.tta
     scratch = imgclf.train(photos, pretrained=False, dry_run=True)
     assert (scratch.model, scratch.strategy, scratch.image_size) == ("fastnet", "scratch", 96)
 
@@ -221,12 +225,17 @@ def test_gradient_probe_and_the_embedding_cache(colours: Path, backbone_weights:
                         lambda self, pixels: embedded.append(len(pixels)) or real_embed(self, pixels))
     first = imgclf.train(colours, out=tmp_path / "a", weights=str(backbone_weights), strategy="probe", **PRETRAINED)
     splits = [row.split(",")[-1] for row in (tmp_path / "a" / "split.csv").read_text().splitlines()[1:]]
-    fitted_on = sum(split in ("train", "val") for split in splits)
-    # train and val embedded once for the fit (the final scores come from the bundle, as evaluate's do)
-    assert sum(embedded) == fitted_on
+    fitted_on = sum(split in ("train", "val") for split in splits) + sum(split == "train" for split in splits)
+    # train and val embedded once for the fit, and train's mirror images (flip TTA: the probe's second view);
+    # the final scores come from the bundle, as evaluate's do
+    assert first.config.tta and sum(embedded) == fitted_on
     second = imgclf.train(colours, out=tmp_path / "b", weights=str(backbone_weights), strategy="probe", **PRETRAINED)
     assert sum(embedded) == fitted_on  # ... and reused by the second run
     assert_same_weights(first.model_dir, second.model_dir)
+    plain = imgclf.train(colours, out=tmp_path / "c", weights=str(backbone_weights), strategy="probe", tta=False,
+                         **PRETRAINED)
+    assert sum(embedded) == fitted_on  # the plain view's entries serve a run without mirror images
+    assert not plain.config.tta
     assert first.metrics["val_accuracy"] >= 0.8
 
 

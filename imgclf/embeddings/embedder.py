@@ -30,6 +30,8 @@ from imgclf.models.device import autocast, choose_device, choose_precision
 from imgclf.models.folding import inference_copy
 
 SAVE_EVERY = 1024  # images embedded between writes to the store, so an interrupted run keeps its work
+# Views of a decoded image that a probe trains on: the image itself, and its mirror image.
+VIEWS = ("plain", "hflip")
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,23 @@ class FileEmbeddings:
 
 
 def embedding_identity(architecture: str, model_args: dict[str, Any], weights: str, preprocessing: Preprocessing,
-                       precision: str) -> dict[str, Any]:
-    """What an embedding depends on, as stored next to it; equal identities share one cache."""
-    return {"architecture": architecture, "model_args": model_args, "weights": weights,
-            **asdict(preprocessing), "precision": precision}
+                       precision: str, view: str = "plain") -> dict[str, Any]:
+    """What an embedding depends on, as stored next to it; equal identities share one cache.
+
+    The plain view adds no field, so caches written before views existed stay valid.
+    """
+    identity = {"architecture": architecture, "model_args": model_args, "weights": weights,
+                **asdict(preprocessing), "precision": precision}
+    return identity if view == "plain" else {**identity, "view": view}
+
+
+def view_of(pixels: np.ndarray, view: str) -> np.ndarray:
+    """``pixels`` (N, H, W, C) as ``view`` sees them."""
+    if view == "hflip":
+        return pixels[:, :, ::-1]
+    if view != "plain":
+        raise ValueError(f"unknown embedding view {view!r}; expected one of {', '.join(VIEWS)}")
+    return pixels
 
 
 class Embedder:
@@ -79,6 +94,8 @@ class Embedder:
         self.batch_size = batch_size
         self.identity = embedding_identity(architecture, model_args or {}, weights, preprocessing, self.precision)
         self.store = EmbeddingStore(self.identity)
+        self._view_stores = {"plain": self.store}
+        self._identity_args = (architecture, model_args or {}, weights, preprocessing, self.precision)
         size = preprocessing.image_size
         example = torch.zeros(1, preprocessing.channels, size, size).contiguous(memory_format=torch.channels_last)
         self.model = inference_copy(model.to(self.device), example.to(self.device))
@@ -155,14 +172,23 @@ class Embedder:
             outputs.append(self._forward(images).cpu().numpy().astype(np.float16).astype(np.float32))
         return np.concatenate(outputs) if outputs else np.zeros((0, self.dim), dtype=np.float32)
 
+    def store_for(self, view: str = "plain") -> EmbeddingStore:
+        """The cache of one view: each view of each model identity has its own."""
+        if view not in self._view_stores:
+            view_of(np.zeros((0, 1, 1, 1), dtype=np.uint8), view)  # an unknown view fails here, not at first use
+            self._view_stores[view] = EmbeddingStore(embedding_identity(*self._identity_args, view=view))
+        return self._view_stores[view]
+
     def embed_decoded(self, pixels: np.ndarray, rows: np.ndarray, paths: Sequence[Path],
-                      description: str = "Embedding") -> np.ndarray:
+                      description: str = "Embedding", view: str = "plain") -> np.ndarray:
         """float32 (len(rows), D) for rows of an already decoded dataset; ``paths[i]`` is row i's file."""
         keys = [image_key(Path(paths[row])) for row in rows]
-        vectors, found = self.store.get(keys)
+        store = self.store_for(view)
+        vectors, found = store.get(keys)
         missing = np.flatnonzero(~found)
         if len(missing):
-            computed = self._embed_in_chunks(missing, lambda chunk: pixels[rows[chunk]], keys, description)
+            computed = self._embed_in_chunks(missing, lambda chunk: view_of(pixels[rows[chunk]], view), keys,
+                                             description, store)
             vectors = computed if vectors is None else vectors
             vectors[missing] = computed[missing]
         return vectors  # type: ignore[return-value]
@@ -213,7 +239,7 @@ class Embedder:
         return FileEmbeddings(paths, vectors, errors, int(found.sum()), len(missing), time.perf_counter() - started)
 
     def _embed_in_chunks(self, indices: np.ndarray, pixels_of: Any, keys: Sequence[str | None],
-                         description: str) -> np.ndarray:
+                         description: str, store: EmbeddingStore) -> np.ndarray:
         """Embed ``indices`` (positions into ``keys``), saving to the store every SAVE_EVERY images."""
         vectors: np.ndarray | None = None
         with progress_bar() as bar:
@@ -226,7 +252,7 @@ class Embedder:
                 vectors[chunk] = embedded
                 stored = [(keys[index], row) for row, index in enumerate(chunk) if keys[index] is not None]
                 if stored:
-                    self.store.put([key for key, _ in stored], embedded[[row for _, row in stored]])
+                    store.put([key for key, _ in stored], embedded[[row for _, row in stored]])
                 bar.advance(task, len(chunk))
         return vectors  # type: ignore[return-value]
 

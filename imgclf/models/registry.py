@@ -23,6 +23,7 @@ from torch import nn
 from imgclf.errors import ImgclfError
 from imgclf.models.pretrained import describe_error, pretrained_source, timm_pretrained_cfg
 from imgclf.models.small import FastNet, TutorialCNN
+from imgclf.models.stack import STACK_SEPARATOR, TrunkStack, is_stack, stack_parts
 
 SUGGESTIONS = 5
 FILTER_WILDCARDS = re.compile(r"[*?\[]")
@@ -89,6 +90,12 @@ def model_info(name: str) -> ModelInfo:
     if name in OWN_MODELS:
         return OWN_MODELS[name][0]
     _check_known(name)
+    if is_stack(name):
+        parts = [model_info(part) for part in stack_parts(name)]
+        sources = [part.pretrained for part in parts]
+        return ModelInfo(name=name, family="timm", description=f"a stack of {len(parts)} trunks under one head",
+                         default_size=max(part.default_size or 0 for part in parts) or None,
+                         pretrained="; ".join(sources) if all(sources) else None)  # type: ignore[arg-type]
     config = timm_pretrained_cfg(name)
     module = model_entrypoint(name).__module__.rsplit(".", 1)[-1]
     published = ", pretrained weights published" if is_model_pretrained(name) else ""
@@ -118,6 +125,9 @@ def create_model(
     when it differs from their default; convolutional nets ignore it.
     """
     _check_known(name)
+    if is_stack(name):
+        trunks = [create_model(part, 0, in_chans=in_chans, image_size=image_size, **kwargs) for part in stack_parts(name)]
+        return TrunkStack(trunks, num_classes)
     try:
         if name in OWN_MODELS:
             return OWN_MODELS[name][1](num_classes, in_chans, image_size, **kwargs)
@@ -132,7 +142,7 @@ def create_model(
 def default_normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The (mean, std) in 0..1 units that ``name``'s pretrained weights were trained with (ImageNet's otherwise)."""
     _check_known(name)
-    config = timm_pretrained_cfg(name)
+    config = timm_pretrained_cfg(stack_parts(name)[0])
     if config is None:
         return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     return tuple(config.mean), tuple(config.std)
@@ -147,6 +157,13 @@ def suggest(name: str) -> list[str]:
 
 def _check_known(name: str) -> None:
     """Raise the "unknown model" error, with the closest names, for a name no registry has."""
+    if is_stack(name):
+        for part in stack_parts(name):
+            if part in OWN_MODELS or not part:
+                raise ImgclfError(f"model '{name}': a stack ('{STACK_SEPARATOR}' between names) is made of timm "
+                                  f"backbones, and '{part}' is not one; e.g. tf_efficientnet_lite0+tf_efficientnet_lite1")
+            _check_known(part)
+        return
     if name in OWN_MODELS or timm.is_model(name):
         return
     closest = suggest(name)

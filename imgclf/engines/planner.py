@@ -1,0 +1,106 @@
+"""The photo recipe that buys the most accuracy in the time there is: which trunks, how many views.
+
+On pretrained photos the whole cost of training is forward passes: every
+training image through every trunk once per view (the probe's fit on the
+cached embeddings takes seconds), and the validation images once more per
+view for the final scores, the calibration and the report. Fine-tuning was
+measured not to pay on CPUs (flowers: two-stage, 5 minutes, 91.8% against
+the probe's 92.0%), so no plan fine-tunes.
+
+The plans are ordered by their accuracy measured on flowers (README,
+"Benchmarks"); :func:`choose_plan` takes the first whose estimated seconds,
+from forward passes timed on this machine (:func:`measure_trunk_seconds`),
+fit the budget: ``--time-budget``, or :data:`DEFAULT_BUDGET_S` so that a
+plain ``imgclf train photos/`` on a few thousand photos ends within five
+minutes and a larger dataset falls back to one trunk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from imgclf.models.stack import STACK_SEPARATOR, stack_parts
+
+LITE0, LITE1 = "tf_efficientnet_lite0", "tf_efficientnet_lite1"
+PHOTO_STACK = f"{LITE0}{STACK_SEPARATOR}{LITE1}"
+DEFAULT_BUDGET_S = 300.0
+BUDGET_SHARE = 0.8  # of the budget the forward passes may take: decoding, the fit and the report need the rest
+VAL_PASSES = 3  # the validation images go through the final model for the scores, the calibration and the report
+PESSIMISTIC_SECONDS = 0.2  # per image and trunk, far slower than any CPU measured: below it no timing is needed
+TIMING_BATCH = 16
+
+
+@dataclass(frozen=True)
+class PhotoPlan:
+    """A pretrained photo recipe: the model (one trunk or a stack) and its views (1 plain, 2 with mirror images)."""
+
+    model: str
+    image_size: int
+    views: int
+    flowers_accuracy: float  # flowers val, benchmarks/transfer.py: why the plan ranks where it does
+
+
+# Most accurate first. The stack's figures were measured with lite0 at its native 224 px; one input
+# size for both trunks (240) scored 93.5% against 93.6% on the plain view, one val image apart.
+PLANS = (
+    PhotoPlan(PHOTO_STACK, 240, 2, 0.9402),
+    PhotoPlan(PHOTO_STACK, 240, 1, 0.9361),
+    PhotoPlan(LITE0, 224, 2, 0.9239),
+    PhotoPlan(LITE0, 224, 1, 0.9226),
+)
+
+
+def plan_seconds(plan: PhotoPlan, train_images: int, val_images: int, trunk_seconds: Callable[[str, int], float]) -> float:
+    """Estimated seconds of the plan's forward passes, from per-image seconds of each trunk at the plan's size."""
+    per_image = sum(trunk_seconds(trunk, plan.image_size) for trunk in stack_parts(plan.model))
+    return per_image * plan.views * (train_images + val_images * (1 + VAL_PASSES))
+
+
+def choose_plan(train_images: int, val_images: int, budget_s: float,
+                trunk_seconds: Callable[[str, int], float], available: Callable[[str], bool]) -> PhotoPlan:
+    """The most accurate plan whose trunks have weights here and whose forward passes fit the budget.
+
+    With no plan fitting, the cheapest one with weights: a run longer than
+    asked beats no model.
+    """
+    candidates = [plan for plan in PLANS if all(available(trunk) for trunk in stack_parts(plan.model))]
+    if not candidates:
+        raise ValueError("no photo plan has weights on this machine")
+
+    def pessimistic(trunk: str, size: int) -> float:
+        return PESSIMISTIC_SECONDS
+
+    if plan_seconds(candidates[0], train_images, val_images, pessimistic) <= BUDGET_SHARE * budget_s:
+        return candidates[0]  # fits even on a very slow machine: nothing to measure
+    for plan in candidates:
+        if plan_seconds(plan, train_images, val_images, trunk_seconds) <= BUDGET_SHARE * budget_s:
+            return plan
+    return candidates[-1]
+
+
+def measure_trunk_seconds(precision: str = "auto") -> Callable[[str, int], float]:
+    """Per-image forward seconds of a trunk at a size, timed here once per (trunk, size) as the embedder runs it."""
+    import torch
+
+    from imgclf.models import create_model
+    from imgclf.models.device import autocast, choose_device, choose_precision
+    from imgclf.models.folding import inference_copy
+
+    device = choose_device("auto")
+    chosen = choose_precision(precision, device)
+    measured: dict[tuple[str, int], float] = {}
+
+    def seconds(trunk: str, size: int) -> float:
+        if (trunk, size) not in measured:
+            batch = torch.zeros(TIMING_BATCH, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+            model = inference_copy(create_model(trunk, 0, image_size=size).to(device), batch[:1])
+            with torch.inference_mode(), autocast(device, chosen):
+                model(batch)  # warm-up: first-call allocations and kernel choices
+                started = time.perf_counter()
+                model(batch)
+            measured[(trunk, size)] = (time.perf_counter() - started) / TIMING_BATCH
+        return measured[(trunk, size)]
+
+    return seconds

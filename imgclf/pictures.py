@@ -20,6 +20,11 @@ from imgclf.errors import ImgclfError
 SAMPLE_GRID_SIZE = 160  # pixels per tile in sample pictures
 
 
+def printable(text: str) -> str:
+    """``text`` with undecodable file-name bytes (kept by Python as surrogates) shown as U+FFFD: fonts cannot draw them."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def save_image_grid(images: Sequence[np.ndarray], titles: Sequence[str], path: Path, columns: int = 3,
                     title: str | None = None) -> Path:
     """Save ``images`` (H, W, C uint8 or float in 0..1) in a grid with one title each."""
@@ -35,7 +40,7 @@ def save_image_grid(images: Sequence[np.ndarray], titles: Sequence[str], path: P
     for axis, image, text in zip(axes.flat, images, titles):
         shown = image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
         axis.imshow(shown, cmap="gray" if shown.ndim == 2 else None, interpolation="nearest")
-        axis.set_title(text, fontsize=9)
+        axis.set_title(printable(text), fontsize=9)
     if title:
         figure.suptitle(title)
     figure.tight_layout()

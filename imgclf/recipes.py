@@ -164,7 +164,7 @@ def _recipe(family: str, pretrained: bool, batch_size: int, facts: DataFacts) ->
         return dict(optimizer="sgd", lr=lr, momentum=0.85,
                     weight_decay=AIRBENCH_WEIGHT_DECAY, bias_lr_scale=64.0, schedule="onecycle",
                     label_smoothing=0.2 if smoothing is None else smoothing,
-                    ema=True, augment="airbench", tta=True, tta_shift=1)
+                    ema=True, augment="light", tta=True)
     if family == "tutorial-cnn":
         return dict(optimizer="adamw", lr=1e-3, momentum=0.9, bias_lr_scale=1.0, weight_decay=0.0,
                     schedule="constant", warmup_epochs=0.0,

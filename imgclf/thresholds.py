@@ -87,7 +87,7 @@ def choose_threshold(scores: np.ndarray, truth: np.ndarray, goal: ThresholdGoal)
     f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
     if goal.kind == "f1":
         best = int(np.argmax(f1))
-        return _choice_at(scores, truth, float(thresholds[best]), met=True)
+        return _choice_at(scores, truth, _in_the_gap(scores, float(thresholds[best])), met=True)
     target = float(goal.value)
     if goal.kind == "precision":
         meets = np.flatnonzero(precision >= target)
@@ -97,7 +97,19 @@ def choose_threshold(scores: np.ndarray, truth: np.ndarray, goal: ThresholdGoal)
         meets = np.flatnonzero(recall >= target)
         met = meets.size > 0
         best = int(meets[-1]) if met else int(np.argmax(recall))
-    return _choice_at(scores, truth, float(thresholds[best]), met=met)
+    return _choice_at(scores, truth, _in_the_gap(scores, float(thresholds[best])), met=met)
+
+
+def _in_the_gap(scores: np.ndarray, threshold: float) -> float:
+    """Midway between ``threshold`` (a score) and the next lower score: the same decisions on these scores.
+
+    The curve's threshold is the lowest score said yes, so a new image scored a
+    hair below it would be a no; the middle of the gap to the next score
+    down is the boundary these scores support, and it generalises better
+    (a small validation split otherwise puts the boundary on its edge).
+    """
+    below = scores[scores < threshold]
+    return float((threshold + below.max()) / 2) if below.size else threshold
 
 
 def _choice_at(scores: np.ndarray, truth: np.ndarray, threshold: float, met: bool) -> ThresholdChoice:

@@ -39,7 +39,7 @@ def test_recall_goal_is_met_with_the_most_precision():
     scores, truth = _scores()
     choice = choose_threshold(scores, truth, parse_goal("recall=0.95"))
     assert choice.met and choice.recall >= 0.95
-    higher = scores[scores > choice.threshold].min()
+    higher = np.nextafter(scores[scores > choice.threshold].min(), 1.0)  # the next threshold up says one image less
     assert choose_threshold(scores, truth, ThresholdGoal("fixed", higher)).recall < 0.95
 
 
@@ -57,3 +57,10 @@ def test_an_unreachable_goal_says_so_and_one_class_keeps_one_half():
     assert not unreachable.met and unreachable.precision < 1.0
     flat = choose_threshold(scores, np.zeros_like(truth), parse_goal("f1"))
     assert flat.threshold == 0.5 and not flat.met
+
+
+def test_the_threshold_sits_in_the_gap_below_the_lowest_yes():
+    scores = np.array([0.1, 0.2, 0.6, 0.8, 0.9])
+    truth = np.array([0, 0, 1, 1, 1])
+    choice = choose_threshold(scores, truth, parse_goal("f1"))
+    assert choice.threshold == pytest.approx(0.4) and choice.f1 == 1.0  # not 0.6: a positive at 0.55 is still a yes

@@ -132,7 +132,7 @@ def test_the_cli_prints_a_bad_space_as_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("model, pretrained, searched", [
     ("fastnet", False, {"lr", "weight_decay", "l1", "mixup", "cutmix", "epochs", "augment", "label_smoothing"}),
-    ("resnet18", True, {"lr", "weight_decay", "dropout", "probe_epochs", "augment", "label_smoothing"}),
+    ("resnet18", True, {"lr", "weight_decay", "dropout", "augment", "label_smoothing"}),
     ("tutorial-cnn", False, {"lr", "weight_decay", "dropout", "epochs", "l1", "mixup", "cutmix"}),
 ])
 def test_the_default_space_follows_the_recipe_and_passes_its_own_checks(model: str, pretrained: bool,

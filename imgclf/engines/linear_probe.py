@@ -29,6 +29,9 @@ from torch import nn
 # two EfficientNet-Lite trunks (a few thousand images, 1,280-2,560 features), so the grid centres there.
 REGULARISATION_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
 DEFAULT_C = 0.03  # with too few images per class to cross-validate
+# one-vs-rest heads (multi-label), chosen on validation mAP: each label is a small binary problem, weaker priors
+LABEL_REGULARISATION_GRID = (0.03, 0.1, 0.3, 1.0, 3.0)
+DEFAULT_LABEL_C = 0.3  # without a validation split to choose on
 CV_FOLDS = 3
 
 
@@ -97,7 +100,7 @@ def fit_label_heads(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray 
     scale = train_x.std(axis=0) + 1e-6
     standard = (train_x - centre) / scale
     has_val = val_x is not None and val_y is not None and len(val_x) > 0
-    grid = REGULARISATION_GRID if has_val else (DEFAULT_C,)
+    grid = LABEL_REGULARISATION_GRID if has_val else (DEFAULT_LABEL_C,)
     best: tuple[float, float, np.ndarray, np.ndarray] | None = None
     for regularisation in grid:
         solver = OneVsRestClassifier(LogisticRegression(C=regularisation, max_iter=2000,

@@ -30,9 +30,11 @@ def make_image(path: Path, colour: tuple[int, int, int], size: int = 16, seed: i
     return path
 
 
-def make_class_folder(root: Path, per_class: int = 10, size: int = 16, suffix: str = ".png", seed: int = 0) -> Path:
-    """``root/<colour>/<n>.png`` for three colour classes; a different ``seed`` gives different images."""
-    for index, (name, colour) in enumerate(CLASS_COLOURS.items()):
+def make_class_folder(root: Path, per_class: int = 10, size: int = 16, suffix: str = ".png", seed: int = 0,
+                      colours: dict[str, tuple[int, int, int]] | None = None) -> Path:
+    """``root/<class>/<n>.png`` for the colour classes (``colours``, by default three; a name may be a path such as
+    ``animals/dog``); a different ``seed`` gives different images."""
+    for index, (name, colour) in enumerate((colours or CLASS_COLOURS).items()):
         for number in range(per_class):
             make_image(root / name / f"{number:03d}{suffix}", colour, size, seed=seed * 100_000 + index * 1000 + number)
     return root

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_FASTNET, make_class_folder, make_image
+from conftest import TINY_FASTNET, make_class_folder
 from test_cli import imgclf as run_cli
 
 import imgclf
@@ -19,16 +19,9 @@ from imgclf.thresholds import positive_class
 COLOURS = {"orange": (200, 110, 30), "red": (215, 40, 30)}  # close colours: a model that is not always sure
 
 
-def make_two_classes(root: Path, per_class: int = 24) -> Path:
-    for index, (name, colour) in enumerate(COLOURS.items()):
-        for number in range(per_class):
-            make_image(root / name / f"{number:03d}.png", colour, seed=index * 1000 + number)
-    return root
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_two_classes(tmp_path_factory.mktemp("binary") / "data")
+    return make_class_folder(tmp_path_factory.mktemp("binary") / "data", per_class=24, colours=COLOURS)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY_FASTNET, make_image
+from conftest import TINY_FASTNET, make_class_folder, make_image
 from fastapi.testclient import TestClient
 from test_cli import imgclf as run_cli
 from test_cli_train import TINY
@@ -29,16 +29,9 @@ COLOURS = {"warm/red": (220, 30, 30), "warm/orange": (230, 150, 20), "cool/blue"
 SURE = 0.95  # no blue-or-navy leaf can honestly be this sure; their parent is
 
 
-def make_tree(root: Path, per_class: int = 16) -> Path:
-    for index, (label, colour) in enumerate(COLOURS.items()):
-        for number in range(per_class):
-            make_image(root / label / f"{number:03d}.png", colour, seed=index * 1000 + number)
-    return root
-
-
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tree(tmp_path_factory.mktemp("tree") / "data")
+    return make_class_folder(tmp_path_factory.mktemp("tree") / "data", per_class=16, colours=COLOURS)
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,11 @@ that never freezes, flip-only TTA), so both come from the same session.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import tempfile
 from pathlib import Path
 
-from training_runs import run_case, save
+from training_runs import case_arguments, run_case, save
 
 RESULTS = Path(__file__).parent / "results" / "cifar10.json"
 SMALL = {"widths": [32, 64, 64]}
@@ -57,10 +56,7 @@ def seed_protocol_manifest(root: Path, folder: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/cifar10"))
-    parser.add_argument("--cases", default=",".join(CASES))
-    args = parser.parse_args()
+    args = case_arguments(__doc__, "../shared/datasets/cifar10", list(CASES))
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.cases.split(","):
             options = CASES[name]

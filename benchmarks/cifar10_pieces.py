@@ -11,14 +11,13 @@ CPU; accuracies, not times, are the figures here. Results go to
 
 from __future__ import annotations
 
-import argparse
 import csv
 import random
 import tempfile
 from pathlib import Path
 
 from cifar10 import BASELINE
-from training_runs import run_case, save
+from training_runs import case_arguments, run_case, save
 
 RESULTS = Path(__file__).parent / "results" / "cifar10_pieces.json"
 PROTOCOL = dict(model="fastnet", model_args={"widths": [32, 64, 64]}, epochs=6, batch_size=256, tta=False,
@@ -49,10 +48,7 @@ def subset_manifest(root: Path, folder: Path, per_class: int = 1000, val_per_cla
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/cifar10"))
-    parser.add_argument("--cases", default=",".join(CASES))
-    args = parser.parse_args()
+    args = case_arguments(__doc__, "../shared/datasets/cifar10", list(CASES))
     with tempfile.TemporaryDirectory() as scratch:
         data = subset_manifest(args.data, Path(scratch))
         for name in args.cases.split(","):

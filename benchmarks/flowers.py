@@ -24,14 +24,13 @@ is recorded as well: it involves no selection on the held-out images.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import tempfile
 import time
 from pathlib import Path
 
-from training_runs import run_case, save
+from training_runs import case_arguments, run_case, save
 from transfer import baseline
 
 RESULTS = Path(__file__).parent / "results" / "flowers.json"
@@ -72,10 +71,7 @@ def cold_case(name: str, data: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/flowers"))
-    parser.add_argument("--cases", default=",".join(["baseline", *CASES]))
-    args = parser.parse_args()
+    args = case_arguments(__doc__, "../shared/datasets/flowers", ["baseline", *CASES])
     for name in args.cases.split(","):
         if name == "baseline":
             cpu, started = cpu_seconds(), time.perf_counter()

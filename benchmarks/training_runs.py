@@ -10,6 +10,7 @@ training: the FLOPs of one training step per image (see
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -37,6 +38,14 @@ def training_flops_per_image(model: str, model_args: dict, image_size: int, clas
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         network(torch.randn(2, 3, image_size, image_size))
     return counter.get_total_flops() / 2 * (1 if head_only else 3)
+
+
+def case_arguments(description: str, data: str, cases: list[str]) -> argparse.Namespace:
+    """The benchmarks' shared command line: ``--data`` (default ``data``) and ``--cases`` (comma-separated, default all)."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(data))
+    parser.add_argument("--cases", default=",".join(cases))
+    return parser.parse_args()
 
 
 def run_case(name: str, data: str | Path, **options: Any) -> dict[str, Any]:

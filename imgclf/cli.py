@@ -436,8 +436,9 @@ def _print_prediction_tables(rows: list[PredictionRow]) -> None:
             continue
         answer = row.prediction if row.labels is None else ", ".join(row.labels) or "(no label)"
         path = "  ›  ".join(f"{escape(level.label.rpartition('/')[2])} {level.probability:.0%}" for level in row.levels)
-        table = Table(title=f"{row.path} → [bold]{escape(answer)}[/]", title_justify="left",
-                      caption=path or None, caption_justify="left")
+        # the heading is a line of its own: as a table title it would wrap at the narrow table's width, mid-path
+        console.print(f"{escape(str(row.path))} → [bold]{escape(answer)}[/]", soft_wrap=True)
+        table = Table(caption=path or None, caption_justify="left")
         table.add_column("class")
         table.add_column("probability", justify="right")
         if row.labels is not None:

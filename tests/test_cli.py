@@ -36,19 +36,23 @@ def messy_folder(tmp_path: Path) -> Path:
 
 def test_help_lists_commands_and_each_has_an_example() -> None:
     import typer
+    from typer.testing import CliRunner
 
     from imgclf.cli import app
 
-    result = imgclf("--help")
+    result = imgclf("--help")  # the installed command once; each command's help in-process (a subprocess each: 30 s)
     assert result.returncode == 0
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
     assert {"inspect", "train", "evaluate", "predict", "embed", "similar", "index", "match",
             "export", "serve"} <= set(commands)
+    runner = CliRunner()
     for name, command in commands.items():
         assert name in result.stdout
         invocations = [[name, sub] for sub in getattr(command, "commands", {})] or [[name]]
         for words in invocations:
-            assert re.search(rf"Examples?: imgclf {' '.join(words)}\b", imgclf(*words, "--help").stdout), words
+            shown = runner.invoke(app, [*words, "--help"], env={"COLUMNS": "200"})
+            assert shown.exit_code == 0, words
+            assert re.search(rf"Examples?: imgclf {' '.join(words)}\b", shown.output), words
 
 
 def test_version() -> None:

@@ -40,13 +40,14 @@ import yaml
 
 from imgclf.config import make_config, parse_duration
 from imgclf.console import console
+from imgclf.data.inspect import imbalance_warning
 from imgclf.engines.callbacks import Callback, FitState
 from imgclf.errors import ImgclfError
 from imgclf.files import write_folder_atomic, write_text_atomic
 from imgclf.runs import slug
 from imgclf.training import plan, train
 from imgclf.workflows.tune_page import write_page
-from imgclf.workflows.tune_space import default_space, read_space, suggest
+from imgclf.workflows.tune_space import check_recipe_reads, default_space, read_space, suggest, trial_options
 
 if TYPE_CHECKING:
     import optuna
@@ -113,8 +114,12 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
     base = make_config(**fixed)
     given = set(fixed) - {"data"}
     space = read_space(Path(space_file), given) if space_file else None  # a bad space fails before data is read
-    resolved, _ = plan(base, archive)
-    space = space or default_space(resolved, given)
+    resolved, dataset = plan(base, archive)
+    if space is None:
+        imbalanced = imbalance_warning(dataset.split_items("train")) is not None  # then class weights may pay
+        space = default_space(resolved, given, imbalanced=imbalanced, multilabel=dataset.multilabel)
+    else:
+        check_recipe_reads(space, resolved, f"--space {space_file}")
     folder = Path(out) if out is not None else Path("runs") / f"tune-{slug(str(data), 'data')}"
     folder.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(folder / 'study.db').resolve()}"
@@ -130,7 +135,7 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", _worker())
-        values = suggest(trial, space)
+        values = trial_options(suggest(trial, space), given)
         run = folder / "trials" / f"{trial.number:03d}"
         trial.set_user_attr("run", str(run))
         trial.set_user_attr("options", {**fixed, **values})

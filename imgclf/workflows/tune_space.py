@@ -44,7 +44,8 @@ def linear_probe_only(resolved: TrainConfig) -> bool:
 def ignored_options(resolved: TrainConfig) -> dict[str, str]:
     """The options the recipe ``resolved`` never reads, each with why: a trial varying one only repeats another."""
     if linear_probe_only(resolved):
-        why = "the probe alone fits a logistic regression on cached embeddings; no gradient step reads it"
+        why = ("the probe alone fits a logistic regression on cached embeddings, no gradient step reads it "
+               "(--strategy two-stage fine-tunes)")
         return dict.fromkeys(GRADIENT_OPTIONS, why)
     ignored: dict[str, str] = {}
     if resolved.strategy != "two-stage" or not resolved.linear_probe or resolved.backend != "torch":
@@ -74,8 +75,8 @@ def check_recipe_reads(space: Space, resolved: TrainConfig, origin: str) -> None
     for name in space:
         if name in ignored:
             raise ImgclfError(f"{origin}: {name} changes nothing in this recipe ({resolved.model}, --strategy "
-                              f"{resolved.strategy}): {ignored[name]}; drop it from the space, or fix a recipe that "
-                              "reads it (e.g. --strategy two-stage)")
+                              f"{resolved.strategy}): {ignored[name]}; drop it from the space or fix a recipe "
+                              "that reads it")
 
 
 def default_space(resolved: TrainConfig, given: set[str], imbalanced: bool = False, multilabel: bool = False) -> Space:

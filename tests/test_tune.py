@@ -21,7 +21,13 @@ from imgclf.config import TrainConfig, make_config
 from imgclf.engines.planner import LITE0, PHOTO_STACK
 from imgclf.errors import ImgclfError
 from imgclf.recipes import DataFacts, resolve
-from imgclf.workflows.tune_space import check_space, default_space, ignored_options, trial_options
+from imgclf.workflows.tune_space import (
+    check_space,
+    default_space,
+    ignored_options,
+    planned_options,
+    trial_options,
+)
 
 FIXED = ["--model", "fastnet", "--model-arg", "widths=[8,16,16]", "--model-arg", "depth=1", "--batch-size", "16",
          "--label-smoothing", "0", "--precision", "fp32", "--workers", "1", "--val-fraction", "0.3"]
@@ -183,6 +189,9 @@ def test_the_probe_alone_searches_its_c_views_class_weights_and_the_planners_tru
     assert trial_options({"model": LITE0}, given=set())["image_size"] == 224  # a trunk at its plan's size
     assert "image_size" not in trial_options({"model": LITE0}, given={"image_size"})
     check_space(default_space(planned, given=set(), imbalanced=True), "default space", set())
+    # the planner's choice is made once, for every trial: timed again per trial, load could change the recipe
+    assert planned_options(make_config(data="x"), planned, given={"tta"}) == {"model": PHOTO_STACK, "image_size": 240}
+    assert planned_options(make_config(data="x", model="resnet18"), resolved, given={"model"}) == {}
 
 
 PROBE = ["--model", "test_resnet", "--image-size", "32", "--workers", "1", "--precision", "fp32",

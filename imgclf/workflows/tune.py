@@ -1,9 +1,10 @@
 """``tune``: an Optuna study whose trials are ordinary training runs, stored so that it resumes and can be shared.
 
 Each trial trains one run into ``OUT/trials/NNN`` through
-:func:`imgclf.training.train` with the fixed options plus the values the
-TPE sampler (seeded with ``--seed``) drew from the search space
-(:mod:`imgclf.workflows.tune_space`). A training callback reports every
+:func:`imgclf.training.train` with the fixed options (and the photo
+planner's choice, made once) plus the values the TPE sampler (seeded with
+``--seed``) drew from the search space (:mod:`imgclf.workflows.tune_space`:
+only what the resolved recipe reads). A training callback reports every
 epoch's validation score to the trial; when the median pruner says the
 trial is hopeless it raises ``optuna.TrialPruned``, which ends the fit
 before a bundle is written, so a pruned trial leaves a run with metrics and
@@ -47,7 +48,14 @@ from imgclf.files import write_folder_atomic, write_text_atomic
 from imgclf.runs import slug
 from imgclf.training import plan, train
 from imgclf.workflows.tune_page import write_page
-from imgclf.workflows.tune_space import check_recipe_reads, default_space, read_space, suggest, trial_options
+from imgclf.workflows.tune_space import (
+    check_recipe_reads,
+    default_space,
+    planned_options,
+    read_space,
+    suggest,
+    trial_options,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -120,6 +128,7 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
         space = default_space(resolved, given, imbalanced=imbalanced, multilabel=dataset.multilabel)
     else:
         check_recipe_reads(space, resolved, f"--space {space_file}")
+    planned = planned_options(base, resolved, given)
     folder = Path(out) if out is not None else Path("runs") / f"tune-{slug(str(data), 'data')}"
     folder.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(folder / 'study.db').resolve()}"
@@ -138,9 +147,9 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
         values = trial_options(suggest(trial, space), given)
         run = folder / "trials" / f"{trial.number:03d}"
         trial.set_user_attr("run", str(run))
-        trial.set_user_attr("options", {**fixed, **values})
+        trial.set_user_attr("options", {**fixed, **planned, **values})
         console.rule(f"trial {trial.number}: " + ", ".join(f"{key}={_short(value)}" for key, value in values.items()))
-        config = make_config(**{**fixed, **values, "out": str(run)})
+        config = make_config(**{**fixed, **planned, **values, "out": str(run)})
         result = train(config, archive=archive, overwrite=True, callbacks=[PruneOnValidation(trial, base.monitor)])
         if result.interrupted:
             raise KeyboardInterrupt

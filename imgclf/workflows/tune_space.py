@@ -114,6 +114,21 @@ def _probe_space(resolved: TrainConfig, imbalanced: bool, multilabel: bool) -> S
     return space
 
 
+def planned_options(base: TrainConfig, resolved: TrainConfig, given: set[str]) -> dict[str, Any]:
+    """The planner's choice (trunk, size, views) as options every trial starts from.
+
+    The planner picks by forward passes timed on a machine whose load
+    varies; timed again in every trial it could change the recipe between
+    trials, and no searched value would explain the difference.
+    """
+    from imgclf.engines.planner import plan_image_size
+
+    if base.model is not None or not resolved.model or plan_image_size(resolved.model) is None:
+        return {}
+    chosen = {"model": resolved.model, "image_size": resolved.image_size, "tta": resolved.tta}
+    return {name: value for name, value in chosen.items() if name not in given}
+
+
 def trial_options(values: dict[str, Any], given: set[str]) -> dict[str, Any]:
     """A trial's drawn values plus what they imply: a planner's trunk runs at its plan's size unless one is fixed."""
     from imgclf.engines.planner import plan_image_size

@@ -22,11 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from training_runs import RUNS, run_case, save
 
 import imgclf
 
 RESULTS = Path(__file__).parent / "results" / "tune.json"
+RECIPE = ("model", "image_size", "tta", "probe_c")  # what each trial's run actually was (the planner may differ)
 
 
 def study_record(out: Path, wall_seconds: float | None) -> dict[str, Any]:
@@ -36,8 +38,10 @@ def study_record(out: Path, wall_seconds: float | None) -> dict[str, Any]:
     for row in sorted(summary["trials"], key=lambda row: row["trial"]):
         bundle = Path(row["run"]) / "model" / "model.json"
         metrics = json.loads(bundle.read_text(encoding="utf-8"))["metrics"] if bundle.is_file() else {}
+        config = yaml.safe_load((Path(row["run"]) / "config.yaml").read_text(encoding="utf-8"))
         trials.append({"trial": row["trial"], "state": row["state"], "params": row["params"],
-                       "val_accuracy": row["score"], "val_loss": metrics.get("val_loss"), "seconds": row["seconds"]})
+                       "recipe": {name: config.get(name) for name in RECIPE}, "val_accuracy": row["score"],
+                       "val_loss": metrics.get("val_loss"), "seconds": row["seconds"]})
     best = summary["best"]
     return {"wall_seconds": wall_seconds, "trial_seconds": round(sum(row["seconds"] or 0 for row in trials), 1),
             "distinct_val_losses": len({row["val_loss"] for row in trials}), "trials": trials,

@@ -4,7 +4,11 @@ A space maps a :class:`~imgclf.config.TrainConfig` field to an Optuna
 distribution: ``{low, high, log, step}`` for a number, ``{choices: [...]}``
 for anything. Every bound and choice is checked with the same validation a
 training option gets, so a space that cannot train fails before the first
-trial, in one line that names the file and the entry.
+trial, in one line that names the file and the entry; so does an entry the
+resolved recipe never reads (:func:`ignored_options`), which would only
+repeat the same trial. The pretrained photo default is the linear probe
+alone, so its space is the probe's C, the views, class weights and the
+planner's trunks, never the training knobs.
 """
 
 from __future__ import annotations

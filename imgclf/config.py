@@ -78,6 +78,8 @@ class TrainConfig:
                                               "the linear probe).", "Model")
     linear_probe: bool = option(True, "Fit the probe stage by logistic regression on cached embeddings (default) "
                                       "instead of gradient descent.", "Model")
+    probe_c: float | None = option(None, "The linear probe's C (inverse L2 strength on standardised embeddings); "
+                                         "default: chosen by cross-validation on train.", "Model")
     backbone_lr_scale: float = option(0.1, "Backbone learning rate relative to the head when fine-tuning.", "Model")
     # optimisation
     epochs: float | None = option(None, "Epochs (fractions allowed).", "Schedule")
@@ -224,7 +226,7 @@ def validate(config: TrainConfig) -> None:
         raise ImgclfError(f"--image-size must be between 8 and 1024 pixels, got {config.image_size}")
     if config.batch_size is not None and not 1 <= config.batch_size <= 65536:
         raise ImgclfError(f"--batch-size must be between 1 and 65536, got {config.batch_size}")
-    for name in ("epochs", "lr", "ema_decay", "backbone_lr_scale", "bias_lr_scale", "muon_lr"):
+    for name in ("epochs", "lr", "ema_decay", "backbone_lr_scale", "bias_lr_scale", "muon_lr", "probe_c"):
         _positive(name, getattr(config, name))
     for name in ("dropout", "drop_path"):
         value = getattr(config, name)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from imgclf.engines.linear_probe import fit_linear_head, load_into_head, supports_linear_probe
+from imgclf.engines.linear_probe import fit_label_heads, fit_linear_head, load_into_head, supports_linear_probe
 
 
 def clusters(classes: int, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,3 +42,13 @@ def test_a_class_absent_from_training_is_refused_not_given_a_sentinel_bias() -> 
     train_y = np.where(train_y == 1, 2, 0)  # classes 0 and 2 of three; class 1 never seen
     with pytest.raises(ValueError, match="saw 2 of 3 classes"):
         fit_linear_head(train_x, train_y, None, None, 3)
+
+
+def test_a_given_c_replaces_the_choice_for_both_heads() -> None:
+    train_x, train_y = clusters(3, 20, seed=3)
+    val_x, val_y = clusters(3, 10, seed=3)
+    chosen = fit_linear_head(train_x, train_y, val_x, val_y, 3)
+    given = fit_linear_head(train_x, train_y, val_x, val_y, 3, regularisation=5.0)
+    assert given.regularisation == 5.0 != chosen.regularisation and not np.allclose(given.weight, chosen.weight)
+    labels = np.eye(3, dtype=np.int64)[train_y]
+    assert fit_label_heads(train_x, labels, val_x, np.eye(3)[val_y], regularisation=0.07).regularisation == 0.07

@@ -1,4 +1,5 @@
-"""``imgclf tune``: a study that resumes after a kill, two workers on one storage, pruning, bad search spaces."""
+"""``imgclf tune``: a study that resumes after a kill, two workers on one storage, pruning, bad search spaces,
+and default spaces that search only what each recipe reads."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,17 @@ import yaml
 from conftest import TINY_FASTNET, make_class_folder
 
 import imgclf
+from imgclf.config import TrainConfig, make_config
+from imgclf.engines.planner import LITE0, PHOTO_STACK
 from imgclf.errors import ImgclfError
+from imgclf.recipes import DataFacts, resolve
+from imgclf.workflows.tune_space import (
+    check_space,
+    default_space,
+    ignored_options,
+    planned_options,
+    trial_options,
+)
 
 FIXED = ["--model", "fastnet", "--model-arg", "widths=[8,16,16]", "--model-arg", "depth=1", "--batch-size", "16",
          "--label-smoothing", "0", "--precision", "fp32", "--workers", "1", "--val-fraction", "0.3"]
@@ -130,24 +142,121 @@ def test_the_cli_prints_a_bad_space_as_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and "epochs also given on the command line" in lines[0]
 
 
-@pytest.mark.parametrize("model, pretrained, searched", [
-    ("fastnet", False, {"lr", "weight_decay", "l1", "mixup", "cutmix", "epochs", "augment", "label_smoothing"}),
-    ("resnet18", True, {"lr", "weight_decay", "dropout", "augment", "label_smoothing"}),
-    ("tutorial-cnn", False, {"lr", "weight_decay", "dropout", "epochs", "l1", "mixup", "cutmix"}),
-])
-def test_the_default_space_follows_the_recipe_and_passes_its_own_checks(model: str, pretrained: bool,
-                                                                       searched: set[str]) -> None:
-    from imgclf.config import make_config
-    from imgclf.recipes import DataFacts, resolve
-    from imgclf.workflows.tune_space import check_space, default_space
+TRAINING_RECIPES = {  # the families whose runs take gradient steps, each as a user would ask for it
+    "fastnet": dict(model="fastnet"),
+    "tutorial-cnn": dict(model="tutorial-cnn"),
+    "timm from scratch": dict(model="resnet18", pretrained=False),
+    "two-stage": dict(model="resnet18", pretrained=True, strategy="two-stage"),
+    "finetune": dict(model="resnet18", pretrained=True, strategy="finetune"),
+    "probe by gradient descent": dict(model="resnet18", pretrained=True, strategy="probe", linear_probe=False),
+    "keras two-stage": dict(model="resnet18", pretrained=True, backend="tensorflow"),
+}
 
-    resolved = resolve(make_config(data="x", model=model, pretrained=pretrained), DataFacts(2000, 128),
-                       lambda name: "weights" if pretrained else None)
-    space = default_space(resolved, given={"mixup"})
-    assert searched - {"mixup"} <= set(space) and "mixup" not in space  # an option given on the command line stays fixed
+
+def resolved_recipe(**options: object) -> TrainConfig:
+    pretrained = bool(options.get("pretrained"))
+    return resolve(make_config(data="x", **options), DataFacts(2000, 128),
+                   lambda name: "weights" if pretrained else None)
+
+
+def extremes(entry: dict) -> tuple[object, object]:
+    return (entry["choices"][0], entry["choices"][-1]) if "choices" in entry else (entry["low"], entry["high"])
+
+
+@pytest.mark.parametrize("recipe", TRAINING_RECIPES)
+def test_every_default_entry_of_a_training_recipe_reaches_the_engine(recipe: str) -> None:
+    options = TRAINING_RECIPES[recipe]
+    resolved = resolved_recipe(**options)
+    space = default_space(resolved, given=set())
     check_space(space, "default space", set())
-    low, high = space["lr"]["low"], space["lr"]["high"]
-    assert low < resolved.lr < high  # centred on the recipe's own rate (fastnet's scales with the batch)
+    assert "lr" in space and space["lr"]["low"] < resolved.lr < space["lr"]["high"]  # around the recipe's own rate
+    assert not set(space) & set(ignored_options(resolved))
+    for name, entry in space.items():
+        low, high = extremes(entry)
+        assert resolved_recipe(**options, **{name: low}) != resolved_recipe(**options, **{name: high}), name
+    assert "mixup" not in default_space(resolved, given={"mixup"})  # an option given on the command line stays fixed
+
+
+def test_the_probe_alone_searches_its_c_views_class_weights_and_the_planners_trunks() -> None:
+    resolved = resolved_recipe(model="resnet18", pretrained=True)
+    assert resolved.strategy == "probe"
+    space = default_space(resolved, given=set())
+    assert set(space) == {"probe_c", "tta"}  # a fixed --model: nothing else changes the fit
+    assert space["probe_c"]["low"] < 0.03 < space["probe_c"]["high"]  # around what cross-validation picks
+    assert "class_weights" in default_space(resolved, given=set(), imbalanced=True)
+    planned = replace(resolved, model=PHOTO_STACK, image_size=240)  # what the planner chooses for a few photos
+    assert default_space(planned, given=set())["model"]["choices"] == [PHOTO_STACK, LITE0]
+    assert trial_options({"model": LITE0}, given=set())["image_size"] == 224  # a trunk at its plan's size
+    assert "image_size" not in trial_options({"model": LITE0}, given={"image_size"})
+    check_space(default_space(planned, given=set(), imbalanced=True), "default space", set())
+    # the planner's choice is made once, for every trial: timed again per trial, load could change the recipe
+    assert planned_options(make_config(data="x"), planned, given={"tta"}) == {"model": PHOTO_STACK, "image_size": 240}
+    assert planned_options(make_config(data="x", model="resnet18"), resolved, given={"model"}) == {}
+
+
+PROBE = ["--model", "test_resnet", "--image-size", "32", "--workers", "1", "--precision", "fp32",
+         "--val-fraction", "0.3"]
+
+
+def store_files() -> dict[str, tuple[int, int]]:
+    from imgclf.paths import cache_dir
+
+    return {str(path): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in (cache_dir() / "embeddings").rglob("*") if path.is_file()}
+
+
+def probe_head(run: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(str(run / "model" / "weights.safetensors"))
+
+
+def test_probe_trials_differ_in_c_and_later_ones_reuse_the_cached_embeddings(tmp_path: Path,
+                                                                             backbone_weights: Path) -> None:
+    data = make_class_folder(tmp_path / "data", per_class=10)
+    out = tmp_path / "tune"
+    fixed = dict(model="test_resnet", weights=str(backbone_weights), image_size=32, workers=1, precision="fp32",
+                 val_fraction=0.3, tta=True)  # the views fixed: every trial needs the same embeddings
+    imgclf.tune(data, out=out, trials=1, **fixed)
+    embedded = store_files()
+    result = imgclf.tune(data, out=out, trials=2, **fixed)
+    assert store_files() == embedded and embedded  # the second trial wrote nothing to the embedding store
+
+    runs = {row["trial"]: Path(row["run"]) for row in result.trials}
+    drawn = [yaml.safe_load((runs[k] / "config.yaml").read_text(encoding="utf-8"))["probe_c"] for k in (0, 1)]
+    assert drawn == [row["params"]["probe_c"] for row in sorted(result.trials, key=lambda row: row["trial"])]
+    assert drawn[0] != drawn[1]
+    metrics = [json.loads((runs[k] / "model" / "model.json").read_text(encoding="utf-8"))["metrics"] for k in (0, 1)]
+    assert metrics[0]["val_loss"] != metrics[1]["val_loss"]  # another C, another model
+
+    # what the old default space searched changes nothing in this recipe: the same C gives the very same model
+    changed = dict(lr=0.5, weight_decay=0.3, momentum=0.5, optimizer="sgd", muon_lr=0.1, schedule="constant",
+                   warmup_epochs=2.0, bias_lr_scale=5.0, grad_clip=0.1, label_smoothing=0.3, l1=0.01, dropout=0.4,
+                   drop_path=0.2, ema=True, ema_decay=0.5, lookahead=True, augment="strong", mixup=0.4, cutmix=1.0,
+                   epochs=3.0, batch_size=4, balanced_sampling=True, early_stopping=1, backbone_lr_scale=0.5,
+                   probe_epochs=1.0, whitening_bias_epochs=1.0)
+    assert set(changed) == set(ignored_options(result_config(runs[0])))
+    again = imgclf.train(data, out=tmp_path / "again", probe_c=drawn[0], **fixed, **changed)
+    assert again.metrics["val_loss"] == metrics[0]["val_loss"]
+    first, other = probe_head(runs[0]), probe_head(tmp_path / "again")
+    assert first.keys() == other.keys() and all((first[name] == other[name]).all() for name in first)
+
+
+def result_config(run: Path) -> TrainConfig:
+    return make_config(**yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")))
+
+
+def test_a_space_entry_the_recipe_ignores_is_refused_in_one_line(tmp_path: Path, backbone_weights: Path) -> None:
+    data = make_class_folder(tmp_path / "data", per_class=4)
+    space = write_space(tmp_path / "space.yaml", {"probe_c": {"low": 0.01, "high": 1.0, "log": True},
+                                                  "lr": {"low": 0.001, "high": 0.1, "log": True}})
+    done = subprocess.run([sys.executable, "-m", "imgclf", "tune", str(data), "--trials", "2", "--space", str(space),
+                           "--out", str(tmp_path / "tune"), "--weights", str(backbone_weights), *PROBE],
+                          capture_output=True, text=True, env=ENV, timeout=60)
+    assert done.returncode == 2
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and "space.yaml: lr changes nothing in this recipe" in lines[-1], lines
+    assert not (tmp_path / "tune" / "trials").exists()
 
 
 def test_a_fixed_config_may_not_set_a_trial_time_budget(tmp_path: Path) -> None:

@@ -51,18 +51,22 @@ class ProbeFit:
 
 
 def fit_linear_head(train_x: np.ndarray | Sequence[np.ndarray], train_y: np.ndarray, val_x: np.ndarray | None,
-                    val_y: np.ndarray | None, classes: int, balanced: bool = False, seed: int = 0) -> ProbeFit:
+                    val_y: np.ndarray | None, classes: int, balanced: bool = False, seed: int = 0,
+                    regularisation: float | None = None) -> ProbeFit:
     """Multinomial logistic regression on standardised features, C chosen by cross-validation on train.
 
     ``train_x`` is (N, D), or a sequence of (N, D) arrays: views of the same
     N images (e.g. plain and mirrored), all used as training rows; the folds
     keep an image's views together so none is judged on its own mirror image.
     The standardisation is folded into the returned weights, so they apply
-    to raw features exactly as the head will see them.
+    to raw features exactly as the head will see them. An explicit
+    ``regularisation`` (``--probe-c``, e.g. drawn by ``imgclf tune``) skips
+    the cross-validation.
     """
     started = time.perf_counter()
     views = [train_x] if isinstance(train_x, np.ndarray) and train_x.ndim == 2 else list(train_x)
-    regularisation = choose_regularisation(views, train_y, balanced, seed)
+    if regularisation is None:
+        regularisation = choose_regularisation(views, train_y, balanced, seed)
     solver, centre, scale = _fit(views, train_y, regularisation, balanced)
     present = solver.classes_  # type: ignore[attr-defined]
     if len(present) != classes:
@@ -83,11 +87,12 @@ def fit_linear_head(train_x: np.ndarray | Sequence[np.ndarray], train_y: np.ndar
 
 
 def fit_label_heads(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None, val_y: np.ndarray | None,
-                    balanced: bool = False) -> ProbeFit:
+                    balanced: bool = False, regularisation: float | None = None) -> ProbeFit:
     """Multi-label: one-vs-rest logistic regression on (N, K) 0/1 targets, C chosen on validation mAP.
 
     Each label is its own yes/no question, so each row of the head is one
-    binary regression's coefficients: sigmoid(head) is its probability. A
+    binary regression's coefficients: sigmoid(head) is its probability (an
+    explicit ``regularisation`` replaces the grid). A
     label on every (or no) training image has nothing to separate; its row
     is zero and its bias the smoothed log-odds of the label in training.
     """
@@ -100,10 +105,11 @@ def fit_label_heads(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray 
     scale = train_x.std(axis=0) + 1e-6
     standard = (train_x - centre) / scale
     has_val = val_x is not None and val_y is not None and len(val_x) > 0
-    grid = LABEL_REGULARISATION_GRID if has_val else (DEFAULT_LABEL_C,)
+    grid = (regularisation,) if regularisation is not None else \
+        LABEL_REGULARISATION_GRID if has_val else (DEFAULT_LABEL_C,)
     best: tuple[float, float, np.ndarray, np.ndarray] | None = None
-    for regularisation in grid:
-        solver = OneVsRestClassifier(LogisticRegression(C=regularisation, max_iter=2000,
+    for candidate in grid:
+        solver = OneVsRestClassifier(LogisticRegression(C=candidate, max_iter=2000,
                                                         class_weight="balanced" if balanced else None))
         with warnings.catch_warnings():  # a label on every image is handled by _label_rows, not worth a warning
             warnings.filterwarnings("ignore", message="Label .* is present in all training examples")
@@ -112,14 +118,14 @@ def fit_label_heads(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray 
         weight, bias = weight / scale, bias - (weight / scale) @ centre
         score = _mean_average_precision(val_x @ weight.T + bias, val_y) if has_val else 0.0  # type: ignore[operator]
         if best is None or score > best[0]:
-            best = (score, regularisation, weight, bias)
-    _, regularisation, weight, bias = best  # type: ignore[misc]
+            best = (score, candidate, weight, bias)
+    _, chosen, weight, bias = best  # type: ignore[misc]
 
     def subset_accuracy(x: np.ndarray, y: np.ndarray) -> float:
         return float(np.mean(((x @ weight.T + bias > 0) == (np.asarray(y) > 0.5)).all(axis=1)))
 
     val_accuracy = subset_accuracy(val_x, val_y) if has_val else None  # type: ignore[arg-type]
-    return ProbeFit(weight, bias, regularisation, subset_accuracy(train_x, train_y), val_accuracy,
+    return ProbeFit(weight, bias, chosen, subset_accuracy(train_x, train_y), val_accuracy,
                     time.perf_counter() - started)
 
 

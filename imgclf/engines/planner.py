@@ -80,6 +80,22 @@ def choose_plan(train_images: int, val_images: int, budget_s: float,
     return candidates[-1]
 
 
+def plan_image_size(model: str) -> int | None:
+    """The input size the plans run ``model`` at (None: no plan uses it)."""
+    return next((plan.image_size for plan in PLANS if plan.model == model), None)
+
+
+def fallback_models(model: str, available: Callable[[str], bool]) -> list[str]:
+    """``model`` (a plan's) and, in plan order, the other models of the cheaper plans after it with weights here.
+
+    What a search may try instead of the planner's choice: a plan listed
+    earlier did not fit the budget or has no weights, so it is left out.
+    """
+    first = next(index for index, plan in enumerate(PLANS) if plan.model == model)
+    models = [plan.model for plan in PLANS[first:] if all(available(trunk) for trunk in stack_parts(plan.model))]
+    return list(dict.fromkeys([model, *models]))
+
+
 def measure_trunk_seconds(precision: str = "auto") -> Callable[[str, int], float]:
     """Per-image forward seconds of a trunk at a size, timed here once per (trunk, size) as the embedder runs it."""
     import torch

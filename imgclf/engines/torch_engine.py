@@ -604,10 +604,11 @@ class TorchEngine:
             balanced = self.config.class_weights == "auto"
             if self.data.multilabel:
                 probe = fit_label_heads(features["train"], labels["train"], features.get("val"), labels.get("val"),
-                                        balanced=balanced)
+                                        balanced=balanced, regularisation=self.config.probe_c)
             else:
                 probe = fit_linear_head(train_views, labels["train"], features.get("val"), labels.get("val"),
-                                        len(self.data.classes), balanced=balanced, seed=self.config.seed)
+                                        len(self.data.classes), balanced=balanced, seed=self.config.seed,
+                                        regularisation=self.config.probe_c)
         probe = distributed.broadcast_from_main(probe)  # type: ignore[assignment]
         assert probe is not None
         load_into_head(self.head, probe)
@@ -617,7 +618,8 @@ class TorchEngine:
         seconds = time.perf_counter() - started
         train_loss = score_logits(train_logits, torch.from_numpy(labels["train"]), self.data.multilabel)["loss"]
         row = self._epoch_row(fit.stage, train_loss, probe.train_accuracy, 0.0, seconds, len(self.data.rows["train"]))
-        chosen_by = "validation mAP" if self.data.multilabel else f"{CV_FOLDS}-fold cross-validation"
+        chosen_by = "--probe-c" if self.config.probe_c is not None else \
+            "validation mAP" if self.data.multilabel else f"{CV_FOLDS}-fold cross-validation"
         console.print(f"probe: logistic regression on cached embeddings ({len(train_views)} view(s) of train), "
                       f"C={probe.regularisation:g} by {chosen_by}, fitted in {probe.seconds:.1f} s")
         self.position.epoch += 1

@@ -1,9 +1,10 @@
 """``tune``: an Optuna study whose trials are ordinary training runs, stored so that it resumes and can be shared.
 
 Each trial trains one run into ``OUT/trials/NNN`` through
-:func:`imgclf.training.train` with the fixed options plus the values the
-TPE sampler (seeded with ``--seed``) drew from the search space
-(:mod:`imgclf.workflows.tune_space`). A training callback reports every
+:func:`imgclf.training.train` with the fixed options (and the photo
+planner's choice, made once) plus the values the TPE sampler (seeded with
+``--seed``) drew from the search space (:mod:`imgclf.workflows.tune_space`:
+only what the resolved recipe reads). A training callback reports every
 epoch's validation score to the trial; when the median pruner says the
 trial is hopeless it raises ``optuna.TrialPruned``, which ends the fit
 before a bundle is written, so a pruned trial leaves a run with metrics and
@@ -40,13 +41,21 @@ import yaml
 
 from imgclf.config import make_config, parse_duration
 from imgclf.console import console
+from imgclf.data.inspect import imbalance_warning
 from imgclf.engines.callbacks import Callback, FitState
 from imgclf.errors import ImgclfError
 from imgclf.files import write_folder_atomic, write_text_atomic
 from imgclf.runs import slug
 from imgclf.training import plan, train
 from imgclf.workflows.tune_page import write_page
-from imgclf.workflows.tune_space import default_space, read_space, suggest
+from imgclf.workflows.tune_space import (
+    check_recipe_reads,
+    default_space,
+    planned_options,
+    read_space,
+    suggest,
+    trial_options,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -113,8 +122,13 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
     base = make_config(**fixed)
     given = set(fixed) - {"data"}
     space = read_space(Path(space_file), given) if space_file else None  # a bad space fails before data is read
-    resolved, _ = plan(base, archive)
-    space = space or default_space(resolved, given)
+    resolved, dataset = plan(base, archive)
+    if space is None:
+        imbalanced = imbalance_warning(dataset.split_items("train")) is not None  # then class weights may pay
+        space = default_space(resolved, given, imbalanced=imbalanced, multilabel=dataset.multilabel)
+    else:
+        check_recipe_reads(space, resolved, f"--space {space_file}")
+    planned = planned_options(base, resolved, given)
     folder = Path(out) if out is not None else Path("runs") / f"tune-{slug(str(data), 'data')}"
     folder.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(folder / 'study.db').resolve()}"
@@ -130,12 +144,12 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", _worker())
-        values = suggest(trial, space)
+        values = trial_options(suggest(trial, space), given)
         run = folder / "trials" / f"{trial.number:03d}"
         trial.set_user_attr("run", str(run))
-        trial.set_user_attr("options", {**fixed, **values})
+        trial.set_user_attr("options", {**fixed, **planned, **values})
         console.rule(f"trial {trial.number}: " + ", ".join(f"{key}={_short(value)}" for key, value in values.items()))
-        config = make_config(**{**fixed, **values, "out": str(run)})
+        config = make_config(**{**fixed, **planned, **values, "out": str(run)})
         result = train(config, archive=archive, overwrite=True, callbacks=[PruneOnValidation(trial, base.monitor)])
         if result.interrupted:
             raise KeyboardInterrupt

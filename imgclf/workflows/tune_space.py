@@ -1,10 +1,14 @@
-"""The search space of ``imgclf tune``: defaults per recipe family, or a YAML file of TrainConfig names.
+"""The search space of ``imgclf tune``: what the resolved recipe reads, or a YAML file of TrainConfig names.
 
 A space maps a :class:`~imgclf.config.TrainConfig` field to an Optuna
 distribution: ``{low, high, log, step}`` for a number, ``{choices: [...]}``
 for anything. Every bound and choice is checked with the same validation a
 training option gets, so a space that cannot train fails before the first
-trial, in one line that names the file and the entry.
+trial, in one line that names the file and the entry; so does an entry the
+resolved recipe never reads (:func:`ignored_options`), which would only
+repeat the same trial. The pretrained photo default is the linear probe
+alone, so its space is the probe's C, the views, class weights and the
+planner's trunks, never the training knobs.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imgclf.config import TrainConfig, config_names, load_yaml_file, make_config
+from imgclf.config import CLASS_WEIGHTS, TrainConfig, config_names, load_yaml_file, make_config
 from imgclf.errors import ImgclfError
 from imgclf.recipes import model_family
 
@@ -25,8 +29,122 @@ AUGMENTS = ["light", "standard", "strong"]
 KERAS_REFUSES = ("l1", "dropout", "drop_path")  # the Keras backend has no such option
 
 
-def default_space(resolved: TrainConfig, given: set[str]) -> Space:
-    """Sensible ranges around the recipe ``resolved`` came from; names set on the command line stay fixed.
+# What only gradient descent reads: the linear probe alone (logistic regression on cached embeddings) ignores them.
+GRADIENT_OPTIONS = ("lr", "weight_decay", "momentum", "optimizer", "muon_lr", "schedule", "warmup_epochs",
+                    "bias_lr_scale", "grad_clip", "label_smoothing", "l1", "dropout", "drop_path", "ema", "ema_decay",
+                    "lookahead", "augment", "mixup", "cutmix", "epochs", "batch_size", "balanced_sampling",
+                    "early_stopping", "backbone_lr_scale", "probe_epochs", "whitening_bias_epochs")
+# Searching one of these changes the recipe itself, so what the fixed recipe ignores says nothing about the trials.
+RECIPE_OPTIONS = ("model", "pretrained", "weights", "strategy", "linear_probe", "backend")
+PROBE_C_WIDENING = 3.0  # the searched C spans the probe's own grid, widened by this factor at both ends
+
+
+def linear_probe_only(resolved: TrainConfig) -> bool:
+    """Whether the run is the linear probe alone: one logistic-regression fit, no gradient step at all."""
+    return (resolved.strategy == "probe" and resolved.linear_probe and resolved.backend == "torch"
+            and bool(resolved.pretrained))
+
+
+def ignored_options(resolved: TrainConfig) -> dict[str, str]:
+    """The options the recipe ``resolved`` never reads, each with why: a trial varying one only repeats another."""
+    if linear_probe_only(resolved):
+        why = ("the probe alone fits a logistic regression on cached embeddings, no gradient step reads it "
+               "(--strategy two-stage fine-tunes)")
+        return dict.fromkeys(GRADIENT_OPTIONS, why)
+    ignored: dict[str, str] = {}
+    if resolved.strategy != "two-stage" or not resolved.linear_probe or resolved.backend != "torch":
+        ignored["probe_c"] = "only the linear probe reads it (--strategy probe or two-stage, torch, --linear-probe)"
+    if resolved.strategy != "two-stage":
+        ignored["probe_epochs"] = "only two-stage training splits its epochs between the probe and fine-tuning"
+    if resolved.strategy in ("scratch", "probe"):
+        ignored["backbone_lr_scale"] = f"--strategy {resolved.strategy} never trains a pretrained backbone"
+    if model_family(resolved.model or "") != "fastnet":
+        ignored["whitening_bias_epochs"] = "only fastnet has a whitening layer"
+    if resolved.optimizer != "muon":
+        ignored["muon_lr"] = "only --optimizer muon reads it"
+    if not resolved.tta:
+        ignored["tta_shift"] = "only --tta reads it"
+    return ignored
+
+
+def check_recipe_reads(space: Space, resolved: TrainConfig, origin: str) -> None:
+    """Refuse an entry the resolved recipe ignores: every trial would repeat the others at full price.
+
+    Not judged when the space itself searches the recipe (strategy, model,
+    ...): an option one recipe ignores may count in another.
+    """
+    if set(space) & set(RECIPE_OPTIONS):
+        return
+    ignored = ignored_options(resolved)
+    for name in space:
+        if name in ignored:
+            raise ImgclfError(f"{origin}: {name} changes nothing in this recipe ({resolved.model}, --strategy "
+                              f"{resolved.strategy}): {ignored[name]}; drop it from the space or fix a recipe "
+                              "that reads it")
+
+
+def default_space(resolved: TrainConfig, given: set[str], imbalanced: bool = False, multilabel: bool = False) -> Space:
+    """What changes the result of the recipe ``resolved`` came from; names set on the command line stay fixed.
+
+    ``imbalanced``: training warns of class imbalance, so class weights
+    may pay; ``multilabel``: the probe is one-vs-rest, with its own C grid.
+    """
+    space = _probe_space(resolved, imbalanced, multilabel) if linear_probe_only(resolved) \
+        else _training_space(resolved)
+    return {name: entry for name, entry in space.items() if name not in given}
+
+
+def _probe_space(resolved: TrainConfig, imbalanced: bool, multilabel: bool) -> Space:
+    """The probe's C (log scale around its own grid), the views, class weights, and the planner's other trunks.
+
+    Each trial is a fit on embeddings cached per image, trunk and view, so
+    after the first trial of a trunk and view only the fit and the
+    validation passes are paid.
+    """
+    from imgclf.engines.linear_probe import LABEL_REGULARISATION_GRID, REGULARISATION_GRID
+    from imgclf.engines.planner import fallback_models, plan_image_size
+    from imgclf.models.pretrained import pretrained_source
+
+    grid = LABEL_REGULARISATION_GRID if multilabel else REGULARISATION_GRID
+    low, high = round(grid[0] / PROBE_C_WIDENING, 6), round(grid[-1] * PROBE_C_WIDENING, 6)
+    space: Space = {"probe_c": {"low": low, "high": high, "log": True},
+                    "tta": {"choices": [True, False]}}  # mirror images as training rows and in predictions, or not
+    if imbalanced:
+        space["class_weights"] = {"choices": list(CLASS_WEIGHTS)}
+    if resolved.model and plan_image_size(resolved.model) is not None:  # the planner chose it: its cheaper plans too
+        models = fallback_models(resolved.model, lambda trunk: pretrained_source(trunk) is not None)
+        if len(models) > 1:
+            space["model"] = {"choices": models}
+    return space
+
+
+def planned_options(base: TrainConfig, resolved: TrainConfig, given: set[str]) -> dict[str, Any]:
+    """The planner's choice (trunk, size, views) as options every trial starts from.
+
+    The planner picks by forward passes timed on a machine whose load
+    varies; timed again in every trial it could change the recipe between
+    trials, and no searched value would explain the difference.
+    """
+    from imgclf.engines.planner import plan_image_size
+
+    if base.model is not None or not resolved.model or plan_image_size(resolved.model) is None:
+        return {}
+    chosen = {"model": resolved.model, "image_size": resolved.image_size, "tta": resolved.tta}
+    return {name: value for name, value in chosen.items() if name not in given}
+
+
+def trial_options(values: dict[str, Any], given: set[str]) -> dict[str, Any]:
+    """A trial's drawn values plus what they imply: a planner's trunk runs at its plan's size unless one is fixed."""
+    from imgclf.engines.planner import plan_image_size
+
+    size = plan_image_size(values["model"]) if isinstance(values.get("model"), str) else None
+    if size is None or "image_size" in given or "image_size" in values:
+        return values
+    return {**values, "image_size": size}
+
+
+def _training_space(resolved: TrainConfig) -> Space:
+    """Sensible ranges around the training recipe's own values.
 
     Rates are searched on a log scale around the recipe's own value, since
     fastnet's learning rate scales with the batch and a fixed range would
@@ -60,7 +178,7 @@ def default_space(resolved: TrainConfig, given: set[str]) -> Space:
     if resolved.backend == "tensorflow":
         for name in KERAS_REFUSES:
             space.pop(name, None)
-    return {name: entry for name, entry in space.items() if name not in given}
+    return space
 
 
 def read_space(path: Path, given: set[str]) -> Space:

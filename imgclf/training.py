@@ -42,6 +42,7 @@ from imgclf.runs import RunDirectory, new_run_directory
 from imgclf.thresholds import ThresholdGoal, parse_goal, positive_class
 
 if TYPE_CHECKING:  # torch loads only when training starts
+    from imgclf.deploy.classifier import Classifier
     from imgclf.distributed import World
     from imgclf.engines.contract import Engine, FitResult, TrainingData
 
@@ -164,10 +165,11 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
         console.print(f"[yellow]interrupted; checkpoint saved. Continue with: imgclf train --resume {run.path}[/]")
         return TrainResult(run.path, None, config, result.history, {}, interrupted=True)
     model_dir = _write_bundle(run, config, engine, data, {})
-    calibration = _calibrate(model_dir, data)  # before scoring: val/test losses are the calibrated model's
-    calibration.update(_choose_label_thresholds(model_dir, data, config))  # after calibration, on what users get
-    decision = _decide(model_dir, data, config)  # on calibrated probabilities, before scoring: accuracy at it
-    metrics = _final_metrics(engine, data, result, model_dir, {**calibration, **decision})
+    held_out = HeldOut.of(model_dir, data)  # one pass of val and test through the bundle serves all below
+    calibration = _calibrate(model_dir, data, held_out)  # before scoring: val/test losses are the calibrated model's
+    calibration.update(_choose_label_thresholds(model_dir, data, config, held_out))  # on what users get
+    decision = _decide(model_dir, data, config, held_out)  # on calibrated probabilities, before scoring
+    metrics = _final_metrics(engine, data, result, model_dir, held_out, {**calibration, **decision})
     _print_summary(run, config, result, metrics)
     return TrainResult(run.path, model_dir, config, result.history, metrics, multilabel=data.multilabel)
 
@@ -245,7 +247,43 @@ def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> Tr
                         paths=[item.path for item in dataset.items])
 
 
-def _final_metrics(engine: Engine, data: TrainingData, result: FitResult, model_dir: Path,
+@dataclass
+class HeldOut:
+    """The written bundle's runtime and its raw logits (TTA included, before temperature) on val and test.
+
+    Calibration, the thresholds, the binary decision and the final scores
+    all read these logits: each used to pass the images through the bundle
+    again (three times for a binary model's val), and on pretrained photos
+    forward passes are the whole cost of a run.
+    """
+
+    logits: dict[str, np.ndarray]
+    classifier: Classifier | None
+
+    @classmethod
+    def of(cls, model_dir: Path, data: TrainingData) -> HeldOut:
+        from imgclf.deploy.classifier import Classifier
+
+        splits = [split for split in ("val", "test") if len(data.rows[split])]
+        if not splits:
+            return cls({}, None)
+        classifier = Classifier.load(model_dir)
+        return cls({split: classifier.rows_logits(data.pixels, data.rows[split]) for split in splits}, classifier)
+
+    def bundle_now(self, model_dir: Path) -> Classifier:
+        """The same runtime with ``model.json`` read again: the temperature and thresholds chosen since loading."""
+        from imgclf.deploy.bundle import read_bundle_info
+        from imgclf.deploy.classifier import Classifier
+
+        assert self.classifier is not None, "no held-out images"
+        return Classifier(self.classifier.runtime, read_bundle_info(model_dir), directory=model_dir)
+
+    def val_probabilities(self, model_dir: Path) -> np.ndarray:
+        """val's probabilities as predict gives them now (temperature included)."""
+        return self.bundle_now(model_dir).probabilities_of(self.logits["val"])
+
+
+def _final_metrics(engine: Engine, data: TrainingData, result: FitResult, model_dir: Path, held_out: HeldOut,
                    calibration: dict[str, Any]) -> dict[str, Any]:
     """The run's figures, val/test scored by the written bundle as ``imgclf evaluate`` scores them; saved in it.
 
@@ -255,16 +293,14 @@ def _final_metrics(engine: Engine, data: TrainingData, result: FitResult, model_
     a probe scores float16 embeddings).
     """
     from imgclf.deploy.bundle import write_bundle_metrics
-    from imgclf.deploy.classifier import Classifier
 
     metrics: dict[str, Any] = {"epochs_trained": len(result.history), "best_epoch": result.best_epoch,
                                "train_seconds": round(sum(row["seconds"] for row in result.history), 2),
                                "parameters": engine.parameter_count(), **calibration}
-    held_out = [split for split in ("val", "test") if len(data.rows[split])]
-    if held_out:
-        classifier = Classifier.load(model_dir)
-        for split in held_out:
-            scores = classifier.score(data.pixels, data.rows[split], data.split_targets(split).numpy())
+    if held_out.logits:
+        classifier = held_out.bundle_now(model_dir)
+        for split, logits in held_out.logits.items():
+            scores = classifier.score_logits(logits, data.split_targets(split).numpy())
             metrics[f"{split}_loss"] = round(scores["loss"], 6)
             metrics[f"{split}_accuracy"] = round(scores["accuracy"], 6)
             metrics[f"{split}_images"] = len(data.rows[split])
@@ -283,18 +319,20 @@ def _write_bundle(run: RunDirectory, config: TrainConfig, engine: Engine, data: 
     return engine.write_bundle(info, run.model_dir)
 
 
-def _calibrate(model_dir: Path, data: TrainingData) -> dict[str, Any]:
+def _calibrate(model_dir: Path, data: TrainingData, held_out: HeldOut) -> dict[str, Any]:
     """Temperature scaling on the validation split, stored in the bundle (nothing for multi-label or no val)."""
-    from imgclf.deploy.calibration import calibrate_bundle
+    from imgclf.deploy.calibration import calibrate_logits, store_calibration
 
     val = data.rows["val"]
     if data.multilabel or len(val) < 2:
         return {}
-    calibration = calibrate_bundle(model_dir, data.pixels[val], data.targets[val].numpy())
+    calibration = calibrate_logits(held_out.logits["val"], data.targets[val].numpy())
+    store_calibration(model_dir, calibration)
     return {"calibration": asdict(calibration)}
 
 
-def _choose_label_thresholds(model_dir: Path, data: TrainingData, config: TrainConfig) -> dict[str, Any]:
+def _choose_label_thresholds(model_dir: Path, data: TrainingData, config: TrainConfig,
+                             held_out: HeldOut) -> dict[str, Any]:
     """A multi-label bundle's per-label thresholds, chosen on val for ``--threshold-for`` (0.5 without val).
 
     Multi-label models are not temperature-scaled (:func:`_calibrate`): one
@@ -302,16 +340,13 @@ def _choose_label_thresholds(model_dir: Path, data: TrainingData, config: TrainC
     chosen on the probabilities exactly as the bundle will give them.
     """
     from imgclf.deploy.bundle import update_bundle_info
-    from imgclf.deploy.classifier import Classifier
     from imgclf.thresholds import choose_label_thresholds, parse_goal
 
     val = data.rows["val"]
     if not data.multilabel or not len(val):
         return {}
     goal = parse_goal(config.threshold_for)
-    classifier = Classifier.load(model_dir)
-    probabilities = np.concatenate([classifier.predict_pixels(np.asarray(data.pixels[val[start:start + 64]]))
-                                    for start in range(0, len(val), 64)])
+    probabilities = held_out.val_probabilities(model_dir)
     choices = choose_label_thresholds(probabilities, data.targets[val].numpy(), data.classes, goal)
     update_bundle_info(model_dir, thresholds={name: round(choice.threshold, 6) for name, choice in choices.items()},
                        threshold_goal=str(goal))
@@ -320,14 +355,14 @@ def _choose_label_thresholds(model_dir: Path, data: TrainingData, config: TrainC
                            for name, choice in choices.items()}, "threshold_goal": str(goal)}
 
 
-def _decide(model_dir: Path, data: TrainingData, config: TrainConfig) -> dict[str, Any]:
+def _decide(model_dir: Path, data: TrainingData, config: TrainConfig, held_out: HeldOut) -> dict[str, Any]:
     """A two-class model's decision threshold, chosen on val's calibrated P(positive) and stored in the bundle.
 
     Engine-independent: it reads only the written bundle's probabilities.
     Without validation images a goal other than a fixed threshold cannot
     be met, so the model decides at 0.5 and says so.
     """
-    from imgclf.deploy.decision import decide_bundle
+    from imgclf.deploy.decision import choose_decision, store_decision
 
     positive = positive_class(data.classes, config.positive, data.multilabel)
     if positive is None:
@@ -338,7 +373,9 @@ def _decide(model_dir: Path, data: TrainingData, config: TrainConfig) -> dict[st
         console.print(f"[yellow]no validation images to choose the threshold for {goal} on; "
                       f"deciding '{positive}' at 0.5[/]")
         goal = ThresholdGoal("fixed", 0.5)
-    choice = decide_bundle(model_dir, data.pixels[val], data.targets[val].numpy(), positive, goal)
+    probabilities = held_out.val_probabilities(model_dir) if len(val) else np.zeros((0, len(data.classes)))
+    choice = choose_decision(probabilities, data.targets[val].numpy(), data.classes, positive, goal)
+    store_decision(model_dir, positive, goal, choice)
     if not choice.met:
         console.print(f"[yellow]no threshold reaches {goal} on val; kept the closest, {choice.threshold:.4g} "
                       f"(precision {choice.precision:.3f}, recall {choice.recall:.3f})[/]")

@@ -110,20 +110,30 @@ class Classifier:
         """(N, classes) probabilities for decoded uint8 images (N, H, W, C) at the model's input size."""
         if not len(pixels):
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        return probabilities_from_logits(self.logits(pixels) / self.info.temperature, self.info.multilabel)
+        return self.probabilities_of(self.logits(pixels))
 
-    def score(self, pixels: np.ndarray, rows: np.ndarray, targets: np.ndarray, batch_size: int = 64
-              ) -> dict[str, float]:
-        """Plain loss (no smoothing, no class weights) and accuracy on rows of a decoded array.
+    def rows_logits(self, pixels: np.ndarray, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """(len(rows), classes) raw logits (TTA included, before temperature) of rows of a decoded array, in batches."""
+        chunks = [self.logits(np.asarray(pixels[rows[start:start + batch_size]]))
+                  for start in range(0, len(rows), batch_size)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)), dtype=np.float32)
+
+    def probabilities_of(self, logits: np.ndarray) -> np.ndarray:
+        """What :meth:`predict_pixels` gives for these raw logits: the bundle's temperature, then softmax/sigmoid."""
+        return probabilities_from_logits(np.asarray(logits) / self.info.temperature, self.info.multilabel)
+
+    def score_logits(self, logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        """Plain loss (no smoothing, no class weights) and accuracy of raw logits from :meth:`rows_logits`.
 
         Training's final scores come from here rather than from the training
         loop's model, so the summary and ``model.json`` give exactly the
         number ``imgclf evaluate`` gives for the same images: the same
-        runtime, precision and TTA. ``targets`` are class indices, or 0/1
-        rows for a multi-label model (accuracy is then an exact match).
+        runtime, precision and TTA; training passes the validation images
+        through the bundle once and calibrates, decides and scores on those
+        logits. ``targets`` are class indices, or 0/1 rows for a multi-label
+        model (accuracy is then an exact match).
         """
-        probabilities = np.concatenate([self.predict_pixels(np.asarray(pixels[rows[start:start + batch_size]]))
-                                        for start in range(0, len(rows), batch_size)])
+        probabilities = self.probabilities_of(logits)
         eps = np.finfo(probabilities.dtype).eps  # as scikit-learn's log_loss (evaluate's) clips
         clipped = np.clip(probabilities.astype(np.float64), eps, 1.0 - eps)
         if self.info.multilabel:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.deploy.bundle import find_bundle, update_bundle_info
+from imgclf.deploy.bundle import update_bundle_info
 from imgclf.thresholds import ThresholdChoice, ThresholdGoal, choose_threshold
 
 
@@ -28,22 +28,3 @@ def choose_decision(probabilities: np.ndarray, labels: np.ndarray, classes: list
 def store_decision(bundle: Path, positive: str, goal: ThresholdGoal, choice: ThresholdChoice) -> None:
     """Write the positive class, its threshold and the goal it was chosen for into ``model.json`` (atomically)."""
     update_bundle_info(bundle, positive=positive, thresholds={positive: choice.threshold}, threshold_goal=str(goal))
-
-
-def decide_bundle(model: str | Path, pixels: np.ndarray, labels: np.ndarray, positive: str, goal: ThresholdGoal,
-                  batch_size: int = 64) -> ThresholdChoice:
-    """Choose the bundle's threshold on decoded labelled (validation) images and store it.
-
-    The probabilities come from the bundle's own runtime, calibration and
-    TTA included, exactly as predict computes them, so the threshold cuts
-    what users get.
-    """
-    from imgclf.deploy.classifier import Classifier  # loads a runtime: only when deciding
-
-    classifier = Classifier.load(model, batch_size=batch_size)
-    chunks = [classifier.predict_pixels(np.asarray(pixels[start:start + batch_size]))
-              for start in range(0, len(pixels), batch_size)]
-    probabilities = np.concatenate(chunks) if chunks else np.zeros((0, len(classifier.classes)), dtype=np.float32)
-    choice = choose_decision(probabilities, labels, classifier.classes, positive, goal)
-    store_decision(find_bundle(model), positive, goal, choice)
-    return choice

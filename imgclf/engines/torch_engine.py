@@ -72,8 +72,8 @@ from imgclf.engines.linear_probe import (
     supports_linear_probe,
 )
 from imgclf.engines.lookahead import Lookahead
-from imgclf.engines.tail import TailStage
 from imgclf.engines.optim import build_optimizer, build_scheduler, parameter_groups
+from imgclf.engines.tail import TailStage
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model, load_pretrained, pretrained_source
 from imgclf.models.device import autocast, choose_device, choose_precision

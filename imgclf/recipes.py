@@ -44,7 +44,7 @@ PRETRAINED_IMAGE_SIZE = 224  # what ImageNet weights are usually trained and eva
 SMALL_MODEL = "fastnet"
 # --strategy tail (engines/tail.py), measured on flowers (README, "Benchmarks"): AdamW at this peak rate for the
 # tail blocks and the head alike, a cosine schedule after a short warm-up, these many epochs after the probe
-TAIL_LR = 3e-4
+TAIL_LR = 1e-3
 TAIL_WEIGHT_DECAY = 0.05
 TAIL_WARMUP_EPOCHS = 0.3
 TAIL_EPOCHS = 5

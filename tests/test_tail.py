@@ -10,6 +10,8 @@ import pytest
 from conftest import make_class_folder
 from test_cli import imgclf as run_cli
 
+from imgclf.training import TrainResult
+
 MODEL = "test_efficientnet"  # timm's tiny EfficientNet: five blocks, the layout the tail is cut from
 TAIL = dict(model=MODEL, strategy="tail", image_size=32, workers=1, precision="fp32", batch_size=8, epochs=4,
             monitor="val_loss")
@@ -30,17 +32,23 @@ def efficientnet_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def tail_run(efficientnet_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
-    import imgclf
+def train(data: Path, out: Path, weights: Path, **options: object) -> TrainResult:
+    """A tail run through training itself (the report page, which costs seconds, is not what is tested)."""
+    from imgclf.config import make_config
+    from imgclf.training import train as run_training
 
+    return run_training(make_config(data=str(data), out=str(out), weights=str(weights), **{**TAIL, **options}))
+
+
+@pytest.fixture(scope="module")
+def tail_run(efficientnet_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainResult]:
     root = tmp_path_factory.mktemp("tail")
     data = make_class_folder(root / "data", per_class=12)
-    return root / "run", imgclf.train(data, out=root / "run", weights=str(efficientnet_weights), **TAIL)
+    return root / "run", train(data, root / "run", efficientnet_weights)
 
 
 def test_the_tail_trains_only_its_blocks_and_writes_one_row_per_epoch(efficientnet_weights: Path,
-                                                                     tail_run: tuple[Path, object]) -> None:
+                                                                     tail_run: tuple[Path, TrainResult]) -> None:
     from safetensors.torch import load_file
 
     run, result = tail_run
@@ -61,7 +69,7 @@ def test_the_tail_trains_only_its_blocks_and_writes_one_row_per_epoch(efficientn
             assert (value == pretrained[name]).all(), f"{name} is in the frozen part and changed"
 
 
-def test_the_bundle_predicts_what_the_trained_model_scored(tail_run: tuple[Path, object]) -> None:
+def test_the_bundle_predicts_what_the_trained_model_scored(tail_run: tuple[Path, TrainResult]) -> None:
     """The shipped epoch's val loss (from the kept activations through the in-memory tail) is the bundle's."""
     import torch
     import torch.nn.functional as F
@@ -71,7 +79,7 @@ def test_the_bundle_predicts_what_the_trained_model_scored(tail_run: tuple[Path,
 
     run, result = tail_run
     rows = list(csv.DictReader((run / "metrics.csv").open()))
-    shipped = rows[result.metrics["best_epoch"] - 1]  # type: ignore[attr-defined]
+    shipped = rows[result.metrics["best_epoch"] - 1]
     assert shipped["stage"] == "tail"
     val = [(Path(row["path"]), row["label"]) for row in csv.DictReader((run / "split.csv").open())
            if row["split"] == "val"]
@@ -85,12 +93,11 @@ def test_the_bundle_predicts_what_the_trained_model_scored(tail_run: tuple[Path,
 def test_a_tail_too_large_for_memory_falls_back_to_the_probe(efficientnet_weights: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    import imgclf
     from imgclf.engines import tail
 
     monkeypatch.setattr(tail, "memory_limit_bytes", lambda: 1000)
-    data = make_class_folder(tmp_path / "data", per_class=8)
-    result = imgclf.train(data, out=tmp_path / "run", weights=str(efficientnet_weights), **TAIL)
+    data = make_class_folder(tmp_path / "data", per_class=4)
+    result = train(data, tmp_path / "run", efficientnet_weights)
     assert [row["stage"] for row in result.history] == ["probe"]
     assert result.model_dir is not None and (result.model_dir / "weights.safetensors").is_file()
     assert "tail skipped" in capsys.readouterr().err
@@ -98,7 +105,6 @@ def test_a_tail_too_large_for_memory_falls_back_to_the_probe(efficientnet_weight
 
 def test_tail_options_are_checked_with_one_line_errors(efficientnet_weights: Path, backbone_weights: Path,
                                                        tmp_path: Path) -> None:
-    import imgclf
     from imgclf.errors import ImgclfError
 
     data = make_class_folder(tmp_path / "data", per_class=4)
@@ -116,4 +122,4 @@ def test_tail_options_are_checked_with_one_line_errors(efficientnet_weights: Pat
         assert expected in failed.stderr and "Traceback" not in failed.stderr, (extra, failed.stderr)
     for options, expected in (({"epochs": 1}, "leaves the tail no epochs"), ({"tail_blocks": 9}, "has 5 blocks")):
         with pytest.raises(ImgclfError, match=expected):
-            imgclf.train(data, out=tmp_path / "python", weights=str(efficientnet_weights), **{**TAIL, **options})
+            train(data, tmp_path / "python", efficientnet_weights, **options)

@@ -315,7 +315,7 @@ TAIL_CASES = ((1, 3), (1, 5), (1, 10), (2, 5))  # (blocks, epochs)
 
 
 def tail(data: Path, model_name: str = MODEL, size: int = 224, cases: tuple = TAIL_CASES, lr: float = 1e-3,
-         batch_size: int = 64) -> dict:
+         batch_size: int = 32) -> dict:
     """The probe against probe + tail fine-tune on kept activations: same decoded images, same process.
 
     For each tail length the frozen part runs once per image and view (plain

@@ -633,7 +633,8 @@ class TorchEngine:
         train_loss = score_logits(train_logits, torch.from_numpy(labels["train"]), self.data.multilabel)["loss"]
         row = self._epoch_row(fit.stage, train_loss, probe.train_accuracy, 0.0, seconds, len(self.data.rows["train"]))
         chosen_by = "validation mAP" if self.data.multilabel else f"{CV_FOLDS}-fold cross-validation"
-        console.print(f"probe: logistic regression on cached embeddings ({len(train_views)} view(s) of train), "
+        source = "embeddings from the tail's activation pass" if self.tail is not None else "cached embeddings"
+        console.print(f"probe: logistic regression on {source} ({len(train_views)} view(s) of train), "
                       f"C={probe.regularisation:g} by {chosen_by}, fitted in {probe.seconds:.1f} s")
         self.position.epoch += 1
         self.position.stage_step = self.steps_in(fit.stage)

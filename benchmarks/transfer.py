@@ -1,6 +1,6 @@
 """Transfer learning in seconds: embeddings + a linear probe on the flowers photos, against a plain script.
 
-Usage: python benchmarks/transfer.py [--data ../shared/datasets/flowers] [--sections baseline,probe,fold,similarity]
+Usage: python benchmarks/transfer.py [--data ../shared/datasets/flowers] [--sections baseline,probe,fold,similarity,tail]
 
 - ``baseline``: the plain script the issue describes, run in this process:
   single-threaded PIL decode (centre crop, 224 px), torch bf16 channels_last
@@ -33,6 +33,14 @@ Usage: python benchmarks/transfer.py [--data ../shared/datasets/flowers] [--sect
   keeps the vectors as ``.npy`` files and reuses them, so the probes can be
   refitted without the forward passes (their costs are recorded when
   computed, in ``DIR/costs.json``).
+
+- ``tail``: the probe against the probe + a tail fine-tune (``--strategy
+  tail``, :mod:`imgclf.engines.tail`) from the same decoded images in the
+  same process: per tail length (``--tail-cases BLOCKSxEPOCHS,...``) one
+  pass of the frozen part over train and val, both views (wall and CPU
+  seconds), the probe on its embeddings, then the tail for each epoch count
+  (wall and CPU seconds, val accuracy with flip TTA for both). ``--tail-model
+  A+B --tail-size 240`` measures a stack (each trunk's tail, one head).
 
 The two-stage fine-tuning figure for comparison is read from
 ``results/flowers.json`` (``benchmarks/flowers.py``, case ``lite0-5m``).
@@ -303,6 +311,126 @@ def views(data: Path, saved: Path) -> dict:
     return record
 
 
+TAIL_CASES = ((1, 3), (1, 5), (1, 10), (2, 5))  # (blocks, epochs)
+
+
+def tail(data: Path, model_name: str = MODEL, size: int = 224, cases: tuple = TAIL_CASES, lr: float = 1e-3,
+         batch_size: int = 32) -> dict:
+    """The probe against probe + tail fine-tune on kept activations: same decoded images, same process.
+
+    For each tail length the frozen part runs once per image and view (plain
+    and mirrored), giving the activations and the probe's embeddings in one
+    pass (its wall and CPU seconds recorded); the probe (C by CV on train,
+    both views) initialises the head, then the tail trains (AdamW, one-cycle,
+    label smoothing 0.1, BatchNorm statistics frozen, alternating views).
+    Val is scored with flip TTA (probabilities of both views averaged) for both.
+    """
+    import copy
+
+    import torch.nn.functional as F
+
+    from imgclf.data.augment import augment_batch
+    from imgclf.data.augment_presets import PRESETS
+    from imgclf.data.cache import build_cache
+    from imgclf.engines.linear_probe import fit_linear_head, load_into_head
+    from imgclf.engines.optim import build_scheduler
+    from imgclf.engines.tail import ActivationLoader, ActivationPass, activation_bytes, split_model
+    from imgclf.models import create_model, load_pretrained
+    from imgclf.models.device import autocast, choose_precision
+    from imgclf.recipes import TAIL_WARMUP_EPOCHS
+
+    torch.manual_seed(0)
+    files = {split: sorted((data / split).glob("*/*.jpg")) for split in ("train", "val")}
+    classes = sorted(path.name for path in (data / "train").iterdir())
+    labels = {split: np.array([classes.index(path.parent.name) for path in found]) for split, found in files.items()}
+    decoded = {split: build_cache(found, size=(size, size), policy="crop", source=str(data / split)).pixels
+               for split, found in files.items()}
+    model = create_model(model_name, len(classes), image_size=size)
+    weights = load_pretrained(model, model_name)
+    model = model.eval().to(memory_format=torch.channels_last)
+    pristine = copy.deepcopy(model.state_dict())
+    device, precision = torch.device("cpu"), choose_precision("auto", torch.device("cpu"))
+    record: dict = {"model": model_name, "image_size": size, "precision": precision, "lr": lr,
+                    "batch_size": batch_size, "train_images": len(files["train"]), "val_images": len(files["val"]),
+                    "cases": {}}
+
+    def images_of(pixels: np.ndarray) -> torch.Tensor:
+        return augment_batch(torch.from_numpy(np.array(pixels)), PRESETS["none"], torch.Generator(),
+                             weights.mean, weights.std)
+
+    def probabilities(logits: list[np.ndarray]) -> np.ndarray:
+        soft = [np.exp(logit - logit.max(1, keepdims=True)) for logit in logits]
+        return np.mean([row / row.sum(1, keepdims=True) for row in soft], axis=0)
+
+    for blocks in sorted({blocks for blocks, _ in cases}):
+        model.load_state_dict(pristine)
+        split = split_model(model, blocks, size)
+        wall, cpu = time.perf_counter(), time.process_time()
+        passes = ActivationPass(split, images_of(decoded["train"][:2]), device, precision)
+        kept, features = {}, {}
+        for name in ("train", "val"):
+            for view in ("plain", "hflip"):
+                pixels = decoded[name] if view == "plain" else decoded[name][:, :, ::-1]
+                batches = [passes(images_of(pixels[start:start + 64])) for start in range(0, len(pixels), 64)]
+                kept[name, view] = torch.cat([acts for acts, _ in batches])
+                features[name, view] = torch.cat([feats for _, feats in batches]).numpy()
+        pass_seconds = {"images": 2 * (len(files["train"]) + len(files["val"])),
+                        "wall_seconds": round(time.perf_counter() - wall, 1),
+                        "cpu_seconds": round(time.process_time() - cpu, 1)}
+        started = time.perf_counter()
+        probe = fit_linear_head([features["train", "plain"], features["train", "hflip"]], labels["train"], None, None,
+                                len(classes))
+        val_logits = [features["val", view] @ probe.weight.T + probe.bias for view in ("plain", "hflip")]
+        probe_accuracy = float((probabilities(val_logits).argmax(1) == labels["val"]).mean())
+        record["probe"] = {"val_accuracy": round(probe_accuracy, 4), "C": probe.regularisation,
+                           "fit_seconds": round(time.perf_counter() - started, 1)}
+        memory = activation_bytes(split, 2 * len(files["train"]))
+        print(f"tail {blocks}: activations {split.shapes}, {memory / 2**20:.0f} MiB for train x 2 views; pass "
+              f"{pass_seconds}; probe {record['probe']}", flush=True)
+        load_into_head(split.head, probe)
+        probed = copy.deepcopy(model.state_dict())
+        targets = torch.from_numpy(labels["train"])
+        for case_blocks, epochs in cases:
+            if case_blocks != blocks:
+                continue
+            model.load_state_dict(probed)
+            model.eval()  # BatchNorm statistics frozen, as fine-tuning keeps them
+            model.requires_grad_(False)
+            split.requires_grad_(True)
+            decayed = [p for p in split.parameters() if p.ndim > 1]
+            others = [p for p in split.parameters() if p.ndim <= 1]
+            optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": 0.05},
+                                           {"params": others, "weight_decay": 0.0}], lr=lr)
+            loader = ActivationLoader((kept["train", "plain"], kept["train", "hflip"]), targets, batch_size, 0, device)
+            scheduler = build_scheduler(optimizer, epochs * len(loader), round(TAIL_WARMUP_EPOCHS * len(loader)),
+                                        "cosine")  # as the engine's tail stage runs it
+            wall, cpu = time.perf_counter(), time.process_time()
+            for epoch in range(epochs):
+                loader.set_epoch(epoch)
+                for packed, batch_targets in loader:
+                    with autocast(device, precision):
+                        logits = split(packed)
+                    loss = F.cross_entropy(logits.float(), batch_targets, label_smoothing=0.1)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+            seconds = {"wall_seconds": round(time.perf_counter() - wall, 1),
+                       "cpu_seconds": round(time.process_time() - cpu, 1)}
+            with torch.inference_mode(), autocast(device, precision):
+                val = [torch.cat([split(kept["val", view][start:start + 256].float()).float()
+                                  for start in range(0, len(kept["val", view]), 256)]).numpy()
+                       for view in ("plain", "hflip")]
+            accuracy = float((probabilities(val).argmax(1) == labels["val"]).mean())
+            label = f"tail {blocks} blocks, {epochs} epochs"
+            record["cases"][label] = {"val_accuracy": round(accuracy, 4), "probe_val_accuracy": record["probe"]
+                                      ["val_accuracy"], "gain_points": round(100 * (accuracy - probe_accuracy), 2),
+                                      "activations": [list(shape) for shape in split.shapes],
+                                      "train_activation_mib": round(memory / 2**20), "activation_pass": pass_seconds,
+                                      **seconds, "seconds_per_epoch": round(seconds["wall_seconds"] / epochs, 1)}
+            print(label, record["cases"][label], flush=True)
+    return record
+
 def _percentiles(scores: np.ndarray) -> dict:
     return {name: round(float(np.percentile(scores, q)), 3)
             for name, q in (("min", 0), ("p5", 5), ("median", 50), ("p95", 95), ("p99", 99), ("max", 100))}
@@ -314,16 +442,24 @@ def main() -> None:
     parser.add_argument("--sections", default="baseline,probe,fold,similarity,search,views")
     parser.add_argument("--embeddings", type=Path, default=Path("/tmp/imgclf-transfer-views"),
                         help="where the views section keeps (and reuses) its embeddings")
+    parser.add_argument("--tail-model", default=MODEL, help="the tail section's model (a stack: lite0+lite1 names)")
+    parser.add_argument("--tail-size", type=int, default=224, help="the tail section's input size")
+    parser.add_argument("--tail-cases", default=",".join(f"{b}x{e}" for b, e in TAIL_CASES),
+                        help="the tail section's BLOCKSxEPOCHS cases, comma-separated")
+    parser.add_argument("--tail-lr", type=float, default=1e-3, help="the tail section's peak learning rate")
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"{args.data}: the flowers dataset is missing (see ../shared/datasets/README.md)")
     sections = {"baseline": baseline, "probe": probe, "fold": fold, "similarity": similarity, "search": search,
-                "views": lambda data: views(data, args.embeddings)}
+                "views": lambda data: views(data, args.embeddings),
+                "tail": lambda data: tail(data, args.tail_model, args.tail_size, tuple(
+                    tuple(int(part) for part in case.split("x")) for case in args.tail_cases.split(",")), args.tail_lr)}
     for name in args.sections.split(","):
         print(f"\n=== {name}", flush=True)
         record = sections[name](args.data)
         print(json.dumps(record, indent=2), flush=True)
-        save(RESULTS, {name: record})
+        key = name if name != "tail" or args.tail_model == MODEL else f"tail {args.tail_model} @{args.tail_size}"
+        save(RESULTS, {key: record})
     flowers = RESULTS.parent / "flowers.json"
     if flowers.exists():
         two_stage = json.loads(flowers.read_text())["cases"].get("lite0-5m")

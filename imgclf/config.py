@@ -21,7 +21,7 @@ from imgclf.data.augment_presets import PRESETS
 from imgclf.errors import ImgclfError
 from imgclf.thresholds import DEFAULT_GOAL, GOAL_HELP, parse_goal
 
-STRATEGIES = ("auto", "scratch", "probe", "finetune", "two-stage")
+STRATEGIES = ("auto", "scratch", "probe", "finetune", "two-stage", "tail")
 OPTIMIZERS = ("adamw", "sgd", "muon")
 SCHEDULES = ("onecycle", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -73,7 +73,10 @@ class TrainConfig:
     weights: str | None = option(None, "Weights file for --pretrained: .safetensors or .pth (torch), no-top .h5 "
                                        "(tensorflow).", "Model")
     strategy: str = option("auto", "What trains: everything from scratch, the head only (probe), everything "
-                                   "(finetune), or a probe then fine-tuning (two-stage).", "Model", choices=STRATEGIES)
+                                   "(finetune), a probe then fine-tuning (two-stage), or a probe then the trunk's "
+                                   "last blocks on cached activations (tail).", "Model", choices=STRATEGIES)
+    tail_blocks: int = option(1, "With --strategy tail: how many of the trunk's last blocks fine-tune (with its "
+                                 "head convolution and the classifier).", "Model")
     probe_epochs: float | None = option(None, "Epochs of --epochs given to the probe stage in two-stage (one fit with "
                                               "the linear probe).", "Model")
     linear_probe: bool = option(True, "Fit the probe stage by logistic regression on cached embeddings (default) "
@@ -248,6 +251,15 @@ def validate(config: TrainConfig) -> None:
         parse_duration(config.time_budget)
         if config.epochs is not None:
             raise ImgclfError("give --epochs or --time-budget, not both: the budget decides the number of epochs")
+    if config.tail_blocks < 1:
+        raise ImgclfError(f"--tail-blocks is a number of the trunk's last blocks, at least 1; got {config.tail_blocks}")
+    if config.strategy == "tail":
+        images_only = [name for name in ("mixup", "cutmix") if getattr(config, name)]
+        images_only += ["balanced_sampling"] * config.balanced_sampling
+        if images_only:
+            names = ", ".join(f"--{name.replace('_', '-')}" for name in images_only)
+            raise ImgclfError(f"--strategy tail trains on cached activations, one per image and view: {names} "
+                              "cannot act there; drop it, or use --strategy two-stage")
     if config.weights is not None and config.pretrained is False:
         raise ImgclfError("--weights was given with --no-pretrained; drop one of them")
 

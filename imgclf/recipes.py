@@ -42,6 +42,12 @@ SMALL_IMAGE_SIDE = 64  # at or below this median side, images are "small" (CIFAR
 PHOTO_MODEL = "tf_efficientnet_lite0"
 PRETRAINED_IMAGE_SIZE = 224  # what ImageNet weights are usually trained and evaluated at
 SMALL_MODEL = "fastnet"
+# --strategy tail (engines/tail.py), measured on flowers (README, "Benchmarks"): AdamW at this peak rate for the
+# tail blocks and the head alike, a cosine schedule after a short warm-up, these many epochs after the probe
+TAIL_LR = 1e-3
+TAIL_WEIGHT_DECAY = 0.05
+TAIL_WARMUP_EPOCHS = 0.3
+TAIL_EPOCHS = 5
 PHOTO_SCRATCH_SIZE = 96
 PHOTO_SCRATCH_WIDTHS = (32, 64, 128, 256)
 # airbench94: lr 11.5 per 1024 examples with a summed loss and momentum 0.85.
@@ -103,9 +109,13 @@ def resolve(config: TrainConfig, facts: DataFacts,
     recipe = _recipe(family, pretrained, batch_size, facts)
     if strategy == "probe" and probes_only(config, pretrained, facts.multilabel):
         recipe["tta"] = True  # the probe trains on mirror images too; predictions average both views
+    if strategy == "tail":  # mirror images are the tail's augmentation too: predictions average both views
+        recipe.update(lr=TAIL_LR, weight_decay=TAIL_WEIGHT_DECAY, schedule="cosine", warmup_epochs=TAIL_WARMUP_EPOCHS,
+                      tta=not facts.multilabel)
     if config.optimizer is not None and config.optimizer != recipe["optimizer"]:
         recipe.update(_optimizer_defaults(config.optimizer, batch_size))  # the recipe's rates belong to its optimizer
-    epochs = config.epochs or _epochs(family, pretrained, image_size, facts.train_images)
+    epochs = config.epochs or (1 + TAIL_EPOCHS if strategy == "tail" else
+                               _epochs(family, pretrained, image_size, facts.train_images))
     # pretrained weights saw centre crops (timm's eval transform); from scratch, squashing keeps the whole image
     recipe["resize"] = "crop" if pretrained else "squash"
     filled = {name: value for name, value in recipe.items() if getattr(config, name) is None}
@@ -115,6 +125,9 @@ def resolve(config: TrainConfig, facts: DataFacts,
         filled["warmup_epochs"] = round(0.23 * epochs, 2)  # airbench's triangle peaks at 23% of training
     resolved = replace(config, model=model, model_args=model_args, pretrained=pretrained, strategy=strategy,
                        image_size=image_size, batch_size=batch_size, epochs=float(epochs), **filled)
+    if strategy == "tail" and resolved.epochs <= 1:
+        raise ImgclfError(f"--epochs {resolved.epochs:g} leaves the tail no epochs after the probe (one fit, "
+                          f"counted as epoch 1); give at least 2 (default {1 + TAIL_EPOCHS})")
     if resolved.probe_epochs is not None and strategy == "two-stage" and resolved.probe_epochs >= resolved.epochs:
         raise ImgclfError(f"--probe-epochs {resolved.probe_epochs:g} leaves no fine-tuning within --epochs "
                           f"{resolved.epochs:g}; lower it or raise --epochs")

@@ -112,10 +112,12 @@ def _photo_plan(config: TrainConfig, dataset: ImageDataset, weights_source: Call
     chosen = choose_plan(len(dataset.split_items("train")), len(dataset.split_items("val")), budget,
                          measure_trunk_seconds(config.precision), lambda trunk: weights_source(trunk) is not None)
     views = "with mirror images (flip TTA)" if chosen.views == 2 else "plain view"
-    console.print(f"photo recipe for {budget:.0f} s: {chosen.model} at {chosen.image_size}px, {views} "
+    tail = f", then its last {chosen.tail_blocks} block(s) on kept activations" if chosen.tail_blocks else ""
+    console.print(f"photo recipe for {budget:.0f} s: {chosen.model} at {chosen.image_size}px, {views}{tail} "
                   f"(flowers val {chosen.flowers_accuracy:.1%})")
+    planned = {"strategy": "tail", "tail_blocks": chosen.tail_blocks} if chosen.tail_blocks else {}
     return replace(config, model=chosen.model, image_size=config.image_size or chosen.image_size,
-                   tta=chosen.views == 2 if config.tta is None else config.tta)
+                   tta=chosen.views == 2 if config.tta is None else config.tta, **planned)
 
 
 def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: bool = False,

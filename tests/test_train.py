@@ -131,8 +131,9 @@ def test_defaults_are_chosen_from_the_data(colours: Path, tmp_path: Path) -> Non
         for number in range(8):
             make_image(photos / name / f"{number}.jpg", colour, size=200, seed=number)
     pretrained = imgclf.train(photos, dry_run=True)  # the planner's best plan: 16 photos fit any budget
-    assert (pretrained.model, pretrained.strategy, pretrained.image_size, pretrained.tta) == (
-        "tf_efficientnet_lite0+tf_efficientnet_lite1", "probe", 240, True)
+    assert (pretrained.model, pretrained.strategy, pretrained.tail_blocks, pretrained.image_size, pretrained.tta) == (
+        "tf_efficientnet_lite0", "tail", 1, 224, True)
+    assert pretrained.epochs == 6  # the probe, then five tail epochs
     one_trunk = imgclf.train(photos, model="tf_efficientnet_lite0", dry_run=True)
     assert (one_trunk.strategy, one_trunk.image_size, one_trunk.tta) == ("probe", 224, True)
     asked = imgclf.train(photos, model="tf_efficientnet_lite0", strategy="two-stage", dry_run=True)

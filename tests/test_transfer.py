@@ -13,11 +13,12 @@ from test_cli import imgclf as run_cli
 from imgclf.embeddings.embedder import Preprocessing, embedding_identity
 from imgclf.embeddings.store import EmbeddingStore
 from imgclf.engines.linear_probe import REGULARISATION_GRID, fit_linear_head
-from imgclf.engines.planner import LITE0, PHOTO_STACK, PLANS, choose_plan
+from imgclf.engines.planner import LITE0, PLANS, choose_plan
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model, model_info
 
 STACK = "test_resnet+test_resnet"
+PHOTO_STACK = "tf_efficientnet_lite0+tf_efficientnet_lite1"
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +106,11 @@ def test_the_planner_buys_the_most_accurate_plan_that_fits() -> None:
         return costs[trunk]
 
     few_thousand = choose_plan(2934, 736, 300, measured, available)
-    assert few_thousand.model == PHOTO_STACK and few_thousand.views == 2
+    assert few_thousand == PLANS[0] and few_thousand.tail_blocks == 1 and few_thousand.views == 2
+    no_room_for_the_tail = choose_plan(10_000, 2_500, 400, measured, available)  # the tail's 5 epochs: 64 s more
+    assert no_room_for_the_tail.tail_blocks == 0 and no_room_for_the_tail.views == 2
     many = choose_plan(20_000, 5_000, 300, measured, available)
-    assert many.model == LITE0  # two trunks do not fit five minutes: one trunk does
+    assert many.views == 1 and many.tail_blocks == 0  # the mirror images do not fit five minutes
     assert choose_plan(20_000, 5_000, 3600, measured, available) == PLANS[0]  # an hour buys the best plan
     assert choose_plan(200_000, 50_000, 60, measured, available) == PLANS[-1]  # nothing fits: the cheapest
     only_lite0 = choose_plan(100, 20, 300, never, lambda trunk: trunk == LITE0)

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from conftest import TINY_FASTNET, make_class_folder
 
 import imgclf
 from imgclf.config import TrainConfig, make_config
-from imgclf.engines.planner import LITE0, PHOTO_STACK
+from imgclf.engines.planner import LITE0
 from imgclf.errors import ImgclfError
 from imgclf.recipes import DataFacts, resolve
 from imgclf.workflows.tune_space import (
@@ -26,7 +25,6 @@ from imgclf.workflows.tune_space import (
     default_space,
     ignored_options,
     planned_options,
-    trial_options,
 )
 
 FIXED = ["--model", "fastnet", "--model-arg", "widths=[8,16,16]", "--model-arg", "depth=1", "--batch-size", "16",
@@ -150,6 +148,7 @@ TRAINING_RECIPES = {  # the families whose runs take gradient steps, each as a u
     "finetune": dict(model="resnet18", pretrained=True, strategy="finetune"),
     "probe by gradient descent": dict(model="resnet18", pretrained=True, strategy="probe", linear_probe=False),
     "keras two-stage": dict(model="resnet18", pretrained=True, backend="tensorflow"),
+    "tail": dict(model=LITE0, pretrained=True, strategy="tail"),
 }
 
 
@@ -177,21 +176,25 @@ def test_every_default_entry_of_a_training_recipe_reaches_the_engine(recipe: str
     assert "mixup" not in default_space(resolved, given={"mixup"})  # an option given on the command line stays fixed
 
 
-def test_the_probe_alone_searches_its_c_views_class_weights_and_the_planners_trunks() -> None:
+def test_the_probe_alone_searches_its_c_views_and_class_weights() -> None:
     resolved = resolved_recipe(model="resnet18", pretrained=True)
     assert resolved.strategy == "probe"
     space = default_space(resolved, given=set())
-    assert set(space) == {"probe_c", "tta"}  # a fixed --model: nothing else changes the fit
+    assert set(space) == {"probe_c", "tta"}  # nothing else changes the fit
     assert space["probe_c"]["low"] < 0.03 < space["probe_c"]["high"]  # around what cross-validation picks
     assert "class_weights" in default_space(resolved, given=set(), imbalanced=True)
-    planned = replace(resolved, model=PHOTO_STACK, image_size=240)  # what the planner chooses for a few photos
-    assert default_space(planned, given=set())["model"]["choices"] == [PHOTO_STACK, LITE0]
-    assert trial_options({"model": LITE0}, given=set())["image_size"] == 224  # a trunk at its plan's size
-    assert "image_size" not in trial_options({"model": LITE0}, given={"image_size"})
-    check_space(default_space(planned, given=set(), imbalanced=True), "default space", set())
-    # the planner's choice is made once, for every trial: timed again per trial, load could change the recipe
-    assert planned_options(make_config(data="x"), planned, given={"tta"}) == {"model": PHOTO_STACK, "image_size": 240}
-    assert planned_options(make_config(data="x", model="resnet18"), resolved, given={"model"}) == {}
+    check_space(default_space(resolved, given=set(), imbalanced=True), "default space", set())
+
+
+def test_the_tail_searches_neither_augmentation_nor_dropout_and_the_planners_choice_holds_in_every_trial() -> None:
+    tail = resolved_recipe(model=LITE0, pretrained=True, strategy="tail")
+    assert {"augment", "dropout"}.isdisjoint(default_space(tail, given=set()))
+    assert "augment" in ignored_options(tail) and "tail_blocks" in ignored_options(resolved_recipe(model="fastnet"))
+    # the planner's choice is made once, for every trial: timed again per trial, load could change the recipe,
+    # and a named trunk without it would be probed alone
+    planned = planned_options(make_config(data="x"), tail, given={"tta"})
+    assert planned == {"model": LITE0, "image_size": tail.image_size, "strategy": "tail", "tail_blocks": 1}
+    assert planned_options(make_config(data="x", model="resnet18"), tail, given={"model"}) == {}
 
 
 PROBE = ["--model", "test_resnet", "--image-size", "32", "--workers", "1", "--precision", "fp32",

@@ -79,9 +79,9 @@ def class_weights(data: TrainingData, config: TrainConfig) -> torch.Tensor | Non
 
 @dataclass(frozen=True)
 class Stage:
-    name: str  # "train", "probe" or "finetune"
+    name: str  # "train", "probe", "finetune" or "tail"
     epochs: float
-    trainable: str  # "all" or "head"
+    trainable: str  # "all", "head" or "tail" (the trunk's last blocks and the head: engines/tail.py)
     backbone_lr_scale: float = 1.0
     lr_scale: float = 1.0  # of the whole stage, on top of the backbone's
 
@@ -102,6 +102,8 @@ def plan_stages(config: TrainConfig) -> list[Stage]:
         probe = float(config.probe_epochs)
         return [Stage("probe", probe, "head"), Stage("finetune", config.epochs - probe, "all",
                                                      config.backbone_lr_scale, FINETUNE_AFTER_PROBE_LR_SCALE)]
+    if config.strategy == "tail":  # the probe is one fit (epoch 1); the tail trains for the epochs left
+        return [Stage("probe", 1.0, "head"), Stage("tail", config.epochs - 1.0, "tail")]
     return [Stage("train", config.epochs, "all")]
 
 

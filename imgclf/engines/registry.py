@@ -86,6 +86,7 @@ def _tensorflow_refuses(config: TrainConfig, multilabel: bool) -> list[str]:
         "--drop-path": config.drop_path is not None,
         "--compile": config.compile,
         "--sync-bn": config.sync_bn,
+        "--strategy tail": config.strategy == "tail",
         f"--precision {config.precision}": config.precision not in ("auto", "fp32"),
         "--device cuda (tensorflow-cpu)": config.device == "cuda",
     }

@@ -73,6 +73,7 @@ from imgclf.engines.linear_probe import (
 )
 from imgclf.engines.lookahead import Lookahead
 from imgclf.engines.optim import build_optimizer, build_scheduler, parameter_groups
+from imgclf.engines.tail import TailStage
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model, load_pretrained, pretrained_source
 from imgclf.models.device import autocast, choose_device, choose_precision
@@ -134,6 +135,7 @@ class TorchEngine:
         self.ema: nn.Module | None = None
         self.lookahead: Lookahead | None = None
         self._embedder: Embedder | None = None
+        self.tail: TailStage | None = None
         self._best_weights: dict[str, torch.Tensor] | None = None
 
     # ----------------------------------------------------------------- model
@@ -169,6 +171,8 @@ class TorchEngine:
                                   and supports_linear_probe(self.head))
         weights = class_weights(data, config)
         self.class_weights = weights.to(self.device) if weights is not None else None
+        if config.strategy == "tail":  # None when its activations would not fit in memory: the probe alone
+            self.tail = TailStage.plan(self.model, config, data, self.world.is_distributed)
         self._adopt(config)
         return self.checkpoint is not None
 
@@ -204,7 +208,7 @@ class TorchEngine:
     def _adopt(self, config: TrainConfig) -> None:
         """Stages, augmentation and loaders for ``config`` (again after the budget changed its epochs)."""
         self.config = config
-        self.stages = plan_stages(config)
+        self.stages = [stage for stage in plan_stages(config) if stage.trainable != "tail" or self.tail is not None]
         self.augment = augment_config(config.augment or "none", mixup=config.mixup, cutmix=config.cutmix)
         self.train_loader = split_loader(self.data, config, "train", self.augment, True, device=self.device,
                                          world=self.world)
@@ -228,6 +232,10 @@ class TorchEngine:
 
     def _start_stage(self, stage: Stage) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
         head_ids = {id(parameter) for parameter in self.head.parameters()}
+        if stage.trainable == "tail":
+            assert self.tail is not None
+            head_ids |= {id(parameter) for parameter in self.tail.model.parameters()}  # the tail learns with the head
+            self.train_loader = self.tail.loader()  # batches of kept activations, not images
         for parameter in self.model.parameters():
             learns = stage.trainable == "all" or id(parameter) in head_ids
             parameter.requires_grad_(learns and self._trainable[id(parameter)])
@@ -246,7 +254,8 @@ class TorchEngine:
         parameters that need gradients when it is made (the head alone in a
         head stage); making it also copies rank 0's weights to every rank.
         """
-        module: nn.Module = _StepModel(self.model, head_only=stage.trainable == "head")
+        module: nn.Module = (self.tail.model if stage.trainable == "tail" and self.tail is not None
+                             else _StepModel(self.model, head_only=stage.trainable == "head"))
         if self.world.is_distributed:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -255,6 +264,9 @@ class TorchEngine:
         return torch.compile(module) if self.config.compile else module  # type: ignore[return-value]
 
     def _set_train_mode(self, stage: Stage) -> None:
+        if stage.trainable == "tail":  # BatchNorm statistics frozen, as fine-tuning keeps them
+            self.model.eval()
+            return
         if stage.trainable == "head":
             self.model.eval()  # frozen backbone: BatchNorm statistics stay as the weights had them
             self.head.train()
@@ -307,6 +319,8 @@ class TorchEngine:
     def predict_logits(self, split: str, tta: bool = False) -> torch.Tensor:
         """Logits for every row of ``split`` (no augmentation; flip-averaged with ``tta``)."""
         model = self.evaluated_model()
+        if not tta and self.tail is not None and self.ema is None and self.tail.has(split):
+            return self.tail.logits(split)  # the frozen part never changes: its kept activations through the tail
         if not tta and self.backbone_is_embedder():
             # the backbone never changed: its cached embeddings through the head are these logits, in seconds
             head = model.get_classifier()
@@ -381,7 +395,8 @@ class TorchEngine:
         forward_per_image: dict[str, float] = {}  # seconds of one forward pass per image, by stage kind
         epoch_seconds: dict[str, float] = {}
         for stage in self.stages:
-            if stage.trainable in epoch_seconds or (stage.trainable == "head" and self.uses_linear_probe):
+            if stage.trainable in epoch_seconds or stage.trainable == "tail" or (
+                    stage.trainable == "head" and self.uses_linear_probe):  # the tail's epochs are fixed (recipes)
                 continue
             step = self.measure_step_seconds(stage)
             forward_per_image[stage.trainable] = step / config.batch_size / (1 if stage.trainable == "head" else 3)
@@ -594,11 +609,11 @@ class TorchEngine:
         fit.steps = fit.step = fit.images = 0
         fire(callbacks, "on_epoch_begin", fit)
         splits = self._probe_splits()
-        features = {split: self._embed_split(split) for split in splits}
+        features = {split: self._probe_features(split) for split in splits}
         labels = {split: self.data.split_targets(split).numpy() for split in splits}
         # with flip TTA the model is judged on mirror images too, so a single-label probe trains on them as well
         mirrored = bool(self.config.tta) and not self.data.multilabel
-        train_views = [features["train"]] + [self._embed_split("train", view="hflip") for _ in range(mirrored)]
+        train_views = [features["train"]] + [self._probe_features("train", view="hflip") for _ in range(mirrored)]
         probe = None
         if self.world.is_main:  # the fit runs once; every rank loads rank 0's weights
             balanced = self.config.class_weights == "auto"
@@ -620,12 +635,17 @@ class TorchEngine:
         row = self._epoch_row(fit.stage, train_loss, probe.train_accuracy, 0.0, seconds, len(self.data.rows["train"]))
         chosen_by = "--probe-c" if self.config.probe_c is not None else \
             "validation mAP" if self.data.multilabel else f"{CV_FOLDS}-fold cross-validation"
-        console.print(f"probe: logistic regression on cached embeddings ({len(train_views)} view(s) of train), "
+        source = "embeddings from the tail's activation pass" if self.tail is not None else "cached embeddings"
+        console.print(f"probe: logistic regression on {source} ({len(train_views)} view(s) of train), "
                       f"C={probe.regularisation:g} by {chosen_by}, fitted in {probe.seconds:.1f} s")
         self.position.epoch += 1
         self.position.stage_step = self.steps_in(fit.stage)
         self.position.epoch_in_stage = 1
         return row
+
+    def _probe_features(self, split: str, view: str = "plain") -> np.ndarray:
+        """The probe's embeddings: from the tail's activation pass when a tail follows (one pass for both)."""
+        return self.tail.features(split, view) if self.tail is not None else self._embed_split(split, view)
 
     def _freeze_whitening_bias(self, stage: Stage, stage_step: int) -> None:
         """fastnet's whitening bias trains for ``--whitening-bias-epochs`` only (airbench: 3 of ~10 epochs).

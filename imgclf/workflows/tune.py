@@ -54,7 +54,6 @@ from imgclf.workflows.tune_space import (
     planned_options,
     read_space,
     suggest,
-    trial_options,
 )
 
 if TYPE_CHECKING:
@@ -144,7 +143,7 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", _worker())
-        values = trial_options(suggest(trial, space), given)
+        values = suggest(trial, space)
         run = folder / "trials" / f"{trial.number:03d}"
         trial.set_user_attr("run", str(run))
         trial.set_user_attr("options", {**fixed, **planned, **values})

@@ -1,0 +1,298 @@
+"""Fine-tuning that costs little on a CPU: train a trunk's last blocks on its cached activations.
+
+Fine-tuning a whole pretrained network on a CPU spends nearly all its time
+in the early, wide layers, whose output for an image barely needs to
+change. Here the trunk is cut before its last ``blocks`` inverted-residual
+blocks: the frozen part (stem and the blocks before the cut) runs once per
+image and view, its output activations are kept in memory (float16), and
+only the tail (those blocks, ``conv_head``, ``bn2`` and the classifier)
+trains, for a few epochs, on the kept activations. The tail's BatchNorm
+statistics stay frozen, as whole-network fine-tuning keeps them.
+
+The tail trains the model's own modules in place, so the result is the
+ordinary model (one bundle, the same predictions and exports).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgclf.console import console, progress_bar
+from imgclf.errors import ImgclfError
+from imgclf.models.device import autocast, choose_device, choose_precision
+from imgclf.models.folding import inference_copy
+from imgclf.models.stack import TrunkStack
+
+if TYPE_CHECKING:
+    from imgclf.config import TrainConfig
+    from imgclf.engines.contract import TrainingData
+
+# timm's EfficientNet layout (stem, block stages, head conv): the trunks a tail can be cut from
+TRUNK_PARTS = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool")
+PASS_BATCH = 64  # images per batch of the activation pass
+# (split, view) activations kept: the training images both ways (the tail's augmentation), val plain (its epoch scores)
+KEPT = (("train", "plain"), ("train", "hflip"), ("val", "plain"))
+
+
+def supports_tail(model: nn.Module) -> bool:
+    """Whether the model (or every trunk of a stack) has timm's EfficientNet layout and a linear head."""
+    trunks = list(model.trunks) if isinstance(model, TrunkStack) else [model]
+    return all(all(hasattr(trunk, part) for part in TRUNK_PARTS) for trunk in trunks) and isinstance(
+        model.get_classifier(), nn.Linear)
+
+
+def _flat_blocks(trunk: nn.Module) -> list[nn.Module]:
+    return [block for stage in trunk.blocks for block in stage]  # type: ignore[attr-defined]
+
+
+class _Frozen(nn.Module):
+    """Stem and the blocks before the cut: images to the activations the tail starts from."""
+
+    def __init__(self, trunk: nn.Module, cut: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(trunk.conv_stem, trunk.bn1)  # type: ignore[attr-defined]
+        self.blocks = nn.Sequential(*_flat_blocks(trunk)[:cut])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.stem(images))
+
+
+class _Tail(nn.Module):
+    """The blocks from the cut, the head convolution and pooling: activations to pooled features."""
+
+    def __init__(self, trunk: nn.Module, cut: int) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*_flat_blocks(trunk)[cut:])
+        self.finish = nn.Sequential(trunk.conv_head, trunk.bn2, trunk.global_pool)  # type: ignore[attr-defined]
+
+    def forward(self, activations: torch.Tensor) -> torch.Tensor:
+        return self.finish(self.blocks(activations))
+
+
+class TailModel(nn.Module):
+    """A model split at its tail: per trunk the frozen part and the tail (the model's own modules), and the head.
+
+    Its ``forward`` takes a batch of packed activations (every trunk's
+    flattened, side by side, as :class:`ActivationPass` keeps them) and
+    returns logits: what a training step of the tail stage runs.
+    """
+
+    def __init__(self, frozen: list[_Frozen], tails: list[_Tail], head: nn.Linear,
+                 shapes: list[tuple[int, int, int]]) -> None:
+        super().__init__()
+        self.frozen = frozen  # a plain list: not trained, not part of this module's parameters
+        self.tails = nn.ModuleList(tails)
+        self.head = head
+        self.shapes = shapes
+        self.width = sum(int(np.prod(shape)) for shape in shapes)
+
+    def unpack(self, packed: torch.Tensor) -> list[torch.Tensor]:
+        """Per trunk (B, C, H, W) channels_last activations from packed (B, width) rows."""
+        parts, start = [], 0
+        for shape in self.shapes:
+            size = int(np.prod(shape))
+            parts.append(packed[:, start:start + size].reshape(-1, *shape).contiguous(
+                memory_format=torch.channels_last))
+            start += size
+        return parts
+
+    def features(self, activations: list[torch.Tensor]) -> torch.Tensor:
+        """Pooled features (the probe's embedding) from each trunk's activations, trunks side by side."""
+        return torch.cat([tail(part) for tail, part in zip(self.tails, activations)], dim=1)
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(self.unpack(packed)))
+
+
+def split_model(model: nn.Module, blocks: int, image_size: int, channels: int = 3) -> TailModel:
+    """``model`` (an EfficientNet-layout trunk or a stack of them) cut before each trunk's last ``blocks`` blocks."""
+    trunks = list(model.trunks) if isinstance(model, TrunkStack) else [model]
+    frozen, tails = [], []
+    for trunk in trunks:
+        count = len(_flat_blocks(trunk))
+        if not 1 <= blocks <= count:
+            raise ImgclfError(f"--tail-blocks {blocks}: the trunk has {count} blocks; give 1 to {count} "
+                              "(1, the default, is the cheapest)")
+        frozen.append(_Frozen(trunk, count - blocks))
+        tails.append(_Tail(trunk, count - blocks))
+    head = model.get_classifier()
+    assert isinstance(head, nn.Linear)
+    parameter = next(model.parameters())
+    example = torch.zeros(1, channels, image_size, image_size, device=parameter.device)
+    with torch.no_grad():
+        shapes = [tuple(part.eval()(example).shape[1:]) for part in frozen]
+    return TailModel(frozen, tails, head, shapes)  # type: ignore[arg-type]
+
+
+def activation_bytes(split: TailModel, images: int) -> int:
+    """Memory the float16 activations of ``images`` images take (each view of an image counts as one)."""
+    return 2 * split.width * images
+
+
+class ActivationPass:
+    """The frozen parts as inference copies (BatchNorm folded): images to packed float16 activations and embeddings."""
+
+    def __init__(self, split: TailModel, example: torch.Tensor, device: torch.device, precision: str) -> None:
+        self.split, self.device, self.precision = split, device, precision
+        example = example.to(device).contiguous(memory_format=torch.channels_last)
+        self.frozen = [inference_copy(part, example) for part in split.frozen]
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(packed float16 (B, width) activations, float32 pooled features of the unchanged tails) for one batch."""
+        with autocast(self.device, self.precision):
+            activations = [part(images) for part in self.frozen]
+            features = self.split.features(activations).float()
+        packed = torch.cat([part.flatten(1) for part in activations], dim=1)  # (C, H, W) order, like unpack
+        return packed.to(torch.float16).cpu(), features.cpu()
+
+
+def epoch_batches(images: int, batch_size: int, seed: int, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(rows, mirrored) per batch of one epoch: a seeded order, each image seen once, plain or mirrored.
+
+    A seeded half of the images starts mirrored and every image flips view
+    on odd epochs (airbench's alternating flip), so each image is seen both
+    ways every two epochs: the kept activations of both views are the
+    augmentation. Full batches only (a ragged last one is dropped), unless
+    there is only one batch, as the image loader does.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(images)
+    mirrored = (np.random.default_rng([seed]).random(images) < 0.5) ^ bool(epoch % 2)
+    stops = range(0, images - batch_size + 1, batch_size) if images > batch_size else [0]
+    return [(order[start:start + batch_size], mirrored[order[start:start + batch_size]]) for start in stops]
+
+
+class ActivationLoader:
+    """Training batches of kept activations, read as the engine reads a :class:`~imgclf.data.batches.BatchLoader`.
+
+    ``views`` are (N, width) float16 activations of the same N images, plain
+    and mirrored; each batch is (float32 (B, width), targets).
+    """
+
+    def __init__(self, views: tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor, batch_size: int, seed: int,
+                 device: torch.device) -> None:
+        self.views, self.targets, self.batch_size, self.seed, self.device = views, targets, batch_size, seed, device
+        self.epoch = self.start_batch = 0
+
+    def __len__(self) -> int:
+        return len(epoch_batches(len(self.targets), self.batch_size, self.seed, 0))
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch, first = self.epoch, self.start_batch
+        self.epoch, self.start_batch = epoch + 1, 0
+        plain, mirror = self.views
+        for rows, mirrored in epoch_batches(len(self.targets), self.batch_size, self.seed, epoch)[first:]:
+            index = torch.from_numpy(rows)
+            rows_of = torch.where(torch.from_numpy(mirrored)[:, None], mirror[index], plain[index])
+            yield rows_of.to(self.device).float(), self.targets[index].to(self.device)
+
+
+def memory_limit_bytes() -> int:
+    """The kept activations may take a quarter of this machine's memory (the decode cache's streaming rule)."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+
+
+class TailStage:
+    """What the engine's tail stage needs: the split model and the kept activations of train (both views) and val.
+
+    One pass of the frozen part over train (plain and mirrored) and val
+    gives both the activations and the probe's embeddings (the unchanged
+    tail's pooled features), so the probe before the tail costs no forward
+    pass of its own. The activations live in memory only: a resumed run
+    computes them again (deterministic, the frozen part never changes).
+    """
+
+    def __init__(self, split: TailModel, config: TrainConfig, data: TrainingData) -> None:
+        self.model, self.config, self.data = split, config, data
+        self.device = choose_device(config.device)
+        self.precision = choose_precision(config.precision, self.device)
+        self._kept: dict[tuple[str, str], tuple[torch.Tensor, np.ndarray]] = {}
+
+    @classmethod
+    def plan(cls, model: nn.Module, config: TrainConfig, data: TrainingData, distributed: bool) -> TailStage | None:
+        """The stage for ``model``, or None (said on the console) when its activations would not fit in memory."""
+        if distributed:
+            raise ImgclfError("--strategy tail runs in one process (its activations are kept in that process's "
+                              "memory); drop --nproc, or use --strategy two-stage")
+        if not supports_tail(model):
+            raise ImgclfError(f"--strategy tail: {config.model} has no EfficientNet block layout to cut a tail "
+                              "from; use tf_efficientnet_lite0/1/2 (or a stack of them), or --strategy two-stage")
+        channels = 1 if config.grayscale else 3
+        split = split_model(model, config.tail_blocks, config.image_size or 0, channels)
+        images = sum(len(data.rows.get(name, ())) for name, _ in KEPT)
+        needed, limit = activation_bytes(split, images), memory_limit_bytes()
+        if needed > limit:
+            console.print(f"[yellow]tail skipped: its activations ({images:,} image views x {split.width:,} values, "
+                          f"{needed / 2**30:.1f} GiB) exceed a quarter of this machine's memory "
+                          f"({limit / 2**30:.1f} GiB); training the probe alone (--tail-blocks 1 keeps the least)[/]")
+            return None
+        return cls(split, config, data)
+
+    def _activations(self, split: str, view: str) -> tuple[torch.Tensor, np.ndarray]:
+        """(packed float16 activations, float32 embeddings) of ``split`` in ``view``, computed once."""
+        if (split, view) not in self._kept:
+            self._kept.update(self._pass([key for key in KEPT if key not in self._kept]))
+        return self._kept[split, view]
+
+    def _pass(self, wanted: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[torch.Tensor, np.ndarray]]:
+        """One pass of the frozen part over every wanted (split, view), with a progress bar."""
+        from imgclf.data.augment import augment_batch
+        from imgclf.data.augment_presets import PRESETS
+
+        data = self.data
+        wanted = [(split, view) for split, view in wanted if len(data.rows.get(split, ()))]
+
+        def images(rows: np.ndarray, view: str) -> torch.Tensor:
+            pixels = np.ascontiguousarray(data.pixels[np.sort(rows)][np.argsort(np.argsort(rows))])
+            pixels = pixels[:, :, ::-1] if view == "hflip" else pixels
+            return augment_batch(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device), PRESETS["none"],
+                                 torch.Generator(), data.mean, data.std)
+
+        self.model.eval()
+        first = data.rows[wanted[0][0]][:1]
+        runner = ActivationPass(self.model, images(first, "plain"), self.device, self.precision)
+        kept = {}
+        with progress_bar() as bar:
+            task = bar.add_task("Activations for the tail", total=sum(len(data.rows[split]) for split, _ in wanted))
+            for split, view in wanted:
+                rows = data.rows[split]
+                parts = []
+                for start in range(0, len(rows), PASS_BATCH):
+                    parts.append(runner(images(rows[start:start + PASS_BATCH], view)))
+                    bar.advance(task, len(rows[start:start + PASS_BATCH]))
+                kept[split, view] = (torch.cat([packed for packed, _ in parts]),
+                                     torch.cat([features for _, features in parts]).numpy())
+        return kept
+
+    def features(self, split: str, view: str = "plain") -> np.ndarray:
+        """The probe's embeddings of ``split`` from the activation pass."""
+        return self._activations(split, view)[1]
+
+    def has(self, split: str) -> bool:
+        return (split, "plain") in KEPT and len(self.data.rows.get(split, ())) > 0
+
+    def loader(self) -> ActivationLoader:
+        """The tail stage's training batches, as many per epoch as the image loader has."""
+        views = (self._activations("train", "plain")[0], self._activations("train", "hflip")[0])
+        return ActivationLoader(views, self.data.split_targets("train"), self.config.batch_size or 1, self.config.seed,
+                                self.device)
+
+    @torch.no_grad()
+    def logits(self, split: str) -> torch.Tensor:
+        """Logits of the current weights for ``split``'s kept plain activations (the tail's epoch scores)."""
+        packed = self._activations(split, "plain")[0]
+        self.model.eval()
+        outputs = [torch.empty(0, self.model.head.out_features)]
+        with autocast(self.device, self.precision):
+            for start in range(0, len(packed), 4 * PASS_BATCH):
+                outputs.append(self.model(packed[start:start + 4 * PASS_BATCH].to(self.device).float()).float().cpu())
+        return torch.cat(outputs)

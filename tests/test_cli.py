@@ -18,7 +18,7 @@ from test_cifar import fake_archive
 def imgclf(*args: str, cwd: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "imgclf", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=120, input=stdin)
+                          env=env, timeout=240, input=stdin)  # a hang guard: a slow CI machine is no hang
 
 
 @pytest.fixture

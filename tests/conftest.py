@@ -45,19 +45,23 @@ def class_folder(tmp_path: Path) -> Path:
     return make_class_folder(tmp_path / "data")
 
 
-@pytest.fixture(scope="session")
-def backbone_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """'Pretrained' weights for timm's tiny test_resnet, saved with a 1000-class head."""
+def save_pretend_weights(model: str, path: Path, seed: int = 1) -> Path:
+    """'Pretrained' weights for ``model`` (any name create_model takes, a stack too): seeded, with a 1000-class head."""
     import torch
     from safetensors.torch import save_file
 
     from imgclf.models import create_model
 
-    torch.manual_seed(1)
-    model = create_model("test_resnet", 1000)
-    path = tmp_path_factory.mktemp("weights") / "test_resnet.safetensors"
-    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, str(path))
+    torch.manual_seed(seed)
+    save_file({name: tensor.contiguous() for name, tensor in create_model(model, 1000).state_dict().items()},
+              str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def backbone_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """'Pretrained' weights for timm's tiny test_resnet."""
+    return save_pretend_weights("test_resnet", tmp_path_factory.mktemp("weights") / "test_resnet.safetensors")
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_class_folder
+from conftest import make_class_folder, save_pretend_weights
 from test_cli import imgclf as run_cli
 
 from imgclf.training import TrainResult
@@ -19,17 +19,8 @@ TAIL = dict(model=MODEL, strategy="tail", image_size=32, workers=1, precision="f
 
 @pytest.fixture(scope="module")
 def efficientnet_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """'Pretrained' weights of the tiny EfficientNet, saved with a 1000-class head."""
-    import torch
-    from safetensors.torch import save_file
-
-    from imgclf.models import create_model
-
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("efficientnet") / "weights.safetensors"
-    save_file({name: tensor.contiguous() for name, tensor in create_model(MODEL, 1000).state_dict().items()},
-              str(path))
-    return path
+    """'Pretrained' weights of the tiny EfficientNet."""
+    return save_pretend_weights(MODEL, tmp_path_factory.mktemp("efficientnet") / "weights.safetensors")
 
 
 def train(data: Path, out: Path, weights: Path, **options: object) -> TrainResult:

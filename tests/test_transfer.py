@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_class_folder
+from conftest import make_class_folder, save_pretend_weights
 from test_cli import imgclf as run_cli
 
 from imgclf.embeddings.embedder import Preprocessing, embedding_identity
@@ -23,15 +23,8 @@ PHOTO_STACK = "tf_efficientnet_lite0+tf_efficientnet_lite1"
 
 @pytest.fixture(scope="module")
 def stack_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """'Pretrained' weights of a two-trunk stack, saved as a stack saves them (with a 1000-class head)."""
-    import torch
-    from safetensors.torch import save_file
-
-    torch.manual_seed(2)
-    path = tmp_path_factory.mktemp("stack") / "stack.safetensors"
-    save_file({name: tensor.contiguous() for name, tensor in create_model(STACK, 1000).state_dict().items()},
-              str(path))
-    return path
+    """'Pretrained' weights of a two-trunk stack, saved as a stack saves them."""
+    return save_pretend_weights(STACK, tmp_path_factory.mktemp("stack") / "stack.safetensors", seed=2)
 
 
 def test_a_stack_trains_predicts_and_exports_as_one_model(stack_weights: Path, tmp_path: Path) -> None:

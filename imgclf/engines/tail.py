@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from imgclf.console import console, progress_bar
+from imgclf.embeddings.embedder import view_of
 from imgclf.errors import ImgclfError
 from imgclf.models.device import autocast, choose_device, choose_precision
 from imgclf.models.folding import inference_copy
@@ -180,8 +181,8 @@ class ActivationLoader:
         self.views, self.targets, self.batch_size, self.seed, self.device = views, targets, batch_size, seed, device
         self.epoch = self.start_batch = 0
 
-    def __len__(self) -> int:
-        return len(epoch_batches(len(self.targets), self.batch_size, self.seed, 0))
+    def __len__(self) -> int:  # epoch_batches' count, without drawing an epoch's order
+        return max(1, len(self.targets) // self.batch_size)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
@@ -252,8 +253,7 @@ class TailStage:
         wanted = [(split, view) for split, view in wanted if len(data.rows.get(split, ()))]
 
         def images(rows: np.ndarray, view: str) -> torch.Tensor:
-            pixels = np.ascontiguousarray(data.pixels[np.sort(rows)][np.argsort(np.argsort(rows))])
-            pixels = pixels[:, :, ::-1] if view == "hflip" else pixels
+            pixels = view_of(data.pixels[np.sort(rows)][np.argsort(np.argsort(rows))], view)  # the embedder's views
             return augment_batch(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device), PRESETS["none"],
                                  torch.Generator(), data.mean, data.std)
 

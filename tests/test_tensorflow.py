@@ -100,15 +100,21 @@ def test_resume_continues_an_interrupted_tensorflow_run(colours: Path, tmp_path:
     assert (run / "model" / "model.keras").is_file()
 
 
-def test_two_stage_transfer_from_a_weights_file(colours: Path, tmp_path: Path) -> None:
-    """A keras.applications backbone from --weights: a probe with the backbone frozen, then fine-tuning."""
+@pytest.fixture(scope="module")
+def mobilenet_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MobileNetV3Small backbone's (random) weights as a --weights file, shared by the transfer tests."""
     from imgclf.models.keras_models import build_model
 
-    build_model("mobilenetv3_small_100", 3, 32, 3, {}, None).get_layer("backbone").save_weights(
-        tmp_path / "backbone.weights.h5")
+    weights = tmp_path_factory.mktemp("mobilenet") / "backbone.weights.h5"
+    build_model("mobilenetv3_small_100", 3, 32, 3, {}, None).get_layer("backbone").save_weights(weights)
+    return weights
+
+
+def test_two_stage_transfer_from_a_weights_file(colours: Path, mobilenet_weights: Path, tmp_path: Path) -> None:
+    """A keras.applications backbone from --weights: a probe with the backbone frozen, then fine-tuning."""
     run = tmp_path / "run"
     result = run_cli("train", str(colours), "--out", str(run), "--model", "MobileNetV3Small", "--weights",
-                     str(tmp_path / "backbone.weights.h5"), "--epochs", "2", *TINY[:2], "--image-size", "32",
+                     str(mobilenet_weights), "--epochs", "2", *TINY[:2], "--image-size", "32",
                      "--batch-size", "8", "--workers", "1", "--augment", "none")
     assert result.returncode == 0, result.stderr
     assert "two-stage" in result.stderr and "pretrained weights:" in result.stderr
@@ -120,15 +126,14 @@ def test_two_stage_transfer_from_a_weights_file(colours: Path, tmp_path: Path) -
     assert predicted.returncode == 0, predicted.stderr  # the saved model (our preprocessing layer) loads safely
 
 
-def test_probe_trains_the_head_only(colours: Path, tmp_path: Path) -> None:
+def test_probe_trains_the_head_only(colours: Path, mobilenet_weights: Path, tmp_path: Path) -> None:
     import imgclf
     from imgclf.models.keras_models import build_model
 
-    weights = tmp_path / "backbone.weights.h5"
     start = build_model("mobilenetv3_small_100", 3, 32, 3, {}, None).get_layer("backbone")
-    start.save_weights(weights)
+    start.load_weights(mobilenet_weights)
     run = imgclf.train(colours, out=tmp_path / "run", backend="tensorflow", model="mobilenetv3_small_100",
-                       weights=str(weights), strategy="probe", epochs=1, image_size=32, batch_size=8, workers=1,
+                       weights=str(mobilenet_weights), strategy="probe", epochs=1, image_size=32, batch_size=8, workers=1,
                        augment="none")
     shipped = imgclf.load(run.run_dir).runtime.model
     for before, after in zip(start.get_weights(), shipped.get_layer("backbone").get_weights()):

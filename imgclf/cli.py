@@ -45,7 +45,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-_debug = os.environ.get("IMGCLF_DEBUG") == "1"
+_debug = False  # main() reads IMGCLF_DEBUG; --debug turns it on for one run
 
 # Options shared by every command that reads a dataset: one name, one meaning.
 Source = Annotated[str, typer.Argument(help="A folder of class folders, a CSV manifest, or cifar10 / cifar100.",
@@ -734,7 +734,13 @@ register_embedding_commands(app)
 
 
 def main() -> None:
-    """Console-script entry point: one-line errors unless --debug."""
+    """Console-script entry point: one-line errors unless --debug (or IMGCLF_DEBUG=1).
+
+    It reads IMGCLF_DEBUG on each call, not at import, so that a second run in one
+    process (the test suite runs most commands in-process) starts from the same state.
+    """
+    global _debug
+    _debug = os.environ.get("IMGCLF_DEBUG") == "1"
     command = typer.main.get_command(app)
     for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as their own bytes, as ls does
         stream.reconfigure(errors=PATH_BYTES)  # type: ignore[union-attr]

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_FASTNET, make_class_folder
-from test_cli import imgclf as run_cli
+from conftest import TINY_FASTNET, make_class_folder, run_cli
 
 import imgclf
 from imgclf.errors import ImgclfError

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CLASS_COLOURS, TINY_FASTNET, make_class_folder, run_cli
 
 import imgclf
 from imgclf.deploy.calibration import calibrate_logits, fit_temperature, negative_log_likelihood, uncalibrated
-from tests.conftest import CLASS_COLOURS, TINY_FASTNET, make_class_folder
 
 
 def overconfident_logits(seed: int = 0, images: int = 400, classes: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -84,8 +81,7 @@ def test_calibrate_command_refits_an_older_run_and_evaluate_reports_before_and_a
     values.pop("temperature")  # a bundle written before calibration existed
     bundle_file.write_text(json.dumps(values))
     assert imgclf.load(run).info.temperature == 1.0
-    result = subprocess.run([sys.executable, "-m", "imgclf", "calibrate", str(run)], capture_output=True, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+    result = run_cli("calibrate", str(run))
     assert result.returncode == 0, result.stderr
     assert "temperature T =" in result.stderr and "expected calibration error" in result.stderr
     temperature = json.loads(bundle_file.read_text())["temperature"]
@@ -98,7 +94,6 @@ def test_calibrate_command_refits_an_older_run_and_evaluate_reports_before_and_a
 
 
 def test_calibrate_refuses_a_split_without_images_in_one_line(run: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "imgclf", "calibrate", str(run), "--split", "holdout"],
-                            capture_output=True, text=True)
+    result = run_cli("calibrate", str(run), "--split", "holdout")
     assert result.returncode == 2
     assert "--split holdout" in result.stderr and "Traceback" not in result.stderr

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_class_folder
+from conftest import make_class_folder, run_cli
 
 import imgclf
 from imgclf.config import BACKENDS
@@ -120,7 +118,6 @@ def test_an_unknown_backend_is_a_one_line_error_naming_the_registered_ones() -> 
 
 
 def test_the_cli_refuses_an_unknown_backend_without_a_traceback(colours: Path, tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "imgclf", "train", str(colours), "--backend", "jax", "--out",
-                           str(tmp_path / "run")], capture_output=True, text=True)
+    done = run_cli("train", str(colours), "--backend", "jax", "--out", str(tmp_path / "run"))
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "--backend" in done.stderr and "torch" in done.stderr and "tensorflow" in done.stderr

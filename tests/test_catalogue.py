@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image
-from test_cli import imgclf as cli
 from test_embeddings import textured
 
 from imgclf.data.hierarchy import Hierarchy, parse_path
@@ -130,7 +130,7 @@ def test_evaluate_holds_out_products_so_a_second_photo_of_a_known_product_does_n
             rows.append({"image": f"images/{image}", "name": " ".join(rng.choice(["alpha", "beta", "gamma"], 2)),
                          "category": ["shoes", "bags", "hats"][product % 3], "product": f"P{product}"})
     catalog = write_csv(tmp_path / "catalog.csv", rows)
-    result = cli("match", str(catalog), "--evaluate")
+    result = run_cli("match", str(catalog), "--evaluate")
     assert result.returncode == 0, result.stderr
     held_out = re.search(r"on (\d+) held-out products \((\d+) photos\)", result.stderr)
     assert held_out and 4 <= int(held_out[1]) <= 6 and int(held_out[2]) == 3 * int(held_out[1])
@@ -143,7 +143,7 @@ def test_evaluate_holds_out_products_so_a_second_photo_of_a_known_product_does_n
 
 def test_the_learned_matcher_beats_the_fixed_blend_where_names_and_photos_disagree(tmp_path: Path) -> None:
     catalog = planted_catalog(tmp_path)
-    result = cli("match", str(catalog), "--evaluate", "--json")
+    result = run_cli("match", str(catalog), "--evaluate", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)["results"]
     assert report["learned"]["accuracy"] >= report["blend"]["accuracy"] + 0.1, report
@@ -157,8 +157,8 @@ def test_one_product_gets_a_suggestion_per_level_and_the_matcher_is_saved(tmp_pa
     catalog = planted_catalog(tmp_path)
     photo = tmp_path / "new.png"
     Image.open(tmp_path / "base" / "22.png").save(photo)
-    result = cli("match", str(catalog), "--image", str(photo), "--name", "valley classic chedarr 2kg",
-                 "--matcher", str(tmp_path / "matcher"), "--json")
+    result = run_cli("match", str(catalog), "--image", str(photo), "--name", "valley classic chedarr 2kg",
+                     "--matcher", str(tmp_path / "matcher"), "--json")
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert answer["category"] == "Cheese/Cheddar" and answer["sure"]
@@ -166,10 +166,10 @@ def test_one_product_gets_a_suggestion_per_level_and_the_matcher_is_saved(tmp_pa
     assert answer["levels"][0]["confidence"] >= answer["levels"][1]["confidence"]
     assert {"matcher.json", "probe.npz"} <= {path.name for path in (tmp_path / "matcher").iterdir()}
     assert "fitting the matcher" in result.stderr
-    again = cli("match", str(catalog), "--name", "alpine kefyr 1kg", "--matcher", str(tmp_path / "matcher"), "--json")
+    again = run_cli("match", str(catalog), "--name", "alpine kefyr 1kg", "--matcher", str(tmp_path / "matcher"), "--json")
     assert again.returncode == 0 and "fitting the matcher" not in again.stderr  # loaded, not refitted
     assert json.loads(again.stdout)["category"] == "Dairy/Kefir"
-    refused = cli("match", str(catalog), "--name", "x", "--scoring", "learned", "--image-weight", "0.7")
+    refused = run_cli("match", str(catalog), "--name", "x", "--scoring", "learned", "--image-weight", "0.7")
     assert refused.returncode == 2 and "--image-weight sets the fixed blend" in refused.stderr
 
 
@@ -181,7 +181,7 @@ def test_one_product_gets_a_suggestion_per_level_and_the_matcher_is_saved(tmp_pa
 def test_bad_catalogues_get_a_one_line_error(tmp_path: Path, content: str, message: str) -> None:
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     (tmp_path / "catalog.csv").write_text(content)
-    result = cli("match", str(tmp_path / "catalog.csv"), "--name", "oat milk")
+    result = run_cli("match", str(tmp_path / "catalog.csv"), "--name", "oat milk")
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
@@ -212,7 +212,7 @@ def test_batch_mode_resumes_after_a_kill_and_writes_one_row_per_product(tmp_path
     process.wait(30)
     assert not out.exists()
     written = len(list(parts.glob("part-*.csv")))
-    result = cli("match", str(catalog), "--queries", str(queries), "--out", str(out), "--batch-size", "4", "--json")
+    result = run_cli("match", str(catalog), "--queries", str(queries), "--out", str(out), "--batch-size", "4", "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["products"] == 41 and summary["resumed"] >= 4 * written >= 8
@@ -226,7 +226,7 @@ def test_batch_mode_resumes_after_a_kill_and_writes_one_row_per_product(tmp_path
     assert np.mean(correct) >= 0.8
     assert "photo skipped" in suggestions[40]["error"] and suggestions[40]["category"]  # matched by name
     # an uninterrupted run writes the same file
-    fresh = cli("match", str(catalog), "--queries", str(queries), "--out", str(tmp_path / "fresh.csv"))
+    fresh = run_cli("match", str(catalog), "--queries", str(queries), "--out", str(tmp_path / "fresh.csv"))
     assert fresh.returncode == 0, fresh.stderr
     assert (tmp_path / "fresh.csv").read_text() == out.read_text()
 
@@ -286,5 +286,5 @@ def test_the_review_page_accepts_and_corrects_suggestions_in_a_browser(tmp_path:
         decided = list(csv.DictReader(handle))
     assert [(row["sku"], row["category"]) for row in decided] == [("N0", suggested[0]), ("N1", correction)]
     assert list(decided[0])[:3] == ["image", "name", "category"] and Path(decided[0]["image"]).is_file()
-    refused = cli("serve", "--queries", str(queries))
+    refused = run_cli("serve", "--queries", str(queries))
     assert refused.returncode == 2 and "--catalog catalog.csv --queries new.csv" in refused.stderr

@@ -1,9 +1,9 @@
-"""The CLI run as a user runs it: a subprocess, real files, exit codes and one-line errors."""
+"""The CLI run as a user runs it: its entry point (in-process, or a subprocess where the process is what is
+tested), real files, exit codes and one-line errors."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -11,14 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_class_folder, make_image
+from conftest import make_class_folder, make_image, run_cli, run_process
 from test_cifar import fake_archive
-
-
-def imgclf(*args: str, cwd: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "imgclf", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=240, input=stdin)  # a hang guard: a slow CI machine is no hang
 
 
 @pytest.fixture
@@ -40,7 +34,7 @@ def test_help_lists_commands_and_each_has_an_example() -> None:
 
     from imgclf.cli import app
 
-    result = imgclf("--help")  # the installed command once; each command's help in-process (a subprocess each: 30 s)
+    result = run_process("--help")  # a real process once; each command's help in-process (a subprocess each: 30 s)
     assert result.returncode == 0
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
     assert {"inspect", "train", "evaluate", "predict", "embed", "similar", "index", "match",
@@ -56,12 +50,12 @@ def test_help_lists_commands_and_each_has_an_example() -> None:
 
 
 def test_version() -> None:
-    assert imgclf("--version").stdout.startswith("imgclf ")
+    assert run_cli("--version").stdout.startswith("imgclf ")
 
 
 def test_inspect_reports_counts_broken_duplicates_and_imbalance(messy_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
-    result = imgclf("inspect", str(messy_folder), "--out", str(out))
+    result = run_cli("inspect", str(messy_folder), "--out", str(out))
     assert result.returncode == 0, result.stderr
     text = result.stderr
     assert "4 classes" in text and "total" in text
@@ -77,7 +71,7 @@ def test_inspect_reports_counts_broken_duplicates_and_imbalance(messy_folder: Pa
 
 
 def test_inspect_json_on_stdout(class_folder: Path, tmp_path: Path) -> None:
-    result = imgclf("inspect", str(class_folder), "--json", "--out", str(tmp_path / "o"))
+    result = run_cli("inspect", str(class_folder), "--json", "--out", str(tmp_path / "o"))
     report = json.loads(result.stdout)
     assert report["classes"] == ["blue", "green", "red"]
     assert report["splits"] == {"unsplit": 30}, "inspect reports the data as given, without carving splits"
@@ -88,7 +82,7 @@ def test_inspect_finds_leakage_across_given_splits(tmp_path: Path) -> None:
     make_class_folder(tmp_path / "d" / "train", per_class=4)
     make_class_folder(tmp_path / "d" / "test", per_class=1, seed=1)
     shutil.copy(tmp_path / "d" / "train" / "red" / "003.png", tmp_path / "d" / "test" / "red" / "leak.png")
-    report = json.loads(imgclf("inspect", str(tmp_path / "d"), "--json", "--out", str(tmp_path / "o")).stdout)
+    report = json.loads(run_cli("inspect", str(tmp_path / "d"), "--json", "--out", str(tmp_path / "o")).stdout)
     assert [group["kind"] for group in report["duplicates"]] == ["leakage"]
     assert any("leakage" in warning for warning in report["warnings"])
 
@@ -97,7 +91,7 @@ def test_inspect_uses_split_folders_beside_a_docs_folder(tmp_path: Path) -> None
     make_class_folder(tmp_path / "data" / "train", per_class=3)
     make_class_folder(tmp_path / "data" / "test", per_class=1)
     make_image(tmp_path / "data" / "iconic_images" / "red.png", (220, 30, 30))
-    result = imgclf("inspect", str(tmp_path / "data"), "--json", "--out", str(tmp_path / "o"))
+    result = run_cli("inspect", str(tmp_path / "data"), "--json", "--out", str(tmp_path / "o"))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["splits"] == {"train": 9, "test": 3}
     assert "ignored 1 other folder(s): iconic_images" in result.stderr
@@ -107,7 +101,7 @@ def test_inspect_names_images_under_different_labels(tmp_path: Path) -> None:
     data = make_class_folder(tmp_path / "data", per_class=4)
     for number in range(4):  # four files copied into another class: a labelling mistake to find
         shutil.copy(data / "red" / f"{number:03d}.png", data / "green" / f"from-red-{number}.png")
-    result = imgclf("inspect", str(data), "--out", str(tmp_path / "o"))
+    result = run_cli("inspect", str(data), "--out", str(tmp_path / "o"))
     assert result.returncode == 0, result.stderr
     line = next(line for line in result.stderr.splitlines() if "different labels" in line)
     assert line.startswith("warning: 4 image(s) appear under different labels; e.g. green/from-red-0.png (green) = "
@@ -119,13 +113,13 @@ def test_inspect_csv_manifest(tmp_path: Path) -> None:
     make_image(tmp_path / "imgs" / "a.png", (200, 0, 0))
     make_image(tmp_path / "imgs" / "b.png", (0, 200, 0))
     (tmp_path / "list.csv").write_text("path,labels\nimgs/a.png,red|warm\nimgs/b.png,green\n")
-    report = json.loads(imgclf("inspect", str(tmp_path / "list.csv"), "--json", "--out", str(tmp_path / "o")).stdout)
+    report = json.loads(run_cli("inspect", str(tmp_path / "list.csv"), "--json", "--out", str(tmp_path / "o")).stdout)
     assert report["multilabel"] and report["classes"] == ["green", "red", "warm"]
 
 
 def test_inspect_cifar_from_local_archive(tmp_path: Path) -> None:
     archive, _ = fake_archive(tmp_path, "cifar10")
-    result = imgclf("inspect", "cifar10", "--from", str(archive), "--json", "--out", str(tmp_path / "o"))
+    result = run_cli("inspect", "cifar10", "--from", str(archive), "--json", "--out", str(tmp_path / "o"))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["classes"] == ["airplane", "automobile", "bird"]
@@ -140,7 +134,16 @@ def test_inspect_cifar_from_local_archive(tmp_path: Path) -> None:
     (["preview-augment", "{data}", "--index", "999"], "--index 999 is out of range"),
 ])
 def test_bad_input_is_one_line_without_traceback(class_folder: Path, args: list[str], message: str) -> None:
-    result = imgclf(*[arg.replace("{data}", str(class_folder)) for arg in args])
+    result = run_cli(*[arg.replace("{data}", str(class_folder)) for arg in args])
+    assert_one_line_error(result, message)
+
+
+def test_bad_input_in_a_real_process_is_one_line_without_traceback(class_folder: Path) -> None:
+    assert_one_line_error(run_process("preview-augment", str(class_folder), "--augment", "wild"),
+                          "--augment 'wild' is not a preset")
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], message: str) -> None:
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -153,20 +156,27 @@ CONSOLE_SCRIPT = ("import sys; from importlib.metadata import entry_points; "
                   "sys.exit(script.load()())")
 
 
-@pytest.mark.parametrize("runner", ["python -m imgclf", "console script"])
-@pytest.mark.parametrize(("args", "message"), [
+USAGE_MISTAKES = [
     (["train", "--bogus"], "No such option: --bogus"),
     (["train", "x", "--epoch", "3"], "No such option: --epoch (Possible options: --epochs"),
     (["predict"], "Missing argument 'model'"),
     (["bogus"], "No such command 'bogus'"),
     (["trian"], "Did you mean 'train'?"),
+]
+
+
+# Each mistake in-process (the entry function the console script calls); two, an option and a command, through the
+# installed console script in a real process: what reaches the terminal and the exit status are the process's.
+@pytest.mark.parametrize(("runner", "args", "message"), [
+    *[("in-process", args, message) for args, message in USAGE_MISTAKES],
+    *[("console script", args, message) for args, message in (USAGE_MISTAKES[1], USAGE_MISTAKES[4])],
 ])
 def test_usage_mistakes_show_usage_not_a_traceback(runner: str, args: list[str], message: str) -> None:
     if runner == "console script":
         result = subprocess.run([sys.executable, "-c", CONSOLE_SCRIPT, *args], capture_output=True, text=True,
                                 timeout=120)
     else:
-        result = imgclf(*args)
+        result = run_cli(*args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Usage: imgclf" in result.stderr
@@ -174,7 +184,7 @@ def test_usage_mistakes_show_usage_not_a_traceback(runner: str, args: list[str],
 
 
 def test_no_arguments_shows_help_without_a_traceback() -> None:
-    result = imgclf()
+    result = run_cli()
     output = result.stdout + result.stderr
     assert "Commands" in output and "train" in output
     assert "Traceback" not in output
@@ -182,6 +192,6 @@ def test_no_arguments_shows_help_without_a_traceback() -> None:
 
 def test_preview_augment_writes_a_png(class_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "aug.png"
-    result = imgclf("preview-augment", str(class_folder), "--augment", "strong", "--out", str(out))
+    result = run_cli("preview-augment", str(class_folder), "--augment", "strong", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:4] == b"\x89PNG"

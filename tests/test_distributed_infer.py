@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_class_folder, untrained_bundle
-from test_cli import imgclf as run_cli
+from conftest import make_class_folder, run_cli, run_process, untrained_bundle
 
 from imgclf import api, distributed
 from imgclf.data.shards import PixelRows
@@ -57,7 +56,7 @@ def test_a_resumed_two_process_predict_reuses_the_finished_part_and_matches_one_
     with open(part, "w", newline="") as handle:
         csv.writer(handle).writerows(kept)
 
-    resumed = run_cli("predict", str(bundle), str(images), "--out", str(out), "--nproc", "2")
+    resumed = run_process("predict", str(bundle), str(images), "--out", str(out), "--nproc", "2")  # torchrun
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming: 6 of 13 images" in resumed.stderr
     assert resumed.stderr.count("13 images in") == 1  # rank 0 alone reports

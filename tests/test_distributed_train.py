@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_class_folder
-from test_cli import imgclf
+from conftest import make_class_folder, run_cli
 from test_cli_train import TINY
 
 from imgclf.data.augment_presets import PRESETS
@@ -72,7 +71,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process_with_one_process_steps(
     assert 1 <= done < EPOCHS
     config = run / "config.yaml"
     config.write_text(config.read_text().replace(f"epochs: {EPOCHS}.0", f"epochs: {done + 1}.0"))  # finish soon
-    resumed = imgclf("train", "--resume", str(run))
+    resumed = run_cli("train", "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(row["epoch"]) for row in rows] == list(range(1, done + 2))
@@ -101,7 +100,7 @@ def test_each_rank_reads_its_share_of_every_global_batch_in_the_same_order() -> 
 
 def test_nproc_with_the_keras_engine_is_a_one_line_error_naming_the_torch_backend(tmp_path: Path) -> None:
     data = make_class_folder(tmp_path / "data", per_class=4)
-    result = imgclf("train", str(data), "--out", str(tmp_path / "run"), "--nproc", "2", "--backend", "tensorflow")
+    result = run_cli("train", str(data), "--out", str(tmp_path / "run"), "--nproc", "2", "--backend", "tensorflow")
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert "--backend tensorflow cannot train in 2 processes (torchrun, --nproc); train with --backend torch" \

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image, ImageDraw, ImageOps
-from test_cli import imgclf as cli
 
 import imgclf
 from imgclf import api
@@ -142,10 +142,10 @@ def test_similarity_of_an_image_with_itself_a_mirror_and_a_stranger(tmp_path: Pa
 def test_index_query_finds_the_planted_neighbour(gallery: Path, tmp_path: Path) -> None:
     planted = tmp_path / "query.jpg"
     Image.open(gallery / "item05.png").resize((80, 80)).save(planted, quality=85)  # resized, re-encoded copy
-    result = cli("index", "build", "tf_efficientnet_lite0", str(gallery), "--out", str(tmp_path / "index"))
+    result = run_cli("index", "build", "tf_efficientnet_lite0", str(gallery), "--out", str(tmp_path / "index"))
     assert result.returncode == 0, result.stderr
     assert "indexed 12 images" in result.stderr
-    result = cli("index", "query", str(tmp_path / "index"), str(planted), "-k", "3", "--json")
+    result = run_cli("index", "query", str(tmp_path / "index"), str(planted), "-k", "3", "--json")
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert Path(answer[0]["neighbours"][0]["image"]).name == "item05.png"
@@ -213,13 +213,13 @@ def test_match_suggests_the_planted_category(tmp_path: Path) -> None:
     assert by_photo.category == "bags" and by_photo.matches[0].item["category"] == "bags"
     by_name = api.match(catalog, name="Leather BAG, brown")
     assert by_name.category == "bags" and by_name.matches[0].name_score > 0.5
-    result = cli("match", str(catalog), "--image", str(photo), "--name", "wool hat", "--image-weight", "0.8",
+    result = run_cli("match", str(catalog), "--image", str(photo), "--name", "wool hat", "--image-weight", "0.8",
                      "--json")
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert answer["category"] == "bags"  # the photo outweighs the name at 0.8
     assert {"score", "image_score", "name_score", "sku", "category"} <= set(answer["matches"][0])
-    result = cli("match", str(catalog))
+    result = run_cli("match", str(catalog))
     assert result.returncode == 2 and "--image, --name or both" in result.stderr
 
 
@@ -229,7 +229,7 @@ def test_embed_cli_then_a_probe_reuses_the_embeddings(tmp_path: Path, backbone_w
     from conftest import make_class_folder
 
     data = make_class_folder(tmp_path / "data", per_class=8)
-    result = cli("embed", "test_resnet", str(data), "--weights", str(backbone_weights), "--image-size", "32",
+    result = run_cli("embed", "test_resnet", str(data), "--weights", str(backbone_weights), "--image-size", "32",
                      "--out", str(tmp_path / "e.npz"))
     assert result.returncode == 0, result.stderr
     assert "computed now" in result.stderr and "24" in result.stderr

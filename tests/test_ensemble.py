@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_FASTNET, make_class_folder, run_cli
 
 import imgclf
 from imgclf.evaluation.metrics import compute_log_loss
 from imgclf.workflows.ensemble import fit_weights
-from tests.conftest import TINY_FASTNET, make_class_folder
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "imgclf", *args], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200"})
 
 
 def test_fitted_weights_favour_the_better_member_and_beat_equal_weights() -> None:
@@ -47,7 +39,7 @@ def members(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
 
 def test_an_ensemble_bundle_round_trips_and_serves_every_command(members, tmp_path: Path) -> None:
     root, first, second = members
-    result = cli("ensemble", str(first), str(second), "--out", str(tmp_path / "E"))
+    result = run_cli("ensemble", str(first), str(second), "--out", str(tmp_path / "E"))
     assert result.returncode == 0, result.stderr
     assert "over the best member" in result.stderr and (tmp_path / "E" / "report.html").is_file()
     bundle = json.loads((tmp_path / "E" / "model" / "model.json").read_text())
@@ -76,5 +68,5 @@ def test_members_with_other_classes_are_refused_in_one_line(members, tmp_path: P
     other = make_class_folder(tmp_path / "other", per_class=6)
     (other / "blue").rename(other / "navy")
     run = imgclf.train(other, out=tmp_path / "navy", epochs=1, **TINY_FASTNET).run_dir
-    result = cli("ensemble", str(first), str(run), "--out", str(tmp_path / "E"))
+    result = run_cli("ensemble", str(first), str(run), "--out", str(tmp_path / "E"))
     assert result.returncode == 2 and "other classes" in result.stderr and "Traceback" not in result.stderr

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_class_folder, make_image, train_tiny_run
-from test_cli import imgclf as run_cli
+from conftest import make_class_folder, make_image, run_cli, train_tiny_run
 
 import imgclf
 from imgclf.errors import ImgclfError

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image
 
 import imgclf
@@ -63,9 +61,7 @@ def test_explain_command_writes_overlays_and_skips_a_broken_image(square_run, tm
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     image = next(path for path in corners if "/test/" in path)
-    result = subprocess.run([sys.executable, "-m", "imgclf", "explain", str(run), image, str(broken),
-                             "--out", str(tmp_path / "why"), "--top-k", "2"], capture_output=True, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+    result = run_cli("explain", str(run), image, str(broken), "--out", str(tmp_path / "why"), "--top-k", "2")
     assert result.returncode == 0, result.stderr
     written = tmp_path / "why" / f"{Path(image).stem}.gradcam.png"
     assert written.is_file() and Image.open(written).size[0] > 2 * SIZE
@@ -82,7 +78,6 @@ def test_a_model_without_a_spatial_feature_map_is_refused_in_one_line(tmp_path: 
     write_bundle(info, model.state_dict(), tmp_path / "vit")
     image = tmp_path / "a.png"
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image)
-    result = subprocess.run([sys.executable, "-m", "imgclf", "explain", str(tmp_path / "vit"), str(image),
-                             "--out", str(tmp_path / "why")], capture_output=True, text=True)
+    result = run_cli("explain", str(tmp_path / "vit"), str(image), "--out", str(tmp_path / "why"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "test_vit has no spatial feature map" in result.stderr and "token sequences" in result.stderr

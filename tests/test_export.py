@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_class_folder, train_tiny_run
-from test_cli import imgclf as run_cli
+from conftest import make_class_folder, run_cli, train_tiny_run
 
 import imgclf
 from imgclf.deploy.runtime import resolve_runtime

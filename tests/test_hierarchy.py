@@ -14,9 +14,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY_FASTNET, make_class_folder, make_image
+from conftest import TINY_FASTNET, make_class_folder, make_image, run_cli
 from fastapi.testclient import TestClient
-from test_cli import imgclf as run_cli
 from test_cli_train import TINY
 
 import imgclf

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_class_folder
-from test_cli import imgclf as run_cli
+from conftest import make_class_folder, run_cli
 
 import imgclf
 from imgclf.deploy.classifier import probabilities_from_logits

@@ -13,9 +13,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import TINY_FASTNET
+from conftest import TINY_FASTNET, run_cli
 from PIL import Image
-from test_cli import imgclf as run_cli
 from test_serve import LIMITS, start_server
 
 import imgclf

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import pytest
 import typer
-from test_cli import imgclf
+from conftest import run_cli
 from typer.testing import CliRunner
 
 from imgclf.cli import with_config_options
@@ -55,7 +55,7 @@ def test_an_added_field_reaches_the_command_and_is_validated() -> None:
 
 
 def test_imgclf_train_offers_every_config_field_as_a_flag() -> None:
-    result = imgclf("train", "--help")
+    result = run_cli("train", "--help")
     assert result.returncode == 0, result.stderr
     flags = {"data": "[data]", "model_args": "--model-arg"}  # the positional DATA and the repeatable KEY=VALUE
     for item in fields(TrainConfig):

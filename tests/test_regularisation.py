@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_FASTNET, make_class_folder
+from conftest import TINY_FASTNET, make_class_folder, run_cli
 from safetensors.numpy import load_file
 
 import imgclf
@@ -49,9 +47,7 @@ def test_dropout_and_drop_path_reach_timm_by_their_names() -> None:
 ])
 def test_bad_regularisation_options_get_one_line(tmp_path: Path, flags: list[str], message: str) -> None:
     data = make_class_folder(tmp_path / "data", per_class=4)
-    result = subprocess.run([sys.executable, "-m", "imgclf", "train", str(data), "--dry-run", *flags],
-                            capture_output=True, text=True)
+    result = run_cli("train", str(data), "--dry-run", *flags)
     if "--drop-path" in flags:  # checked where the model is built, after the dry run's plan
-        result = subprocess.run([sys.executable, "-m", "imgclf", "train", str(data), "--out", str(tmp_path / "r"),
-                                 "--epochs", "1", *flags], capture_output=True, text=True)
+        result = run_cli("train", str(data), "--out", str(tmp_path / "r"), "--epochs", "1", *flags)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

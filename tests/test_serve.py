@@ -21,9 +21,8 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from conftest import make_image, train_tiny_run
+from conftest import make_image, run_cli, train_tiny_run
 from PIL import Image
-from test_cli import imgclf as run_cli
 
 import imgclf
 from imgclf.serve.app import create_app

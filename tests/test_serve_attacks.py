@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import schemathesis
-from conftest import untrained_bundle
+from conftest import run_cli, untrained_bundle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -214,8 +214,7 @@ def test_cli_serve_takes_the_api_key_from_the_environment(bundle: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    short = subprocess.run([sys.executable, "-m", "imgclf", "serve", str(bundle), "--api-key", "short"],
-                           capture_output=True, text=True, timeout=120)
+    short = run_cli("serve", str(bundle), "--api-key", "short")
     assert short.returncode == 2 and "--api-key is too short" in short.stderr
     process = subprocess.Popen([sys.executable, "-m", "imgclf", "serve", str(bundle), "--port", str(port)],
                                stderr=subprocess.PIPE, text=True, env={**os.environ, "IMGCLF_API_KEY": KEY})

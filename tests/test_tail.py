@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_class_folder, save_pretend_weights
-from test_cli import imgclf as run_cli
+from conftest import make_class_folder, run_cli, save_pretend_weights
 
 from imgclf.training import TrainResult
 

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import interrupt_training, make_class_folder
-from test_cli import imgclf
+from conftest import interrupt_training, make_class_folder, run_cli, run_process
 
 # find_spec, not importorskip: importing TensorFlow here, before torchvision, would crash the process
 # (see imgclf/models/keras_setup.py)
@@ -33,7 +32,7 @@ def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def keras_run(colours: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     """One tutorial-cnn run on the TensorFlow backend, shared by the tests that read it."""
     run = tmp_path_factory.mktemp("keras") / "run"
-    result = imgclf("train", str(colours), "--out", str(run), "--epochs", "2", *TINY)
+    result = run_cli("train", str(colours), "--out", str(run), "--epochs", "2", *TINY)
     assert result.returncode == 0, result.stderr
     return run, result
 
@@ -60,7 +59,7 @@ def test_bundle_gives_the_trained_model_s_results_in_a_fresh_process(
         keras_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     run, _ = keras_run
     trained = json.loads((run / "model" / "model.json").read_text())["metrics"]
-    result = imgclf("evaluate", str(run), "--json", "--out", str(run / "fresh-evaluation"))
+    result = run_process("evaluate", str(run), "--json", "--out", str(run / "fresh-evaluation"))
     assert result.returncode == 0, result.stderr
     fresh = json.loads(result.stdout)
     assert fresh["images"] == trained["test_images"]
@@ -71,8 +70,8 @@ def test_bundle_gives_the_trained_model_s_results_in_a_fresh_process(
 def test_predict_streams_rows_from_a_keras_bundle_identically_across_processes(
         keras_run: tuple[Path, subprocess.CompletedProcess[str]], colours: Path) -> None:
     run, _ = keras_run
-    first = imgclf("predict", str(run), str(colours), "--format", "jsonl", "--top-k", "3")
-    second = imgclf("predict", str(run), str(colours), "--format", "jsonl", "--top-k", "3")
+    first = run_process("predict", str(run), str(colours), "--format", "jsonl", "--top-k", "3")
+    second = run_cli("predict", str(run), str(colours), "--format", "jsonl", "--top-k", "3")
     assert first.returncode == 0, first.stderr
     rows = [json.loads(line) for line in first.stdout.splitlines()]
     assert len(rows) == 60 and all(len(row["top_k"]) == 3 for row in rows)
@@ -93,7 +92,7 @@ def test_resume_continues_an_interrupted_tensorflow_run(colours: Path, tmp_path:
     assert 1 <= done < 400 and done <= len(list(csv.DictReader(open(run / "metrics.csv"))))
     config = run / "config.yaml"
     config.write_text(config.read_text().replace("epochs: 400.0", f"epochs: {done + 1}.0"))  # finish soon
-    resumed = imgclf("train", "--resume", str(run))
+    resumed = run_cli("train", "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming at epoch {done + 1}" in resumed.stderr
     epochs = [int(row["epoch"]) for row in csv.DictReader(open(run / "metrics.csv"))]
@@ -101,35 +100,40 @@ def test_resume_continues_an_interrupted_tensorflow_run(colours: Path, tmp_path:
     assert (run / "model" / "model.keras").is_file()
 
 
-def test_two_stage_transfer_from_a_weights_file(colours: Path, tmp_path: Path) -> None:
-    """A keras.applications backbone from --weights: a probe with the backbone frozen, then fine-tuning."""
+@pytest.fixture(scope="module")
+def mobilenet_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MobileNetV3Small backbone's (random) weights as a --weights file, shared by the transfer tests."""
     from imgclf.models.keras_models import build_model
 
-    build_model("mobilenetv3_small_100", 3, 32, 3, {}, None).get_layer("backbone").save_weights(
-        tmp_path / "backbone.weights.h5")
+    weights = tmp_path_factory.mktemp("mobilenet") / "backbone.weights.h5"
+    build_model("mobilenetv3_small_100", 3, 32, 3, {}, None).get_layer("backbone").save_weights(weights)
+    return weights
+
+
+def test_two_stage_transfer_from_a_weights_file(colours: Path, mobilenet_weights: Path, tmp_path: Path) -> None:
+    """A keras.applications backbone from --weights: a probe with the backbone frozen, then fine-tuning."""
     run = tmp_path / "run"
-    result = imgclf("train", str(colours), "--out", str(run), "--model", "MobileNetV3Small", "--weights",
-                    str(tmp_path / "backbone.weights.h5"), "--epochs", "2", *TINY[:2], "--image-size", "32",
-                    "--batch-size", "8", "--workers", "1", "--augment", "none")
+    result = run_cli("train", str(colours), "--out", str(run), "--model", "MobileNetV3Small", "--weights",
+                     str(mobilenet_weights), "--epochs", "2", *TINY[:2], "--image-size", "32",
+                     "--batch-size", "8", "--workers", "1", "--augment", "none")
     assert result.returncode == 0, result.stderr
     assert "two-stage" in result.stderr and "pretrained weights:" in result.stderr
     stages = [row["stage"] for row in csv.DictReader(open(run / "metrics.csv"))]
     assert stages == ["probe", "finetune"]
     info = json.loads((run / "model" / "model.json").read_text())
     assert info["architecture"] == "mobilenetv3_small_100" and info["config"]["strategy"] == "two-stage"
-    predicted = imgclf("predict", str(run), str(colours / "red" / "000.png"), "--format", "json")
+    predicted = run_cli("predict", str(run), str(colours / "red" / "000.png"), "--format", "json")
     assert predicted.returncode == 0, predicted.stderr  # the saved model (our preprocessing layer) loads safely
 
 
-def test_probe_trains_the_head_only(colours: Path, tmp_path: Path) -> None:
+def test_probe_trains_the_head_only(colours: Path, mobilenet_weights: Path, tmp_path: Path) -> None:
     import imgclf
     from imgclf.models.keras_models import build_model
 
-    weights = tmp_path / "backbone.weights.h5"
     start = build_model("mobilenetv3_small_100", 3, 32, 3, {}, None).get_layer("backbone")
-    start.save_weights(weights)
+    start.load_weights(mobilenet_weights)
     run = imgclf.train(colours, out=tmp_path / "run", backend="tensorflow", model="mobilenetv3_small_100",
-                       weights=str(weights), strategy="probe", epochs=1, image_size=32, batch_size=8, workers=1,
+                       weights=str(mobilenet_weights), strategy="probe", epochs=1, image_size=32, batch_size=8, workers=1,
                        augment="none")
     shipped = imgclf.load(run.run_dir).runtime.model
     for before, after in zip(start.get_weights(), shipped.get_layer("backbone").get_weights()):
@@ -139,8 +143,8 @@ def test_probe_trains_the_head_only(colours: Path, tmp_path: Path) -> None:
 
 def test_compare_trains_both_backends_and_writes_the_report(colours: Path, tmp_path: Path) -> None:
     out = tmp_path / "compare"
-    result = imgclf("compare", str(colours), "--epochs", "2", "--image-size", "16", "--batch-size", "8",
-                    "--out", str(out))
+    result = run_cli("compare", str(colours), "--epochs", "2", "--image-size", "16", "--batch-size", "8",
+                     "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "inference images/s" in result.stderr and str(out / "comparison.html") in result.stderr
     report = json.loads((out / "comparison.json").read_text())
@@ -186,7 +190,7 @@ def test_keras_learning_rate_schedule_is_the_torch_engine_s(schedule: str, warmu
 ])
 def test_unsupported_tensorflow_options_get_one_line_errors(args: list[str], message: str, colours: Path,
                                                             tmp_path: Path) -> None:
-    result = imgclf("train", str(colours), "--out", str(tmp_path / "run"), "--backend", "tensorflow", *args)
+    result = run_cli("train", str(colours), "--out", str(tmp_path / "run"), "--backend", "tensorflow", *args)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -8,14 +8,13 @@ import json
 import os
 import pickle
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_class_folder, make_image, untrained_bundle
+from conftest import make_class_folder, make_image, run_cli, untrained_bundle
 
 import imgclf
 from imgclf.deploy.metadata import weights_digest
@@ -132,8 +131,7 @@ def test_cli_refuses_a_poisoned_bundle_with_one_line(bundle: Path, tmp_path: Pat
     marker = tmp_path / "ran"
     poisoned = poisoned_copy(bundle, tmp_path, "weights.safetensors", torch_pickle(marker))
     image = make_image(tmp_path / "a.png", (220, 30, 30))
-    result = subprocess.run([sys.executable, "-m", "imgclf", "predict", str(poisoned), str(image)],
-                            capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
+    result = run_cli("predict", str(poisoned), str(image), env={"COLUMNS": "300"})
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "weights.safetensors" in errors[0]

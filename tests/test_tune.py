@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_FASTNET, make_class_folder
+from conftest import TINY_FASTNET, make_class_folder, run_cli
 
 import imgclf
 from imgclf.config import TrainConfig, make_config
@@ -59,7 +59,7 @@ def test_a_killed_study_resumes_to_three_trials_and_its_best_config_trains(tmp_p
     first.wait(timeout=30)
     assert summary(out)["counts"]["complete"] >= 1
 
-    resumed = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=120)
+    resumed = run_cli(*command[3:])  # the kill needs a process of its own; the resume does not
     assert resumed.returncode == 0, resumed.stderr
     counts = summary(out)["counts"]
     assert counts["complete"] == 3 and counts["running"] == 0
@@ -70,12 +70,10 @@ def test_a_killed_study_resumes_to_three_trials_and_its_best_config_trains(tmp_p
 
     best = yaml.safe_load((out / "best.yaml").read_text(encoding="utf-8"))
     assert best["lr"] == summary(out)["best"]["params"]["lr"] and best["out"] is None
-    rerun = subprocess.run([sys.executable, "-m", "imgclf", "train", "--config", str(out / "best.yaml"),
-                            "--out", str(tmp_path / "again")], capture_output=True, text=True, env=ENV, timeout=120)
+    rerun = run_cli("train", "--config", str(out / "best.yaml"), "--out", str(tmp_path / "again"))
     assert rerun.returncode == 0, rerun.stderr
     assert (tmp_path / "again" / "model").is_dir()
-    predicted = subprocess.run([sys.executable, "-m", "imgclf", "predict", str(out / "best"),
-                                str(data / "red" / "000.png")], capture_output=True, text=True, env=ENV, timeout=60)
+    predicted = run_cli("predict", str(out / "best"), str(data / "red" / "000.png"))
     assert predicted.returncode == 0, predicted.stderr
 
 
@@ -133,8 +131,7 @@ def test_a_bad_search_space_is_refused_before_any_data_is_read(tmp_path: Path, s
 
 def test_the_cli_prints_a_bad_space_as_one_line(tmp_path: Path) -> None:
     path = write_space(tmp_path / "space.yaml", {"lr": {"low": 1.0, "high": 0.1}, "epochs": {"choices": [1]}})
-    done = subprocess.run([sys.executable, "-m", "imgclf", "tune", str(tmp_path), "--trials", "2", "--space", str(path),
-                           "--epochs", "3"], capture_output=True, text=True, env=ENV, timeout=60)
+    done = run_cli("tune", str(tmp_path), "--trials", "2", "--space", str(path), "--epochs", "3")
     assert done.returncode == 2
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert len(lines) == 1 and "epochs also given on the command line" in lines[0]
@@ -253,9 +250,8 @@ def test_a_space_entry_the_recipe_ignores_is_refused_in_one_line(tmp_path: Path,
     data = make_class_folder(tmp_path / "data", per_class=4)
     space = write_space(tmp_path / "space.yaml", {"probe_c": {"low": 0.01, "high": 1.0, "log": True},
                                                   "lr": {"low": 0.001, "high": 0.1, "log": True}})
-    done = subprocess.run([sys.executable, "-m", "imgclf", "tune", str(data), "--trials", "2", "--space", str(space),
-                           "--out", str(tmp_path / "tune"), "--weights", str(backbone_weights), *PROBE],
-                          capture_output=True, text=True, env=ENV, timeout=60)
+    done = run_cli("tune", str(data), "--trials", "2", "--space", str(space), "--out", str(tmp_path / "tune"),
+                   "--weights", str(backbone_weights), *PROBE)
     assert done.returncode == 2
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert len(lines) == 1 and "space.yaml: lr changes nothing in this recipe" in lines[-1], lines
@@ -265,8 +261,7 @@ def test_a_space_entry_the_recipe_ignores_is_refused_in_one_line(tmp_path: Path,
 def test_a_fixed_config_may_not_set_a_trial_time_budget(tmp_path: Path) -> None:
     fixed = tmp_path / "fixed.yaml"
     fixed.write_text("model: fastnet\ntime_budget: 5m\n", encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "imgclf", "tune", str(tmp_path), "--trials", "2", "--config",
-                           str(fixed)], capture_output=True, text=True, env=ENV, timeout=60)
+    done = run_cli("tune", str(tmp_path), "--trials", "2", "--config", str(fixed))
     assert done.returncode == 2
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert len(lines) == 1 and "fixed.yaml: time_budget would be each trial's" in lines[0]

@@ -27,6 +27,7 @@ from torch import nn
 
 from imgclf import paths
 from imgclf.console import console, progress_bar
+from imgclf.data.batches import epoch_batches, mirrored_rows
 from imgclf.embeddings.embedder import SAVE_EVERY, view_of
 from imgclf.embeddings.store import EmbeddingStore, image_key
 from imgclf.errors import ImgclfError
@@ -160,21 +161,6 @@ class ActivationPass:
         return packed.to(torch.float16).cpu(), features.cpu()
 
 
-def epoch_batches(images: int, batch_size: int, seed: int, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(rows, mirrored) per batch of one epoch: a seeded order, each image seen once, plain or mirrored.
-
-    A seeded half of the images starts mirrored and every image flips view
-    on odd epochs (airbench's alternating flip), so each image is seen both
-    ways every two epochs: the kept activations of both views are the
-    augmentation. Full batches only (a ragged last one is dropped), unless
-    there is only one batch, as the image loader does.
-    """
-    order = np.random.default_rng([seed, epoch]).permutation(images)
-    mirrored = (np.random.default_rng([seed]).random(images) < 0.5) ^ bool(epoch % 2)
-    stops = range(0, images - batch_size + 1, batch_size) if images > batch_size else [0]
-    return [(order[start:start + batch_size], mirrored[order[start:start + batch_size]]) for start in stops]
-
-
 class ActivationLoader:
     """Training batches of kept activations, read as the engine reads a :class:`~imgclf.data.batches.BatchLoader`.
 
@@ -187,7 +173,7 @@ class ActivationLoader:
         self.views, self.targets, self.batch_size, self.seed, self.device = views, targets, batch_size, seed, device
         self.epoch = self.start_batch = 0
 
-    def __len__(self) -> int:  # epoch_batches' count, without drawing an epoch's order
+    def __len__(self) -> int:  # epoch_batches' count (the ragged last batch dropped), without drawing an order
         return max(1, len(self.targets) // self.batch_size)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -197,9 +183,11 @@ class ActivationLoader:
         epoch, first = self.epoch, self.start_batch
         self.epoch, self.start_batch = epoch + 1, 0
         plain, mirror = self.views
-        for rows, mirrored in epoch_batches(len(self.targets), self.batch_size, self.seed, epoch)[first:]:
+        count = len(self.targets)
+        mirrored = mirrored_rows(count, self.seed, epoch)  # the image loader's alternating flip
+        for rows in epoch_batches(count, self.batch_size, self.seed, epoch, drop_last=count > self.batch_size)[first:]:
             index = torch.from_numpy(rows)
-            rows_of = torch.where(torch.from_numpy(mirrored)[:, None], mirror[index], plain[index])
+            rows_of = torch.where(torch.from_numpy(mirrored[rows])[:, None], mirror[index], plain[index])
             yield rows_of.to(self.device).float(), self.targets[index].to(self.device)
 
 

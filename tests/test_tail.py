@@ -113,3 +113,29 @@ def test_tail_options_are_checked_with_one_line_errors(efficientnet_weights: Pat
     for options, expected in (({"epochs": 1}, "leaves the tail no epochs"), ({"tail_blocks": 9}, "has 5 blocks")):
         with pytest.raises(ImgclfError, match=expected):
             train(data, tmp_path / "python", efficientnet_weights, **options)
+
+
+def test_a_rerun_reads_the_activations_from_disk_and_trains_the_same_model(
+        efficientnet_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The frozen part's output is cached per image and view like embeddings: keyed by file and by the cut."""
+    from conftest import make_image
+    from safetensors.torch import load_file
+
+    data = make_class_folder(tmp_path / "data", per_class=6)
+    first = train(data, tmp_path / "first", efficientnet_weights, epochs=2)
+    assert "read from the cache" not in capsys.readouterr().err
+    again = train(data, tmp_path / "again", efficientnet_weights, epochs=2)
+    said = capsys.readouterr().err
+    assert "activations of 30 image views read from the cache" in said and "computed" not in said  # 12 x 2 + 6
+    assert first.model_dir is not None and again.model_dir is not None
+    weights = [load_file(str(result.model_dir / "weights.safetensors")) for result in (first, again)]
+    assert all((weights[0][name] == weights[1][name]).all() for name in weights[0])
+    assert first.history[-1]["val_loss"] == again.history[-1]["val_loss"]
+
+    edited = sorted((data / "red").iterdir())[0]
+    make_image(edited, (250, 250, 250), seed=99)  # new contents: this image's rows are computed again
+    train(data, tmp_path / "edited", efficientnet_weights, epochs=2)
+    said = capsys.readouterr().err
+    assert "read from the cache" in said and ("29 image views" in said or "28 image views" in said), said
+    train(data, tmp_path / "two-blocks", efficientnet_weights, epochs=2, tail_blocks=2)  # another cut: another key
+    assert "read from the cache" not in capsys.readouterr().err

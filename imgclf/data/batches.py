@@ -9,6 +9,7 @@ device from pinned memory when that device is a GPU.
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections.abc import Iterator
@@ -21,6 +22,34 @@ from imgclf.data.augment_presets import AugmentConfig
 from imgclf.distributed import ALONE, World
 
 PREFETCH_BATCHES = 2
+
+
+def epoch_batches(count: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True, drop_last: bool = True,
+                  order: np.ndarray | None = None) -> list[np.ndarray]:
+    """Positions of each batch of pass ``epoch`` over ``count`` rows: one seeded order per (seed, epoch).
+
+    ``order`` replaces the shuffled order (a weighted resample); ``drop_last``
+    drops a ragged last batch. The image loader and the tail's activation
+    loader share it, so both see the rows in the same order.
+    """
+    if order is None:
+        order = np.random.default_rng([seed, epoch]).permutation(count) if shuffle else np.arange(count)
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
+
+
+@functools.lru_cache(maxsize=8)  # asked once per batch: the pass's answer is drawn once (callers only read it)
+def mirrored_rows(count: int, seed: int, epoch: int) -> np.ndarray:
+    """airbench's alternating flip: which of ``count`` rows are mirrored in pass ``epoch``.
+
+    A fixed random half starts mirrored and every row flips on odd epochs,
+    so each image is seen both ways in every two epochs.
+    """
+    mirrored = (np.random.default_rng([seed, 0xF11B]).random(count) < 0.5) ^ bool(epoch % 2)
+    mirrored.flags.writeable = False  # shared by the cache: read, never changed
+    return mirrored
 
 
 class BatchLoader:
@@ -82,9 +111,6 @@ class BatchLoader:
             self.sample_weights = weights / weights.sum()
         self.epoch = 0
         self.start_batch = 0
-        # airbench's alternating flip: a fixed random half of the rows starts mirrored, and every
-        # row flips on odd epochs, so each image is seen both ways in every two epochs
-        self.flipped_first = np.random.default_rng([seed, 0xF11B]).random(len(self.rows)) < 0.5
         self._memo: tuple[int, list[np.ndarray]] | None = None
 
     def __len__(self) -> int:
@@ -112,16 +138,11 @@ class BatchLoader:
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         """The row positions of every batch of pass ``epoch`` (reshuffled or resampled per epoch)."""
-        rng = np.random.default_rng([self.seed, epoch])
-        order = np.arange(len(self.rows))
+        order = None
         if self.sample_weights is not None:
+            rng = np.random.default_rng([self.seed, epoch])
             order = rng.choice(len(self.rows), size=len(self.rows), p=self.sample_weights)
-        elif self.shuffle:
-            order = rng.permutation(len(self.rows))
-        starts = range(0, len(order), self.batch_size)
-        batches = [order[start:start + self.batch_size] for start in starts]
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches.pop()
+        batches = epoch_batches(len(self.rows), self.batch_size, self.seed, epoch, self.shuffle, self.drop_last, order)
         if self.world.is_distributed:
             batches = [batch[(mine := self.world.share(len(batch))).start:mine.stop] for batch in batches]
         return batches
@@ -140,7 +161,7 @@ class BatchLoader:
             targets = targets.to(self.device, non_blocking=True)
         hflip = None
         if self.augment.alternate_flip:
-            hflip = torch.from_numpy(self.flipped_first[positions] ^ bool(epoch % 2))
+            hflip = torch.from_numpy(mirrored_rows(len(self.rows), self.seed, epoch)[positions])
         images = augment_batch(pixels, self.augment, self._generator(epoch, index), self.mean, self.std, hflip=hflip)
         return images, targets
 

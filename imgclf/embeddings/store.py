@@ -87,8 +87,12 @@ class EmbeddingStore:
     def __len__(self) -> int:
         return len(self._index())
 
-    def get(self, keys: Sequence[str | None]) -> tuple[np.ndarray | None, np.ndarray]:
-        """(float32 vectors with zero rows where missing, found mask) for ``keys``; vectors None if none found."""
+    def get(self, keys: Sequence[str | None], dtype: type = np.float32) -> tuple[np.ndarray | None, np.ndarray]:
+        """(vectors with zero rows where missing, found mask) for ``keys``; vectors None if none found.
+
+        ``dtype`` float16 returns the stored numbers without widening them, for
+        vectors so wide (the tail's activations) that float32 copies would double their memory.
+        """
         index = self._index()
         found = np.array([key is not None and key in index for key in keys], dtype=bool)
         if not found.any():
@@ -107,7 +111,7 @@ class EmbeddingStore:
                     found[position] = False
                 continue
             if vectors is None:
-                vectors = np.zeros((len(keys), stored.shape[1]), dtype=np.float32)
+                vectors = np.zeros((len(keys), stored.shape[1]), dtype=dtype)
             positions, rows = (np.array(column) for column in zip(*pairs))
             vectors[positions] = stored[np.sort(rows)][np.argsort(np.argsort(rows))]
         return (vectors if found.any() else None), found

@@ -4,7 +4,8 @@ Fine-tuning a whole pretrained network on a CPU spends nearly all its time
 in the early, wide layers, whose output for an image barely needs to
 change. Here the trunk is cut before its last ``blocks`` inverted-residual
 blocks: the frozen part (stem and the blocks before the cut) runs once per
-image and view, its output activations are kept in memory (float16), and
+image and view, its output activations are kept in memory (float16, and
+on disk beside the embeddings, so a rerun or a tune trial reads them), and
 only the tail (those blocks, ``conv_head``, ``bn2`` and the classifier)
 trains, for a few epochs, on the kept activations. The tail's BatchNorm
 statistics stay frozen, as whole-network fine-tuning keeps them.
@@ -16,15 +17,19 @@ ordinary model (one bundle, the same predictions and exports).
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from imgclf import paths
 from imgclf.console import console, progress_bar
-from imgclf.embeddings.embedder import view_of
+from imgclf.data.batches import epoch_batches, mirrored_rows
+from imgclf.embeddings.embedder import SAVE_EVERY, view_of
+from imgclf.embeddings.store import EmbeddingStore, image_key
 from imgclf.errors import ImgclfError
 from imgclf.models.device import autocast, choose_device, choose_precision
 from imgclf.models.folding import inference_copy
@@ -39,6 +44,8 @@ TRUNK_PARTS = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool")
 PASS_BATCH = 64  # images per batch of the activation pass
 # (split, view) activations kept: the training images both ways (the tail's augmentation), val plain (its epoch scores)
 KEPT = (("train", "plain"), ("train", "hflip"), ("val", "plain"))
+STORED_ROWS = "float16 activations of the frozen part, then its pooled features"  # in the cache's key: the layout
+DISK_SPARE_BYTES = 2**30  # the disk keeps at least this free beyond twice the activations, or they stay in memory
 
 
 def supports_tail(model: nn.Module) -> bool:
@@ -154,21 +161,6 @@ class ActivationPass:
         return packed.to(torch.float16).cpu(), features.cpu()
 
 
-def epoch_batches(images: int, batch_size: int, seed: int, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(rows, mirrored) per batch of one epoch: a seeded order, each image seen once, plain or mirrored.
-
-    A seeded half of the images starts mirrored and every image flips view
-    on odd epochs (airbench's alternating flip), so each image is seen both
-    ways every two epochs: the kept activations of both views are the
-    augmentation. Full batches only (a ragged last one is dropped), unless
-    there is only one batch, as the image loader does.
-    """
-    order = np.random.default_rng([seed, epoch]).permutation(images)
-    mirrored = (np.random.default_rng([seed]).random(images) < 0.5) ^ bool(epoch % 2)
-    stops = range(0, images - batch_size + 1, batch_size) if images > batch_size else [0]
-    return [(order[start:start + batch_size], mirrored[order[start:start + batch_size]]) for start in stops]
-
-
 class ActivationLoader:
     """Training batches of kept activations, read as the engine reads a :class:`~imgclf.data.batches.BatchLoader`.
 
@@ -181,7 +173,7 @@ class ActivationLoader:
         self.views, self.targets, self.batch_size, self.seed, self.device = views, targets, batch_size, seed, device
         self.epoch = self.start_batch = 0
 
-    def __len__(self) -> int:  # epoch_batches' count, without drawing an epoch's order
+    def __len__(self) -> int:  # epoch_batches' count (the ragged last batch dropped), without drawing an order
         return max(1, len(self.targets) // self.batch_size)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -191,9 +183,11 @@ class ActivationLoader:
         epoch, first = self.epoch, self.start_batch
         self.epoch, self.start_batch = epoch + 1, 0
         plain, mirror = self.views
-        for rows, mirrored in epoch_batches(len(self.targets), self.batch_size, self.seed, epoch)[first:]:
+        count = len(self.targets)
+        mirrored = mirrored_rows(count, self.seed, epoch)  # the image loader's alternating flip
+        for rows in epoch_batches(count, self.batch_size, self.seed, epoch, drop_last=count > self.batch_size)[first:]:
             index = torch.from_numpy(rows)
-            rows_of = torch.where(torch.from_numpy(mirrored)[:, None], mirror[index], plain[index])
+            rows_of = torch.where(torch.from_numpy(mirrored[rows])[:, None], mirror[index], plain[index])
             yield rows_of.to(self.device).float(), self.targets[index].to(self.device)
 
 
@@ -208,19 +202,31 @@ class TailStage:
     One pass of the frozen part over train (plain and mirrored) and val
     gives both the activations and the probe's embeddings (the unchanged
     tail's pooled features), so the probe before the tail costs no forward
-    pass of its own. The activations live in memory only: a resumed run
-    computes them again (deterministic, the frozen part never changes).
+    pass of its own. Both are also kept on disk, like embeddings
+    (:class:`~imgclf.embeddings.store.EmbeddingStore`, one store per view,
+    keyed by the frozen part's identity: the embedder's plus the cut), so a
+    second run on the same images, a tune trial or a resumed run reads them
+    instead of running the frozen part again.
     """
 
-    def __init__(self, split: TailModel, config: TrainConfig, data: TrainingData) -> None:
+    def __init__(self, split: TailModel, config: TrainConfig, data: TrainingData,
+                 identity: dict[str, Any] | None) -> None:
         self.model, self.config, self.data = split, config, data
+        self.identity = identity
         self.device = choose_device(config.device)
         self.precision = choose_precision(config.precision, self.device)
         self._kept: dict[tuple[str, str], tuple[torch.Tensor, np.ndarray]] = {}
 
     @classmethod
-    def plan(cls, model: nn.Module, config: TrainConfig, data: TrainingData, distributed: bool) -> TailStage | None:
-        """The stage for ``model``, or None (said on the console) when its activations would not fit in memory."""
+    def plan(cls, model: nn.Module, config: TrainConfig, data: TrainingData, distributed: bool,
+             identity: dict[str, Any] | None) -> TailStage | None:
+        """The stage for ``model``, or None (said on the console) when its activations would not fit in memory.
+
+        ``identity``: what the frozen trunk's output depends on (the embedder's
+        identity: architecture, weights, preprocessing, precision), or None
+        when it cannot be known (no weights fingerprint, no image files): the
+        activations are then kept in memory only.
+        """
         if distributed:
             raise ImgclfError("--strategy tail runs in one process (its activations are kept in that process's "
                               "memory); drop --nproc, or use --strategy two-stage")
@@ -236,42 +242,109 @@ class TailStage:
                           f"{needed / 2**30:.1f} GiB) exceed a quarter of this machine's memory "
                           f"({limit / 2**30:.1f} GiB); training the probe alone (--tail-blocks 1 keeps the least)[/]")
             return None
-        return cls(split, config, data)
+        return cls(split, config, data, identity if data.paths else None)
 
     def _activations(self, split: str, view: str) -> tuple[torch.Tensor, np.ndarray]:
-        """(packed float16 activations, float32 embeddings) of ``split`` in ``view``, computed once."""
+        """(packed float16 activations, float32 embeddings) of ``split`` in ``view``, computed or read once."""
         if (split, view) not in self._kept:
             self._kept.update(self._pass([key for key in KEPT if key not in self._kept]))
         return self._kept[split, view]
 
+    def _store(self, view: str) -> EmbeddingStore | None:
+        """The disk cache of one view's activations + features, or None when they cannot be keyed."""
+        if self.identity is None:
+            return None
+        return EmbeddingStore({**self.identity, "view": view,
+                               "tail": {"blocks": self.config.tail_blocks, "rows": STORED_ROWS}})
+
     def _pass(self, wanted: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[torch.Tensor, np.ndarray]]:
-        """One pass of the frozen part over every wanted (split, view), with a progress bar."""
+        """Every wanted (split, view): read from the disk cache, the rest in one pass of the frozen part.
+
+        Each row is the image's float16 activations followed by its float16
+        pooled features, fresh or cached alike, so a rerun on cached rows
+        trains the same model as the first run did.
+        """
         from imgclf.data.augment import augment_batch
         from imgclf.data.augment_presets import PRESETS
 
-        data = self.data
-        wanted = [(split, view) for split, view in wanted if len(data.rows.get(split, ()))]
+        data, width = self.data, self.model.width
+        rows_of = {key: data.rows[key[0]] for key in wanted if len(data.rows.get(key[0], ()))}
+        rows_out: dict[tuple[str, str], np.ndarray] = {}
+        missing: dict[tuple[str, str], np.ndarray] = {}
+        keys: dict[tuple[str, str], list[str | None]] = {}
+        for split, view in rows_of:
+            store = self._store(view)
+            rows = rows_of[split, view]
+            if store is None:
+                keys[split, view], stored, found = [None] * len(rows), None, np.zeros(len(rows), bool)
+            else:
+                keys[split, view] = [image_key(data.paths[row]) for row in rows]
+                stored, found = store.get(keys[split, view], dtype=np.float16)
+            rows_out[split, view] = stored if stored is not None else np.zeros((len(rows), 0), np.float16)
+            missing[split, view] = np.flatnonzero(~found)
+        to_compute = sum(len(positions) for positions in missing.values())
+        cached = sum(len(rows) for rows in rows_of.values()) - to_compute
+        if to_compute:
+            def images(rows: np.ndarray, view: str) -> torch.Tensor:
+                pixels = view_of(data.pixels[np.sort(rows)][np.argsort(np.argsort(rows))], view)  # the embedder's
+                return augment_batch(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device), PRESETS["none"],
+                                     torch.Generator(), data.mean, data.std)
 
-        def images(rows: np.ndarray, view: str) -> torch.Tensor:
-            pixels = view_of(data.pixels[np.sort(rows)][np.argsort(np.argsort(rows))], view)  # the embedder's views
-            return augment_batch(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device), PRESETS["none"],
-                                 torch.Generator(), data.mean, data.std)
+            self.model.eval()
+            first_split, first_view = next(key for key, positions in missing.items() if len(positions))
+            example = images(rows_of[first_split, first_view][missing[first_split, first_view][:1]], "plain")
+            runner = ActivationPass(self.model, example, self.device, self.precision)
+            writable = self._room_on_disk(to_compute)
+            with progress_bar() as bar:
+                task = bar.add_task("Activations for the tail", total=to_compute)
+                for (split, view), positions in missing.items():
+                    if len(positions):
+                        rows_out[split, view] = self._compute(runner, images, (split, view), positions, rows_out,
+                                                              keys, writable, bar, task)
+        if cached:
+            console.print(f"tail: activations of {cached:,} image views read from the cache"
+                          + (f", {to_compute:,} computed" if to_compute else ""))
+        return {key: (torch.from_numpy(vectors[:, :width]), vectors[:, width:].astype(np.float32))
+                for key, vectors in rows_out.items()}
 
-        self.model.eval()
-        first = data.rows[wanted[0][0]][:1]
-        runner = ActivationPass(self.model, images(first, "plain"), self.device, self.precision)
-        kept = {}
-        with progress_bar() as bar:
-            task = bar.add_task("Activations for the tail", total=sum(len(data.rows[split]) for split, _ in wanted))
-            for split, view in wanted:
-                rows = data.rows[split]
-                parts = []
-                for start in range(0, len(rows), PASS_BATCH):
-                    parts.append(runner(images(rows[start:start + PASS_BATCH], view)))
-                    bar.advance(task, len(rows[start:start + PASS_BATCH]))
-                kept[split, view] = (torch.cat([packed for packed, _ in parts]),
-                                     torch.cat([features for _, features in parts]).numpy())
-        return kept
+    def _compute(self, runner: ActivationPass, images: Any, key: tuple[str, str], positions: np.ndarray,
+                 rows_out: dict[tuple[str, str], np.ndarray], keys: dict[tuple[str, str], list[str | None]],
+                 writable: bool, bar: Any, task: Any) -> np.ndarray:
+        """The missing rows of one (split, view) through the frozen part, stored every SAVE_EVERY images."""
+        split, view = key
+        rows = self.data.rows[split]
+        vectors = rows_out[key]
+        store = self._store(view) if writable else None
+        for start in range(0, len(positions), SAVE_EVERY):
+            chunk = positions[start:start + SAVE_EVERY]
+            parts = []
+            for first in range(0, len(chunk), PASS_BATCH):
+                packed, features = runner(images(rows[chunk[first:first + PASS_BATCH]], view))
+                parts.append(torch.cat([packed, features.to(torch.float16)], dim=1).numpy())
+                bar.advance(task, len(chunk[first:first + PASS_BATCH]))
+            computed = np.concatenate(parts)
+            if vectors.shape[1] == 0:  # nothing was cached: the rows are made here
+                vectors = np.zeros((len(rows), computed.shape[1]), np.float16)
+            vectors[chunk] = computed
+            stored = [(keys[key][position], index) for index, position in enumerate(chunk)
+                      if keys[key][position] is not None]
+            if store is not None and stored:
+                store.put([image for image, _ in stored], computed[[index for _, index in stored]])  # type: ignore[misc]
+        return vectors
+
+    def _room_on_disk(self, views: int) -> bool:
+        """Whether the cache's disk has room for ``views`` more rows with plenty to spare (else: memory only)."""
+        if self.identity is None:
+            return False
+        needed = views * (self.model.width + self.model.head.in_features) * 2
+        root = paths.cache_dir()
+        root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(root).free
+        if free < 2 * needed + DISK_SPARE_BYTES:
+            console.print(f"[yellow]tail: not keeping its activations on disk ({needed / 2**30:.1f} GiB needed, "
+                          f"{free / 2**30:.1f} GiB free under {root}); a rerun computes them again[/]")
+            return False
+        return True
 
     def features(self, split: str, view: str = "plain") -> np.ndarray:
         """The probe's embeddings of ``split`` from the activation pass."""

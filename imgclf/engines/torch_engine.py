@@ -48,7 +48,7 @@ from imgclf.data.augment import mix_batch
 from imgclf.data.augment_presets import PRESETS, augment_config
 from imgclf.data.batches import BatchLoader
 from imgclf.deploy.bundle import BundleInfo, write_bundle
-from imgclf.embeddings.embedder import Embedder, Preprocessing
+from imgclf.embeddings.embedder import Embedder, Preprocessing, embedding_identity
 from imgclf.engines.callbacks import Callback, FitState, fire
 from imgclf.engines.checkpoint import load_checkpoint, save_checkpoint
 from imgclf.engines.contract import (
@@ -172,7 +172,7 @@ class TorchEngine:
         weights = class_weights(data, config)
         self.class_weights = weights.to(self.device) if weights is not None else None
         if config.strategy == "tail":  # None when its activations would not fit in memory: the probe alone
-            self.tail = TailStage.plan(self.model, config, data, self.world.is_distributed)
+            self.tail = TailStage.plan(self.model, config, data, self.world.is_distributed, self.frozen_identity())
         self._adopt(config)
         return self.checkpoint is not None
 
@@ -580,16 +580,27 @@ class TorchEngine:
     def _probe_splits(self) -> list[str]:
         return ["train"] + (["val"] if self.has_val else [])
 
+    def _preprocessing(self) -> Preprocessing:
+        config = self.config
+        return Preprocessing(config.image_size or 0, config.resize or "squash", 1 if config.grayscale else 3,
+                             self.data.mean, self.data.std)
+
     def embedder(self) -> Embedder:
         """The frozen backbone as an embedder (made once, before any training changes the weights)."""
         if self._embedder is None:
             config = self.config
-            preprocessing = Preprocessing(config.image_size or 0, config.resize or "squash",
-                                          1 if config.grayscale else 3, self.data.mean, self.data.std)
-            self._embedder = Embedder(self.model, config.model or "", self.embedding_weights or "", preprocessing,
-                                      config.model or "", config.model_args, self.device, self.precision,
-                                      batch_size=2 * (config.batch_size or 32))
+            self._embedder = Embedder(self.model, config.model or "", self.embedding_weights or "",
+                                      self._preprocessing(), config.model or "", config.model_args, self.device,
+                                      self.precision, batch_size=2 * (config.batch_size or 32))
         return self._embedder
+
+    def frozen_identity(self) -> dict[str, Any] | None:
+        """What the pretrained backbone's outputs depend on (the embedder's cache key), None without known weights."""
+        if self.embedding_weights is None:
+            return None
+        config = self.config
+        return embedding_identity(config.model or "", config.model_args, self.embedding_weights,
+                                  self._preprocessing(), self.precision)
 
     def backbone_is_embedder(self) -> bool:
         """Whether the whole run is one linear probe, so the trained backbone is exactly the embedder's."""

@@ -37,3 +37,10 @@ def test_a_short_budget_trains_the_narrow_fastnet_and_a_long_one_airbench94s_wid
 
 def test_widths_given_win_over_the_budget() -> None:
     assert cifar_recipe(time_budget="5m", model_args={"widths": [16, 32, 32]}).model_args["widths"] == [16, 32, 32]
+
+
+def test_a_small_set_keeps_ema_light_shifts_and_flip_tta() -> None:
+    """A few thousand images give too few steps for lookahead's end on the slow copy."""
+    config = resolve(make_config(data="x"), DataFacts(2_000, 32), lambda name: None)
+    assert (config.ema, config.lookahead, config.augment, config.tta_shift) == (True, False, "light", 0)
+    assert config.whitening_bias_epochs is None

@@ -98,7 +98,7 @@ class TrainConfig:
     dropout: float | None = option(None, "Dropout before the classifier (timm's drop_rate; tutorial-cnn's dropout).",
                                    "Model")
     drop_path: float | None = option(None, "Stochastic depth rate (timm's drop_path_rate).", "Model")
-    bias_lr_scale: float | None = option(None, "Learning-rate multiplier for biases and norms.", "Schedule")
+    bias_lr_scale: float | None = option(None, "Learning-rate multiplier for norm layers' parameters.", "Schedule")
     schedule: str | None = option(None, "Learning-rate schedule.", "Schedule", choices=SCHEDULES)
     warmup_epochs: float | None = option(None, "Linear warm-up length.", "Schedule")
     label_smoothing: float | None = option(None, "Label smoothing.", "Schedule")

@@ -9,6 +9,7 @@ from torch import nn
 from imgclf.config import make_config
 from imgclf.engines.lookahead import Lookahead
 from imgclf.engines.optim import Muon, build_optimizer, orthogonalise, parameter_groups
+from imgclf.models.small import FastNet
 
 
 def test_orthogonalise_keeps_the_directions_and_evens_out_the_singular_values() -> None:
@@ -69,3 +70,15 @@ def test_lookahead_pulls_the_weights_every_five_steps_and_ends_on_the_slow_copy(
         net.weight.add_(1.0)
     lookahead.step(net, 10, 10)  # the last step: the model becomes the slow copy
     torch.testing.assert_close(net.weight, start + (1 - decay))
+
+
+def test_the_bias_rate_scale_goes_to_norm_layers_only_and_no_bias_is_decayed() -> None:
+    """airbench's 64x is for BatchNorm biases: fastnet's whitening bias keeps the base rate."""
+    net = FastNet(10, widths=(8, 8, 8))
+    config = make_config(data="x", optimizer="sgd", lr=0.5, weight_decay=1e-3, bias_lr_scale=64.0)
+    groups = parameter_groups(net, net.get_classifier(), config, backbone_scale=1.0, trainable="all")
+    settings = {id(parameter): (group["lr"], group["weight_decay"]) for group in groups for parameter in group["params"]}
+    assert settings[id(net.whiten.bias)] == (0.5, 0.0)
+    assert settings[id(net.groups[0].norms[0].bias)] == (32.0, 0.0)
+    assert settings[id(net.groups[0].convs[0].weight)] == (0.5, 1e-3)
+    assert id(net.groups[0].norms[0].weight) not in settings  # the BatchNorm scale is frozen at 1

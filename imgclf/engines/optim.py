@@ -2,8 +2,8 @@
 
 Weight decay goes on weight matrices and convolution kernels only: decaying
 norm scales and biases pulls them toward zero for no benefit and is the
-classic silent mistake of hand-written loops. Biases and norm parameters
-may get a larger learning rate (``bias_lr_scale``, airbench's 64x), and the
+classic silent mistake of hand-written loops. Norm parameters
+may get a larger learning rate (``bias_lr_scale``, airbench's 64x on BatchNorm biases), and the
 backbone of a pretrained model a smaller one (``backbone_lr_scale``).
 
 ``--optimizer muon`` (airbench94_muon's) updates the backbone's weight
@@ -27,31 +27,39 @@ MUON_MOMENTUM = 0.6  # airbench94_muon's momentum for the filters (SGD keeps --m
 # three steps bring every singular value of the update near 1
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
 NEWTON_SCHULZ_STEPS = 3
+# layers whose parameters get ``bias_lr_scale`` (never decayed)
+NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def parameter_groups(model: nn.Module, head: nn.Module, config: TrainConfig, backbone_scale: float,
                      trainable: str, stage_scale: float = 1.0) -> list[dict[str, object]]:
-    """Groups for the optimiser: {backbone, head} x {decayed, not decayed}, each with its ``lr``.
+    """Groups for the optimiser: {backbone, head} x {decayed, norm, other bias}, each with its ``lr``.
 
+    ``bias_lr_scale`` multiplies the rate of normalisation layers' parameters
+    only, as airbench's 64x does its BatchNorm biases: other biases (fastnet's
+    whitening bias, a linear layer's) keep the base rate (README, "Benchmarks").
     ``trainable`` is ``"all"`` or ``"head"`` (a probe: only the classifier learns).
     """
     head_ids = {id(parameter) for parameter in head.parameters()}
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    norm_ids = {id(parameter) for module in model.modules() if isinstance(module, NORMS)
+                for parameter in module.parameters(recurse=False)}
+    groups: dict[tuple[bool, str], list[nn.Parameter]] = {}
     for parameter in model.parameters():
         if not parameter.requires_grad:
             continue
         in_head = id(parameter) in head_ids
         if trainable == "head" and not in_head:
             continue
-        groups.setdefault((in_head, parameter.ndim > 1), []).append(parameter)
+        kind = "decayed" if parameter.ndim > 1 else "norm" if id(parameter) in norm_ids else "bias"
+        groups.setdefault((in_head, kind), []).append(parameter)
     result = []
-    for (in_head, decayed), parameters in sorted(groups.items()):
+    for (in_head, kind), parameters in sorted(groups.items()):
         lr = (config.lr * stage_scale * (1.0 if in_head else backbone_scale)
-              * (1.0 if decayed else config.bias_lr_scale))
-        weight_decay = config.weight_decay if decayed else 0.0
+              * (config.bias_lr_scale if kind == "norm" else 1.0))
+        weight_decay = config.weight_decay if kind == "decayed" else 0.0
         group = {"params": parameters, "lr": lr, "initial_lr": lr, "weight_decay": weight_decay}
         if config.optimizer == "muon":
-            orthogonalise = decayed and not in_head
+            orthogonalise = kind == "decayed" and not in_head
             group["orthogonalise"] = orthogonalise
             if orthogonalise:  # Muon keeps each weight's norm fixed instead of decaying it
                 muon_lr = (config.muon_lr or 0.0) * stage_scale * backbone_scale

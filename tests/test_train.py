@@ -287,3 +287,18 @@ def test_the_whitening_bias_stops_training_after_its_epochs(colours: Path, tmp_p
     final = torch.load(last, weights_only=True)["model"]  # the weights after the last step (not the best epoch's)
     torch.testing.assert_close(final["whiten.bias"], after_one["whiten.bias"], rtol=0, atol=0)
     assert not torch.equal(final["groups.0.norms.0.bias"], after_one["groups.0.norms.0.bias"])  # the rest trained on
+
+
+def test_a_checkpoint_whose_optimiser_groups_differ_is_refused_in_one_line(colours: Path, tmp_path: Path) -> None:
+    """A run started by a version that grouped the parameters otherwise cannot resume here: said, not a traceback."""
+    from imgclf.engines.checkpoint import load_checkpoint, save_checkpoint
+    from imgclf.errors import ImgclfError
+
+    cut = tmp_path / "cut"
+    assert imgclf.train(colours, out=cut, callbacks=[InterruptAt(step=4)], epochs=3, **FAST).interrupted
+    last = cut / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:1]  # an older grouping: fewer groups
+    save_checkpoint(state, last)
+    with pytest.raises(ImgclfError, match="optimiser state does not fit this version's parameter groups"):
+        imgclf.train(resume=cut)

@@ -458,7 +458,7 @@ class TorchEngine:
                     self.optimizer, self.scheduler = self._start_stage(self.stages[stage_index])
                     self.lookahead = Lookahead(self.model) if self.config.lookahead else None
                     if resume is not None and stage_index == self.position.stage:
-                        self.optimizer.load_state_dict(resume["optimizer"])
+                        self._load_optimizer_state(resume["optimizer"])
                         self.scheduler.load_state_dict(resume["scheduler"])
                         self.scaler.load_state_dict(resume["scaler"])
                         if self.lookahead is not None and resume.get("lookahead") is not None:
@@ -566,6 +566,15 @@ class TorchEngine:
         else:
             self.best["stale"] += 1
         fit.best_epoch, fit.stale = self.best["epoch"], self.best["stale"]
+
+    def _load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """The checkpoint's optimiser state; one from a version that grouped the parameters otherwise is refused."""
+        try:
+            self.optimizer.load_state_dict(state)
+        except ValueError as error:  # torch: a different number or size of parameter groups
+            raise ImgclfError(f"{self.run.last_checkpoint}: its optimiser state does not fit this version's "
+                              f"parameter groups ({error}); it was written by another imgclf version: finish the "
+                              "run with that version, or train again with --overwrite") from None
 
     def _restore_best(self) -> nn.Module:
         model = self.evaluated_model()

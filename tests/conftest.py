@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -83,6 +84,24 @@ def chromium() -> str:
             pytest.fail("chromium is missing under CI; `make test` installs it (apt-get install chromium)")
         pytest.skip("chromium is not installed (apt-get install chromium)")
     return path
+
+
+@contextmanager
+def browser_page(chromium: str) -> Iterator[tuple[Any, list[str]]]:
+    """A headless Chromium page (no background networking) and the URLs it requests, to check none leave the page's
+    origin; the browser closes when the block ends."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium,
+                                             args=["--no-sandbox", "--disable-background-networking"])
+        try:
+            page = browser.new_page()
+            requests: list[str] = []
+            page.on("request", lambda request: requests.append(request.url))
+            yield page, requests
+        finally:
+            browser.close()
 
 
 TINY_FASTNET = dict(model="fastnet", model_args={"widths": [8, 16, 16], "depth": 1}, batch_size=16, lr=0.5,

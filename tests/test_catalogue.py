@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import browser_page, run_cli
 from PIL import Image
 from test_embeddings import textured
 
@@ -234,7 +234,6 @@ def test_batch_mode_resumes_after_a_kill_and_writes_one_row_per_product(tmp_path
 # ----------------------------------------------------------------- review page
 def test_the_review_page_accepts_and_corrects_suggestions_in_a_browser(tmp_path: Path, chromium: str) -> None:
     import httpx
-    from playwright.sync_api import sync_playwright
     from test_serve import start_server
 
     from imgclf import api
@@ -253,10 +252,7 @@ def test_the_review_page_accepts_and_corrects_suggestions_in_a_browser(tmp_path:
     suggested = [queue.suggestions[index].category for index in range(3)]
     url, server, thread = start_server(create_review_app(queue))
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium,
-                                                 args=["--no-sandbox", "--disable-background-networking"])
-            page = browser.new_page()
+        with browser_page(chromium) as (page, _):
             page.goto(url + "/")
             page.wait_for_selector("article[data-id='2']")
             first, second = page.locator("article[data-id='0']"), page.locator("article[data-id='1']")
@@ -274,7 +270,6 @@ def test_the_review_page_accepts_and_corrects_suggestions_in_a_browser(tmp_path:
             page.reload()
             page.wait_for_selector("article[data-id='1'].done")
             reloaded = page.locator("article[data-id='1'] .state").inner_text()
-            browser.close()
         bad_path = httpx.post(f"{url}/v1/review/2", json={"category": "Dairy//Kefir"})
         assert bad_path.status_code == 422 and "is not a category path" in bad_path.text
         assert httpx.get(f"{url}/v1/review/photo/99").status_code == 404

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_class_folder, make_image, run_cli, train_tiny_run
+from conftest import browser_page, make_class_folder, make_image, run_cli, train_tiny_run
 
 import imgclf
 from imgclf.errors import ImgclfError
@@ -188,20 +188,12 @@ def test_python_predict_accepts_arrays_and_pil_images(trained: Path, inputs: Pat
 
 
 def test_report_renders_in_a_browser_with_no_network(trained: Path, chromium: str) -> None:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium,
-                                             args=["--no-sandbox", "--disable-background-networking"])
-        page = browser.new_page()
-        requests: list[str] = []
-        page.on("request", lambda request: requests.append(request.url))
+    with browser_page(chromium) as (page, requests):
         page.goto((trained / "report.html").as_uri())
         page.wait_for_load_state("load")
         widths = page.eval_on_selector_all("img", "images => images.map(image => image.complete && image.naturalWidth)")
         sections = page.eval_on_selector_all("section", "sections => sections.map(section => section.id)")
         heading = page.inner_text("h1")
-        browser.close()
     assert len(widths) >= 6 and all(width > 0 for width in widths)
     assert list(SECTIONS) == sections
     assert "fastnet" in heading

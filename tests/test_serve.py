@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from conftest import make_image, run_cli, train_tiny_run
+from conftest import browser_page, make_image, run_cli, train_tiny_run
 from PIL import Image
 
 import imgclf
@@ -232,16 +232,9 @@ def test_slow_models_and_slow_uploads_time_out_and_the_server_recovers(run: Path
 
 
 def test_web_page_classifies_an_uploaded_image_in_a_browser(client: httpx.Client, chromium: str, tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
     image = make_image(tmp_path / "a red thing.png", (220, 30, 30), size=64)
     base = str(client.base_url).rstrip("/")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium,
-                                             args=["--no-sandbox", "--disable-background-networking"])
-        page = browser.new_page()
-        requests: list[str] = []
-        page.on("request", lambda request: requests.append(request.url))
+    with browser_page(chromium) as (page, requests):
         page.goto(base + "/")
         page.wait_for_function("document.getElementById('about').textContent.includes('3 classes')")
         page.set_input_files("#file", str(image))
@@ -252,7 +245,6 @@ def test_web_page_classifies_an_uploaded_image_in_a_browser(client: httpx.Client
         page.click("#explain")
         page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0")
         heatmap = page.eval_on_selector("#heatmap", "image => !image.hidden && image.naturalWidth")
-        browser.close()
     assert prediction == "red"
     assert len(rows) == 3 and rows[0].startswith("red") and rows[0].rstrip().endswith("%")
     assert preview == 64 and heatmap == 16

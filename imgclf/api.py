@@ -227,7 +227,7 @@ def _reported(run: TrainResult) -> TrainResult:
     from imgclf.evaluation.run_report import report_run
 
     if run.model_dir is not None and not run.interrupted:  # no bundle on ranks other than 0
-        page, _ = report_run(run.run_dir)
+        page, _ = report_run(run.run_dir, known=run.held_out_probabilities)
         console.print(f"report: {page}")
     return run
 

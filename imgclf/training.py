@@ -19,7 +19,7 @@ train quietly beside it and return once the fit ends.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from statistics import median
 from typing import TYPE_CHECKING, Any
@@ -60,6 +60,8 @@ class TrainResult:
     metrics: dict[str, Any]
     interrupted: bool = False
     multilabel: bool = False
+    # each held-out image's probabilities from the finished bundle, by path: the run's report reads them
+    held_out_probabilities: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 def data_facts(dataset: ImageDataset) -> DataFacts:
@@ -173,7 +175,8 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     decision = _decide(model_dir, data, config, held_out)  # on calibrated probabilities, before scoring
     metrics = _final_metrics(engine, data, result, model_dir, held_out, {**calibration, **decision})
     _print_summary(run, config, result, metrics)
-    return TrainResult(run.path, model_dir, config, result.history, metrics, multilabel=data.multilabel)
+    return TrainResult(run.path, model_dir, config, result.history, metrics, multilabel=data.multilabel,
+                       held_out_probabilities=held_out.probabilities_by_path(model_dir, data))
 
 
 def _join(world: World, config: TrainConfig) -> None:
@@ -279,6 +282,19 @@ class HeldOut:
 
         assert self.classifier is not None, "no held-out images"
         return Classifier(self.classifier.runtime, read_bundle_info(model_dir), directory=model_dir)
+
+    def probabilities_by_path(self, model_dir: Path, data: TrainingData) -> dict[str, np.ndarray]:
+        """Each held-out image's probabilities as ``predict`` gives them now, keyed by its path.
+
+        The report evaluates the same bundle on the same split; reading these
+        spares it a second decode and forward pass of every held-out image
+        (on pretrained photos, forward passes are the cost of a run).
+        """
+        if not self.logits:
+            return {}
+        classifier = self.bundle_now(model_dir)
+        return {str(data.paths[row]): probabilities for split, logits in self.logits.items()
+                for row, probabilities in zip(data.rows[split], classifier.probabilities_of(logits))}
 
     def val_probabilities(self, model_dir: Path) -> np.ndarray:
         """val's probabilities as predict gives them now (temperature included)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,27 @@ def test_one_model_on_one_split_gives_one_number_everywhere(backbone_weights: Pa
     for metrics in (report, evaluated_metrics):
         assert bundle["test_accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
         assert bundle["test_loss"] == pytest.approx(metrics["log_loss"], abs=1e-6)
+    held_out = run.held_out_probabilities  # what the report read instead of predicting val and test again
+    assert len(held_out) == bundle["val_images"] + bundle["test_images"]
+    predicted = {row.path: row.probabilities for row in imgclf.predict(run.run_dir, list(held_out))}
+    for path, probabilities in held_out.items():
+        assert probabilities == pytest.approx(predicted[path], abs=1e-5)
+
+
+def test_evaluate_takes_known_probabilities_instead_of_decoding_again(trained: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from imgclf.evaluation.evaluate import evaluate, evaluation_items
+
+    classifier = imgclf.load(trained)
+    items, split = evaluation_items(trained, None, None)
+    gone = replace(items[0], path=tmp_path / "deleted-since.png")  # no such file: only its known answer can count
+    wrong = np.eye(len(classifier.classes))[(classifier.classes.index(gone.labels[0]) + 1) % len(classifier.classes)]
+    result = evaluate(classifier, [gone, *items], split, tmp_path / "eval", known={str(gone.path): wrong})
+    alone = evaluate(classifier, items, split, tmp_path / "alone")
+    assert result.metrics["images"] == len(items) + 1 and result.metrics["skipped"] == 0
+    right = alone.metrics["accuracy"] * len(items)
+    assert result.metrics["accuracy"] == pytest.approx(right / (len(items) + 1))
 
 
 def test_cli_report_regenerates_the_page(trained: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -106,11 +107,15 @@ class OutOfFold(Protocol):
 
 
 def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label_issues: bool = False,
-             out_of_fold: OutOfFold | None = None, batch_size: int = 64) -> Evaluation:
+             out_of_fold: OutOfFold | None = None, batch_size: int = 64,
+             known: Mapping[str, np.ndarray] | None = None) -> Evaluation:
     """Predict ``items`` with ``classifier`` and write metrics.json, pictures and (optionally) label issues.
 
     Label issues come from the bundle's own predictions, or with
     ``out_of_fold`` from out-of-fold predictions of models retrained with its recipe.
+    ``known`` maps paths to the probabilities this classifier already gave
+    them (a training run's pass over its held-out split): those images are
+    not decoded and passed through the model again.
     """
     folds = out_of_fold.folds if out_of_fold is not None else None
     depth = classifier.info.config.get("label_depth")
@@ -124,9 +129,9 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
         if folds:
             raise ImgclfError("--folds: cross-validated label issues are for single-label models; use --label-issues "
                               "alone for a multi-label model (issues from its own predictions)")
-        return _evaluate_multilabel(classifier, items, split, out, label_issues, batch_size)
+        return _evaluate_multilabel(classifier, items, split, out, label_issues, batch_size, known)
     out.mkdir(parents=True, exist_ok=True)
-    paths, labelled, probabilities, skipped = _predict(classifier, items, batch_size)
+    paths, labelled, probabilities, skipped = _predict(classifier, items, batch_size, known)
     labels = label_indices(labelled, classifier.classes)
     predicted = classifier.decide(probabilities)  # the labels predict and serve give: a binary model's threshold
     decision = classifier.decision
@@ -178,11 +183,11 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
 
 
 def _evaluate_multilabel(classifier: Any, items: list[Item], split: str, out: Path, label_issues: bool,
-                         batch_size: int) -> Evaluation:
+                         batch_size: int, known: Mapping[str, np.ndarray] | None) -> Evaluation:
     """The multi-label evaluation: per-label and averaged figures at the bundle's thresholds, PR curves,
     co-occurrence, missed and spurious labels, and (with ``label_issues``) per-label confident learning."""
     out.mkdir(parents=True, exist_ok=True)
-    paths, labelled, probabilities, skipped = _predict(classifier, items, batch_size)
+    paths, labelled, probabilities, skipped = _predict(classifier, items, batch_size, known)
     truth = truth_matrix(labelled, classifier.classes)
     thresholds = classifier.label_thresholds()
     said = classifier.label_decisions(probabilities)
@@ -217,21 +222,31 @@ def _finish(metrics: dict[str, Any], out: Path, split: str, pictures: dict[str, 
     return Evaluation(out=out, split=split, metrics=metrics, pictures=pictures, label_issues=issues, skipped=skipped)
 
 
-def _predict(classifier: Any, items: list[Item], batch_size: int
+def _predict(classifier: Any, items: list[Item], batch_size: int, known: Mapping[str, np.ndarray] | None
              ) -> tuple[list[str], list[Item], np.ndarray, list[tuple[str, str]]]:
-    """Decodable images' paths, items and probabilities, and the skipped ones; none decodable is an error."""
-    paths, labelled, rows, skipped = [], [], [], []
+    """Decodable images' paths, items and probabilities (``known`` ones as given), and the skipped ones.
+
+    None decodable is an error.
+    """
+    known = known or {}
+    fresh = [item for item in items if str(item.path) not in known]
+    results: dict[str, np.ndarray | str] = {}
     with progress_bar() as bar:
         task = bar.add_task("Evaluating", total=len(items))
-        stream = classifier.predict_files([item.path for item in items], batch_size=batch_size)
-        for item, row in zip(items, stream):
+        bar.advance(task, len(items) - len(fresh))
+        for row in classifier.predict_files([item.path for item in fresh], batch_size=batch_size):
             bar.advance(task)
-            if row.error:
-                skipped.append((row.path, row.error))
-                continue
-            paths.append(row.path)
-            labelled.append(item)
-            rows.append(row.probabilities)
+            results[row.path] = row.error if row.error else row.probabilities
+    paths, labelled, rows, skipped = [], [], [], []
+    for item in items:  # in the items' order, known or not
+        path = str(item.path)
+        result = known[path] if path in known else results[path]
+        if isinstance(result, str):
+            skipped.append((path, result))
+            continue
+        paths.append(path)
+        labelled.append(item)
+        rows.append(result)
     if not rows:
         raise ImgclfError("none of the images could be decoded; run imgclf inspect on the data")
     return paths, labelled, np.stack(rows), skipped

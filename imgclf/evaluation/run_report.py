@@ -6,7 +6,10 @@ Called at the end of every training run and by ``imgclf report RUN``.
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from pathlib import Path
+
+import numpy as np
 
 from imgclf.console import console
 from imgclf.deploy.classifier import Classifier
@@ -18,8 +21,13 @@ from imgclf.pictures import draw_augmentations, save_samples
 from imgclf.runs import RunDirectory
 
 
-def report_run(run_dir: str | Path, *, label_issues: bool = True) -> tuple[Path, Evaluation | None]:
-    """(report.html, the evaluation) for ``run_dir``; pictures go to ``RUN/plots`` and ``RUN/evaluation``."""
+def report_run(run_dir: str | Path, *, label_issues: bool = True, known: Mapping[str, np.ndarray] | None = None
+               ) -> tuple[Path, Evaluation | None]:
+    """(report.html, the evaluation) for ``run_dir``; pictures go to ``RUN/plots`` and ``RUN/evaluation``.
+
+    ``known``: probabilities the run's bundle already gave some images, by
+    path (training's own held-out pass), which are then not predicted again.
+    """
     run = RunDirectory(Path(run_dir))
     if not run.config_file.is_file() and (run.model_dir / "model.json").is_file():  # an ensemble: no training
         classifier = Classifier.load(run.path)
@@ -54,5 +62,6 @@ def report_run(run_dir: str | Path, *, label_issues: bool = True) -> tuple[Path,
         except ImgclfError as error:  # e.g. a run with only a training split
             console.print(f"[yellow]no held-out evaluation: {error}[/]")
         else:
-            evaluation = evaluate(classifier, items, split, run.path / "evaluation", label_issues=label_issues)
+            evaluation = evaluate(classifier, items, split, run.path / "evaluation", label_issues=label_issues,
+                                  known=known)
     return write_report(run.path, evaluation, pictures, run.path / "report.html"), evaluation

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,7 +51,9 @@ def test_evaluate_on_other_data_with_label_issues(trained: Path, tmp_path: Path)
     data = make_class_folder(tmp_path / "fresh", per_class=6, seed=7)
     (data / "red" / "broken.png").write_bytes(b"not a png")
     make_image(data / "red" / "really-blue.png", (30, 40, 220), seed=99)  # a planted label error
-    result = imgclf.evaluate(trained, data, out=tmp_path / "eval", label_issues=True)
+    with warnings.catch_warnings():  # the galleries' Grad-CAM reads cached (read-only) pixels: no torch warning
+        warnings.simplefilter("error")
+        result = imgclf.evaluate(trained, data, out=tmp_path / "eval", label_issues=True)
     assert result.metrics["images"] == 19 and result.metrics["skipped"] == 1
     assert result.metrics["accuracy"] >= 0.9
     assert result.label_issues and result.label_issues[0]["path"].endswith("really-blue.png")

@@ -138,7 +138,10 @@ class TorchRuntime:
         from imgclf.data.augment import augment_batch
         from imgclf.data.augment_presets import PRESETS
 
-        return augment_batch(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device), PRESETS["none"],
+        batch = np.ascontiguousarray(pixels)
+        if not batch.flags.writeable:  # e.g. np.asarray(a PIL image): torch warns on read-only memory; one batch's copy
+            batch = batch.copy()
+        return augment_batch(torch.from_numpy(batch).to(self.device), PRESETS["none"],
                              torch.Generator(), tuple(self.info.mean), tuple(self.info.std))
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:

@@ -104,6 +104,7 @@ def test_tail_options_are_checked_with_one_line_errors(efficientnet_weights: Pat
     cases = [
         ([*ours, "--tail-blocks", "0"], "--tail-blocks is a number"),
         ([*ours, "--mixup", "0.2"], "--mixup cannot act"),
+        ([*ours, "--tta-zoom", "1.5"], "--tta-zoom is the share of each side"),
         (["--model", "test_resnet", "--weights", str(backbone_weights)], "no EfficientNet block layout"),
     ]
     for extra, expected in cases:
@@ -142,12 +143,15 @@ def test_a_rerun_reads_the_activations_from_disk_and_trains_the_same_model(
 
 
 def test_each_image_is_seen_in_every_view_and_flips_every_epoch() -> None:
+    from imgclf.data.batches import mirrored_rows
     from imgclf.engines.tail import view_rows
 
     seen = np.stack([view_rows(50, 4, seed=3, epoch=epoch) for epoch in range(4)])
     assert all(sorted(column) == [0, 1, 2, 3] for column in seen.T)  # four epochs: each view of each image once
     assert (seen[1:] % 2 != seen[:-1] % 2).all()  # plain/mirror views alternate: every image flips every epoch
     assert len(set(seen[0])) == 4  # the images start in different views
+    for epoch in range(3):  # plain + mirror: the image loader's own alternating flip
+        assert np.array_equal(view_rows(50, 2, seed=3, epoch=epoch) == 1, mirrored_rows(50, 3, epoch))
 
 
 @pytest.fixture(scope="module")

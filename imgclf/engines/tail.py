@@ -166,9 +166,14 @@ def view_rows(count: int, views: int, seed: int, epoch: int) -> np.ndarray:
     Each image starts in a random view and moves on to the next one every
     epoch, so in every ``views`` epochs it is seen in each view once; with
     views that alternate the mirror (:func:`imgclf.data.views.image_views`)
-    every image flips every epoch, as airbench's alternating flip does.
+    every image flips every epoch, as airbench's alternating flip does. The
+    start is drawn as the image loader draws its flips, so with two views
+    (plain, mirror) the rows are exactly the image loader's
+    (:func:`~imgclf.data.batches.mirrored_rows`).
     """
-    return (np.random.default_rng([seed, 0xF11B]).integers(0, views, count) + epoch) % views
+    draws = np.random.default_rng([seed, 0xF11B]).random(count)
+    start = views - 1 - np.floor(draws * views).astype(np.int64)
+    return (start + epoch) % views
 
 
 class ActivationLoader:

@@ -25,6 +25,10 @@ is recorded as well: it involves no selection on the held-out images.
   in one fresh ``IMGCLF_HOME``: the second run finds the decoded images and
   the tail's activations on disk; both runs' figures are recorded
   (``first_run``).
+- ``plan-seed1``, ``plan-seed2``: the planner's top plan named explicitly
+  (lite0, ``--strategy tail``) with ``--seed 1`` and ``2``
+  from empty caches: the default's spread over seeds (the split stays
+  the folders'; the seed moves the probe's folds and the tail's order and views).
 """
 
 from __future__ import annotations
@@ -48,8 +52,10 @@ CASES = {
     "budget-1m": dict(time_budget="1m"),
     "budget-20m": dict(time_budget="20m"),
     "tail-rerun": dict(model="tf_efficientnet_lite0", strategy="tail"),
+    "plan-seed1": dict(model="tf_efficientnet_lite0", strategy="tail", seed=1),
+    "plan-seed2": dict(model="tf_efficientnet_lite0", strategy="tail", seed=2),
 }
-COLD = ("default", "budget-1m", "budget-20m", "tail-rerun")
+COLD = ("default", "budget-1m", "budget-20m", "tail-rerun", "plan-seed1", "plan-seed2")
 
 
 def cpu_seconds() -> float:
@@ -98,6 +104,7 @@ def main() -> None:
             continue
         record = cold_case(name, args.data) if name in COLD else run_case(f"flowers-{name}", args.data, **CASES[name])
         record["last_epoch_val_accuracy"] = record["per_epoch"][-1]["val_accuracy"]
+        record["options"] = CASES[name]
         save(RESULTS, {name: record})  # after each case, so an interrupted session keeps what it measured
 
 

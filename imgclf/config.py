@@ -115,6 +115,9 @@ class TrainConfig:
     tta: bool | None = option(None, "Flip test-time augmentation in evaluation and predict.", "Schedule")
     tta_shift: int | None = option(None, "With --tta, also average over the image shifted by this many pixels "
                                          "(0: flips only).", "Schedule")
+    tta_zoom: float | None = option(None, "With --tta, also the centre crop of this share of each side, zoomed back "
+                                          "to the input size, and its mirror: training views of the probe and tail, "
+                                          "and TTA views (0: none).", "Schedule")
     class_weights: str = option("none", "Loss weights per class (auto: inverse frequency).", "Data",
                                 choices=CLASS_WEIGHTS)
     balanced_sampling: bool = option(False, "Draw classes equally often.", "Data")
@@ -240,6 +243,9 @@ def validate(config: TrainConfig) -> None:
         _positive(name, getattr(config, name), strict=False)
     _positive("grad_clip", config.grad_clip)
     _positive("tta_shift", config.tta_shift, strict=False)
+    if config.tta_zoom is not None and config.tta_zoom != 0 and not 0.5 <= config.tta_zoom < 1:
+        raise ImgclfError(f"--tta-zoom is the share of each side the zoomed view keeps, in [0.5, 1) (0.875 is "
+                          f"usual; 0 for none); got {config.tta_zoom:g}")
     if config.early_stopping is not None and config.early_stopping < 1:
         raise ImgclfError(f"--early-stopping is a patience in epochs, at least 1; got {config.early_stopping}")
     parse_goal(config.threshold_for)

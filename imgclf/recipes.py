@@ -51,10 +51,11 @@ PRETRAINED_IMAGE_SIZE = 224  # what ImageNet weights are usually trained and eva
 SMALL_MODEL = "fastnet"
 # --strategy tail (engines/tail.py), measured on flowers (README, "Benchmarks"): AdamW at this peak rate for the
 # tail blocks and the head alike, a cosine schedule after a short warm-up, these many epochs after the probe
+# (10 against 5: 95.1-95.5% against 94.2-95.4% over three seeds, for about 23 s more on flowers)
 TAIL_LR = 1e-3
 TAIL_WEIGHT_DECAY = 0.05
 TAIL_WARMUP_EPOCHS = 0.3
-TAIL_EPOCHS = 5
+TAIL_EPOCHS = 10
 PHOTO_SCRATCH_SIZE = 96
 PHOTO_SCRATCH_WIDTHS = (32, 64, 128, 256)
 # Small images on a short --time-budget: fastnet at a quarter of airbench94's width (32/128/128, ~2.8x the

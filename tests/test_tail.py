@@ -104,6 +104,7 @@ def test_tail_options_are_checked_with_one_line_errors(efficientnet_weights: Pat
     cases = [
         ([*ours, "--tail-blocks", "0"], "--tail-blocks is a number"),
         ([*ours, "--mixup", "0.2"], "--mixup cannot act"),
+        ([*ours, "--tta-zoom", "1.5"], "--tta-zoom is the share of each side"),
         (["--model", "test_resnet", "--weights", str(backbone_weights)], "no EfficientNet block layout"),
     ]
     for extra, expected in cases:
@@ -139,3 +140,81 @@ def test_a_rerun_reads_the_activations_from_disk_and_trains_the_same_model(
     assert "read from the cache" in said and ("29 image views" in said or "28 image views" in said), said
     train(data, tmp_path / "two-blocks", efficientnet_weights, epochs=2, tail_blocks=2)  # another cut: another key
     assert "read from the cache" not in capsys.readouterr().err
+
+
+def test_each_image_is_seen_in_every_view_and_flips_every_epoch() -> None:
+    from imgclf.data.batches import mirrored_rows
+    from imgclf.engines.tail import view_rows
+
+    seen = np.stack([view_rows(50, 4, seed=3, epoch=epoch) for epoch in range(4)])
+    assert all(sorted(column) == [0, 1, 2, 3] for column in seen.T)  # four epochs: each view of each image once
+    assert (seen[1:] % 2 != seen[:-1] % 2).all()  # plain/mirror views alternate: every image flips every epoch
+    assert len(set(seen[0])) == 4  # the images start in different views
+    for epoch in range(3):  # plain + mirror: the image loader's own alternating flip
+        assert np.array_equal(view_rows(50, 2, seed=3, epoch=epoch) == 1, mirrored_rows(50, 3, epoch))
+
+
+@pytest.fixture(scope="module")
+def zoom_run(efficientnet_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, TrainResult]:
+    """A tail trained on four views of each image: plain, mirrored, zoomed, zoomed and mirrored."""
+    root = tmp_path_factory.mktemp("zoom")
+    data = make_class_folder(root / "data", per_class=6)
+    return data, root / "run", train(data, root / "run", efficientnet_weights, epochs=2, tta_zoom=0.875)
+
+
+def test_the_zoomed_views_are_training_rows_keyed_by_view_in_the_cache(
+        efficientnet_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def said() -> str:
+        return " ".join(capsys.readouterr().err.split())  # the console wraps its lines
+
+    data = make_class_folder(tmp_path / "data", per_class=6)
+    zoomed = train(data, tmp_path / "zoomed", efficientnet_weights, epochs=2, tta_zoom=0.875)
+    first = said()
+    assert "(4 view(s) of train)" in first and "read from the cache" not in first
+    splits = [row["split"] for row in csv.DictReader((tmp_path / "zoomed" / "split.csv").open())]
+    train_images, val_images = splits.count("train"), splits.count("val")
+    flips = train(data, tmp_path / "flips", efficientnet_weights, epochs=2)  # plain + mirror: the zoom run's rows
+    second = said()
+    assert f"activations of {2 * train_images + val_images} image views read from the cache" in second
+    assert "computed" not in second and "(2 view(s) of train)" in second
+    again = train(data, tmp_path / "again", efficientnet_weights, epochs=2, tta_zoom=0.875)
+    third = said()
+    assert f"activations of {4 * train_images + val_images} image views read from the cache" in third
+    assert "computed" not in third
+    assert again.history[-1]["val_loss"] == zoomed.history[-1]["val_loss"]  # the same rows: the same model
+    assert flips.history[-1]["val_loss"] != zoomed.history[-1]["val_loss"]  # the zoomed rows changed the training
+
+
+def test_zoomed_tta_predicts_serves_and_exports_the_same(zoom_run: tuple[Path, Path, TrainResult]) -> None:
+    import json
+
+    from fastapi.testclient import TestClient
+
+    import imgclf
+    from imgclf.data.decode import decode_file
+    from imgclf.deploy.bundle import read_bundle_info
+    from imgclf.deploy.classifier import Classifier
+    from imgclf.serve.app import create_app
+
+    data, run, _ = zoom_run
+    info = read_bundle_info(run / "model")
+    assert info.tta and info.tta_zoom == 0.875
+    images = sorted(data.rglob("*.png"))[:3]
+    classifier = imgclf.load(run)
+    pixels = np.stack([decode_file(image, (32, 32), "crop").pixels for image in images])
+    flips_only = Classifier(classifier.runtime, read_bundle_info(run / "model"))
+    flips_only.info.tta_zoom = 0.0
+    assert not np.allclose(flips_only.logits(pixels), classifier.logits(pixels))  # the zoomed views count
+    expected = classifier.predict_pixels(pixels)
+    predicted = run_cli("predict", str(run), *map(str, images), "--format", "json")
+    assert predicted.returncode == 0, predicted.stderr
+    for row, probabilities in zip(json.loads(predicted.stdout), expected):
+        assert row["confidence"] == pytest.approx(float(probabilities.max()), abs=1e-6)
+    with TestClient(create_app(classifier, "zoom", "torch")) as client:
+        answer = client.post("/v1/predict", content=images[0].read_bytes(), headers={"content-type": "image/png"})
+        assert answer.json()["predictions"][0]["confidence"] == pytest.approx(float(expected[0].max()), abs=1e-6)
+    imgclf.export(run, "onnx")  # its own parity check runs on the bundle's inputs
+    on_onnx = imgclf.load(run, runtime="onnx")
+    assert on_onnx.tta and on_onnx.info.tta_zoom == 0.875
+    np.testing.assert_allclose(on_onnx.predict_pixels(pixels), imgclf.load(run, precision="fp32").predict_pixels(pixels),
+                               atol=1e-4)

@@ -133,7 +133,7 @@ def test_defaults_are_chosen_from_the_data(colours: Path, tmp_path: Path) -> Non
     pretrained = imgclf.train(photos, dry_run=True)  # the planner's best plan: 16 photos fit any budget
     assert (pretrained.model, pretrained.strategy, pretrained.tail_blocks, pretrained.image_size, pretrained.tta) == (
         "tf_efficientnet_lite0", "tail", 1, 224, True)
-    assert pretrained.epochs == 6  # the probe, then five tail epochs
+    assert pretrained.epochs == 11  # the probe, then ten tail epochs
     one_trunk = imgclf.train(photos, model="tf_efficientnet_lite0", dry_run=True)
     assert (one_trunk.strategy, one_trunk.image_size, one_trunk.tta) == ("probe", 224, True)
     asked = imgclf.train(photos, model="tf_efficientnet_lite0", strategy="two-stage", dry_run=True)

@@ -59,8 +59,9 @@ def test_embedding_caches_are_one_per_backbone_set_and_view(tmp_path: Path) -> N
         identity = embedding_identity(architecture, {}, "package", preprocessing, "bf16", view)
         return EmbeddingStore(identity, root=tmp_path).directory
 
-    folders = {directory(LITE0), directory(PHOTO_STACK), directory(LITE0, "hflip"), directory(PHOTO_STACK, "hflip")}
-    assert len(folders) == 4  # no two of them share vectors
+    folders = {directory(LITE0), directory(PHOTO_STACK), directory(LITE0, "hflip"), directory(PHOTO_STACK, "hflip"),
+               directory(LITE0, "zoom0.875"), directory(LITE0, "zoom0.875-hflip"), directory(LITE0, "zoom0.8")}
+    assert len(folders) == 7  # no two of them share vectors: the zoom's share is part of its view's name
     assert directory(PHOTO_STACK, "hflip") == directory(PHOTO_STACK, "hflip")  # equal identities share
     # the plain view adds nothing to the identity: caches written before views existed stay valid
     assert "view" not in embedding_identity(LITE0, {}, "package", preprocessing, "bf16")
@@ -97,9 +98,10 @@ def test_the_planner_buys_the_most_accurate_plan_that_fits() -> None:
     def measured(trunk: str, size: int) -> float:
         return costs[trunk]
 
-    few_thousand = choose_plan(2934, 736, 300, measured, available)
+    few_thousand = choose_plan(2934, 736, 300, measured, available)  # flowers: the tail
     assert few_thousand == PLANS[0] and few_thousand.tail_blocks == 1 and few_thousand.views == 2
-    no_room_for_the_tail = choose_plan(10_000, 2_500, 400, measured, available)  # the tail's 5 epochs: 64 s more
+    assert few_thousand.zoom == 0  # zoomed views were measured not to pay for the tail (README)
+    no_room_for_the_tail = choose_plan(10_000, 2_500, 400, measured, available)  # the tail's 10 epochs: 128 s more
     assert no_room_for_the_tail.tail_blocks == 0 and no_room_for_the_tail.views == 2
     many = choose_plan(20_000, 5_000, 300, measured, available)
     assert many.views == 1 and many.tail_blocks == 0  # the mirror images do not fit five minutes

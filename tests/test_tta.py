@@ -1,9 +1,11 @@
-"""Test-time augmentation in the Classifier: the mirror, and airbench's shifted mirror pairs with ``tta_shift``."""
+"""Test-time augmentation in the Classifier: the mirror, airbench's shifted mirror pairs with ``tta_shift``, and the
+zoomed centre crop and its mirror with ``tta_zoom``."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from imgclf.data.views import image_views, view_of, zoomed
 from imgclf.deploy.bundle import BundleInfo
 from imgclf.deploy.classifier import Classifier
 
@@ -21,10 +23,10 @@ class RecordingRuntime:
         return np.repeat(row[None], len(pixels), axis=0)
 
 
-def classify(shift: int, tta: bool = True) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+def classify(shift: int, tta: bool = True, zoom: float = 0.0) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     pixels = np.random.default_rng(0).integers(0, 256, (2, 6, 6, 3), dtype=np.uint8)
     info = BundleInfo(architecture="fastnet", model_args={}, classes=[str(n) for n in range(6)], image_size=6,
-                      mean=[0.0] * 3, std=[1.0] * 3, tta=tta, tta_shift=shift)
+                      mean=[0.0] * 3, std=[1.0] * 3, tta=tta, tta_shift=shift, tta_zoom=zoom)
     runtime = RecordingRuntime()
     return Classifier(runtime, info).logits(pixels), runtime.views, pixels  # type: ignore[arg-type]
 
@@ -46,3 +48,26 @@ def test_shifted_tta_adds_two_mirror_pairs_shifted_diagonally_with_reflected_bor
     assert np.array_equal(up_left[:, 1:, 1:], pixels[:, :-1, :-1])  # a true one-pixel shift
     # half the weight on the unshifted pair, a quarter on each shifted pair
     np.testing.assert_allclose(logits[0], [0.25, 0.25, 0.125, 0.125, 0.125, 0.125])
+
+
+def test_zoomed_tta_averages_the_views_the_photo_recipe_trains_on() -> None:
+    logits, views, pixels = classify(shift=0, zoom=0.5)
+    trained_on = image_views(True, 0.5)
+    assert trained_on == ["plain", "hflip", "zoom0.5", "zoom0.5-hflip"]
+    assert len(views) == 4
+    for view, name in zip(views, trained_on):
+        assert np.array_equal(view, view_of(pixels, name))  # the training rows' pixels exactly
+    np.testing.assert_allclose(logits[0], [0.25, 0.25, 0.25, 0.25, 0, 0])
+
+
+def test_a_zoomed_view_is_the_centre_crop_resized_back_to_the_input_size() -> None:
+    import pytest
+
+    pixels = np.zeros((1, 8, 8, 1), dtype=np.uint8)
+    pixels[0, 2:6, 2:6] = 200  # a bright centre square: half of each side
+    centre = zoomed(pixels, 0.5)
+    assert centre.shape == pixels.shape and centre.dtype == np.uint8
+    assert (centre == 200).all()  # the centre half fills the whole image
+    assert np.array_equal(view_of(pixels, "zoom0.5-hflip"), centre[:, :, ::-1])
+    with pytest.raises(ValueError, match="unknown image view 'zoom1.5'"):
+        view_of(pixels, "zoom1.5")

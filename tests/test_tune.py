@@ -190,7 +190,8 @@ def test_the_tail_searches_neither_augmentation_nor_dropout_and_the_planners_cho
     # the planner's choice is made once, for every trial: timed again per trial, load could change the recipe,
     # and a named trunk without it would be probed alone
     planned = planned_options(make_config(data="x"), tail, given={"tta"})
-    assert planned == {"model": LITE0, "image_size": tail.image_size, "strategy": "tail", "tail_blocks": 1}
+    assert planned == {"model": LITE0, "image_size": tail.image_size, "strategy": "tail", "tail_blocks": 1,
+                       "tta_zoom": tail.tta_zoom}  # the views too: no zoom unless the planner or the user chose one
     assert planned_options(make_config(data="x", model="resnet18"), tail, given={"model"}) == {}
 
 

@@ -48,6 +48,8 @@ class BundleInfo:
     tta: bool = False
     # with tta, also average over the image shifted diagonally by this many pixels both ways (borders mirrored)
     tta_shift: int = 0
+    # with tta, also average over the centre crop of this share of each side zoomed back to image_size, and its mirror
+    tta_zoom: float = 0.0
     temperature: float = 1.0  # calibration: logits / temperature before the softmax (1: not calibrated)
     # decisions: binary models say `positive` when its probability reaches thresholds[positive]; multi-label models
     # say every label whose probability reaches its own threshold; chosen on val for `threshold_goal`

@@ -23,6 +23,7 @@ from PIL import Image
 
 from imgclf.data.decode import decode_file, fit, to_channels
 from imgclf.data.hierarchy import label_tree
+from imgclf.data.views import zoomed
 from imgclf.deploy.bundle import ENSEMBLE, BundleInfo, find_bundle, read_bundle_info
 from imgclf.deploy.explain import Explanation, KerasGradCam, TorchGradCam
 from imgclf.deploy.predict import PredictionRow, decoded_batches
@@ -89,12 +90,17 @@ class Classifier:
         """(N, classes) raw logits (averaged over TTA's views, before temperature) for decoded uint8 images.
 
         TTA (airbench's): the image and its mirror; with the bundle's
-        ``tta_shift``, half the weight goes to the mirror pairs of the image
-        shifted by that many pixels up-left and down-right, borders reflected.
+        ``tta_zoom``, the zoomed centre crop and its mirror too, weighted as
+        the first pair (the views the photo recipe trained on,
+        :mod:`imgclf.data.views`); with ``tta_shift``, half the weight goes
+        to the mirror pairs of the image shifted by that many pixels up-left
+        and down-right, borders reflected.
         """
         if not self.tta:
             return self.runtime.logits(pixels)
         logits = self._mirrored_logits(pixels)
+        if self.info.tta_zoom:
+            logits = 0.5 * (logits + self._mirrored_logits(zoomed(pixels, self.info.tta_zoom)))
         shift = self.info.tta_shift
         if shift:
             height, width = pixels.shape[1:3]

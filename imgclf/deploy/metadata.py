@@ -93,6 +93,8 @@ def write_metadata(path: Path, format: str, directory: Path, info: BundleInfo, *
         "tta": info.tta,  # average the logits of the image and its mirror
         # ... and, when above 0, of the mirror pairs shifted this many pixels up-left and down-right (borders reflected)
         "tta_shift": info.tta_shift if info.tta else 0,
+        # ... and, when above 0, of the centre crop of this share of each side resized back (PIL bilinear), mirrored too
+        "tta_zoom": info.tta_zoom if info.tta else 0,
         # a binary model says `positive` when its probability reaches thresholds[positive] (empty: the argmax)
         "decision": {"positive": info.positive, "thresholds": info.thresholds, "goal": info.threshold_goal},
         **_hierarchy(info),

@@ -24,14 +24,13 @@ from torch import nn
 
 from imgclf.console import progress_bar
 from imgclf.data.decode import ResizePolicy
+from imgclf.data.views import view_of
 from imgclf.embeddings.store import EmbeddingStore, image_key
 from imgclf.errors import ImgclfError
 from imgclf.models.device import autocast, choose_device, choose_precision
 from imgclf.models.folding import inference_copy
 
 SAVE_EVERY = 1024  # images embedded between writes to the store, so an interrupted run keeps its work
-# Views of a decoded image that a probe trains on: the image itself, and its mirror image.
-VIEWS = ("plain", "hflip")
 
 
 @dataclass(frozen=True)
@@ -70,15 +69,6 @@ def embedding_identity(architecture: str, model_args: dict[str, Any], weights: s
     identity = {"architecture": architecture, "model_args": model_args, "weights": weights,
                 **asdict(preprocessing), "precision": precision}
     return identity if view == "plain" else {**identity, "view": view}
-
-
-def view_of(pixels: np.ndarray, view: str) -> np.ndarray:
-    """``pixels`` (N, H, W, C) as ``view`` sees them."""
-    if view == "hflip":
-        return pixels[:, :, ::-1]
-    if view != "plain":
-        raise ValueError(f"unknown embedding view {view!r}; expected one of {', '.join(VIEWS)}")
-    return pixels
 
 
 class Embedder:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,8 +27,9 @@ from torch import nn
 
 from imgclf import paths
 from imgclf.console import console, progress_bar
-from imgclf.data.batches import epoch_batches, mirrored_rows
-from imgclf.embeddings.embedder import SAVE_EVERY, view_of
+from imgclf.data.batches import epoch_batches
+from imgclf.data.views import PLAIN, view_of
+from imgclf.embeddings.embedder import SAVE_EVERY
 from imgclf.embeddings.store import EmbeddingStore, image_key
 from imgclf.errors import ImgclfError
 from imgclf.models.device import autocast, choose_device, choose_precision
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
 # timm's EfficientNet layout (stem, block stages, head conv): the trunks a tail can be cut from
 TRUNK_PARTS = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool")
 PASS_BATCH = 64  # images per batch of the activation pass
-# (split, view) activations kept: the training images both ways (the tail's augmentation), val plain (its epoch scores)
-KEPT = (("train", "plain"), ("train", "hflip"), ("val", "plain"))
 STORED_ROWS = "float16 activations of the frozen part, then its pooled features"  # in the cache's key: the layout
 DISK_SPARE_BYTES = 2**30  # the disk keeps at least this free beyond twice the activations, or they stay in memory
 
@@ -161,14 +160,31 @@ class ActivationPass:
         return packed.to(torch.float16).cpu(), features.cpu()
 
 
+def view_rows(count: int, views: int, seed: int, epoch: int) -> np.ndarray:
+    """Which of ``views`` views each of ``count`` images is seen in during pass ``epoch``.
+
+    Each image starts in a random view and moves on to the next one every
+    epoch, so in every ``views`` epochs it is seen in each view once; with
+    views that alternate the mirror (:func:`imgclf.data.views.image_views`)
+    every image flips every epoch, as airbench's alternating flip does. The
+    start is drawn as the image loader draws its flips, so with two views
+    (plain, mirror) the rows are exactly the image loader's
+    (:func:`~imgclf.data.batches.mirrored_rows`).
+    """
+    draws = np.random.default_rng([seed, 0xF11B]).random(count)
+    start = views - 1 - np.floor(draws * views).astype(np.int64)
+    return (start + epoch) % views
+
+
 class ActivationLoader:
     """Training batches of kept activations, read as the engine reads a :class:`~imgclf.data.batches.BatchLoader`.
 
-    ``views`` are (N, width) float16 activations of the same N images, plain
-    and mirrored; each batch is (float32 (B, width), targets).
+    ``views`` are (N, width) float16 activations of the same N images, one
+    per view (plain, mirrored, zoomed...); each image is in one of its
+    views per epoch (:func:`view_rows`); each batch is (float32 (B, width), targets).
     """
 
-    def __init__(self, views: tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor, batch_size: int, seed: int,
+    def __init__(self, views: Sequence[torch.Tensor], targets: torch.Tensor, batch_size: int, seed: int,
                  device: torch.device) -> None:
         self.views, self.targets, self.batch_size, self.seed, self.device = views, targets, batch_size, seed, device
         self.epoch = self.start_batch = 0
@@ -182,13 +198,19 @@ class ActivationLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch, first = self.epoch, self.start_batch
         self.epoch, self.start_batch = epoch + 1, 0
-        plain, mirror = self.views
         count = len(self.targets)
-        mirrored = mirrored_rows(count, self.seed, epoch)  # the image loader's alternating flip
+        seen_in = view_rows(count, len(self.views), self.seed, epoch)
         for rows in epoch_batches(count, self.batch_size, self.seed, epoch, drop_last=count > self.batch_size)[first:]:
-            index = torch.from_numpy(rows)
-            rows_of = torch.where(torch.from_numpy(mirrored[rows])[:, None], mirror[index], plain[index])
-            yield rows_of.to(self.device).float(), self.targets[index].to(self.device)
+            batch = torch.empty(len(rows), self.views[0].shape[1], dtype=self.views[0].dtype)
+            for view, activations in enumerate(self.views):
+                here = np.flatnonzero(seen_in[rows] == view)
+                batch[here] = activations[torch.from_numpy(rows[here])]
+            yield batch.to(self.device).float(), self.targets[torch.from_numpy(rows)].to(self.device)
+
+
+def kept_views(views: Sequence[str]) -> list[tuple[str, str]]:
+    """The (split, view) activations a tail keeps: the training images in each view, val plain (its epoch scores)."""
+    return [("train", view) for view in views] + [("val", PLAIN)]
 
 
 def memory_limit_bytes() -> int:
@@ -197,10 +219,11 @@ def memory_limit_bytes() -> int:
 
 
 class TailStage:
-    """What the engine's tail stage needs: the split model and the kept activations of train (both views) and val.
+    """What the engine's tail stage needs: the split model and the kept activations of train (every view) and val.
 
-    One pass of the frozen part over train (plain and mirrored) and val
-    gives both the activations and the probe's embeddings (the unchanged
+    One pass of the frozen part over train (in each of its ``views``: plain,
+    mirrored, zoomed; the tail's augmentation, one view per image and
+    epoch) and val (plain: the tail's epoch scores) gives both the activations and the probe's embeddings (the unchanged
     tail's pooled features), so the probe before the tail costs no forward
     pass of its own. Both are also kept on disk, like embeddings
     (:class:`~imgclf.embeddings.store.EmbeddingStore`, one store per view,
@@ -210,22 +233,25 @@ class TailStage:
     """
 
     def __init__(self, split: TailModel, config: TrainConfig, data: TrainingData,
-                 identity: dict[str, Any] | None) -> None:
+                 identity: dict[str, Any] | None, views: Sequence[str]) -> None:
         self.model, self.config, self.data = split, config, data
         self.identity = identity
+        self.views = list(views)
+        self.kept = kept_views(views)
         self.device = choose_device(config.device)
         self.precision = choose_precision(config.precision, self.device)
         self._kept: dict[tuple[str, str], tuple[torch.Tensor, np.ndarray]] = {}
 
     @classmethod
     def plan(cls, model: nn.Module, config: TrainConfig, data: TrainingData, distributed: bool,
-             identity: dict[str, Any] | None) -> TailStage | None:
+             identity: dict[str, Any] | None, views: Sequence[str]) -> TailStage | None:
         """The stage for ``model``, or None (said on the console) when its activations would not fit in memory.
 
         ``identity``: what the frozen trunk's output depends on (the embedder's
         identity: architecture, weights, preprocessing, precision), or None
         when it cannot be known (no weights fingerprint, no image files): the
-        activations are then kept in memory only.
+        activations are then kept in memory only. ``views``: the training
+        images' views (:func:`imgclf.data.views.image_views`).
         """
         if distributed:
             raise ImgclfError("--strategy tail runs in one process (its activations are kept in that process's "
@@ -235,19 +261,19 @@ class TailStage:
                               "from; use tf_efficientnet_lite0/1/2 (or a stack of them), or --strategy two-stage")
         channels = 1 if config.grayscale else 3
         split = split_model(model, config.tail_blocks, config.image_size or 0, channels)
-        images = sum(len(data.rows.get(name, ())) for name, _ in KEPT)
+        images = sum(len(data.rows.get(name, ())) for name, _ in kept_views(views))
         needed, limit = activation_bytes(split, images), memory_limit_bytes()
         if needed > limit:
             console.print(f"[yellow]tail skipped: its activations ({images:,} image views x {split.width:,} values, "
                           f"{needed / 2**30:.1f} GiB) exceed a quarter of this machine's memory "
                           f"({limit / 2**30:.1f} GiB); training the probe alone (--tail-blocks 1 keeps the least)[/]")
             return None
-        return cls(split, config, data, identity if data.paths else None)
+        return cls(split, config, data, identity if data.paths else None, views)
 
     def _activations(self, split: str, view: str) -> tuple[torch.Tensor, np.ndarray]:
         """(packed float16 activations, float32 embeddings) of ``split`` in ``view``, computed or read once."""
         if (split, view) not in self._kept:
-            self._kept.update(self._pass([key for key in KEPT if key not in self._kept]))
+            self._kept.update(self._pass([key for key in self.kept if key not in self._kept]))
         return self._kept[split, view]
 
     def _store(self, view: str) -> EmbeddingStore | None:
@@ -351,11 +377,11 @@ class TailStage:
         return self._activations(split, view)[1]
 
     def has(self, split: str) -> bool:
-        return (split, "plain") in KEPT and len(self.data.rows.get(split, ())) > 0
+        return (split, PLAIN) in self.kept and len(self.data.rows.get(split, ())) > 0
 
     def loader(self) -> ActivationLoader:
         """The tail stage's training batches, as many per epoch as the image loader has."""
-        views = (self._activations("train", "plain")[0], self._activations("train", "hflip")[0])
+        views = [self._activations("train", view)[0] for view in self.views]
         return ActivationLoader(views, self.data.split_targets("train"), self.config.batch_size or 1, self.config.seed,
                                 self.device)
 

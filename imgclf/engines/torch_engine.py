@@ -47,6 +47,7 @@ from imgclf.console import console
 from imgclf.data.augment import mix_batch
 from imgclf.data.augment_presets import PRESETS, augment_config
 from imgclf.data.batches import BatchLoader
+from imgclf.data.views import image_views
 from imgclf.deploy.bundle import BundleInfo, write_bundle
 from imgclf.embeddings.embedder import Embedder, Preprocessing, embedding_identity
 from imgclf.engines.callbacks import Callback, FitState, fire
@@ -172,7 +173,8 @@ class TorchEngine:
         weights = class_weights(data, config)
         self.class_weights = weights.to(self.device) if weights is not None else None
         if config.strategy == "tail":  # None when its activations would not fit in memory: the probe alone
-            self.tail = TailStage.plan(self.model, config, data, self.world.is_distributed, self.frozen_identity())
+            self.tail = TailStage.plan(self.model, config, data, self.world.is_distributed, self.frozen_identity(),
+                                       self.train_views())
         self._adopt(config)
         return self.checkpoint is not None
 
@@ -631,9 +633,8 @@ class TorchEngine:
         splits = self._probe_splits()
         features = {split: self._probe_features(split) for split in splits}
         labels = {split: self.data.split_targets(split).numpy() for split in splits}
-        # with flip TTA the model is judged on mirror images too, so a single-label probe trains on them as well
-        mirrored = bool(self.config.tta) and not self.data.multilabel
-        train_views = [features["train"]] + [self._probe_features("train", view="hflip") for _ in range(mirrored)]
+        # with TTA the model is judged on its views (mirror, zoom) too, so a single-label probe trains on them as well
+        train_views = [features["train"]] + [self._probe_features("train", view) for view in self.train_views()[1:]]
         probe = None
         if self.world.is_main:  # the fit runs once; every rank loads rank 0's weights
             balanced = self.config.class_weights == "auto"
@@ -662,6 +663,10 @@ class TorchEngine:
         self.position.stage_step = self.steps_in(fit.stage)
         self.position.epoch_in_stage = 1
         return row
+
+    def train_views(self) -> list[str]:
+        """The views of each training image the probe (and the tail) train on: TTA's views, single-label data only."""
+        return ["plain"] if self.data.multilabel else image_views(bool(self.config.tta), self.config.tta_zoom or 0.0)
 
     def _probe_features(self, split: str, view: str = "plain") -> np.ndarray:
         """The probe's embeddings: from the tail's activation pass when a tail follows (one pass for both)."""

@@ -72,7 +72,7 @@ def ignored_options(resolved: TrainConfig) -> dict[str, str]:
     if resolved.optimizer != "muon":
         ignored["muon_lr"] = "only --optimizer muon reads it"
     if not resolved.tta:
-        ignored["tta_shift"] = "only --tta reads it"
+        ignored["tta_shift"] = ignored["tta_zoom"] = "only --tta reads it"
     return ignored
 
 
@@ -137,7 +137,8 @@ def planned_options(base: TrainConfig, resolved: TrainConfig, given: set[str]) -
     if base.model is not None or not resolved.model or plan_image_size(resolved.model) is None:
         return {}
     chosen = {"model": resolved.model, "image_size": resolved.image_size, "tta": resolved.tta,
-              "strategy": resolved.strategy, "tail_blocks": resolved.tail_blocks}  # a named trunk alone is probed
+              "strategy": resolved.strategy, "tail_blocks": resolved.tail_blocks,
+              "tta_zoom": resolved.tta_zoom}  # a named trunk alone is probed
     return {name: value for name, value in chosen.items() if name not in given}
 
 

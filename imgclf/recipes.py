@@ -68,6 +68,7 @@ AIRBENCH_LR_PER_EXAMPLE = 11.5 / AIRBENCH_KILOSTEP
 AIRBENCH_WEIGHT_DECAY = 0.0153 / 11.5  # decoupled decay per step, expressed for torch's coupled SGD
 AIRBENCH_MIN_IMAGES = 20_000  # training images from which fastnet takes airbench's whole recipe (airbench_scale)
 WHITENING_BIAS_SHARE = 0.3  # airbench94 trains the whitening layer's bias for 3 of its 9.9 epochs
+LOW_RES_SHARE = 0.5  # --low-res without --low-res-epochs: the first half of the epochs at the low side
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,11 @@ def resolve(config: TrainConfig, facts: DataFacts,
         filled["warmup_epochs"] = round(0.23 * epochs, 2)  # airbench's triangle peaks at 23% of training
     if family == "fastnet" and config.whitening_bias_epochs is None and airbench_scale(facts):
         filled["whitening_bias_epochs"] = round(WHITENING_BIAS_SHARE * epochs, 2)
+    if config.low_res is not None and config.low_res_epochs is None:
+        filled["low_res_epochs"] = round(LOW_RES_SHARE * epochs, 2)
+    if config.low_res is not None and config.low_res >= image_size:
+        raise ImgclfError(f"--low-res {config.low_res} is not below the image size {image_size}; give a smaller "
+                          "side (e.g. three quarters of it) or drop --low-res")
     resolved = replace(config, model=model, model_args=model_args, pretrained=pretrained, strategy=strategy,
                        image_size=image_size, batch_size=batch_size, epochs=float(epochs), **filled)
     if strategy == "tail" and resolved.epochs <= 1:

@@ -245,6 +245,8 @@ def validate(config: TrainConfig) -> None:
     if config.low_res is not None and not 8 <= config.low_res < (config.image_size or 1025):
         raise ImgclfError(f"--low-res is the side of the early epochs' images, from 8 pixels to below --image-size "
                           f"({config.image_size or 'the data'}); got {config.low_res}")
+    if config.low_res_epochs is not None and config.low_res is None:
+        raise ImgclfError("--low-res-epochs needs --low-res (the side those epochs train at), e.g. --low-res 24")
     _positive("grad_clip", config.grad_clip)
     _positive("tta_shift", config.tta_shift, strict=False)
     if config.early_stopping is not None and config.early_stopping < 1:

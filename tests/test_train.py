@@ -182,6 +182,7 @@ def test_multilabel_manifest_trains(tmp_path: Path) -> None:
     (dict(ema_decay=1.0), "--ema-decay must be in [0, 1)"),
     (dict(model="fastnet", low_res=16), "--low-res 16 is not below the image size 16"),
     (dict(low_res=4), "--low-res is the side of the early epochs' images, from 8 pixels"),
+    (dict(low_res_epochs=2), "--low-res-epochs needs --low-res"),
 ])
 def test_bad_options_are_refused_with_the_option_named(options: dict, message: str, colours: Path,
                                                        tmp_path: Path) -> None:

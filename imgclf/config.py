@@ -109,6 +109,10 @@ class TrainConfig:
                                           "average of themselves.", "Schedule")
     whitening_bias_epochs: float | None = option(None, "fastnet: epochs its whitening layer's bias trains before "
                                                        "it is frozen (default: all).", "Schedule")
+    low_res: int | None = option(None, "Progressive resizing: train the first --low-res-epochs with every batch "
+                                       "downscaled to this side in pixels, then at --image-size.", "Schedule")
+    low_res_epochs: float | None = option(None, "Epochs trained at --low-res (default: half of --epochs).",
+                                          "Schedule")
     augment: str | None = option(None, "Augmentation preset.", "Data", choices=tuple(PRESETS))
     mixup: float = option(0.0, "Mixup Beta alpha (0 = off).", "Data")
     cutmix: float = option(0.0, "CutMix Beta alpha (0 = off).", "Data")
@@ -239,8 +243,13 @@ def validate(config: TrainConfig) -> None:
         if value is not None and not 0 <= value < 1:
             raise ImgclfError(f"--{name.replace('_', '-')} is a probability in [0, 1), got {value:g}")
     for name in ("weight_decay", "l1", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "probe_epochs",
-                 "whitening_bias_epochs"):
+                 "whitening_bias_epochs", "low_res_epochs"):
         _positive(name, getattr(config, name), strict=False)
+    if config.low_res is not None and not 8 <= config.low_res < (config.image_size or 1025):
+        raise ImgclfError(f"--low-res is the side of the early epochs' images, from 8 pixels to below --image-size "
+                          f"({config.image_size or 'the data'}); got {config.low_res}")
+    if config.low_res_epochs is not None and config.low_res is None:
+        raise ImgclfError("--low-res-epochs needs --low-res (the side those epochs train at), e.g. --low-res 24")
     _positive("grad_clip", config.grad_clip)
     _positive("tta_shift", config.tta_shift, strict=False)
     if config.tta_zoom is not None and config.tta_zoom != 0 and not 0.5 <= config.tta_zoom < 1:

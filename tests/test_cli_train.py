@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,22 @@ def test_models_lists_names_and_marks_offline_weights() -> None:
     assert "fastnet" in ours.stderr
     missing = run_cli("models", "no-such-net")
     assert missing.returncode == 2 and "no model name matches" in missing.stderr
+
+
+def test_val_fraction_0_trains_on_every_training_image_and_scores_on_test(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_class_folder(data / "train", per_class=8)
+    make_class_folder(data / "test", per_class=4, seed=1)
+    run = tmp_path / "run"
+    result = run_cli("train", str(data), "--out", str(run), "--epochs", "2", "--val-fraction", "0", *TINY)
+    assert result.returncode == 0, result.stderr
+    splits = [row["split"] for row in csv.DictReader(open(run / "split.csv"))]
+    assert splits.count("train") == 24 and splits.count("test") == 12 and "val" not in splits
+    assert [row["val_accuracy"] for row in csv.DictReader(open(run / "metrics.csv"))] == ["", ""]
+    shipped = json.loads((run / "model" / "model.json").read_text())["metrics"]
+    assert shipped["best_epoch"] == 2 and "test_accuracy" in shipped and "val_accuracy" not in shipped
+    assert (run / "report.html").is_file()
+    evaluated = run_cli("evaluate", str(run), "--json", "--out", str(tmp_path / "eval"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    scores = json.loads(evaluated.stdout)
+    assert scores["images"] == 12 and scores["accuracy"] == pytest.approx(shipped["test_accuracy"], abs=1e-6)

@@ -180,6 +180,9 @@ def test_multilabel_manifest_trains(tmp_path: Path) -> None:
     (dict(augment="heavy"), "--augment 'heavy' is not one of none, light, standard, strong"),
     (dict(epochs="ten"), "option epochs: expected float, got 'ten'"),
     (dict(ema_decay=1.0), "--ema-decay must be in [0, 1)"),
+    (dict(model="fastnet", low_res=16), "--low-res 16 is not below the image size 16"),
+    (dict(low_res=4), "--low-res is the side of the early epochs' images, from 8 pixels"),
+    (dict(low_res_epochs=2), "--low-res-epochs needs --low-res"),
 ])
 def test_bad_options_are_refused_with_the_option_named(options: dict, message: str, colours: Path,
                                                        tmp_path: Path) -> None:
@@ -266,9 +269,9 @@ def test_another_optimizer_gets_its_own_rates(colours: Path) -> None:
     assert imgclf.train(colours, model="fastnet", dry_run=True).bias_lr_scale == 64.0
 
 
-def test_resume_is_exact_with_muon_lookahead_and_the_whitening_bias_freeze(colours: Path, tmp_path: Path) -> None:
+def test_resume_is_exact_with_muon_lookahead_low_res_and_the_whitening_bias_freeze(colours: Path, tmp_path: Path) -> None:
     options = dict(FAST, epochs=2, optimizer="muon", muon_lr=0.05, lookahead=True, ema=False,
-                   whitening_bias_epochs=1, augment="airbench")
+                   whitening_bias_epochs=1, augment="airbench", low_res=12, low_res_epochs=1)
     uninterrupted = imgclf.train(colours, out=tmp_path / "whole", **options)
     # 3 batches per epoch: Ctrl-C mid-epoch 2, when Muon, lookahead and momentum state all exist
     assert imgclf.train(colours, out=tmp_path / "cut", callbacks=[InterruptAt(step=4)], **options).interrupted
@@ -302,3 +305,21 @@ def test_a_checkpoint_whose_optimiser_groups_differ_is_refused_in_one_line(colou
     save_checkpoint(state, last)
     with pytest.raises(ImgclfError, match="optimiser state does not fit this version's parameter groups"):
         imgclf.train(resume=cut)
+
+
+def test_low_res_trains_the_first_epochs_on_downscaled_batches(colours: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgclf.models.small import FastNet
+
+    sides: list[int] = []
+    forward = FastNet.forward
+
+    def recording(self: FastNet, images: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            sides.append(images.shape[-1])
+        return forward(self, images)
+
+    monkeypatch.setattr(FastNet, "forward", recording)
+    imgclf.train(colours, out=tmp_path / "run", epochs=2, low_res=12, low_res_epochs=1, **FAST)
+    assert sides == [12] * 3 + [16] * 3  # 3 steps an epoch at 16 px; the first epoch at 12
+    assert imgclf.train(colours, epochs=4, low_res=12, dry_run=True, **FAST).low_res_epochs == 2  # half by default

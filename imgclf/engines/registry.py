@@ -81,6 +81,7 @@ def _tensorflow_refuses(config: TrainConfig, multilabel: bool) -> list[str]:
         "--lookahead": bool(config.lookahead),
         "--optimizer muon": config.optimizer == "muon",
         "--whitening-bias-epochs": config.whitening_bias_epochs is not None,
+        "--low-res": config.low_res is not None,
         "--l1": config.l1 > 0,
         "--dropout": config.dropout is not None,
         "--drop-path": config.drop_path is not None,

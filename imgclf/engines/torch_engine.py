@@ -363,8 +363,11 @@ class TorchEngine:
         return self.ema if self.ema is not None else self.model
 
     # ----------------------------------------------------------------- time budget
-    def measure_step_seconds(self, stage: Stage, steps: int = 4) -> float:
-        """Seconds per training step of ``stage``, measured on a few batches; the model is left as it was."""
+    def measure_step_seconds(self, stage: Stage, steps: int = 4, low_res: bool = False) -> float:
+        """Seconds per training step of ``stage`` (at ``--low-res`` with ``low_res``), measured on a few batches.
+
+        The model is left as it was.
+        """
         started = time.perf_counter()
         saved = copy.deepcopy(self.model.state_dict())
         optimizer, _ = self._start_stage(stage)
@@ -372,7 +375,7 @@ class TorchEngine:
         finished_at = []  # step ends, so the gaps include waiting for data as well as computing
         self.train_loader.set_epoch(0)
         for index, (images, targets) in enumerate(_take(self.train_loader, steps + 1)):
-            self._train_step(stage, images, targets, index, optimizer)
+            self._train_step(stage, self._downscale(images) if low_res else images, targets, index, optimizer)
             finished_at.append(time.perf_counter())
         self.model.load_state_dict(saved)
         if len(finished_at) < 2:
@@ -402,6 +405,9 @@ class TorchEngine:
                 continue
             step = self.measure_step_seconds(stage)
             forward_per_image[stage.trainable] = step / config.batch_size / (1 if stage.trainable == "head" else 3)
+            if config.low_res is not None and stage.trainable == "all":  # its share of the stage's steps is cheaper
+                low = min(1.0, (config.low_res_epochs or 0.0) / stage.epochs)
+                step = low * self.measure_step_seconds(stage, low_res=True) + (1 - low) * step
             epoch_seconds[stage.trainable] = steps_per_epoch * step + val_rows * forward_per_image[stage.trainable]
         left = budget - (time.perf_counter() - started)
         if self.uses_linear_probe:
@@ -429,6 +435,7 @@ class TorchEngine:
         return replace(config, epochs=epochs, warmup_epochs=round((config.warmup_epochs or 0.0) * scale, 2),
                        whitening_bias_epochs=None if config.whitening_bias_epochs is None
                        else round(config.whitening_bias_epochs * scale, 2),
+                       low_res_epochs=None if config.low_res_epochs is None else round(config.low_res_epochs * scale, 2),
                        probe_epochs=None if config.probe_epochs is None
                        else max(1.0, round(config.probe_epochs * scale, 1)))
 
@@ -518,6 +525,8 @@ class TorchEngine:
         for images, targets in _take(loader, steps - position.batch):
             seed = _seed_for(self.config.seed, position.epoch, position.batch, 7)
             self._freeze_whitening_bias(stage, position.stage_step)
+            if self._at_low_res(stage, position.stage_step):
+                images = self._downscale(images)
             loss, correct = self._train_step(stage, images, targets, seed, self.optimizer)
             self.scheduler.step()
             position.batch += 1
@@ -683,6 +692,22 @@ class TorchEngine:
         if epochs is None or whiten is None or whiten.bias is None or stage.trainable != "all":
             return
         whiten.bias.requires_grad_(stage_step < epochs * len(self.train_loader))
+
+    def _at_low_res(self, stage: Stage, stage_step: int) -> bool:
+        """Whether step ``stage_step`` of ``stage`` trains on downscaled batches (``--low-res``, whole-network stages)."""
+        return (self.config.low_res is not None and stage.trainable == "all"
+                and stage_step < (self.config.low_res_epochs or 0.0) * len(self.train_loader))
+
+    def _downscale(self, images: torch.Tensor) -> torch.Tensor:
+        """The batch at ``--low-res`` pixels a side, antialiased: progressive resizing's early epochs.
+
+        On a CPU a step costs about as much as its pixels, so an epoch at 24 px
+        costs about half of one at 32 px; early epochs learn coarse features,
+        which survive the switch to full size (the network ends in a global pool).
+        """
+        side = self.config.low_res
+        small = F.interpolate(images, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        return small.contiguous(memory_format=torch.channels_last) if self.config.channels_last else small
 
     # ----------------------------------------------------------------- EMA
     def _update_ema(self, stage_step: int, total_steps: int) -> None:

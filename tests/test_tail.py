@@ -143,15 +143,14 @@ def test_a_rerun_reads_the_activations_from_disk_and_trains_the_same_model(
 
 
 def test_each_image_is_seen_in_every_view_and_flips_every_epoch() -> None:
-    from imgclf.data.batches import mirrored_rows
-    from imgclf.engines.tail import view_rows
+    from imgclf.data.batches import mirrored_rows, view_rows
 
     seen = np.stack([view_rows(50, 4, seed=3, epoch=epoch) for epoch in range(4)])
     assert all(sorted(column) == [0, 1, 2, 3] for column in seen.T)  # four epochs: each view of each image once
     assert (seen[1:] % 2 != seen[:-1] % 2).all()  # plain/mirror views alternate: every image flips every epoch
     assert len(set(seen[0])) == 4  # the images start in different views
-    for epoch in range(3):  # plain + mirror: the image loader's own alternating flip
-        assert np.array_equal(view_rows(50, 2, seed=3, epoch=epoch) == 1, mirrored_rows(50, 3, epoch))
+    mirrored = [mirrored_rows(50, 3, epoch) for epoch in range(3)]  # the image loader's flips: view 1 of 2
+    assert 10 < mirrored[0].sum() < 40 and (mirrored[1] == ~mirrored[0]).all() and (mirrored[2] == mirrored[0]).all()
 
 
 @pytest.fixture(scope="module")

@@ -41,15 +41,25 @@ def epoch_batches(count: int, batch_size: int, seed: int, epoch: int, shuffle: b
 
 
 @functools.lru_cache(maxsize=8)  # asked once per batch: the pass's answer is drawn once (callers only read it)
-def mirrored_rows(count: int, seed: int, epoch: int) -> np.ndarray:
-    """airbench's alternating flip: which of ``count`` rows are mirrored in pass ``epoch``.
+def view_rows(count: int, views: int, seed: int, epoch: int) -> np.ndarray:
+    """Which of ``views`` views each of ``count`` rows is seen in during pass ``epoch``.
 
-    A fixed random half starts mirrored and every row flips on odd epochs,
-    so each image is seen both ways in every two epochs.
+    Each row starts in a random view and moves on to the next one every
+    epoch, so in every ``views`` epochs it is seen in each view once. With
+    two views (the image, its mirror) that is airbench's alternating flip:
+    a fixed random half starts mirrored and every row flips each epoch.
+    The tail (:mod:`imgclf.engines.tail`) cycles kept activations of more
+    views (zoomed ones) by the same rule.
     """
-    mirrored = (np.random.default_rng([seed, 0xF11B]).random(count) < 0.5) ^ bool(epoch % 2)
-    mirrored.flags.writeable = False  # shared by the cache: read, never changed
-    return mirrored
+    draws = np.random.default_rng([seed, 0xF11B]).random(count)
+    rows = (views - 1 - np.floor(draws * views).astype(np.int64) + epoch) % views
+    rows.flags.writeable = False  # shared by the cache: read, never changed
+    return rows
+
+
+def mirrored_rows(count: int, seed: int, epoch: int) -> np.ndarray:
+    """airbench's alternating flip: which of ``count`` rows are mirrored in pass ``epoch`` (view 1 of 2)."""
+    return view_rows(count, 2, seed, epoch) == 1
 
 
 class BatchLoader:

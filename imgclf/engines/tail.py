@@ -27,7 +27,7 @@ from torch import nn
 
 from imgclf import paths
 from imgclf.console import console, progress_bar
-from imgclf.data.batches import epoch_batches
+from imgclf.data.batches import epoch_batches, view_rows
 from imgclf.data.views import PLAIN, view_of
 from imgclf.embeddings.embedder import SAVE_EVERY
 from imgclf.embeddings.store import EmbeddingStore, image_key
@@ -160,28 +160,12 @@ class ActivationPass:
         return packed.to(torch.float16).cpu(), features.cpu()
 
 
-def view_rows(count: int, views: int, seed: int, epoch: int) -> np.ndarray:
-    """Which of ``views`` views each of ``count`` images is seen in during pass ``epoch``.
-
-    Each image starts in a random view and moves on to the next one every
-    epoch, so in every ``views`` epochs it is seen in each view once; with
-    views that alternate the mirror (:func:`imgclf.data.views.image_views`)
-    every image flips every epoch, as airbench's alternating flip does. The
-    start is drawn as the image loader draws its flips, so with two views
-    (plain, mirror) the rows are exactly the image loader's
-    (:func:`~imgclf.data.batches.mirrored_rows`).
-    """
-    draws = np.random.default_rng([seed, 0xF11B]).random(count)
-    start = views - 1 - np.floor(draws * views).astype(np.int64)
-    return (start + epoch) % views
-
-
 class ActivationLoader:
     """Training batches of kept activations, read as the engine reads a :class:`~imgclf.data.batches.BatchLoader`.
 
     ``views`` are (N, width) float16 activations of the same N images, one
     per view (plain, mirrored, zoomed...); each image is in one of its
-    views per epoch (:func:`view_rows`); each batch is (float32 (B, width), targets).
+    views per epoch (:func:`~imgclf.data.batches.view_rows`); each batch is (float32 (B, width), targets).
     """
 
     def __init__(self, views: Sequence[torch.Tensor], targets: torch.Tensor, batch_size: int, seed: int,

@@ -113,15 +113,13 @@ def _photo_plan(config: TrainConfig, dataset: ImageDataset, weights_source: Call
     budget = parse_duration(config.time_budget) if config.time_budget else DEFAULT_BUDGET_S
     chosen = choose_plan(len(dataset.split_items("train")), len(dataset.split_items("val")), budget,
                          measure_trunk_seconds(config.precision), lambda trunk: weights_source(trunk) is not None)
-    views = {1: "plain view", 2: "with mirror images (flip TTA)",
-             4: f"with mirror images and {chosen.zoom:g} zoomed crops (TTA)"}[chosen.views]
+    views = "with mirror images (flip TTA)" if chosen.views == 2 else "plain view"
     tail = f", then its last {chosen.tail_blocks} block(s) on kept activations" if chosen.tail_blocks else ""
     console.print(f"photo recipe for {budget:.0f} s: {chosen.model} at {chosen.image_size}px, {views}{tail} "
                   f"(flowers val {chosen.flowers_accuracy:.1%})")
     planned = {"strategy": "tail", "tail_blocks": chosen.tail_blocks} if chosen.tail_blocks else {}
     return replace(config, model=chosen.model, image_size=config.image_size or chosen.image_size,
-                   tta=chosen.views > 1 if config.tta is None else config.tta,
-                   tta_zoom=chosen.zoom if config.tta_zoom is None else config.tta_zoom, **planned)
+                   tta=chosen.views > 1 if config.tta is None else config.tta, **planned)
 
 
 def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: bool = False,

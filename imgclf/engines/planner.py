@@ -36,27 +36,17 @@ TIMING_BATCH = 16
 # one tail epoch per training image, in forward passes of the trunk (lite0 at 224, one block, benchmarks/transfer.py
 # --sections tail: 4.6 s an epoch of 2,934 images against 9.7 ms per image view of the activation pass)
 TAIL_EPOCH_PER_FORWARD = 0.16
-ZOOM = 0.875  # the zoomed views keep this share of each side (timm's crop_pct for EfficientNet-Lite0)
 
 
 @dataclass(frozen=True)
 class PhotoPlan:
-    """A pretrained photo recipe: the model (one trunk or a stack) and its views.
-
-    ``views``: 1 plain, 2 with mirror images, 4 with zoomed centre crops and
-    their mirror images too (:func:`imgclf.data.views.image_views`).
-    """
+    """A pretrained photo recipe: the model (one trunk or a stack) and its views (1 plain, 2 with mirror images)."""
 
     model: str
     image_size: int
     views: int
     flowers_accuracy: float  # flowers val, benchmarks/transfer.py: why the plan ranks where it does
     tail_blocks: int = 0  # > 0: --strategy tail with this many of the trunk's last blocks, after the probe
-
-    @property
-    def zoom(self) -> float:
-        """The zoomed views' share of each side (``--tta-zoom``), 0 for none."""
-        return ZOOM if self.views == 4 else 0.0
 
 
 # Most accurate first. lite0 with its last block trained on kept activations beats the lite0+lite1 stack's

@@ -55,7 +55,8 @@ class TrainConfig:
 
     # data
     data: str = option("", "A folder of class folders, a CSV manifest, or cifar10 / cifar100.", "Data")
-    val_fraction: float = option(0.1, "Share of train carved out for validation if none given (0: none, train on every image; the last epoch ships).", "Data")
+    val_fraction: float = option(0.1, "Share of train carved out for validation if none given (0: none, train on "
+                                      "every image; the last epoch ships).", "Data")
     test_fraction: float = option(0.1, "Share carved out for test if no val/test given.", "Data")
     seed: int = option(0, "Seed for split, initialisation, order and augmentation.", "Data")
     group_by: str | None = option(None, "Regex on the path; matching groups stay in one split.", "Data")

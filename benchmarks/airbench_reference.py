@@ -1,7 +1,7 @@
 """airbench94's own training code (KellerJordan/cifar10-airbench, legacy/airbench94.py) on a CPU, on our JPEGs.
 
 Usage: python benchmarks/airbench_reference.py [--data ../shared/datasets/cifar10] [--widths 32,128,128]
-[--epochs 4] [--ntrain 45000] [--ours-bias | --no-bias-wd] [--threads N] [--eval-each-epoch] [--tag NAME]
+[--epochs 4] [--ntrain 45000] [--ours-bias | --no-bias-wd] [--eval-each-epoch] [--tag NAME]
 
 The reference that explains fastnet's gap to airbench94 (README,
 "Benchmarks"): the same network, whitening, optimiser, schedule, lookahead,
@@ -50,11 +50,8 @@ p.add_argument("--ours-bias", action="store_true", help="whitening bias 64x lr; 
 p.add_argument("--no-bias-wd", action="store_true", help="whitening bias 1x lr; no wd on any bias")
 p.add_argument("--end", type=float, default=0.07)
 p.add_argument("--tag", default="")
-p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
 p.add_argument("--eval-each-epoch", action="store_true", help="untimed test accuracy (no TTA) after every epoch")
 a = p.parse_args()
-if a.threads:
-    torch.set_num_threads(a.threads)
 torch.manual_seed(a.seed)
 LOAD_BEFORE = round(os.getloadavg()[0], 2)
 W = [int(x) for x in a.widths.split(",")]

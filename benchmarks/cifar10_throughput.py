@@ -1,7 +1,7 @@
 """fastnet's throughput knobs on this CPU: images/s of the real training step, every setting interleaved in one process.
 
 Usage: flock /tmp/imgclf-bench.lock python benchmarks/cifar10_throughput.py [--rounds 4] [--steps 6]
-[--cases default,threads-1,...]
+[--cases default,threads-1,...] [--processes --data ../shared/datasets/cifar10]
 
 Each case is a :class:`~imgclf.engines.torch_engine.TorchEngine` built as
 ``imgclf train`` builds it for CIFAR-10 (the recipe that
@@ -21,6 +21,13 @@ fp32 convs and matmuls (``torch.backends.mkldnn.{conv,matmul}.fp32_precision``,
 PyTorch's MKLDNN notes) instead of autocast. Results go to
 ``benchmarks/results/cifar10_throughput.json`` with the load average before
 and after; run it under the lock on a quiet machine.
+
+``--processes`` instead compares one process of 2 threads with two gloo
+processes of 1 thread each (``--nproc 2``, torch.distributed), which cannot
+share a process: whole ``imgclf train`` runs of the default's recipe, one
+epoch of a class-balanced CIFAR-10 subset (``distributed.py``'s), taking
+turns; the figure is the epoch's training images/s (metrics.csv), under
+``processes`` in the same JSON.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from distributed import subset_manifest, train
 
 from imgclf.config import TrainConfig
 from imgclf.engines.contract import TrainingData
@@ -46,6 +54,7 @@ from imgclf.recipes import DataFacts, resolve
 from imgclf.runs import RunDirectory
 
 RESULTS = Path(__file__).parent / "results" / "cifar10_throughput.json"
+PROCESS_SUBSET_PER_CLASS = 2500  # --processes: 22,500 training images (airbench scale), ~18 s an epoch
 IMAGES = 10_240  # enough for 20 batches of 512: an epoch never ends inside a measurement
 DEFAULT = dict(widths=(32, 128, 128), batch=512, threads=2, channels_last=True, precision="bf16")
 CASES: dict[str, dict[str, Any]] = {
@@ -94,12 +103,41 @@ def onednn_bf16(enabled: bool) -> Iterator[None]:
             backend.fp32_precision = value
 
 
+def compare_processes(data: Path, rounds: int) -> dict[str, Any]:
+    """Training img/s of the default recipe in one process and in two gloo processes, runs taking turns."""
+    recipe = ["--model", "fastnet", "--model-arg", f"widths={list(DEFAULT['widths'])}", "--batch-size",
+              str(DEFAULT["batch"])]  # the default val split: distributed.train reads val accuracy
+    rates: dict[str, list[float]] = {"1-process-2-threads": [], "2-processes-1-thread": []}
+    with tempfile.TemporaryDirectory() as scratch:
+        manifest = subset_manifest(data, PROCESS_SUBSET_PER_CLASS, Path(scratch))
+        for round_index in range(rounds):
+            for name, nproc in (("1-process-2-threads", None), ("2-processes-1-thread", 2)):
+                run = train(manifest, Path(scratch) / f"{name}-{round_index}", 1, 0, nproc, recipe)
+                rates[name].append(float(run["train_images_per_second"]))  # type: ignore[arg-type]
+                print(f"round {round_index} {name}: {rates[name][-1]:.0f} img/s", flush=True)
+    one = median(rates["1-process-2-threads"])
+    return {"recipe": recipe, "subset_images": PROCESS_SUBSET_PER_CLASS * 10,
+            **{name: {"images_per_second": round(median(values), 1), "ratio_to_1-process": round(median(values) / one, 3),
+                      "by_round": values} for name, values in rates.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--processes", action="store_true", help="compare 1 process with 2 gloo processes instead")
+    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/cifar10"))
     args = parser.parse_args()
+    if args.processes:
+        load_before = os.getloadavg()[0]
+        processes = compare_processes(args.data, args.rounds)
+        record = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        record["processes"] = {**processes, "load_before": round(load_before, 2),
+                               "load_after": round(os.getloadavg()[0], 2)}
+        RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+        print(json.dumps(record["processes"]))
+        return
     names = args.cases.split(",")
     load_before = os.getloadavg()[0]
     data = synthetic_cifar()
@@ -128,8 +166,10 @@ def main() -> None:
                        "images_per_second": round(rate, 1), f"ratio_to_{names[0]}": round(rate / base, 3),
                        "step_seconds_by_round": [round(value, 4) for value in seconds[name]]}
         print(f"{name:32s} {rate:7.0f} img/s  x{rate / base:.2f}")
+    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     record = {"rounds": args.rounds, "steps": args.steps, "torch": torch.__version__, "cpu_count": os.cpu_count(),
-              "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2), "cases": cases}
+              "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2), "cases": cases,
+              **({"processes": previous["processes"]} if "processes" in previous else {})}
     RESULTS.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 

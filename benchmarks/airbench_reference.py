@@ -1,7 +1,7 @@
 """airbench94's own training code (KellerJordan/cifar10-airbench, legacy/airbench94.py) on a CPU, on our JPEGs.
 
 Usage: python benchmarks/airbench_reference.py [--data ../shared/datasets/cifar10] [--widths 32,128,128]
-[--epochs 4] [--ntrain 45000] [--ours-bias | --no-bias-wd] [--tag NAME]
+[--epochs 4] [--ntrain 45000] [--ours-bias | --no-bias-wd] [--eval-each-epoch] [--tag NAME]
 
 The reference that explains fastnet's gap to airbench94 (README,
 "Benchmarks"): the same network, whitening, optimiser, schedule, lookahead,
@@ -13,12 +13,19 @@ with mirror + 1-px shifts (tta2). ``--ntrain`` takes a seeded random subset
 of the 50,000 training images; ``--ours-bias`` gives fastnet's old parameter
 groups (the whitening bias at 64x, no decay on biases), ``--no-bias-wd`` the
 new ones (no decay on biases, 64x on BatchNorm biases only). One record per
-run is added to ``benchmarks/results/airbench_reference.json`` under ``--tag``.
-Not timed on a quiet machine: the figures are accuracies.
+run is added to ``benchmarks/results/airbench_reference.json`` under ``--tag``,
+with the training seconds (augmentation included, evaluation excluded), the
+img/s they give and the 1-minute load average before and after: run it under
+``flock /tmp/imgclf-bench.lock`` for a timing. ``--eval-each-epoch`` records
+the test accuracy (no TTA) of the weights after each whole epoch, outside the
+timed section and without touching the run (eval mode, no gradients, no random
+draws); mid-schedule weights, so a lower bound on what a run of that length
+with its own schedule would reach.
 """
 
 import argparse
 import json
+import os
 import time
 from math import ceil
 from pathlib import Path
@@ -43,8 +50,10 @@ p.add_argument("--ours-bias", action="store_true", help="whitening bias 64x lr; 
 p.add_argument("--no-bias-wd", action="store_true", help="whitening bias 1x lr; no wd on any bias")
 p.add_argument("--end", type=float, default=0.07)
 p.add_argument("--tag", default="")
+p.add_argument("--eval-each-epoch", action="store_true", help="untimed test accuracy (no TTA) after every epoch")
 a = p.parse_args()
 torch.manual_seed(a.seed)
+LOAD_BEFORE = round(os.getloadavg()[0], 2)
 W = [int(x) for x in a.widths.split(",")]
 MEAN = torch.tensor((0.4914, 0.4822, 0.4465)).view(1, 3, 1, 1)
 STD = torch.tensor((0.2470, 0.2435, 0.2616)).view(1, 3, 1, 1)
@@ -228,6 +237,7 @@ def evaluate(tta):
 
 step = 0
 t_train = 0.0
+along = []  # (epoch, step, train seconds so far, tta0 of the fast weights) when --eval-each-epoch
 for ep in range(ceil(a.epochs)):
     net[0].bias.requires_grad = ep < a.whiten_bias_epochs
     t0 = time.perf_counter()
@@ -251,8 +261,19 @@ for ep in range(ceil(a.epochs)):
                 la(1.0)
             break
     t_train += time.perf_counter() - t0
-    print(f"epoch {ep} step {step} {t_train:.0f}s", flush=True)
+    mid = evaluate(0) if a.eval_each_epoch and step < total else None
+    if mid is not None:
+        along.append(dict(epoch=ep + 1, step=step, train_s=round(t_train, 1), tta0=round(mid, 4)))
+    print(f"epoch {ep} step {step} {t_train:.0f}s" + ("" if mid is None else f" tta0 {mid:.4f}"), flush=True)
 res = dict(vars(a), tta0=evaluate(0), tta1=evaluate(1), tta2=evaluate(2), train_s=round(t_train, 1))
+res.update(
+    img_per_s=round(step * B / t_train, 1),
+    threads=torch.get_num_threads(),
+    load_before=LOAD_BEFORE,
+    load_after=round(os.getloadavg()[0], 2),
+)
+if along:
+    res["along"] = along
 res["data"] = str(res["data"])
 print(json.dumps(res), flush=True)
 RESULTS = Path(__file__).parent / "results" / "airbench_reference.json"

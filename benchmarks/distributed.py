@@ -44,12 +44,13 @@ def subset_manifest(data: Path, per_class: int, folder: Path) -> Path:
     return path
 
 
-def train(manifest: Path, out: Path, epochs: float, seed: int, nproc: int | None) -> dict[str, object]:
-    """One ``imgclf train`` run: wall time, optimiser steps and the bundle's test accuracy."""
+def train(manifest: Path, out: Path, epochs: float, seed: int, nproc: int | None,
+          recipe: list[str] = RECIPE) -> dict[str, object]:
+    """One ``imgclf train`` run of ``recipe``: wall time, optimiser steps, training img/s and the test accuracy."""
     import torch
 
     command = [sys.executable, "-m", "imgclf", "train", str(manifest), "--out", str(out), "--epochs", str(epochs),
-               "--seed", str(seed), *RECIPE, *(["--nproc", str(nproc)] if nproc else [])]
+               "--seed", str(seed), *recipe, *(["--nproc", str(nproc)] if nproc else [])]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - started

@@ -685,13 +685,20 @@ class TorchEngine:
         """fastnet's whitening bias trains for ``--whitening-bias-epochs`` only (airbench: 3 of ~10 epochs).
 
         Past that point it gets no gradient, so the optimiser skips it and the
-        first layer is fixed while the rest of the network settles on it.
+        first layer is fixed while the rest of the network settles on it. In a
+        distributed run the step module is made again when that changes:
+        DistributedDataParallel waits for a gradient of every parameter that
+        needed one when it was made, and fails on the step the bias has none.
         """
         whiten = getattr(self.model, "whiten", None)
         epochs = self.config.whitening_bias_epochs
         if epochs is None or whiten is None or whiten.bias is None or stage.trainable != "all":
             return
-        whiten.bias.requires_grad_(stage_step < epochs * len(self.train_loader))
+        trains = stage_step < epochs * len(self.train_loader)
+        if whiten.bias.requires_grad != trains:
+            whiten.bias.requires_grad_(trains)
+            if self.world.is_distributed:
+                self.forward = self._step_module(stage)
 
     def _at_low_res(self, stage: Stage, stage_step: int) -> bool:
         """Whether step ``stage_step`` of ``stage`` trains on downscaled batches (``--low-res``, whole-network stages)."""

@@ -30,6 +30,11 @@ ENSEMBLE = "ensemble"  # BundleInfo.kind of an ensemble bundle
 MODEL_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
 KERAS_FILE = "model.keras"  # the weights of a backend: tensorflow bundle, with the Keras model's structure
+# Fields that format 1 gained after its first release, with the value that means "not used". A bundle writes them
+# only when used, so a bundle that does not use them still loads in the imgclf versions from before them; one that
+# does is refused there by name (read_bundle_info). A new optional field joins this table; a field that changes
+# what an existing one means raises BUNDLE_FORMAT instead. Changing a value here misreads every bundle without it.
+LATER_FIELDS: dict[str, Any] = {"tta_shift": 0, "tta_zoom": 0.0}
 
 
 @dataclass
@@ -99,9 +104,16 @@ def _write_atomically(info: BundleInfo, save_weights: Callable[[Path], None], di
 
     def fill(folder: Path) -> None:
         save_weights(folder)
-        (folder / MODEL_FILE).write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
+        (folder / MODEL_FILE).write_text(bundle_json(info), encoding="utf-8")
 
     return write_folder_atomic(directory, fill)
+
+
+def bundle_json(info: BundleInfo) -> str:
+    """``model.json``'s text: every field, except the :data:`LATER_FIELDS` a bundle does not use."""
+    values = {name: value for name, value in asdict(info).items()
+              if name not in LATER_FIELDS or value != LATER_FIELDS[name]}
+    return json.dumps(values, indent=2)
 
 
 def write_bundle_metrics(directory: Path, metrics: dict[str, Any]) -> None:
@@ -118,7 +130,7 @@ def update_bundle_info(directory: Path, **fields: Any) -> BundleInfo:
     info = read_bundle_info(directory)
     for name, value in fields.items():
         setattr(info, name, value)
-    write_text_atomic(directory / MODEL_FILE, json.dumps(asdict(info), indent=2))
+    write_text_atomic(directory / MODEL_FILE, bundle_json(info))
     return info
 
 
@@ -134,12 +146,26 @@ def find_bundle(path: str | Path) -> Path:
 
 
 def read_bundle_info(directory: Path) -> BundleInfo:
+    """``model.json`` of the bundle at ``directory``; a bundle that needs a newer imgclf is refused by what it needs."""
+    from imgclf.version import __version__
+
+    path = directory / MODEL_FILE
     try:
-        values = json.loads((directory / MODEL_FILE).read_text(encoding="utf-8"))
-        info = BundleInfo(**values)
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as error:
-        raise ImgclfError(f"{directory / MODEL_FILE} is not a valid imgclf model description ({error})") from None
-    if info.format_version > BUNDLE_FORMAT:
-        raise ImgclfError(f"{directory} was written by a newer imgclf (bundle format {info.format_version}); "
-                          "upgrade imgclf to load it")
-    return info
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ImgclfError(f"{path} is not a valid imgclf model description ({error})") from None
+    if not isinstance(values, dict):
+        raise ImgclfError(f"{path} is not a valid imgclf model description (a JSON object was expected)")
+    version = values.get("imgclf_version")
+    writer = f"imgclf {version}" if version and version != __version__ else "a newer imgclf"
+    if isinstance(values.get("format_version"), int) and values["format_version"] > BUNDLE_FORMAT:
+        raise ImgclfError(f"{directory} was written by {writer} in bundle format {values['format_version']}, and this "
+                          f"imgclf ({__version__}) reads format {BUNDLE_FORMAT}: upgrade imgclf to load it")
+    unknown = sorted(set(values) - set(BundleInfo.__dataclass_fields__))
+    if unknown:
+        raise ImgclfError(f"{directory} was written by {writer} and uses {', '.join(unknown)}, which this imgclf "
+                          f"({__version__}) does not know: upgrade imgclf to load it")
+    try:
+        return BundleInfo(**values)
+    except TypeError as error:  # a required field is missing
+        raise ImgclfError(f"{path} is not a valid imgclf model description ({error})") from None

@@ -11,7 +11,6 @@ applies it for every runtime, so predict, evaluate, serve and exports agree.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,9 +18,8 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax, softmax
 
-from imgclf.deploy.bundle import MODEL_FILE, BundleInfo
+from imgclf.deploy.bundle import MODEL_FILE, BundleInfo, find_bundle, read_bundle_info, update_bundle_info
 from imgclf.errors import ImgclfError
-from imgclf.files import write_text_atomic
 
 CALIBRATION_BINS = 15  # confidence bins of the calibration error and the reliability diagram
 LOG_T_BOUNDS = (-4.0, 4.0)  # T between 0.02 and 55: beyond that the logits carry no usable scale
@@ -117,11 +115,9 @@ def uncalibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
 
 def store_calibration(bundle: Path, calibration: Calibration) -> Path:
     """Write T into the bundle's ``model.json`` (atomically) with the validation figures in its metrics."""
-    path = bundle / MODEL_FILE
-    values = json.loads(path.read_text(encoding="utf-8"))
-    values["temperature"] = calibration.temperature
-    values.setdefault("metrics", {})["calibration"] = asdict(calibration)
-    return write_text_atomic(path, json.dumps(values, indent=2))
+    metrics = {**read_bundle_info(bundle).metrics, "calibration": asdict(calibration)}
+    update_bundle_info(bundle, temperature=calibration.temperature, metrics=metrics)
+    return bundle / MODEL_FILE
 
 
 def calibrate_bundle(model: str | Path, pixels: np.ndarray, labels: np.ndarray, batch_size: int = 64) -> Calibration:
@@ -130,7 +126,6 @@ def calibrate_bundle(model: str | Path, pixels: np.ndarray, labels: np.ndarray, 
     The logits come from the bundle's own runtime, exactly as predict computes
     them (flip TTA included when the bundle uses it), so T fits what users get.
     """
-    from imgclf.deploy.bundle import find_bundle
     from imgclf.deploy.classifier import Classifier  # loads a runtime: only when calibrating
 
     classifier = Classifier.load(model, batch_size=batch_size)
@@ -146,7 +141,6 @@ def calibrate_run(model: str | Path, data: str | Path | None = None, split: str 
                   batch_size: int = 64) -> Calibration:
     """``imgclf calibrate``: fit T on the run's validation split (or ``split`` of ``data``) and store it."""
     from imgclf.data.sources import load_source, read_manifest
-    from imgclf.deploy.bundle import find_bundle, read_bundle_info
     from imgclf.deploy.predict import decoded_batches
 
     bundle = find_bundle(model)

@@ -27,7 +27,7 @@ from scipy.special import softmax
 
 from imgclf.console import console
 from imgclf.data.sources import read_manifest
-from imgclf.deploy.bundle import ENSEMBLE, MODEL_FILE, BundleInfo, find_bundle, read_bundle_info
+from imgclf.deploy.bundle import ENSEMBLE, MODEL_FILE, BundleInfo, bundle_json, find_bundle, read_bundle_info
 from imgclf.deploy.classifier import Classifier, EnsembleClassifier
 from imgclf.deploy.decision import choose_decision
 from imgclf.errors import ImgclfError
@@ -161,13 +161,11 @@ def _check_splits(bundles: list[Path], dataset: Any, runs: list[str | Path]) -> 
 
 def _write(out: Path, info: BundleInfo, bundles: list[Path], names: list[str], split_file: Path,
            summary: dict[str, Any]) -> None:
-    from dataclasses import asdict
-
     def fill(folder: Path) -> None:
         model = folder / "model"
         for bundle, name in zip(bundles, names):
             shutil.copytree(bundle, model / "members" / name)
-        (model / MODEL_FILE).write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
+        (model / MODEL_FILE).write_text(bundle_json(info), encoding="utf-8")
         shutil.copy2(split_file, folder / "split.csv")
         write_text_atomic(folder / "ensemble.json", json.dumps(summary, indent=2))
 

@@ -477,8 +477,9 @@ class TorchEngine:
                     self.lookahead = Lookahead(self.model) if self.config.lookahead else None
                     if resume is not None and stage_index == self.position.stage:
                         assert self.clock is not None
-                        if resume.get("schedule") is not None:  # a re-planned stage goes on as re-planned
-                            self.clock.load_state_dict(resume["schedule"])
+                        schedule = resume.get("schedule")
+                        if schedule is not None and schedule["since_step"] > 0:
+                            self.clock.load_state_dict(schedule)  # a re-planned stage goes on as re-planned
                         self._load_optimizer_state(resume["optimizer"])
                         self.scheduler.load_state_dict(resume["scheduler"])
                         self.scaler.load_state_dict(resume["scaler"])

@@ -525,8 +525,9 @@ class TorchEngine:
             row = self._linear_probe(fit, callbacks) if probe else self._run_epoch(fit, callbacks)
             if row is None:  # interrupted mid-epoch
                 return
+            replanned = None
             if fit.fits_budget and fit.stop_reason is None and position.stage_step < clock.total:
-                self._replan(fit, (time.perf_counter() - since) / (position.stage_step - since_step))
+                replanned = self._replan(fit, (time.perf_counter() - since) / (position.stage_step - since_step))
                 since, since_step = time.perf_counter(), position.stage_step
             row["planned_epochs"] = self.planned_epochs()
             fit.history.append(row)
@@ -534,6 +535,8 @@ class TorchEngine:
             fit.last_epoch = position.stage_step >= clock.total and stage is self.stages[-1]
             self._track_best(fit)
             fire(callbacks, "on_epoch_end", fit)
+            if replanned:  # under the epoch's own line
+                console.print(replanned)
             self._agree(fit)
             if fit.interrupted or fit.stop_reason:
                 return
@@ -591,12 +594,13 @@ class TorchEngine:
         """
         return self.budget_started is not None and stage.trainable == "all" and stage is self.stages[-1]
 
-    def _replan(self, fit: FitState, step_seconds: float) -> None:
+    def _replan(self, fit: FitState, step_seconds: float) -> str | None:
         """Re-fit the rest of the stage to the budget's seconds left, at the speed of the epoch just trained.
 
         ``step_seconds`` is the wall time per step since the last re-plan
         (the epoch's validation pass and the previous one's checkpoint
         included). Rank 0's plan is every rank's, as the opening one is.
+        Returns what to tell the user, None when the plan did not change.
         """
         assert self.clock is not None and self.budget_started is not None
         steps_per_epoch = len(self.train_loader)
@@ -605,11 +609,11 @@ class TorchEngine:
         step = self.position.stage_step
         total = distributed.broadcast_from_main(step + math.ceil(epochs_that_fit(left, per_epoch) * steps_per_epoch))
         if total == self.clock.total:
-            return
+            return None
         self.clock.replan(step, int(total))  # type: ignore[arg-type]
         fit.epochs_in_stage = math.ceil(self.clock.total / steps_per_epoch)
-        console.print(f"re-planned: {self.planned_epochs():g} epochs fit the {max(left, 0):.0f} s left "
-                      f"({per_epoch:.1f} s an epoch measured)")
+        return (f"re-planned: {self.planned_epochs():g} epochs fit the {max(left, 0):.0f} s left "
+                f"({per_epoch:.1f} s an epoch measured)")
 
     def planned_epochs(self) -> float:
         """The run's epochs as now planned: its stages' epochs, the current stage's as re-planned (its steps)."""

@@ -36,7 +36,7 @@ MARKER = ".imgclf-run"  # only folders carrying it are ever deleted by --overwri
 HELD_OUT = ("test", "val")
 
 METRIC_COLUMNS = ("epoch", "stage", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
-                  "images_per_second")
+                  "images_per_second", "planned_epochs")
 
 
 @dataclass(frozen=True)

@@ -315,6 +315,8 @@ def _final_metrics(engine: Engine, data: TrainingData, result: FitResult, model_
     metrics: dict[str, Any] = {"epochs_trained": len(result.history), "best_epoch": result.best_epoch,
                                "train_seconds": round(sum(row["seconds"] for row in result.history), 2),
                                "parameters": engine.parameter_count(), **calibration}
+    if engine.config.time_budget:  # the budget's opening plan, and what the run trained after re-planning it
+        metrics.update(budget_epochs_planned=engine.config.epochs, budget_epochs_trained=result.trained_epochs)
     if held_out.logits:
         classifier = held_out.bundle_now(model_dir)
         for split, logits in held_out.logits.items():

@@ -86,11 +86,11 @@ def test_a_callback_that_stops_ends_a_complete_run_with_a_bundle(colours: Path, 
     assert [row["epoch"] for row in csv.DictReader(open(run.run_dir / "metrics.csv"))] == ["1", "2"]
 
 
-def test_the_budget_guard_stops_after_the_epoch_that_overruns(colours: Path, tmp_path: Path) -> None:
+def test_the_budget_guard_stops_a_stalled_run_after_the_step_it_is_in(colours: Path, tmp_path: Path) -> None:
     recorder = Recorder()
     run = imgclf.train(colours, out=tmp_path / "run", epochs=4, callbacks=[TimeBudget(1e-6), recorder], **TINY)
     assert len(run.history) == 1 and run.model_dir is not None
-    assert [name for name, _, _ in recorder.events][-2:] == ["epoch_end", "fit_end"]
+    assert recorder.events[-3:] == [("step_end", 1, 1), ("epoch_end", 1, 1), ("fit_end", 1, 1)]
 
 
 def test_an_interrupting_callback_leaves_a_resumable_run(colours: Path, tmp_path: Path) -> None:

@@ -60,15 +60,15 @@ def test_lookahead_pulls_the_weights_every_five_steps_and_ends_on_the_slow_copy(
     start = net.weight.detach().clone()
     with torch.no_grad():
         net.weight.add_(1.0)
-    lookahead.step(net, 4, 10)  # not a fifth step: nothing moves
+    lookahead.step(net, 4, 0.4)  # not a fifth step: nothing moves
     torch.testing.assert_close(net.weight, start + 1)
-    lookahead.step(net, 5, 10)  # the slow copy weighs 0.95^5 * (5/10)^3 ≈ 0.097
+    lookahead.step(net, 5, 0.5)  # the slow copy weighs 0.95^5 * (5/10)^3 ≈ 0.097
     decay = 0.95**5 * 0.5**3
     torch.testing.assert_close(net.weight, start + (1 - decay))
     torch.testing.assert_close(lookahead.state_dict()["weight"], net.weight)
     with torch.no_grad():
         net.weight.add_(1.0)
-    lookahead.step(net, 10, 10)  # the last step: the model becomes the slow copy
+    lookahead.step(net, 10, 1.0)  # the last step: the model becomes the slow copy
     torch.testing.assert_close(net.weight, start + (1 - decay))
 
 

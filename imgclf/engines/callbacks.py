@@ -13,7 +13,8 @@ each with the one :class:`FitState` it keeps up to date::
     on_fit_end                            always, also after an interrupt
 
 A callback changes the run only through the state: ``fit.stop(reason)``
-ends it after this epoch as a finished run (the best epoch is shipped),
+ends it after this epoch (after this step, when asked during one) as a
+finished run (the best epoch is shipped),
 ``fit.interrupt()`` as Ctrl-C does (resumable). That is all early stopping,
 the budget guard or an Optuna pruner needs; a callback that must abort a
 run at once (a pruned trial) raises. Checkpoints are the engine's own
@@ -57,6 +58,7 @@ class FitState:
     best_epoch: int = 0  # the epoch whose weights are shipped so far (--monitor)
     stale: int = 0  # epochs since that one
     last_epoch: bool = False  # at on_epoch_end: nothing of the plan is left after this epoch
+    fits_budget: bool = False  # the engine re-plans this stage's length to the time budget after every epoch
     stop_reason: str | None = None
     interrupted: bool = False
 
@@ -65,7 +67,7 @@ class FitState:
         return self.stages[self.stage_index]
 
     def stop(self, reason: str) -> None:
-        """End the fit after this epoch as a finished run (the best epoch is shipped)."""
+        """End the fit as a finished run (the best epoch is shipped): after this epoch, or this step within one."""
         self.stop_reason = reason
 
     def interrupt(self) -> None:
@@ -189,11 +191,18 @@ class EarlyStopping(Callback):
 
 
 class TimeBudget(Callback):
-    """``--time-budget``: stop when one more epoch would overrun the budget by more than 10%.
+    """``--time-budget``'s last resort: stop a run whose schedule no longer fits, and say what that cost.
 
-    The engine already fitted the schedule to the budget from measured
-    speed; this only catches a machine that got slower mid-run.
+    The engine fits the schedule to the budget, and re-plans a whole-network
+    stage after every epoch from the speed of the epochs trained
+    (``fit.fits_budget``), so such a run ends its schedule on time by
+    itself. A stage it cannot re-plan (the tail's fixed epochs) is stopped
+    after an epoch when one more would overrun the budget by more than 10%.
+    Any run at :data:`STALLED` times its budget (a machine that stalled
+    inside an epoch) stops after the step it is in.
     """
+
+    STALLED = 1.5
 
     def __init__(self, seconds: float) -> None:
         self.budget = seconds
@@ -202,10 +211,19 @@ class TimeBudget(Callback):
     def on_fit_begin(self, fit: FitState) -> None:
         self.started = time.perf_counter() - sum(row["seconds"] for row in fit.history)
 
+    def on_step_end(self, fit: FitState) -> None:
+        used = time.perf_counter() - self.started
+        if fit.stop_reason is None and used > self.STALLED * self.budget:
+            console.print(f"[yellow]time budget: {used:.0f} s used of {self.budget:.0f} s (the machine stalled); "
+                          "stopping now, before the schedule's end: the learning rate did not decay to its end[/]")
+            fit.stop("time budget overrun")
+
     def on_epoch_end(self, fit: FitState) -> None:
         assert fit.row is not None
-        if not fit.last_epoch and time.perf_counter() - self.started + fit.row["seconds"] > 1.1 * self.budget:
-            console.print("[yellow]time budget reached; stopping after this epoch[/]")
+        if fit.last_epoch or fit.fits_budget or fit.stop_reason is not None:
+            return
+        if time.perf_counter() - self.started + fit.row["seconds"] > 1.1 * self.budget:
+            console.print("[yellow]time budget reached; stopping after this epoch, before the schedule's end[/]")
             fit.stop("time budget")
 
 

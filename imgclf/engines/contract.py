@@ -154,6 +154,7 @@ class FitResult:
     interrupted: bool
     seconds: float
     model: Any  # the weights to ship: the best validation score's (restore-best)
+    trained_epochs: float | None = None  # fractions of epochs included (a time budget's plan ends mid-epoch)
 
 
 class Engine(Protocol):

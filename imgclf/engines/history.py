@@ -2,6 +2,8 @@
 
 The row's names are :data:`imgclf.runs.METRIC_COLUMNS`; ``seconds`` is the
 epoch's training time (validation excluded), so images/s compares engines.
+The engine adds ``planned_epochs``, the run's epochs as planned when the
+epoch ended (a time budget re-plans them after each epoch).
 """
 
 from __future__ import annotations

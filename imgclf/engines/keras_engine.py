@@ -413,6 +413,7 @@ class _Events(keras.callbacks.Callback):
         rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row = history_row(epoch + 1, fit.stage.name, float(logs["loss"]), float(logs["accuracy"]),
                           logs.get("val_xent"), logs.get("val_accuracy"), rate, seconds, self.images)
+        row["planned_epochs"] = fit.config.epochs  # no time budget here (refused), so no re-plan
         fit.history.append(row)
         fit.row, fit.last_epoch = row, epoch + 1 == self.plan_epochs
         fit.best_epoch, fit.stale = self.best_weights.best_epoch + 1, int(self.best_weights.wait)

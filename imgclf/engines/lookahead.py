@@ -25,12 +25,12 @@ class Lookahead:
         self.slow = {name: value.detach().clone() for name, value in model.state_dict().items()
                      if value.dtype.is_floating_point}
 
-    def step(self, model: nn.Module, stage_step: int, total_steps: int) -> None:
-        """After optimiser step ``stage_step`` (1-based) of ``total_steps``: pull every 5 steps, adopt at the end."""
-        if stage_step >= total_steps:
+    def step(self, model: nn.Module, stage_step: int, progress: float) -> None:
+        """After optimiser step ``stage_step`` (1-based), ``progress`` through the stage: pull every 5 steps, adopt at 1."""
+        if progress >= 1.0:
             self._pull(model, 1.0)
         elif stage_step % LOOKAHEAD_EVERY == 0:
-            self._pull(model, LOOKAHEAD_PEAK * (stage_step / total_steps) ** 3)
+            self._pull(model, LOOKAHEAD_PEAK * progress**3)
 
     @torch.no_grad()
     def _pull(self, model: nn.Module, decay: float) -> None:

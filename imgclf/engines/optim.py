@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from imgclf.config import TrainConfig
+from imgclf.engines.budget import StageClock
 
 MUON_MOMENTUM = 0.6  # airbench94_muon's momentum for the filters (SGD keeps --momentum)
 # Newton-Schulz coefficients of Muon's quintic iteration (Keller Jordan): steep at zero so that
@@ -126,8 +127,8 @@ class Muon(torch.optim.Optimizer):
                 parameter.add_(update, alpha=-group["lr"])
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
-    """Multiplier of the peak learning rate at ``step``.
+def lr_factor(step: float, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at ``step`` (a position on a :class:`StageClock`: it may be fractional).
 
     ``onecycle`` rises linearly from 0.2 to 1 during warm-up and then falls
     linearly to 0.05 (airbench's triangle); ``cosine`` rises from 0 and
@@ -145,7 +146,8 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
+def build_scheduler(optimizer: torch.optim.Optimizer, clock: StageClock, warmup_steps: int,
                     schedule: str) -> torch.optim.lr_scheduler.LambdaLR:
+    """The stage's learning rate read at each step's position on ``clock`` (which a time budget may re-plan)."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, schedule))
+        optimizer, lambda step: lr_factor(clock.position(step), clock.planned, warmup_steps, schedule))

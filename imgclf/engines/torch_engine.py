@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgclf import distributed
-from imgclf.config import TrainConfig
+from imgclf.config import TrainConfig, parse_duration
 from imgclf.console import console
 from imgclf.data.augment import mix_batch
 from imgclf.data.augment_presets import PRESETS, augment_config
@@ -50,6 +50,7 @@ from imgclf.data.batches import BatchLoader
 from imgclf.data.views import image_views
 from imgclf.deploy.bundle import BundleInfo, write_bundle
 from imgclf.embeddings.embedder import Embedder, Preprocessing, embedding_identity
+from imgclf.engines.budget import StageClock, epochs_that_fit
 from imgclf.engines.callbacks import Callback, FitState, fire
 from imgclf.engines.checkpoint import load_checkpoint, save_checkpoint
 from imgclf.engines.contract import (
@@ -87,13 +88,14 @@ STATS_SAMPLE = 5000  # training images whose pixels give the normalisation of a 
 
 @dataclass
 class _Position:
-    """Where a run is: which stage, the global epoch, the batch within it, and the step within the stage."""
+    """Where a run is: which stage, the global epoch, the batch within it, the step within the stage, epochs trained."""
 
     stage: int = 0
     epoch: int = 0
     batch: int = 0
     stage_step: int = 0
     epoch_in_stage: int = 0
+    trained_epochs: float = 0.0  # over the whole run, fractions of a stage's epochs included
 
 
 @dataclass
@@ -138,6 +140,8 @@ class TorchEngine:
         self._embedder: Embedder | None = None
         self.tail: TailStage | None = None
         self._best_weights: dict[str, torch.Tensor] | None = None
+        self.clock: StageClock | None = None  # the current stage's schedule, re-planned by a time budget
+        self.budget_started: float | None = None  # perf_counter when the --time-budget began counting
 
     # ----------------------------------------------------------------- model
     def build(self, data: TrainingData, resume: bool) -> bool:
@@ -247,7 +251,8 @@ class TorchEngine:
         self.forward = self._step_module(stage)
         total = self.steps_in(stage)
         warmup = warmup_steps(self.config, stage, self.stages, len(self.train_loader), total)
-        return optimizer, build_scheduler(optimizer, total, warmup, self.config.schedule)
+        self.clock = StageClock.of(total)
+        return optimizer, build_scheduler(optimizer, self.clock, warmup, self.config.schedule)
 
     def _step_module(self, stage: Stage) -> Callable[[torch.Tensor], torch.Tensor]:
         """What a training step of ``stage`` calls: the step module, data-parallel across ranks, compiled if asked.
@@ -388,13 +393,14 @@ class TorchEngine:
         Warm-up and probe epochs keep their share of the schedule, so the whole
         schedule (not just its length) is fitted to the budget.
         """
+        self.budget_started = time.perf_counter()  # the measurement is part of the budget
         # every rank measures (the steps are collective), rank 0's measurement decides the schedule
         self._adopt(distributed.broadcast_from_main(self._budget_config(seconds)))  # type: ignore[arg-type]
         return self.config
 
     def _budget_config(self, budget: float) -> TrainConfig:
         config = self.config
-        started = time.perf_counter()
+        assert self.budget_started is not None
         steps_per_epoch = len(self.train_loader)
         val_rows = len(self.data.rows["val"])
         forward_per_image: dict[str, float] = {}  # seconds of one forward pass per image, by stage kind
@@ -409,7 +415,7 @@ class TorchEngine:
                 low = min(1.0, (config.low_res_epochs or 0.0) / stage.epochs)
                 step = low * self.measure_step_seconds(stage, low_res=True) + (1 - low) * step
             epoch_seconds[stage.trainable] = steps_per_epoch * step + val_rows * forward_per_image[stage.trainable]
-        left = budget - (time.perf_counter() - started)
+        left = budget - (time.perf_counter() - self.budget_started)
         if self.uses_linear_probe:
             # the probe is one embedding pass over train + val (about a third of a training step per image)
             # and a fit of a second or two, whatever its epochs; only fine-tuning scales with the budget
@@ -419,14 +425,14 @@ class TorchEngine:
             probe_epochs = config.probe_epochs or 1.0
             probe = 0.0 if self.embeddings_cached() else (
                 (len(self.data.rows["train"]) + val_rows) * forward_per_image["all"])
-            epochs = probe_epochs + max(round((left - probe) / finetune, 1), 0.1)
+            epochs = probe_epochs + epochs_that_fit(left - probe, finetune)
             console.print(f"time budget {config.time_budget}: probe about {probe:.0f} s, fine-tuning "
                           f"{finetune:.1f} s per epoch measured; training {epochs:g} epochs")
             return replace(config, epochs=epochs,
                            warmup_epochs=round((config.warmup_epochs or 0.0) * epochs / config.epochs, 2))
         shares = {stage.trainable: stage.epochs / config.epochs for stage in self.stages}
         per_epoch = sum(shares[kind] * seconds for kind, seconds in epoch_seconds.items())
-        epochs = max(round(left / per_epoch, 1), 0.1)
+        epochs = epochs_that_fit(left, per_epoch)
         if config.strategy == "two-stage":
             epochs = max(epochs, 2.0)
         scale = epochs / config.epochs
@@ -457,6 +463,9 @@ class TorchEngine:
                 self.ema.load_state_dict(resume["ema"])
             self.position = _Position(**resume["position"])
             history, self.best = list(resume["history"]), dict(resume["best"])
+            if self.config.time_budget:  # the budget goes on from what the run had spent of it
+                spent = resume.get("budget_spent") or sum(row["seconds"] for row in history)
+                self.budget_started = time.perf_counter() - float(spent)
         fit = FitState(self.config, self.stages, history, best_epoch=max(int(self.best["epoch"]), 0),
                        stale=int(self.best["stale"]))
         callbacks = [_Checkpoint(self), *callbacks] if self.world.is_main else list(callbacks)
@@ -467,13 +476,18 @@ class TorchEngine:
                     self.optimizer, self.scheduler = self._start_stage(self.stages[stage_index])
                     self.lookahead = Lookahead(self.model) if self.config.lookahead else None
                     if resume is not None and stage_index == self.position.stage:
+                        assert self.clock is not None
+                        schedule = resume.get("schedule")
+                        if schedule is not None and schedule["since_step"] > 0:
+                            self.clock.load_state_dict(schedule)  # a re-planned stage goes on as re-planned
                         self._load_optimizer_state(resume["optimizer"])
                         self.scheduler.load_state_dict(resume["scheduler"])
                         self.scaler.load_state_dict(resume["scaler"])
                         if self.lookahead is not None and resume.get("lookahead") is not None:
                             self.lookahead.load_state_dict(resume["lookahead"])
                     else:
-                        self.position = _Position(stage=stage_index, epoch=self.position.epoch)
+                        self.position = _Position(stage=stage_index, epoch=self.position.epoch,
+                                                  trained_epochs=self.position.trained_epochs)
                     fit.stage_index = stage_index
                     fire(callbacks, "on_stage_begin", fit)
                     self._run_stage(fit, callbacks)
@@ -490,31 +504,51 @@ class TorchEngine:
         shipped = self._restore_best()
         return FitResult(history=history, best_epoch=int(self.best["epoch"]),
                          stopped_early=fit.stop_reason is not None and not fit.interrupted,
-                         interrupted=fit.interrupted, seconds=time.perf_counter() - started, model=shipped)
+                         interrupted=fit.interrupted, seconds=time.perf_counter() - started, model=shipped,
+                         trained_epochs=round(self.position.trained_epochs, 2))
 
     def _run_stage(self, fit: FitState, callbacks: list[Callback]) -> None:
-        """Epochs of the current stage from ``self.position``, until it ends or a callback stops the fit."""
-        stage, position = fit.stage, self.position
-        total_steps = self.steps_in(stage)
+        """Epochs of the current stage from ``self.position``, until it ends or a callback stops the fit.
+
+        A stage whose length follows the budget is re-planned after each
+        epoch, before the epoch's checkpoint, so a resume goes on with it.
+        """
+        stage, position, clock = fit.stage, self.position, self.clock
+        assert clock is not None
         probe = stage.trainable == "head" and self.uses_linear_probe and position.stage_step == 0
-        fit.epochs_in_stage = 1 if probe else math.ceil(total_steps / len(self.train_loader))
-        while position.stage_step < total_steps:
+        fit.fits_budget = self._follows_budget(stage)
+        fit.epochs_in_stage = 1 if probe else math.ceil(clock.total / len(self.train_loader))
+        # the speed a re-plan goes by: wall time per step since the last one (validation, checkpoints included)
+        since, since_step = time.perf_counter(), position.stage_step
+        while position.stage_step < clock.total:
             fit.epoch, fit.epoch_in_stage = position.epoch + 1, position.epoch_in_stage + 1
-            row = self._linear_probe(fit, callbacks) if probe else self._run_epoch(fit, callbacks, total_steps)
+            row = self._linear_probe(fit, callbacks) if probe else self._run_epoch(fit, callbacks)
             if row is None:  # interrupted mid-epoch
                 return
+            replanned = None
+            if fit.fits_budget and fit.stop_reason is None and position.stage_step < clock.total:
+                replanned = self._replan(fit, (time.perf_counter() - since) / (position.stage_step - since_step))
+                since, since_step = time.perf_counter(), position.stage_step
+            row["planned_epochs"] = self.planned_epochs()
             fit.history.append(row)
             fit.row = row
-            fit.last_epoch = position.stage_step >= total_steps and stage is self.stages[-1]
+            fit.last_epoch = position.stage_step >= clock.total and stage is self.stages[-1]
             self._track_best(fit)
             fire(callbacks, "on_epoch_end", fit)
+            if replanned:  # under the epoch's own line
+                console.print(replanned)
             self._agree(fit)
             if fit.interrupted or fit.stop_reason:
                 return
 
-    def _run_epoch(self, fit: FitState, callbacks: list[Callback], total_steps: int) -> dict[str, Any] | None:
-        """One epoch (the rest of one, after a resume) of training steps; its history row, or None if interrupted."""
-        stage, position = fit.stage, self.position
+    def _run_epoch(self, fit: FitState, callbacks: list[Callback]) -> dict[str, Any] | None:
+        """One epoch (the rest of one, after a resume) of training steps; its history row, or None if interrupted.
+
+        A stop asked for during the epoch (a stalled budget run) ends it after the current step.
+        """
+        stage, position, clock = fit.stage, self.position, self.clock
+        assert clock is not None
+        total_steps, first_batch = clock.total, position.batch
         self._set_train_mode(stage)
         loader = self.train_loader
         loader.set_epoch(position.epoch, start_batch=position.batch)
@@ -532,7 +566,7 @@ class TorchEngine:
             position.batch += 1
             position.stage_step += 1
             if self.lookahead is not None:
-                self.lookahead.step(self.model, position.stage_step, total_steps)
+                self.lookahead.step(self.model, position.stage_step, clock.progress(position.stage_step))
             self._update_ema(position.stage_step, total_steps)
             tally.add(loss, correct, len(images))
             fit.step, fit.images, fit.loss, fit.accuracy = position.batch, tally.seen, tally.mean_loss, tally.accuracy
@@ -540,15 +574,53 @@ class TorchEngine:
             self._agree(fit)
             if fit.interrupted and position.batch < steps:
                 return None  # mid-epoch; at an epoch's end the row and checkpoint come first
+            if fit.stop_reason is not None:
+                break
         seconds = time.perf_counter() - tally.started
         tally.loss, tally.correct, seen = distributed.sum_across([tally.loss, tally.correct, tally.seen], self.device)
         tally.seen = int(seen)  # every rank's images: the epoch's figures are the global batch's
         row = self._epoch_row(stage, tally.mean_loss, tally.accuracy, self.optimizer.param_groups[-1]["lr"],
                               seconds, tally.seen)
+        position.trained_epochs += (position.batch - first_batch) / len(loader)
         position.epoch += 1
         position.epoch_in_stage += 1
         position.batch = 0
         return row
+
+    def _follows_budget(self, stage: Stage) -> bool:
+        """Whether ``stage``'s length is re-planned to the time budget: a whole-network stage that ends the run.
+
+        The tail's epochs are its recipe's (the photo planner priced them) and a probe's are one fit or few.
+        """
+        return self.budget_started is not None and stage.trainable == "all" and stage is self.stages[-1]
+
+    def _replan(self, fit: FitState, step_seconds: float) -> str | None:
+        """Re-fit the rest of the stage to the budget's seconds left, at the speed of the epoch just trained.
+
+        ``step_seconds`` is the wall time per step since the last re-plan
+        (the epoch's validation pass and the previous one's checkpoint
+        included). Rank 0's plan is every rank's, as the opening one is.
+        Returns what to tell the user, None when the plan did not change.
+        """
+        assert self.clock is not None and self.budget_started is not None
+        steps_per_epoch = len(self.train_loader)
+        per_epoch = step_seconds * steps_per_epoch
+        left = parse_duration(self.config.time_budget or "") - (time.perf_counter() - self.budget_started)
+        step = self.position.stage_step
+        total = distributed.broadcast_from_main(step + math.ceil(epochs_that_fit(left, per_epoch) * steps_per_epoch))
+        if total == self.clock.total:
+            return None
+        self.clock.replan(step, int(total))  # type: ignore[arg-type]
+        fit.epochs_in_stage = math.ceil(self.clock.total / steps_per_epoch)
+        return (f"re-planned: {self.planned_epochs():g} epochs fit the {max(left, 0):.0f} s left "
+                f"({per_epoch:.1f} s an epoch measured)")
+
+    def planned_epochs(self) -> float:
+        """The run's epochs as now planned: its stages' epochs, the current stage's as re-planned (its steps)."""
+        assert self.clock is not None
+        current = self.stages[self.position.stage]
+        epochs = current.epochs if self.clock.total == self.clock.planned else self.clock.total / len(self.train_loader)
+        return round(sum(stage.epochs for stage in self.stages if stage is not current) + epochs, 2)
 
     def _agree(self, fit: FitState) -> None:
         """Every rank leaves the loop at the same step: interrupted if any rank was, stopped if rank 0 stopped."""
@@ -671,6 +743,7 @@ class TorchEngine:
         self.position.epoch += 1
         self.position.stage_step = self.steps_in(fit.stage)
         self.position.epoch_in_stage = 1
+        self.position.trained_epochs += 1
         return row
 
     def train_views(self) -> list[str]:
@@ -694,7 +767,8 @@ class TorchEngine:
         epochs = self.config.whitening_bias_epochs
         if epochs is None or whiten is None or whiten.bias is None or stage.trainable != "all":
             return
-        trains = stage_step < epochs * len(self.train_loader)
+        assert self.clock is not None
+        trains = self.clock.position(stage_step) < epochs * len(self.train_loader)
         if whiten.bias.requires_grad != trains:
             whiten.bias.requires_grad_(trains)
             if self.world.is_distributed:
@@ -702,8 +776,8 @@ class TorchEngine:
 
     def _at_low_res(self, stage: Stage, stage_step: int) -> bool:
         """Whether step ``stage_step`` of ``stage`` trains on downscaled batches (``--low-res``, whole-network stages)."""
-        return (self.config.low_res is not None and stage.trainable == "all"
-                and stage_step < (self.config.low_res_epochs or 0.0) * len(self.train_loader))
+        return (self.config.low_res is not None and stage.trainable == "all" and self.clock is not None
+                and self.clock.position(stage_step) < (self.config.low_res_epochs or 0.0) * len(self.train_loader))
 
     def _downscale(self, images: torch.Tensor) -> torch.Tensor:
         """The batch at ``--low-res`` pixels a side, antialiased: progressive resizing's early epochs.
@@ -742,6 +816,8 @@ class TorchEngine:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "position": vars(self.position).copy(),
+            "schedule": self.clock.state_dict() if self.clock is not None else None,
+            "budget_spent": None if self.budget_started is None else time.perf_counter() - self.budget_started,
             "normalisation": {"mean": list(self.data.mean), "std": list(self.data.std)},
             "history": history,
             "best": self.best,

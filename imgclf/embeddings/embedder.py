@@ -24,7 +24,7 @@ from torch import nn
 
 from imgclf.console import progress_bar
 from imgclf.data.decode import ResizePolicy
-from imgclf.data.views import view_of
+from imgclf.data.views import PLAIN, view_of
 from imgclf.embeddings.store import EmbeddingStore, image_key
 from imgclf.errors import ImgclfError
 from imgclf.models.device import autocast, choose_device, choose_precision
@@ -61,14 +61,14 @@ class FileEmbeddings:
 
 
 def embedding_identity(architecture: str, model_args: dict[str, Any], weights: str, preprocessing: Preprocessing,
-                       precision: str, view: str = "plain") -> dict[str, Any]:
+                       precision: str, view: str = PLAIN) -> dict[str, Any]:
     """What an embedding depends on, as stored next to it; equal identities share one cache.
 
     The plain view adds no field, so caches written before views existed stay valid.
     """
     identity = {"architecture": architecture, "model_args": model_args, "weights": weights,
                 **asdict(preprocessing), "precision": precision}
-    return identity if view == "plain" else {**identity, "view": view}
+    return identity if view == PLAIN else {**identity, "view": view}
 
 
 class Embedder:
@@ -84,7 +84,7 @@ class Embedder:
         self.batch_size = batch_size
         self.identity = embedding_identity(architecture, model_args or {}, weights, preprocessing, self.precision)
         self.store = EmbeddingStore(self.identity)
-        self._view_stores = {"plain": self.store}
+        self._view_stores = {PLAIN: self.store}
         self._identity_args = (architecture, model_args or {}, weights, preprocessing, self.precision)
         size = preprocessing.image_size
         example = torch.zeros(1, preprocessing.channels, size, size).contiguous(memory_format=torch.channels_last)
@@ -162,7 +162,7 @@ class Embedder:
             outputs.append(self._forward(images).cpu().numpy().astype(np.float16).astype(np.float32))
         return np.concatenate(outputs) if outputs else np.zeros((0, self.dim), dtype=np.float32)
 
-    def store_for(self, view: str = "plain") -> EmbeddingStore:
+    def store_for(self, view: str = PLAIN) -> EmbeddingStore:
         """The cache of one view: each view of each model identity has its own."""
         if view not in self._view_stores:
             view_of(np.zeros((0, 1, 1, 1), dtype=np.uint8), view)  # an unknown view fails here, not at first use
@@ -170,7 +170,7 @@ class Embedder:
         return self._view_stores[view]
 
     def embed_decoded(self, pixels: np.ndarray, rows: np.ndarray, paths: Sequence[Path],
-                      description: str = "Embedding", view: str = "plain") -> np.ndarray:
+                      description: str = "Embedding", view: str = PLAIN) -> np.ndarray:
         """float32 (len(rows), D) for rows of an already decoded dataset; ``paths[i]`` is row i's file."""
         keys = [image_key(Path(paths[row])) for row in rows]
         store = self.store_for(view)

@@ -302,7 +302,7 @@ class TailStage:
 
             self.model.eval()
             first_split, first_view = next(key for key, positions in missing.items() if len(positions))
-            example = images(rows_of[first_split, first_view][missing[first_split, first_view][:1]], "plain")
+            example = images(rows_of[first_split, first_view][missing[first_split, first_view][:1]], PLAIN)
             runner = ActivationPass(self.model, example, self.device, self.precision)
             writable = self._room_on_disk(to_compute)
             with progress_bar() as bar:
@@ -356,7 +356,7 @@ class TailStage:
             return False
         return True
 
-    def features(self, split: str, view: str = "plain") -> np.ndarray:
+    def features(self, split: str, view: str = PLAIN) -> np.ndarray:
         """The probe's embeddings of ``split`` from the activation pass."""
         return self._activations(split, view)[1]
 
@@ -372,7 +372,7 @@ class TailStage:
     @torch.no_grad()
     def logits(self, split: str) -> torch.Tensor:
         """Logits of the current weights for ``split``'s kept plain activations (the tail's epoch scores)."""
-        packed = self._activations(split, "plain")[0]
+        packed = self._activations(split, PLAIN)[0]
         self.model.eval()
         outputs = [torch.empty(0, self.model.head.out_features)]
         with autocast(self.device, self.precision):

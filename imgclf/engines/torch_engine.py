@@ -47,7 +47,7 @@ from imgclf.console import console
 from imgclf.data.augment import mix_batch
 from imgclf.data.augment_presets import PRESETS, augment_config
 from imgclf.data.batches import BatchLoader
-from imgclf.data.views import image_views
+from imgclf.data.views import PLAIN, image_views
 from imgclf.deploy.bundle import BundleInfo, write_bundle
 from imgclf.embeddings.embedder import Embedder, Preprocessing, embedding_identity
 from imgclf.engines.budget import StageClock, epochs_that_fit
@@ -351,11 +351,11 @@ class TorchEngine:
         mine = self.world.share(len(self.data.rows[split]))
         return self.data.rows[split][mine.start:mine.stop], self.data.split_targets(split)[mine.start:mine.stop]
 
-    def _embed_split(self, split: str, view: str = "plain") -> np.ndarray:
+    def _embed_split(self, split: str, view: str = PLAIN) -> np.ndarray:
         """The backbone's embeddings of ``split`` (in ``view``): each rank embeds its share, every rank gets them all."""
         rows, _ = self._my_share(split)
         embedder = self.embedder()
-        description = f"Embedding {split}" + ("" if view == "plain" else f" ({view})")
+        description = f"Embedding {split}" + ("" if view == PLAIN else f" ({view})")
         mine = (embedder.embed_decoded(self.data.pixels, rows, self.data.paths, description=description, view=view)
                 if len(rows) else np.empty((0, embedder.dim), dtype=np.float32))  # a split smaller than the world
         parts = distributed.gather_in_rank_order(mine)
@@ -748,9 +748,9 @@ class TorchEngine:
 
     def train_views(self) -> list[str]:
         """The views of each training image the probe (and the tail) train on: TTA's views, single-label data only."""
-        return ["plain"] if self.data.multilabel else image_views(bool(self.config.tta), self.config.tta_zoom or 0.0)
+        return [PLAIN] if self.data.multilabel else image_views(bool(self.config.tta), self.config.tta_zoom or 0.0)
 
-    def _probe_features(self, split: str, view: str = "plain") -> np.ndarray:
+    def _probe_features(self, split: str, view: str = PLAIN) -> np.ndarray:
         """The probe's embeddings: from the tail's activation pass when a tail follows (one pass for both)."""
         return self.tail.features(split, view) if self.tail is not None else self._embed_split(split, view)
 

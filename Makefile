@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA := examples/cifar10-sample
 DEMO_OUT := runs/demo
 
-.PHONY: install browser demo test lint clean
+.PHONY: install browser demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ browser:
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# The inner loop: every test outside the tiers marked in pyproject.toml (slow, subprocess, browser, tensorflow,
+# distributed; tests/conftest.py says how each is set). `make test` still runs everything, and CI runs that.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not (slow or subprocess or browser or tensorflow or distributed)"
 
 # ruff, then the layer contract in pyproject.toml ([tool.importlinter]); CI runs both test and lint
 lint: $(STAMP)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -124,7 +123,7 @@ def test_an_onnx_export_carries_the_decision_and_decides_the_same(run: Path, dat
     assert onnx_labels == torch_labels
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="the TensorFlow extra is not installed")
+@pytest.mark.tensorflow
 def test_the_keras_engine_gets_the_same_decision(data: Path, tmp_path: Path) -> None:
     run = tmp_path / "keras"
     result = run_cli("train", str(data), "--out", str(run), "--backend", "tensorflow", "--image-size", "16",

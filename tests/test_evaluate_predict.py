@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import browser_page, make_class_folder, make_image, run_cli, train_tiny_run
+from conftest import browser_page, copy_run, make_class_folder, make_image, run_cli
 
 import imgclf
 from imgclf.errors import ImgclfError
@@ -21,8 +21,9 @@ SECTIONS = ("summary", "configuration", "data", "curves", "metrics", "confusion"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny_run(tmp_path_factory.mktemp("trained"))
+def trained(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run, copied: evaluations and a regenerated report are written into it."""
+    return copy_run(tiny_run, tmp_path_factory.mktemp("trained"))
 
 
 def test_training_ends_with_a_self_contained_report(trained: Path) -> None:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_class_folder, run_cli, train_tiny_run
+from conftest import copy_run, make_class_folder, run_cli
+from processes import run_python
 
 import imgclf
 from imgclf.deploy.runtime import resolve_runtime
@@ -21,8 +20,9 @@ INT8_ACCURACY_TOLERANCE = 0.02  # the stated tolerance: int8 may lose at most 2 
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny_run(tmp_path_factory.mktemp("export"))
+def run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run, copied: exports are written into it."""
+    return copy_run(tiny_run, tmp_path_factory.mktemp("export"))
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +137,9 @@ def test_cli_export_prints_parity_and_refuses_what_it_cannot_do(run: Path, tmp_p
         imgclf.export(bare, "onnx", quantize="int8")
 
 
+@pytest.mark.subprocess
 def test_onnx_runtime_needs_no_torch(onnx_run: Path, images: list[Path]) -> None:
     script = ("import sys, imgclf; clf = imgclf.load(sys.argv[1], runtime='onnx'); print(clf.predict(sys.argv[2])[0][0]);"
               "print('torch' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", script, str(onnx_run), str(images[0])], capture_output=True, text=True,
-                            timeout=120)
+    result = run_python("-c", script, str(onnx_run), str(images[0]), timeout=120)
     assert result.stdout.split() == [images[0].parent.name, "False"], result.stderr

@@ -8,15 +8,13 @@ sure of ``cool`` but not of which leaf: the case --min-confidence backs off.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY_FASTNET, make_class_folder, make_image, run_cli
+from conftest import TINY_ARGS, TINY_FASTNET, make_class_folder, make_image, run_cli
 from fastapi.testclient import TestClient
-from test_cli_train import TINY
 
 import imgclf
 from imgclf.data.hierarchy import cut_path, node_counts, same_leaf_warnings
@@ -94,12 +92,11 @@ def test_serve_answers_with_the_path(run: Path, tree: Path) -> None:
 
 KERAS = ["--backend", "tensorflow", "--model", "tutorial-cnn", "--image-size", "16", "--batch-size", "8",
          "--workers", "1"]
-NO_TENSORFLOW = importlib.util.find_spec("tensorflow") is None  # find_spec: importing it here would crash (keras_setup)
 
 
 @pytest.mark.parametrize("engine", [
-    pytest.param(TINY, id="torch"),
-    pytest.param(KERAS, id="keras", marks=pytest.mark.skipif(NO_TENSORFLOW, reason="the TensorFlow extra is not installed")),
+    pytest.param(TINY_ARGS, id="torch"),
+    pytest.param(KERAS, id="keras", marks=pytest.mark.tensorflow),
 ])
 def test_label_depth_trains_on_the_cut_labels_and_evaluates_full_paths(engine: list[str], tree: Path,
                                                                        tmp_path: Path) -> None:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from conftest import TINY_FASTNET, make_class_folder
 from hostile import hostile_bytes, write_hostile_corpus
+from processes import run_python
 from starlette.testclient import TestClient
 
 import imgclf
@@ -85,10 +84,11 @@ def test_evaluate_and_predict_use_every_good_image(corpus: tuple[Path, set[str],
     assert {os.path.abspath(row.path) for row in rows if not row.error} == good
 
 
+@pytest.mark.subprocess
 def test_predict_cli_prints_file_names_that_are_not_utf8(corpus: tuple[Path, set[str], set[str]], run: Path) -> None:
     root, good, bad = corpus
-    result = subprocess.run([sys.executable, "-m", "imgclf", "predict", str(run), str(root), "--format", "csv"],
-                            capture_output=True, encoding="utf-8", errors=PATH_BYTES, timeout=120)
+    result = run_python("-m", "imgclf", "predict", str(run), str(root), "--format", "csv", errors=PATH_BYTES,
+                        timeout=120)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     rows = list(csv.DictReader(result.stdout.splitlines()))
     assert {row["path"] for row in rows} == good | bad  # the names' own bytes, round-tripped

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import re
@@ -188,7 +187,7 @@ def test_the_probe_is_one_vs_rest_logistic_regression() -> None:
     assert ((logits > 0) == truth[90:]).all() and fit.val_accuracy == 1.0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="the TensorFlow extra is not installed")
+@pytest.mark.tensorflow
 def test_keras_engine_trains_multilabel_with_thresholds(manifest: Path, tmp_path: Path) -> None:
     imgclf.train(manifest, out=tmp_path / "keras", backend="tensorflow", model="tutorial-cnn", epochs=1, image_size=16,
                  batch_size=8, workers=1)

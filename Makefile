@@ -41,10 +41,12 @@ test: $(STAMP) browser
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not (slow or subprocess or browser or tensorflow or distributed)"
 
-# ruff, then the layer contract in pyproject.toml ([tool.importlinter]); CI runs both test and lint
+# ruff, the layer contract in pyproject.toml ([tool.importlinter]), then the type checker ([tool.mypy]);
+# CI runs both test and lint
 lint: $(STAMP)
 	$(BIN)/ruff check imgclf tests benchmarks
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

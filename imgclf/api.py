@@ -106,12 +106,11 @@ def inspect(
 
             draw_pairs(pairs, picture)
     (out_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2))
-    broken_list: Path | None = out_dir / "broken_files.txt"
-    broken_list.unlink(missing_ok=True)  # a list from an earlier run would no longer be true
+    broken_file = out_dir / "broken_files.txt"
+    broken_file.unlink(missing_ok=True)  # a list from an earlier run would no longer be true
     if report.broken:
-        write_problem_list(broken_list, [(str(path), reason) for path, reason in report.broken])
-    else:
-        broken_list = None
+        write_problem_list(broken_file, [(str(path), reason) for path, reason in report.broken])
+    broken_list = broken_file if report.broken else None
     good = dataset.with_items([item for item, ok in zip(dataset.items, cache.ok) if ok])
     samples = save_samples(good, out_dir / "samples.png", max_pixels) if good.items else None
     return InspectResult(report=report, out=out_dir, samples=samples, broken_list=broken_list,
@@ -463,7 +462,7 @@ def explain_files(model: str | Path, images: str | Path | list[str | Path], out:
     written, skipped = [], []
     taken: set[str] = set()
     for path in paths:
-        decoded = decode_file(Path(path), size, policy=classifier.info.resize,  # type: ignore[arg-type]
+        decoded = decode_file(Path(path), size, policy=classifier.info.resize,
                               grayscale=classifier.info.channels == 1)
         if decoded.pixels is None:  # an unreadable image is skipped and reported; the others go on
             skipped.append((str(path), decoded.error))

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -97,7 +98,9 @@ def _control() -> dist.ProcessGroup | None:
     if dist.get_backend() == "gloo":
         return None
     if not _control_group:
-        _control_group.append(dist.new_group(backend="gloo"))
+        group = dist.new_group(backend="gloo")
+        assert isinstance(group, dist.ProcessGroup)  # every rank is in a group of all ranks
+        _control_group.append(group)
     return _control_group[0]
 
 
@@ -210,7 +213,10 @@ def launch(nproc: int, arguments: Sequence[str]) -> int:
 # --------------------------------------------------------------------------- training's collectives
 # A world of one answers every question itself, so callers never test for distribution.
 
-def broadcast_from_main(value: object) -> object:
+T = TypeVar("T")
+
+
+def broadcast_from_main(value: T) -> T:
     """Rank 0's ``value`` on every rank (run paths, budget-fitted configs, errors: small picklable objects)."""
     if not (dist.is_available() and dist.is_initialized()):
         return value

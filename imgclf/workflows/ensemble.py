@@ -96,7 +96,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, weights: str = "fit"
         rows = [list(member.file_probabilities([item.path for item in items], batch_size)) for member in members]
         ok = [all(row[position][1] is not None for row in rows) for position in range(len(items))]
         labels = np.array([index[item.label] for item, good in zip(items, ok) if good])
-        scored[split] = (labels, [np.stack([row[position][1] for position in range(len(items)) if ok[position]])
+        scored[split] = (labels, [np.stack([row[position][1] for position in range(len(items)) if ok[position]])  # type: ignore[misc]  # ok: no None
                                   for row in rows])
     labels, val_probabilities = scored["val"]
     fitted = fit_weights(val_probabilities, labels) if weights == "fit" else np.full(len(members), 1 / len(members))

@@ -177,11 +177,16 @@ def colours(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def tiny_training(colours: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
-    """THE tiny training (ten epochs of the tiny recipe on ``colours``), done once a session: what train returned."""
+    """THE tiny training (ten epochs of the tiny recipe on ``colours``), done once a session: what train returned.
+    Seconds, paid once in any tier, so the tests that only read it need not be ``slow``."""
     import imgclf
     from imgclf.training import TrainResult
 
-    result = imgclf.train(colours, out=tmp_path_factory.mktemp("tiny") / "run", epochs=10, **TINY_FASTNET)
+    test, processes.current_test = processes.current_test, None  # exempt from the `slow` check
+    try:
+        result = imgclf.train(colours, out=tmp_path_factory.mktemp("tiny") / "run", epochs=10, **TINY_FASTNET)
+    finally:
+        processes.current_test = test
     assert isinstance(result, TrainResult)
     return result
 
@@ -282,9 +287,10 @@ def interrupt_training(args: list[str], run: Path, ready: Path, wait_s: float = 
 
 
 # Test tiers (markers registered in pyproject.toml; `make test-fast` leaves out every marked test). Applied so they
-# stay true as tests are added: `browser` here, for every test that takes the `chromium` fixture; `subprocess` is
-# checked where a process starts (processes.py); `tensorflow`, `distributed` and `slow` by the tests themselves, and
-# `tensorflow` also skips the test where the extra is missing. find_spec, not importorskip: importing TensorFlow
+# stay true as tests are added: `browser` here, for every test that takes the `chromium` fixture; `subprocess` and
+# `slow` are checked when a test starts a process (processes.py) or trains a model (below), failing an unmarked
+# test; `tensorflow` and `distributed` are set by the tests themselves, and `tensorflow` also skips the test where
+# the extra is missing. find_spec, not importorskip: importing TensorFlow
 # before torchvision would crash the process (imgclf/models/keras_setup.py).
 NO_TENSORFLOW = importlib.util.find_spec("tensorflow") is None
 
@@ -300,4 +306,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    processes.current_test = item  # before the test's fixtures, which may start processes too
+    processes.current_test = item  # before the test's fixtures, which may start processes or train too
+
+
+@pytest.fixture(scope="session", autouse=True)
+def training_is_slow() -> Iterator[None]:
+    """A test that trains must be marked ``slow``: checked where training decodes its data, after the options were
+    checked (so a test of a refused option is no training) and whether the training is the test's own or a shared
+    fixture's (every test that uses such a fixture trains when it runs alone)."""
+    from imgclf import training
+
+    decode = training._decode
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        processes.require_marker("slow", "trains a model")
+        return decode(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "_decode", checked)
+        yield

@@ -3,8 +3,8 @@ command line and environment, waits for a moment without busy loops of its own, 
 
 A test that starts a process must carry ``@pytest.mark.subprocess`` (``make test-fast`` leaves those out: each
 child imports torch afresh, seconds apiece). The check runs here, when the process starts, so the marker stays
-true as tests are added: an unmarked test that launches one fails and names the marker. Outside pytest (the
-benchmarks) there is no test to check.
+true as tests are added: an unmarked test that launches one fails and names the marker (conftest.py checks
+``slow`` the same way, when a test trains). Outside pytest (the benchmarks) there is no test to check.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ CLI_ENV = {"COLUMNS": "200"}  # wide enough that no one-line message wraps
 current_test: Any = None  # the pytest item running now (conftest sets it); None outside pytest
 
 
-def _check_marked() -> None:
-    if current_test is not None and current_test.get_closest_marker("subprocess") is None:
-        raise AssertionError(f"{current_test.nodeid} starts a child process: mark it @pytest.mark.subprocess "
+def require_marker(marker: str, doing: str) -> None:
+    """Fail the running test unless it carries ``marker``, the tier of what it is ``doing``."""
+    if current_test is not None and current_test.get_closest_marker(marker) is None:
+        raise AssertionError(f"{current_test.nodeid} {doing}: mark it @pytest.mark.{marker} "
                              "(make test-fast leaves such tests out)")
 
 
@@ -36,7 +37,7 @@ def run_python(*args: str, cwd: Path | None = None, stdin: str | None = None, en
                timeout: float = 240, errors: str = "strict",
                preexec_fn: Callable[[], None] | None = None) -> subprocess.CompletedProcess[str]:
     """``python ARGS`` to the end, stdout and stderr captured as text (``errors``: how undecodable bytes read)."""
-    _check_marked()
+    require_marker("subprocess", "starts a child process")
     return subprocess.run([sys.executable, *args], capture_output=True, encoding="utf-8", errors=errors, cwd=cwd,
                           env=_environment(env), input=stdin, preexec_fn=preexec_fn,
                           timeout=timeout)  # a hang guard: a slow CI machine is no hang
@@ -46,7 +47,7 @@ def start_python(*args: str, env: Mapping[str, str] | None = None,
                  preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[str]:
     """``python ARGS`` in the background (a server, a run to interrupt); stderr piped (what tests read), stdout
     discarded."""
-    _check_marked()
+    require_marker("subprocess", "starts a child process")
     return subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=_environment(env), preexec_fn=preexec_fn)
 

@@ -266,7 +266,7 @@ def start_serving(model: Path, env: dict[str, str] | None = None) -> tuple[subpr
             return False
 
     try:
-        wait_until(answers, process, "imgclf serve coming up", timeout_s=60, poll_s=0.2)
+        wait_until(answers, process, "imgclf serve coming up", timeout_s=180, poll_s=0.2)  # a loaded CI machine
     except BaseException:
         process.kill()
         process.communicate(timeout=30)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -88,43 +89,57 @@ def raw_connection(url: str) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=30)
 
 
-def test_slow_drip_uploads_and_stalled_clients_do_not_stall_others(server: str) -> None:
-    stalled = [raw_connection(server) for _ in range(20)]  # slowloris: headers that never end, bodies never sent
+def drip(url: str, until: threading.Event | None = None) -> str:
+    """POST an upload of 1,000 promised bytes one byte every 0.25 s, until the server answers (or ``until`` is set,
+    or a minute passes): the reply read, empty if none came."""
+    with raw_connection(url) as connection:
+        connection.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                           b"Content-Length: 1000\r\n\r\n")
+        reply = b""
+        for byte in RED[:2] * 120:  # a JPEG's first bytes, then never its end
+            if until is not None and until.is_set():
+                break
+            try:
+                connection.sendall(bytes([byte]))
+                chunk = connection.recv(4096) if select_ready(connection) else b""
+            except OSError:
+                break
+            reply += chunk
+            if b"}" in reply:
+                break
+            time.sleep(0.25)
+        return reply.decode(errors="replace")
+
+
+def test_slow_drip_uploads_and_stalled_clients_do_not_stall_others(bundle: Path, server: str) -> None:
+    """Ordered by events, not timed: on a server whose upload timeout is a minute, ten requests are answered while
+    stalled clients hold connections and a dripping upload is still unfinished (a server that waited on them would
+    answer nothing until the drip stops, which it does only once the ten are answered); with the 2 s timeout, the
+    drip itself is then cut with a 408."""
+    patient_limits = Limits(max_bytes=LIMITS.max_bytes, max_pixels=LIMITS.max_pixels, max_files=3, timeout_s=60.0)
+    patient, uvicorn_server, thread = start_server(create_app(imgclf.load(bundle, runtime="torch"), "patient", "torch",
+                                                              patient_limits, max_wait_ms=1))
+    stalled = [raw_connection(patient) for _ in range(20)]  # slowloris: headers that never end, bodies never sent
     for number, connection in enumerate(stalled):
         connection.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n" if number % 2 else
                            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\nab")
-    unread = [raw_connection(server) for _ in range(10)]  # slow readers: ask, never read the answer
+    unread = [raw_connection(patient) for _ in range(10)]  # slow readers: ask, never read the answer
     for connection in unread:
         connection.sendall(b"GET /v1/model HTTP/1.1\r\nHost: x\r\n\r\n" * 50)
-
-    def drip() -> str:  # one byte every 0.25 s: still unfinished when the 2 s timeout ends it
-        with raw_connection(server) as connection:
-            connection.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-                               b"Content-Length: 1000\r\n\r\n")
-            reply = b""
-            for byte in RED[:40]:
-                try:
-                    connection.sendall(bytes([byte]))
-                    chunk = connection.recv(4096) if select_ready(connection) else b""
-                except OSError:
-                    break
-                reply += chunk
-                if b"}" in reply:
-                    break
-                time.sleep(0.25)
-            return reply.decode(errors="replace")
-
+    answered = threading.Event()
     with ThreadPoolExecutor(4) as pool:
-        dripping = pool.submit(drip)
-        answers = [post(server, content=RED, headers={"content-type": "image/jpeg"}) for _ in range(10)]
+        dripping = pool.submit(drip, patient, answered)
+        answers = [post(patient, content=RED, headers={"content-type": "image/jpeg"}) for _ in range(10)]
         assert all(answer.status_code == 200 for answer in answers)
-        # answered while the drip still holds its upload open (the server ends it only at its 2 s --timeout):
-        # a server that waited on the drip would answer them after its 408
-        assert not dripping.done(), "the other requests were answered only after the dripping upload ended"
-        assert dripping.result(timeout=30).startswith("HTTP/1.1 408")
+        assert not dripping.done()  # the ten were answered while the drip was still uploading
+        answered.set()
+        assert dripping.result(timeout=30) == ""  # and it had no answer yet: nothing was cut short
+    assert drip(server).startswith("HTTP/1.1 408")  # a drip past the 2 s timeout is cut
     for connection in stalled + unread:
         connection.close()
-    assert httpx.get(f"{server}/healthz").status_code == 200
+    assert httpx.get(f"{patient}/healthz").status_code == 200 and httpx.get(f"{server}/healthz").status_code == 200
+    uvicorn_server.should_exit = True
+    thread.join(10)
 
 
 def select_ready(connection: socket.socket) -> bool:

@@ -52,6 +52,7 @@ def epoch_events(epoch: int) -> list[tuple[str, int, int]]:
     return [("epoch_begin", epoch, 0), *[("step_end", epoch, step) for step in (1, 2, 3)], ("epoch_end", epoch, 3)]
 
 
+@pytest.mark.slow
 def test_a_callback_sees_every_event_in_order(colours: Path, tmp_path: Path) -> None:
     recorder = Recorder()
     run = imgclf.train(colours, out=tmp_path / "run", epochs=2, callbacks=[recorder], **TINY_FASTNET)
@@ -71,6 +72,7 @@ class StopAfter(Callback):
             fit.stop("enough")
 
 
+@pytest.mark.slow
 def test_a_callback_that_stops_ends_a_complete_run_with_a_bundle(colours: Path, tmp_path: Path) -> None:
     run = imgclf.train(colours, out=tmp_path / "run", epochs=5, callbacks=[StopAfter(2)], **TINY_FASTNET)
     assert [row["epoch"] for row in run.history] == [1, 2]
@@ -78,6 +80,7 @@ def test_a_callback_that_stops_ends_a_complete_run_with_a_bundle(colours: Path, 
     assert [row["epoch"] for row in csv.DictReader(open(run.run_dir / "metrics.csv"))] == ["1", "2"]
 
 
+@pytest.mark.slow
 def test_the_budget_guard_stops_a_stalled_run_after_the_step_it_is_in(colours: Path, tmp_path: Path) -> None:
     recorder = Recorder()
     run = imgclf.train(colours, out=tmp_path / "run", epochs=4, callbacks=[TimeBudget(1e-6), recorder], **TINY_FASTNET)
@@ -85,6 +88,7 @@ def test_the_budget_guard_stops_a_stalled_run_after_the_step_it_is_in(colours: P
     assert recorder.events[-3:] == [("step_end", 1, 1), ("epoch_end", 1, 1), ("fit_end", 1, 1)]
 
 
+@pytest.mark.slow
 def test_an_interrupting_callback_leaves_a_resumable_run(colours: Path, tmp_path: Path) -> None:
     class InterruptAfterFirstEpoch(Recorder):
         def on_epoch_end(self, fit: FitState) -> None:

@@ -11,6 +11,7 @@ import yaml
 from conftest import TINY_ARGS, interrupt_training, make_class_folder, run_cli
 
 
+@pytest.mark.slow
 def test_train_prints_progress_and_a_summary_and_writes_the_bundle(colours: Path, tmp_path: Path) -> None:
     result = run_cli("train", str(colours), "--out", str(tmp_path / "run"), "--epochs", "2", *TINY_ARGS)
     assert result.returncode == 0, result.stderr
@@ -51,6 +52,7 @@ def test_a_class_without_training_images_is_refused_by_name(tmp_path: Path) -> N
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_class_whose_training_images_are_all_broken_is_refused(tmp_path: Path) -> None:
     data = make_class_folder(tmp_path / "data", per_class=6)
     for path in (data / "blue").iterdir():
@@ -62,6 +64,7 @@ def test_a_class_whose_training_images_are_all_broken_is_refused(tmp_path: Path)
             "broken_files.txt") in result.stderr
 
 
+@pytest.mark.slow
 def test_a_symlink_loop_is_skipped_and_reported_not_a_crash(tmp_path: Path) -> None:
     data = make_class_folder(tmp_path / "data", per_class=8)
     (data / "red" / "loop_a.jpg").symlink_to(data / "red" / "loop_b.jpg")
@@ -100,6 +103,7 @@ def test_models_lists_names_and_marks_offline_weights() -> None:
     assert missing.returncode == 2 and "no model name matches" in missing.stderr
 
 
+@pytest.mark.slow
 def test_val_fraction_0_trains_on_every_training_image_and_scores_on_test(tmp_path: Path) -> None:
     data = tmp_path / "data"
     make_class_folder(data / "train", per_class=8)

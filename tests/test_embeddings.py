@@ -224,6 +224,7 @@ def test_match_suggests_the_planted_category(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------- the CLI and the rest of the tool
+@pytest.mark.slow
 def test_embed_cli_then_a_probe_reuses_the_embeddings(tmp_path: Path, backbone_weights: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from conftest import make_class_folder

@@ -95,6 +95,7 @@ def test_cli_evaluate_prints_a_table_and_writes_metrics(trained: Path) -> None:
     assert json.loads(as_json.stdout)["images"] == 6
 
 
+@pytest.mark.slow
 def test_one_model_on_one_split_gives_one_number_everywhere(backbone_weights: Path, tmp_path: Path) -> None:
     # a probe-only run: its training loop scores from float16 cached embeddings, the bundle in full precision
     data = make_class_folder(tmp_path / "data", per_class=12)
@@ -226,6 +227,7 @@ def test_report_renders_in_a_browser_with_no_network(trained: Path, chromium: st
     assert all(url.startswith(("file:", "data:")) for url in requests)
 
 
+@pytest.mark.slow
 def test_label_issues_from_cross_validation_use_held_out_predictions_only(trained: Path, tmp_path: Path) -> None:
     data = make_class_folder(tmp_path / "fresh", per_class=8, seed=11)
     result = imgclf.evaluate(trained, data, out=tmp_path / "eval", folds=2)

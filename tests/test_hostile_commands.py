@@ -63,6 +63,7 @@ def split_of(run: Path) -> dict[str, str]:
         return {row["path"]: row["split"] for row in csv.DictReader(handle)}
 
 
+@pytest.mark.slow
 def test_inspect_and_train_report_each_bad_file_once(corpus: tuple[Path, set[str], set[str]], run: Path,
                                                       tmp_path: Path) -> None:
     root, good, bad = corpus
@@ -73,6 +74,7 @@ def test_inspect_and_train_report_each_bad_file_once(corpus: tuple[Path, set[str
     assert set(split_of(run)) == good | bad  # every file kept in the split; the bad ones skipped when decoding
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_use_every_good_image(corpus: tuple[Path, set[str], set[str]], run: Path,
                                                    tmp_path: Path) -> None:
     root, good, bad = corpus
@@ -95,6 +97,7 @@ def test_predict_cli_prints_file_names_that_are_not_utf8(corpus: tuple[Path, set
     assert {row["path"] for row in rows if row["error"]} == bad
 
 
+@pytest.mark.slow
 def test_embed_index_and_match_report_each_bad_file_once(corpus: tuple[Path, set[str], set[str]], run: Path,
                                                          tmp_path: Path) -> None:
     root, good, bad = corpus
@@ -112,6 +115,7 @@ def test_embed_index_and_match_report_each_bad_file_once(corpus: tuple[Path, set
     each_once(reported(matched.skipped), bad)
 
 
+@pytest.mark.slow
 def test_export_calibration_reports_the_bad_files_it_met(corpus: tuple[Path, set[str], set[str]], run: Path,
                                                          tmp_path: Path) -> None:
     _, _, bad = corpus
@@ -121,6 +125,7 @@ def test_export_calibration_reports_the_bad_files_it_met(corpus: tuple[Path, set
     each_once(reported(result.quantization.skipped), bad & used)
 
 
+@pytest.mark.slow
 def test_serve_answers_every_hostile_upload_and_keeps_serving(run: Path) -> None:
     classifier = imgclf.load(run, runtime="torch")
     with TestClient(create_app(classifier, "hostile", "torch")) as client:

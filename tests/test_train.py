@@ -42,6 +42,7 @@ def test_training_writes_a_complete_run_and_a_bundle_that_predicts_the_same(tiny
     assert single == sorted(single, key=lambda pair: -pair[1])
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_weights(colours: Path, tmp_path: Path) -> None:
     first = imgclf.train(colours, out=tmp_path / "a", epochs=1, **TINY_FASTNET)
     second = imgclf.train(colours, out=tmp_path / "b", epochs=1, **TINY_FASTNET)
@@ -67,6 +68,7 @@ class InterruptAt(Callback):
             fit.interrupt()
 
 
+@pytest.mark.slow
 def test_resume_after_an_interruption_mid_epoch_gives_the_same_final_weights(colours: Path, tmp_path: Path) -> None:
     options = dict(epochs=3, mixup=0.2, **TINY_FASTNET)
     uninterrupted = imgclf.train(colours, out=tmp_path / "whole", **options)
@@ -80,6 +82,7 @@ def test_resume_after_an_interruption_mid_epoch_gives_the_same_final_weights(col
     assert_same_weights(uninterrupted.model_dir, resumed.model_dir)
 
 
+@pytest.mark.slow
 def test_early_stopping_keeps_the_best_epoch(colours: Path, tmp_path: Path) -> None:
     run = imgclf.train(colours, out=tmp_path / "run", epochs=6, early_stopping=1, monitor="val_loss",
                        ema=False, lookahead=False, augment="light", **{**TINY_FASTNET, "lr": 1e-12})
@@ -89,6 +92,7 @@ def test_early_stopping_keeps_the_best_epoch(colours: Path, tmp_path: Path) -> N
 PRETRAINED = dict(model="test_resnet", pretrained=True, precision="fp32", batch_size=16, image_size=32, workers=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["probe", "finetune", "two-stage"])
 def test_every_transfer_strategy(strategy: str, colours: Path, backbone_weights: Path, tmp_path: Path) -> None:
     run = imgclf.train(colours, out=tmp_path / strategy, weights=str(backbone_weights), strategy=strategy, epochs=2,
@@ -134,12 +138,14 @@ def test_defaults_are_chosen_from_the_data(colours: Path, tmp_path: Path) -> Non
     assert (scratch.model, scratch.strategy, scratch.image_size) == ("fastnet", "scratch", 96)
 
 
+@pytest.mark.slow
 def test_time_budget_fits_the_schedule(colours: Path, tmp_path: Path) -> None:
     run = imgclf.train(colours, out=tmp_path / "run", time_budget="8s", **TINY_FASTNET)
     assert run.config.epochs != imgclf.train(colours, dry_run=True, **TINY_FASTNET).epochs
     assert sum(row["seconds"] for row in run.history) < 8 * 1.5
 
 
+@pytest.mark.slow
 def test_imbalance_is_reported_and_handled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = make_class_folder(tmp_path / "data", per_class=25)
     for path in sorted((root / "blue").iterdir())[4:]:
@@ -149,6 +155,7 @@ def test_imbalance_is_reported_and_handled(tmp_path: Path, capsys: pytest.Captur
     assert run.model_dir is not None
 
 
+@pytest.mark.slow
 def test_multilabel_manifest_trains(tmp_path: Path) -> None:
     rows = ["path,labels"]
     for number in range(30):
@@ -182,6 +189,7 @@ def test_bad_options_are_refused_with_the_option_named(options: dict, message: s
         imgclf.train(colours, out=tmp_path / "run", **{**dict(workers=1), **options})
 
 
+@pytest.mark.slow
 def test_an_existing_run_is_not_overwritten_by_accident(colours: Path, tmp_path: Path) -> None:
     imgclf.train(colours, out=tmp_path / "run", epochs=1, **TINY_FASTNET)
     with pytest.raises(ImgclfError, match="already exists; pass --overwrite"):
@@ -196,6 +204,7 @@ def test_an_existing_run_is_not_overwritten_by_accident(colours: Path, tmp_path:
     assert (tmp_path / "mine" / "thesis.txt").exists()
 
 
+@pytest.mark.slow
 def test_resume_before_the_first_checkpoint_starts_the_saved_run_over(colours: Path, tmp_path: Path) -> None:
     first = imgclf.train(colours, out=tmp_path / "run", epochs=2, **TINY_FASTNET)
     (first.run_dir / "checkpoints" / "last.pt").unlink()  # as if stopped while decoding
@@ -204,6 +213,7 @@ def test_resume_before_the_first_checkpoint_starts_the_saved_run_over(colours: P
     assert len(again.history) == 2 and (again.model_dir / "weights.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_gradient_probe_and_the_embedding_cache(colours: Path, backbone_weights: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     sgd = imgclf.train(colours, out=tmp_path / "sgd", weights=str(backbone_weights), strategy="probe", epochs=2,
@@ -235,6 +245,7 @@ def test_gradient_probe_and_the_embedding_cache(colours: Path, backbone_weights:
     assert first.metrics["val_accuracy"] >= 0.8
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_the_last_step_of_an_epoch_resumes_exactly(colours: Path, tmp_path: Path) -> None:
     options = dict(epochs=3, **TINY_FASTNET)
     uninterrupted = imgclf.train(colours, out=tmp_path / "whole", **options)
@@ -245,6 +256,7 @@ def test_ctrl_c_on_the_last_step_of_an_epoch_resumes_exactly(colours: Path, tmp_
     assert_same_weights(uninterrupted.model_dir, resumed.model_dir)
 
 
+@pytest.mark.slow
 def test_without_a_validation_split_the_last_epoch_is_shipped(tmp_path: Path) -> None:
     rows = ["path,label,split"]
     for number in range(24):
@@ -261,6 +273,7 @@ def test_another_optimizer_gets_its_own_rates(colours: Path) -> None:
     assert imgclf.train(colours, model="fastnet", dry_run=True).bias_lr_scale == 64.0
 
 
+@pytest.mark.slow
 def test_resume_is_exact_with_muon_lookahead_low_res_and_the_whitening_bias_freeze(colours: Path, tmp_path: Path) -> None:
     options = dict(TINY_FASTNET, epochs=2, optimizer="muon", muon_lr=0.05, lookahead=True, ema=False,
                    whitening_bias_epochs=1, augment="airbench", low_res=12, low_res_epochs=1)
@@ -271,6 +284,7 @@ def test_resume_is_exact_with_muon_lookahead_low_res_and_the_whitening_bias_free
     assert_same_weights(uninterrupted.model_dir, resumed.model_dir)
 
 
+@pytest.mark.slow
 def test_the_whitening_bias_stops_training_after_its_epochs(colours: Path, tmp_path: Path) -> None:
     # no lookahead: its pulls towards the slow copy move every weight, the frozen bias too (as in airbench)
     options = dict(TINY_FASTNET, epochs=2, ema=False, lookahead=False, whitening_bias_epochs=1)
@@ -284,6 +298,7 @@ def test_the_whitening_bias_stops_training_after_its_epochs(colours: Path, tmp_p
     assert not torch.equal(final["groups.0.norms.0.bias"], after_one["groups.0.norms.0.bias"])  # the rest trained on
 
 
+@pytest.mark.slow
 def test_a_checkpoint_whose_optimiser_groups_differ_is_refused_in_one_line(colours: Path, tmp_path: Path) -> None:
     """A run started by a version that grouped the parameters otherwise cannot resume here: said, not a traceback."""
     from imgclf.engines.checkpoint import load_checkpoint, save_checkpoint
@@ -299,6 +314,7 @@ def test_a_checkpoint_whose_optimiser_groups_differ_is_refused_in_one_line(colou
         imgclf.train(resume=cut)
 
 
+@pytest.mark.slow
 def test_low_res_trains_the_first_epochs_on_downscaled_batches(colours: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from imgclf.models.small import FastNet

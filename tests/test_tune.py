@@ -91,6 +91,7 @@ def test_two_workers_share_one_study_through_a_journal_storage(tmp_path: Path) -
     assert ran == ["000", "001", "002", "003"]  # every trial trained once, by one of the two
 
 
+@pytest.mark.slow
 def test_the_median_pruner_stops_a_trial_that_cannot_learn(tmp_path: Path) -> None:
     data = make_class_folder(tmp_path / "data", per_class=10)
     out = tmp_path / "tune"
@@ -205,6 +206,7 @@ def probe_head(run: Path) -> dict:
     return load_file(str(run / "model" / "weights.safetensors"))
 
 
+@pytest.mark.slow
 def test_probe_trials_differ_in_c_and_later_ones_reuse_the_cached_embeddings(tmp_path: Path,
                                                                              backbone_weights: Path) -> None:
     data = make_class_folder(tmp_path / "data", per_class=10)

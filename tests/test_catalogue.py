@@ -138,6 +138,7 @@ def test_evaluate_holds_out_products_so_a_second_photo_of_a_known_product_does_n
     assert "surest 80%" in result.stderr
 
 
+@pytest.mark.slow
 def test_the_learned_matcher_beats_the_fixed_blend_where_names_and_photos_disagree(tmp_path: Path) -> None:
     catalog = planted_catalog(tmp_path)
     result = run_cli("match", str(catalog), "--evaluate", "--json")
@@ -150,6 +151,7 @@ def test_the_learned_matcher_beats_the_fixed_blend_where_names_and_photos_disagr
 
 
 # ----------------------------------------------------------------- one product, errors
+@pytest.mark.slow
 def test_one_product_gets_a_suggestion_per_level_and_the_matcher_is_saved(tmp_path: Path) -> None:
     catalog = planted_catalog(tmp_path)
     photo = tmp_path / "new.png"

@@ -56,6 +56,7 @@ def keyed(bundle: Path) -> Iterator[str]:
 CASES_PER_OPERATION = 100
 
 
+@pytest.mark.slow
 def test_schema_fuzzing_never_gets_a_server_error(server: str) -> None:
     """Schemathesis generates requests from the app's own OpenAPI schema, valid and not; none may get a 5xx."""
     schema = schemathesis.openapi.from_url(f"{server}/openapi.json")

@@ -115,6 +115,7 @@ def test_product_hold_out_keeps_every_photo_of_a_held_out_product_out_of_the_ref
             assert 0.1 < len({products[i] for i in test}) / 40 < 0.3
 
 
+@pytest.mark.slow
 def test_evaluate_holds_out_products_so_a_second_photo_of_a_known_product_does_not_count(tmp_path: Path) -> None:
     # every product has three photos of one picture; categories are unrelated to the pictures, names random:
     # were photos of a held-out product left in the reference, image-only matching would be perfect

@@ -9,9 +9,9 @@ import pytest
 from conftest import make_class_folder, run_cli
 
 import imgclf
+from imgclf.backends import RECORDS as REGISTERED
 from imgclf.config import BACKENDS
 from imgclf.engines.callbacks import Callback, FitState, TimeBudget
-from imgclf.engines.registry import BACKENDS as REGISTERED
 from imgclf.engines.registry import get_backend
 from imgclf.errors import ImgclfError
 

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgclf.config import TrainConfig, parse_duration
 from imgclf.console import console, training_progress
+from imgclf.engines.contract import BestEpoch
 from imgclf.engines.history import print_epoch
 
 if TYPE_CHECKING:
@@ -54,9 +55,9 @@ class FitState:
     images: int = 0  # training images seen this epoch (since the resume, for a resumed epoch)
     loss: float = 0.0  # running means of this epoch's training steps
     accuracy: float = 0.0
+    step_loss: Any = None  # at on_step_end: the step's loss (a detached tensor in torch), for guards such as NaN checks
     row: dict[str, Any] | None = None  # at on_epoch_end: the epoch's metrics.csv row
-    best_epoch: int = 0  # the epoch whose weights are shipped so far (--monitor)
-    stale: int = 0  # epochs since that one
+    best: BestEpoch = field(default_factory=BestEpoch)  # the engine's own record, saved in its checkpoint
     last_epoch: bool = False  # at on_epoch_end: nothing of the plan is left after this epoch
     fits_budget: bool = False  # the engine re-plans this stage's length to the time budget after every epoch
     stop_reason: str | None = None
@@ -65,6 +66,16 @@ class FitState:
     @property
     def stage(self) -> Stage:
         return self.stages[self.stage_index]
+
+    @property
+    def best_epoch(self) -> int:
+        """The epoch whose weights are shipped so far (``--monitor``)."""
+        return self.best.epoch
+
+    @property
+    def stale(self) -> int:
+        """Epochs since the best one."""
+        return self.best.stale
 
     def stop(self, reason: str) -> None:
         """End the fit as a finished run (the best epoch is shipped): after this epoch, or this step within one."""

@@ -54,12 +54,12 @@ from imgclf.engines.budget import StageClock, epochs_that_fit
 from imgclf.engines.callbacks import Callback, FitState, fire
 from imgclf.engines.checkpoint import load_checkpoint, save_checkpoint
 from imgclf.engines.contract import (
+    BestEpoch,
     FitResult,
     Stage,
     TrainingData,
     class_weights,
     correct_predictions,
-    monitor_score,
     plan_stages,
     score_logits,
     split_loader,
@@ -452,7 +452,7 @@ class TorchEngine:
         resume = self.checkpoint
         self.position = _Position()
         history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {"score": None, "epoch": -1, "stale": 0}
+        self.best = BestEpoch()
         if self.config.ema:
             self.ema = copy.deepcopy(self.model).eval()
             for parameter in self.ema.parameters():
@@ -462,12 +462,11 @@ class TorchEngine:
             if self.ema is not None and resume["ema"] is not None:
                 self.ema.load_state_dict(resume["ema"])
             self.position = _Position(**resume["position"])
-            history, self.best = list(resume["history"]), dict(resume["best"])
+            history, self.best = list(resume["history"]), BestEpoch.from_state(resume["best"])
             if self.config.time_budget:  # the budget goes on from what the run had spent of it
                 spent = resume.get("budget_spent") or sum(row["seconds"] for row in history)
                 self.budget_started = time.perf_counter() - float(spent)
-        fit = FitState(self.config, self.stages, history, best_epoch=max(int(self.best["epoch"]), 0),
-                       stale=int(self.best["stale"]))
+        fit = FitState(self.config, self.stages, history, best=self.best)
         callbacks = [_Checkpoint(self), *callbacks] if self.world.is_main else list(callbacks)
         fire(callbacks, "on_fit_begin", fit)
         try:
@@ -502,7 +501,7 @@ class TorchEngine:
             digest = distributed.same_weights_everywhere(self.model.state_dict())
             console.print(f"{self.world.size} processes ended with the same weights (sha256 {digest[:16]})")
         shipped = self._restore_best()
-        return FitResult(history=history, best_epoch=int(self.best["epoch"]),
+        return FitResult(history=history, best_epoch=self.best.epoch,
                          stopped_early=fit.stop_reason is not None and not fit.interrupted,
                          interrupted=fit.interrupted, seconds=time.perf_counter() - started, model=shipped,
                          trained_epochs=round(self.position.trained_epochs, 2))
@@ -642,13 +641,8 @@ class TorchEngine:
     def _track_best(self, fit: FitState) -> None:
         """Keep the weights of the best epoch so far (``--monitor``), to ship them at the end."""
         assert fit.row is not None
-        score = monitor_score(fit.row, self.config.monitor)
-        if self.best["score"] is None or score > self.best["score"]:
-            self.best.update(score=score, epoch=fit.row["epoch"], stale=0)
+        if fit.best.update(fit.row, self.config.monitor):
             self._best_weights = copy.deepcopy(self.evaluated_model().state_dict())
-        else:
-            self.best["stale"] += 1
-        fit.best_epoch, fit.stale = self.best["epoch"], self.best["stale"]
 
     def _load_optimizer_state(self, state: dict[str, Any]) -> None:
         """The checkpoint's optimiser state; one from a version that grouped the parameters otherwise is refused."""
@@ -820,7 +814,7 @@ class TorchEngine:
             "budget_spent": None if self.budget_started is None else time.perf_counter() - self.budget_started,
             "normalisation": {"mean": list(self.data.mean), "std": list(self.data.std)},
             "history": history,
-            "best": self.best,
+            "best": self.best.state_dict(),
         }
 
 

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from imgclf.config import TrainConfig, parse_duration
 from imgclf.console import console, training_progress
+from imgclf.engines import budget
+from imgclf.engines.budget import Clock
 from imgclf.engines.contract import BestEpoch
 from imgclf.engines.history import print_epoch
 
@@ -215,15 +217,16 @@ class TimeBudget(Callback):
 
     STALLED = 1.5
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, clock: Clock | None = None) -> None:
         self.budget = seconds
+        self.now = clock or budget.CLOCK  # the engine's clock (a test's fake one)
         self.started = 0.0
 
     def on_fit_begin(self, fit: FitState) -> None:
-        self.started = time.perf_counter() - sum(row["seconds"] for row in fit.history)
+        self.started = self.now() - sum(row["seconds"] for row in fit.history)
 
     def on_step_end(self, fit: FitState) -> None:
-        used = time.perf_counter() - self.started
+        used = self.now() - self.started
         if fit.stop_reason is None and used > self.STALLED * self.budget:
             console.print(f"[yellow]time budget: {used:.0f} s used of {self.budget:.0f} s (the machine stalled); "
                           "stopping now, before the schedule's end: the learning rate did not decay to its end[/]")
@@ -233,7 +236,7 @@ class TimeBudget(Callback):
         assert fit.row is not None
         if fit.last_epoch or fit.fits_budget or fit.stop_reason is not None:
             return
-        if time.perf_counter() - self.started + fit.row["seconds"] > 1.1 * self.budget:
+        if self.now() - self.started + fit.row["seconds"] > 1.1 * self.budget:
             console.print("[yellow]time budget reached; stopping after this epoch, before the schedule's end[/]")
             fit.stop("time budget")
 

@@ -23,6 +23,7 @@ callback, since what a checkpoint holds is framework state.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,15 +31,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgclf.config import TrainConfig, parse_duration
-from imgclf.console import console, training_progress
+from imgclf.console import training_progress
 from imgclf.engines import budget
 from imgclf.engines.budget import Clock
 from imgclf.engines.contract import BestEpoch
-from imgclf.engines.history import print_epoch
+from imgclf.engines.history import log_epoch
 
 if TYPE_CHECKING:
     from imgclf.engines.contract import Stage
     from imgclf.runs import RunDirectory
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -145,7 +148,7 @@ class ProgressBar(Callback):
     def on_epoch_end(self, fit: FitState) -> None:
         self._close()
         assert fit.row is not None
-        print_epoch(fit.row, fit.best_epoch == fit.row["epoch"])
+        log_epoch(fit.row, fit.best_epoch == fit.row["epoch"])
 
     def on_interrupt(self, fit: FitState) -> None:
         self._close()
@@ -198,8 +201,8 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, fit: FitState) -> None:
         if fit.stale >= self.patience:
-            console.print(f"[yellow]early stopping: no better {self.monitor} for {self.patience} epoch(s); "
-                          f"keeping epoch {fit.best_epoch}[/]")
+            log.warning(f"early stopping: no better {self.monitor} for {self.patience} epoch(s); "
+                        f"keeping epoch {fit.best_epoch}")
             fit.stop("early stopping")
 
 
@@ -228,8 +231,8 @@ class TimeBudget(Callback):
     def on_step_end(self, fit: FitState) -> None:
         used = self.now() - self.started
         if fit.stop_reason is None and used > self.STALLED * self.budget:
-            console.print(f"[yellow]time budget: {used:.0f} s used of {self.budget:.0f} s (the machine stalled); "
-                          "stopping now, before the schedule's end: the learning rate did not decay to its end[/]")
+            log.warning(f"time budget: {used:.0f} s used of {self.budget:.0f} s (the machine stalled); "
+                        "stopping now, before the schedule's end: the learning rate did not decay to its end")
             fit.stop("time budget overrun")
 
     def on_epoch_end(self, fit: FitState) -> None:
@@ -237,7 +240,7 @@ class TimeBudget(Callback):
         if fit.last_epoch or fit.fits_budget or fit.stop_reason is not None:
             return
         if self.now() - self.started + fit.row["seconds"] > 1.1 * self.budget:
-            console.print("[yellow]time budget reached; stopping after this epoch, before the schedule's end[/]")
+            log.warning("time budget reached; stopping after this epoch, before the schedule's end")
             fit.stop("time budget")
 
 

@@ -24,6 +24,7 @@ a probe, as in torch). The probe stage is gradient descent on the head.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -32,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from imgclf.config import TrainConfig
-from imgclf.console import console
 from imgclf.data.augment_presets import PRESETS, augment_config
 from imgclf.data.batches import BatchLoader
 from imgclf.deploy.bundle import BundleInfo, write_keras_bundle
@@ -53,6 +53,8 @@ from imgclf.files import write_text_atomic
 from imgclf.models.keras_models import backbone_of, build_model, count_parameters
 from imgclf.models.keras_setup import keras
 from imgclf.runs import RunDirectory
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "keras_state.json"  # in checkpoints/: position, history and best epoch, written after each checkpoint
 STATE_FORMAT = 2  # 2: the best epoch as the contract's BestEpoch (epoch, score, stale) and its file as best_file
@@ -174,7 +176,7 @@ class KerasEngine:
         self.state = self._read_state() if resume else None
         if self.state:
             self.model = self._load(self.state["checkpoint"])
-            console.print(f"resuming at epoch {len(self.state['history']) + 1} from {self.state['checkpoint']}")
+            log.info(f"resuming at epoch {len(self.state['history']) + 1} from {self.state['checkpoint']}")
         else:
             self.model = self._new_model()
         return self.state is not None
@@ -189,7 +191,7 @@ class KerasEngine:
         model = build_model(self.config.model or "", self.classes, self.config.image_size or 0, channels,
                             self.config.model_args, weights)
         if weights is not None:
-            console.print(f"pretrained weights: {'Keras ImageNet' if weights == 'imagenet' else weights}")
+            log.info(f"pretrained weights: {'Keras ImageNet' if weights == 'imagenet' else weights}")
         return model
 
     def fit_to_budget(self, seconds: float) -> TrainConfig:
@@ -264,7 +266,7 @@ class KerasEngine:
                 try:
                     self._fit_stage(fit, callbacks, epoch, stage_end)
                 except KeyboardInterrupt:
-                    console.print("[yellow]interrupted; the last finished epoch's checkpoint is kept[/]")
+                    log.warning("interrupted; the last finished epoch's checkpoint is kept")
                     fit.interrupt()
                     fire(callbacks, "on_interrupt", fit)
                 epoch = len(history)
@@ -311,7 +313,7 @@ class KerasEngine:
     def _read_state(self) -> dict[str, Any] | None:
         path = self.run.last_checkpoint.parent / STATE_FILE
         if not path.exists():
-            console.print(f"{self.run.path} has no checkpoint yet; starting its training from the beginning")
+            log.info(f"{self.run.path} has no checkpoint yet; starting its training from the beginning")
             return None
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
@@ -335,8 +337,8 @@ def _whole_epochs(stage: Stage) -> Stage:
     """Keras trains whole epochs: a fractional stage length is rounded (at least one epoch)."""
     epochs = max(1, round(stage.epochs))
     if epochs != stage.epochs:
-        console.print(f"[yellow]--backend tensorflow trains whole epochs: {stage.name} runs {epochs} "
-                      f"instead of {stage.epochs:g}[/]")
+        log.warning(f"--backend tensorflow trains whole epochs: {stage.name} runs {epochs} "
+                    f"instead of {stage.epochs:g}")
     return Stage(stage.name, float(epochs), stage.trainable, stage.backbone_lr_scale, stage.lr_scale)
 
 

@@ -16,6 +16,7 @@ ordinary model (one bundle, the same predictions and exports).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from imgclf import paths
-from imgclf.console import console, progress_bar
+from imgclf.console import progress_bar
 from imgclf.data.batches import epoch_batches, view_rows
 from imgclf.data.views import PLAIN, view_of
 from imgclf.embeddings.embedder import SAVE_EVERY
@@ -39,6 +40,8 @@ from imgclf.models.stack import TrunkStack
 if TYPE_CHECKING:
     from imgclf.config import TrainConfig
     from imgclf.engines.contract import TrainingData
+
+log = logging.getLogger(__name__)
 
 # timm's EfficientNet layout (stem, block stages, head conv): the trunks a tail can be cut from
 TRUNK_PARTS = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool")
@@ -229,7 +232,7 @@ class TailStage:
     @classmethod
     def plan(cls, model: nn.Module, config: TrainConfig, data: TrainingData, distributed: bool,
              identity: dict[str, Any] | None, views: Sequence[str]) -> TailStage | None:
-        """The stage for ``model``, or None (said on the console) when its activations would not fit in memory.
+        """The stage for ``model``, or None (said in a warning) when its activations would not fit in memory.
 
         ``identity``: what the frozen trunk's output depends on (the embedder's
         identity: architecture, weights, preprocessing, precision), or None
@@ -248,9 +251,9 @@ class TailStage:
         images = sum(len(data.rows.get(name, ())) for name, _ in kept_views(views))
         needed, limit = activation_bytes(split, images), memory_limit_bytes()
         if needed > limit:
-            console.print(f"[yellow]tail skipped: its activations ({images:,} image views x {split.width:,} values, "
-                          f"{needed / 2**30:.1f} GiB) exceed a quarter of this machine's memory "
-                          f"({limit / 2**30:.1f} GiB); training the probe alone (--tail-blocks 1 keeps the least)[/]")
+            log.warning(f"tail skipped: its activations ({images:,} image views x {split.width:,} values, "
+                        f"{needed / 2**30:.1f} GiB) exceed a quarter of this machine's memory "
+                        f"({limit / 2**30:.1f} GiB); training the probe alone (--tail-blocks 1 keeps the least)")
             return None
         return cls(split, config, data, identity if data.paths else None, views)
 
@@ -312,8 +315,8 @@ class TailStage:
                         rows_out[split, view] = self._compute(runner, images, (split, view), positions, rows_out,
                                                               keys, writable, bar, task)
         if cached:
-            console.print(f"tail: activations of {cached:,} image views read from the cache"
-                          + (f", {to_compute:,} computed" if to_compute else ""))
+            log.info(f"tail: activations of {cached:,} image views read from the cache"
+                     + (f", {to_compute:,} computed" if to_compute else ""))
         return {key: (torch.from_numpy(vectors[:, :width]), vectors[:, width:].astype(np.float32))
                 for key, vectors in rows_out.items()}
 
@@ -351,8 +354,8 @@ class TailStage:
         root.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(root).free
         if free < 2 * needed + DISK_SPARE_BYTES:
-            console.print(f"[yellow]tail: not keeping its activations on disk ({needed / 2**30:.1f} GiB needed, "
-                          f"{free / 2**30:.1f} GiB free under {root}); a rerun computes them again[/]")
+            log.warning(f"tail: not keeping its activations on disk ({needed / 2**30:.1f} GiB needed, "
+                        f"{free / 2**30:.1f} GiB free under {root}); a rerun computes them again")
             return False
         return True
 

@@ -277,11 +277,23 @@ class TailStage:
         pooled features, fresh or cached alike, so a rerun on cached rows
         trains the same model as the first run did.
         """
-        from imgclf.data.augment import augment_batch
-        from imgclf.data.augment_presets import PRESETS
+        rows_of = {key: self.data.rows[key[0]] for key in wanted if len(self.data.rows.get(key[0], ()))}
+        rows_out, missing, keys = self._cached(rows_of)
+        to_compute = sum(len(positions) for positions in missing.values())
+        cached = sum(len(rows) for rows in rows_of.values()) - to_compute
+        if to_compute:
+            self._compute_missing(rows_of, rows_out, missing, keys, to_compute)
+        if cached:
+            log.info(f"tail: activations of {cached:,} image views read from the cache"
+                     + (f", {to_compute:,} computed" if to_compute else ""))
+        width = self.model.width
+        return {key: (torch.from_numpy(vectors[:, :width]), vectors[:, width:].astype(np.float32))
+                for key, vectors in rows_out.items()}
 
-        data, width = self.data, self.model.width
-        rows_of = {key: data.rows[key[0]] for key in wanted if len(data.rows.get(key[0], ()))}
+    def _cached(self, rows_of: dict[tuple[str, str], np.ndarray]) -> tuple[
+            dict[tuple[str, str], np.ndarray], dict[tuple[str, str], np.ndarray],
+            dict[tuple[str, str], list[str | None]]]:
+        """Per (split, view): the rows the disk cache holds (zero-width when none), the positions it lacks, the keys."""
         rows_out: dict[tuple[str, str], np.ndarray] = {}
         missing: dict[tuple[str, str], np.ndarray] = {}
         keys: dict[tuple[str, str], list[str | None]] = {}
@@ -291,34 +303,37 @@ class TailStage:
             if store is None:
                 keys[split, view], stored, found = [None] * len(rows), None, np.zeros(len(rows), bool)
             else:
-                keys[split, view] = [image_key(data.paths[row]) for row in rows]
+                keys[split, view] = [image_key(self.data.paths[row]) for row in rows]
                 stored, found = store.get(keys[split, view], dtype=np.float16)
             rows_out[split, view] = stored if stored is not None else np.zeros((len(rows), 0), np.float16)
             missing[split, view] = np.flatnonzero(~found)
-        to_compute = sum(len(positions) for positions in missing.values())
-        cached = sum(len(rows) for rows in rows_of.values()) - to_compute
-        if to_compute:
-            def images(rows: np.ndarray, view: str) -> torch.Tensor:
-                pixels = view_of(data.pixels[np.sort(rows)][np.argsort(np.argsort(rows))], view)  # the embedder's
-                return augment_batch(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device), PRESETS["none"],
-                                     torch.Generator(), data.mean, data.std)
+        return rows_out, missing, keys
 
-            self.model.eval()
-            first_split, first_view = next(key for key, positions in missing.items() if len(positions))
-            example = images(rows_of[first_split, first_view][missing[first_split, first_view][:1]], PLAIN)
-            runner = ActivationPass(self.model, example, self.device, self.precision)
-            writable = self._room_on_disk(to_compute)
-            with progress_bar() as bar:
-                task = bar.add_task("Activations for the tail", total=to_compute)
-                for (split, view), positions in missing.items():
-                    if len(positions):
-                        rows_out[split, view] = self._compute(runner, images, (split, view), positions, rows_out,
-                                                              keys, writable, bar, task)
-        if cached:
-            log.info(f"tail: activations of {cached:,} image views read from the cache"
-                     + (f", {to_compute:,} computed" if to_compute else ""))
-        return {key: (torch.from_numpy(vectors[:, :width]), vectors[:, width:].astype(np.float32))
-                for key, vectors in rows_out.items()}
+    def _compute_missing(self, rows_of: dict[tuple[str, str], np.ndarray], rows_out: dict[tuple[str, str], np.ndarray],
+                         missing: dict[tuple[str, str], np.ndarray], keys: dict[tuple[str, str], list[str | None]],
+                         to_compute: int) -> None:
+        """The rows the cache lacks, through the frozen part, into ``rows_out`` (and the cache, if the disk has room)."""
+        from imgclf.data.augment import augment_batch
+        from imgclf.data.augment_presets import PRESETS
+
+        data = self.data
+
+        def images(rows: np.ndarray, view: str) -> torch.Tensor:
+            pixels = view_of(data.pixels[np.sort(rows)][np.argsort(np.argsort(rows))], view)  # the embedder's
+            return augment_batch(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device), PRESETS["none"],
+                                 torch.Generator(), data.mean, data.std)
+
+        self.model.eval()
+        first_split, first_view = next(key for key, positions in missing.items() if len(positions))
+        example = images(rows_of[first_split, first_view][missing[first_split, first_view][:1]], PLAIN)
+        runner = ActivationPass(self.model, example, self.device, self.precision)
+        writable = self._room_on_disk(to_compute)
+        with progress_bar() as bar:
+            task = bar.add_task("Activations for the tail", total=to_compute)
+            for (split, view), positions in missing.items():
+                if len(positions):
+                    rows_out[split, view] = self._compute(runner, images, (split, view), positions, rows_out,
+                                                          keys, writable, bar, task)
 
     def _compute(self, runner: ActivationPass, images: Any, key: tuple[str, str], positions: np.ndarray,
                  rows_out: dict[tuple[str, str], np.ndarray], keys: dict[tuple[str, str], list[str | None]],

@@ -28,7 +28,6 @@ from imgclf.engines.torch_engine.model import create_model_for, embedding_weight
 from imgclf.engines.torch_engine.probe import LinearProbe
 from imgclf.engines.torch_engine.progress import RunProgress
 from imgclf.engines.torch_engine.tricks import new_ema
-from imgclf.engines.torch_engine.validation import predict_logits
 from imgclf.errors import ImgclfError
 from imgclf.models.device import choose_device, choose_precision
 from imgclf.runs import RunDirectory
@@ -122,10 +121,6 @@ class TorchEngine:
     def evaluated_model(self) -> nn.Module:
         """The model validation scores and the bundle ship: the EMA with ``--ema``, else the trained one."""
         return self.ema if self.ema is not None else self.model
-
-    def predict_logits(self, split: str, tta: bool = False) -> torch.Tensor:
-        """Logits of the shipped model for every row of ``split`` (:func:`.validation.predict_logits`)."""
-        return predict_logits(self, split, tta)
 
     def measure_step_seconds(self, stage: Stage, steps: int = 4, low_res: bool = False) -> float:
         """Seconds per training step of ``stage``, measured on a few batches (benchmarks/cifar10_throughput.py)."""

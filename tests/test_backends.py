@@ -22,7 +22,7 @@ from imgclf.embeddings.embedder import Embedder
 from imgclf.engines.registry import get_backend
 from imgclf.errors import ImgclfError
 from imgclf.recipes import DataFacts, probes_only, uses_photo_plan
-from imgclf.workflows.tune_space import ignored_options, linear_probe_only
+from imgclf.workflows.tune_space import default_space, ignored_options, linear_probe_only
 
 PRETEND = BackendRecord(
     "pretend", "imgclf.engines.torch_engine:TorchEngine", runtime="torch", export_formats=("onnx",), quantisers=(),
@@ -59,6 +59,9 @@ def test_a_registered_backend_s_capabilities_decide_the_recipe_and_the_search(pr
         two_stage = dataclasses.replace(probe, strategy="two-stage")
         assert ("probe_c" in ignored_options(two_stage)) is not expected
     assert pretend.refused_options() == {"mixup", "time_budget"}
+    scratch = dataclasses.replace(make_config(), model="tutorial-cnn", strategy="scratch", epochs=10.0, lr=1e-3)
+    assert "mixup" in default_space(scratch, set())
+    assert "mixup" not in default_space(dataclasses.replace(scratch, backend="pretend"), set())  # refused: not searched
 
 
 def test_a_registered_backend_s_bundles_find_its_runtime_exports_and_explainer(pretend: BackendRecord,

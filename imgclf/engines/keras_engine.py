@@ -248,8 +248,10 @@ class KerasEngine:
         history: list[dict[str, Any]] = list(state["history"]) if state else []
         fit = FitState(self.config, self.stages, history, best=BestEpoch.from_state(state["best"]) if state
                        else BestEpoch())
-        # the best epoch's weights, shipped at the end (a resumed run reads them from the best epoch's checkpoint)
-        self.best_weights = self._load(state["best_file"]).get_weights() if state and fit.best.epoch else None
+        # the best epoch's weights, shipped at the end (a resumed run reads them from the best epoch's checkpoint);
+        # without validation the latest epoch is the best, and the weights training ends with are shipped
+        self.best_weights = (self._load(state["best_file"]).get_weights() if state and fit.best.epoch and self.has_val
+                             else None)
         epoch = len(history)
         first_stage = state["stage"] if state else 0
         fire(callbacks, "on_fit_begin", fit)

@@ -248,10 +248,7 @@ class KerasEngine:
         history: list[dict[str, Any]] = list(state["history"]) if state else []
         fit = FitState(self.config, self.stages, history, best=BestEpoch.from_state(state["best"]) if state
                        else BestEpoch())
-        # the best epoch's weights, shipped at the end (a resumed run reads them from the best epoch's checkpoint);
-        # without validation the latest epoch is the best, and the weights training ends with are shipped
-        self.best_weights = (self._load(state["best_file"]).get_weights() if state and fit.best.epoch and self.has_val
-                             else None)
+        self.best_weights = self._resumed_best_weights(state, fit.best)
         epoch = len(history)
         first_stage = state["stage"] if state else 0
         fire(callbacks, "on_fit_begin", fit)
@@ -301,6 +298,15 @@ class KerasEngine:
         class_weight = None if weights is None else {i: float(weight) for i, weight in enumerate(weights)}
         self.model.fit(train, validation_data=validation, epochs=stage_end, initial_epoch=epoch, verbose=0,
                        callbacks=keras_callbacks, class_weight=class_weight)
+
+    def _resumed_best_weights(self, state: dict[str, Any] | None, best: BestEpoch) -> list[Any] | None:
+        """The best epoch's weights a resumed run ships unless a later epoch beats them (read from its checkpoint).
+
+        Without validation the latest epoch is the best: the weights training ends with are shipped.
+        """
+        if state is None or not best.epoch or not self.has_val:
+            return None
+        return self._load(state["best_file"]).get_weights()
 
     def track_best(self, fit: FitState, row: dict[str, Any]) -> None:
         """Take epoch ``row`` into the run's best epoch; keep its weights when it is the new best.

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from imgclf.backends import RECORDS
 from imgclf.data.augment_presets import PRESETS
 from imgclf.errors import ImgclfError
 from imgclf.thresholds import DEFAULT_GOAL, GOAL_HELP, parse_goal
@@ -29,7 +30,7 @@ DEVICES = ("auto", "cpu", "cuda")
 CLASS_WEIGHTS = ("none", "auto")
 MONITORS = ("val_accuracy", "val_loss")
 RESIZE_POLICIES = ("squash", "crop", "pad")
-BACKENDS = ("torch", "tensorflow")
+BACKENDS = tuple(RECORDS)  # the registered backends (imgclf.backends), named once there
 
 
 PANELS = ("Run", "Model", "Data", "Labels", "Schedule", "Machine")  # the groups of `imgclf train --help`, in this order

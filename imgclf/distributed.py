@@ -67,10 +67,10 @@ def start(device: torch.device | str) -> World:
     """Join the process group (once) when the world has more than one process; return the world."""
     world = current_world()
     if world.is_distributed and not dist.is_initialized():
-        backend = backend_for(device)
-        if backend == "nccl":
+        transport = backend_for(device)  # torch's process-group backend, not imgclf's --backend
+        if transport == "nccl":
             torch.cuda.set_device(world.local_rank)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=transport)
     return world
 
 

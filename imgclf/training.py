@@ -101,7 +101,7 @@ def plan(config: TrainConfig, archive: str | Path | None = None) -> tuple[TrainC
     if uses_photo_plan(config, facts):
         config = _photo_plan(config, dataset, weights_source)
     resolved = resolve(config, facts, weights_source)
-    backend.check(resolved, dataset.multilabel)
+    backend.check(resolved)
     backend.check_processes(current_world().size)
     return resolved, dataset
 

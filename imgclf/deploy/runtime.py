@@ -24,16 +24,24 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from imgclf.backends import RECORDS, record_with_runtime
 from imgclf.deploy.bundle import WEIGHTS_FILE, BundleInfo
 from imgclf.deploy.metadata import read_export
 from imgclf.errors import ImgclfError
 
 RUNTIMES = ("auto", "torch", "keras", "onnx", "onnx-int8")
-NATIVE = {"torch": "torch", "tensorflow": "keras"}  # a bundle backend's own runtime
 FORK_UNSAFE = {"keras"}  # native runtimes whose thread pools make a later fork (decode workers) hang
 # the exported file each ONNX runtime loads, inside the bundle folder
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 SPEED_BATCHES = (1, 64)  # batch sizes ``export`` times both runtimes at, for ``auto``
+
+
+def native_of(backend: str, directory: Path | str = "this bundle") -> str:
+    """The runtime that runs ``backend``'s bundles in their own framework (its record's), or a one-line error."""
+    record = RECORDS.get(backend)
+    if record is None:
+        raise ImgclfError(f"{directory} is a {backend} model; this imgclf loads {' and '.join(RECORDS)} bundles")
+    return record.runtime
 
 
 class Runtime(Protocol):
@@ -51,7 +59,7 @@ def resolve_runtime(directory: Path, requested: str, device: str = "auto", batch
     """``native`` ('torch' or 'keras'), 'onnx' or 'onnx-int8' for ``--runtime requested`` on this bundle."""
     if requested not in RUNTIMES:
         raise ImgclfError(f"--runtime {requested} is not known; choose one of {', '.join(RUNTIMES)}")
-    if requested in NATIVE.values():
+    if record_with_runtime(requested) is not None:
         if requested != native:
             raise ImgclfError(f"--runtime {requested} cannot run {directory}, a {native} model; "
                               f"use --runtime {native}, onnx or auto")

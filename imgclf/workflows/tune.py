@@ -43,6 +43,7 @@ from imgclf.config import make_config, parse_duration
 from imgclf.console import console
 from imgclf.data.inspect import imbalance_warning
 from imgclf.engines.callbacks import Callback, FitState
+from imgclf.engines.contract import monitor_direction, oriented
 from imgclf.errors import ImgclfError
 from imgclf.files import write_folder_atomic, write_text_atomic
 from imgclf.runs import slug
@@ -135,7 +136,7 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial reaches the user as our one-line error
     study = optuna.create_study(
         storage=_storage(url), study_name=name, load_if_exists=True,
-        direction="maximize" if base.monitor == "val_accuracy" else "minimize",
+        direction=monitor_direction(base.monitor),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=PRUNE_WARMUP_EPOCHS))
     _fail_dead_trials(study)
     # a resumed search must not redraw its first trials' values, and workers sharing a study must not draw the same
@@ -236,8 +237,7 @@ def _write_outputs(study: optuna.Study, folder: Path, url: str, monitor: str,
 
     rows = [_row(trial) for trial in study.get_trials(deepcopy=False)]
     complete = [row for row in rows if row["state"] == "COMPLETE"]
-    maximise = monitor == "val_accuracy"
-    complete.sort(key=lambda row: -row["score"] if maximise else row["score"])
+    complete.sort(key=lambda row: -oriented(row["score"], monitor))
     rows.sort(key=lambda row: (row["state"] != "COMPLETE", complete.index(row) if row in complete else row["trial"]))
     best = complete[0] if complete else None
     if best is not None:
@@ -248,7 +248,7 @@ def _write_outputs(study: optuna.Study, folder: Path, url: str, monitor: str,
             _copy_bundle(bundle, folder / "best")
     result = TuneResult(folder, study.study_name, url, monitor, rows, best, interrupted)
     summary = {"study_name": study.study_name, "storage": url, "monitor": monitor,
-               "direction": "maximize" if maximise else "minimize", "best": best, "trials": rows,
+               "direction": monitor_direction(monitor), "best": best, "trials": rows,
                "counts": {state.name.lower(): sum(row["state"] == state.name for row in rows) for state in TrialState}}
     write_text_atomic(folder / "tune.json", json.dumps(summary, indent=2, default=str))
     write_page(study, folder, summary)

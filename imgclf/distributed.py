@@ -20,7 +20,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, one_line
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def wait_for_ranks(timeout: timedelta = WAIT_FOR_RANKS) -> None:
         dist.monitored_barrier(group=_control(), timeout=timeout, wait_all_ranks=True)
     except RuntimeError as error:
         raise ImgclfError(f"rank {dist.get_rank()}: the other ranks did not all arrive within {timeout} "
-                          f"({str(error).splitlines()[0]}); see their output, then run the same command again "
+                          f"({one_line(error)}); see their output, then run the same command again "
                           "(finished parts are kept)") from None
 
 

@@ -33,6 +33,7 @@ from imgclf import paths
 from imgclf.console import console, progress_bar
 from imgclf.data.decode import DEFAULT_MAX_PIXELS, ResizePolicy, decode_file
 from imgclf.data.workers import run_in_workers
+from imgclf.errors import one_line
 
 CACHE_VERSION = 1
 # Below this many files a process pool costs more to start than it saves.
@@ -96,7 +97,7 @@ def build_cache(
         try:
             return _load(directory, files, size, started)
         except (OSError, ValueError, KeyError) as error:  # damaged or tampered with (never unpickled): decode again
-            console.print(f"[yellow]the decode cache entry {directory} is damaged ({str(error).splitlines()[0]}); "
+            console.print(f"[yellow]the decode cache entry {directory} is damaged ({one_line(error)}); "
                           "decoding again[/]")
             shutil.rmtree(directory, ignore_errors=True)
     family = _digest([settings, source]) if source else ""

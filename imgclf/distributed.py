@@ -264,8 +264,9 @@ def share_buffers(model: torch.nn.Module) -> None:
             dist.broadcast(buffer.data, src=0)
 
 
-def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of a state dict's names and tensor bytes, in order: equal digests, equal weights."""
+def tensors_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names and tensor bytes, in order: equal digests, equal weights in memory
+    (not :func:`imgclf.deploy.metadata.weights_file_digest`, which hashes a written file's bytes)."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -277,7 +278,7 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
 
 def same_weights_everywhere(state: dict[str, torch.Tensor]) -> str:
     """The digest of ``state``, checked to be every rank's: data-parallel ranks that diverged are a bug, said so."""
-    digest = weights_digest(state)
+    digest = tensors_digest(state)
     digests = gather_in_rank_order(digest)
     if len(set(digests)) > 1:
         raise ImgclfError(f"the {len(digests)} processes ended with different weights ({', '.join(map(str, digests))}"

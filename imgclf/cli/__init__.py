@@ -18,7 +18,7 @@ from rich.markup import escape
 from typer._click.exceptions import ClickException  # typer 0.29 bundles its own click; standalone click's never match
 
 from imgclf.cli import data, deploy, embeddings, evaluate, match, predict, train
-from imgclf.console import console
+from imgclf.console import console, console_logging
 from imgclf.errors import ImgclfError
 from imgclf.files import PATH_BYTES, disk_error
 from imgclf.version import __version__
@@ -43,6 +43,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
@@ -50,6 +51,7 @@ def _main(
     """From a folder of labelled images to a trained, evaluated, deployed image classifier."""
     global _debug
     _debug = _debug or debug
+    ctx.with_resource(console_logging())  # library messages on the console until the command ends
 
 
 # The order of `imgclf --help`: a dataset, then training, measuring, using and shipping a model, then embeddings.

@@ -19,7 +19,13 @@ from imgclf.cli.options import (
     parse_model_args,
     with_config_options,
 )
-from imgclf.cli.render.train import print_comparison, print_ensemble, print_models, print_study
+from imgclf.cli.render.train import (
+    print_comparison,
+    print_ensemble,
+    print_models,
+    print_study,
+    print_training_summary,
+)
 from imgclf.console import console
 from imgclf.errors import ImgclfError
 
@@ -55,6 +61,8 @@ def train(
         result = api.train(data, config=config, archive=archive, overwrite=overwrite, **options)
     if result.interrupted:
         raise typer.Exit(130)
+    if result.model_dir is not None:  # None: a torchrun rank other than 0, and rank 0 reports
+        print_training_summary(result)
 
 
 def models(

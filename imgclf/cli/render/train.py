@@ -1,8 +1,9 @@
-"""How ``models``, ``tune``, ``compare`` and ``ensemble`` show their results: Rich tables on the console."""
+"""How ``train``, ``models``, ``tune``, ``compare`` and ``ensemble`` show their results: Rich tables on the console."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
@@ -13,6 +14,7 @@ from imgclf.console import console
 
 if TYPE_CHECKING:
     from imgclf import api
+    from imgclf.training import TrainResult
 
 def print_models(found: list[api.ModelInfo]) -> None:
     """The model names with family, default size and the pretrained weights found on this machine."""
@@ -82,3 +84,37 @@ def print_ensemble(result: api.EnsembleResult) -> None:
     gain = result.scores["ensemble"][held_out]["accuracy"] - best[0]
     console.print(f"{held_out}: ensemble {gain * 100:+.2f} points over the best member ({best[1]}); "
                   f"report: {result.out / 'report.html'}")
+
+
+def print_training_summary(result: TrainResult) -> None:
+    """A finished run's epochs, time, held-out scores, thresholds, calibration and decision, and where it is."""
+    config, metrics = result.config, result.metrics
+    table = Table(title=f"{config.model} on {Path(config.data).name}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    seconds = metrics["train_seconds"]
+    table.add_row("epochs", f"{metrics['epochs_trained']} (best {metrics['best_epoch']})"
+                  + (", stopped early" if result.stopped_early else ""))
+    table.add_row("training time", f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min")
+    for split in ("val", "test"):
+        if f"{split}_accuracy" in metrics:
+            tta = " (TTA)" if config.tta else ""
+            table.add_row(f"{split} accuracy{tta}", f"{metrics[f'{split}_accuracy']:.2%} of {metrics[f'{split}_images']:,}")
+            table.add_row(f"{split} loss", f"{metrics[f'{split}_loss']:.4f}")
+    if "thresholds" in metrics:
+        chosen = metrics["thresholds"]
+        table.add_row(f"label thresholds ({metrics['threshold_goal']}, val)",
+                      ", ".join(f"{name} {row['threshold']:.2f}" for name, row in list(chosen.items())[:6])
+                      + (", ..." if len(chosen) > 6 else ""))
+    if "calibration" in metrics:
+        calibration = metrics["calibration"]
+        table.add_row("val ECE (temperature)", f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} "
+                                               f"(T = {calibration['temperature']:.3f})")
+    if "decision" in metrics:
+        decision = metrics["decision"]
+        table.add_row(f"decision ({decision['goal']})",
+                      f"{decision['positive']} at P >= {decision['threshold']:.4g}: val precision "
+                      f"{decision['val_precision']:.3f}, recall {decision['val_recall']:.3f}")
+    table.add_row("run", str(result.run_dir))
+    table.add_row("model", str(result.model_dir))
+    console.print(table)

@@ -29,7 +29,7 @@ def metadata_path(model_file: Path) -> Path:
 
 
 def weights_file_digest(directory: Path) -> str:
-    """sha256 of the bundle's weights FILE bytes (``model.keras`` for Keras): ties an export to the exact weights
+    """sha256 of the bundle's weights file bytes (``model.keras`` for Keras): ties an export to the exact weights
     it was made from (not :func:`imgclf.distributed.tensors_digest`, which hashes tensors in memory)."""
     weights = directory / WEIGHTS_FILE
     return file_digest(weights if weights.is_file() else directory / KERAS_FILE)

@@ -19,7 +19,7 @@ import yaml
 
 from imgclf.backends import RECORDS
 from imgclf.data.augment_presets import PRESETS
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, one_line
 from imgclf.thresholds import DEFAULT_GOAL, GOAL_HELP, parse_goal
 
 STRATEGIES = ("auto", "scratch", "probe", "finetune", "two-stage", "tail")
@@ -196,7 +196,7 @@ def load_yaml_file(path: Path, option: str) -> Any:
     except FileNotFoundError:
         raise ImgclfError(f"{option} {path}: no such file") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ImgclfError(f"{option} {path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        raise ImgclfError(f"{option} {path}: not valid YAML ({one_line(error)})") from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -20,6 +20,7 @@ framework (PyTorch fp32, or Keras) for the parity check.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from imgclf.backends import backend_record
-from imgclf.console import console
 from imgclf.deploy import keras_export
 from imgclf.deploy.bundle import ENSEMBLE, BundleInfo, find_bundle, read_bundle_info
 from imgclf.deploy.classifier import Classifier, EnsembleClassifier, probabilities_from_logits
@@ -48,6 +48,9 @@ from imgclf.deploy.runtime import (
 from imgclf.errors import ImgclfError
 from imgclf.files import atomic_path, write_text_atomic
 from imgclf.runs import RunDirectory, held_out_items
+
+log = logging.getLogger(__name__)
+
 
 FORMATS = ("onnx", "torchscript", "savedmodel", "tflite")
 FILES = {"onnx": ONNX_FILES["onnx"], "torchscript": "model.torchscript.pt", "savedmodel": "model.savedmodel",
@@ -172,7 +175,7 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
         calibration = labelled_images(directory, info, data)
 
     write, load = available[format]
-    console.print(f"exporting {directory} to {format}, then checking parity" + (" and timing it" if format in TIMED_FORMATS else ""))
+    log.info(f"exporting {directory} to {format}, then checking parity" + (" and timing it" if format in TIMED_FORMATS else ""))
     reference = native_runtime(directory, info, exact=True)
     path = out_dir / FILES[format]
     with atomic_path(path) as partial:  # moved into place only once parity holds
@@ -184,8 +187,8 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
     meta = write_metadata(path, format, directory, info, bytes=size, parity=asdict(parity), speed=speed)
     result = ExportResult(format, path, meta, parity, speed, bytes=size)
     if calibration is not None:
-        console.print(f"quantising to int8: calibrating on {len(calibration.calibration)} images, "
-                      f"then comparing with fp32 on {calibration.source}")
+        log.info(f"quantising to int8: calibrating on {len(calibration.calibration)} images, "
+                 f"then comparing with fp32 on {calibration.source}")
         result.quantization = quantize_int8(path, directory, info, calibration, max_accuracy_drop, format=format,
                                             model=reference.model)
     return result

@@ -27,7 +27,7 @@ import numpy as np
 from imgclf.backends import RECORDS, record_with_runtime
 from imgclf.deploy.bundle import WEIGHTS_FILE, BundleInfo
 from imgclf.deploy.metadata import read_export
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, one_line
 
 RUNTIMES = ("auto", "torch", "keras", "onnx", "onnx-int8")
 FORK_UNSAFE = {"keras"}  # native runtimes whose thread pools make a later fork (decode workers) hang
@@ -111,8 +111,7 @@ def load_torch_model(directory: Path, info: BundleInfo) -> Any:
     try:
         model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     except Exception as error:  # safetensors and torch raise several types for a damaged or foreign file
-        first_line = str(error).strip().splitlines()[0]
-        raise ImgclfError(f"{directory / WEIGHTS_FILE} does not fit {info.architecture} ({first_line})") from None
+        raise ImgclfError(f"{directory / WEIGHTS_FILE} does not fit {info.architecture} ({one_line(error)})") from None
     return model
 
 
@@ -177,7 +176,7 @@ class OnnxRuntime:
         try:
             self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own untyped errors for a damaged file
-            raise ImgclfError(f"{path}: ONNX Runtime cannot load it ({str(error).splitlines()[0]}); export again") from None
+            raise ImgclfError(f"{path}: ONNX Runtime cannot load it ({one_line(error)}); export again") from None
         self.name = name
         self.input_name = self.session.get_inputs()[0].name
         channels = info.channels

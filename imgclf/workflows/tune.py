@@ -28,6 +28,7 @@ parameter importances).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from imgclf.config import make_config, parse_duration
-from imgclf.console import console
+from imgclf.console import HEADING
 from imgclf.data.inspect import imbalance_warning
 from imgclf.engines.callbacks import Callback, FitState
 from imgclf.engines.contract import monitor_direction, oriented
@@ -59,6 +60,8 @@ from imgclf.workflows.tune_space import (
 
 if TYPE_CHECKING:
     import optuna
+
+log = logging.getLogger(__name__)
 
 PRUNE_WARMUP_EPOCHS = 2  # epochs a trial always runs before the pruner may stop it
 HEARTBEAT_S = 60  # RDB storages: a trial whose worker was silent for 3 heartbeats is marked failed
@@ -93,8 +96,8 @@ class PruneOnValidation(Callback):
             return
         self.trial.report(float(score), fit.epoch)
         if self.trial.should_prune():
-            console.print(f"[yellow]trial {self.trial.number} pruned at epoch {fit.epoch}: {self.monitor} "
-                          f"{score:.4f} is behind the median of earlier trials[/]")
+            log.warning(f"trial {self.trial.number} pruned at epoch {fit.epoch}: {self.monitor} {score:.4f} is "
+                        "behind the median of earlier trials")
             raise optuna.TrialPruned(f"epoch {fit.epoch}: {self.monitor} {score:.4f}")
 
 
@@ -148,7 +151,8 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
         run = folder / "trials" / f"{trial.number:03d}"
         trial.set_user_attr("run", str(run))
         trial.set_user_attr("options", {**fixed, **planned, **values})
-        console.rule(f"trial {trial.number}: " + ", ".join(f"{key}={_short(value)}" for key, value in values.items()))
+        log.info(f"trial {trial.number}: " + ", ".join(f"{key}={_short(value)}" for key, value in values.items()),
+                 extra=HEADING)
         config = make_config(**{**fixed, **planned, **values, "out": str(run)})
         result = train(config, archive=archive, overwrite=True, callbacks=[PruneOnValidation(trial, base.monitor)])
         if result.interrupted:
@@ -203,7 +207,7 @@ def _fail_dead_trials(study: optuna.Study) -> None:
         if worker_host == host and pid.isdigit() and not _alive(int(pid)):
             storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number),
                                            TrialState.FAIL)
-            console.print(f"[yellow]trial {trial.number} was running in a process that ended; marked failed[/]")
+            log.warning(f"trial {trial.number} was running in a process that ended; marked failed")
 
 
 def _alive(pid: int) -> bool:

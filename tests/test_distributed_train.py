@@ -18,7 +18,7 @@ from conftest import TINY_ARGS, interrupt_training, make_class_folder, run_cli
 
 from imgclf.data.augment_presets import PRESETS
 from imgclf.data.batches import BatchLoader
-from imgclf.distributed import World, weights_digest
+from imgclf.distributed import World, tensors_digest
 from imgclf.engines.checkpoint import load_checkpoint
 
 EPOCHS = 400  # far more than the run lasts: it is interrupted once its first epoch is written
@@ -55,7 +55,7 @@ def test_ctrl_c_stops_every_rank_and_rank_0_alone_prints_and_writes(interrupted)
 def test_both_ranks_end_with_the_weights_rank_0_checkpointed(interrupted) -> None:
     _, run, _, stderr = interrupted
     checkpoint = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert f"2 processes ended with the same weights (sha256 {weights_digest(checkpoint['model'])[:16]})" in stderr
+    assert f"2 processes ended with the same weights (sha256 {tensors_digest(checkpoint['model'])[:16]})" in stderr
 
 
 @pytest.mark.distributed

@@ -199,6 +199,36 @@ def tiny_run(tiny_training: TrainResult) -> Iterator[Path]:
         yield shared
 
 
+class FakeClock:
+    """A clock that moves only when read (``tick`` seconds a reading) or advanced: the same run on any machine.
+
+    The ticks stand for the machine's own speed (the opening measurement
+    reads the clock once a step, so it measures ``tick`` a step); what a
+    test advances stands for a machine slower than that.
+    """
+
+    def __init__(self, tick: float = 0.02) -> None:
+        self.tick, self.time = tick, 0.0
+
+    def __call__(self) -> float:
+        self.time += self.tick
+        return self.time
+
+    def advance(self, seconds: float) -> None:
+        self.time += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The clock every budget reading of a run made in this test uses (``--time-budget``'s seconds, the epochs'
+    seconds): a test that trains against time reads this, never the wall clock."""
+    fake = FakeClock()
+    from imgclf.engines import budget
+
+    monkeypatch.setattr(budget, "CLOCK", fake)
+    return fake
+
+
 def copy_run(run: Path, directory: Path) -> Path:
     """A copy of ``run`` in ``directory``, for a test that writes into it (exports, evaluations, a new report)."""
     return Path(shutil.copytree(run, directory / run.name, symlinks=True))
@@ -299,8 +329,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "chromium" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.browser)
-        if item.path.name == "test_budget.py":  # its runs train; rewritten on another branch, which takes this mark in
-            item.add_marker(pytest.mark.slow)
         if NO_TENSORFLOW and item.get_closest_marker("tensorflow") is not None:
             item.add_marker(pytest.mark.skip(reason="the TensorFlow extra is not installed "
                                                     "(pip install 'imgclf[tensorflow]')"))

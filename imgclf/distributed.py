@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -225,11 +225,11 @@ def broadcast_from_main(value: T) -> T:
     return box[0]
 
 
-def gather_in_rank_order(value: object) -> list[object]:
+def gather_in_rank_order(value: T) -> list[T]:
     """Every rank's ``value``, rank 0's first (each rank's share of an embedding pass, concatenated in order)."""
     if not (dist.is_available() and dist.is_initialized()):
         return [value]
-    gathered: list[object] = [None] * dist.get_world_size()
+    gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, value)
     return gathered
 

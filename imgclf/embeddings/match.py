@@ -116,7 +116,7 @@ class Queries:
     def has_name(self) -> np.ndarray:
         return np.array([bool(name.strip()) for name in self.names], dtype=bool)
 
-    def rows(self, indices: np.ndarray | slice) -> Queries:
+    def rows(self, indices: np.ndarray | slice | list[int]) -> Queries:
         picked = np.arange(len(self.names))[indices]
         return Queries(self.vectors[picked], [self.names[i] for i in picked])
 

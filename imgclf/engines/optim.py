@@ -53,6 +53,7 @@ def parameter_groups(model: nn.Module, head: nn.Module, config: TrainConfig, bac
             continue
         kind = "decayed" if parameter.ndim > 1 else "norm" if id(parameter) in norm_ids else "bias"
         groups.setdefault((in_head, kind), []).append(parameter)
+    assert config.lr is not None and config.bias_lr_scale is not None  # resolved by the recipe before training
     result = []
     for (in_head, kind), parameters in sorted(groups.items()):
         lr = (config.lr * stage_scale * (1.0 if in_head else backbone_scale)
@@ -70,6 +71,7 @@ def parameter_groups(model: nn.Module, head: nn.Module, config: TrainConfig, bac
 
 
 def build_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    assert config.lr is not None and config.momentum is not None  # resolved by the recipe before training
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
     if config.optimizer == "muon":
@@ -107,7 +109,7 @@ class Muon(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=0.0, orthogonalise=False))
 
     @torch.no_grad()
-    def step(self, closure: None = None) -> None:  # type: ignore[override]
+    def step(self, closure: None = None) -> None:  # type: ignore[override]  # Muon takes no closure
         for group in self.param_groups:
             for parameter in group["params"]:
                 if parameter.grad is None:

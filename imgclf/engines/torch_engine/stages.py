@@ -34,6 +34,7 @@ def start_stage(engine: TorchEngine, stage: Stage) -> Optimiser:
         learns = stage.trainable == "all" or id(parameter) in head_ids
         parameter.requires_grad_(learns and engine.trainable[id(parameter)])
     config = engine.config
+    assert config.schedule is not None  # resolved by the recipe before training
     groups = parameter_groups(engine.model, engine.head, config, stage.backbone_lr_scale, stage.trainable,
                               stage.lr_scale)
     optimizer = build_optimizer(groups, config)
@@ -58,7 +59,7 @@ def step_module(engine: TorchEngine, stage: Stage) -> Callable[[torch.Tensor], t
 
         module = DistributedDataParallel(
             module, device_ids=[engine.world.local_rank] if engine.device.type == "cuda" else None)
-    return torch.compile(module) if engine.config.compile else module  # type: ignore[return-value]
+    return torch.compile(module) if engine.config.compile else module
 
 
 def set_train_mode(model: nn.Module, head: nn.Module, stage: Stage) -> None:
@@ -95,6 +96,6 @@ class StepModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.head_only:
             with torch.no_grad():
-                features = self.model.forward_features(images)
-            return self.model.forward_head(features)
+                features = self.model.forward_features(images)  # type: ignore[operator]  # timm's/our models' method; nn.Module's hint does not know it
+            return self.model.forward_head(features)  # type: ignore[operator]  # timm's/our models' method; nn.Module's hint does not know it
         return self.model(images)

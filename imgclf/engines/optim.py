@@ -129,12 +129,12 @@ class Muon(torch.optim.Optimizer):
                 parameter.add_(update, alpha=-group["lr"])
 
 
-def lr_factor(step: float, total_steps: int, warmup_steps: int, schedule: str) -> float:
+def lr_factor(step: float, total_steps: int, warmup_steps: int, schedule: str | None) -> float:
     """Multiplier of the peak learning rate at ``step`` (a position on a :class:`StageClock`: it may be fractional).
 
     ``onecycle`` rises linearly from 0.2 to 1 during warm-up and then falls
     linearly to 0.05 (airbench's triangle); ``cosine`` rises from 0 and
-    decays along a half cosine to 0; ``constant`` only warms up.
+    decays along a half cosine to 0 (so does a recipe that names none); ``constant`` only warms up.
     """
     if warmup_steps > 0 and step < warmup_steps:
         start = 0.2 if schedule == "onecycle" else 0.0
@@ -149,7 +149,7 @@ def lr_factor(step: float, total_steps: int, warmup_steps: int, schedule: str) -
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, clock: StageClock, warmup_steps: int,
-                    schedule: str) -> torch.optim.lr_scheduler.LambdaLR:
+                    schedule: str | None) -> torch.optim.lr_scheduler.LambdaLR:
     """The stage's learning rate read at each step's position on ``clock`` (which a time budget may re-plan)."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(clock.position(step), clock.planned, warmup_steps, schedule))

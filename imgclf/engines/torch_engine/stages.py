@@ -34,7 +34,6 @@ def start_stage(engine: TorchEngine, stage: Stage) -> Optimiser:
         learns = stage.trainable == "all" or id(parameter) in head_ids
         parameter.requires_grad_(learns and engine.trainable[id(parameter)])
     config = engine.config
-    assert config.schedule is not None  # resolved by the recipe before training
     groups = parameter_groups(engine.model, engine.head, config, stage.backbone_lr_scale, stage.trainable,
                               stage.lr_scale)
     optimizer = build_optimizer(groups, config)

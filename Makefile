@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA := examples/cifar10-sample
 DEMO_OUT := runs/demo
 
-.PHONY: install browser demo test lint clean
+.PHONY: install browser demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -36,10 +36,17 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
-# ruff, then the layer contract in pyproject.toml ([tool.importlinter]); CI runs both test and lint
+# The inner loop: every test outside the tiers marked in pyproject.toml (slow, subprocess, browser, tensorflow,
+# distributed; tests/conftest.py says how each is set). `make test` still runs everything, and CI runs that.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not (slow or subprocess or browser or tensorflow or distributed)"
+
+# ruff, the layer contract in pyproject.toml ([tool.importlinter]), then the type checker ([tool.mypy]);
+# CI runs both test and lint
 lint: $(STAMP)
 	$(BIN)/ruff check imgclf tests benchmarks
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

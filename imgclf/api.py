@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -109,12 +109,11 @@ def inspect(
 
             draw_pairs(pairs, picture)
     (out_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2))
-    broken_list: Path | None = out_dir / "broken_files.txt"
-    broken_list.unlink(missing_ok=True)  # a list from an earlier run would no longer be true
+    broken_file = out_dir / "broken_files.txt"
+    broken_file.unlink(missing_ok=True)  # a list from an earlier run would no longer be true
     if report.broken:
-        write_problem_list(broken_list, [(str(path), reason) for path, reason in report.broken])
-    else:
-        broken_list = None
+        write_problem_list(broken_file, [(str(path), reason) for path, reason in report.broken])
+    broken_list = broken_file if report.broken else None
     good = dataset.with_items([item for item, ok in zip(dataset.items, cache.ok) if ok])
     samples = save_samples(good, out_dir / "samples.png", max_pixels) if good.items else None
     return InspectResult(report=report, out=out_dir, samples=samples, broken_list=broken_list,
@@ -283,7 +282,7 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, out: str | Pa
                           out_of_fold=CrossValidation(folds) if folds else None, batch_size=batch_size)
 
 
-def predict(model: str | Path, inputs: str | Path | list[str | Path], *, top_k: int = 5, min_confidence: float = 0.0,
+def predict(model: str | Path, inputs: str | Path | Sequence[str | Path], *, top_k: int = 5, min_confidence: float = 0.0,
             tta: bool | None = None, batch_size: int = 64, device: str = "auto", runtime: str = "auto"
             ) -> Iterator[PredictionRow]:
     """Stream a :class:`~imgclf.deploy.predict.PredictionRow` per image for files, folders, globs or @lists."""
@@ -296,7 +295,7 @@ def predict(model: str | Path, inputs: str | Path | list[str | Path], *, top_k: 
     return classifier.predict_files(paths, top_k=top_k, min_confidence=min_confidence, batch_size=batch_size)
 
 
-def predict_in_parts(model: str | Path, inputs: str | Path | list[str | Path], output_format: str,
+def predict_in_parts(model: str | Path, inputs: str | Path | Sequence[str | Path], output_format: str,
                      out: str | Path | None = None, *, top_k: int = 5, min_confidence: float = 0.0,
                      tta: bool | None = None, batch_size: int = 64, device: str = "auto", runtime: str = "auto"
                      ) -> PartsSummary | None:
@@ -323,7 +322,7 @@ def predict_in_parts(model: str | Path, inputs: str | Path | list[str | Path], o
         distributed.stop()
 
 
-def check_distributable(model: str | Path | None, inputs: list[str | Path]) -> None:
+def check_distributable(model: str | Path | None, inputs: Sequence[str | Path]) -> None:
     """Refuse what cannot be split among processes: paths on stdin, a TensorFlow (Keras) model."""
     from imgclf.deploy.bundle import find_bundle, read_bundle_info
 
@@ -402,7 +401,7 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, split: str =
     return calibrate_run(model, data, split=split, batch_size=batch_size)
 
 
-def ensemble(runs: list[str | Path], out: str | Path, *, weights: str = "fit", overwrite: bool = False,
+def ensemble(runs: Sequence[str | Path], out: str | Path, *, weights: str = "fit", overwrite: bool = False,
              report: bool = True, batch_size: int = 64) -> EnsembleResult:
     """Soft-voting ensemble of trained runs in ``out``: one model for load, predict, evaluate, serve, export.
 
@@ -448,7 +447,7 @@ def explain(model: str | Path, image: str | Path | np.ndarray, *, top_k: int = 3
     return load(model, tta=False).explain(image, top_k=top_k)
 
 
-def explain_files(model: str | Path, images: str | Path | list[str | Path], out: str | Path, *, top_k: int = 3
+def explain_files(model: str | Path, images: str | Path | Sequence[str | Path], out: str | Path, *, top_k: int = 3
                   ) -> tuple[list[tuple[Path, Explanation]], list[tuple[str, str]]]:
     """Write ``OUT/<image name>.gradcam.png`` (the image and one overlay per top class) for each image.
 
@@ -466,7 +465,7 @@ def explain_files(model: str | Path, images: str | Path | list[str | Path], out:
     written, skipped = [], []
     taken: set[str] = set()
     for path in paths:
-        decoded = decode_file(Path(path), size, policy=classifier.info.resize,  # type: ignore[arg-type]
+        decoded = decode_file(Path(path), size, policy=classifier.info.resize,
                               grayscale=classifier.info.channels == 1)
         if decoded.pixels is None:  # an unreadable image is skipped and reported; the others go on
             skipped.append((str(path), decoded.error))
@@ -481,7 +480,7 @@ def explain_files(model: str | Path, images: str | Path | list[str | Path], out:
 
 
 # ----------------------------------------------------------------- embeddings
-def embed(model: str | Path, inputs: str | Path | list[str | Path], *, weights: str | Path | None = None,
+def embed(model: str | Path, inputs: str | Path | Sequence[str | Path], *, weights: str | Path | None = None,
           out: str | Path | None = None, image_size: int | None = None, batch_size: int = 64,
           device: str = "auto") -> FileEmbeddings | None:
     """Embeddings of images (files, folders, globs, @lists, or a CSV with an ``image`` column), cached per image.
@@ -524,7 +523,7 @@ def embed(model: str | Path, inputs: str | Path | list[str | Path], *, weights: 
     return embedded
 
 
-def _image_inputs(inputs: str | Path | list[str | Path]) -> list[Path]:
+def _image_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     """Files, folders, globs and @lists as ``predict`` takes them; a lone ``.csv`` is read for its image column."""
     from imgclf.deploy.predict import expand_inputs
     from imgclf.embeddings.tables import IMAGE_COLUMN, read_items
@@ -574,7 +573,7 @@ def build_index(model: str | Path, source: str | Path, out: str | Path, *, weigh
     return index, skipped
 
 
-def query_index(index: str | Path, images: str | Path | list[str | Path], *, k: int = 5, device: str = "auto"
+def query_index(index: str | Path, images: str | Path | Sequence[str | Path], *, k: int = 5, device: str = "auto"
                 ) -> list[tuple[Path, list[Neighbour], str]]:
     """The ``k`` most similar indexed items of each image: (image, neighbours best first, error or "")."""
     from imgclf.embeddings.index import SimilarityIndex

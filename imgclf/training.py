@@ -121,7 +121,7 @@ def _photo_plan(config: TrainConfig, dataset: ImageDataset, weights_source: Call
     tail = f", then its last {chosen.tail_blocks} block(s) on kept activations" if chosen.tail_blocks else ""
     log.info(f"photo recipe for {budget:.0f} s: {chosen.model} at {chosen.image_size}px, {views}{tail} "
              f"(flowers val {chosen.flowers_accuracy:.1%})")
-    planned = {"strategy": "tail", "tail_blocks": chosen.tail_blocks} if chosen.tail_blocks else {}
+    planned: dict[str, Any] = {"strategy": "tail", "tail_blocks": chosen.tail_blocks} if chosen.tail_blocks else {}
     return replace(config, model=chosen.model, image_size=config.image_size or chosen.image_size,
                    tta=chosen.views > 1 if config.tta is None else config.tta, **planned)
 
@@ -147,7 +147,7 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     else:
         config, dataset = plan(config, archive)
         _join(world, config)
-        config = distributed.broadcast_from_main(config)  # type: ignore[assignment]  # the planner times trunks: rank 0's choice
+        config = distributed.broadcast_from_main(config)  # the planner times trunks: rank 0's choice
         run = _new_run(world, config, dataset, overwrite)
         config = replace(config, out=str(run.path))
     imbalance = imbalance_warning(dataset.split_items("train"))
@@ -205,7 +205,7 @@ def _new_run(world: World, config: TrainConfig, dataset: ImageDataset, overwrite
             made = error
     from imgclf.distributed import broadcast_from_main
 
-    made = broadcast_from_main(made if world.is_main else None)  # type: ignore[assignment]
+    made = broadcast_from_main(made if world.is_main else None)  # type: ignore[assignment]  # rank 0 always sends one
     if isinstance(made, ImgclfError):
         raise made
     return RunDirectory(Path(made))
@@ -228,7 +228,7 @@ def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> Tr
     world = current_world()
     if not world.is_main:
         barrier()  # rank 0 decodes; the others then find its entry and open it read-only
-    cache = build_cache([item.path for item in dataset.items], size=size, policy=config.resize,  # type: ignore[arg-type]
+    cache = build_cache([item.path for item in dataset.items], size=size, policy=config.resize,  # type: ignore[arg-type]  # a resolved recipe's resize is a policy
                         grayscale=config.grayscale, max_pixels=config.max_pixels or DEFAULT_MAX_PIXELS,
                         workers=config.workers, source=dataset.source)
     if world.is_main:
@@ -251,7 +251,8 @@ def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> Tr
             targets[row, [index[label] for label in item.labels]] = 1.0
     else:
         targets = torch.tensor([index[item.labels[0]] for item in dataset.items], dtype=torch.int64)
-    return TrainingData(pixels=training_pixels(cache), rows=rows, targets=targets, classes=list(dataset.classes),
+    return TrainingData(pixels=training_pixels(cache),  # type: ignore[arg-type]  # PixelRows indexes as the array does
+                        rows=rows, targets=targets, classes=list(dataset.classes),
                         multilabel=dataset.multilabel, mean=(0.0,), std=(1.0,),
                         paths=[item.path for item in dataset.items])
 
@@ -338,7 +339,8 @@ def _write_bundle(run: RunDirectory, config: TrainConfig, engine: Engine, data: 
 
     info = BundleInfo(architecture=config.model or "", model_args=dict(config.model_args), classes=data.classes,
                       image_size=config.image_size or 0, mean=list(data.mean), std=list(data.std),
-                      multilabel=data.multilabel, channels=1 if config.grayscale else 3, resize=config.resize,
+                      multilabel=data.multilabel, channels=1 if config.grayscale else 3,
+                      resize=config.resize,  # type: ignore[arg-type]  # a resolved recipe's resize is a policy
                       tta=bool(config.tta), tta_shift=config.tta_shift or 0, tta_zoom=config.tta_zoom or 0.0,
                       backend=config.backend, config=config.to_dict(), metrics=metrics)
     return engine.write_bundle(info, run.model_dir)

@@ -60,6 +60,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return imgclf.train(data, out=root / "run", epochs=6, **TINY_FASTNET).run_dir
 
 
+@pytest.mark.slow
 def test_training_stores_a_temperature_that_the_bundle_round_trips(run: Path) -> None:
     bundle = json.loads((run / "model" / "model.json").read_text())
     calibration = bundle["metrics"]["calibration"]
@@ -74,6 +75,7 @@ def test_training_stores_a_temperature_that_the_bundle_round_trips(run: Path) ->
     np.testing.assert_allclose(classifier.predict_pixels(pixels), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_calibrate_command_refits_an_older_run_and_evaluate_reports_before_and_after(run: Path, tmp_path: Path
                                                                                      ) -> None:
     bundle_file = run / "model" / "model.json"
@@ -93,6 +95,7 @@ def test_calibrate_command_refits_an_older_run_and_evaluate_reports_before_and_a
     assert f"after (T = {temperature:.3f})" in page and page.count("data:image/png") >= 2
 
 
+@pytest.mark.slow
 def test_calibrate_refuses_a_split_without_images_in_one_line(run: Path) -> None:
     result = run_cli("calibrate", str(run), "--split", "holdout")
     assert result.returncode == 2

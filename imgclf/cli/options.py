@@ -97,7 +97,7 @@ def with_parameters(command: Callable[..., None], extra: Iterable[Parameter]) ->
     """``command``'s own parameters, then ``extra`` for its ``**options``: what Typer builds the command from."""
     own = [parameter for parameter in signature(command, eval_str=True).parameters.values()
            if parameter.kind is not Parameter.VAR_KEYWORD]
-    command.__signature__ = Signature([*own, *extra])  # type: ignore[attr-defined]
+    command.__signature__ = Signature([*own, *extra])  # type: ignore[attr-defined]  # typer reads a function's __signature__
     return command
 
 

@@ -107,7 +107,7 @@ def open_image(
     decodes many times faster, with no loss at the target size.
     """
     try:
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError:
         raise DecodeError("not an image (unrecognised format)") from None
     except (OSError, ValueError, SyntaxError) as error:

@@ -166,7 +166,7 @@ def calibrate_run(model: str | Path, data: str | Path | None = None, split: str 
     size = (info.image_size, info.image_size)
     kept, labels = [], []
     offset = 0
-    for chunk, pixels, errors in decoded_batches([item.path for item in items], size, info.resize,  # type: ignore[arg-type]
+    for chunk, pixels, errors in decoded_batches([item.path for item in items], size, info.resize,
                                                  info.channels == 1, batch_size):
         good = [position for position, error in enumerate(errors) if not error]  # broken images are skipped
         kept.append(pixels[good])

@@ -33,6 +33,7 @@ from imgclf.backends import backend_record
 from imgclf.deploy import keras_export
 from imgclf.deploy.bundle import ENSEMBLE, BundleInfo, find_bundle, read_bundle_info
 from imgclf.deploy.classifier import Classifier, EnsembleClassifier, probabilities_from_logits
+from imgclf.deploy.keras_runtime import KerasRuntime
 from imgclf.deploy.metadata import ONNX_OPSET, write_metadata
 from imgclf.deploy.predict import decoded_batches
 from imgclf.deploy.quantize import labelled_images, quantize_int8
@@ -227,11 +228,14 @@ def export_ensemble(directory: Path, info: BundleInfo, format: str, **options: A
     return ExportResult("onnx", directory, meta, parity, bytes=sum(result.bytes for result in results))
 
 
-def native_runtime(directory: Path, info: BundleInfo, exact: bool = False) -> Runtime:
+def native_runtime(directory: Path, info: BundleInfo, exact: bool = False) -> TorchRuntime | KerasRuntime:
     """The bundle in its own framework: Keras, or PyTorch (fp32 on the CPU when ``exact``, else as predict runs it)."""
     if exact:
-        return load_runtime(directory, info, native_of(info.backend, directory), device="cpu", precision="fp32")
-    return load_runtime(directory, info, native_of(info.backend, directory))
+        runtime = load_runtime(directory, info, native_of(info.backend, directory), device="cpu", precision="fp32")
+    else:
+        runtime = load_runtime(directory, info, native_of(info.backend, directory))
+    assert isinstance(runtime, (TorchRuntime, KerasRuntime))  # a native runtime name loads the framework's own
+    return runtime
 
 
 def sample_images(directory: Path, info: BundleInfo) -> tuple[np.ndarray, str]:
@@ -243,7 +247,7 @@ def sample_images(directory: Path, info: BundleInfo) -> tuple[np.ndarray, str]:
     if not run.has_split():
         return noise, f"{PARITY_IMAGES} random images"
     held_out = held_out_items(run.read_split())[:PARITY_IMAGES]
-    _, pixels, errors = next(decoded_batches([item.path for item in held_out], shape[:2], info.resize,  # type: ignore[arg-type]
+    _, pixels, errors = next(decoded_batches([item.path for item in held_out], shape[:2], info.resize,
                                              info.channels == 1, len(held_out), workers=1))
     real = pixels[[index for index, error in enumerate(errors) if not error]]
     return np.concatenate([real, noise]), f"{len(real)} held-out images of the run and {PARITY_IMAGES} random images"
@@ -268,5 +272,6 @@ def check_parity(reference: Runtime, exported: Runtime, info: BundleInfo, sample
 def measure_speed(directory: Path, info: BundleInfo, exported: Runtime) -> dict[str, Any]:
     """Images/s of the native runtime (PyTorch with predict's device and precision, or Keras) and of the export."""
     native = native_runtime(directory, info)
-    details = {"torch_device": str(native.device), "torch_precision": native.precision} if native.name == "torch" else {}
+    details = ({"torch_device": str(native.device), "torch_precision": native.precision}
+               if isinstance(native, TorchRuntime) else {})
     return {**details, **compare_speeds({native.name: native, exported.name: exported}, info)}

@@ -111,7 +111,7 @@ def _workers(info: BundleInfo) -> int | None:
 def _decoded(paths: list[Path], info: BundleInfo) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """The decodable images of ``paths`` (N, H, W, C), and the (path, reason) of the others."""
     size = (info.image_size, info.image_size)
-    batches = decoded_batches(paths, size, info.resize, info.channels == 1, 64, _workers(info))  # type: ignore[arg-type]
+    batches = decoded_batches(paths, size, info.resize, info.channels == 1, 64, _workers(info))
     kept, skipped = [], []
     for chunk, pixels, errors in batches:
         kept.append(pixels[[not error for error in errors]])
@@ -193,7 +193,7 @@ def _compare(fp32: Runtime, int8: Runtime, info: BundleInfo, images: LabelledIma
     before, after, labels = [], [], []
     with progress_bar() as bar:
         task = bar.add_task("fp32 vs int8", total=len(images.validation))
-        batches = decoded_batches(images.validation, size, info.resize, info.channels == 1, 64,  # type: ignore[arg-type]
+        batches = decoded_batches(images.validation, size, info.resize, info.channels == 1, 64,
                                   _workers(info))
         skipped = []
         for start, (chunk, pixels, errors) in zip(range(0, len(images.validation), 64), batches):

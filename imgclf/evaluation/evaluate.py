@@ -104,7 +104,8 @@ class OutOfFold(Protocol):
     training sits below evaluation, so evaluation is handed the workflow.
     """
 
-    folds: int
+    @property
+    def folds(self) -> int: ...
 
     def __call__(self, bundle_config: dict[str, Any], classes: list[str], items: list[Item], work_dir: Path
                  ) -> tuple[list[str], np.ndarray, np.ndarray]: ...
@@ -142,7 +143,8 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
     metrics = compute_metrics(labels, probabilities, classifier.classes, predicted=predicted,
                               positive=decision[0] if decision else 1)
     if decision is not None:
-        metrics["decision"] = binary_decision_metrics(labels, probabilities, classifier.classes, *decision,
+        positive, threshold = decision
+        metrics["decision"] = binary_decision_metrics(labels, probabilities, classifier.classes, positive, threshold,
                                                       goal=classifier.info.threshold_goal)
     metrics.update(split=split, tta=classifier.tta, skipped=len(skipped))
     pictures = {

@@ -35,7 +35,7 @@ def report_run(run_dir: str | Path, *, label_issues: bool = True, known: Mapping
     if not run.config_file.is_file() and (run.model_dir / "model.json").is_file():  # an ensemble: no training
         classifier = Classifier.load(run.path)
         items, split = evaluation_items(run.path, None, None)
-        evaluation = evaluate(classifier, items, split, run.path / "evaluation", label_issues=label_issues)
+        evaluation: Evaluation | None = evaluate(classifier, items, split, run.path / "evaluation", label_issues=label_issues)
         return write_report(run.path, evaluation, {}, run.path / "report.html"), evaluation
     if not run.config_file.is_file():
         raise ImgclfError(f"{run.path} is not an imgclf run directory (no config.yaml); give runs/NAME")

@@ -62,7 +62,7 @@ def _fold_batchnorm(model: nn.Module, example: torch.Tensor) -> int:
     """Fold, in place, every BatchNorm2d fed directly by a Conv2d; returns how many were folded."""
     # the output tensors are kept alive so that an id cannot be reused by another tensor during the run
     conv_by_output: dict[int, tuple[nn.Conv2d, torch.Tensor]] = {}
-    pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
+    pairs: list[tuple[nn.Conv2d | None, nn.BatchNorm2d]] = []  # None: a norm not fed by a conv
     hooks = []
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
@@ -70,7 +70,7 @@ def _fold_batchnorm(model: nn.Module, example: torch.Tensor) -> int:
                 lambda conv, inputs, output: conv_by_output.__setitem__(id(output), (conv, output))))
         elif isinstance(module, nn.BatchNorm2d):
             hooks.append(module.register_forward_pre_hook(
-                lambda norm, inputs: pairs.append((_producer(conv_by_output, inputs[0]), norm))))  # type: ignore[arg-type]
+                lambda norm, inputs: pairs.append((_producer(conv_by_output, inputs[0]), norm))))
     run_with_hooks(model, example, hooks)
     conv_by_output.clear()
     parent_of = {id(child): (parent, name) for parent in model.modules() for name, child in parent.named_children()}

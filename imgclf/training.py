@@ -34,6 +34,7 @@ from imgclf.data.shards import training_pixels
 from imgclf.data.sources import ImageDataset, write_manifest
 from imgclf.data.splits import require_training_images
 from imgclf.engines.callbacks import Callback, standard_callbacks
+from imgclf.engines.divergence import DivergenceGuard, check_finite_weights
 from imgclf.engines.registry import get_backend
 from imgclf.errors import ImgclfError
 from imgclf.files import write_problem_list
@@ -159,7 +160,9 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
         if world.is_main:
             run.write_config(config)
     _print_start(config, data, engine.machine)
-    bookkeeping = [*standard_callbacks(config, run), *(callbacks or [])] if world.is_main else []
+    # the guard runs on every rank (so all stop at the same non-finite step), after the epoch's line is printed
+    bookkeeping = ([*standard_callbacks(config, run), DivergenceGuard(), *(callbacks or [])] if world.is_main
+                   else [DivergenceGuard()])
     result = engine.fit(bookkeeping)
     distributed.barrier()
     distributed.stop()
@@ -168,6 +171,7 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     if result.interrupted:
         console.print(f"[yellow]interrupted; checkpoint saved. Continue with: imgclf train --resume {run.path}[/]")
         return TrainResult(run.path, None, config, result.history, {}, interrupted=True)
+    check_finite_weights(result.model)
     model_dir = _write_bundle(run, config, engine, data, {})
     held_out = HeldOut.of(model_dir, data)  # one pass of val and test through the bundle serves all below
     calibration = _calibrate(model_dir, data, held_out)  # before scoring: val/test losses are the calibrated model's

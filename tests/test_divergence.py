@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_FASTNET
+from conftest import TINY_FASTNET, run_cli
 from PIL import Image
 from torch import nn
 
 import imgclf
+from imgclf.engines.callbacks import FitState
+from imgclf.engines.divergence import Diverged, DivergenceGuard, check_finite_weights
 from imgclf.models.folding import inference_copy
 from imgclf.models.small import FastNet
 
@@ -61,3 +63,44 @@ def test_a_model_with_non_finite_outputs_is_copied_for_inference_without_error()
         model[0].weight.fill_(float("nan"))
     copied = inference_copy(model, torch.zeros(2, 3, 8, 8))
     assert not torch.isfinite(copied(torch.zeros(1, 3, 8, 8))).any()
+
+
+def test_the_guard_names_the_epoch_and_step_of_the_first_non_finite_loss() -> None:
+    fit = FitState(config=None, stages=[], history=[], epoch=3, step=7, loss=float("nan"))  # type: ignore[arg-type]
+    with pytest.raises(Diverged) as raised:
+        DivergenceGuard().on_step_end(fit)
+    message = str(raised.value)
+    assert "epoch 3, step 7" in message and "nan" in message and "--lr" in message and "\n" not in message
+    fit.loss = 0.5
+    DivergenceGuard().on_step_end(fit)  # a finite loss goes on
+
+
+def test_the_guard_stops_at_an_epoch_whose_val_loss_is_not_finite() -> None:
+    fit = FitState(config=None, stages=[], history=[], epoch=2, row={"train_loss": 0.7, "val_loss": float("inf")})  # type: ignore[arg-type]
+    with pytest.raises(Diverged, match="end of epoch 2: the val loss is inf"):
+        DivergenceGuard().on_epoch_end(fit)
+
+
+def test_weights_that_are_not_finite_are_refused() -> None:
+    model = nn.Linear(2, 2)
+    check_finite_weights(model)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(Diverged, match="weights to ship"):
+        check_finite_weights(model)
+
+
+def test_a_run_that_diverges_stops_with_one_line_and_writes_no_bundle(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for name, colour in {"red": (220, 30, 30), "blue": (30, 40, 220)}.items():
+        (data / name).mkdir(parents=True)
+        for number in range(12):
+            Image.new("RGB", (16, 16), colour).save(data / name / f"{number}.png")
+    run = tmp_path / "run"
+    done = run_cli("train", str(data), "--model", "fastnet", "--model-arg", "widths=[8,8]", "--model-arg", "depth=1",
+                   "--epochs", "2", "--lr", "1e30", "--precision", "fp32", "--out", str(run))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if "error:" in line]
+    assert len(errors) == 1 and "error: training diverged at epoch 1, step" in errors[0], done.stdout + done.stderr
+    assert not (run / "model" / "model.json").exists()

@@ -409,6 +409,16 @@ def _decide(model_dir: Path, data: TrainingData, config: TrainConfig, held_out: 
                          "val_f1": round(choice.f1, 6)}}
 
 
+def _calibration_rows(table: Any, calibration: dict[str, Any]) -> None:
+    """What temperature scaling optimised (val log loss) and what it did, ECE beside it; or why T stayed 1."""
+    if calibration.get("kept_one"):
+        table.add_row("temperature", calibration["kept_one"])
+        return
+    table.add_row(f"temperature T = {calibration['temperature']:.3f}", "fitted on val log loss")
+    table.add_row("val log loss (before -> after T)", f"{calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}")
+    table.add_row("val ECE (before -> after T)", f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}")
+
+
 def _print_summary(run: RunDirectory, config: TrainConfig, result: FitResult, metrics: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -430,9 +440,7 @@ def _print_summary(run: RunDirectory, config: TrainConfig, result: FitResult, me
                       ", ".join(f"{name} {row['threshold']:.2f}" for name, row in list(chosen.items())[:6])
                       + (", ..." if len(chosen) > 6 else ""))
     if "calibration" in metrics:
-        calibration = metrics["calibration"]
-        table.add_row("val ECE (temperature)", f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} "
-                                               f"(T = {calibration['temperature']:.3f})")
+        _calibration_rows(table, metrics["calibration"])
     if "decision" in metrics:
         decision = metrics["decision"]
         table.add_row(f"decision ({decision['goal']})",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -90,15 +91,18 @@ def test_weights_that_are_not_finite_are_refused() -> None:
         check_finite_weights(model)
 
 
-def test_a_run_that_diverges_stops_with_one_line_and_writes_no_bundle(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["torch", pytest.param("tensorflow", marks=pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is None, reason="the TensorFlow extra is not installed"))])
+def test_a_run_that_diverges_stops_with_one_line_and_writes_no_bundle(backend: str, tmp_path: Path) -> None:
     data = tmp_path / "data"
     for name, colour in {"red": (220, 30, 30), "blue": (30, 40, 220)}.items():
         (data / name).mkdir(parents=True)
         for number in range(12):
             Image.new("RGB", (16, 16), colour).save(data / name / f"{number}.png")
     run = tmp_path / "run"
-    done = run_cli("train", str(data), "--model", "fastnet", "--model-arg", "widths=[8,8]", "--model-arg", "depth=1",
-                   "--epochs", "2", "--lr", "1e30", "--precision", "fp32", "--out", str(run))
+    model = (["--model", "fastnet", "--model-arg", "widths=[8,8]", "--model-arg", "depth=1", "--precision", "fp32"]
+             if backend == "torch" else ["--backend", "tensorflow", "--image-size", "16", "--batch-size", "8"])
+    done = run_cli("train", str(data), *model, "--epochs", "2", "--lr", "1e30", "--workers", "1", "--out", str(run))
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     errors = [line for line in (done.stdout + done.stderr).splitlines() if "error:" in line]

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from imgclf.config import TrainConfig, config_names
+from imgclf.config import TrainConfig, config_names, with_split_seed
 from imgclf.data.sources import ImageDataset, Item, read_manifest
 from imgclf.errors import ImgclfError, one_line
 from imgclf.files import write_text_atomic
@@ -89,7 +89,7 @@ class RunDirectory:
         if not self.config_file.exists():
             raise ImgclfError(f"{self.path}: no config.yaml there; is it an imgclf run directory?")
         try:
-            values = yaml.safe_load(self.config_file.read_text(encoding="utf-8")) or {}
+            values = with_split_seed(yaml.safe_load(self.config_file.read_text(encoding="utf-8")) or {})
             return TrainConfig(**{name: value for name, value in values.items() if name in config_names()})
         except (yaml.YAMLError, UnicodeDecodeError, TypeError, AttributeError) as error:
             raise ImgclfError(f"{self.config_file} is damaged ({one_line(error)}); "

@@ -35,6 +35,7 @@ from imgclf.data.shards import training_pixels
 from imgclf.data.sources import ImageDataset, write_manifest
 from imgclf.data.splits import require_training_images
 from imgclf.engines.callbacks import Callback, standard_callbacks
+from imgclf.engines.divergence import DivergenceGuard, check_finite_weights
 from imgclf.engines.registry import get_backend
 from imgclf.errors import ImgclfError
 from imgclf.files import write_problem_list
@@ -93,7 +94,7 @@ def plan(config: TrainConfig, archive: str | Path | None = None) -> tuple[TrainC
     backend = get_backend(config.backend)
     config, weights_source = backend.prepare(config)
     dataset = load_dataset(config.data, archive=archive, val_fraction=config.val_fraction,
-                           test_fraction=config.test_fraction, seed=config.seed, group_by=config.group_by)
+                           test_fraction=config.test_fraction, seed=config.split_seed, group_by=config.group_by)
     if config.label_depth:  # after the split: it stays stratified by the full paths
         dataset = cut_labels(dataset, config.label_depth)
     label_tree(dataset.classes, dataset.source)  # path labels must parse now, not when the bundle is loaded
@@ -163,7 +164,9 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
         if world.is_main:
             run.write_config(config)
     _print_start(config, data, engine.machine)
-    bookkeeping = [*standard_callbacks(config, run), *(callbacks or [])] if world.is_main else []
+    # the guard runs on every rank (so all stop at the same non-finite step), after the epoch's line is printed
+    bookkeeping = ([*standard_callbacks(config, run), DivergenceGuard(), *(callbacks or [])] if world.is_main
+                   else [DivergenceGuard()])
     result = engine.fit(bookkeeping)
     distributed.barrier()
     distributed.stop()
@@ -172,6 +175,7 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     if result.interrupted:
         log.warning(f"interrupted; checkpoint saved. Continue with: imgclf train --resume {run.path}")
         return TrainResult(run.path, None, config, result.history, {}, interrupted=True)
+    check_finite_weights(result.model)
     model_dir = _write_bundle(run, config, engine, data, {})
     held_out = HeldOut.of(model_dir, data)  # one pass of val and test through the bundle serves all below
     calibration = _calibrate(model_dir, data, held_out)  # before scoring: val/test losses are the calibrated model's
@@ -408,4 +412,3 @@ def _decide(model_dir: Path, data: TrainingData, config: TrainConfig, held_out: 
     return {"decision": {"positive": positive, "goal": str(goal), "threshold": choice.threshold, "met": choice.met,
                          "val_precision": round(choice.precision, 6), "val_recall": round(choice.recall, 6),
                          "val_f1": round(choice.f1, 6)}}
-

@@ -50,14 +50,17 @@ def test_a_validation_split_without_mistakes_keeps_the_temperature_at_one() -> N
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny run on colour classes with every fifth image under another colour's label, so val has mistakes."""
+    """A tiny run on colour classes with every fifth image under another colour's label, so val has mistakes.
+
+    val holds 30 images: a temperature is fitted from 20 on (fewer keep T = 1).
+    """
     root = tmp_path_factory.mktemp("calibrated")
-    data = make_class_folder(root / "data", per_class=20)
+    data = make_class_folder(root / "data", per_class=30)
     names = sorted(CLASS_COLOURS)
     for index, name in enumerate(names):
         for path in sorted((data / name).glob("*.png"))[::5]:
             path.rename(data / names[(index + 1) % len(names)] / f"noisy-{path.name}")
-    return imgclf.train(data, out=root / "run", epochs=6, **TINY_FASTNET).run_dir
+    return imgclf.train(data, out=root / "run", epochs=6, val_fraction=1 / 3, **TINY_FASTNET).run_dir
 
 
 @pytest.mark.slow

@@ -238,6 +238,9 @@ def test_web_page_classifies_an_uploaded_image_in_a_browser(client: httpx.Client
     with browser_page(chromium) as (page, requests):
         page.goto(base + "/")
         page.wait_for_function("document.getElementById('about').textContent.includes('3 classes')")
+        # before any image: no image element is shown without a picture (a broken-image icon)
+        shown_empty = page.eval_on_selector_all(
+            "img", "images => images.filter(i => i.getClientRects().length && !i.naturalWidth).map(i => i.id)")
         page.set_input_files("#file", str(image))
         page.wait_for_function("document.getElementById('prediction').textContent !== ''")
         prediction = page.inner_text("#prediction")
@@ -249,6 +252,7 @@ def test_web_page_classifies_an_uploaded_image_in_a_browser(client: httpx.Client
     assert prediction == "red"
     assert len(rows) == 3 and rows[0].startswith("red") and rows[0].rstrip().endswith("%")
     assert preview == 64 and heatmap == 16
+    assert shown_empty == []
     assert all(url.startswith((base, "blob:")) for url in requests), requests
 
 

@@ -150,7 +150,7 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
     pictures = {
         "confusion_matrix": plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classifier.classes,
                                                   out / "confusion_matrix.png"),
-        "roc": plot_roc(labels, probabilities, classifier.classes, out / "roc.png", metrics.get("decision")),
+        "roc": plot_roc(labels, probabilities, classifier.classes, out / "roc.png", metrics.get("decision"), split),
         "reliability": plot_reliability(labels, probabilities, out / "reliability.png",
                                         metrics["expected_calibration_error"]),
     }

@@ -14,7 +14,8 @@ model: a BatchNorm is folded only when its input is exactly the tensor a
 dropout) after folding. Should a convolution's output also feed something
 other than its BatchNorm, folding would change that other path: the folded
 copy is therefore checked against the original on the example, and the
-plain copy is used if they disagree.
+plain copy is used if they disagree (or if the original's outputs are not
+finite, so that nothing can be checked).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def inference_copy(model: nn.Module, example: torch.Tensor) -> nn.Module:
     if _fold_batchnorm(folded, example):
         with torch.no_grad():
             expected, got = plain(example).float(), folded(example).float()
-        if not torch.allclose(got, expected, rtol=1e-3, atol=1e-3 * (1 + float(expected.abs().max()))):
+        # outputs that are not finite (a diverged model's) cannot vouch for the folding: keep the plain copy
+        if not bool(torch.isfinite(expected).all()) or not torch.allclose(
+                got, expected, rtol=1e-3, atol=1e-3 * (1 + float(expected.abs().max()))):
             folded = plain
     return folded.to(memory_format=torch.channels_last)
 

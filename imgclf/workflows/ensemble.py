@@ -160,7 +160,7 @@ def _check_splits(bundles: list[Path], dataset: Any, runs: Sequence[str | Path])
             trained = {str(item.path) for item in read_manifest(manifest).split_items("train")}
             if trained & held_out:
                 raise ImgclfError(f"{run} trained on {len(trained & held_out)} of {runs[0]}'s validation/test images; "
-                                  "train every member on the same split (same data and --seed)")
+                                  "train every member on the same split (same data and --split-seed)")
 
 
 def _write(out: Path, info: BundleInfo, bundles: list[Path], names: list[str], split_file: Path,

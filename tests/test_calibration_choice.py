@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import CLASS_COLOURS, make_class_folder, run_cli
 from scipy.special import softmax
 
@@ -38,6 +39,7 @@ def test_a_clear_gain_keeps_the_fitted_temperature() -> None:
     assert calibration.nll_after < calibration.nll_before
 
 
+@pytest.mark.slow
 def test_the_training_summary_shows_log_loss_and_ece_before_and_after(tmp_path: Path) -> None:
     data = make_class_folder(tmp_path / "data", per_class=20)
     names = sorted(CLASS_COLOURS)

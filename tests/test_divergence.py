@@ -44,6 +44,7 @@ def test_whitening_gives_no_filter_to_directions_the_patches_do_not_span(name: s
     assert ((spread > 0.5) | (spread < 1e-9)).all(), f"{name}: channels of pure noise: {spread}"
 
 
+@pytest.mark.slow
 def test_fastnet_trains_on_plain_colour_images(tmp_path: Path) -> None:
     # The recipe at 16 px: one jittered solid colour per image, four classes (used to end in NaN).
     rng = np.random.default_rng(1)
@@ -91,8 +92,9 @@ def test_weights_that_are_not_finite_are_refused() -> None:
         check_finite_weights(model)
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("tensorflow", marks=pytest.mark.skipif(
-    importlib.util.find_spec("tensorflow") is None, reason="the TensorFlow extra is not installed"))])
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", pytest.param("tensorflow", marks=[pytest.mark.tensorflow, pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is None, reason="the TensorFlow extra is not installed")])])
 def test_a_run_that_diverges_stops_with_one_line_and_writes_no_bundle(backend: str, tmp_path: Path) -> None:
     data = tmp_path / "data"
     for name, colour in {"red": (220, 30, 30), "blue": (30, 40, 220)}.items():

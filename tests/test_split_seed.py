@@ -11,6 +11,8 @@ from conftest import TINY_FASTNET, make_class_folder, run_cli
 import imgclf
 from imgclf.runs import RunDirectory
 
+pytestmark = pytest.mark.slow  # every test here trains (module-scoped runs)
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

@@ -38,7 +38,7 @@ test: $(STAMP) browser
 
 # ruff, then the layer contract in pyproject.toml ([tool.importlinter]); CI runs both test and lint
 lint: $(STAMP)
-	$(BIN)/ruff check imgclf tests benchmarks
+	$(BIN)/ruff check imgclf tests benchmarks scripts
 	$(BIN)/lint-imports
 
 # The docs site (docs/ -> site/): first the reference pages are checked against the code that declares them

@@ -156,6 +156,7 @@ def config_page() -> str:
             if item.metadata["choices"]:
                 meaning += " One of: " + ", ".join(f"`{choice}`" for choice in item.metadata["choices"]) + "."
             flag = "--model-arg" if item.name == "model_args" else "--" + item.name.replace("_", "-")
+            flag += f"` / `--no-{flag[2:]}" if str(item.type).startswith("bool") else ""
             lines.append(f"| `{flag}` | `{item.name}` | {_cell(str(item.type))} | {default_text} | {_cell(meaning)} |\n")
         lines.append("\n")
     return "".join(lines)

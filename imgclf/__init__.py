@@ -1,5 +1,7 @@
 """imgclf: from a folder of labelled images to a trained, evaluated, deployed classifier."""
 
+import logging
+
 from imgclf.api import (  # the public API
     build_index,
     calibrate,
@@ -26,6 +28,8 @@ from imgclf.api import (  # the public API
 )
 from imgclf.errors import ImgclfError
 from imgclf.version import __version__
+
+logging.getLogger("imgclf").addHandler(logging.NullHandler())  # messages are the caller's to show (imgclf.console)
 
 __all__ = ["ImgclfError", "__version__", "build_index", "calibrate", "compare", "embed", "ensemble", "evaluate",
            "evaluate_match", "explain", "export", "inspect", "load", "load_dataset", "match", "match_batch", "models",

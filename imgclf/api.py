@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from imgclf.console import console
 from imgclf.data.cache import ImageCache, build_cache
 from imgclf.data.decode import DEFAULT_MAX_PIXELS
 from imgclf.data.inspect import InspectReport, inspect_dataset, near_duplicate_warnings
@@ -47,6 +47,9 @@ if TYPE_CHECKING:  # the heavy modules load only when their command runs
     from imgclf.workflows.comparison import Comparison
     from imgclf.workflows.ensemble import EnsembleResult
     from imgclf.workflows.tune import TuneResult
+
+log = logging.getLogger(__name__)
+
 
 DEFAULT_EMBEDDING_MODEL = "tf_efficientnet_lite0"  # ImageNet weights installed with imgclf: works offline
 
@@ -228,7 +231,7 @@ def _reported(run: TrainResult) -> TrainResult:
 
     if run.model_dir is not None and not run.interrupted:  # no bundle on ranks other than 0
         page, _ = report_run(run.run_dir, known=run.held_out_probabilities)
-        console.print(f"report: {page}")
+        log.info(f"report: {page}")
     return run
 
 

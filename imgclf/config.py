@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
+from imgclf.backends import RECORDS
 from imgclf.data.augment_presets import PRESETS
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, one_line
 from imgclf.thresholds import DEFAULT_GOAL, GOAL_HELP, parse_goal
 
 STRATEGIES = ("auto", "scratch", "probe", "finetune", "two-stage", "tail")
@@ -29,7 +30,7 @@ DEVICES = ("auto", "cpu", "cuda")
 CLASS_WEIGHTS = ("none", "auto")
 MONITORS = ("val_accuracy", "val_loss")
 RESIZE_POLICIES = ("squash", "crop", "pad")
-BACKENDS = ("torch", "tensorflow")
+BACKENDS = tuple(RECORDS)  # the registered backends (imgclf.backends), named once there
 
 
 PANELS = ("Run", "Model", "Data", "Labels", "Schedule", "Machine")  # the groups of `imgclf train --help`, in this order
@@ -195,7 +196,7 @@ def load_yaml_file(path: Path, option: str) -> Any:
     except FileNotFoundError:
         raise ImgclfError(f"{option} {path}: no such file") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ImgclfError(f"{option} {path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        raise ImgclfError(f"{option} {path}: not valid YAML ({one_line(error)})") from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, one_line
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,10 @@ def start(device: torch.device | str) -> World:
     """Join the process group (once) when the world has more than one process; return the world."""
     world = current_world()
     if world.is_distributed and not dist.is_initialized():
-        backend = backend_for(device)
-        if backend == "nccl":
+        transport = backend_for(device)  # torch's process-group backend, not imgclf's --backend
+        if transport == "nccl":
             torch.cuda.set_device(world.local_rank)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=transport)
     return world
 
 
@@ -109,7 +109,7 @@ def wait_for_ranks(timeout: timedelta = WAIT_FOR_RANKS) -> None:
         dist.monitored_barrier(group=_control(), timeout=timeout, wait_all_ranks=True)
     except RuntimeError as error:
         raise ImgclfError(f"rank {dist.get_rank()}: the other ranks did not all arrive within {timeout} "
-                          f"({str(error).splitlines()[0]}); see their output, then run the same command again "
+                          f"({one_line(error)}); see their output, then run the same command again "
                           "(finished parts are kept)") from None
 
 
@@ -264,8 +264,9 @@ def share_buffers(model: torch.nn.Module) -> None:
             dist.broadcast(buffer.data, src=0)
 
 
-def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of a state dict's names and tensor bytes, in order: equal digests, equal weights."""
+def tensors_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names and tensor bytes, in order: equal digests, equal weights in memory
+    (not :func:`imgclf.deploy.metadata.weights_file_digest`, which hashes a written file's bytes)."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -277,7 +278,7 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
 
 def same_weights_everywhere(state: dict[str, torch.Tensor]) -> str:
     """The digest of ``state``, checked to be every rank's: data-parallel ranks that diverged are a bug, said so."""
-    digest = weights_digest(state)
+    digest = tensors_digest(state)
     digests = gather_in_rank_order(digest)
     if len(set(digests)) > 1:
         raise ImgclfError(f"the {len(digests)} processes ended with different weights ({', '.join(map(str, digests))}"

@@ -44,6 +44,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from imgclf.backends import backend_record
 from imgclf.config import TrainConfig, parse_duration
 from imgclf.errors import ImgclfError
 
@@ -86,13 +87,13 @@ class DataFacts:
 def uses_photo_plan(config: TrainConfig, facts: DataFacts) -> bool:
     """Whether the default pretrained-photo recipe (the planner's trunks and views) applies to this run."""
     return (config.model is None and config.strategy == "auto" and config.pretrained is not False
-            and config.weights is None and config.backend == "torch" and not facts.multilabel
+            and config.weights is None and backend_record(config.backend).photo_planner and not facts.multilabel
             and facts.median_side > SMALL_IMAGE_SIDE)
 
 
 def probes_only(config: TrainConfig, pretrained: bool, multilabel: bool) -> bool:
-    """Whether ``--strategy auto`` means the probe alone: pretrained torch single-label runs, where it is one fit."""
-    return pretrained and config.backend == "torch" and not multilabel
+    """Whether ``--strategy auto`` means the probe alone: pretrained single-label runs of a backend whose probe is one fit."""
+    return pretrained and backend_record(config.backend).linear_probe and not multilabel
 
 
 def airbench_scale(facts: DataFacts) -> bool:

@@ -26,7 +26,7 @@ import yaml
 
 from imgclf.config import TrainConfig, config_names
 from imgclf.data.sources import ImageDataset, Item, read_manifest
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, one_line
 from imgclf.files import write_text_atomic
 
 MARKER = ".imgclf-run"  # only folders carrying it are ever deleted by --overwrite
@@ -92,7 +92,7 @@ class RunDirectory:
             values = yaml.safe_load(self.config_file.read_text(encoding="utf-8")) or {}
             return TrainConfig(**{name: value for name, value in values.items() if name in config_names()})
         except (yaml.YAMLError, UnicodeDecodeError, TypeError, AttributeError) as error:
-            raise ImgclfError(f"{self.config_file} is damaged ({str(error).splitlines()[0]}); "
+            raise ImgclfError(f"{self.config_file} is damaged ({one_line(error)}); "
                               "restore it or start a new run") from None
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:

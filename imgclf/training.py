@@ -18,6 +18,7 @@ train quietly beside it and return once the fit ends.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -41,6 +42,8 @@ from imgclf.recipes import DataFacts, resolve, uses_photo_plan
 from imgclf.runs import RunDirectory, new_run_directory
 from imgclf.thresholds import ThresholdGoal, parse_goal, positive_class
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:  # torch loads only when training starts
     from imgclf.deploy.classifier import Classifier
     from imgclf.distributed import World
@@ -62,6 +65,7 @@ class TrainResult:
     multilabel: bool = False
     # each held-out image's probabilities from the finished bundle, by path: the run's report reads them
     held_out_probabilities: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    stopped_early: bool = False  # early stopping ended it before --epochs
 
 
 def data_facts(dataset: ImageDataset) -> DataFacts:
@@ -101,7 +105,7 @@ def plan(config: TrainConfig, archive: str | Path | None = None) -> tuple[TrainC
     if uses_photo_plan(config, facts):
         config = _photo_plan(config, dataset, weights_source)
     resolved = resolve(config, facts, weights_source)
-    backend.check(resolved, dataset.multilabel)
+    backend.check(resolved)
     backend.check_processes(current_world().size)
     return resolved, dataset
 
@@ -115,8 +119,8 @@ def _photo_plan(config: TrainConfig, dataset: ImageDataset, weights_source: Call
                          measure_trunk_seconds(config.precision), lambda trunk: weights_source(trunk) is not None)
     views = "with mirror images (flip TTA)" if chosen.views == 2 else "plain view"
     tail = f", then its last {chosen.tail_blocks} block(s) on kept activations" if chosen.tail_blocks else ""
-    console.print(f"photo recipe for {budget:.0f} s: {chosen.model} at {chosen.image_size}px, {views}{tail} "
-                  f"(flowers val {chosen.flowers_accuracy:.1%})")
+    log.info(f"photo recipe for {budget:.0f} s: {chosen.model} at {chosen.image_size}px, {views}{tail} "
+             f"(flowers val {chosen.flowers_accuracy:.1%})")
     planned = {"strategy": "tail", "tail_blocks": chosen.tail_blocks} if chosen.tail_blocks else {}
     return replace(config, model=chosen.model, image_size=config.image_size or chosen.image_size,
                    tta=chosen.views > 1 if config.tta is None else config.tta, **planned)
@@ -133,7 +137,7 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     resuming = resume is not None
     world = distributed.current_world()
     if not world.is_main:
-        console.quiet = True  # rank 0 alone prints
+        console.quiet = True  # rank 0 alone prints: its messages (the CLI's handler prints on the console) and bars
     if resume is not None:
         run = RunDirectory(Path(resume))
         config = run.read_config()
@@ -148,7 +152,7 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
         config = replace(config, out=str(run.path))
     imbalance = imbalance_warning(dataset.split_items("train"))
     if imbalance:
-        console.print(f"[yellow]warning: {imbalance}[/]")
+        log.warning(f"warning: {imbalance}")
     backend = get_backend(config.backend)
     backend.require()
     engine = backend.engine(config, run)
@@ -166,7 +170,7 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     if not world.is_main:  # rank 0 writes the bundle, scores it and prints the summary
         return TrainResult(run.path, None, config, result.history, {}, interrupted=result.interrupted)
     if result.interrupted:
-        console.print(f"[yellow]interrupted; checkpoint saved. Continue with: imgclf train --resume {run.path}[/]")
+        log.warning(f"interrupted; checkpoint saved. Continue with: imgclf train --resume {run.path}")
         return TrainResult(run.path, None, config, result.history, {}, interrupted=True)
     model_dir = _write_bundle(run, config, engine, data, {})
     held_out = HeldOut.of(model_dir, data)  # one pass of val and test through the bundle serves all below
@@ -174,9 +178,9 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     calibration.update(_choose_label_thresholds(model_dir, data, config, held_out))  # on what users get
     decision = _decide(model_dir, data, config, held_out)  # on calibrated probabilities, before scoring
     metrics = _final_metrics(engine, data, result, model_dir, held_out, {**calibration, **decision})
-    _print_summary(run, config, result, metrics)
     return TrainResult(run.path, model_dir, config, result.history, metrics, multilabel=data.multilabel,
-                       held_out_probabilities=held_out.probabilities_by_path(model_dir, data))
+                       held_out_probabilities=held_out.probabilities_by_path(model_dir, data),
+                       stopped_early=result.stopped_early)
 
 
 def _join(world: World, config: TrainConfig) -> None:
@@ -208,8 +212,8 @@ def _new_run(world: World, config: TrainConfig, dataset: ImageDataset, overwrite
 
 
 def _print_start(config: TrainConfig, data: TrainingData, machine: str) -> None:
-    console.print(f"training {config.model} ({config.strategy}) on {len(data.rows['train']):,} images at "
-                  f"{config.image_size}px, {config.epochs:g} epochs, batch {config.batch_size}, {machine}")
+    log.info(f"training {config.model} ({config.strategy}) on {len(data.rows['train']):,} images at "
+             f"{config.image_size}px, {config.epochs:g} epochs, batch {config.batch_size}, {machine}")
 
 
 def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> TrainingData:
@@ -232,7 +236,7 @@ def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> Tr
     broken = cache.broken()
     if broken and world.is_main:
         write_problem_list(run.path / "broken_files.txt", [(str(path), reason) for path, reason in broken])
-        console.print(f"[yellow]skipped {len(broken)} unreadable image(s); listed in {run.path / 'broken_files.txt'}[/]")
+        log.warning(f"skipped {len(broken)} unreadable image(s); listed in {run.path / 'broken_files.txt'}")
     ok = cache.ok
     rows = {split: np.array([index for index, item in enumerate(dataset.items) if item.split == split and ok[index]],
                             dtype=np.int64) for split in ("train", "val", "test")}
@@ -391,49 +395,15 @@ def _decide(model_dir: Path, data: TrainingData, config: TrainConfig, held_out: 
     goal = parse_goal(config.threshold_for)
     val = data.rows["val"]
     if not len(val) and goal.kind != "fixed":
-        console.print(f"[yellow]no validation images to choose the threshold for {goal} on; "
-                      f"deciding '{positive}' at 0.5[/]")
+        log.warning(f"no validation images to choose the threshold for {goal} on; deciding '{positive}' at 0.5")
         goal = ThresholdGoal("fixed", 0.5)
     probabilities = held_out.val_probabilities(model_dir) if len(val) else np.zeros((0, len(data.classes)))
     choice = choose_decision(probabilities, data.targets[val].numpy(), data.classes, positive, goal)
     store_decision(model_dir, positive, goal, choice)
     if not choice.met:
-        console.print(f"[yellow]no threshold reaches {goal} on val; kept the closest, {choice.threshold:.4g} "
-                      f"(precision {choice.precision:.3f}, recall {choice.recall:.3f})[/]")
+        log.warning(f"no threshold reaches {goal} on val; kept the closest, {choice.threshold:.4g} "
+                    f"(precision {choice.precision:.3f}, recall {choice.recall:.3f})")
     return {"decision": {"positive": positive, "goal": str(goal), "threshold": choice.threshold, "met": choice.met,
                          "val_precision": round(choice.precision, 6), "val_recall": round(choice.recall, 6),
                          "val_f1": round(choice.f1, 6)}}
 
-
-def _print_summary(run: RunDirectory, config: TrainConfig, result: FitResult, metrics: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{config.model} on {Path(config.data).name}", show_header=False)
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    seconds = metrics["train_seconds"]
-    table.add_row("epochs", f"{metrics['epochs_trained']} (best {metrics['best_epoch']})"
-                  + (", stopped early" if result.stopped_early else ""))
-    table.add_row("training time", f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min")
-    for split in ("val", "test"):
-        if f"{split}_accuracy" in metrics:
-            tta = " (TTA)" if config.tta else ""
-            table.add_row(f"{split} accuracy{tta}", f"{metrics[f'{split}_accuracy']:.2%} of {metrics[f'{split}_images']:,}")
-            table.add_row(f"{split} loss", f"{metrics[f'{split}_loss']:.4f}")
-    if "thresholds" in metrics:
-        chosen = metrics["thresholds"]
-        table.add_row(f"label thresholds ({metrics['threshold_goal']}, val)",
-                      ", ".join(f"{name} {row['threshold']:.2f}" for name, row in list(chosen.items())[:6])
-                      + (", ..." if len(chosen) > 6 else ""))
-    if "calibration" in metrics:
-        calibration = metrics["calibration"]
-        table.add_row("val ECE (temperature)", f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} "
-                                               f"(T = {calibration['temperature']:.3f})")
-    if "decision" in metrics:
-        decision = metrics["decision"]
-        table.add_row(f"decision ({decision['goal']})",
-                      f"{decision['positive']} at P >= {decision['threshold']:.4g}: val precision "
-                      f"{decision['val_precision']:.3f}, recall {decision['val_recall']:.3f}")
-    table.add_row("run", str(run.path))
-    table.add_row("model", str(run.model_dir))
-    console.print(table)

@@ -1,19 +1,20 @@
 """``--time-budget`` re-plans the schedule from the epochs' measured speed and always ends it.
 
-The machine's speed is simulated by a callback that sleeps after each
-training step (the budget's clock is the wall clock), so each run costs its
-budget in seconds, mostly asleep.
+The machine's speed is simulated: the budget's clock is a fake one (swapped
+in for :data:`imgclf.engines.budget.CLOCK`) that a callback advances after
+each training step, so every run sees the same seconds, without sleeping.
 """
 
 from __future__ import annotations
 
-import time
+import logging
 from pathlib import Path
 
 import pytest
 from conftest import make_class_folder
 
 import imgclf
+from imgclf.engines import budget
 from imgclf.engines.budget import StageClock, epochs_that_fit
 from imgclf.engines.callbacks import Callback, FitState
 from imgclf.engines.optim import lr_factor
@@ -24,19 +25,54 @@ BUDGET = dict(model="fastnet", model_args={"widths": [8, 16, 16], "depth": 1}, p
               lr=0.5, label_smoothing=0.0, workers=1, ema=False, lookahead=True, whitening_bias_epochs=1.0)
 
 
+def logged(caplog: pytest.LogCaptureFixture) -> str:
+    """What imgclf logged since the last call (then forgotten)."""
+    text = caplog.text
+    caplog.clear()
+    return text
+
+
+
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_class_folder(tmp_path_factory.mktemp("colours") / "data", per_class=20)  # 3 steps per epoch
 
 
+class FakeClock:
+    """A clock that moves only when read (``tick`` seconds a reading) or advanced: the same run on any machine.
+
+    The ticks stand for the machine's own speed (the opening measurement
+    reads the clock once a step, so it measures ``tick`` a step); what a
+    test advances stands for a machine slower than that.
+    """
+
+    def __init__(self, tick: float = 0.02) -> None:
+        self.tick, self.time = tick, 0.0
+
+    def __call__(self) -> float:
+        self.time += self.tick
+        return self.time
+
+    def advance(self, seconds: float) -> None:
+        self.time += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The clock every budget reading of a run made in this test uses."""
+    fake = FakeClock()
+    monkeypatch.setattr(budget, "CLOCK", fake)
+    return fake
+
+
 class Slowdown(Callback):
     """A machine whose load changes: ``first`` seconds more per step in epoch 1, ``later`` from epoch 2 on."""
 
-    def __init__(self, first: float, later: float) -> None:
-        self.first, self.later = first, later
+    def __init__(self, clock: FakeClock, first: float, later: float) -> None:
+        self.clock, self.first, self.later = clock, first, later
 
     def on_step_end(self, fit: FitState) -> None:
-        time.sleep(self.first if fit.epoch == 1 else self.later)
+        self.clock.advance(self.first if fit.epoch == 1 else self.later)
 
 
 def end_lr(run: TrainResult) -> float:
@@ -65,20 +101,23 @@ def test_the_epochs_that_fit_are_at_least_a_tenth_so_an_overrun_run_still_ends_i
 
 
 def test_epochs_three_times_slower_after_the_first_still_end_the_schedule_within_the_budget(
-        colours: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run = imgclf.train(colours, out=tmp_path / "run", time_budget="5s", callbacks=[Slowdown(0.1, 0.3)], **BUDGET)
+        colours: Path, tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="imgclf")
+    run = imgclf.train(colours, out=tmp_path / "run", time_budget="5s", callbacks=[Slowdown(clock, 0.1, 0.3)],
+                       **BUDGET)
     planned = [row["planned_epochs"] for row in run.history]
     assert planned[1] < planned[0]  # re-planned down once the epochs slowed
     assert run.metrics["budget_epochs_trained"] == planned[-1] < run.metrics["budget_epochs_planned"]
     assert run.history[-1]["lr"] == pytest.approx(end_lr(run))
     assert sum(row["seconds"] for row in run.history) < 5 * 1.1
-    said = capsys.readouterr().err
+    said = logged(caplog)
     assert "re-planned: " in said and "time budget" not in said.replace("time budget 5s:", "")  # no stop
 
 
 def test_epochs_faster_than_planned_train_more_epochs_with_no_jump_in_the_learning_rate(
-        colours: Path, tmp_path: Path) -> None:
-    run = imgclf.train(colours, out=tmp_path / "run", time_budget="6s", callbacks=[Slowdown(0.3, 0.1)], **BUDGET)
+        colours: Path, tmp_path: Path, clock: FakeClock) -> None:
+    run = imgclf.train(colours, out=tmp_path / "run", time_budget="6s", callbacks=[Slowdown(clock, 0.3, 0.1)],
+                       **BUDGET)
     planned = [row["planned_epochs"] for row in run.history]
     assert planned[-1] > planned[0]  # more than epoch 1's speed promised
     assert run.metrics["budget_epochs_trained"] == planned[-1]
@@ -91,12 +130,12 @@ def test_epochs_faster_than_planned_train_more_epochs_with_no_jump_in_the_learni
 class OverrunInEpochTwo(Callback):
     """Spends the whole budget in epoch 2's last step; with ``cut``, then interrupts (a kill after the re-plan)."""
 
-    def __init__(self, seconds: float, cut: bool) -> None:
-        self.seconds, self.cut = seconds, cut
+    def __init__(self, clock: FakeClock, seconds: float, cut: bool) -> None:
+        self.clock, self.seconds, self.cut = clock, seconds, cut
 
     def on_step_end(self, fit: FitState) -> None:
         if fit.epoch == 2 and fit.step == fit.steps:
-            time.sleep(self.seconds)
+            self.clock.advance(self.seconds)
 
     def on_epoch_end(self, fit: FitState) -> None:
         if self.cut and fit.epoch == 2:
@@ -104,10 +143,10 @@ class OverrunInEpochTwo(Callback):
 
 
 def test_a_budget_run_interrupted_after_a_replan_resumes_on_the_replanned_schedule(
-        colours: Path, tmp_path: Path) -> None:
-    whole = imgclf.train(colours, out=tmp_path / "whole", time_budget="3s", callbacks=[OverrunInEpochTwo(3.0, False)],
-                         **BUDGET)
-    cut = imgclf.train(colours, out=tmp_path / "cut", time_budget="3s", callbacks=[OverrunInEpochTwo(3.0, True)],
+        colours: Path, tmp_path: Path, clock: FakeClock) -> None:
+    whole = imgclf.train(colours, out=tmp_path / "whole", time_budget="3s",
+                         callbacks=[OverrunInEpochTwo(clock, 3.0, False)], **BUDGET)
+    cut = imgclf.train(colours, out=tmp_path / "cut", time_budget="3s", callbacks=[OverrunInEpochTwo(clock, 3.0, True)],
                        **BUDGET)
     assert cut.interrupted and [row["epoch"] for row in cut.history] == [1, 2]
     replanned = cut.history[-1]["planned_epochs"]

@@ -9,9 +9,9 @@ import pytest
 from conftest import make_class_folder, run_cli
 
 import imgclf
+from imgclf.backends import RECORDS as REGISTERED
 from imgclf.config import BACKENDS
 from imgclf.engines.callbacks import Callback, FitState, TimeBudget
-from imgclf.engines.registry import BACKENDS as REGISTERED
 from imgclf.engines.registry import get_backend
 from imgclf.errors import ImgclfError
 
@@ -121,3 +121,31 @@ def test_the_cli_refuses_an_unknown_backend_without_a_traceback(colours: Path, t
     done = run_cli("train", str(colours), "--backend", "jax", "--out", str(tmp_path / "run"))
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "--backend" in done.stderr and "torch" in done.stderr and "tensorflow" in done.stderr
+
+
+def test_one_best_epoch_rule_turns_by_the_monitor_and_survives_a_checkpoint() -> None:
+    from imgclf.engines.contract import BestEpoch, monitor_direction
+
+    assert monitor_direction("val_loss") == "minimize" and monitor_direction("val_accuracy") == "maximize"
+    by_loss, by_accuracy, unvalidated = BestEpoch(), BestEpoch(), BestEpoch()
+    rows = [{"epoch": 1, "val_loss": 0.9, "val_accuracy": 0.5}, {"epoch": 2, "val_loss": 0.7, "val_accuracy": 0.4},
+            {"epoch": 3, "val_loss": 0.8, "val_accuracy": 0.6}]
+    for row in rows:
+        by_loss.update(row, "val_loss")
+        by_accuracy.update(row, "val_accuracy")
+        unvalidated.update({"epoch": row["epoch"], "val_loss": None}, "val_loss")
+    assert (by_loss.epoch, by_loss.stale) == (2, 1) and (by_accuracy.epoch, by_accuracy.stale) == (3, 0)
+    assert unvalidated.epoch == 3  # no validation: the latest epoch is the best
+    assert BestEpoch.from_state(by_loss.state_dict()) == by_loss
+    assert BestEpoch.from_state({"score": None, "epoch": -1, "stale": 0}) == BestEpoch()  # an older checkpoint's
+
+
+def test_the_torch_engine_s_progress_is_saved_and_restored_as_one_record() -> None:
+    from imgclf.engines.torch_engine.progress import RunProgress
+
+    progress = RunProgress(stage=1, epoch=4, batch=2, stage_step=7, epoch_in_stage=1, trained_epochs=3.5,
+                           history=[{"epoch": 4, "val_accuracy": 0.5}])
+    progress.best.update(progress.history[0], "val_accuracy")
+    state = progress.state_dict()
+    assert set(state) == {"position", "history", "best"}  # the checkpoint keys of earlier versions
+    assert RunProgress.from_state(state) == progress

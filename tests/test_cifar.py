@@ -163,20 +163,20 @@ def test_download_failure_suggests_from(tmp_path: Path) -> None:
     assert leftovers(tmp_path / "home") == []
 
 
-def test_from_unofficial_archive_warns_and_works(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_from_unofficial_archive_warns_and_works(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     archive, _ = fake_archive(tmp_path, "cifar10")
     root = prepare_cifar("cifar10", archive, home=tmp_path / "home")
-    err = capsys.readouterr().err
-    warning = next(line for line in err.splitlines() if "not the official archive" in line)
+    warning = next(record.getMessage() for record in caplog.records
+                   if record.levelname == "WARNING" and "not the official archive" in record.getMessage())
     assert str(archive) in warning
     assert f"md5 {md5(archive)}, expected {cifar._SPECS['cifar10'].md5}); using it anyway" in warning
     assert (root / ".complete").exists()
 
 
-def test_from_archive_matching_md5_is_silent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_from_archive_matching_md5_is_silent(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     archive, _ = fake_archive(tmp_path, "cifar10")
     prepare_cifar("cifar10", archive, home=tmp_path / "home", md5=md5(archive))
-    assert "not the official archive" not in capsys.readouterr().err
+    assert "not the official archive" not in caplog.text
 
 
 def test_from_missing_file(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from test_cli_train import TINY
 
 from imgclf.data.augment_presets import PRESETS
 from imgclf.data.batches import BatchLoader
-from imgclf.distributed import World, weights_digest
+from imgclf.distributed import World, tensors_digest
 from imgclf.engines.checkpoint import load_checkpoint
 
 EPOCHS = 400  # far more than the run lasts: it is interrupted once its first epoch is written
@@ -63,7 +63,7 @@ def test_ctrl_c_stops_every_rank_and_rank_0_alone_prints_and_writes(interrupted)
 def test_both_ranks_end_with_the_weights_rank_0_checkpointed(interrupted) -> None:
     _, run, _, stderr = interrupted
     checkpoint = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert f"2 processes ended with the same weights (sha256 {weights_digest(checkpoint['model'])[:16]})" in stderr
+    assert f"2 processes ended with the same weights (sha256 {tensors_digest(checkpoint['model'])[:16]})" in stderr
 
 
 def test_a_two_process_checkpoint_resumes_in_one_process_with_one_process_steps(interrupted) -> None:

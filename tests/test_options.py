@@ -10,7 +10,7 @@ import typer
 from conftest import run_cli
 from typer.testing import CliRunner
 
-from imgclf.cli import with_config_options
+from imgclf.cli.options import with_config_options
 from imgclf.config import TrainConfig, option, validate
 from imgclf.errors import ImgclfError
 

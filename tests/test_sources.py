@@ -374,7 +374,7 @@ def test_symlinked_class_folders_are_followed(tmp_path: Path) -> None:
 
 
 def test_split_folders_beside_other_folders_are_used_with_one_warning(tmp_path: Path,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
     for folder in ("train/cat", "train/dog", "test/cat", "unlabeled/cat", "iconic/dog"):
         (tmp_path / folder).mkdir(parents=True)
         Image.new("RGB", (4, 4)).save(tmp_path / folder / "x.png")
@@ -382,17 +382,18 @@ def test_split_folders_beside_other_folders_are_used_with_one_warning(tmp_path: 
     assert dataset.classes == ["cat", "dog"]
     assert sorted((item.split, item.label) for item in dataset.items) == [("test", "cat"), ("train", "cat"),
                                                                          ("train", "dog")]
-    warning = capsys.readouterr().err.strip()
-    assert len(warning.splitlines()) == 1
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1 and len(warnings[0].splitlines()) == 1
+    warning = warnings[0]
     assert "using the split folders (test, train); ignored 2 other folder(s): iconic, unlabeled" in warning
 
 
-def test_one_folder_named_like_a_split_is_still_a_class(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_folder_named_like_a_split_is_still_a_class(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     for folder in ("train", "bus", "car"):
         (tmp_path / folder).mkdir(parents=True)
         Image.new("RGB", (4, 4)).save(tmp_path / folder / "x.png")
     assert read_folder(tmp_path).classes == ["bus", "car", "train"]
-    assert "warning" not in capsys.readouterr().err
+    assert not [record for record in caplog.records if record.levelname == "WARNING"]
 
 
 def test_non_utf8_csv_is_a_one_line_error(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,14 @@ from imgclf.training import TrainResult
 MODEL = "test_efficientnet"  # timm's tiny EfficientNet: five blocks, the layout the tail is cut from
 TAIL = dict(model=MODEL, strategy="tail", image_size=32, workers=1, precision="fp32", batch_size=8, epochs=4,
             monitor="val_loss")
+
+
+def logged(caplog: pytest.LogCaptureFixture) -> str:
+    """What imgclf logged since the last call (then forgotten)."""
+    text = caplog.text
+    caplog.clear()
+    return text
+
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +91,8 @@ def test_the_bundle_predicts_what_the_trained_model_scored(tail_run: tuple[Path,
 
 def test_a_tail_too_large_for_memory_falls_back_to_the_probe(efficientnet_weights: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="imgclf")
     from imgclf.engines import tail
 
     monkeypatch.setattr(tail, "memory_limit_bytes", lambda: 1000)
@@ -90,7 +100,7 @@ def test_a_tail_too_large_for_memory_falls_back_to_the_probe(efficientnet_weight
     result = train(data, tmp_path / "run", efficientnet_weights)
     assert [row["stage"] for row in result.history] == ["probe"]
     assert result.model_dir is not None and (result.model_dir / "weights.safetensors").is_file()
-    assert "tail skipped" in capsys.readouterr().err
+    assert "tail skipped" in logged(caplog)
 
 
 def test_tail_options_are_checked_with_one_line_errors(efficientnet_weights: Path, backbone_weights: Path,
@@ -117,16 +127,17 @@ def test_tail_options_are_checked_with_one_line_errors(efficientnet_weights: Pat
 
 
 def test_a_rerun_reads_the_activations_from_disk_and_trains_the_same_model(
-        efficientnet_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        efficientnet_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The frozen part's output is cached per image and view like embeddings: keyed by file and by the cut."""
+    caplog.set_level(logging.INFO, logger="imgclf")
     from conftest import make_image
     from safetensors.torch import load_file
 
     data = make_class_folder(tmp_path / "data", per_class=6)
     first = train(data, tmp_path / "first", efficientnet_weights, epochs=2)
-    assert "read from the cache" not in capsys.readouterr().err
+    assert "read from the cache" not in logged(caplog)
     again = train(data, tmp_path / "again", efficientnet_weights, epochs=2)
-    said = capsys.readouterr().err
+    said = logged(caplog)
     assert "activations of 30 image views read from the cache" in said and "computed" not in said  # 12 x 2 + 6
     assert first.model_dir is not None and again.model_dir is not None
     weights = [load_file(str(result.model_dir / "weights.safetensors")) for result in (first, again)]
@@ -136,10 +147,10 @@ def test_a_rerun_reads_the_activations_from_disk_and_trains_the_same_model(
     edited = sorted((data / "red").iterdir())[0]
     make_image(edited, (250, 250, 250), seed=99)  # new contents: this image's rows are computed again
     train(data, tmp_path / "edited", efficientnet_weights, epochs=2)
-    said = capsys.readouterr().err
+    said = logged(caplog)
     assert "read from the cache" in said and ("29 image views" in said or "28 image views" in said), said
     train(data, tmp_path / "two-blocks", efficientnet_weights, epochs=2, tail_blocks=2)  # another cut: another key
-    assert "read from the cache" not in capsys.readouterr().err
+    assert "read from the cache" not in logged(caplog)
 
 
 def test_each_image_is_seen_in_every_view_and_flips_every_epoch() -> None:
@@ -162,9 +173,11 @@ def zoom_run(efficientnet_weights: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 def test_the_zoomed_views_are_training_rows_keyed_by_view_in_the_cache(
-        efficientnet_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        efficientnet_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="imgclf")
+
     def said() -> str:
-        return " ".join(capsys.readouterr().err.split())  # the console wraps its lines
+        return " ".join(logged(caplog).split())  # the console wraps its lines
 
     data = make_class_folder(tmp_path / "data", per_class=6)
     zoomed = train(data, tmp_path / "zoomed", efficientnet_weights, epochs=2, tta_zoom=0.875)

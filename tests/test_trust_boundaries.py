@@ -17,7 +17,7 @@ import torch
 from conftest import make_class_folder, make_image, run_cli, untrained_bundle
 
 import imgclf
-from imgclf.deploy.metadata import weights_digest
+from imgclf.deploy.metadata import weights_file_digest
 from imgclf.engines.checkpoint import load_checkpoint
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model
@@ -83,7 +83,7 @@ def test_an_exported_onnx_file_holding_a_pickle_is_refused(bundle: Path, tmp_pat
     marker = tmp_path / "ran"
     poisoned = poisoned_copy(bundle, tmp_path, "model.onnx", raw_pickle(marker))
     # metadata that matches the bundle, as a real export's does, so the file itself is opened
-    (poisoned / "model.onnx.json").write_text(json.dumps({"weights_sha256": weights_digest(poisoned)}))
+    (poisoned / "model.onnx.json").write_text(json.dumps({"weights_sha256": weights_file_digest(poisoned)}))
     assert "ONNX Runtime cannot load it" in refused(lambda: imgclf.load(poisoned, runtime="onnx"), marker)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -30,9 +31,13 @@ from typing import NamedTuple
 import numpy as np
 
 from imgclf import paths
-from imgclf.console import console, progress_bar
+from imgclf.console import progress_bar
 from imgclf.data.decode import DEFAULT_MAX_PIXELS, ResizePolicy, decode_file
 from imgclf.data.workers import run_in_workers
+from imgclf.errors import one_line
+
+log = logging.getLogger(__name__)
+
 
 CACHE_VERSION = 1
 # Below this many files a process pool costs more to start than it saves.
@@ -96,8 +101,7 @@ def build_cache(
         try:
             return _load(directory, files, size, started)
         except (OSError, ValueError, KeyError) as error:  # damaged or tampered with (never unpickled): decode again
-            console.print(f"[yellow]the decode cache entry {directory} is damaged ({str(error).splitlines()[0]}); "
-                          "decoding again[/]")
+            log.warning(f"the decode cache entry {directory} is damaged ({one_line(error)}); decoding again")
             shutil.rmtree(directory, ignore_errors=True)
     family = _digest([settings, source]) if source else ""
     _write(directory, files, size, policy, grayscale, max_pixels, workers, description, family)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import io
+import logging
 import os
 import pickle
 import shutil
@@ -28,11 +29,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from rich.markup import escape
 
-from imgclf.console import console, progress_bar
+from imgclf.console import progress_bar
 from imgclf.errors import ImgclfError
 from imgclf.paths import datasets_dir
+
+log = logging.getLogger(__name__)
+
 
 CIFAR_NAMES: tuple[str, ...] = ("cifar10", "cifar100")
 
@@ -145,11 +148,8 @@ def prepare_cifar(
             raise ImgclfError(f"--from {archive}: no such file; pass the path of {spec.filename}")
         actual = _md5(archive)
         if actual != expected:
-            console.print(
-                f"[yellow]warning:[/] {escape(str(archive))} is not the official archive "
-                f"(md5 {actual}, expected {expected}); using it anyway",
-                soft_wrap=True,
-            )
+            log.warning(f"warning: {archive} is not the official archive (md5 {actual}, expected {expected}); "
+                        "using it anyway")
     _extract(spec, archive, actual, target)
     return target
 

@@ -18,6 +18,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from imgclf.errors import one_line
+
 ResizePolicy = Literal["squash", "crop", "pad"]
 # Pillow's own bomb limit is a warning up to twice this; we refuse above it.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -125,7 +127,7 @@ def open_image(
         image.load()
         image = ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
-        raise DecodeError(f"cannot decode image ({_short(error)})") from None
+        raise DecodeError(f"cannot decode image ({one_line(error)})") from None
     return image, mode, (width, height)
 
 
@@ -142,11 +144,6 @@ def peek_size(path: Path) -> tuple[int, int] | None:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
     return width, height
-
-
-def _short(error: Exception) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 def to_channels(image: Image.Image, grayscale: bool) -> Image.Image:

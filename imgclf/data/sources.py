@@ -16,19 +16,21 @@ reported by the decoder, so discovery stays fast on 60,000 files.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from rich.markup import escape
 
-from imgclf.console import console
 from imgclf.data.cifar import CIFAR_NAMES, prepare_cifar
 from imgclf.errors import ImgclfError
 from imgclf.files import PATH_BYTES, atomic_path
 from imgclf.paths import absolute_path
+
+log = logging.getLogger(__name__)
+
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -145,9 +147,8 @@ def read_folder(root: Path) -> ImageDataset:
     split_layout = len({SPLIT_ALIASES[name.lower()] for name in split_names}) > 1 or len(split_names) == len(top_dirs)
     others = [entry.name for entry in top_dirs if entry.name.lower() not in SPLIT_ALIASES]
     if split_layout and others:
-        console.print(f"[yellow]warning:[/] {escape(str(root))}: using the split folders ({escape(', '.join(split_names))}); "
-                      f"ignored {len(others)} other folder(s): {escape(', '.join(others[:5]))}"
-                      f"{', ...' if len(others) > 5 else ''}", soft_wrap=True)
+        log.warning(f"warning: {root}: using the split folders ({', '.join(split_names)}); "
+                    f"ignored {len(others)} other folder(s): {', '.join(others[:5])}{', ...' if len(others) > 5 else ''}")
         top_dirs = [entry for entry in top_dirs if entry.name.lower() in SPLIT_ALIASES]
     items: list[Item] = []
     ignored: list[Path] = []

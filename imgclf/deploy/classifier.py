@@ -21,13 +21,14 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image
 
+from imgclf.backends import backend_record
 from imgclf.data.decode import decode_file, fit, to_channels
 from imgclf.data.hierarchy import label_tree
 from imgclf.data.views import zoomed
 from imgclf.deploy.bundle import ENSEMBLE, BundleInfo, find_bundle, read_bundle_info
 from imgclf.deploy.explain import Explanation, KerasGradCam, TorchGradCam
 from imgclf.deploy.predict import PredictionRow, decoded_batches
-from imgclf.deploy.runtime import NATIVE, Runtime, load_runtime, resolve_runtime
+from imgclf.deploy.runtime import Runtime, load_runtime, native_of, resolve_runtime
 from imgclf.errors import ImgclfError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
@@ -61,9 +62,8 @@ class Classifier:
         if info.kind == ENSEMBLE:
             return EnsembleClassifier.load_members(directory, info, device=device, precision=precision, tta=tta,
                                                    runtime=runtime, batch_size=batch_size)
-        if info.backend not in NATIVE:
-            raise ImgclfError(f"{directory} is a {info.backend} model; this imgclf loads torch and tensorflow bundles")
-        chosen = resolve_runtime(directory, runtime, device=device, batch_size=batch_size, native=NATIVE[info.backend])
+        chosen = resolve_runtime(directory, runtime, device=device, batch_size=batch_size,
+                                 native=native_of(info.backend, directory))
         return cls(load_runtime(directory, info, chosen, device=device, precision=precision), info, tta=tta,
                    directory=directory)
 
@@ -261,7 +261,7 @@ class Classifier:
     def _make_explainer(self) -> TorchGradCam | KerasGradCam:
         if self.directory is None:
             raise ImgclfError("this classifier was not loaded from a bundle; load it with imgclf.load(...) to explain")
-        if self.info.backend == "tensorflow":
+        if backend_record(self.info.backend).explainer == "keras":
             from imgclf.deploy.keras_runtime import KerasRuntime
 
             keras_runtime = self.runtime if isinstance(self.runtime, KerasRuntime) else KerasRuntime.load(

@@ -20,6 +20,7 @@ framework (PyTorch fp32, or Keras) for the parity check.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,25 +29,28 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.console import console
+from imgclf.backends import backend_record
 from imgclf.deploy import keras_export
 from imgclf.deploy.bundle import ENSEMBLE, BundleInfo, find_bundle, read_bundle_info
 from imgclf.deploy.classifier import Classifier, EnsembleClassifier, probabilities_from_logits
 from imgclf.deploy.metadata import ONNX_OPSET, write_metadata
 from imgclf.deploy.predict import decoded_batches
-from imgclf.deploy.quantize import QUANTISERS, labelled_images, quantize_int8
+from imgclf.deploy.quantize import labelled_images, quantize_int8
 from imgclf.deploy.runtime import (
-    NATIVE,
     ONNX_FILES,
     OnnxRuntime,
     Runtime,
     TorchRuntime,
     compare_speeds,
     load_runtime,
+    native_of,
 )
 from imgclf.errors import ImgclfError
 from imgclf.files import atomic_path, write_text_atomic
 from imgclf.runs import RunDirectory, held_out_items
+
+log = logging.getLogger(__name__)
+
 
 FORMATS = ("onnx", "torchscript", "savedmodel", "tflite")
 FILES = {"onnx": ONNX_FILES["onnx"], "torchscript": "model.torchscript.pt", "savedmodel": "model.savedmodel",
@@ -119,11 +123,12 @@ def _load_torchscript(path: Path, info: BundleInfo) -> Runtime:
     return TorchRuntime(model, info, device="cpu", precision="fp32")
 
 
-# (write(model, info, path), load(path, info)) per bundle backend and format
+# (write(model, info, path), load(path, info)) per native runtime and format; which formats a backend
+# offers is its record's (imgclf.backends)
 Exporter = tuple[Callable[[Any, BundleInfo, Path], None], Callable[[Path, BundleInfo], Runtime]]
 EXPORTERS: dict[str, dict[str, Exporter]] = {
     "torch": {"onnx": (_torch_to_onnx, _load_onnx), "torchscript": (_torch_to_torchscript, _load_torchscript)},
-    "tensorflow": {"savedmodel": (keras_export.write_savedmodel, keras_export.load_savedmodel),
+    "keras": {"savedmodel": (keras_export.write_savedmodel, keras_export.load_savedmodel),
                    "tflite": (keras_export.write_tflite, keras_export.load_tflite),
                    "onnx": (keras_export.write_onnx, _load_onnx)},
 }
@@ -147,16 +152,18 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
                                max_accuracy_drop=max_accuracy_drop)
     if format not in FORMATS:
         raise ImgclfError(f"--format {format} is not known; choose one of {', '.join(FORMATS)}")
-    available = EXPORTERS.get(info.backend, {})
+    record = backend_record(info.backend)
+    available = {name: EXPORTERS[record.runtime][name] for name in record.export_formats}
     if format not in available:
         raise ImgclfError(f"--format {format} cannot export {directory}, a {info.backend} model; "
                           f"choose {' or '.join(available) or 'another format'} (savedmodel and tflite are for Keras "
                           "models, torchscript for PyTorch ones)")
     if quantize not in (None, "int8"):
         raise ImgclfError(f"--quantize {quantize} is not supported; use --quantize int8")
-    if quantize and format not in QUANTISERS:
-        raise ImgclfError(f"--quantize int8 works on ONNX and TFLite exports, not {format}; add --format "
-                          f"{next(name for name in available if name in QUANTISERS)}")
+    if quantize and format not in record.quantisers:
+        fix = (f"add --format {record.quantisers[0]}" if record.quantisers
+               else f"a {info.backend} model has no int8 export; drop --quantize")
+        raise ImgclfError(f"--quantize int8 works on ONNX and TFLite exports, not {format}; {fix}")
     if tolerance <= 0:
         raise ImgclfError(f"--tolerance must be positive, got {tolerance}")
     out_dir = Path(out) if out is not None else directory
@@ -168,7 +175,7 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
         calibration = labelled_images(directory, info, data)
 
     write, load = available[format]
-    console.print(f"exporting {directory} to {format}, then checking parity" + (" and timing it" if format in TIMED_FORMATS else ""))
+    log.info(f"exporting {directory} to {format}, then checking parity" + (" and timing it" if format in TIMED_FORMATS else ""))
     reference = native_runtime(directory, info, exact=True)
     path = out_dir / FILES[format]
     with atomic_path(path) as partial:  # moved into place only once parity holds
@@ -180,8 +187,8 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
     meta = write_metadata(path, format, directory, info, bytes=size, parity=asdict(parity), speed=speed)
     result = ExportResult(format, path, meta, parity, speed, bytes=size)
     if calibration is not None:
-        console.print(f"quantising to int8: calibrating on {len(calibration.calibration)} images, "
-                      f"then comparing with fp32 on {calibration.source}")
+        log.info(f"quantising to int8: calibrating on {len(calibration.calibration)} images, "
+                 f"then comparing with fp32 on {calibration.source}")
         result.quantization = quantize_int8(path, directory, info, calibration, max_accuracy_drop, format=format,
                                             model=reference.model)
     return result
@@ -200,7 +207,7 @@ def export_ensemble(directory: Path, info: BundleInfo, format: str, **options: A
     samples = sample_images(directory, info)[0]
     weights = [member["weight"] for member in info.members]
     native = EnsembleClassifier([Classifier.load(directory / member["path"], precision="fp32",
-                                                 runtime=NATIVE[member["backend"]]) for member in info.members],
+                                                 runtime=native_of(member["backend"])) for member in info.members],
                                 weights, info)
     exported = Classifier.load(directory, runtime="onnx")
     expected, batched = native.predict_pixels(samples), exported.predict_pixels(samples)
@@ -223,8 +230,8 @@ def export_ensemble(directory: Path, info: BundleInfo, format: str, **options: A
 def native_runtime(directory: Path, info: BundleInfo, exact: bool = False) -> Runtime:
     """The bundle in its own framework: Keras, or PyTorch (fp32 on the CPU when ``exact``, else as predict runs it)."""
     if exact:
-        return load_runtime(directory, info, NATIVE[info.backend], device="cpu", precision="fp32")
-    return load_runtime(directory, info, NATIVE[info.backend])
+        return load_runtime(directory, info, native_of(info.backend, directory), device="cpu", precision="fp32")
+    return load_runtime(directory, info, native_of(info.backend, directory))
 
 
 def sample_images(directory: Path, info: BundleInfo) -> tuple[np.ndarray, str]:

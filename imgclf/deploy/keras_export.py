@@ -33,7 +33,7 @@ from imgclf.console import native_stderr_silenced
 from imgclf.deploy.bundle import BundleInfo
 from imgclf.deploy.keras_runtime import keras_input
 from imgclf.deploy.metadata import ONNX_OPSET
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, one_line
 
 
 def _tensorflow() -> Any:
@@ -148,7 +148,7 @@ class TfliteRuntime:
                 warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
                 self.interpreter = tf.lite.Interpreter(model_path=str(path))
         except ValueError as error:
-            raise ImgclfError(f"{path}: TFLite cannot load it ({str(error).splitlines()[0]}); export again") from None
+            raise ImgclfError(f"{path}: TFLite cannot load it ({one_line(error)}); export again") from None
         self.input = self.interpreter.get_input_details()[0]["index"]
         self.output = self.interpreter.get_output_details()[0]["index"]
         self.batch = 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.deploy.bundle import KERAS_FILE, BundleInfo
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, one_line
 
 BATCH = 64  # images per forward pass
 
@@ -38,8 +38,7 @@ class KerasRuntime:
         try:
             model = keras.saving.load_model(directory / KERAS_FILE, safe_mode=True, compile=False)
         except Exception as error:  # Keras raises several types for a missing, damaged or unsafe file
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ImgclfError(f"{directory / KERAS_FILE} is not a loadable Keras model ({first_line})") from None
+            raise ImgclfError(f"{directory / KERAS_FILE} is not a loadable Keras model ({one_line(error)})") from None
         return cls(model, info)
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:

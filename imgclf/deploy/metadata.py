@@ -28,8 +28,9 @@ def metadata_path(model_file: Path) -> Path:
     return model_file.with_name(model_file.name + ".json")
 
 
-def weights_digest(directory: Path) -> str:
-    """sha256 of the bundle's weights (``model.keras`` for Keras): ties an export to the exact weights it was made from."""
+def weights_file_digest(directory: Path) -> str:
+    """sha256 of the bundle's weights file bytes (``model.keras`` for Keras): ties an export to the exact weights
+    it was made from (not :func:`imgclf.distributed.tensors_digest`, which hashes tensors in memory)."""
     weights = directory / WEIGHTS_FILE
     return file_digest(weights if weights.is_file() else directory / KERAS_FILE)
 
@@ -56,7 +57,7 @@ def read_export(directory: Path, model_file: Path) -> dict[str, Any] | None:
         values = json.loads(meta.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if values.get("weights_sha256") != weights_digest(directory):
+    if values.get("weights_sha256") != weights_file_digest(directory):
         return None
     return values if values.get("file_sha256", file_digest(model_file)) == file_digest(model_file) else None
 
@@ -71,7 +72,7 @@ def write_metadata(path: Path, format: str, directory: Path, info: BundleInfo, *
         "imgclf_version": __version__,
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "bundle": str(directory.resolve()),
-        "weights_sha256": weights_digest(directory),
+        "weights_sha256": weights_file_digest(directory),
         **({"file_sha256": file_digest(path)} if path.is_file() else {}),  # a SavedModel is a folder
         "architecture": info.architecture,
         "classes": info.classes,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -27,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from imgclf import distributed, paths
-from imgclf.console import console
 from imgclf.distributed import World
 from imgclf.files import PATH_BYTES
+
+log = logging.getLogger(__name__)
+
 
 PART_ROWS = 4096  # images per part: what a killed rank loses at most
 
@@ -100,7 +103,7 @@ def plan_parts(folder: Path, count: int, world: World, suffix: str, rows_per_par
         [number for number, piece in enumerate(pieces) if not probe.path(piece).is_file()])
     resumed = count - sum(len(pieces[number]) for number in pending)
     if resumed and world.is_main:
-        console.print(f"resuming: {resumed:,} of {count:,} images are in parts an interrupted run finished")
+        log.info(f"resuming: {resumed:,} of {count:,} images are in parts an interrupted run finished")
     mine = tuple(pieces[pending[index]] for index in world.share(len(pending)))
     return Parts(folder, pieces, mine, suffix, resumed)
 
@@ -108,5 +111,5 @@ def plan_parts(folder: Path, count: int, world: World, suffix: str, rows_per_par
 def wait_for_parts(parts: Parts, world: World) -> None:
     """Block until every rank has written its parts (rank 0 says it is waiting, so a wait is never silent)."""
     if world.is_main and world.is_distributed:
-        console.print(f"rank 0 finished its parts; waiting for the other {world.size - 1} rank(s)")
+        log.info(f"rank 0 finished its parts; waiting for the other {world.size - 1} rank(s)")
     distributed.wait_for_ranks()

@@ -27,7 +27,7 @@ from imgclf.data.sources import Item, label_indices, load_source
 from imgclf.deploy.bundle import BundleInfo
 from imgclf.deploy.metadata import write_metadata
 from imgclf.deploy.predict import decoded_batches
-from imgclf.deploy.runtime import FORK_UNSAFE, NATIVE, ONNX_FILES, OnnxRuntime, Runtime, compare_speeds
+from imgclf.deploy.runtime import FORK_UNSAFE, ONNX_FILES, OnnxRuntime, Runtime, compare_speeds, native_of
 from imgclf.errors import ImgclfError
 from imgclf.files import atomic_path
 from imgclf.runs import HELD_OUT, RunDirectory, held_out_items
@@ -105,7 +105,7 @@ def _workers(info: BundleInfo) -> int | None:
     (seen with a TFLite export of the flowers model), so a Keras bundle's
     images are decoded in this process.
     """
-    return 1 if NATIVE[info.backend] in FORK_UNSAFE else None
+    return 1 if native_of(info.backend) in FORK_UNSAFE else None
 
 
 def _decoded(paths: list[Path], info: BundleInfo) -> tuple[np.ndarray, list[tuple[str, str]]]:

@@ -24,16 +24,24 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from imgclf.backends import RECORDS, record_with_runtime
 from imgclf.deploy.bundle import WEIGHTS_FILE, BundleInfo
 from imgclf.deploy.metadata import read_export
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, one_line
 
 RUNTIMES = ("auto", "torch", "keras", "onnx", "onnx-int8")
-NATIVE = {"torch": "torch", "tensorflow": "keras"}  # a bundle backend's own runtime
 FORK_UNSAFE = {"keras"}  # native runtimes whose thread pools make a later fork (decode workers) hang
 # the exported file each ONNX runtime loads, inside the bundle folder
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 SPEED_BATCHES = (1, 64)  # batch sizes ``export`` times both runtimes at, for ``auto``
+
+
+def native_of(backend: str, directory: Path | str = "this bundle") -> str:
+    """The runtime that runs ``backend``'s bundles in their own framework (its record's), or a one-line error."""
+    record = RECORDS.get(backend)
+    if record is None:
+        raise ImgclfError(f"{directory} is a {backend} model; this imgclf loads {' and '.join(RECORDS)} bundles")
+    return record.runtime
 
 
 class Runtime(Protocol):
@@ -51,7 +59,7 @@ def resolve_runtime(directory: Path, requested: str, device: str = "auto", batch
     """``native`` ('torch' or 'keras'), 'onnx' or 'onnx-int8' for ``--runtime requested`` on this bundle."""
     if requested not in RUNTIMES:
         raise ImgclfError(f"--runtime {requested} is not known; choose one of {', '.join(RUNTIMES)}")
-    if requested in NATIVE.values():
+    if record_with_runtime(requested) is not None:
         if requested != native:
             raise ImgclfError(f"--runtime {requested} cannot run {directory}, a {native} model; "
                               f"use --runtime {native}, onnx or auto")
@@ -103,8 +111,7 @@ def load_torch_model(directory: Path, info: BundleInfo) -> Any:
     try:
         model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     except Exception as error:  # safetensors and torch raise several types for a damaged or foreign file
-        first_line = str(error).strip().splitlines()[0]
-        raise ImgclfError(f"{directory / WEIGHTS_FILE} does not fit {info.architecture} ({first_line})") from None
+        raise ImgclfError(f"{directory / WEIGHTS_FILE} does not fit {info.architecture} ({one_line(error)})") from None
     return model
 
 
@@ -169,7 +176,7 @@ class OnnxRuntime:
         try:
             self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own untyped errors for a damaged file
-            raise ImgclfError(f"{path}: ONNX Runtime cannot load it ({str(error).splitlines()[0]}); export again") from None
+            raise ImgclfError(f"{path}: ONNX Runtime cannot load it ({one_line(error)}); export again") from None
         self.name = name
         self.input_name = self.session.get_inputs()[0].name
         channels = info.channels

@@ -107,12 +107,13 @@ class Embedder:
 
     @classmethod
     def _from_bundle(cls, path: Path, device: str, precision: str, image_size: int | None) -> Embedder:
+        from imgclf.backends import RECORDS
         from imgclf.deploy.bundle import WEIGHTS_FILE, find_bundle, read_bundle_info
-        from imgclf.deploy.runtime import NATIVE, TorchRuntime
+        from imgclf.deploy.runtime import TorchRuntime
 
         directory = find_bundle(path)
         info = read_bundle_info(directory)
-        if NATIVE.get(info.backend) != TorchRuntime.name:
+        if info.backend not in RECORDS or not RECORDS[info.backend].embeddings:
             raise ImgclfError(f"{directory} is a {info.backend} model; embeddings come from torch models "
                               "(a registry backbone or a model trained with the torch backend)")
         if image_size not in (None, info.image_size):

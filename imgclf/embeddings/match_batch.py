@@ -17,6 +17,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.console import console, progress_bar
+from imgclf.console import progress_bar
 from imgclf.data.hierarchy import level_columns
 from imgclf.embeddings.match import Queries
 from imgclf.embeddings.similarity import normalise
@@ -32,6 +33,9 @@ from imgclf.embeddings.suggest import RANKED, CatalogMatcher, Suggestion
 from imgclf.embeddings.tables import IMAGE_COLUMN, read_items
 from imgclf.errors import ImgclfError
 from imgclf.files import write_text_atomic
+
+log = logging.getLogger(__name__)
+
 
 DEFAULT_BATCH_SIZE = 512
 META_FILE = "meta.json"
@@ -83,7 +87,7 @@ def match_batch(matcher: CatalogMatcher, queries_path: Path, out: Path, batch_si
     pending = [number for number in range(len(chunks)) if not _part(parts, number).is_file()]
     done = sum(len(chunks[number]) for number in range(len(chunks)) if number not in pending)
     if done:
-        console.print(f"resuming: {done:,} of {len(rows):,} products were matched by an interrupted run")
+        log.info(f"resuming: {done:,} of {len(rows):,} products were matched by an interrupted run")
     header = _header(matcher, extra)
     with progress_bar() as bar:
         task = bar.add_task("Matching", total=len(rows), completed=done)
@@ -111,8 +115,7 @@ def _prepare_parts(parts: Path, meta: dict) -> None:
     if previous == meta:
         return
     if parts.exists():
-        console.print("[yellow]starting over: the queries, the catalogue or the options changed since the "
-                      "interrupted run[/]")
+        log.warning("starting over: the queries, the catalogue or the options changed since the interrupted run")
         shutil.rmtree(parts)
     write_text_atomic(parts / META_FILE, json.dumps(meta))
 

@@ -15,12 +15,12 @@ an image weight asks for the blend.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from imgclf.console import console
 from imgclf.data.hierarchy import Hierarchy, LevelSuggestion
 from imgclf.embeddings.embedder import Embedder
 from imgclf.embeddings.match import (
@@ -36,6 +36,9 @@ from imgclf.embeddings.match import (
 from imgclf.embeddings.matcher import LearnedMatcher, can_learn
 from imgclf.errors import ImgclfError
 from imgclf.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
 
 SCORINGS = ("auto", "learned", "blend")
 DEFAULT_MIN_CONFIDENCE = 0.5
@@ -113,7 +116,7 @@ class CatalogMatcher:
         folder = matcher_dir or cache_dir() / "matchers" / fingerprint[:24]
         loaded = LearnedMatcher.load(folder, fingerprint)
         if loaded is None:
-            console.print(f"fitting the matcher on held-out products of {catalog.source} (saved to {folder})")
+            log.info(f"fitting the matcher on held-out products of {catalog.source} (saved to {folder})")
             learned = LearnedMatcher.fit(catalog)
             reference = Reference(catalog)
             learned.save(folder, fingerprint, reference.probe)

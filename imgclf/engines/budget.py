@@ -1,7 +1,7 @@
 """``--time-budget``'s arithmetic: the epochs that fit the seconds left, and a stage clock that can change length.
 
 A budget run is planned twice over: before training from a few measured
-steps (``TorchEngine.fit_to_budget``), and again after every epoch of a
+steps (:mod:`imgclf.engines.torch_engine.planning`), and again after every epoch of a
 whole-network stage from the speed of the epochs it actually trained, since
 the opening steps are not the epochs' speed and a shared machine's load
 changes mid-run. Both plans ask :func:`epochs_that_fit`.
@@ -20,10 +20,37 @@ the step itself, so a run without a budget is exactly what it was.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 MIN_EPOCHS = 0.1  # the least a plan trains: even an overrun budget ends its schedule, in a tenth of an epoch
+
+Clock = Callable[[], float]  # seconds, from any origin
+# The clock a run reads its budget (and its epochs' seconds) on. Tests swap in a fake one they advance, so a
+# slow machine is simulated without sleeping; an engine takes the one set when it is made.
+CLOCK: Clock = time.monotonic
+
+
+@dataclass
+class Budget:
+    """``--time-budget``'s seconds, counted on ``now`` from ``started`` (the opening measurement included)."""
+
+    seconds: float
+    now: Clock
+    started: float
+
+    @classmethod
+    def start(cls, seconds: float, now: Clock, spent: float = 0.0) -> Budget:
+        """A budget that has already spent ``spent`` seconds (a resumed run's)."""
+        return cls(seconds, now, now() - spent)
+
+    def spent(self) -> float:
+        return self.now() - self.started
+
+    def left(self) -> float:
+        return self.seconds - self.spent()
 
 
 def epochs_that_fit(seconds_left: float, seconds_per_epoch: float) -> float:

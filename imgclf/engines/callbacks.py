@@ -23,19 +23,25 @@ callback, since what a checkpoint holds is framework state.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgclf.config import TrainConfig, parse_duration
-from imgclf.console import console, training_progress
-from imgclf.engines.history import print_epoch
+from imgclf.console import training_progress
+from imgclf.engines import budget
+from imgclf.engines.budget import Clock
+from imgclf.engines.contract import BestEpoch
+from imgclf.engines.history import log_epoch
 
 if TYPE_CHECKING:
     from imgclf.engines.contract import Stage
     from imgclf.runs import RunDirectory
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,9 +60,9 @@ class FitState:
     images: int = 0  # training images seen this epoch (since the resume, for a resumed epoch)
     loss: float = 0.0  # running means of this epoch's training steps
     accuracy: float = 0.0
+    step_loss: Any = None  # at on_step_end: the step's loss (a detached tensor in torch), for guards such as NaN checks
     row: dict[str, Any] | None = None  # at on_epoch_end: the epoch's metrics.csv row
-    best_epoch: int = 0  # the epoch whose weights are shipped so far (--monitor)
-    stale: int = 0  # epochs since that one
+    best: BestEpoch = field(default_factory=BestEpoch)  # the engine's own record, saved in its checkpoint
     last_epoch: bool = False  # at on_epoch_end: nothing of the plan is left after this epoch
     fits_budget: bool = False  # the engine re-plans this stage's length to the time budget after every epoch
     stop_reason: str | None = None
@@ -65,6 +71,16 @@ class FitState:
     @property
     def stage(self) -> Stage:
         return self.stages[self.stage_index]
+
+    @property
+    def best_epoch(self) -> int:
+        """The epoch whose weights are shipped so far (``--monitor``)."""
+        return self.best.epoch
+
+    @property
+    def stale(self) -> int:
+        """Epochs since the best one."""
+        return self.best.stale
 
     def stop(self, reason: str) -> None:
         """End the fit as a finished run (the best epoch is shipped): after this epoch, or this step within one."""
@@ -132,7 +148,7 @@ class ProgressBar(Callback):
     def on_epoch_end(self, fit: FitState) -> None:
         self._close()
         assert fit.row is not None
-        print_epoch(fit.row, fit.best_epoch == fit.row["epoch"])
+        log_epoch(fit.row, fit.best_epoch == fit.row["epoch"])
 
     def on_interrupt(self, fit: FitState) -> None:
         self._close()
@@ -185,8 +201,8 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, fit: FitState) -> None:
         if fit.stale >= self.patience:
-            console.print(f"[yellow]early stopping: no better {self.monitor} for {self.patience} epoch(s); "
-                          f"keeping epoch {fit.best_epoch}[/]")
+            log.warning(f"early stopping: no better {self.monitor} for {self.patience} epoch(s); "
+                        f"keeping epoch {fit.best_epoch}")
             fit.stop("early stopping")
 
 
@@ -204,26 +220,27 @@ class TimeBudget(Callback):
 
     STALLED = 1.5
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, clock: Clock | None = None) -> None:
         self.budget = seconds
+        self.now = clock or budget.CLOCK  # the engine's clock (a test's fake one)
         self.started = 0.0
 
     def on_fit_begin(self, fit: FitState) -> None:
-        self.started = time.perf_counter() - sum(row["seconds"] for row in fit.history)
+        self.started = self.now() - sum(row["seconds"] for row in fit.history)
 
     def on_step_end(self, fit: FitState) -> None:
-        used = time.perf_counter() - self.started
+        used = self.now() - self.started
         if fit.stop_reason is None and used > self.STALLED * self.budget:
-            console.print(f"[yellow]time budget: {used:.0f} s used of {self.budget:.0f} s (the machine stalled); "
-                          "stopping now, before the schedule's end: the learning rate did not decay to its end[/]")
+            log.warning(f"time budget: {used:.0f} s used of {self.budget:.0f} s (the machine stalled); "
+                        "stopping now, before the schedule's end: the learning rate did not decay to its end")
             fit.stop("time budget overrun")
 
     def on_epoch_end(self, fit: FitState) -> None:
         assert fit.row is not None
         if fit.last_epoch or fit.fits_budget or fit.stop_reason is not None:
             return
-        if time.perf_counter() - self.started + fit.row["seconds"] > 1.1 * self.budget:
-            console.print("[yellow]time budget reached; stopping after this epoch, before the schedule's end[/]")
+        if self.now() - self.started + fit.row["seconds"] > 1.1 * self.budget:
+            log.warning("time budget reached; stopping after this epoch, before the schedule's end")
             fit.stop("time budget")
 
 

@@ -5,7 +5,7 @@ takes a :class:`TrainingData` (the decoded uint8 cache and its targets) and a
 resolved :class:`~imgclf.config.TrainConfig`, runs :func:`plan_stages`, and
 returns a :class:`FitResult` whose history rows are ``metrics.csv``'s. The
 rules that must not differ between frameworks are written here once: class
-weights, warm-up length, which epoch is the best (:func:`monitor_score`) and
+weights, warm-up length, which epoch is the best (:class:`BestEpoch`) and
 the plain validation loss and accuracy (:func:`score_logits`).
 """
 
@@ -115,6 +115,19 @@ def warmup_steps(config: TrainConfig, stage: Stage, stages: list[Stage], steps_p
     return max(warmup, 0)
 
 
+LOWER_IS_BETTER = frozenset({"val_loss"})  # the --monitor values a smaller number of is better
+
+
+def monitor_direction(monitor: str) -> str:
+    """``"maximize"`` or ``"minimize"`` (Optuna's spelling): which way ``--monitor`` improves."""
+    return "minimize" if monitor in LOWER_IS_BETTER else "maximize"
+
+
+def oriented(value: float, monitor: str) -> float:
+    """``value`` of ``--monitor`` turned so that higher is better (a loss negated)."""
+    return -value if monitor in LOWER_IS_BETTER else value
+
+
 def monitor_score(row: dict[str, Any], monitor: str) -> float:
     """Higher is better: ``--monitor`` of an epoch's row, or its number when there is no validation split.
 
@@ -124,7 +137,36 @@ def monitor_score(row: dict[str, Any], monitor: str) -> float:
     value = row.get(monitor)
     if value is None:
         return float(row["epoch"])
-    return -value if monitor == "val_loss" else value
+    return oriented(value, monitor)
+
+
+@dataclass
+class BestEpoch:
+    """The best epoch so far by ``--monitor`` over the whole run (every stage): the one whose weights ship.
+
+    Every engine keeps one, updates it with each epoch's row and saves it
+    in its checkpoint as :meth:`state_dict` (``epoch``, ``score``, ``stale``).
+    """
+
+    epoch: int = 0  # 1-based; 0 before the first epoch
+    score: float | None = None  # monitor_score of that epoch
+    stale: int = 0  # epochs since it (early stopping's patience counts these)
+
+    def update(self, row: dict[str, Any], monitor: str) -> bool:
+        """Take epoch ``row`` into account; whether it is the new best."""
+        score = monitor_score(row, monitor)
+        if self.score is None or score > self.score:
+            self.epoch, self.score, self.stale = int(row["epoch"]), score, 0
+            return True
+        self.stale += 1
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "score": self.score, "stale": self.stale}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> BestEpoch:
+        return cls(max(int(state["epoch"]), 0), state["score"], int(state["stale"]))
 
 
 def score_logits(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool) -> dict[str, float]:
@@ -185,10 +227,6 @@ class Engine(Protocol):
 
     def fit(self, callbacks: list[Callback]) -> FitResult:
         """Run every stage (from the checkpoint ``build`` loaded), firing ``callbacks``' events."""
-        ...
-
-    def predict_logits(self, split: str, tta: bool = False) -> torch.Tensor:
-        """(rows, classes) float logits of the shipped model for every row of ``split``."""
         ...
 
     def parameter_count(self) -> int:

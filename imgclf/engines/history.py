@@ -1,4 +1,4 @@
-"""One row of ``metrics.csv`` per epoch, built and printed the same way by every engine.
+"""One row of ``metrics.csv`` per epoch, built and reported (logged) the same way by every engine.
 
 The row's names are :data:`imgclf.runs.METRIC_COLUMNS`; ``seconds`` is the
 epoch's training time (validation excluded), so images/s compares engines.
@@ -8,9 +8,10 @@ epoch ended (a time budget re-plans them after each epoch).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from imgclf.console import console
+log = logging.getLogger(__name__)
 
 
 def history_row(epoch: int, stage: str, train_loss: float, train_accuracy: float, val_loss: float | None,
@@ -25,11 +26,11 @@ def history_row(epoch: int, stage: str, train_loss: float, train_accuracy: float
     }
 
 
-def print_epoch(row: dict[str, Any], best: bool) -> None:
-    """The line each finished epoch prints under its progress bar."""
+def log_epoch(row: dict[str, Any], best: bool) -> None:
+    """The line each finished epoch reports under its progress bar."""
     val = ""
     if row["val_accuracy"] is not None:
         val = f"  val loss {row['val_loss']:.4f}  val acc {row['val_accuracy']:.2%}"
-    marker = "  [green]best[/]" if best else ""
-    console.print(f"epoch {row['epoch']} ({row['stage']}): train loss {row['train_loss']:.4f}  "
+    marker = "  best" if best else ""
+    log.info(f"epoch {row['epoch']} ({row['stage']}): train loss {row['train_loss']:.4f}  "
                   f"train acc {row['train_accuracy']:.2%}{val}  {row['images_per_second']:,.0f} img/s{marker}")

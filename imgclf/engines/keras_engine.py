@@ -6,11 +6,11 @@ engine uses, so both frameworks see the same images in the same order with
 the same augmentation; it runs the same stages (:func:`plan_stages`) and
 returns a :class:`FitResult` whose history rows are ``metrics.csv``'s.
 
-Keras's own callbacks do what they exist for: ``EarlyStopping`` with
-``restore_best_weights`` keeps the best epoch's weights (the shipped ones;
-stopping itself is our :class:`~imgclf.engines.callbacks.EarlyStopping`),
-``ModelCheckpoint`` (a ``.keras`` file per epoch, optimiser state included)
-and ``CSVLogger`` (``keras_log.csv``, Keras's names). ``_Events`` turns
+Keras's own callbacks do what they exist for: ``ModelCheckpoint`` (a
+``.keras`` file per epoch, optimiser state included) and ``CSVLogger``
+(``keras_log.csv``, Keras's names). The best epoch is the contract's
+:class:`~imgclf.engines.contract.BestEpoch`, over the whole run as in torch;
+its weights are kept in memory and shipped at the end. ``_Events`` turns
 Keras's events into ours, so the callbacks of a run (metrics.csv, the
 progress bar, TensorBoard, early stopping, a user's) work unchanged here. A
 resume reloads the last checkpoint with ``safe_mode=True`` and continues at
@@ -24,21 +24,21 @@ a probe, as in torch). The probe stage is gradient descent on the head.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from imgclf.config import TrainConfig
-from imgclf.console import console
 from imgclf.data.augment_presets import PRESETS, augment_config
 from imgclf.data.batches import BatchLoader
 from imgclf.deploy.bundle import BundleInfo, write_keras_bundle
 from imgclf.engines.callbacks import Callback, FitState, fire
 from imgclf.engines.contract import (
+    BestEpoch,
     FitResult,
     Stage,
     TrainingData,
@@ -54,7 +54,10 @@ from imgclf.models.keras_models import backbone_of, build_model, count_parameter
 from imgclf.models.keras_setup import keras
 from imgclf.runs import RunDirectory
 
+log = logging.getLogger(__name__)
+
 STATE_FILE = "keras_state.json"  # in checkpoints/: position, history and best epoch, written after each checkpoint
+STATE_FORMAT = 2  # 2: the best epoch as the contract's BestEpoch (epoch, score, stale) and its file as best_file
 CSV_LOG = "keras_log.csv"
 
 
@@ -173,7 +176,7 @@ class KerasEngine:
         self.state = self._read_state() if resume else None
         if self.state:
             self.model = self._load(self.state["checkpoint"])
-            console.print(f"resuming at epoch {len(self.state['history']) + 1} from {self.state['checkpoint']}")
+            log.info(f"resuming at epoch {len(self.state['history']) + 1} from {self.state['checkpoint']}")
         else:
             self.model = self._new_model()
         return self.state is not None
@@ -188,7 +191,7 @@ class KerasEngine:
         model = build_model(self.config.model or "", self.classes, self.config.image_size or 0, channels,
                             self.config.model_args, weights)
         if weights is not None:
-            console.print(f"pretrained weights: {'Keras ImageNet' if weights == 'imagenet' else weights}")
+            log.info(f"pretrained weights: {'Keras ImageNet' if weights == 'imagenet' else weights}")
         return model
 
     def fit_to_budget(self, seconds: float) -> TrainConfig:
@@ -237,45 +240,32 @@ class KerasEngine:
             optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])  # as torch: matrices only
         return optimizer
 
-    # ----------------------------------------------------------------- prediction
-    def predict_logits(self, split: str, tta: bool = False) -> torch.Tensor:
-        loader = self._loader(split, PRESETS["none"], shuffle=False, batch_size=2 * self.config.batch_size)
-        outputs = []
-        for images, _ in loader:
-            pixels = images.permute(0, 2, 3, 1).contiguous().numpy()
-            logits = self.model.predict_on_batch(pixels)
-            if tta:
-                logits = 0.5 * (logits + self.model.predict_on_batch(pixels[:, :, ::-1].copy()))
-            outputs.append(logits.astype(np.float32))
-        return torch.from_numpy(np.concatenate(outputs) if outputs else np.zeros((0, self.classes), np.float32))
-
     # ----------------------------------------------------------------- the loop
     def fit(self, callbacks: list[Callback]) -> FitResult:
         """Run every stage, or continue from the checkpoint ``build`` loaded, firing ``callbacks``."""
         started = time.perf_counter()
         state = self.state
         history: list[dict[str, Any]] = list(state["history"]) if state else []
-        best: dict[str, Any] = dict(state["best"]) if state else {"epoch": 0, "value": None, "file": None, "wait": 0}
+        fit = FitState(self.config, self.stages, history, best=BestEpoch.from_state(state["best"]) if state
+                       else BestEpoch())
+        self.best_weights = self._resumed_best_weights(state, fit.best)
         epoch = len(history)
         first_stage = state["stage"] if state else 0
-        fit = FitState(self.config, self.stages, history, best_epoch=int(best["epoch"]), stale=int(best["wait"]))
         fire(callbacks, "on_fit_begin", fit)
         try:
             stage_end = 0
             for index, stage in enumerate(self.stages):
-                stage_start, stage_end = stage_end, stage_end + int(stage.epochs)
+                stage_end += int(stage.epochs)
                 if index < first_stage or epoch >= stage_end:
                     continue
                 if not (state and index == first_stage):  # a reloaded checkpoint keeps its compiled optimiser
                     self._compile(self.model, stage)
-                if stage_start < epoch and best["value"] is not None:
-                    best["weights"] = self._load(best["file"]).get_weights()
                 fit.stage_index = index
                 fire(callbacks, "on_stage_begin", fit)
                 try:
-                    self._fit_stage(fit, callbacks, epoch, stage_end, best)
+                    self._fit_stage(fit, callbacks, epoch, stage_end)
                 except KeyboardInterrupt:
-                    console.print("[yellow]interrupted; the last finished epoch's checkpoint is kept[/]")
+                    log.warning("interrupted; the last finished epoch's checkpoint is kept")
                     fit.interrupt()
                     fire(callbacks, "on_interrupt", fit)
                 epoch = len(history)
@@ -283,50 +273,64 @@ class KerasEngine:
                     break
         finally:
             fire(callbacks, "on_fit_end", fit)
-        return FitResult(history=history, best_epoch=int(best["epoch"] or len(history)),
+        if self.best_weights is not None and not fit.interrupted:
+            self.model.set_weights(self.best_weights)
+        return FitResult(history=history, best_epoch=fit.best.epoch or len(history),
                          stopped_early=fit.stop_reason is not None and not fit.interrupted,
                          interrupted=fit.interrupted, seconds=time.perf_counter() - started, model=self.model)
 
-    def _fit_stage(self, fit: FitState, callbacks: list[Callback], epoch: int, stage_end: int,
-                   best: dict[str, Any]) -> None:
-        index = fit.stage_index
+    def _fit_stage(self, fit: FitState, callbacks: list[Callback], epoch: int, stage_end: int) -> None:
         multilabel = self.data.multilabel
         train = CacheBatches(self.train_loader, self.classes, epoch, multilabel)
         validation = None
         if self.has_val:
             validation = CacheBatches(self._loader("val", PRESETS["none"], shuffle=False), self.classes,
                                       multilabel=multilabel)
-        monitor = ("val_xent" if self.config.monitor == "val_loss" else "val_accuracy") if self.has_val else None
-        last_stage = index == len(self.stages) - 1  # earlier stages hand their last weights on, as in torch
-        # only the best epoch is tracked here (patience for ever): our EarlyStopping callback stops
-        best_weights = _ResumableEarlyStopping(best, monitor or "loss", use=monitor is not None, patience=10**9,
-                                               mode="min" if monitor != "val_accuracy" else "max",
-                                               restore_best_weights=last_stage)
         checkpoints = self.run.last_checkpoint.parent
-        # best_weights first: the row, the checkpoint state and the printed line know whether this epoch is the best
+        # _Events first: the row, the best epoch, the checkpoint state and the printed line come from it
         keras_callbacks: list[keras.callbacks.Callback] = [
-            best_weights,
-            _Events(fit, callbacks, self.train_loader, sum(int(stage.epochs) for stage in self.stages), best_weights),
+            _Events(fit, callbacks, self.train_loader, sum(int(stage.epochs) for stage in self.stages), self),
             keras.callbacks.ModelCheckpoint(str(checkpoints / "epoch-{epoch:03d}.keras")),
-            _StateWriter(self.run, index, fit.history, best_weights),
+            _StateWriter(self.run, fit),
             keras.callbacks.CSVLogger(str(self.run.path / CSV_LOG), append=epoch > 0),
         ]
         weights = None if multilabel else class_weights(self.data, self.config)  # multi-label: in the loss
         class_weight = None if weights is None else {i: float(weight) for i, weight in enumerate(weights)}
         self.model.fit(train, validation_data=validation, epochs=stage_end, initial_epoch=epoch, verbose=0,
                        callbacks=keras_callbacks, class_weight=class_weight)
-        best.update(best_weights.state())
+
+    def _resumed_best_weights(self, state: dict[str, Any] | None, best: BestEpoch) -> list[Any] | None:
+        """The best epoch's weights a resumed run ships unless a later epoch beats them (read from its checkpoint).
+
+        Without validation the latest epoch is the best: the weights training ends with are shipped.
+        """
+        if state is None or not best.epoch or not self.has_val:
+            return None
+        return self._load(state["best_file"]).get_weights()
+
+    def track_best(self, fit: FitState, row: dict[str, Any]) -> None:
+        """Take epoch ``row`` into the run's best epoch; keep its weights when it is the new best.
+
+        Without a validation split the latest epoch is the best, and the
+        weights training ends with are the ones shipped: nothing to copy.
+        """
+        if fit.best.update(row, self.config.monitor) and self.has_val:
+            self.best_weights = self.model.get_weights()
 
     # ----------------------------------------------------------------- checkpoints
     def _read_state(self) -> dict[str, Any] | None:
         path = self.run.last_checkpoint.parent / STATE_FILE
         if not path.exists():
-            console.print(f"{self.run.path} has no checkpoint yet; starting its training from the beginning")
+            log.info(f"{self.run.path} has no checkpoint yet; starting its training from the beginning")
             return None
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            state = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ImgclfError(f"{path} is damaged ({error}); start a new run") from None
+        if state.get("format") != STATE_FORMAT:
+            raise ImgclfError(f"{path} was written by an earlier imgclf version (state format {state.get('format')}); "
+                              "finish the run with that version, or train again with --overwrite")
+        return state
 
     def _load(self, name: str) -> keras.Model:
         path = self.run.last_checkpoint.parent / name
@@ -341,47 +345,18 @@ def _whole_epochs(stage: Stage) -> Stage:
     """Keras trains whole epochs: a fractional stage length is rounded (at least one epoch)."""
     epochs = max(1, round(stage.epochs))
     if epochs != stage.epochs:
-        console.print(f"[yellow]--backend tensorflow trains whole epochs: {stage.name} runs {epochs} "
-                      f"instead of {stage.epochs:g}[/]")
+        log.warning(f"--backend tensorflow trains whole epochs: {stage.name} runs {epochs} "
+                    f"instead of {stage.epochs:g}")
     return Stage(stage.name, float(epochs), stage.trainable, stage.backbone_lr_scale, stage.lr_scale)
-
-
-class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """Keras's EarlyStopping as the best-epoch tracker (restore best), carried over a resume and across stages.
-
-    Without a validation split (``use`` false) there is no score to compare:
-    the latest epoch is the best one, as in the torch engine.
-    """
-
-    def __init__(self, best: dict[str, Any], monitor: str, use: bool, **kwargs: Any) -> None:
-        super().__init__(monitor=monitor, **kwargs)
-        self.carried = best
-        self.use = use
-
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        super().on_train_begin(logs)
-        if self.use and self.carried.get("value") is not None and "weights" in self.carried:
-            self.best, self.best_weights = self.carried["value"], self.carried.pop("weights")
-            self.best_epoch, self.wait = self.carried["epoch"] - 1, self.carried["wait"]
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.use:
-            super().on_epoch_end(epoch, logs)
-        else:
-            self.best_epoch, self.best_weights = epoch, None
-
-    def state(self) -> dict[str, Any]:
-        value = None if self.best is None or not self.use else float(self.best)
-        return {"epoch": self.best_epoch + 1, "value": value, "wait": int(self.wait)}
 
 
 class _Events(keras.callbacks.Callback):
     """Keras's events as ours: our callbacks run inside ``model.fit``; each epoch's history row is made here."""
 
     def __init__(self, fit: FitState, callbacks: list[Callback], loader: BatchLoader, plan_epochs: int,
-                 best_weights: _ResumableEarlyStopping) -> None:
+                 engine: KerasEngine) -> None:
         super().__init__()
-        self.fit, self.callbacks, self.plan_epochs, self.best_weights = fit, callbacks, plan_epochs, best_weights
+        self.fit, self.callbacks, self.plan_epochs, self.engine = fit, callbacks, plan_epochs, engine
         self.steps = len(loader)
         self.images = len(loader) * loader.batch_size if loader.drop_last else len(loader.rows)
         self.started = time.perf_counter()
@@ -416,7 +391,7 @@ class _Events(keras.callbacks.Callback):
         row["planned_epochs"] = fit.config.epochs  # no time budget here (refused), so no re-plan
         fit.history.append(row)
         fit.row, fit.last_epoch = row, epoch + 1 == self.plan_epochs
-        fit.best_epoch, fit.stale = self.best_weights.best_epoch + 1, int(self.best_weights.wait)
+        self.engine.track_best(fit, row)
         fire(self.callbacks, "on_epoch_end", fit)
         if fit.interrupted:
             raise KeyboardInterrupt
@@ -432,18 +407,17 @@ class _StateWriter(keras.callbacks.Callback):
     checkpoint leaves the state pointing at the previous, complete one.
     """
 
-    def __init__(self, run: RunDirectory, stage_index: int, history: list[dict[str, Any]],
-                 stopper: _ResumableEarlyStopping) -> None:
+    def __init__(self, run: RunDirectory, fit: FitState) -> None:
         super().__init__()
-        self.run, self.stage_index, self.history, self.stopper = run, stage_index, history, stopper
+        self.run, self.fit = run, fit
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         folder = self.run.last_checkpoint.parent
         latest = f"epoch-{epoch + 1:03d}.keras"
-        best = self.stopper.state()
-        best["file"] = f"epoch-{best['epoch']:03d}.keras"
-        state = {"format": 1, "stage": self.stage_index, "checkpoint": latest, "history": self.history, "best": best}
+        best_file = f"epoch-{self.fit.best.epoch:03d}.keras"
+        state = {"format": STATE_FORMAT, "stage": self.fit.stage_index, "checkpoint": latest,
+                 "history": self.fit.history, "best": self.fit.best.state_dict(), "best_file": best_file}
         write_text_atomic(folder / STATE_FILE, json.dumps(state, indent=1))
         for old in folder.glob("epoch-*.keras"):
-            if old.name not in (latest, best["file"]):
+            if old.name not in (latest, best_file):
                 old.unlink(missing_ok=True)

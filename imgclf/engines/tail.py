@@ -16,6 +16,7 @@ ordinary model (one bundle, the same predictions and exports).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from imgclf import paths
-from imgclf.console import console, progress_bar
+from imgclf.console import progress_bar
 from imgclf.data.batches import epoch_batches, view_rows
 from imgclf.data.views import PLAIN, view_of
 from imgclf.embeddings.embedder import SAVE_EVERY
@@ -39,6 +40,8 @@ from imgclf.models.stack import TrunkStack
 if TYPE_CHECKING:
     from imgclf.config import TrainConfig
     from imgclf.engines.contract import TrainingData
+
+log = logging.getLogger(__name__)
 
 # timm's EfficientNet layout (stem, block stages, head conv): the trunks a tail can be cut from
 TRUNK_PARTS = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool")
@@ -229,7 +232,7 @@ class TailStage:
     @classmethod
     def plan(cls, model: nn.Module, config: TrainConfig, data: TrainingData, distributed: bool,
              identity: dict[str, Any] | None, views: Sequence[str]) -> TailStage | None:
-        """The stage for ``model``, or None (said on the console) when its activations would not fit in memory.
+        """The stage for ``model``, or None (said in a warning) when its activations would not fit in memory.
 
         ``identity``: what the frozen trunk's output depends on (the embedder's
         identity: architecture, weights, preprocessing, precision), or None
@@ -248,9 +251,9 @@ class TailStage:
         images = sum(len(data.rows.get(name, ())) for name, _ in kept_views(views))
         needed, limit = activation_bytes(split, images), memory_limit_bytes()
         if needed > limit:
-            console.print(f"[yellow]tail skipped: its activations ({images:,} image views x {split.width:,} values, "
-                          f"{needed / 2**30:.1f} GiB) exceed a quarter of this machine's memory "
-                          f"({limit / 2**30:.1f} GiB); training the probe alone (--tail-blocks 1 keeps the least)[/]")
+            log.warning(f"tail skipped: its activations ({images:,} image views x {split.width:,} values, "
+                        f"{needed / 2**30:.1f} GiB) exceed a quarter of this machine's memory "
+                        f"({limit / 2**30:.1f} GiB); training the probe alone (--tail-blocks 1 keeps the least)")
             return None
         return cls(split, config, data, identity if data.paths else None, views)
 
@@ -274,11 +277,23 @@ class TailStage:
         pooled features, fresh or cached alike, so a rerun on cached rows
         trains the same model as the first run did.
         """
-        from imgclf.data.augment import augment_batch
-        from imgclf.data.augment_presets import PRESETS
+        rows_of = {key: self.data.rows[key[0]] for key in wanted if len(self.data.rows.get(key[0], ()))}
+        rows_out, missing, keys = self._cached(rows_of)
+        to_compute = sum(len(positions) for positions in missing.values())
+        cached = sum(len(rows) for rows in rows_of.values()) - to_compute
+        if to_compute:
+            self._compute_missing(rows_of, rows_out, missing, keys, to_compute)
+        if cached:
+            log.info(f"tail: activations of {cached:,} image views read from the cache"
+                     + (f", {to_compute:,} computed" if to_compute else ""))
+        width = self.model.width
+        return {key: (torch.from_numpy(vectors[:, :width]), vectors[:, width:].astype(np.float32))
+                for key, vectors in rows_out.items()}
 
-        data, width = self.data, self.model.width
-        rows_of = {key: data.rows[key[0]] for key in wanted if len(data.rows.get(key[0], ()))}
+    def _cached(self, rows_of: dict[tuple[str, str], np.ndarray]) -> tuple[
+            dict[tuple[str, str], np.ndarray], dict[tuple[str, str], np.ndarray],
+            dict[tuple[str, str], list[str | None]]]:
+        """Per (split, view): the rows the disk cache holds (zero-width when none), the positions it lacks, the keys."""
         rows_out: dict[tuple[str, str], np.ndarray] = {}
         missing: dict[tuple[str, str], np.ndarray] = {}
         keys: dict[tuple[str, str], list[str | None]] = {}
@@ -288,34 +303,37 @@ class TailStage:
             if store is None:
                 keys[split, view], stored, found = [None] * len(rows), None, np.zeros(len(rows), bool)
             else:
-                keys[split, view] = [image_key(data.paths[row]) for row in rows]
+                keys[split, view] = [image_key(self.data.paths[row]) for row in rows]
                 stored, found = store.get(keys[split, view], dtype=np.float16)
             rows_out[split, view] = stored if stored is not None else np.zeros((len(rows), 0), np.float16)
             missing[split, view] = np.flatnonzero(~found)
-        to_compute = sum(len(positions) for positions in missing.values())
-        cached = sum(len(rows) for rows in rows_of.values()) - to_compute
-        if to_compute:
-            def images(rows: np.ndarray, view: str) -> torch.Tensor:
-                pixels = view_of(data.pixels[np.sort(rows)][np.argsort(np.argsort(rows))], view)  # the embedder's
-                return augment_batch(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device), PRESETS["none"],
-                                     torch.Generator(), data.mean, data.std)
+        return rows_out, missing, keys
 
-            self.model.eval()
-            first_split, first_view = next(key for key, positions in missing.items() if len(positions))
-            example = images(rows_of[first_split, first_view][missing[first_split, first_view][:1]], PLAIN)
-            runner = ActivationPass(self.model, example, self.device, self.precision)
-            writable = self._room_on_disk(to_compute)
-            with progress_bar() as bar:
-                task = bar.add_task("Activations for the tail", total=to_compute)
-                for (split, view), positions in missing.items():
-                    if len(positions):
-                        rows_out[split, view] = self._compute(runner, images, (split, view), positions, rows_out,
-                                                              keys, writable, bar, task)
-        if cached:
-            console.print(f"tail: activations of {cached:,} image views read from the cache"
-                          + (f", {to_compute:,} computed" if to_compute else ""))
-        return {key: (torch.from_numpy(vectors[:, :width]), vectors[:, width:].astype(np.float32))
-                for key, vectors in rows_out.items()}
+    def _compute_missing(self, rows_of: dict[tuple[str, str], np.ndarray], rows_out: dict[tuple[str, str], np.ndarray],
+                         missing: dict[tuple[str, str], np.ndarray], keys: dict[tuple[str, str], list[str | None]],
+                         to_compute: int) -> None:
+        """The rows the cache lacks, through the frozen part, into ``rows_out`` (and the cache, if the disk has room)."""
+        from imgclf.data.augment import augment_batch
+        from imgclf.data.augment_presets import PRESETS
+
+        data = self.data
+
+        def images(rows: np.ndarray, view: str) -> torch.Tensor:
+            pixels = view_of(data.pixels[np.sort(rows)][np.argsort(np.argsort(rows))], view)  # the embedder's
+            return augment_batch(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device), PRESETS["none"],
+                                 torch.Generator(), data.mean, data.std)
+
+        self.model.eval()
+        first_split, first_view = next(key for key, positions in missing.items() if len(positions))
+        example = images(rows_of[first_split, first_view][missing[first_split, first_view][:1]], PLAIN)
+        runner = ActivationPass(self.model, example, self.device, self.precision)
+        writable = self._room_on_disk(to_compute)
+        with progress_bar() as bar:
+            task = bar.add_task("Activations for the tail", total=to_compute)
+            for (split, view), positions in missing.items():
+                if len(positions):
+                    rows_out[split, view] = self._compute(runner, images, (split, view), positions, rows_out,
+                                                          keys, writable, bar, task)
 
     def _compute(self, runner: ActivationPass, images: Any, key: tuple[str, str], positions: np.ndarray,
                  rows_out: dict[tuple[str, str], np.ndarray], keys: dict[tuple[str, str], list[str | None]],
@@ -351,8 +369,8 @@ class TailStage:
         root.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(root).free
         if free < 2 * needed + DISK_SPARE_BYTES:
-            console.print(f"[yellow]tail: not keeping its activations on disk ({needed / 2**30:.1f} GiB needed, "
-                          f"{free / 2**30:.1f} GiB free under {root}); a rerun computes them again[/]")
+            log.warning(f"tail: not keeping its activations on disk ({needed / 2**30:.1f} GiB needed, "
+                        f"{free / 2**30:.1f} GiB free under {root}); a rerun computes them again")
             return False
         return True
 

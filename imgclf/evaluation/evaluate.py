@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from imgclf.console import console, progress_bar
+from imgclf.console import progress_bar
 from imgclf.data.decode import decode_file
 from imgclf.data.hierarchy import cut_items
 from imgclf.data.sources import ImageDataset, Item, label_indices, load_source
@@ -42,6 +43,9 @@ from imgclf.evaluation.plots import plot_confusion_matrix, plot_reliability, plo
 from imgclf.files import write_problem_list, write_text_atomic
 from imgclf.pictures import save_image_grid
 from imgclf.runs import RunDirectory, held_out_split
+
+log = logging.getLogger(__name__)
+
 
 GALLERY_SIZE = 12
 THUMBNAIL = 128
@@ -218,7 +222,7 @@ def _finish(metrics: dict[str, Any], out: Path, split: str, pictures: dict[str, 
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     if skipped:
         write_problem_list(out / "skipped.txt", skipped)
-        console.print(f"[yellow]skipped {len(skipped)} unreadable image(s); listed in {out / 'skipped.txt'}[/]")
+        log.warning(f"skipped {len(skipped)} unreadable image(s); listed in {out / 'skipped.txt'}")
     return Evaluation(out=out, split=split, metrics=metrics, pictures=pictures, label_issues=issues, skipped=skipped)
 
 

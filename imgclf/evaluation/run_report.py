@@ -6,12 +6,12 @@ Called at the end of every training run and by ``imgclf report RUN``.
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from imgclf.console import console
 from imgclf.deploy.classifier import Classifier
 from imgclf.errors import ImgclfError
 from imgclf.evaluation.evaluate import Evaluation, evaluate, evaluation_items
@@ -19,6 +19,9 @@ from imgclf.evaluation.plots import plot_training_curves
 from imgclf.evaluation.report import write_report
 from imgclf.pictures import draw_augmentations, save_samples
 from imgclf.runs import RunDirectory
+
+log = logging.getLogger(__name__)
+
 
 
 def report_run(run_dir: str | Path, *, label_issues: bool = True, known: Mapping[str, np.ndarray] | None = None
@@ -53,14 +56,14 @@ def report_run(run_dir: str | Path, *, label_issues: bool = True, known: Mapping
                                                           augment=config.augment or "none", seed=config.seed,
                                                           image_size=config.image_size, grayscale=config.grayscale)
         except ImgclfError as error:  # the first image may have gone missing since training
-            console.print(f"[yellow]augmentation picture skipped: {error}[/]")
+            log.warning(f"augmentation picture skipped: {error}")
     evaluation = None
     if (run.model_dir / "model.json").is_file():
         classifier = Classifier.load(run.path)
         try:
             items, split = evaluation_items(run.path, None, None)
         except ImgclfError as error:  # e.g. a run with only a training split
-            console.print(f"[yellow]no held-out evaluation: {error}[/]")
+            log.warning(f"no held-out evaluation: {error}")
         else:
             evaluation = evaluate(classifier, items, split, run.path / "evaluation", label_issues=label_issues,
                                   known=known)

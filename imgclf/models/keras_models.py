@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from imgclf.backends import KERAS_APPLICATIONS, keras_model_name
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, one_line
 from imgclf.models.keras_setup import keras
 
 BACKBONE = "backbone"  # the layer name of a keras.applications backbone inside our model
@@ -105,7 +105,7 @@ def application(name: str, num_classes: int, image_size: int, channels: int = 3,
     except ImgclfError:
         raise
     except Exception as error:  # a failed download, a file for another architecture, a too-small input
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first_line = one_line(error)
         if weights == "imagenet":
             raise ImgclfError(f"could not get Keras's ImageNet weights for {keras_name} ({first_line}); when "
                               f"offline, pass --weights FILE (the no-top .h5 from keras.applications)") from None

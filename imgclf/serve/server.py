@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 from pathlib import Path
 
-from imgclf.console import console
 from imgclf.deploy.bundle import find_bundle
 from imgclf.errors import ImgclfError
 from imgclf.serve.uploads import DEFAULT_LIMITS, Limits
+
+log = logging.getLogger(__name__)
 
 
 def is_loopback(host: str) -> bool:
@@ -71,8 +73,8 @@ def run_app(app: object, host: str, port: int, what: str, exposure: str) -> None
     import uvicorn
 
     if not is_loopback(host):
-        console.print(f"[yellow]warning:[/] serving on {host}: {exposure}")
-    console.print(f"serving {what} on http://{host}:{port}  (web page /, API docs /docs); Ctrl-C stops")
+        log.warning(f"warning: serving on {host}: {exposure}")
+    log.info(f"serving {what} on http://{host}:{port}  (web page /, API docs /docs); Ctrl-C stops")
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)  # type: ignore[arg-type]
     except OSError as error:  # uvicorn logs bind errors and exits; other socket errors land here

@@ -15,6 +15,7 @@ seconds per epoch, parameter counts, inference images/s) and
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,11 +24,14 @@ from typing import Any
 import numpy as np
 
 from imgclf.config import BACKENDS, make_config
-from imgclf.console import console
+from imgclf.console import HEADING
 from imgclf.engines.registry import get_backend
 from imgclf.errors import ImgclfError
 from imgclf.files import write_text_atomic
 from imgclf.runs import RunDirectory, held_out_items, slug
+
+log = logging.getLogger(__name__)
+
 
 INFERENCE_IMAGES = 1024  # held-out images timed for inference speed
 INFERENCE_BATCH = 64
@@ -88,7 +92,7 @@ def compare(data: str | Path, *, backends: list[str], model: str = "tutorial-cnn
         raise ImgclfError(f"--out {out} is a file; give a folder for the comparison")
     results = []
     for backend in backends:
-        console.rule(f"[bold]{backend}")
+        log.info(backend, extra=HEADING)
         config = make_config(data=str(data), model=model, epochs=epochs, backend=backend, precision="fp32",
                              out=str(out / backend), **options)
         run = train(config, archive=archive, overwrite=overwrite)

@@ -9,6 +9,7 @@ trained on the other K-1 folds with the original run's recipe.
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,14 @@ from typing import Any
 import numpy as np
 
 from imgclf.config import make_config
-from imgclf.console import console
 from imgclf.data.sources import Item, label_indices
 from imgclf.deploy.classifier import Classifier
 from imgclf.errors import ImgclfError
 from imgclf.paths import absolute_path
 from imgclf.training import train
+
+log = logging.getLogger(__name__)
+
 
 # what a fold's run must not inherit from the original run's config
 FOLD_OVERRIDES = ("data", "out", "val_fraction", "test_fraction", "group_by")
@@ -57,7 +60,7 @@ def out_of_fold_probabilities(bundle_config: dict[str, Any], classes: list[str],
     probabilities = np.zeros((len(items), len(classes)))
     paths = [str(item.path) for item in items]
     for fold, (train_rows, held_out) in enumerate(splitter.split(np.zeros(len(items)), labels), start=1):
-        console.print(f"[bold]fold {fold}/{folds}[/]: training on {len(train_rows)} images, predicting {len(held_out)}")
+        log.info(f"fold {fold}/{folds}: training on {len(train_rows)} images, predicting {len(held_out)}")
         manifest = work_dir / f"fold-{fold}.csv"
         _write_fold(manifest, items, train_rows, held_out)
         config = make_config(**recipe, data=str(manifest), out=str(work_dir / f"fold-{fold}"), test_fraction=0.0)

@@ -16,6 +16,7 @@ parameters, scipy's L-BFGS-B), or are equal with ``weights="equal"``.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,6 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import softmax
 
-from imgclf.console import console
 from imgclf.data.sources import read_manifest
 from imgclf.deploy.bundle import ENSEMBLE, MODEL_FILE, BundleInfo, bundle_json, find_bundle, read_bundle_info
 from imgclf.deploy.classifier import Classifier, EnsembleClassifier
@@ -34,6 +34,9 @@ from imgclf.errors import ImgclfError
 from imgclf.evaluation.metrics import compute_log_loss
 from imgclf.files import write_folder_atomic, write_text_atomic
 from imgclf.thresholds import parse_goal
+
+log = logging.getLogger(__name__)
+
 
 WEIGHTINGS = ("fit", "equal")
 
@@ -92,7 +95,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, weights: str = "fit"
         items = dataset.split_items(split)
         if len(items) < 2:
             raise ImgclfError(f"{split_file} has {len(items)} {split} image(s); an ensemble fits its weights on val")
-        console.print(f"predicting {len(items):,} {split} images with {len(members)} members")
+        log.info(f"predicting {len(items):,} {split} images with {len(members)} members")
         rows = [list(member.file_probabilities([item.path for item in items], batch_size)) for member in members]
         ok = [all(row[position][1] is not None for row in rows) for position in range(len(items))]
         labels = np.array([index[item.label] for item, good in zip(items, ok) if good])

@@ -28,6 +28,7 @@ parameter importances).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -40,9 +41,10 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from imgclf.config import make_config, parse_duration
-from imgclf.console import console
+from imgclf.console import HEADING
 from imgclf.data.inspect import imbalance_warning
 from imgclf.engines.callbacks import Callback, FitState
+from imgclf.engines.contract import monitor_direction, oriented
 from imgclf.errors import ImgclfError
 from imgclf.files import write_folder_atomic, write_text_atomic
 from imgclf.runs import slug
@@ -58,6 +60,8 @@ from imgclf.workflows.tune_space import (
 
 if TYPE_CHECKING:
     import optuna
+
+log = logging.getLogger(__name__)
 
 PRUNE_WARMUP_EPOCHS = 2  # epochs a trial always runs before the pruner may stop it
 HEARTBEAT_S = 60  # RDB storages: a trial whose worker was silent for 3 heartbeats is marked failed
@@ -92,8 +96,8 @@ class PruneOnValidation(Callback):
             return
         self.trial.report(float(score), fit.epoch)
         if self.trial.should_prune():
-            console.print(f"[yellow]trial {self.trial.number} pruned at epoch {fit.epoch}: {self.monitor} "
-                          f"{score:.4f} is behind the median of earlier trials[/]")
+            log.warning(f"trial {self.trial.number} pruned at epoch {fit.epoch}: {self.monitor} {score:.4f} is "
+                        "behind the median of earlier trials")
             raise optuna.TrialPruned(f"epoch {fit.epoch}: {self.monitor} {score:.4f}")
 
 
@@ -135,7 +139,7 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial reaches the user as our one-line error
     study = optuna.create_study(
         storage=_storage(url), study_name=name, load_if_exists=True,
-        direction="maximize" if base.monitor == "val_accuracy" else "minimize",
+        direction=monitor_direction(base.monitor),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=PRUNE_WARMUP_EPOCHS))
     _fail_dead_trials(study)
     # a resumed search must not redraw its first trials' values, and workers sharing a study must not draw the same
@@ -147,7 +151,8 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
         run = folder / "trials" / f"{trial.number:03d}"
         trial.set_user_attr("run", str(run))
         trial.set_user_attr("options", {**fixed, **planned, **values})
-        console.rule(f"trial {trial.number}: " + ", ".join(f"{key}={_short(value)}" for key, value in values.items()))
+        log.info(f"trial {trial.number}: " + ", ".join(f"{key}={_short(value)}" for key, value in values.items()),
+                 extra=HEADING)
         config = make_config(**{**fixed, **planned, **values, "out": str(run)})
         result = train(config, archive=archive, overwrite=True, callbacks=[PruneOnValidation(trial, base.monitor)])
         if result.interrupted:
@@ -202,7 +207,7 @@ def _fail_dead_trials(study: optuna.Study) -> None:
         if worker_host == host and pid.isdigit() and not _alive(int(pid)):
             storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number),
                                            TrialState.FAIL)
-            console.print(f"[yellow]trial {trial.number} was running in a process that ended; marked failed[/]")
+            log.warning(f"trial {trial.number} was running in a process that ended; marked failed")
 
 
 def _alive(pid: int) -> bool:
@@ -236,8 +241,7 @@ def _write_outputs(study: optuna.Study, folder: Path, url: str, monitor: str,
 
     rows = [_row(trial) for trial in study.get_trials(deepcopy=False)]
     complete = [row for row in rows if row["state"] == "COMPLETE"]
-    maximise = monitor == "val_accuracy"
-    complete.sort(key=lambda row: -row["score"] if maximise else row["score"])
+    complete.sort(key=lambda row: -oriented(row["score"], monitor))
     rows.sort(key=lambda row: (row["state"] != "COMPLETE", complete.index(row) if row in complete else row["trial"]))
     best = complete[0] if complete else None
     if best is not None:
@@ -248,7 +252,7 @@ def _write_outputs(study: optuna.Study, folder: Path, url: str, monitor: str,
             _copy_bundle(bundle, folder / "best")
     result = TuneResult(folder, study.study_name, url, monitor, rows, best, interrupted)
     summary = {"study_name": study.study_name, "storage": url, "monitor": monitor,
-               "direction": "maximize" if maximise else "minimize", "best": best, "trials": rows,
+               "direction": monitor_direction(monitor), "best": best, "trials": rows,
                "counts": {state.name.lower(): sum(row["state"] == state.name for row in rows) for state in TrialState}}
     write_text_atomic(folder / "tune.json", json.dumps(summary, indent=2, default=str))
     write_page(study, folder, summary)

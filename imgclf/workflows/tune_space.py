@@ -17,6 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imgclf.backends import backend_record
 from imgclf.config import CLASS_WEIGHTS, TrainConfig, config_names, load_yaml_file, make_config
 from imgclf.errors import ImgclfError
 from imgclf.recipes import model_family
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 Space = dict[str, dict[str, Any]]  # name -> {low, high, log, step} | {choices}
 AUGMENTS = ["light", "standard", "strong"]
-KERAS_REFUSES = ("l1", "dropout", "drop_path")  # the Keras backend has no such option
 
 
 # What only gradient descent reads: the linear probe alone (logistic regression on cached embeddings) ignores them.
@@ -44,7 +44,7 @@ PROBE_C_WIDENING = 3.0  # the searched C spans the probe's own grid, widened by 
 
 def linear_probe_only(resolved: TrainConfig) -> bool:
     """Whether the run is the linear probe alone: one logistic-regression fit, no gradient step at all."""
-    return (resolved.strategy == "probe" and resolved.linear_probe and resolved.backend == "torch"
+    return (resolved.strategy == "probe" and resolved.linear_probe and backend_record(resolved.backend).linear_probe
             and bool(resolved.pretrained))
 
 
@@ -55,7 +55,8 @@ def ignored_options(resolved: TrainConfig) -> dict[str, str]:
                "(--strategy two-stage fine-tunes)")
         return dict.fromkeys(GRADIENT_OPTIONS, why)
     ignored: dict[str, str] = {}
-    if resolved.strategy not in ("two-stage", "tail") or not resolved.linear_probe or resolved.backend != "torch":
+    if (resolved.strategy not in ("two-stage", "tail") or not resolved.linear_probe
+            or not backend_record(resolved.backend).linear_probe):
         ignored["probe_c"] = ("only the linear probe reads it (--strategy probe, two-stage or tail, torch, "
                               "--linear-probe)")
     if resolved.strategy != "two-stage":
@@ -179,9 +180,8 @@ def _training_space(resolved: TrainConfig) -> Space:
             space["dropout"] = {"low": 0.0, "high": 0.5}
     if resolved.time_budget:
         space.pop("epochs", None)  # the budget decides the epochs
-    if resolved.backend == "tensorflow":
-        for name in KERAS_REFUSES:
-            space.pop(name, None)
+    for name in backend_record(resolved.backend).refused_options():  # e.g. Keras has no --l1, --mixup, --dropout
+        space.pop(name, None)
     return space
 
 

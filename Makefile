@@ -9,14 +9,14 @@ STAMP := $(VENV)/.installed
 DEMO_DATA := examples/cifar10-sample
 DEMO_OUT := runs/demo
 
-.PHONY: install browser demo test test-fast lint clean
+.PHONY: install browser demo test test-fast lint docs docs-pages dist dist-check clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,serve,tensorflow]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,serve,tensorflow,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -44,9 +44,27 @@ test-fast: $(STAMP)
 # ruff, the layer contract in pyproject.toml ([tool.importlinter]), then the type checker ([tool.mypy]);
 # CI runs both test and lint
 lint: $(STAMP)
-	$(BIN)/ruff check imgclf tests benchmarks
+	$(BIN)/ruff check imgclf tests benchmarks scripts
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
+# The docs site (docs/ -> site/): first the reference pages are checked against the code that declares them
+# (a stale page fails: run `make docs-pages` and commit), then mkdocs builds strictly (a broken link fails).
+docs: $(STAMP)
+	$(BIN)/python scripts/gen_docs.py --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site  # the tool choice: docs/developers/docs.md
+
+docs-pages: $(STAMP)
+	$(BIN)/python scripts/gen_docs.py
+
+# An sdist, then a wheel built from it, in dist/; dist-check installs the wheel into a fresh environment (imgclf alone, its
+# dependencies read from .venv's, so no 5 GB torch download) and runs it from outside the repository.
+dist: $(STAMP)
+	rm -rf dist build
+	$(BIN)/python -m build --no-isolation --outdir dist .
+
+dist-check: dist
+	scripts/check_wheel.sh $(VENV) dist
+
 clean:
-	rm -rf $(VENV) runs *.egg-info
+	rm -rf $(VENV) runs site dist build *.egg-info

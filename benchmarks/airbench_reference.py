@@ -3,8 +3,8 @@
 Usage: python benchmarks/airbench_reference.py [--data ../shared/datasets/cifar10] [--widths 32,128,128]
 [--epochs 4] [--ntrain 45000] [--ours-bias | --no-bias-wd] [--eval-each-epoch] [--tag NAME]
 
-The reference that explains fastnet's gap to airbench94 (README,
-"Benchmarks"): the same network, whitening, optimiser, schedule, lookahead,
+The reference that explains fastnet's gap to airbench94 (docs/explanation/recipes.md;
+the figures: docs/reference/benchmarks.md): the same network, whitening, optimiser, schedule, lookahead,
 augmentation and TTA as airbench94.py, run with bf16 autocast and
 channels_last instead of fp16 on a GPU, on the class folders' JPEGs
 (decoded once with PIL) rather than torchvision's CIFAR-10 arrays. Test

@@ -1,4 +1,4 @@
-"""Grad-CAM time per image at 224 px (EfficientNet-Lite0 bundle) and the README's picture.
+"""Grad-CAM time per image at 224 px (EfficientNet-Lite0 bundle) and the picture in docs/guides/explanations.md.
 
 Usage: python benchmarks/explain.py RUN [--data ../shared/datasets/flowers] [--images 20]
 

@@ -15,25 +15,20 @@ The recipes:
   triangular one-cycle schedule, lookahead, the whitening bias frozen after
   30% of the epochs and flip + 1-px shift TTA, from 20,000 training images
   on (``airbench_scale``; smaller sets keep EMA, ``light`` shifts and flip
-  TTA). Measured on CIFAR-10
-  (32/128/128, 4 epochs, batch 1024; README, "Benchmarks"): these pieces
-  together +1.05 test points over EMA, 4 px zero-padded shifts and flip TTA,
-  matching airbench94's own code run on the same 45,000 images. A
-  ``--time-budget`` of at most 10 minutes trains widths 32/128/128 (~7
-  epochs of CIFAR-10 in 5 minutes here, where 64/256/256 trains ~2.5). Measured at 4
-  epochs of 32/128/128 (``benchmarks/cifar10_epochs.py``) and not taken as
-  defaults: Muon with airbench94_muon's settings (83.72% test against the
-  defaults' 83.62%, val 84.0% against 84.7%) and ``--low-res 24`` for the
-  first half (83.60% test, val 83.8%, at ~0.78 of the compute: even at
-  equal compute on val, one seed; in the 5-minute budget 86.8% against the
-  default's 87.2%, one run each). Fitting on all training images
+  TTA). Evidence: together +1.05 CIFAR-10 test points over the recipe before
+  them, at airbench94's own code's level (``benchmarks/results/airbench_reference.json``,
+  ``imgclf-old-recipe-4ep`` against ``imgclf-new-defaults-4ep``). A
+  ``--time-budget`` of at most 10 minutes trains widths 32/128/128 (see
+  ``SHORT_BUDGET_WIDTHS``). Measured and not taken as defaults: Muon and
+  ``--low-res 24``, even with the defaults at best
+  (``benchmarks/results/cifar10_epochs.json``, ``muon``, ``low-res-24``). Fitting on all training images
   (``--val-fraction 0``) is the user's choice, not a default: val is where
   calibration, thresholds and early stopping are measured.
 - ``tutorial-cnn``: the seed tutorial exactly: Adam at 1e-3, constant
   learning rate, batch 32, no augmentation, 10 epochs.
 - pretrained timm backbones (torch, single-label): the probe alone, fitted on
   cached embeddings of each image and its mirror image, with flip TTA;
-  fine-tuning did not pay on CPUs (flowers, README "Benchmarks"), so it runs
+  fine-tuning did not pay on CPUs (``benchmarks/results/flowers.json``, ``lite0-5m``), so it runs
   only when asked for (``--strategy two-stage`` or ``finetune``). With no
   ``--model``, :mod:`imgclf.engines.planner` picks the trunks and views that
   fit the time budget. Keras and multi-label data: probe then fine-tune.
@@ -58,19 +53,18 @@ SMALL_IMAGE_SIDE = 64  # at or below this median side, images are "small" (CIFAR
 PHOTO_MODEL = "tf_efficientnet_lite0"
 PRETRAINED_IMAGE_SIZE = 224  # what ImageNet weights are usually trained and evaluated at
 SMALL_MODEL = "fastnet"
-# --strategy tail (engines/tail.py), measured on flowers (README, "Benchmarks"): AdamW at this peak rate for the
-# tail blocks and the head alike, a cosine schedule after a short warm-up, these many epochs after the probe
-# (10 against 5: 95.1-95.5% against 94.2-95.4% over three seeds, for about 23 s more on flowers)
+# --strategy tail (engines/tail.py): AdamW at this peak rate for the tail blocks and the head alike, a cosine
+# schedule after a short warm-up, these many epochs after the probe (10 beat 5 over three seeds on flowers:
+# benchmarks/results/transfer.json, "tail")
 TAIL_LR = 1e-3
 TAIL_WEIGHT_DECAY = 0.05
 TAIL_WARMUP_EPOCHS = 0.3
 TAIL_EPOCHS = 10
 PHOTO_SCRATCH_SIZE = 96
 PHOTO_SCRATCH_WIDTHS = (32, 64, 128, 256)
-# Small images on a short --time-budget: fastnet at a quarter of airbench94's width (32/128/128, 3.1x the
-# images/s of 64/256/256 here) trains ~7 epochs of CIFAR-10 in 5 minutes where the full width trains ~2.4
-# (README, "Benchmarks"); from 10 minutes on the full width has epochs enough to be the better spend. Narrower
-# still does not pay: 24/96/96 runs 1.14x the images/s and its 8.3 epochs scored 86.49% against 87.55% at 7.3.
+# Small images on a short --time-budget: fastnet at a quarter of airbench94's width trains about three times the
+# epochs of the full width, which wins up to 10 minutes; from there the full width has epochs enough to be the
+# better spend, and narrower still does not pay (benchmarks/results/cifar10_widths.json, "5m-*" cases).
 SHORT_BUDGET_S = 10 * 60
 SHORT_BUDGET_WIDTHS = (32, 128, 128)
 # airbench94: lr 11.5 per 1024 examples with a summed loss and momentum 0.85.
@@ -107,7 +101,7 @@ def airbench_scale(facts: DataFacts) -> bool:
     """Whether fastnet gets airbench's lookahead, augmentation, whitening-bias freeze and shifted TTA.
 
     Measured on CIFAR-10's 45,000 images (on a 10,000-image subset lookahead
-    alone did not pay, README "Benchmarks"); on a few dozen images a run has a
+    alone did not pay: ``benchmarks/results/cifar10_pieces.json``, ``lookahead``); on a few dozen images a run has a
     handful of steps, where lookahead's end on the slow copy pulls the weights
     back towards their start and the alternating flips trained a 60-image
     set less reliably, so small sets keep EMA, ``light`` and flip TTA.

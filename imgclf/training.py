@@ -77,7 +77,7 @@ def data_facts(dataset: ImageDataset) -> DataFacts:
     step = max(1, len(train) // SIZE_SAMPLE)
     sides = [max(size) for item in train[::step][:SIZE_SAMPLE] if (size := peek_size(item.path))]
     if not train:
-        raise ImgclfError(f"{dataset.source}: no training images; check the folder layout (see README, Data)")
+        raise ImgclfError(f"{dataset.source}: no training images; check the folder layout (see docs/guides/data.md)")
     if not sides:
         raise ImgclfError(f"{dataset.source}: none of the sampled training images could be read; run imgclf inspect")
     return DataFacts(train_images=len(train), median_side=int(median(sides)),

@@ -44,16 +44,16 @@ LATER_FIELDS: dict[str, Any] = {"tta_shift": 0, "tta_zoom": 0.0}
 class BundleInfo:
     """The contents of ``model.json``."""
 
-    architecture: str
-    model_args: dict[str, Any]
-    classes: list[str]
-    image_size: int
-    mean: list[float]
-    std: list[float]
-    multilabel: bool = False
-    channels: int = 3
-    resize: ResizePolicy = "squash"
-    tta: bool = False
+    architecture: str  # the model name given to --model (imgclf models lists them)
+    model_args: dict[str, Any]  # the arguments the architecture was built with (--model-arg)
+    classes: list[str]  # the output order; path classes (animals/dog) for categories
+    image_size: int  # input side in pixels
+    mean: list[float]  # per-channel normalisation: (pixel / 255 - mean) / std
+    std: list[float]  # see mean
+    multilabel: bool = False  # sigmoid per label instead of one softmax
+    channels: int = 3  # 1: trained on grey images (--grayscale)
+    resize: ResizePolicy = "squash"  # how an image reaches image_size: squash, crop or pad
+    tta: bool = False  # average the logits of the image and its mirror
     # with tta, also average over the image shifted diagonally by this many pixels both ways (borders mirrored)
     tta_shift: int = 0
     # with tta, also average over the centre crop of this share of each side zoomed back to image_size, and its mirror
@@ -62,13 +62,13 @@ class BundleInfo:
     # decisions: binary models say `positive` when its probability reaches thresholds[positive]; multi-label models
     # say every label whose probability reaches its own threshold; chosen on val for `threshold_goal`
     positive: str | None = None
-    thresholds: dict[str, float] = field(default_factory=dict)
-    threshold_goal: str = ""
-    backend: str = "torch"
-    format_version: int = BUNDLE_FORMAT
-    imgclf_version: str = ""
-    config: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)  # class -> probability at which it is said
+    threshold_goal: str = ""  # the --threshold-for goal the thresholds were chosen for
+    backend: str = "torch"  # torch (weights.safetensors) or tensorflow (model.keras)
+    format_version: int = BUNDLE_FORMAT  # raised when a field changes meaning; newer bundles are refused
+    imgclf_version: str = ""  # the version that wrote the bundle
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved training config (config.yaml)
+    metrics: dict[str, Any] = field(default_factory=dict)  # final figures on the held-out split
     kind: str = "model"  # or "ensemble": soft voting over the member bundles copied inside
     members: list[dict[str, Any]] = field(default_factory=list)  # ensemble: {"path" (relative), "weight", "name"}
 

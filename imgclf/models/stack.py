@@ -1,8 +1,8 @@
 """Several pretrained trunks side by side under one linear head: one model, one bundle, one export.
 
 On photos, the pooled features of two EfficientNet-Lite trunks concatenated
-and fitted with one probe beat either trunk alone (flowers: 94.0% against
-92.3% for lite0, see the README's benchmarks): the trunks saw ImageNet at
+and fitted with one probe beat either trunk alone (flowers; evidence:
+``benchmarks/results/transfer.json``, ``views``): the trunks saw ImageNet at
 different depths and resolutions and make different mistakes. Keeping them
 in one ``nn.Module`` (rather than an ensemble of bundles) means training,
 the embedding cache, predict, serve and every export see an ordinary model

@@ -16,7 +16,7 @@ from conftest import browser_page, make_class_folder, make_image, run_cli, train
 import imgclf
 from imgclf.errors import ImgclfError
 
-SECTIONS = ("summary", "configuration", "data", "curves", "metrics", "confusion", "roc", "reliability", "samples",
+SECTIONS = ("chosen", "summary", "configuration", "data", "curves", "metrics", "confusion", "roc", "reliability", "samples",
             "augmentation", "mistakes", "label-issues")
 
 

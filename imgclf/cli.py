@@ -294,10 +294,12 @@ def evaluate(
     batch_size: Annotated[int, Opt(help="Images per batch.")] = 64,
     runtime: RuntimeOption = "auto",
     as_json: Annotated[bool, Opt("--json", help="Print metrics.json on stdout.")] = False,
+    track: Annotated[Optional[str], Opt(help="Log the evaluation to an experiment tracker: mlflow (to "
+                                             "MLFLOW_TRACKING_URI; pip install 'imgclf[track]').")] = None,
 ) -> None:
     """Metrics, confusion matrix, ROC, calibration and worst mistakes of a model on labelled images."""
     result = api.evaluate(model, data, out=out, split=split, tta=tta, label_issues=label_issues, folds=folds,
-                          batch_size=batch_size, runtime=runtime)
+                          batch_size=batch_size, runtime=runtime, track=track)
     if as_json:
         print(json.dumps(result.metrics, indent=2))
         return

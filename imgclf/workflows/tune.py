@@ -33,6 +33,7 @@ import shutil
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ from imgclf.errors import ImgclfError
 from imgclf.files import write_folder_atomic, write_text_atomic
 from imgclf.runs import slug
 from imgclf.training import plan, train
+from imgclf.workflows.tracking import check_tracker, tracked_run
 from imgclf.workflows.tune_page import write_page
 from imgclf.workflows.tune_space import (
     check_recipe_reads,
@@ -119,6 +121,7 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
              for name, value in options.items() if value is not None}
     fixed["data"] = str(data)
     base = make_config(**fixed)
+    check_tracker(base.track)
     given = set(fixed) - {"data"}
     space = read_space(Path(space_file), given) if space_file else None  # a bad space fails before data is read
     resolved, dataset = plan(base, archive)
@@ -149,7 +152,11 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
         trial.set_user_attr("options", {**fixed, **planned, **values})
         console.rule(f"trial {trial.number}: " + ", ".join(f"{key}={_short(value)}" for key, value in values.items()))
         config = make_config(**{**fixed, **planned, **values, "out": str(run)})
-        result = train(config, archive=archive, overwrite=True, callbacks=[PruneOnValidation(trial, base.monitor)])
+        with tracked_run(base.track, f"trial {trial.number:03d}", nested=True, tags={"command": "tune"}) as child:
+            child.log_params(values)
+            result = train(config, archive=archive, overwrite=True,
+                           callbacks=[PruneOnValidation(trial, base.monitor), *child.callbacks()])
+            child.log_metrics(result.metrics)
         if result.interrupted:
             raise KeyboardInterrupt
         score = result.metrics.get(base.monitor)
@@ -157,15 +164,28 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
             raise ImgclfError(f"{data}: the trials have no validation split to score; raise --val-fraction")
         return float(score)
 
+    with tracked_run(base.track, f"tune {name}", tags={"command": "tune"}) as tracker:  # the trials are its children
+        tracker.log_params({**fixed, "trials": trials, "time_budget": time_budget, "space": str(space_file or "default")})
+        result = _search(study, objective, trials, budget, folder, url, base.monitor)
+        tracker.log_metrics({f"best_{base.monitor}": result.best["score"]} if result.best else {})
+        tracker.log_artifacts([path for path in folder.iterdir() if path.is_file() and path.suffix != ".db"])
+        if (folder / "best" / "model.json").is_file():
+            tracker.log_model(folder / "best", f"imgclf-{folder.resolve().name}")
+    return result
+
+
+def _search(study: optuna.Study, objective: Callable[[optuna.Trial], float], trials: int | None,
+            budget: float | None, folder: Path, url: str, monitor: str) -> TuneResult:
+    """Run trials one at a time until enough finished or the budget is spent; the outputs are rewritten after each."""
     started = time.monotonic()
     interrupted = False
     try:
         while _wanted(study, trials) and (budget is None or time.monotonic() - started < budget):
             study.optimize(objective, n_trials=1, catch=())
-            _write_outputs(study, folder, url, base.monitor)
+            _write_outputs(study, folder, url, monitor)
     except KeyboardInterrupt:
         interrupted = True
-    return _write_outputs(study, folder, url, base.monitor, interrupted)
+    return _write_outputs(study, folder, url, monitor, interrupted)
 
 
 def _storage(url: str) -> optuna.storages.BaseStorage:

@@ -276,8 +276,9 @@ def models(
 Model = Annotated[str, typer.Argument(help="A run directory (runs/NAME) or a model bundle folder.", show_default=False)]
 TtaOption = Annotated[Optional[bool], Opt("--tta/--no-tta", help="Flip averaging (default: as the model trained).",
                                           show_default=False)]
-RuntimeOption = Annotated[str, Opt(help="torch (keras for a TensorFlow model), onnx, onnx-int8 (files imgclf export "
-                                          "wrote into the bundle), or auto: the faster one as measured at export.")]
+RuntimeOption = Annotated[str, Opt(help="torch (keras for a TensorFlow model), onnx, onnx-int8, openvino, openvino-int8 "
+                                          "(files imgclf export wrote into the bundle), or auto: the fastest measured on "
+                                          "this machine (at export, else once on first use, then remembered).")]
 TABLE_LIMIT = 20  # up to this many images, predict prints a probability table per image
 
 
@@ -649,16 +650,17 @@ def explain(
                     "imgclf export runs/shop --quantize int8  |  imgclf export runs/keras-shop --format tflite")
 def export(
     model: Model,
-    output_format: Annotated[str, Opt("--format", help="onnx or torchscript; savedmodel, tflite or onnx for a Keras "
-                                                                 "model.")] = "onnx",
+    output_format: Annotated[str, Opt("--format", help="onnx, torchscript or openvino (pip install 'imgclf[openvino]'); "
+                                                                 "savedmodel, tflite or onnx for a Keras model.")] = "onnx",
     out: Annotated[Optional[Path], Opt(help="Folder for the file (default: the bundle, where --runtime onnx finds it).")] = None,
-    quantize: Annotated[Optional[str], Opt(help="int8: also write model.int8.onnx (or model.int8.tflite), statically quantised.")] = None,
+    quantize: Annotated[Optional[str], Opt(help="int8: also write model.int8.onnx (or .tflite, or the folder "
+                                                "model.int8.openvino), statically quantised.")] = None,
     data: Annotated[Optional[str], Opt(help="Labelled images to calibrate and check --quantize on (default: the run's "
                                             "split.csv).")] = None,
     tolerance: Annotated[float, Opt(help="Largest allowed probability difference from the original.")] = 1e-4,
     max_accuracy_drop: Annotated[float, Opt(help="Refuse an int8 model that loses more validation accuracy.")] = 0.02,
 ) -> None:
-    """Export a model (ONNX, TorchScript; SavedModel, TFLite for Keras), check it gives the same answers, time it."""
+    """Export a model (ONNX, TorchScript, OpenVINO; SavedModel, TFLite for Keras), check it gives the same answers, time it."""
     result = api.export(model, output_format, out=out, quantize=quantize, data=data, tolerance=tolerance,
                         max_accuracy_drop=max_accuracy_drop)
     parity = result.parity

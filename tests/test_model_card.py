@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from tests.conftest import train_tiny_run
+from conftest import train_tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_FASTNET, make_class_folder
 
 import imgclf
 from imgclf.errors import ImgclfError
-from tests.conftest import TINY_FASTNET, make_class_folder
 
 # MLflow's own advice (type hints for its schema inference) and its SQLAlchemy store's deprecation, nothing of ours
 pytestmark = [pytest.mark.filterwarnings("ignore:.*Add type hints:UserWarning"),

@@ -32,7 +32,8 @@ from imgclf.console import console
 from imgclf.deploy import keras_export
 from imgclf.deploy.bundle import ENSEMBLE, BundleInfo, find_bundle, read_bundle_info
 from imgclf.deploy.classifier import Classifier, EnsembleClassifier, probabilities_from_logits
-from imgclf.deploy.metadata import ONNX_OPSET, write_metadata
+from imgclf.deploy.metadata import ONNX_OPSET, file_bytes, write_metadata
+from imgclf.deploy.openvino_runtime import OPENVINO_FILES, load_openvino, write_openvino
 from imgclf.deploy.predict import decoded_batches
 from imgclf.deploy.quantize import QUANTISERS, labelled_images, quantize_int8
 from imgclf.deploy.runtime import (
@@ -48,10 +49,10 @@ from imgclf.errors import ImgclfError
 from imgclf.files import atomic_path, write_text_atomic
 from imgclf.runs import RunDirectory, held_out_items
 
-FORMATS = ("onnx", "torchscript", "savedmodel", "tflite")
+FORMATS = ("onnx", "torchscript", "savedmodel", "tflite", "openvino")
 FILES = {"onnx": ONNX_FILES["onnx"], "torchscript": "model.torchscript.pt", "savedmodel": "model.savedmodel",
-         "tflite": "model.tflite"}
-TIMED_FORMATS = ("onnx", "tflite")  # timed against the native runtime (onnx: for --runtime auto)
+         "tflite": "model.tflite", "openvino": OPENVINO_FILES["openvino"]}
+TIMED_FORMATS = ("onnx", "tflite", "openvino")  # timed against the native runtime (onnx, openvino: for --runtime auto)
 DEFAULT_TOLERANCE = 1e-4  # largest allowed |probability difference|; fp32 exports differ by ~1e-6
 PARITY_IMAGES = 16  # held-out images, and as many random ones
 
@@ -122,7 +123,8 @@ def _load_torchscript(path: Path, info: BundleInfo) -> Runtime:
 # (write(model, info, path), load(path, info)) per bundle backend and format
 Exporter = tuple[Callable[[Any, BundleInfo, Path], None], Callable[[Path, BundleInfo], Runtime]]
 EXPORTERS: dict[str, dict[str, Exporter]] = {
-    "torch": {"onnx": (_torch_to_onnx, _load_onnx), "torchscript": (_torch_to_torchscript, _load_torchscript)},
+    "torch": {"onnx": (_torch_to_onnx, _load_onnx), "torchscript": (_torch_to_torchscript, _load_torchscript),
+              "openvino": (write_openvino, load_openvino)},
     "tensorflow": {"savedmodel": (keras_export.write_savedmodel, keras_export.load_savedmodel),
                    "tflite": (keras_export.write_tflite, keras_export.load_tflite),
                    "onnx": (keras_export.write_onnx, _load_onnx)},
@@ -155,7 +157,7 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
     if quantize not in (None, "int8"):
         raise ImgclfError(f"--quantize {quantize} is not supported; use --quantize int8")
     if quantize and format not in QUANTISERS:
-        raise ImgclfError(f"--quantize int8 works on ONNX and TFLite exports, not {format}; add --format "
+        raise ImgclfError(f"--quantize int8 works on ONNX, TFLite and OpenVINO exports, not {format}; add --format "
                           f"{next(name for name in available if name in QUANTISERS)}")
     if tolerance <= 0:
         raise ImgclfError(f"--tolerance must be positive, got {tolerance}")
@@ -176,7 +178,7 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
         exported = load(partial, info)
         parity = check_parity(reference, exported, info, sample_images(directory, info), tolerance, path)
     speed = measure_speed(directory, info, exported) if format in TIMED_FORMATS else {}
-    size = sum(file.stat().st_size for file in path.rglob("*") if file.is_file()) if path.is_dir() else path.stat().st_size
+    size = file_bytes(path)
     meta = write_metadata(path, format, directory, info, bytes=size, parity=asdict(parity), speed=speed)
     result = ExportResult(format, path, meta, parity, speed, bytes=size)
     if calibration is not None:

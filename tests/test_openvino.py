@@ -31,7 +31,7 @@ def test_export_proves_parity_and_the_runtime_predicts_as_torch(run: Path) -> No
     assert (folder / "model.xml").is_file() and (folder / "model.bin").is_file()
     meta = json.loads((run / "model" / "model.openvino.json").read_text())
     assert meta["format"] == "openvino" and meta["parity"]["max_abs_diff"] <= 1e-4
-    assert meta["parity"]["batch_sizes"][0] == 1 and meta["speed"]["machine"] == runtime_choice.machine()
+    assert meta["parity"]["batch_sizes"][0] == 1 and meta["measured_on"] == runtime_choice.machine()
     images = sorted((run.parent / "data").rglob("*.png"))[::7]
     reference = imgclf.load(run, runtime="torch", precision="fp32")
     openvino = imgclf.load(run, runtime="openvino")
@@ -76,7 +76,7 @@ def test_auto_measures_once_per_bundle_and_machine_then_remembers(run: Path, tmp
     shutil.copytree(run / "model", bundle)
     meta_path = bundle / "model.openvino.json"
     meta = json.loads(meta_path.read_text())
-    meta["speed"]["machine"] = "another machine"  # its figures say nothing about this one
+    meta["measured_on"] = "another machine"  # its figures say nothing about this one
     meta_path.write_text(json.dumps(meta))
     calls: list[list[str]] = []
 

@@ -45,6 +45,7 @@ from imgclf.deploy.runtime import (
     compare_speeds,
     load_runtime,
 )
+from imgclf.deploy.runtime_choice import machine
 from imgclf.errors import ImgclfError
 from imgclf.files import atomic_path, write_text_atomic
 from imgclf.runs import RunDirectory, held_out_items
@@ -179,7 +180,9 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
         parity = check_parity(reference, exported, info, sample_images(directory, info), tolerance, path)
     speed = measure_speed(directory, info, exported) if format in TIMED_FORMATS else {}
     size = file_bytes(path)
-    meta = write_metadata(path, format, directory, info, bytes=size, parity=asdict(parity), speed=speed)
+    # --runtime auto trusts these speeds only on the machine that measured them
+    measured_on = {"measured_on": machine()} if speed else {}
+    meta = write_metadata(path, format, directory, info, bytes=size, parity=asdict(parity), speed=speed, **measured_on)
     result = ExportResult(format, path, meta, parity, speed, bytes=size)
     if calibration is not None:
         console.print(f"quantising to int8: calibrating on {len(calibration.calibration)} images, "

@@ -27,7 +27,7 @@ import numpy as np
 from imgclf.deploy.bundle import WEIGHTS_FILE, BundleInfo
 from imgclf.deploy.metadata import read_export
 from imgclf.deploy.openvino_runtime import OPENVINO_FILES, OpenVinoRuntime, require_openvino
-from imgclf.deploy.runtime_choice import SPEED_BATCHES, choose, fp32_exports, machine
+from imgclf.deploy.runtime_choice import SPEED_BATCHES, choose, fp32_exports
 from imgclf.errors import ImgclfError
 
 RUNTIMES = ("auto", "torch", "keras", "onnx", "onnx-int8", "openvino", "openvino-int8")
@@ -214,13 +214,13 @@ def compare_speeds(runtimes: dict[str, Runtime], info: BundleInfo, batches: tupl
     that other processes share: a burst of load hits every runtime alike, and
     the best round is the one least disturbed.
     """
-    best: dict[str, Any] = {name: dict.fromkeys((str(batch) for batch in batches), 0.0) for name in runtimes}
+    best = {name: dict.fromkeys((str(batch) for batch in batches), 0.0) for name in runtimes}
     for _ in range(rounds):
         for name, runtime in runtimes.items():
             for batch in batches:
                 rate = throughput(runtime, info, batch, seconds)
                 best[name][str(batch)] = max(best[name][str(batch)], round(rate, 1))
-    return {**best, "machine": machine()}  # --runtime auto trusts a speed only on the machine that measured it
+    return best
 
 
 def throughput(runtime: Runtime, info: BundleInfo, batch: int, seconds: float = 0.5, min_runs: int = 3) -> float:

@@ -76,9 +76,8 @@ def _recorded(exports: dict[str, dict[str, Any]]) -> Speeds:
     """The speeds ``export`` measured on this machine, from each export's metadata."""
     speeds: Speeds = {}
     for meta in exports.values():
-        speed = meta.get("speed", {})
-        if speed.get("machine") == machine():
-            speeds.update({name: value for name, value in speed.items() if isinstance(value, dict)})
+        if meta.get("measured_on") == machine():
+            speeds.update({name: value for name, value in meta.get("speed", {}).items() if isinstance(value, dict)})
     return speeds
 
 

@@ -33,15 +33,20 @@ Measure = Callable[[list[str]], Speeds]  # times the named runtimes of a bundle 
 
 
 @cache
-def machine() -> str:
-    """What a speed was measured on: the CPU model, its logical cores and the host name."""
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what the platform says: benchmarks record it beside figures."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
     except OSError:
         pass
-    return f"{model} x{os.cpu_count()} on {platform.node()}"
+    return model
+
+
+def machine() -> str:
+    """What a speed was measured on: the CPU model, its logical cores and the host name."""
+    return f"{cpu_model()} x{os.cpu_count()} on {platform.node()}"
 
 
 def fp32_exports(directory: Path, onnx_file: str, onnx_ready: bool) -> dict[str, dict[str, Any]]:

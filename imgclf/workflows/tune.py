@@ -40,15 +40,15 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from imgclf.config import make_config, parse_duration
+from imgclf.config import TrainConfig, make_config, parse_duration
 from imgclf.console import console
 from imgclf.data.inspect import imbalance_warning
 from imgclf.engines.callbacks import Callback, FitState
 from imgclf.errors import ImgclfError
 from imgclf.files import write_folder_atomic, write_text_atomic
 from imgclf.runs import slug
-from imgclf.training import plan, train
-from imgclf.workflows.tracking import check_tracker, tracked_run
+from imgclf.training import TrainResult, plan, train
+from imgclf.workflows.tracking import Tracker, check_tracker, tracked_run
 from imgclf.workflows.tune_page import write_page
 from imgclf.workflows.tune_space import (
     check_recipe_reads,
@@ -110,13 +110,7 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
     """
     import optuna
 
-    if trials is None and time_budget is None:
-        raise ImgclfError("give --trials N and/or --time-budget (e.g. 10m): when should the search stop?")
-    if trials is not None and trials < 1:
-        raise ImgclfError(f"--trials must be at least 1, got {trials}")
-    if startup_trials < 0:
-        raise ImgclfError(f"--startup-trials must be 0 or more, got {startup_trials}")
-    budget = parse_duration(time_budget) if time_budget else None
+    budget = _check_stopping(trials, time_budget, startup_trials)
     fixed = {name: os.fspath(value) if isinstance(value, os.PathLike) else value  # stored as JSON in the study
              for name, value in options.items() if value is not None}
     fixed["data"] = str(data)
@@ -152,11 +146,7 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
         trial.set_user_attr("options", {**fixed, **planned, **values})
         console.rule(f"trial {trial.number}: " + ", ".join(f"{key}={_short(value)}" for key, value in values.items()))
         config = make_config(**{**fixed, **planned, **values, "out": str(run)})
-        with tracked_run(base.track, f"trial {trial.number:03d}", nested=True, tags={"command": "tune"}) as child:
-            child.log_params(values)
-            result = train(config, archive=archive, overwrite=True,
-                           callbacks=[PruneOnValidation(trial, base.monitor), *child.callbacks()])
-            child.log_metrics(result.metrics)
+        result = _train_trial(trial, config, archive, base.monitor, base.track, values)
         if result.interrupted:
             raise KeyboardInterrupt
         score = result.metrics.get(base.monitor)
@@ -167,11 +157,38 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
     with tracked_run(base.track, f"tune {name}", tags={"command": "tune"}) as tracker:  # the trials are its children
         tracker.log_params({**fixed, "trials": trials, "time_budget": time_budget, "space": str(space_file or "default")})
         result = _search(study, objective, trials, budget, folder, url, base.monitor)
-        tracker.log_metrics({f"best_{base.monitor}": result.best["score"]} if result.best else {})
-        tracker.log_artifacts([path for path in folder.iterdir() if path.is_file() and path.suffix != ".db"])
-        if (folder / "best" / "model.json").is_file():
-            tracker.log_model(folder / "best", f"imgclf-{folder.resolve().name}")
+        _log_search(tracker, result, folder, base.monitor)
     return result
+
+
+def _check_stopping(trials: int | None, time_budget: str | None, startup_trials: int) -> float | None:
+    """The time budget in seconds (None: none); refuses a search that would never stop or start pruning wrongly."""
+    if trials is None and time_budget is None:
+        raise ImgclfError("give --trials N and/or --time-budget (e.g. 10m): when should the search stop?")
+    if trials is not None and trials < 1:
+        raise ImgclfError(f"--trials must be at least 1, got {trials}")
+    if startup_trials < 0:
+        raise ImgclfError(f"--startup-trials must be 0 or more, got {startup_trials}")
+    return parse_duration(time_budget) if time_budget else None
+
+
+def _train_trial(trial: optuna.Trial, config: TrainConfig, archive: str | Path | None, monitor: str,
+                 track: str | None, values: dict[str, Any]) -> TrainResult:
+    """One trial's training run, pruned on validation; with ``--track``, a child run of the search's."""
+    with tracked_run(track, f"trial {trial.number:03d}", nested=True, tags={"command": "tune"}) as child:
+        child.log_params(values)
+        result = train(config, archive=archive, overwrite=True,
+                       callbacks=[PruneOnValidation(trial, monitor), *child.callbacks()])
+        child.log_metrics(result.metrics)
+    return result
+
+
+def _log_search(tracker: Tracker, result: TuneResult, folder: Path, monitor: str) -> None:
+    """The search's best score, its outputs (not the study database) and its best bundle, registered."""
+    tracker.log_metrics({f"best_{monitor}": result.best["score"]} if result.best else {})
+    tracker.log_artifacts([path for path in folder.iterdir() if path.is_file() and path.suffix != ".db"])
+    if (folder / "best" / "model.json").is_file():
+        tracker.log_model(folder / "best", f"imgclf-{folder.resolve().name}")
 
 
 def _search(study: optuna.Study, objective: Callable[[optuna.Trial], float], trials: int | None,

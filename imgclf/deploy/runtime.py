@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from imgclf.deploy.bundle import WEIGHTS_FILE, BundleInfo
+from imgclf.deploy.bundle import WEIGHTS_FILE, BundleInfo, read_bundle_info
 from imgclf.deploy.metadata import read_export
 from imgclf.deploy.openvino_runtime import OPENVINO_FILES, OpenVinoRuntime, require_openvino
 from imgclf.deploy.runtime_choice import SPEED_BATCHES, choose, fp32_exports
@@ -87,8 +87,6 @@ def _openvino(directory: Path, requested: str, device: str, native: str) -> str:
 
 def _measure(directory: Path, names: list[str]) -> dict[str, dict[str, float]]:
     """Time the named runtimes of the bundle on this machine (``auto``'s first use, when no export measured them)."""
-    from imgclf.deploy.bundle import read_bundle_info
-
     info = read_bundle_info(directory)
     return compare_speeds({name: load_runtime(directory, info, name) for name in names}, info)
 

@@ -187,17 +187,31 @@ def train(
     of :class:`imgclf.engines.callbacks.Callback`) see every training event.
     """
     from imgclf.config import make_config
+    from imgclf.distributed import current_world
+    from imgclf.runs import RunDirectory
     from imgclf.training import plan
     from imgclf.training import train as run_training
+    from imgclf.workflows.tracking import check_tracker, tracked_run
 
     if resume is not None:
         if data is not None or options or config is not None:
             raise ImgclfError("--resume continues a run with its saved config; drop the other options")
-        return _reported(run_training(make_config(), resume=resume, callbacks=callbacks))
-    settings = make_config(config, **({"data": str(data)} if data is not None else {}), **options)
-    if dry_run:
+        settings = RunDirectory(Path(resume)).read_config()
+    else:
+        settings = make_config(config, **({"data": str(data)} if data is not None else {}), **options)
+    if dry_run and resume is None:
         return plan(settings, archive)[0]
-    return _reported(run_training(settings, archive=archive, overwrite=overwrite, callbacks=callbacks))
+    check_tracker(settings.track)  # a missing MLflow is said before the data is read
+    name = Path(resume).name if resume is not None else Path(settings.out or str(settings.data)).name
+    track = settings.track if current_world().is_main else None  # under torchrun, rank 0 alone logs
+    with tracked_run(track, name, tags={"command": "train"}) as tracker:
+        mine = [*(callbacks or []), *tracker.callbacks()]
+        if resume is not None:
+            result = _reported(run_training(make_config(), resume=resume, callbacks=mine))
+        else:
+            result = _reported(run_training(settings, archive=archive, overwrite=overwrite, callbacks=mine))
+        tracker.log_training(result)
+    return result
 
 
 def train_processes(nproc: int, arguments: list[str], data: str | Path | None = None, *,
@@ -257,29 +271,39 @@ def models(filter: str = "") -> list[ModelInfo]:
 
 def evaluate(model: str | Path, data: str | Path | None = None, *, out: str | Path | None = None,
              split: str | None = None, tta: bool | None = None, label_issues: bool = False,
-             folds: int | None = None, batch_size: int = 64, device: str = "auto", runtime: str = "auto") -> Evaluation:
+             folds: int | None = None, batch_size: int = 64, device: str = "auto", runtime: str = "auto",
+             track: str | None = None) -> Evaluation:
     """Metrics, pictures and (with ``label_issues``) likely label errors of ``model`` on labelled images.
 
     ``data`` is any source; by default the run's own test split (validation
     if it has none). Writes ``metrics.json`` and PNGs to ``out`` (default
     ``RUN/evaluation`` for a run's own split, else ``evaluation-<data name>``).
     ``folds`` finds label issues from K-fold cross-validated predictions
-    (K models retrained with the bundle's recipe) instead.
+    (K models retrained with the bundle's recipe) instead. ``track="mlflow"``
+    logs the figures and pictures as an MLflow run (see :mod:`imgclf.workflows.tracking`).
     """
     from imgclf.deploy.bundle import find_bundle
     from imgclf.deploy.classifier import Classifier
     from imgclf.evaluation.evaluate import evaluate as run_evaluation
     from imgclf.evaluation.evaluate import evaluation_items
     from imgclf.workflows.cross_validation import CrossValidation
+    from imgclf.workflows.tracking import check_tracker, tracked_run
 
     if batch_size < 1:
         raise ImgclfError(f"--batch-size must be at least 1, got {batch_size}")
+    check_tracker(track)
     items, chosen = evaluation_items(model, data, split)
     classifier = Classifier.load(model, device=device, tta=tta, runtime=runtime, batch_size=batch_size)
     if out is None:
         out = find_bundle(model).parent / "evaluation" if data is None else Path(f"evaluation-{slug(str(data), 'data')}")
-    return run_evaluation(classifier, items, chosen, Path(out), label_issues=label_issues,
-                          out_of_fold=CrossValidation(folds) if folds else None, batch_size=batch_size)
+    with tracked_run(track, f"evaluate {Path(model).name}", tags={"command": "evaluate"}) as tracker:
+        tracker.log_params({"model": str(model), "data": str(data) if data is not None else "its run's split",
+                            "split": chosen, "runtime": runtime, "tta": classifier.tta})
+        evaluation = run_evaluation(classifier, items, chosen, Path(out), label_issues=label_issues,
+                                    out_of_fold=CrossValidation(folds) if folds else None, batch_size=batch_size)
+        tracker.log_metrics({name: value for name, value in evaluation.metrics.items() if name != "confusion_matrix"})
+        tracker.log_artifacts([Path(out)])
+    return evaluation
 
 
 def predict(model: str | Path, inputs: str | Path | Sequence[str | Path], *, top_k: int = 5, min_confidence: float = 0.0,

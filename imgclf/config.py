@@ -31,6 +31,7 @@ CLASS_WEIGHTS = ("none", "auto")
 MONITORS = ("val_accuracy", "val_loss")
 RESIZE_POLICIES = ("squash", "crop", "pad")
 BACKENDS = tuple(RECORDS)  # the registered backends (imgclf.backends), named once there
+TRACKERS = ("mlflow",)  # --track: experiment trackers (imgclf.workflows.tracking)
 
 
 PANELS = ("Run", "Model", "Data", "Labels", "Schedule", "Machine")  # the groups of `imgclf train --help`, in this order
@@ -150,6 +151,8 @@ class TrainConfig:
                            "CUDA processes (torchrun, --nproc); nothing changes in one process.", "Machine")
     # output
     out: str | None = option(None, "Run directory (default: runs/<data name>).", "Run")
+    track: str | None = option(None, "Log the run to an experiment tracker: mlflow (to MLFLOW_TRACKING_URI, else "
+                                     "./mlflow.db; pip install 'imgclf[track]').", "Run", choices=TRACKERS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -40,7 +40,7 @@ from imgclf.engines.registry import get_backend
 from imgclf.errors import ImgclfError
 from imgclf.files import write_problem_list
 from imgclf.recipes import DataFacts, resolve, uses_photo_plan
-from imgclf.runs import RunDirectory, new_run_directory
+from imgclf.runs import RunDirectory, new_run_directory, user_options
 from imgclf.thresholds import ThresholdGoal, parse_goal, positive_class
 
 log = logging.getLogger(__name__)
@@ -146,10 +146,11 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
         get_backend(config.backend).check_processes(world.size)
         _join(world, config)
     else:
+        chosen_by_user = user_options(config)
         config, dataset = plan(config, archive)
         _join(world, config)
         config = distributed.broadcast_from_main(config)  # the planner times trunks: rank 0's choice
-        run = _new_run(world, config, dataset, overwrite)
+        run = _new_run(world, config, dataset, overwrite, chosen_by_user)
         config = replace(config, out=str(run.path))
     imbalance = imbalance_warning(dataset.split_items("train"))
     if imbalance:
@@ -196,13 +197,15 @@ def _join(world: World, config: TrainConfig) -> None:
         start(choose_device(config.device))
 
 
-def _new_run(world: World, config: TrainConfig, dataset: ImageDataset, overwrite: bool) -> RunDirectory:
-    """The new run directory with its config and split, made by rank 0; every rank gets it (or rank 0's error)."""
+def _new_run(world: World, config: TrainConfig, dataset: ImageDataset, overwrite: bool,
+             chosen_by_user: dict[str, Any]) -> RunDirectory:
+    """The new run directory with its config, split and the user's options, made by rank 0; every rank gets it."""
     made: str | ImgclfError
     if world.is_main:
         try:
             run = new_run_directory(config.out, dataset.source, overwrite)
             run.write_config(replace(config, out=str(run.path)))
+            run.write_choices(chosen_by_user)
             write_manifest(dataset, run.split_file)
             made = str(run.path)
         except ImgclfError as error:

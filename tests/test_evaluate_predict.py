@@ -16,7 +16,7 @@ from conftest import browser_page, copy_run, make_class_folder, make_image, run_
 import imgclf
 from imgclf.errors import ImgclfError
 
-SECTIONS = ("summary", "configuration", "data", "curves", "metrics", "confusion", "roc", "reliability", "samples",
+SECTIONS = ("chosen", "summary", "configuration", "data", "curves", "metrics", "confusion", "roc", "reliability", "samples",
             "augmentation", "mistakes", "label-issues")
 
 

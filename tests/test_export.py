@@ -129,7 +129,7 @@ def test_cli_export_prints_parity_and_refuses_what_it_cannot_do(run: Path, tmp_p
     assert (tmp_path / "cli" / "model.onnx").is_file() and (tmp_path / "cli" / "model.onnx.json").is_file()
     cases = [(["--format", "savedmodel"], "savedmodel cannot export .* a torch model; choose onnx or torchscript"),
              (["--format", "pdf"], "--format pdf is not known"),
-             (["--format", "torchscript", "--quantize", "int8"], "--quantize int8 works on ONNX and TFLite exports, not torchscript; add --format onnx"),
+             (["--format", "torchscript", "--quantize", "int8"], "--quantize int8 works on ONNX, TFLite and OpenVINO exports, not torchscript; add --format onnx"),
              (["--quantize", "int4"], "--quantize int4 is not supported")]
     for options, message in cases:
         refused = run_cli("export", str(run), *options, "--out", str(tmp_path / "refused"))

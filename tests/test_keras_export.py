@@ -161,7 +161,7 @@ def test_cli_exports_a_keras_model_and_refuses_what_it_cannot_do(keras_run: Path
     assert "Traceback" not in result.stderr and "deprecated" not in result.stderr and "XNNPACK" not in result.stderr
     cases = [(["--format", "torchscript"], "torchscript cannot export .* a tensorflow model; choose savedmodel or "
                                            "tflite or onnx"),
-             (["--format", "savedmodel", "--quantize", "int8"], "--quantize int8 works on ONNX and TFLite exports, "
+             (["--format", "savedmodel", "--quantize", "int8"], "--quantize int8 works on ONNX, TFLite and OpenVINO exports, "
                                                                 "not savedmodel; add --format tflite")]
     for options, message in cases:
         refused = run_cli("export", str(keras_run), *options, "--out", str(tmp_path / "refused"))

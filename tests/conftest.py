@@ -341,15 +341,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def training_is_slow() -> Iterator[None]:
-    """A test that trains must be marked ``slow``: checked where training decodes its data, after the options were
-    checked (so a test of a refused option is no training) and whether the training is the test's own or a shared
-    fixture's (every test that uses such a fixture trains when it runs alone)."""
+    """A test that trains must be marked ``slow`` (or be in another tier `make test-fast` leaves out: subprocess,
+    tensorflow, distributed): checked where training decodes its data, after the options were checked (so a test of
+    a refused option is no training) and whether the training is the test's own or a shared fixture's (every test
+    that uses such a fixture trains when it runs alone)."""
     from imgclf import training
 
     decode = training._decode
 
     def checked(*args: Any, **kwargs: Any) -> Any:
-        processes.require_marker("slow", "trains a model")
+        processes.require_marker("slow", "trains a model", or_any=("subprocess", "tensorflow", "distributed"))
         return decode(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:

@@ -22,9 +22,9 @@ CLI_ENV = {"COLUMNS": "200"}  # wide enough that no one-line message wraps
 current_test: Any = None  # the pytest item running now (conftest sets it); None outside pytest
 
 
-def require_marker(marker: str, doing: str) -> None:
-    """Fail the running test unless it carries ``marker``, the tier of what it is ``doing``."""
-    if current_test is not None and current_test.get_closest_marker(marker) is None:
+def require_marker(marker: str, doing: str, or_any: tuple[str, ...] = ()) -> None:
+    """Fail the running test unless it carries ``marker`` (or one of ``or_any``), the tier of what it is ``doing``."""
+    if current_test is not None and not any(current_test.get_closest_marker(name) for name in (marker, *or_any)):
         raise AssertionError(f"{current_test.nodeid} {doing}: mark it @pytest.mark.{marker} "
                              "(make test-fast leaves such tests out)")
 

@@ -166,8 +166,8 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
             run.write_config(config)
     _print_start(config, data, engine.machine)
     # the guard runs on every rank (so all stop at the same non-finite step), after the epoch's line is printed
-    bookkeeping = ([*standard_callbacks(config, run), DivergenceGuard(), *(callbacks or [])] if world.is_main
-                   else [DivergenceGuard()])
+    bookkeeping: list[Callback] = ([*standard_callbacks(config, run), DivergenceGuard(), *(callbacks or [])]
+                                   if world.is_main else [DivergenceGuard()])
     result = engine.fit(bookkeeping)
     distributed.barrier()
     distributed.stop()

@@ -22,7 +22,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from imgclf.deploy.metadata import read_export, weights_digest
+from imgclf.deploy.metadata import read_export, weights_file_digest
 from imgclf.deploy.openvino_runtime import OPENVINO_FILES, XML, openvino_installed
 from imgclf.files import write_text_atomic
 from imgclf.paths import imgclf_home
@@ -87,7 +87,7 @@ def _recorded(exports: dict[str, dict[str, Any]]) -> Speeds:
 
 
 def _speeds_file(directory: Path) -> Path:
-    return imgclf_home() / "runtime-speeds" / f"{weights_digest(directory)}.json"
+    return imgclf_home() / "runtime-speeds" / f"{weights_file_digest(directory)}.json"
 
 
 def _remembered(directory: Path) -> Speeds:

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from imgclf.deploy.bundle import BundleInfo, read_bundle_info
-from imgclf.deploy.metadata import weights_digest
+from imgclf.deploy.metadata import weights_file_digest
 from imgclf.evaluation.evaluate import Evaluation
 from imgclf.files import write_text_atomic
 from imgclf.runs import RunDirectory
@@ -168,10 +168,10 @@ def _training(info: BundleInfo, run: RunDirectory) -> str:
 
 
 def _lineage(info: BundleInfo, bundle: Path, run: RunDirectory) -> str:
-    rows = [["imgclf version", info.imgclf_version], ["bundle format", info.format_version],
+    rows: list[list[Any]] = [["imgclf version", info.imgclf_version], ["bundle format", info.format_version],
             ["backend", info.backend], ["architecture", info.architecture]]
     if info.kind == "model":
-        rows.append(["weights sha256", weights_digest(bundle)])
+        rows.append(["weights sha256", weights_file_digest(bundle)])
     rows += [["member", f"{member['name']} (weight {member['weight']})"] for member in info.members]
     if run.config_file.is_file():
         rows += [["run", run.path.name], ["data", info.config.get("data", "")]]

@@ -151,18 +151,18 @@ def _roc_curves(axis: Any, labels: np.ndarray, probabilities: np.ndarray, classe
         _say_missing(axis, f"ROC, one vs rest: every image {f'in {split} ' if split else ''}is of one class")
         return
     curves.sort(key=lambda curve: curve[0])
-    two = positive_index is not None
-    shown = [curve for curve in curves if curve[1] == classes[positive_index]] if two else curves[:MAX_ROC_CURVES]
+    positive = classes[positive_index] if positive_index is not None else None
+    shown = [curve for curve in curves if curve[1] == positive] if positive else curves[:MAX_ROC_CURVES]
     for area, name, fpr, tpr in shown:
         axis.plot(fpr, tpr, label=f"{name} (AUC {area:.3f})")
-    if two and decision:
+    if positive and decision:
         axis.plot(decision["false_positive_rate"], decision["recall"], "o", color="C3", markersize=9,
                   label=f"threshold {decision['threshold']:.3g} ({decision['goal']})")
     axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
     axis.set_xlabel("false positive rate")
     axis.set_ylabel("true positive rate")
     hidden = len(curves) - len(shown)
-    axis.set_title(f"ROC for '{classes[positive_index]}'" if two else
+    axis.set_title(f"ROC for '{positive}'" if positive else
                    "ROC, one vs rest" + (f" (the {len(shown)} lowest AUCs)" if hidden > 0 else ""))
     axis.legend(fontsize=8)
 

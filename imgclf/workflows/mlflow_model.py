@@ -38,15 +38,15 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         info = classifier.info
         size, grayscale = (info.image_size, info.image_size), info.channels == 1
         if "path" in model_input.columns:
-            decoded = [decode_file(Path(path), size, info.resize, grayscale) for path in model_input["path"]]  # type: ignore[arg-type]
+            decoded = [decode_file(Path(path), size, info.resize, grayscale) for path in model_input["path"]]
         elif "image" in model_input.columns:
-            decoded = [decode_bytes(_bytes(value), size, info.resize, grayscale) for value in model_input["image"]]  # type: ignore[arg-type]
+            decoded = [decode_bytes(_bytes(value), size, info.resize, grayscale) for value in model_input["image"]]
         else:
             raise ValueError("give a DataFrame with a 'path' column (image files) or an 'image' column (their bytes)")
-        good = [index for index, item in enumerate(decoded) if item.pixels is not None]
+        good = {index: item.pixels for index, item in enumerate(decoded) if item.pixels is not None}
         probabilities = np.full((len(decoded), len(classifier.classes)), np.nan, dtype=np.float32)
         if good:
-            probabilities[good] = classifier.predict_pixels(np.stack([decoded[index].pixels for index in good]))
+            probabilities[list(good)] = classifier.predict_pixels(np.stack(list(good.values())))
         rows = [_row(classifier, probabilities[index], item.error) for index, item in enumerate(decoded)]
         return pd.DataFrame(rows)
 

@@ -9,14 +9,14 @@ STAMP := $(VENV)/.installed
 DEMO_DATA := examples/cifar10-sample
 DEMO_OUT := runs/demo
 
-.PHONY: install browser demo test lint docs docs-pages dist dist-check clean
+.PHONY: install browser demo test test-fast lint docs docs-pages dist dist-check clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,serve,tensorflow,docs]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,serve,tensorflow,docs,track,openvino]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -36,10 +36,17 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
-# ruff, then the layer contract in pyproject.toml ([tool.importlinter]); CI runs both test and lint
+# The inner loop: every test outside the tiers marked in pyproject.toml (slow, subprocess, browser, tensorflow,
+# distributed; tests/conftest.py says how each is set). `make test` still runs everything, and CI runs that.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not (slow or subprocess or browser or tensorflow or distributed)"
+
+# ruff, the layer contract in pyproject.toml ([tool.importlinter]), then the type checker ([tool.mypy]);
+# CI runs both test and lint
 lint: $(STAMP)
 	$(BIN)/ruff check imgclf tests benchmarks scripts
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # The docs site (docs/ -> site/): first the reference pages are checked against the code that declares them
 # (a stale page fails: run `make docs-pages` and commit), then mkdocs builds strictly (a broken link fails).

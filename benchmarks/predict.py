@@ -1,6 +1,7 @@
 """Prediction throughput from JPEG files: ``Classifier.predict_files`` against a naive loop, in one process.
 
 Usage: python benchmarks/predict.py [--datasets ../shared/datasets] [--runs runs/benchmarks]
+                                    [--limit N] [--results PATH]
 
 Uses the bundles the training benchmarks leave behind:
 ``cifar10-fastnet-15s`` (32 px, run ``benchmarks/cifar10.py`` first) on the
@@ -11,6 +12,14 @@ normalise, one model call on a batch of one, softmax (a freshly loaded
 model in PyTorch's default layout and fp32, eval mode, no gradients); it is
 timed on the first ``--naive-images`` files. Both produce
 the same top-1 class on those files (checked).
+
+Then every runtime, in the same run: the bundle is exported to ONNX and
+OpenVINO (each with int8, when its accuracy check passes; OpenVINO when
+installed), and ``predict_files`` runs on the same files with torch, onnx,
+onnx-int8, openvino and openvino-int8 at batch 1 and 64: images/s and
+top-1 accuracy against the folder labels (class folders). The CPU model is
+recorded with the figures. ``--limit`` takes the first N files (a quick check
+that the script works; its figures mean nothing).
 """
 
 from __future__ import annotations
@@ -27,8 +36,13 @@ from PIL import Image, ImageOps
 
 from imgclf.data.sources import IMAGE_EXTENSIONS
 from imgclf.deploy.classifier import Classifier
+from imgclf.deploy.export import export
+from imgclf.deploy.runtime_choice import cpu_model
+from imgclf.errors import ImgclfError
 
 RESULTS = Path(__file__).parent / "results" / "predict.json"
+RUNTIMES = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
+BATCHES = (1, 64)
 CASES = [  # (name, bundle run, image folder, goal as a multiple of the naive loop)
     ("cifar10-32px-fastnet", "cifar10-fastnet-15s", "cifar10/test", 10.0),
     ("flowers-224px-lite0", "flowers-lite0-5m", "flowers/val", 3.0),
@@ -69,11 +83,42 @@ def naive_predict(classifier: Classifier, run: Path, paths: list[Path]) -> tuple
     return len(paths) / (time.perf_counter() - started), predictions
 
 
-def fast_predict(classifier: Classifier, paths: list[Path]) -> tuple[float, list[str]]:
+def fast_predict(classifier: Classifier, paths: list[Path], batch_size: int = 256) -> tuple[float, list[str]]:
     started = time.perf_counter()
-    rows = list(classifier.predict_files(paths, top_k=1, batch_size=256))
+    rows = list(classifier.predict_files(paths, top_k=1, batch_size=batch_size))
     seconds = time.perf_counter() - started
     return len(paths) / seconds, [row.prediction for row in rows]
+
+
+def exports(bundle: Path) -> dict[str, str]:
+    """Export ONNX and OpenVINO (each with int8) into the bundle; what could not be made, and why."""
+    missing = {}
+    for format in ("onnx", "openvino"):
+        try:
+            export(bundle, format, quantize="int8")
+        except ImgclfError as error:  # int8 refused for accuracy (the fp32 file is kept), or OpenVINO not installed
+            missing[format] = str(error).splitlines()[0]
+    return missing
+
+
+def runtime_table(bundle: Path, paths: list[Path]) -> dict[str, object]:
+    """Images/s and top-1 accuracy (folder labels) of every runtime at each batch size, on the same files."""
+    truth = [path.parent.name for path in paths]
+    table: dict[str, object] = {}
+    for runtime in RUNTIMES:
+        try:
+            classifier = Classifier.load(bundle, tta=False, runtime=runtime)
+        except ImgclfError as error:
+            table[runtime] = {"skipped": str(error).splitlines()[0]}
+            continue
+        rows = {}
+        for batch in BATCHES:
+            rate, classes = fast_predict(classifier, paths, batch)
+            rows[str(batch)] = {"images_per_second": round(rate, 1),
+                                "accuracy": round(float(np.mean([a == b for a, b in zip(classes, truth)])), 4)}
+        table[runtime] = rows
+        print(f"  {runtime}: {json.dumps(rows)}", flush=True)
+    return table
 
 
 def main() -> None:
@@ -81,6 +126,8 @@ def main() -> None:
     parser.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
     parser.add_argument("--runs", type=Path, default=Path("runs/benchmarks"))
     parser.add_argument("--naive-images", type=int, default=300)
+    parser.add_argument("--limit", type=int, default=None, help="Only the first N files (to check the script).")
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     results = {}
     for name, run, folder, goal in CASES:
@@ -88,6 +135,7 @@ def main() -> None:
             print(f"skipping {name}: no bundle at {args.runs / run} (run the training benchmark first)")
             continue
         paths = sorted(path for path in (args.datasets / folder).rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS)
+        paths = paths[:args.limit]
         fast = Classifier.load(args.runs / run, tta=False)
         ours, our_classes = fast_predict(fast, paths)
         naive, naive_classes = naive_predict(Classifier.load(args.runs / run, tta=False), args.runs / run,
@@ -98,9 +146,13 @@ def main() -> None:
                          "goal_speedup": goal, "top1_agreement_with_naive": round(agreement, 4),
                          "runtime": fast.runtime.name, "precision": getattr(fast.runtime, "precision", "fp32")}
         print(name, json.dumps(results[name]), flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"cpu_count": os.cpu_count(), "cases": results}, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+        bundle = args.runs / run / "model"
+        results[name]["exports_missing"] = exports(bundle)
+        results[name]["runtimes"] = runtime_table(bundle, paths)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps({"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "limit": args.limit,
+                                        "cases": results}, indent=2) + "\n")
+    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -109,12 +109,11 @@ def inspect(
 
             draw_pairs(pairs, picture)
     (out_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2))
-    broken_list: Path | None = out_dir / "broken_files.txt"
-    broken_list.unlink(missing_ok=True)  # a list from an earlier run would no longer be true
+    broken_file = out_dir / "broken_files.txt"
+    broken_file.unlink(missing_ok=True)  # a list from an earlier run would no longer be true
     if report.broken:
-        write_problem_list(broken_list, [(str(path), reason) for path, reason in report.broken])
-    else:
-        broken_list = None
+        write_problem_list(broken_file, [(str(path), reason) for path, reason in report.broken])
+    broken_list = broken_file if report.broken else None
     good = dataset.with_items([item for item, ok in zip(dataset.items, cache.ok) if ok])
     samples = save_samples(good, out_dir / "samples.png", max_pixels) if good.items else None
     return InspectResult(report=report, out=out_dir, samples=samples, broken_list=broken_list,
@@ -188,17 +187,31 @@ def train(
     of :class:`imgclf.engines.callbacks.Callback`) see every training event.
     """
     from imgclf.config import make_config
+    from imgclf.distributed import current_world
+    from imgclf.runs import RunDirectory
     from imgclf.training import plan
     from imgclf.training import train as run_training
+    from imgclf.workflows.tracking import check_tracker, tracked_run
 
     if resume is not None:
         if data is not None or options or config is not None:
             raise ImgclfError("--resume continues a run with its saved config; drop the other options")
-        return _reported(run_training(make_config(), resume=resume, callbacks=callbacks))
-    settings = make_config(config, **({"data": str(data)} if data is not None else {}), **options)
-    if dry_run:
+        settings = RunDirectory(Path(resume)).read_config()
+    else:
+        settings = make_config(config, **({"data": str(data)} if data is not None else {}), **options)
+    if dry_run and resume is None:
         return plan(settings, archive)[0]
-    return _reported(run_training(settings, archive=archive, overwrite=overwrite, callbacks=callbacks))
+    check_tracker(settings.track)  # a missing MLflow is said before the data is read
+    name = Path(resume).name if resume is not None else Path(settings.out or str(settings.data)).name
+    track = settings.track if current_world().is_main else None  # under torchrun, rank 0 alone logs
+    with tracked_run(track, name, tags={"command": "train"}) as tracker:
+        mine = [*(callbacks or []), *tracker.callbacks()]
+        if resume is not None:
+            result = _reported(run_training(make_config(), resume=resume, callbacks=mine))
+        else:
+            result = _reported(run_training(settings, archive=archive, overwrite=overwrite, callbacks=mine))
+        tracker.log_training(result)
+    return result
 
 
 def train_processes(nproc: int, arguments: list[str], data: str | Path | None = None, *,
@@ -258,32 +271,42 @@ def models(filter: str = "") -> list[ModelInfo]:
 
 def evaluate(model: str | Path, data: str | Path | None = None, *, out: str | Path | None = None,
              split: str | None = None, tta: bool | None = None, label_issues: bool = False,
-             folds: int | None = None, batch_size: int = 64, device: str = "auto", runtime: str = "auto") -> Evaluation:
+             folds: int | None = None, batch_size: int = 64, device: str = "auto", runtime: str = "auto",
+             track: str | None = None) -> Evaluation:
     """Metrics, pictures and (with ``label_issues``) likely label errors of ``model`` on labelled images.
 
     ``data`` is any source; by default the run's own test split (validation
     if it has none). Writes ``metrics.json`` and PNGs to ``out`` (default
     ``RUN/evaluation`` for a run's own split, else ``evaluation-<data name>``).
     ``folds`` finds label issues from K-fold cross-validated predictions
-    (K models retrained with the bundle's recipe) instead.
+    (K models retrained with the bundle's recipe) instead. ``track="mlflow"``
+    logs the figures and pictures as an MLflow run (see :mod:`imgclf.workflows.tracking`).
     """
     from imgclf.deploy.bundle import find_bundle
     from imgclf.deploy.classifier import Classifier
     from imgclf.evaluation.evaluate import evaluate as run_evaluation
     from imgclf.evaluation.evaluate import evaluation_items
     from imgclf.workflows.cross_validation import CrossValidation
+    from imgclf.workflows.tracking import check_tracker, tracked_run
 
     if batch_size < 1:
         raise ImgclfError(f"--batch-size must be at least 1, got {batch_size}")
+    check_tracker(track)
     items, chosen = evaluation_items(model, data, split)
     classifier = Classifier.load(model, device=device, tta=tta, runtime=runtime, batch_size=batch_size)
     if out is None:
         out = find_bundle(model).parent / "evaluation" if data is None else Path(f"evaluation-{slug(str(data), 'data')}")
-    return run_evaluation(classifier, items, chosen, Path(out), label_issues=label_issues,
-                          out_of_fold=CrossValidation(folds) if folds else None, batch_size=batch_size)
+    with tracked_run(track, f"evaluate {Path(model).name}", tags={"command": "evaluate"}) as tracker:
+        tracker.log_params({"model": str(model), "data": str(data) if data is not None else "its run's split",
+                            "split": chosen, "runtime": runtime, "tta": classifier.tta})
+        evaluation = run_evaluation(classifier, items, chosen, Path(out), label_issues=label_issues,
+                                    out_of_fold=CrossValidation(folds) if folds else None, batch_size=batch_size)
+        tracker.log_metrics({name: value for name, value in evaluation.metrics.items() if name != "confusion_matrix"})
+        tracker.log_artifacts([Path(out)])
+    return evaluation
 
 
-def predict(model: str | Path, inputs: str | Path | list[str | Path], *, top_k: int = 5, min_confidence: float = 0.0,
+def predict(model: str | Path, inputs: str | Path | Sequence[str | Path], *, top_k: int = 5, min_confidence: float = 0.0,
             tta: bool | None = None, batch_size: int = 64, device: str = "auto", runtime: str = "auto"
             ) -> Iterator[PredictionRow]:
     """Stream a :class:`~imgclf.deploy.predict.PredictionRow` per image for files, folders, globs or @lists."""
@@ -296,7 +319,7 @@ def predict(model: str | Path, inputs: str | Path | list[str | Path], *, top_k: 
     return classifier.predict_files(paths, top_k=top_k, min_confidence=min_confidence, batch_size=batch_size)
 
 
-def predict_in_parts(model: str | Path, inputs: str | Path | list[str | Path], output_format: str,
+def predict_in_parts(model: str | Path, inputs: str | Path | Sequence[str | Path], output_format: str,
                      out: str | Path | None = None, *, top_k: int = 5, min_confidence: float = 0.0,
                      tta: bool | None = None, batch_size: int = 64, device: str = "auto", runtime: str = "auto"
                      ) -> PartsSummary | None:
@@ -323,7 +346,7 @@ def predict_in_parts(model: str | Path, inputs: str | Path | list[str | Path], o
         distributed.stop()
 
 
-def check_distributable(model: str | Path | None, inputs: list[str | Path]) -> None:
+def check_distributable(model: str | Path | None, inputs: Sequence[str | Path]) -> None:
     """Refuse what cannot be split among processes: paths on stdin, a TensorFlow (Keras) model."""
     from imgclf.deploy.bundle import find_bundle, read_bundle_info
 
@@ -402,7 +425,7 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, split: str =
     return calibrate_run(model, data, split=split, batch_size=batch_size)
 
 
-def ensemble(runs: list[str | Path], out: str | Path, *, weights: str = "fit", overwrite: bool = False,
+def ensemble(runs: Sequence[str | Path], out: str | Path, *, weights: str = "fit", overwrite: bool = False,
              report: bool = True, batch_size: int = 64) -> EnsembleResult:
     """Soft-voting ensemble of trained runs in ``out``: one model for load, predict, evaluate, serve, export.
 
@@ -448,7 +471,7 @@ def explain(model: str | Path, image: str | Path | np.ndarray, *, top_k: int = 3
     return load(model, tta=False).explain(image, top_k=top_k)
 
 
-def explain_files(model: str | Path, images: str | Path | list[str | Path], out: str | Path, *, top_k: int = 3
+def explain_files(model: str | Path, images: str | Path | Sequence[str | Path], out: str | Path, *, top_k: int = 3
                   ) -> tuple[list[tuple[Path, Explanation]], list[tuple[str, str]]]:
     """Write ``OUT/<image name>.gradcam.png`` (the image and one overlay per top class) for each image.
 
@@ -466,7 +489,7 @@ def explain_files(model: str | Path, images: str | Path | list[str | Path], out:
     written, skipped = [], []
     taken: set[str] = set()
     for path in paths:
-        decoded = decode_file(Path(path), size, policy=classifier.info.resize,  # type: ignore[arg-type]
+        decoded = decode_file(Path(path), size, policy=classifier.info.resize,
                               grayscale=classifier.info.channels == 1)
         if decoded.pixels is None:  # an unreadable image is skipped and reported; the others go on
             skipped.append((str(path), decoded.error))
@@ -481,7 +504,7 @@ def explain_files(model: str | Path, images: str | Path | list[str | Path], out:
 
 
 # ----------------------------------------------------------------- embeddings
-def embed(model: str | Path, inputs: str | Path | list[str | Path], *, weights: str | Path | None = None,
+def embed(model: str | Path, inputs: str | Path | Sequence[str | Path], *, weights: str | Path | None = None,
           out: str | Path | None = None, image_size: int | None = None, batch_size: int = 64,
           device: str = "auto") -> FileEmbeddings | None:
     """Embeddings of images (files, folders, globs, @lists, or a CSV with an ``image`` column), cached per image.
@@ -524,7 +547,7 @@ def embed(model: str | Path, inputs: str | Path | list[str | Path], *, weights: 
     return embedded
 
 
-def _image_inputs(inputs: str | Path | list[str | Path]) -> list[Path]:
+def _image_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     """Files, folders, globs and @lists as ``predict`` takes them; a lone ``.csv`` is read for its image column."""
     from imgclf.deploy.predict import expand_inputs
     from imgclf.embeddings.tables import IMAGE_COLUMN, read_items
@@ -574,7 +597,7 @@ def build_index(model: str | Path, source: str | Path, out: str | Path, *, weigh
     return index, skipped
 
 
-def query_index(index: str | Path, images: str | Path | list[str | Path], *, k: int = 5, device: str = "auto"
+def query_index(index: str | Path, images: str | Path | Sequence[str | Path], *, k: int = 5, device: str = "auto"
                 ) -> list[tuple[Path, list[Neighbour], str]]:
     """The ``k`` most similar indexed items of each image: (image, neighbours best first, error or "")."""
     from imgclf.embeddings.index import SimilarityIndex

@@ -133,8 +133,8 @@ def record_with_runtime(runtime: str) -> BackendRecord | None:
 
 
 register(BackendRecord(
-    "torch", "imgclf.engines.torch_engine:TorchEngine", runtime="torch", export_formats=("onnx", "torchscript"),
-    quantisers=("onnx",), explainer="torch", linear_probe=True, photo_planner=True, time_budget=True,
+    "torch", "imgclf.engines.torch_engine:TorchEngine", runtime="torch", export_formats=("onnx", "torchscript", "openvino"),
+    quantisers=("onnx", "openvino"), explainer="torch", linear_probe=True, photo_planner=True, time_budget=True,
     distributed=True, embeddings=True))
 register(BackendRecord(
     "tensorflow", "imgclf.engines.keras_engine:KerasEngine", runtime="keras",

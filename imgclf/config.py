@@ -31,6 +31,7 @@ CLASS_WEIGHTS = ("none", "auto")
 MONITORS = ("val_accuracy", "val_loss")
 RESIZE_POLICIES = ("squash", "crop", "pad")
 BACKENDS = tuple(RECORDS)  # the registered backends (imgclf.backends), named once there
+TRACKERS = ("mlflow",)  # --track: experiment trackers (imgclf.workflows.tracking)
 
 
 PANELS = ("Run", "Model", "Data", "Labels", "Schedule", "Machine")  # the groups of `imgclf train --help`, in this order
@@ -59,7 +60,10 @@ class TrainConfig:
     val_fraction: float = option(0.1, "Share of train carved out for validation if none given (0: none, train on "
                                       "every image; the last epoch ships).", "Data")
     test_fraction: float = option(0.1, "Share carved out for test if no val/test given.", "Data")
-    seed: int = option(0, "Seed for split, initialisation, order and augmentation.", "Data")
+    seed: int = option(0, "Seed for initialisation, batch order and augmentation (not the split: see "
+                          "--split-seed), so runs that differ only by it share a split and can be ensembled.", "Data")
+    split_seed: int = option(0, "Seed that picks the images carved out for validation and test (and "
+                                "cross-validation folds).", "Data")
     group_by: str | None = option(None, "Regex on the path; matching groups stay in one split.", "Data")
     image_size: int | None = option(None, "Input side in pixels.", "Data")
     resize: str | None = option(None, "How images reach the input size (crop: centre crop); default: crop with "
@@ -147,6 +151,8 @@ class TrainConfig:
                            "CUDA processes (torchrun, --nproc); nothing changes in one process.", "Machine")
     # output
     out: str | None = option(None, "Run directory (default: runs/<data name>).", "Run")
+    track: str | None = option(None, "Log the run to an experiment tracker: mlflow (to MLFLOW_TRACKING_URI, else "
+                                     "./mlflow.db; pip install 'imgclf[track]').", "Run", choices=TRACKERS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,6 +163,18 @@ class TrainConfig:
 
 def config_names() -> list[str]:
     return [item.name for item in fields(TrainConfig)]
+
+
+def with_split_seed(values: dict[str, Any]) -> dict[str, Any]:
+    """A recorded run's options (config.yaml, model.json) with ``split_seed`` set for a run older than the option.
+
+    Such a run carved its validation and test images with ``--seed``, so its
+    split seed is its seed: read so, its split is made again the same way
+    (cross-validation of its bundle, its config.yaml reused). A new run
+    records ``split_seed`` itself, and a user's own YAML is not recorded:
+    there a missing option is its default, 0, as on the command line.
+    """
+    return values if "split_seed" in values else {**values, "split_seed": values.get("seed", 0)}
 
 
 def make_config(config_file: str | Path | None = None, **options: Any) -> TrainConfig:

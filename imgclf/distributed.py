@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -97,7 +98,9 @@ def _control() -> dist.ProcessGroup | None:
     if dist.get_backend() == "gloo":
         return None
     if not _control_group:
-        _control_group.append(dist.new_group(backend="gloo"))
+        group = dist.new_group(backend="gloo")
+        assert isinstance(group, dist.ProcessGroup)  # every rank is in a group of all ranks
+        _control_group.append(group)
     return _control_group[0]
 
 
@@ -210,7 +213,10 @@ def launch(nproc: int, arguments: Sequence[str]) -> int:
 # --------------------------------------------------------------------------- training's collectives
 # A world of one answers every question itself, so callers never test for distribution.
 
-def broadcast_from_main(value: object) -> object:
+T = TypeVar("T")
+
+
+def broadcast_from_main(value: T) -> T:
     """Rank 0's ``value`` on every rank (run paths, budget-fitted configs, errors: small picklable objects)."""
     if not (dist.is_available() and dist.is_initialized()):
         return value
@@ -219,11 +225,11 @@ def broadcast_from_main(value: object) -> object:
     return box[0]
 
 
-def gather_in_rank_order(value: object) -> list[object]:
+def gather_in_rank_order(value: T) -> list[T]:
     """Every rank's ``value``, rank 0's first (each rank's share of an embedding pass, concatenated in order)."""
     if not (dist.is_available() and dist.is_initialized()):
         return [value]
-    gathered: list[object] = [None] * dist.get_world_size()
+    gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, value)
     return gathered
 

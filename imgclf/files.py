@@ -68,7 +68,7 @@ def write_text_atomic(path: Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8", errors=PATH_BYTES))
 
 
-def write_folder_atomic(directory: Path, fill: Callable[[Path], None]) -> Path:
+def write_folder_atomic(directory: Path, fill: Callable[[Path], object]) -> Path:
     """Let ``fill`` write a temporary folder beside ``directory``, then swap it in.
 
     A half-written folder (a crash, Ctrl-C, an error in ``fill``) never

@@ -73,6 +73,7 @@ def draw_augmentations(item: Item, out: Path, *, augment: str, seed: int = 0, im
         raise ImgclfError(f"{item.path} cannot be decoded ({probe.error}); pick another --index")
     side = image_size if image_size is not None else min(224, max(probe.width, probe.height))
     pixels = decode_file(item.path, (side, side), grayscale=grayscale).pixels
+    assert pixels is not None  # the probe above decoded this file
     batch = torch.from_numpy(np.repeat(pixels[None], 9, axis=0))
     augmented = augment_batch(batch, config, torch.Generator().manual_seed(seed))
     tiles = [tile.permute(1, 2, 0).clamp(0, 1).numpy() for tile in augmented]

@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from imgclf.backends import backend_record
 from imgclf.config import TrainConfig, parse_duration
@@ -152,7 +153,7 @@ def resolve(config: TrainConfig, facts: DataFacts,
                                _epochs(family, pretrained, image_size, facts.train_images))
     # pretrained weights saw centre crops (timm's eval transform); from scratch, squashing keeps the whole image
     recipe["resize"] = "crop" if pretrained else "squash"
-    filled = {name: value for name, value in recipe.items() if getattr(config, name) is None}
+    filled: dict[str, Any] = {name: value for name, value in recipe.items() if getattr(config, name) is None}
     if strategy == "two-stage" and config.probe_epochs is None:
         filled["probe_epochs"] = min(max(1.0, round(epochs / 3)), epochs / 2)
     if family == "fastnet" and config.warmup_epochs is None:
@@ -166,12 +167,12 @@ def resolve(config: TrainConfig, facts: DataFacts,
                           "side (e.g. three quarters of it) or drop --low-res")
     resolved = replace(config, model=model, model_args=model_args, pretrained=pretrained, strategy=strategy,
                        image_size=image_size, batch_size=batch_size, epochs=float(epochs), **filled)
-    if strategy == "tail" and resolved.epochs <= 1:
-        raise ImgclfError(f"--epochs {resolved.epochs:g} leaves the tail no epochs after the probe (one fit, "
+    if strategy == "tail" and epochs <= 1:
+        raise ImgclfError(f"--epochs {epochs:g} leaves the tail no epochs after the probe (one fit, "
                           f"counted as epoch 1); give at least 2 (default {1 + TAIL_EPOCHS})")
-    if resolved.probe_epochs is not None and strategy == "two-stage" and resolved.probe_epochs >= resolved.epochs:
+    if resolved.probe_epochs is not None and strategy == "two-stage" and resolved.probe_epochs >= epochs:
         raise ImgclfError(f"--probe-epochs {resolved.probe_epochs:g} leaves no fine-tuning within --epochs "
-                          f"{resolved.epochs:g}; lower it or raise --epochs")
+                          f"{epochs:g}; lower it or raise --epochs")
     return resolved
 
 

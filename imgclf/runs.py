@@ -3,12 +3,13 @@
 ```
 runs/NAME/
   config.yaml          the resolved config (every default filled in)
+  choices.json         the options the user set (the rest of config.yaml was chosen by imgclf from the data)
   split.csv            every image with the split it was given (read back by --resume and evaluate)
   metrics.csv          one row per epoch
   tensorboard/         TensorBoard event files
   checkpoints/last.pt  model, optimiser, schedule and position, each epoch (and on Ctrl-C)
   checkpoints/best.pt  the weights with the best validation score so far
-  model/               the bundle: model.json + weights.safetensors
+  model/               the bundle: model.json + weights.safetensors + MODEL_CARD.md
 ```
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from imgclf.config import TrainConfig, config_names
+from imgclf.config import TrainConfig, config_names, with_split_seed
 from imgclf.data.sources import ImageDataset, Item, read_manifest
 from imgclf.errors import ImgclfError, one_line
 from imgclf.files import write_text_atomic
@@ -52,6 +54,10 @@ class RunDirectory:
     @property
     def split_file(self) -> Path:
         return self.path / "split.csv"
+
+    @property
+    def choices_file(self) -> Path:
+        return self.path / "choices.json"
 
     @property
     def metrics_file(self) -> Path:
@@ -89,11 +95,24 @@ class RunDirectory:
         if not self.config_file.exists():
             raise ImgclfError(f"{self.path}: no config.yaml there; is it an imgclf run directory?")
         try:
-            values = yaml.safe_load(self.config_file.read_text(encoding="utf-8")) or {}
+            values = with_split_seed(yaml.safe_load(self.config_file.read_text(encoding="utf-8")) or {})
             return TrainConfig(**{name: value for name, value in values.items() if name in config_names()})
         except (yaml.YAMLError, UnicodeDecodeError, TypeError, AttributeError) as error:
             raise ImgclfError(f"{self.config_file} is damaged ({one_line(error)}); "
                               "restore it or start a new run") from None
+
+    def write_choices(self, user_options: dict[str, Any]) -> None:
+        """Record which options the user set, so the report and model card can tell them from imgclf's choices."""
+        write_text_atomic(self.choices_file, json.dumps({"user_options": user_options}, indent=2, default=str))
+
+    def read_choices(self) -> dict[str, Any] | None:
+        """The options the user set, or None for a run from before choices.json (or a damaged one)."""
+        try:
+            values = json.loads(self.choices_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        options = values.get("user_options") if isinstance(values, dict) else None
+        return options if isinstance(options, dict) else None
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite metrics.csv from the whole history, so a resumed run's file has no gaps or repeats."""
@@ -102,6 +121,12 @@ class RunDirectory:
         writer.writeheader()
         writer.writerows(history)
         write_text_atomic(self.metrics_file, buffer.getvalue())
+
+
+def user_options(config: TrainConfig) -> dict[str, Any]:
+    """The options of ``config`` (before imgclf fills in its choices) that differ from the defaults: what the user set."""
+    defaults = TrainConfig().to_dict()
+    return {name: value for name, value in config.to_dict().items() if value != defaults[name]}
 
 
 def held_out_split(dataset: ImageDataset, order: tuple[str, ...] = HELD_OUT) -> str | None:

@@ -29,6 +29,12 @@ class ThresholdGoal:
     kind: str
     value: float | None = None
 
+    @property
+    def target(self) -> float:
+        """The number of a goal that has one (every kind but ``f1``)."""
+        assert self.value is not None, f"a {self.kind} goal without its number"
+        return self.value
+
     def __str__(self) -> str:
         if self.kind == "f1":
             return "f1"
@@ -79,7 +85,7 @@ def choose_threshold(scores: np.ndarray, truth: np.ndarray, goal: ThresholdGoal)
     scores = np.asarray(scores, dtype=np.float64)
     truth = np.asarray(truth).astype(bool)
     if goal.kind == "fixed":
-        return _choice_at(scores, truth, float(goal.value), met=True)
+        return _choice_at(scores, truth, goal.target, met=True)
     if truth.all() or not truth.any():
         return _choice_at(scores, truth, 0.5, met=False)
     precision, recall, thresholds = precision_recall_curve(truth, scores)
@@ -88,7 +94,7 @@ def choose_threshold(scores: np.ndarray, truth: np.ndarray, goal: ThresholdGoal)
     if goal.kind == "f1":
         best = int(np.argmax(f1))
         return _choice_at(scores, truth, _in_the_gap(scores, float(thresholds[best])), met=True)
-    target = float(goal.value)
+    target = goal.target
     if goal.kind == "precision":
         meets = np.flatnonzero(precision >= target)
         met = meets.size > 0

@@ -35,11 +35,12 @@ from imgclf.data.shards import training_pixels
 from imgclf.data.sources import ImageDataset, write_manifest
 from imgclf.data.splits import require_training_images
 from imgclf.engines.callbacks import Callback, standard_callbacks
+from imgclf.engines.divergence import DivergenceGuard, check_finite_weights
 from imgclf.engines.registry import get_backend
 from imgclf.errors import ImgclfError
 from imgclf.files import write_problem_list
 from imgclf.recipes import DataFacts, resolve, uses_photo_plan
-from imgclf.runs import RunDirectory, new_run_directory
+from imgclf.runs import RunDirectory, new_run_directory, user_options
 from imgclf.thresholds import ThresholdGoal, parse_goal, positive_class
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def plan(config: TrainConfig, archive: str | Path | None = None) -> tuple[TrainC
     backend = get_backend(config.backend)
     config, weights_source = backend.prepare(config)
     dataset = load_dataset(config.data, archive=archive, val_fraction=config.val_fraction,
-                           test_fraction=config.test_fraction, seed=config.seed, group_by=config.group_by)
+                           test_fraction=config.test_fraction, seed=config.split_seed, group_by=config.group_by)
     if config.label_depth:  # after the split: it stays stratified by the full paths
         dataset = cut_labels(dataset, config.label_depth)
     label_tree(dataset.classes, dataset.source)  # path labels must parse now, not when the bundle is loaded
@@ -121,7 +122,7 @@ def _photo_plan(config: TrainConfig, dataset: ImageDataset, weights_source: Call
     tail = f", then its last {chosen.tail_blocks} block(s) on kept activations" if chosen.tail_blocks else ""
     log.info(f"photo recipe for {budget:.0f} s: {chosen.model} at {chosen.image_size}px, {views}{tail} "
              f"(flowers val {chosen.flowers_accuracy:.1%})")
-    planned = {"strategy": "tail", "tail_blocks": chosen.tail_blocks} if chosen.tail_blocks else {}
+    planned: dict[str, Any] = {"strategy": "tail", "tail_blocks": chosen.tail_blocks} if chosen.tail_blocks else {}
     return replace(config, model=chosen.model, image_size=config.image_size or chosen.image_size,
                    tta=chosen.views > 1 if config.tta is None else config.tta, **planned)
 
@@ -145,10 +146,11 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
         get_backend(config.backend).check_processes(world.size)
         _join(world, config)
     else:
+        chosen_by_user = user_options(config)
         config, dataset = plan(config, archive)
         _join(world, config)
-        config = distributed.broadcast_from_main(config)  # type: ignore[assignment]  # the planner times trunks: rank 0's choice
-        run = _new_run(world, config, dataset, overwrite)
+        config = distributed.broadcast_from_main(config)  # the planner times trunks: rank 0's choice
+        run = _new_run(world, config, dataset, overwrite, chosen_by_user)
         config = replace(config, out=str(run.path))
     imbalance = imbalance_warning(dataset.split_items("train"))
     if imbalance:
@@ -163,7 +165,9 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
         if world.is_main:
             run.write_config(config)
     _print_start(config, data, engine.machine)
-    bookkeeping = [*standard_callbacks(config, run), *(callbacks or [])] if world.is_main else []
+    # the guard runs on every rank (so all stop at the same non-finite step), after the epoch's line is printed
+    bookkeeping: list[Callback] = ([*standard_callbacks(config, run), DivergenceGuard(), *(callbacks or [])]
+                                   if world.is_main else [DivergenceGuard()])
     result = engine.fit(bookkeeping)
     distributed.barrier()
     distributed.stop()
@@ -172,6 +176,7 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     if result.interrupted:
         log.warning(f"interrupted; checkpoint saved. Continue with: imgclf train --resume {run.path}")
         return TrainResult(run.path, None, config, result.history, {}, interrupted=True)
+    check_finite_weights(result.model)
     model_dir = _write_bundle(run, config, engine, data, {})
     held_out = HeldOut.of(model_dir, data)  # one pass of val and test through the bundle serves all below
     calibration = _calibrate(model_dir, data, held_out)  # before scoring: val/test losses are the calibrated model's
@@ -192,20 +197,22 @@ def _join(world: World, config: TrainConfig) -> None:
         start(choose_device(config.device))
 
 
-def _new_run(world: World, config: TrainConfig, dataset: ImageDataset, overwrite: bool) -> RunDirectory:
-    """The new run directory with its config and split, made by rank 0; every rank gets it (or rank 0's error)."""
+def _new_run(world: World, config: TrainConfig, dataset: ImageDataset, overwrite: bool,
+             chosen_by_user: dict[str, Any]) -> RunDirectory:
+    """The new run directory with its config, split and the user's options, made by rank 0; every rank gets it."""
     made: str | ImgclfError
     if world.is_main:
         try:
             run = new_run_directory(config.out, dataset.source, overwrite)
             run.write_config(replace(config, out=str(run.path)))
+            run.write_choices(chosen_by_user)
             write_manifest(dataset, run.split_file)
             made = str(run.path)
         except ImgclfError as error:
             made = error
     from imgclf.distributed import broadcast_from_main
 
-    made = broadcast_from_main(made if world.is_main else None)  # type: ignore[assignment]
+    made = broadcast_from_main(made if world.is_main else None)  # type: ignore[assignment]  # rank 0 always sends one
     if isinstance(made, ImgclfError):
         raise made
     return RunDirectory(Path(made))
@@ -228,7 +235,7 @@ def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> Tr
     world = current_world()
     if not world.is_main:
         barrier()  # rank 0 decodes; the others then find its entry and open it read-only
-    cache = build_cache([item.path for item in dataset.items], size=size, policy=config.resize,  # type: ignore[arg-type]
+    cache = build_cache([item.path for item in dataset.items], size=size, policy=config.resize,  # type: ignore[arg-type]  # a resolved recipe's resize is a policy
                         grayscale=config.grayscale, max_pixels=config.max_pixels or DEFAULT_MAX_PIXELS,
                         workers=config.workers, source=dataset.source)
     if world.is_main:
@@ -251,7 +258,8 @@ def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> Tr
             targets[row, [index[label] for label in item.labels]] = 1.0
     else:
         targets = torch.tensor([index[item.labels[0]] for item in dataset.items], dtype=torch.int64)
-    return TrainingData(pixels=training_pixels(cache), rows=rows, targets=targets, classes=list(dataset.classes),
+    return TrainingData(pixels=training_pixels(cache),  # type: ignore[arg-type]  # PixelRows indexes as the array does
+                        rows=rows, targets=targets, classes=list(dataset.classes),
                         multilabel=dataset.multilabel, mean=(0.0,), std=(1.0,),
                         paths=[item.path for item in dataset.items])
 
@@ -338,7 +346,8 @@ def _write_bundle(run: RunDirectory, config: TrainConfig, engine: Engine, data: 
 
     info = BundleInfo(architecture=config.model or "", model_args=dict(config.model_args), classes=data.classes,
                       image_size=config.image_size or 0, mean=list(data.mean), std=list(data.std),
-                      multilabel=data.multilabel, channels=1 if config.grayscale else 3, resize=config.resize,
+                      multilabel=data.multilabel, channels=1 if config.grayscale else 3,
+                      resize=config.resize,  # type: ignore[arg-type]  # a resolved recipe's resize is a policy
                       tta=bool(config.tta), tta_shift=config.tta_shift or 0, tta_zoom=config.tta_zoom or 0.0,
                       backend=config.backend, config=config.to_dict(), metrics=metrics)
     return engine.write_bundle(info, run.model_dir)
@@ -406,4 +415,3 @@ def _decide(model_dir: Path, data: TrainingData, config: TrainConfig, held_out: 
     return {"decision": {"positive": positive, "goal": str(goal), "threshold": choice.threshold, "met": choice.met,
                          "val_precision": round(choice.precision, 6), "val_recall": round(choice.recall, 6),
                          "val_f1": round(choice.f1, 6)}}
-

@@ -15,12 +15,12 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from processes import start_python
 
 TRAIN_SNIPPET = """
 import json, sys
@@ -49,10 +49,8 @@ def _names(folder: Path) -> list[str]:
 
 def start_training(options: dict[str, object], env: dict[str, str] | None = None,
                    preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[str]:
-    """``imgclf.training.train(**options)`` in a child process (no report), output captured."""
-    return subprocess.Popen([sys.executable, "-c", TRAIN_SNIPPET, json.dumps(options)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
-                            preexec_fn=preexec_fn)
+    """``imgclf.training.train(**options)`` in a child process (no report), stderr captured."""
+    return start_python("-c", TRAIN_SNIPPET, json.dumps(options), env=env, preexec_fn=preexec_fn)
 
 
 def kill_at(options: dict[str, object], moment: str, delay_s: float = 0.0, timeout_s: float = 120.0) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -34,6 +33,7 @@ def _model_json(run: Path) -> dict:
     return json.loads((run / "model" / "model.json").read_text())
 
 
+@pytest.mark.slow
 def test_the_threshold_is_stored_and_every_output_decides_with_it_after_load(run: Path, data: Path) -> None:
     info = _model_json(run)
     assert (info["positive"], info["thresholds"], info["threshold_goal"]) == ("red", {"red": 0.99}, "0.99")
@@ -64,6 +64,7 @@ def test_the_threshold_is_stored_and_every_output_decides_with_it_after_load(run
         assert client.get("/v1/model").json()["thresholds"] == {"red": 0.99}
 
 
+@pytest.mark.slow
 def test_evaluate_and_the_report_show_the_decision_its_curves_and_other_thresholds(run: Path) -> None:
     metrics = json.loads((run / "evaluation" / "metrics.json").read_text())  # the report's evaluate, on test
     decision = metrics["decision"]
@@ -100,6 +101,7 @@ def test_positive_is_the_second_class_by_default_and_needs_exactly_two(tmp_path:
         imgclf.train(three, out=tmp_path / "run", positive="red", dry_run=True)
 
 
+@pytest.mark.slow
 def test_an_old_bundle_without_thresholds_decides_by_argmax(run: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -114,6 +116,7 @@ def test_an_old_bundle_without_thresholds_decides_by_argmax(run: Path, tmp_path:
     assert imgclf.load(run).decide(probabilities).tolist() == [0, 0, 0]  # red only at 0.99
 
 
+@pytest.mark.slow
 def test_an_onnx_export_carries_the_decision_and_decides_the_same(run: Path, data: Path) -> None:
     result = imgclf.export(run, "onnx")
     metadata = json.loads(result.metadata.read_text())
@@ -124,7 +127,7 @@ def test_an_onnx_export_carries_the_decision_and_decides_the_same(run: Path, dat
     assert onnx_labels == torch_labels
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="the TensorFlow extra is not installed")
+@pytest.mark.tensorflow
 def test_the_keras_engine_gets_the_same_decision(data: Path, tmp_path: Path) -> None:
     run = tmp_path / "keras"
     result = run_cli("train", str(data), "--out", str(run), "--backend", "tensorflow", "--image-size", "16",

@@ -11,18 +11,16 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import make_class_folder
+from conftest import TINY_FASTNET, FakeClock
 
 import imgclf
-from imgclf.engines import budget
 from imgclf.engines.budget import StageClock, epochs_that_fit
 from imgclf.engines.callbacks import Callback, FitState
 from imgclf.engines.optim import lr_factor
 from imgclf.training import TrainResult
 
 # EMA off and lookahead on, so that the schedule's end (lookahead's last average) is part of every run
-BUDGET = dict(model="fastnet", model_args={"widths": [8, 16, 16], "depth": 1}, precision="fp32", batch_size=16,
-              lr=0.5, label_smoothing=0.0, workers=1, ema=False, lookahead=True, whitening_bias_epochs=1.0)
+BUDGET = dict(TINY_FASTNET, ema=False, lookahead=True, whitening_bias_epochs=1.0)
 
 
 def logged(caplog: pytest.LogCaptureFixture) -> str:
@@ -31,38 +29,6 @@ def logged(caplog: pytest.LogCaptureFixture) -> str:
     caplog.clear()
     return text
 
-
-
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_class_folder(tmp_path_factory.mktemp("colours") / "data", per_class=20)  # 3 steps per epoch
-
-
-class FakeClock:
-    """A clock that moves only when read (``tick`` seconds a reading) or advanced: the same run on any machine.
-
-    The ticks stand for the machine's own speed (the opening measurement
-    reads the clock once a step, so it measures ``tick`` a step); what a
-    test advances stands for a machine slower than that.
-    """
-
-    def __init__(self, tick: float = 0.02) -> None:
-        self.tick, self.time = tick, 0.0
-
-    def __call__(self) -> float:
-        self.time += self.tick
-        return self.time
-
-    def advance(self, seconds: float) -> None:
-        self.time += seconds
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    """The clock every budget reading of a run made in this test uses."""
-    fake = FakeClock()
-    monkeypatch.setattr(budget, "CLOCK", fake)
-    return fake
 
 
 class Slowdown(Callback):
@@ -100,6 +66,7 @@ def test_the_epochs_that_fit_are_at_least_a_tenth_so_an_overrun_run_still_ends_i
     assert epochs_that_fit(212.0, 39.1) == 5.4 and epochs_that_fit(-30.0, 39.1) == 0.1
 
 
+@pytest.mark.slow
 def test_epochs_three_times_slower_after_the_first_still_end_the_schedule_within_the_budget(
         colours: Path, tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="imgclf")
@@ -114,6 +81,7 @@ def test_epochs_three_times_slower_after_the_first_still_end_the_schedule_within
     assert "re-planned: " in said and "time budget" not in said.replace("time budget 5s:", "")  # no stop
 
 
+@pytest.mark.slow
 def test_epochs_faster_than_planned_train_more_epochs_with_no_jump_in_the_learning_rate(
         colours: Path, tmp_path: Path, clock: FakeClock) -> None:
     run = imgclf.train(colours, out=tmp_path / "run", time_budget="6s", callbacks=[Slowdown(clock, 0.3, 0.1)],
@@ -142,6 +110,7 @@ class OverrunInEpochTwo(Callback):
             fit.interrupt()
 
 
+@pytest.mark.slow
 def test_a_budget_run_interrupted_after_a_replan_resumes_on_the_replanned_schedule(
         colours: Path, tmp_path: Path, clock: FakeClock) -> None:
     whole = imgclf.train(colours, out=tmp_path / "whole", time_budget="3s",

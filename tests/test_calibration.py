@@ -50,16 +50,20 @@ def test_a_validation_split_without_mistakes_keeps_the_temperature_at_one() -> N
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny run on colour classes with every fifth image under another colour's label, so val has mistakes."""
+    """A tiny run on colour classes with every fifth image under another colour's label, so val has mistakes.
+
+    val holds 30 images: a temperature is fitted from 20 on (fewer keep T = 1).
+    """
     root = tmp_path_factory.mktemp("calibrated")
-    data = make_class_folder(root / "data", per_class=20)
+    data = make_class_folder(root / "data", per_class=30)
     names = sorted(CLASS_COLOURS)
     for index, name in enumerate(names):
         for path in sorted((data / name).glob("*.png"))[::5]:
             path.rename(data / names[(index + 1) % len(names)] / f"noisy-{path.name}")
-    return imgclf.train(data, out=root / "run", epochs=6, **TINY_FASTNET).run_dir
+    return imgclf.train(data, out=root / "run", epochs=6, val_fraction=1 / 3, **TINY_FASTNET).run_dir
 
 
+@pytest.mark.slow
 def test_training_stores_a_temperature_that_the_bundle_round_trips(run: Path) -> None:
     bundle = json.loads((run / "model" / "model.json").read_text())
     calibration = bundle["metrics"]["calibration"]
@@ -74,6 +78,7 @@ def test_training_stores_a_temperature_that_the_bundle_round_trips(run: Path) ->
     np.testing.assert_allclose(classifier.predict_pixels(pixels), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_calibrate_command_refits_an_older_run_and_evaluate_reports_before_and_after(run: Path, tmp_path: Path
                                                                                      ) -> None:
     bundle_file = run / "model" / "model.json"
@@ -93,6 +98,7 @@ def test_calibrate_command_refits_an_older_run_and_evaluate_reports_before_and_a
     assert f"after (T = {temperature:.3f})" in page and page.count("data:image/png") >= 2
 
 
+@pytest.mark.slow
 def test_calibrate_refuses_a_split_without_images_in_one_line(run: Path) -> None:
     result = run_cli("calibrate", str(run), "--split", "holdout")
     assert result.returncode == 2

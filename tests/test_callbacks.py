@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
-from conftest import make_class_folder, run_cli
+from conftest import TINY_FASTNET, run_cli
 
 import imgclf
 from imgclf.backends import RECORDS as REGISTERED
@@ -14,14 +14,6 @@ from imgclf.config import BACKENDS
 from imgclf.engines.callbacks import Callback, FitState, TimeBudget
 from imgclf.engines.registry import get_backend
 from imgclf.errors import ImgclfError
-
-TINY = dict(model="fastnet", model_args={"widths": [8, 16, 16], "depth": 1}, precision="fp32", batch_size=16, lr=0.5,
-            label_smoothing=0.0, workers=1)
-
-
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_class_folder(tmp_path_factory.mktemp("colours") / "data", per_class=20)  # 3 steps per epoch
 
 
 class Recorder(Callback):
@@ -60,9 +52,10 @@ def epoch_events(epoch: int) -> list[tuple[str, int, int]]:
     return [("epoch_begin", epoch, 0), *[("step_end", epoch, step) for step in (1, 2, 3)], ("epoch_end", epoch, 3)]
 
 
+@pytest.mark.slow
 def test_a_callback_sees_every_event_in_order(colours: Path, tmp_path: Path) -> None:
     recorder = Recorder()
-    run = imgclf.train(colours, out=tmp_path / "run", epochs=2, callbacks=[recorder], **TINY)
+    run = imgclf.train(colours, out=tmp_path / "run", epochs=2, callbacks=[recorder], **TINY_FASTNET)
     assert recorder.events == [("fit_begin", 0, 0), ("stage_begin train", 0, 0), *epoch_events(1),
                                *epoch_events(2), ("fit_end", 2, 3)]
     assert run.model_dir is not None and len(run.history) == 2
@@ -79,20 +72,23 @@ class StopAfter(Callback):
             fit.stop("enough")
 
 
+@pytest.mark.slow
 def test_a_callback_that_stops_ends_a_complete_run_with_a_bundle(colours: Path, tmp_path: Path) -> None:
-    run = imgclf.train(colours, out=tmp_path / "run", epochs=5, callbacks=[StopAfter(2)], **TINY)
+    run = imgclf.train(colours, out=tmp_path / "run", epochs=5, callbacks=[StopAfter(2)], **TINY_FASTNET)
     assert [row["epoch"] for row in run.history] == [1, 2]
     assert not run.interrupted and (run.model_dir / "weights.safetensors").is_file()
     assert [row["epoch"] for row in csv.DictReader(open(run.run_dir / "metrics.csv"))] == ["1", "2"]
 
 
+@pytest.mark.slow
 def test_the_budget_guard_stops_a_stalled_run_after_the_step_it_is_in(colours: Path, tmp_path: Path) -> None:
     recorder = Recorder()
-    run = imgclf.train(colours, out=tmp_path / "run", epochs=4, callbacks=[TimeBudget(1e-6), recorder], **TINY)
+    run = imgclf.train(colours, out=tmp_path / "run", epochs=4, callbacks=[TimeBudget(1e-6), recorder], **TINY_FASTNET)
     assert len(run.history) == 1 and run.model_dir is not None
     assert recorder.events[-3:] == [("step_end", 1, 1), ("epoch_end", 1, 1), ("fit_end", 1, 1)]
 
 
+@pytest.mark.slow
 def test_an_interrupting_callback_leaves_a_resumable_run(colours: Path, tmp_path: Path) -> None:
     class InterruptAfterFirstEpoch(Recorder):
         def on_epoch_end(self, fit: FitState) -> None:
@@ -100,7 +96,7 @@ def test_an_interrupting_callback_leaves_a_resumable_run(colours: Path, tmp_path
             fit.interrupt()
 
     recorder = InterruptAfterFirstEpoch()
-    cut = imgclf.train(colours, out=tmp_path / "run", epochs=3, callbacks=[recorder], **TINY)
+    cut = imgclf.train(colours, out=tmp_path / "run", epochs=3, callbacks=[recorder], **TINY_FASTNET)
     assert cut.interrupted and cut.model_dir is None
     assert [name for name, _, _ in recorder.events][-3:] == ["epoch_end", "interrupt", "fit_end"]
     resumed = imgclf.train(resume=tmp_path / "run")

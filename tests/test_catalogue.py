@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import browser_page, run_cli
 from PIL import Image
+from processes import start_python, stop, wait_until
 from test_embeddings import textured
 
 from imgclf.data.hierarchy import Hierarchy, parse_path
@@ -118,6 +115,7 @@ def test_product_hold_out_keeps_every_photo_of_a_held_out_product_out_of_the_ref
             assert 0.1 < len({products[i] for i in test}) / 40 < 0.3
 
 
+@pytest.mark.slow
 def test_evaluate_holds_out_products_so_a_second_photo_of_a_known_product_does_not_count(tmp_path: Path) -> None:
     # every product has three photos of one picture; categories are unrelated to the pictures, names random:
     # were photos of a held-out product left in the reference, image-only matching would be perfect
@@ -141,6 +139,7 @@ def test_evaluate_holds_out_products_so_a_second_photo_of_a_known_product_does_n
     assert "surest 80%" in result.stderr
 
 
+@pytest.mark.slow
 def test_the_learned_matcher_beats_the_fixed_blend_where_names_and_photos_disagree(tmp_path: Path) -> None:
     catalog = planted_catalog(tmp_path)
     result = run_cli("match", str(catalog), "--evaluate", "--json")
@@ -153,6 +152,7 @@ def test_the_learned_matcher_beats_the_fixed_blend_where_names_and_photos_disagr
 
 
 # ----------------------------------------------------------------- one product, errors
+@pytest.mark.slow
 def test_one_product_gets_a_suggestion_per_level_and_the_matcher_is_saved(tmp_path: Path) -> None:
     catalog = planted_catalog(tmp_path)
     photo = tmp_path / "new.png"
@@ -187,6 +187,7 @@ def test_bad_catalogues_get_a_one_line_error(tmp_path: Path, content: str, messa
 
 
 # ----------------------------------------------------------------- batch mode
+@pytest.mark.subprocess
 def test_batch_mode_resumes_after_a_kill_and_writes_one_row_per_product(tmp_path: Path) -> None:
     catalog = planted_catalog(tmp_path / "catalog", products=10)
     rng = np.random.default_rng(5)
@@ -201,15 +202,10 @@ def test_batch_mode_resumes_after_a_kill_and_writes_one_row_per_product(tmp_path
     queries = write_csv(tmp_path / "new.csv", rows)
     out = tmp_path / "suggestions.csv"
     parts = tmp_path / ".suggestions.csv.parts"
-    command = [sys.executable, "-m", "imgclf", "match", str(catalog), "--queries", str(queries), "--out", str(out),
-               "--batch-size", "4"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
-    deadline = time.monotonic() + 120
-    while len(list(parts.glob("part-*.csv"))) < 2:
-        assert time.monotonic() < deadline and process.poll() is None, "the batch never wrote two parts"
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait(30)
+    process = start_python("-m", "imgclf", "match", str(catalog), "--queries", str(queries), "--out", str(out),
+                           "--batch-size", "4")
+    wait_until(lambda: len(list(parts.glob("part-*.csv"))) >= 2, process, "two parts of the batch", poll_s=0.005)
+    stop(process, signal.SIGKILL, timeout_s=30)
     assert not out.exists()
     written = len(list(parts.glob("part-*.csv")))
     result = run_cli("match", str(catalog), "--queries", str(queries), "--out", str(out), "--batch-size", "4", "--json")

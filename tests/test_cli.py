@@ -7,11 +7,11 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import make_class_folder, make_image, run_cli, run_process
+from processes import run_python
 from test_cifar import fake_archive
 
 
@@ -28,6 +28,7 @@ def messy_folder(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.subprocess
 def test_help_lists_commands_and_each_has_an_example() -> None:
     import typer
     from typer.testing import CliRunner
@@ -138,6 +139,7 @@ def test_bad_input_is_one_line_without_traceback(class_folder: Path, args: list[
     assert_one_line_error(result, message)
 
 
+@pytest.mark.subprocess
 def test_bad_input_in_a_real_process_is_one_line_without_traceback(class_folder: Path) -> None:
     assert_one_line_error(run_process("preview-augment", str(class_folder), "--augment", "wild"),
                           "--augment 'wild' is not a preset")
@@ -169,12 +171,12 @@ USAGE_MISTAKES = [
 # installed console script in a real process: what reaches the terminal and the exit status are the process's.
 @pytest.mark.parametrize(("runner", "args", "message"), [
     *[("in-process", args, message) for args, message in USAGE_MISTAKES],
-    *[("console script", args, message) for args, message in (USAGE_MISTAKES[1], USAGE_MISTAKES[4])],
+    *[pytest.param("console script", args, message, marks=pytest.mark.subprocess)
+      for args, message in (USAGE_MISTAKES[1], USAGE_MISTAKES[4])],
 ])
 def test_usage_mistakes_show_usage_not_a_traceback(runner: str, args: list[str], message: str) -> None:
     if runner == "console script":
-        result = subprocess.run([sys.executable, "-c", CONSOLE_SCRIPT, *args], capture_output=True, text=True,
-                                timeout=120)
+        result = run_python("-c", CONSOLE_SCRIPT, *args, timeout=120)
     else:
         result = run_cli(*args)
     assert result.returncode == 2, result.stderr

@@ -8,19 +8,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import interrupt_training, make_class_folder, run_cli
-
-TINY = ["--model", "fastnet", "--model-arg", "widths=[8,16,16]", "--model-arg", "depth=1", "--batch-size", "16",
-        "--lr", "0.5", "--precision", "fp32", "--workers", "1"]
+from conftest import TINY_ARGS, interrupt_training, make_class_folder, run_cli
 
 
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_class_folder(tmp_path_factory.mktemp("colours") / "data", per_class=20)
-
-
+@pytest.mark.slow
 def test_train_prints_progress_and_a_summary_and_writes_the_bundle(colours: Path, tmp_path: Path) -> None:
-    result = run_cli("train", str(colours), "--out", str(tmp_path / "run"), "--epochs", "2", *TINY)
+    result = run_cli("train", str(colours), "--out", str(tmp_path / "run"), "--epochs", "2", *TINY_ARGS)
     assert result.returncode == 0, result.stderr
     assert "epoch 2 (train)" in result.stderr and "img/s" in result.stderr
     assert "test accuracy" in result.stderr and str(tmp_path / "run" / "model") in result.stderr
@@ -52,39 +45,42 @@ def test_a_class_without_training_images_is_refused_by_name(tmp_path: Path) -> N
     make_class_folder(data / "train", per_class=6)
     make_class_folder(data / "test", per_class=2)
     (data / "test" / "blue").rename(data / "test" / "navy")  # renamed in one split only
-    result = run_cli("train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", *TINY)
+    result = run_cli("train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", *TINY_ARGS)
     assert result.returncode == 2, result.stderr
     assert "1 class(es) have no training images: 'navy' (only in test)" in result.stderr
     assert "rename or merge" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_class_whose_training_images_are_all_broken_is_refused(tmp_path: Path) -> None:
     data = make_class_folder(tmp_path / "data", per_class=6)
     for path in (data / "blue").iterdir():
         path.write_bytes(b"not an image")
     result = run_cli("train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--val-fraction", "0",
-                     "--test-fraction", "0", *TINY)
+                     "--test-fraction", "0", *TINY_ARGS)
     assert result.returncode == 2, result.stderr
     assert ("have no readable training images: 'blue' (none in any split); replace the files listed in "
             "broken_files.txt") in result.stderr
 
 
+@pytest.mark.slow
 def test_a_symlink_loop_is_skipped_and_reported_not_a_crash(tmp_path: Path) -> None:
     data = make_class_folder(tmp_path / "data", per_class=8)
     (data / "red" / "loop_a.jpg").symlink_to(data / "red" / "loop_b.jpg")
     (data / "red" / "loop_b.jpg").symlink_to(data / "red" / "loop_a.jpg")
     run = tmp_path / "run"
-    result = run_cli("train", str(data), "--out", str(run), "--epochs", "1", *TINY)
+    result = run_cli("train", str(data), "--out", str(run), "--epochs", "1", *TINY_ARGS)
     assert result.returncode == 0, result.stderr
     assert "skipped 2 unreadable image(s)" in result.stderr
     assert "loop_a.jpg" in (run / "broken_files.txt").read_text()
     assert str(data / "red" / "loop_a.jpg") in (run / "split.csv").read_text()
 
 
+@pytest.mark.subprocess
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(colours: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    code, stderr = interrupt_training([str(colours), "--epochs", "400", *TINY], run, ready=run / "metrics.csv")
+    code, stderr = interrupt_training([str(colours), "--epochs", "400", *TINY_ARGS], run, ready=run / "metrics.csv")
     assert code == 130, stderr
     assert f"imgclf train --resume {run}" in stderr
     done = len(list(csv.DictReader(open(run / "metrics.csv"))))
@@ -107,12 +103,13 @@ def test_models_lists_names_and_marks_offline_weights() -> None:
     assert missing.returncode == 2 and "no model name matches" in missing.stderr
 
 
+@pytest.mark.slow
 def test_val_fraction_0_trains_on_every_training_image_and_scores_on_test(tmp_path: Path) -> None:
     data = tmp_path / "data"
     make_class_folder(data / "train", per_class=8)
     make_class_folder(data / "test", per_class=4, seed=1)
     run = tmp_path / "run"
-    result = run_cli("train", str(data), "--out", str(run), "--epochs", "2", "--val-fraction", "0", *TINY)
+    result = run_cli("train", str(data), "--out", str(run), "--epochs", "2", "--val-fraction", "0", *TINY_ARGS)
     assert result.returncode == 0, result.stderr
     splits = [row["split"] for row in csv.DictReader(open(run / "split.csv"))]
     assert splits.count("train") == 24 and splits.count("test") == 12 and "val" not in splits

@@ -3,15 +3,15 @@ fails with one line and costs nothing that was written before. (The 20-trial loo
 
 from __future__ import annotations
 
-import os
+import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import TINY_FASTNET, make_class_folder
 from crashes import bundle_weights, file_size_limit, kill_at, leftovers, same_weights
+from processes import run_python
 
 from imgclf.config import make_config
 from imgclf.deploy.bundle import BundleInfo, write_bundle
@@ -49,6 +49,7 @@ def resume(run: Path) -> None:
     train(make_config(), resume=run)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("moment,delay_s", [("step", 1.0), ("checkpoint write", 0.0)])
 def test_kill_9_at_any_moment_then_resume_ends_with_the_same_weights(
         reference: Path, home: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -77,10 +78,10 @@ def test_a_checkpoint_whose_weights_do_not_match_its_checksum_is_refused(tmp_pat
 
 def run_limited(args: list[str], limit: int, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``python ARGS`` with every file it writes capped at ``limit`` bytes."""
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "COLUMNS": "200", **env}, preexec_fn=file_size_limit(limit))
+    return run_python(*args, timeout=120, env=env, preexec_fn=file_size_limit(limit))
 
 
+@pytest.mark.subprocess
 def test_checkpoint_and_bundle_writes_past_a_size_limit_fail_and_keep_the_previous_files(tmp_path: Path) -> None:
     save_checkpoint({"model": {"w": torch.zeros(4)}}, tmp_path / "last.pt")
     write_bundle(BundleInfo("fastnet", {}, ["a"], 8, [0.5], [0.5]), {"w": torch.zeros(4)}, tmp_path / "model")
@@ -110,12 +111,13 @@ def run_files(run: Path) -> dict[Path, bytes]:
     return {path: path.read_bytes() for path in run.rglob("*") if path.is_file() and "tensorboard" not in path.parts}
 
 
+@pytest.mark.subprocess
 def test_train_past_a_size_limit_fails_with_one_line_and_the_next_run_starts_cleanly(
         reference: Path, home: Path, tmp_path: Path) -> None:
     """Resuming a finished run rewrites its bundle: under the limit that fails with one line and changes nothing;
     once the limit is lifted the same command succeeds, with the uninterrupted run's weights."""
     finished = tmp_path / "finished"
-    subprocess.run(["cp", "-a", str(reference), str(finished)], check=True)
+    shutil.copytree(reference, finished, symlinks=True)  # as `cp -a`: links and file times kept
     before = run_files(finished)
     result = run_limited(["-m", "imgclf", "train", "--resume", str(finished)], LIMIT, {"IMGCLF_HOME": str(home)})
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_class_folder, run_cli, run_process, untrained_bundle
+from processes import run_python
 
 from imgclf import api, distributed
 from imgclf.data.shards import PixelRows
@@ -39,6 +37,8 @@ def _rows(path: Path) -> list[list[str]]:
         return list(csv.reader(handle))
 
 
+@pytest.mark.distributed
+@pytest.mark.subprocess
 def test_a_resumed_two_process_predict_reuses_the_finished_part_and_matches_one_process(job, tmp_path: Path) -> None:
     bundle, images = job
     paths = expand_inputs([str(images)])
@@ -66,13 +66,14 @@ def test_a_resumed_two_process_predict_reuses_the_finished_part_and_matches_one_
     assert not (tmp_path / ".two.csv.parts").exists()
 
 
+@pytest.mark.distributed
+@pytest.mark.subprocess
 def test_embed_under_the_torchrun_entry_point_matches_one_process(job, tmp_path: Path) -> None:
     bundle, images = job
     one = api.embed(bundle, str(images))
-    env = {**os.environ, "IMGCLF_HOME": str(tmp_path / "another-home"), "COLUMNS": "200"}  # nothing to reuse
-    ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                            "-m", "imgclf", "embed", str(bundle), str(images), "--out", str(tmp_path / "two.npz")],
-                           capture_output=True, text=True, env=env, timeout=180)
+    ranks = run_python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "imgclf", "embed",
+                       str(bundle), str(images), "--out", str(tmp_path / "two.npz"),
+                       env={"IMGCLF_HOME": str(tmp_path / "another-home")}, timeout=180)  # nothing to reuse
     assert ranks.returncode == 0, ranks.stderr
     assert ranks.stderr.count("embeddings of 13 images") == 1 and "computed now" in ranks.stderr
     two = np.load(tmp_path / "two.npz")

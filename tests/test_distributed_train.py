@@ -9,18 +9,12 @@ finishes with exactly the optimiser steps one process takes.
 from __future__ import annotations
 
 import csv
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_class_folder, run_cli
-from test_cli_train import TINY
+from conftest import TINY_ARGS, interrupt_training, make_class_folder, run_cli
 
 from imgclf.data.augment_presets import PRESETS
 from imgclf.data.batches import BatchLoader
@@ -29,7 +23,7 @@ from imgclf.engines.checkpoint import load_checkpoint
 
 EPOCHS = 400  # far more than the run lasts: it is interrupted once its first epoch is written
 # the whitening bias freezes from the second step on: the ranks' step module must be made again then
-RECIPE = [*TINY, "--ema", "--mixup", "0.2", "--whitening-bias-epochs", "0.5"]
+RECIPE = [*TINY_ARGS, "--ema", "--mixup", "0.2", "--whitening-bias-epochs", "0.5"]
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +32,13 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, i
     root = tmp_path_factory.mktemp("ddp")
     data = make_class_folder(root / "data", per_class=14)
     run = root / "run"
-    process = subprocess.Popen([sys.executable, "-m", "imgclf", "train", str(data), "--out", str(run), "--epochs",
-                                str(EPOCHS), "--nproc", "2", *RECIPE], stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 120
-    while not (run / "metrics.csv").exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    return data, run, process.returncode, stderr
+    code, stderr = interrupt_training([str(data), "--epochs", str(EPOCHS), "--nproc", "2", *RECIPE], run,
+                                      ready=run / "metrics.csv", wait_s=120, env={"OMP_NUM_THREADS": "1"})
+    return data, run, code, stderr
 
 
+@pytest.mark.distributed
+@pytest.mark.subprocess
 def test_ctrl_c_stops_every_rank_and_rank_0_alone_prints_and_writes(interrupted) -> None:
     _, run, code, stderr = interrupted
     assert code == 130, stderr
@@ -60,12 +50,16 @@ def test_ctrl_c_stops_every_rank_and_rank_0_alone_prints_and_writes(interrupted)
     assert not (run / "model").exists()
 
 
+@pytest.mark.distributed
+@pytest.mark.subprocess
 def test_both_ranks_end_with_the_weights_rank_0_checkpointed(interrupted) -> None:
     _, run, _, stderr = interrupted
     checkpoint = load_checkpoint(run / "checkpoints" / "last.pt")
     assert f"2 processes ended with the same weights (sha256 {tensors_digest(checkpoint['model'])[:16]})" in stderr
 
 
+@pytest.mark.distributed
+@pytest.mark.subprocess
 def test_a_two_process_checkpoint_resumes_in_one_process_with_one_process_steps(interrupted) -> None:
     data, run, _, _ = interrupted
     done = len(list(csv.DictReader(open(run / "metrics.csv"))))

@@ -101,6 +101,7 @@ def test_folded_copy_agrees_with_the_model_and_leaves_it_alone() -> None:
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_cache_is_reused_and_invalidated_by_a_changed_file(gallery: Path, tmp_path: Path, lite0: Embedder) -> None:
     files = [textured(tmp_path / f"{n}.png", seed=100 + n) for n in range(5)]
     first = lite0.embed_files(files)
@@ -117,6 +118,7 @@ def test_cache_is_reused_and_invalidated_by_a_changed_file(gallery: Path, tmp_pa
     assert other_size.embed_files(files).computed == 5  # other preprocessing, other cache
 
 
+@pytest.mark.slow
 def test_unreadable_files_are_reported_not_fatal(tmp_path: Path, lite0: Embedder) -> None:
     good = textured(tmp_path / "good.png", seed=1)
     broken = tmp_path / "broken.jpg"
@@ -126,6 +128,7 @@ def test_unreadable_files_are_reported_not_fatal(tmp_path: Path, lite0: Embedder
     assert all(result.errors[1:]) and not result.vectors[1:].any()
 
 
+@pytest.mark.slow
 def test_similarity_of_an_image_with_itself_a_mirror_and_a_stranger(tmp_path: Path) -> None:
     original = textured(tmp_path / "a.png", seed=7, size=128)
     mirrored = tmp_path / "mirror.png"
@@ -139,6 +142,7 @@ def test_similarity_of_an_image_with_itself_a_mirror_and_a_stranger(tmp_path: Pa
         imgclf.similar("tf_efficientnet_lite0", original, tmp_path / "missing.png")
 
 
+@pytest.mark.slow
 def test_index_query_finds_the_planted_neighbour(gallery: Path, tmp_path: Path) -> None:
     planted = tmp_path / "query.jpg"
     Image.open(gallery / "item05.png").resize((80, 80)).save(planted, quality=85)  # resized, re-encoded copy
@@ -153,6 +157,7 @@ def test_index_query_finds_the_planted_neighbour(gallery: Path, tmp_path: Path) 
     assert answer[0]["neighbours"][0]["score"] > answer[0]["neighbours"][1]["score"]
 
 
+@pytest.mark.slow
 def test_index_from_a_csv_keeps_its_columns_and_refuses_bad_input(gallery: Path, tmp_path: Path) -> None:
     table = tmp_path / "items.csv"
     table.write_text("image,sku\n" + "".join(f"{gallery.name}/item{n:02d}.png,SKU-{n}\n" for n in range(4)))
@@ -205,6 +210,7 @@ def make_catalog(folder: Path, per_category: int = 10, names: str = "descriptive
     return catalog
 
 
+@pytest.mark.slow
 def test_match_suggests_the_planted_category(tmp_path: Path) -> None:
     catalog = make_catalog(tmp_path)
     photo = tmp_path / "new.png"
@@ -224,6 +230,7 @@ def test_match_suggests_the_planted_category(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------- the CLI and the rest of the tool
+@pytest.mark.slow
 def test_embed_cli_then_a_probe_reuses_the_embeddings(tmp_path: Path, backbone_weights: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from conftest import make_class_folder
@@ -250,6 +257,7 @@ def test_embed_cli_then_a_probe_reuses_the_embeddings(tmp_path: Path, backbone_w
     assert probe_bundle.embed_files([next(data.rglob("*.png"))]).ok.all()
 
 
+@pytest.mark.slow
 def test_inspect_near_duplicates_flags_leakage(tmp_path: Path) -> None:
     data = tmp_path / "data"
     for split, numbers in (("train", range(0, 6)), ("test", range(6, 9))):

@@ -37,6 +37,7 @@ def members(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
     return root, first, second
 
 
+@pytest.mark.slow
 def test_an_ensemble_bundle_round_trips_and_serves_every_command(members, tmp_path: Path) -> None:
     root, first, second = members
     result = run_cli("ensemble", str(first), str(second), "--out", str(tmp_path / "E"))
@@ -63,6 +64,7 @@ def test_an_ensemble_bundle_round_trips_and_serves_every_command(members, tmp_pa
     np.testing.assert_allclose(on_onnx.predict_proba(images), exact, atol=1e-4)  # ONNX Runtime is fp32
 
 
+@pytest.mark.slow
 def test_members_with_other_classes_are_refused_in_one_line(members, tmp_path: Path) -> None:
     root, first, _ = members
     other = make_class_folder(tmp_path / "other", per_class=6)

@@ -11,18 +11,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import browser_page, make_class_folder, make_image, run_cli, train_tiny_run
+from conftest import browser_page, copy_run, make_class_folder, make_image, run_cli
 
 import imgclf
 from imgclf.errors import ImgclfError
 
-SECTIONS = ("summary", "configuration", "data", "curves", "metrics", "confusion", "roc", "reliability", "samples",
+SECTIONS = ("chosen", "summary", "configuration", "data", "curves", "metrics", "confusion", "roc", "reliability", "samples",
             "augmentation", "mistakes", "label-issues")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny_run(tmp_path_factory.mktemp("trained"))
+def trained(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run, copied: evaluations and a regenerated report are written into it."""
+    return copy_run(tiny_run, tmp_path_factory.mktemp("trained"))
 
 
 def test_training_ends_with_a_self_contained_report(trained: Path) -> None:
@@ -94,6 +95,7 @@ def test_cli_evaluate_prints_a_table_and_writes_metrics(trained: Path) -> None:
     assert json.loads(as_json.stdout)["images"] == 6
 
 
+@pytest.mark.slow
 def test_one_model_on_one_split_gives_one_number_everywhere(backbone_weights: Path, tmp_path: Path) -> None:
     # a probe-only run: its training loop scores from float16 cached embeddings, the bundle in full precision
     data = make_class_folder(tmp_path / "data", per_class=12)
@@ -225,6 +227,7 @@ def test_report_renders_in_a_browser_with_no_network(trained: Path, chromium: st
     assert all(url.startswith(("file:", "data:")) for url in requests)
 
 
+@pytest.mark.slow
 def test_label_issues_from_cross_validation_use_held_out_predictions_only(trained: Path, tmp_path: Path) -> None:
     data = make_class_folder(tmp_path / "fresh", per_class=8, seed=11)
     result = imgclf.evaluate(trained, data, out=tmp_path / "eval", folds=2)

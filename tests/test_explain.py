@@ -44,6 +44,7 @@ def square_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     return run.run_dir, corners
 
 
+@pytest.mark.slow
 def test_the_map_has_the_image_s_shape_and_peaks_inside_the_planted_square(square_run) -> None:
     run, corners = square_run
     tested = [path for path in corners if "/test/" in path]
@@ -56,6 +57,7 @@ def test_the_map_has_the_image_s_shape_and_peaks_inside_the_planted_square(squar
         assert y <= peak_y < y + SIDE and x <= peak_x < x + SIDE, (path, (peak_y, peak_x), (y, x))
 
 
+@pytest.mark.slow
 def test_explain_command_writes_overlays_and_skips_a_broken_image(square_run, tmp_path: Path) -> None:
     run, corners = square_run
     broken = tmp_path / "broken.png"

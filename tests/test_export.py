@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_class_folder, run_cli, train_tiny_run
+from conftest import copy_run, make_class_folder, run_cli
+from processes import run_python
 
 import imgclf
 from imgclf.deploy.runtime import resolve_runtime
@@ -21,8 +20,9 @@ INT8_ACCURACY_TOLERANCE = 0.02  # the stated tolerance: int8 may lose at most 2 
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny_run(tmp_path_factory.mktemp("export"))
+def run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run, copied: exports are written into it."""
+    return copy_run(tiny_run, tmp_path_factory.mktemp("export"))
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,7 @@ def images(tmp_path: Path) -> list[Path]:
     return sorted(folder.rglob("*.png"))
 
 
+@pytest.mark.slow
 def test_onnx_export_records_preprocessing_and_has_a_dynamic_batch(onnx_run: Path) -> None:
     import onnxruntime
 
@@ -54,6 +55,7 @@ def test_onnx_export_records_preprocessing_and_has_a_dynamic_batch(onnx_run: Pat
         assert logits.shape == (batch, 3)
 
 
+@pytest.mark.slow
 def test_onnx_runtime_predicts_what_torch_predicts(onnx_run: Path, images: list[Path], tmp_path: Path) -> None:
     on_torch = imgclf.load(onnx_run, runtime="torch", precision="fp32")
     on_onnx = imgclf.load(onnx_run, runtime="onnx")
@@ -68,6 +70,7 @@ def test_onnx_runtime_predicts_what_torch_predicts(onnx_run: Path, images: list[
     assert on_eval.metrics["accuracy"] == 1.0
 
 
+@pytest.mark.slow
 def test_int8_model_is_within_the_stated_accuracy_tolerance(onnx_run: Path, images: list[Path]) -> None:
     meta = json.loads((onnx_run / "model" / "model.int8.onnx.json").read_text())
     quantization = meta["quantization"]
@@ -95,6 +98,7 @@ def test_torchscript_export_matches(run: Path, images: list[Path], tmp_path: Pat
                                reference.predict_proba(images), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_auto_runtime_follows_the_measured_speed_and_ignores_stale_exports(onnx_run: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "model"
     shutil.copytree(onnx_run / "model", bundle)
@@ -117,6 +121,7 @@ def test_a_failed_parity_check_is_loud_and_leaves_no_file(run: Path, tmp_path: P
     assert not list((tmp_path / "strict").iterdir())
 
 
+@pytest.mark.slow
 def test_cli_export_prints_parity_and_refuses_what_it_cannot_do(run: Path, tmp_path: Path) -> None:
     result = run_cli("export", str(run), "--out", str(tmp_path / "cli"))
     assert result.returncode == 0, result.stderr
@@ -124,7 +129,7 @@ def test_cli_export_prints_parity_and_refuses_what_it_cannot_do(run: Path, tmp_p
     assert (tmp_path / "cli" / "model.onnx").is_file() and (tmp_path / "cli" / "model.onnx.json").is_file()
     cases = [(["--format", "savedmodel"], "savedmodel cannot export .* a torch model; choose onnx or torchscript"),
              (["--format", "pdf"], "--format pdf is not known"),
-             (["--format", "torchscript", "--quantize", "int8"], "--quantize int8 works on ONNX and TFLite exports, not torchscript; add --format onnx"),
+             (["--format", "torchscript", "--quantize", "int8"], "--quantize int8 works on ONNX, TFLite and OpenVINO exports, not torchscript; add --format onnx"),
              (["--quantize", "int4"], "--quantize int4 is not supported")]
     for options, message in cases:
         refused = run_cli("export", str(run), *options, "--out", str(tmp_path / "refused"))
@@ -137,9 +142,10 @@ def test_cli_export_prints_parity_and_refuses_what_it_cannot_do(run: Path, tmp_p
         imgclf.export(bare, "onnx", quantize="int8")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_onnx_runtime_needs_no_torch(onnx_run: Path, images: list[Path]) -> None:
     script = ("import sys, imgclf; clf = imgclf.load(sys.argv[1], runtime='onnx'); print(clf.predict(sys.argv[2])[0][0]);"
               "print('torch' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", script, str(onnx_run), str(images[0])], capture_output=True, text=True,
-                            timeout=120)
+    result = run_python("-c", script, str(onnx_run), str(images[0]), timeout=120)
     assert result.stdout.split() == [images[0].parent.name, "False"], result.stderr

@@ -8,15 +8,13 @@ sure of ``cool`` but not of which leaf: the case --min-confidence backs off.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY_FASTNET, make_class_folder, make_image, run_cli
+from conftest import TINY_ARGS, TINY_FASTNET, make_class_folder, make_image, run_cli
 from fastapi.testclient import TestClient
-from test_cli_train import TINY
 
 import imgclf
 from imgclf.data.hierarchy import cut_path, node_counts, same_leaf_warnings
@@ -38,10 +36,12 @@ def run(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return imgclf.train(tree, out=tmp_path_factory.mktemp("tree-run") / "run", epochs=8, **TINY_FASTNET).run_dir
 
 
+@pytest.mark.slow
 def test_nested_folders_train_on_the_leaf_paths(run: Path) -> None:
     assert imgclf.load(run).classes == ["cool/blue", "cool/navy", "warm/orange", "warm/red"]
 
 
+@pytest.mark.slow
 def test_predict_gives_the_path_and_backs_off_to_the_level_it_is_sure_of(run: Path, tree: Path) -> None:
     cool = sorted((tree / "cool").rglob("*.png"))
     rows = list(imgclf.predict(run, cool, min_confidence=SURE))
@@ -57,6 +57,7 @@ def test_predict_gives_the_path_and_backs_off_to_the_level_it_is_sure_of(run: Pa
     assert plain.prediction == plain.levels[-1].label and plain.prediction.startswith("cool/")
 
 
+@pytest.mark.slow
 def test_predict_csv_and_json_have_a_column_per_level(run: Path, tree: Path, tmp_path: Path) -> None:
     images = [str(tree / "warm" / "red" / "000.png"), str(tree / "cool" / "navy" / "000.png")]
     result = run_cli("predict", str(run), *images, "--min-confidence", str(SURE), "--out", str(tmp_path / "p.csv"))
@@ -70,6 +71,7 @@ def test_predict_csv_and_json_have_a_column_per_level(run: Path, tree: Path, tmp
     assert records[1]["level1"] == "cool" and records[1]["level2"].startswith("cool/")
 
 
+@pytest.mark.slow
 def test_evaluation_scores_every_level(run: Path) -> None:
     metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
     top, leaves = metrics["levels"]
@@ -82,6 +84,7 @@ def test_evaluation_scores_every_level(run: Path) -> None:
     assert 'id="levels"' in page and "Categories by level" in page
 
 
+@pytest.mark.slow
 def test_serve_answers_with_the_path(run: Path, tree: Path) -> None:
     app = create_app(imgclf.load(run, runtime="torch"), "tree", "torch", max_wait_ms=1)
     with TestClient(app) as client:
@@ -94,12 +97,12 @@ def test_serve_answers_with_the_path(run: Path, tree: Path) -> None:
 
 KERAS = ["--backend", "tensorflow", "--model", "tutorial-cnn", "--image-size", "16", "--batch-size", "8",
          "--workers", "1"]
-NO_TENSORFLOW = importlib.util.find_spec("tensorflow") is None  # find_spec: importing it here would crash (keras_setup)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", [
-    pytest.param(TINY, id="torch"),
-    pytest.param(KERAS, id="keras", marks=pytest.mark.skipif(NO_TENSORFLOW, reason="the TensorFlow extra is not installed")),
+    pytest.param(TINY_ARGS, id="torch"),
+    pytest.param(KERAS, id="keras", marks=pytest.mark.tensorflow),
 ])
 def test_label_depth_trains_on_the_cut_labels_and_evaluates_full_paths(engine: list[str], tree: Path,
                                                                        tmp_path: Path) -> None:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from conftest import TINY_FASTNET, make_class_folder
 from hostile import hostile_bytes, write_hostile_corpus
+from processes import run_python
 from starlette.testclient import TestClient
 
 import imgclf
@@ -64,6 +63,7 @@ def split_of(run: Path) -> dict[str, str]:
         return {row["path"]: row["split"] for row in csv.DictReader(handle)}
 
 
+@pytest.mark.slow
 def test_inspect_and_train_report_each_bad_file_once(corpus: tuple[Path, set[str], set[str]], run: Path,
                                                       tmp_path: Path) -> None:
     root, good, bad = corpus
@@ -74,6 +74,7 @@ def test_inspect_and_train_report_each_bad_file_once(corpus: tuple[Path, set[str
     assert set(split_of(run)) == good | bad  # every file kept in the split; the bad ones skipped when decoding
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_use_every_good_image(corpus: tuple[Path, set[str], set[str]], run: Path,
                                                    tmp_path: Path) -> None:
     root, good, bad = corpus
@@ -85,16 +86,18 @@ def test_evaluate_and_predict_use_every_good_image(corpus: tuple[Path, set[str],
     assert {os.path.abspath(row.path) for row in rows if not row.error} == good
 
 
+@pytest.mark.subprocess
 def test_predict_cli_prints_file_names_that_are_not_utf8(corpus: tuple[Path, set[str], set[str]], run: Path) -> None:
     root, good, bad = corpus
-    result = subprocess.run([sys.executable, "-m", "imgclf", "predict", str(run), str(root), "--format", "csv"],
-                            capture_output=True, encoding="utf-8", errors=PATH_BYTES, timeout=120)
+    result = run_python("-m", "imgclf", "predict", str(run), str(root), "--format", "csv", errors=PATH_BYTES,
+                        timeout=120)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     rows = list(csv.DictReader(result.stdout.splitlines()))
     assert {row["path"] for row in rows} == good | bad  # the names' own bytes, round-tripped
     assert {row["path"] for row in rows if row["error"]} == bad
 
 
+@pytest.mark.slow
 def test_embed_index_and_match_report_each_bad_file_once(corpus: tuple[Path, set[str], set[str]], run: Path,
                                                          tmp_path: Path) -> None:
     root, good, bad = corpus
@@ -112,6 +115,7 @@ def test_embed_index_and_match_report_each_bad_file_once(corpus: tuple[Path, set
     each_once(reported(matched.skipped), bad)
 
 
+@pytest.mark.slow
 def test_export_calibration_reports_the_bad_files_it_met(corpus: tuple[Path, set[str], set[str]], run: Path,
                                                          tmp_path: Path) -> None:
     _, _, bad = corpus
@@ -121,6 +125,7 @@ def test_export_calibration_reports_the_bad_files_it_met(corpus: tuple[Path, set
     each_once(reported(result.quantization.skipped), bad & used)
 
 
+@pytest.mark.slow
 def test_serve_answers_every_hostile_upload_and_keeps_serving(run: Path) -> None:
     classifier = imgclf.load(run, runtime="torch")
     with TestClient(create_app(classifier, "hostile", "torch")) as client:

@@ -64,6 +64,7 @@ def mutated(draw: st.DrawFn) -> bytes:
 FUZZ = settings(max_examples=1000, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.one_of(st.binary(max_size=512), mutated()))
 def test_fuzzed_bytes_never_raise(data: bytes) -> None:

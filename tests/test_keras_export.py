@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import make_class_folder, run_cli
+from processes import run_python
 
 import imgclf
 from imgclf.deploy.classifier import probabilities_from_logits
 from imgclf.deploy.runtime import resolve_runtime
 from imgclf.errors import ImgclfError
 
-# find_spec, not importorskip: importing TensorFlow here, before torchvision, would crash the process
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
-                                reason="the TensorFlow extra is not installed (pip install 'imgclf[tensorflow]')")
+pytestmark = pytest.mark.tensorflow  # skipped where the TensorFlow extra is missing (conftest.py)
 
 INT8_ACCURACY_TOLERANCE = 0.02  # as for torch exports: int8 may lose at most 2 points of validation accuracy
 
@@ -110,6 +106,7 @@ def test_tflite_export_and_its_int8_twin_resize_their_input_for_any_batch(keras_
     assert list(logits.argmax(axis=1)) == list(expected.argmax(axis=1))
 
 
+@pytest.mark.subprocess
 def test_onnx_export_takes_nchw_like_a_torch_export_and_runs_predict(onnx_run: Path, images: list[Path]) -> None:
     import onnxruntime
 
@@ -134,8 +131,7 @@ def test_onnx_export_takes_nchw_like_a_torch_export_and_runs_predict(onnx_run: P
                                                                                  for row in rows]
     script = ("import sys, imgclf; print(imgclf.load(sys.argv[1], runtime='onnx').predict(sys.argv[2])[0][0]); "
               "print(sorted({'tensorflow', 'keras', 'torch'} & set(sys.modules)))")
-    alone = subprocess.run([sys.executable, "-c", script, str(onnx_run), str(images[0])], capture_output=True, text=True,
-                           timeout=120)
+    alone = run_python("-c", script, str(onnx_run), str(images[0]), timeout=120)
     assert alone.stdout.split("\n")[:2] == [images[0].parent.name, "[]"], alone.stderr  # neither framework loaded
 
 
@@ -165,7 +161,7 @@ def test_cli_exports_a_keras_model_and_refuses_what_it_cannot_do(keras_run: Path
     assert "Traceback" not in result.stderr and "deprecated" not in result.stderr and "XNNPACK" not in result.stderr
     cases = [(["--format", "torchscript"], "torchscript cannot export .* a tensorflow model; choose savedmodel or "
                                            "tflite or onnx"),
-             (["--format", "savedmodel", "--quantize", "int8"], "--quantize int8 works on ONNX and TFLite exports, "
+             (["--format", "savedmodel", "--quantize", "int8"], "--quantize int8 works on ONNX, TFLite and OpenVINO exports, "
                                                                 "not savedmodel; add --format tflite")]
     for options, message in cases:
         refused = run_cli("export", str(keras_run), *options, "--out", str(tmp_path / "refused"))

@@ -44,6 +44,7 @@ def test_a_class_absent_from_training_is_refused_not_given_a_sentinel_bias() -> 
         fit_linear_head(train_x, train_y, None, None, 3)
 
 
+@pytest.mark.slow
 def test_a_given_c_replaces_the_choice_for_both_heads() -> None:
     train_x, train_y = clusters(3, 20, seed=3)
     val_x, val_y = clusters(3, 10, seed=3)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import re
@@ -66,6 +65,7 @@ def with_thresholds(run: Path, folder: Path, value: float) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_training_chooses_a_threshold_per_label_on_val_and_keeps_it_in_the_bundle(run: Path) -> None:
     info = json.loads((run / "model" / "model.json").read_text())
     assert info["multilabel"] and info["threshold_goal"] == "f1"
@@ -76,6 +76,7 @@ def test_training_chooses_a_threshold_per_label_on_val_and_keeps_it_in_the_bundl
     assert (run / "report.html").is_file() and "Label co-occurrence" in (run / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_predict_says_every_label_at_or_above_its_threshold_after_load(run: Path, manifest: Path,
                                                                         tmp_path: Path) -> None:
     images = sorted((manifest.parent / "img").glob("*.png"))[:4]
@@ -97,6 +98,7 @@ def test_predict_says_every_label_at_or_above_its_threshold_after_load(run: Path
     assert all(row.labels == [] and row.confidence is None for row in floored)
 
 
+@pytest.mark.slow
 def test_evaluate_reports_multilabel_metrics_and_label_issues(run: Path, tmp_path: Path) -> None:
     result = run_cli("evaluate", str(run), "--label-issues", "--json", "--out", str(tmp_path / "eval"))
     assert result.returncode == 0, result.stderr
@@ -129,6 +131,7 @@ def test_a_model_that_misses_and_invents_labels_is_measured_as_such() -> None:
         ("0.png", "red", "not red"), ("0.png", "not green", "green")}
 
 
+@pytest.mark.slow
 def test_serve_answers_the_chosen_labels(run: Path, manifest: Path) -> None:
     classifier = imgclf.load(run, runtime="torch")
     classifier.info.thresholds = dict.fromkeys(classifier.classes, 0.0)
@@ -143,6 +146,7 @@ def test_serve_answers_the_chosen_labels(run: Path, manifest: Path) -> None:
     assert sorted(prediction["labels"]) == ["blue", "green", "red"] and prediction["confidence"] is None
 
 
+@pytest.mark.slow
 def test_onnx_export_of_a_sigmoid_model_keeps_parity(run: Path, manifest: Path) -> None:
     exported = imgclf.export(run, "onnx")
     meta = json.loads(Path(str(exported.path) + ".json").read_text())
@@ -188,7 +192,7 @@ def test_the_probe_is_one_vs_rest_logistic_regression() -> None:
     assert ((logits > 0) == truth[90:]).all() and fit.val_accuracy == 1.0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="the TensorFlow extra is not installed")
+@pytest.mark.tensorflow
 def test_keras_engine_trains_multilabel_with_thresholds(manifest: Path, tmp_path: Path) -> None:
     imgclf.train(manifest, out=tmp_path / "keras", backend="tensorflow", model="tutorial-cnn", epochs=1, image_size=16,
                  batch_size=8, workers=1)

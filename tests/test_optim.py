@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,6 +29,7 @@ def tiny_net() -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
 
 
+@pytest.mark.slow
 def test_muon_trains_the_filters_and_sgd_the_rest_and_the_loss_falls() -> None:
     net = tiny_net()
     head = net[-1]

@@ -21,6 +21,7 @@ def weight_l1(run: Path) -> float:
                      if value.ndim > 1 and "whiten" not in name))
 
 
+@pytest.mark.slow
 def test_l1_shrinks_the_weights(tmp_path: Path) -> None:
     data = make_class_folder(tmp_path / "data", per_class=10)
     options = dict(TINY_FASTNET, epochs=3, ema=False)
@@ -40,6 +41,7 @@ def test_dropout_and_drop_path_reach_timm_by_their_names() -> None:
     assert regularisation_args(make_config(data="x", model="tutorial-cnn", dropout=0.2)) == {"dropout": 0.2}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("flags", "message"), [
     (["--model", "fastnet", "--drop-path", "0.1"], "--drop-path: fastnet has no stochastic depth"),
     (["--dropout", "1.5"], "--dropout is a probability in [0, 1), got 1.5"),

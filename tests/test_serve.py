@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,8 +19,9 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from conftest import browser_page, make_image, run_cli, train_tiny_run
+from conftest import browser_page, make_image, run_cli
 from PIL import Image
+from processes import start_python, stop, wait_until
 
 import imgclf
 from imgclf.serve.app import create_app
@@ -33,8 +32,9 @@ LIMITS = Limits(max_bytes=200_000, max_pixels=1_000_000, max_files=3, timeout_s=
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny_run(tmp_path_factory.mktemp("serve"))
+def run(tiny_run: Path) -> Path:
+    """The shared tiny run: serving only reads it."""
+    return tiny_run
 
 
 def start_server(app: object) -> tuple[str, uvicorn.Server, threading.Thread]:
@@ -201,10 +201,11 @@ def test_concurrent_requests_share_model_calls() -> None:
 
 def test_slow_models_and_slow_uploads_time_out_and_the_server_recovers(run: Path) -> None:
     classifier = imgclf.load(run, runtime="torch")
-    delays = iter([3.0])
+    stuck, first_call = threading.Event(), iter([True])
 
     def slow(pixels: np.ndarray) -> np.ndarray:
-        time.sleep(next(delays, 0.0))
+        if next(first_call, False):
+            assert stuck.wait(timeout=60), "the test never released the stuck model call"
         return classifier.predict_pixels(pixels)
 
     stand_in = SimpleNamespace(info=classifier.info, classes=classifier.classes, tta=False, predict_pixels=slow,
@@ -213,7 +214,7 @@ def test_slow_models_and_slow_uploads_time_out_and_the_server_recovers(run: Path
     with httpx.Client(base_url=url, timeout=30) as http:
         answer = http.post("/v1/predict", content=RED, headers={"content-type": "image/jpeg"})
         assert answer.status_code == 503 and "no answer within 1 s" in answer.json()["error"]
-        time.sleep(2.5)  # the stuck model call finishes
+        stuck.set()  # the stuck model call finishes; the next request is answered
         assert http.post("/v1/predict", content=RED, headers={"content-type": "image/jpeg"}).status_code == 200
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as stalled:  # promises 1,000 bytes, sends 10
@@ -237,6 +238,9 @@ def test_web_page_classifies_an_uploaded_image_in_a_browser(client: httpx.Client
     with browser_page(chromium) as (page, requests):
         page.goto(base + "/")
         page.wait_for_function("document.getElementById('about').textContent.includes('3 classes')")
+        # before any image: no image element is shown without a picture (a broken-image icon)
+        shown_empty = page.eval_on_selector_all(
+            "img", "images => images.filter(i => i.getClientRects().length && !i.naturalWidth).map(i => i.id)")
         page.set_input_files("#file", str(image))
         page.wait_for_function("document.getElementById('prediction').textContent !== ''")
         prediction = page.inner_text("#prediction")
@@ -248,29 +252,40 @@ def test_web_page_classifies_an_uploaded_image_in_a_browser(client: httpx.Client
     assert prediction == "red"
     assert len(rows) == 3 and rows[0].startswith("red") and rows[0].rstrip().endswith("%")
     assert preview == 64 and heatmap == 16
+    assert shown_empty == []
     assert all(url.startswith((base, "blob:")) for url in requests), requests
 
 
-def test_cli_serve_binds_loopback_and_stops_on_ctrl_c(run: Path) -> None:
+def start_serving(model: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """``imgclf serve MODEL`` in a process of its own on a free loopback port, once it answers: (process, URL)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "imgclf", "serve", str(run), "--port", str(port)],
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    process = start_python("-m", "imgclf", "serve", str(model), "--port", url.rsplit(":", 1)[1], env=env)
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{url}/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert time.monotonic() < deadline and process.poll() is None, "imgclf serve did not come up"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        answer = httpx.post(f"http://127.0.0.1:{port}/v1/predict", content=RED, headers={"content-type": "image/jpeg"})
+        wait_until(answers, process, "imgclf serve coming up", timeout_s=180, poll_s=0.2)  # a loaded CI machine
+    except BaseException:
+        process.kill()
+        process.communicate(timeout=30)
+        raise
+    return process, url
+
+
+@pytest.mark.subprocess
+def test_cli_serve_binds_loopback_and_stops_on_ctrl_c(run: Path) -> None:
+    process, url = start_serving(run)
+    try:
+        answer = httpx.post(f"{url}/v1/predict", content=RED, headers={"content-type": "image/jpeg"})
         assert answer.json()["predictions"][0]["prediction"] == "red"
     finally:
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)
-    assert f"on http://127.0.0.1:{port}" in stderr and "Traceback" not in stderr
+        _, stderr = stop(process, signal.SIGINT, timeout_s=30)
+    assert f"on {url}" in stderr and "Traceback" not in stderr
     refused = run_cli("serve", str(run), "--port", "70000")
     assert refused.returncode == 2 and "--port 70000 is not a TCP port" in refused.stderr

@@ -3,10 +3,9 @@ and the optional API key. (benchmarks/serve_soak.py is the 5-minute, 32-client s
 
 from __future__ import annotations
 
-import os
+import signal
 import socket
-import subprocess
-import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,8 +17,9 @@ import schemathesis
 from conftest import run_cli, untrained_bundle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from processes import stop
 from schemathesis import GenerationMode
-from test_serve import RED, start_server
+from test_serve import RED, start_server, start_serving
 
 import imgclf
 from imgclf.serve.app import create_app
@@ -56,6 +56,7 @@ def keyed(bundle: Path) -> Iterator[str]:
 CASES_PER_OPERATION = 100
 
 
+@pytest.mark.slow
 def test_schema_fuzzing_never_gets_a_server_error(server: str) -> None:
     """Schemathesis generates requests from the app's own OpenAPI schema, valid and not; none may get a 5xx."""
     schema = schemathesis.openapi.from_url(f"{server}/openapi.json")
@@ -89,42 +90,57 @@ def raw_connection(url: str) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=30)
 
 
-def test_slow_drip_uploads_and_stalled_clients_do_not_stall_others(server: str) -> None:
-    stalled = [raw_connection(server) for _ in range(20)]  # slowloris: headers that never end, bodies never sent
+def drip(url: str, until: threading.Event | None = None) -> str:
+    """POST an upload of 1,000 promised bytes one byte every 0.25 s, until the server answers (or ``until`` is set,
+    or a minute passes): the reply read, empty if none came."""
+    with raw_connection(url) as connection:
+        connection.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                           b"Content-Length: 1000\r\n\r\n")
+        reply = b""
+        for byte in RED[:2] * 120:  # a JPEG's first bytes, then never its end
+            if until is not None and until.is_set():
+                break
+            try:
+                connection.sendall(bytes([byte]))
+                chunk = connection.recv(4096) if select_ready(connection) else b""
+            except OSError:
+                break
+            reply += chunk
+            if b"}" in reply:
+                break
+            time.sleep(0.25)
+        return reply.decode(errors="replace")
+
+
+def test_slow_drip_uploads_and_stalled_clients_do_not_stall_others(bundle: Path, server: str) -> None:
+    """Ordered by events, not timed: on a server whose upload timeout is a minute, ten requests are answered while
+    stalled clients hold connections and a dripping upload is still unfinished (a server that waited on them would
+    answer nothing until the drip stops, which it does only once the ten are answered); with the 2 s timeout, the
+    drip itself is then cut with a 408."""
+    patient_limits = Limits(max_bytes=LIMITS.max_bytes, max_pixels=LIMITS.max_pixels, max_files=3, timeout_s=60.0)
+    patient, uvicorn_server, thread = start_server(create_app(imgclf.load(bundle, runtime="torch"), "patient", "torch",
+                                                              patient_limits, max_wait_ms=1))
+    stalled = [raw_connection(patient) for _ in range(20)]  # slowloris: headers that never end, bodies never sent
     for number, connection in enumerate(stalled):
         connection.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n" if number % 2 else
                            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\nab")
-    unread = [raw_connection(server) for _ in range(10)]  # slow readers: ask, never read the answer
+    unread = [raw_connection(patient) for _ in range(10)]  # slow readers: ask, never read the answer
     for connection in unread:
         connection.sendall(b"GET /v1/model HTTP/1.1\r\nHost: x\r\n\r\n" * 50)
-
-    def drip() -> str:  # one byte every 0.25 s: still unfinished when the 2 s timeout ends it
-        with raw_connection(server) as connection:
-            connection.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-                               b"Content-Length: 1000\r\n\r\n")
-            reply = b""
-            for byte in RED[:40]:
-                try:
-                    connection.sendall(bytes([byte]))
-                    chunk = connection.recv(4096) if select_ready(connection) else b""
-                except OSError:
-                    break
-                reply += chunk
-                if b"}" in reply:
-                    break
-                time.sleep(0.25)
-            return reply.decode(errors="replace")
-
+    answered = threading.Event()
     with ThreadPoolExecutor(4) as pool:
-        dripping = pool.submit(drip)
-        started = time.monotonic()
-        answers = [post(server, content=RED, headers={"content-type": "image/jpeg"}) for _ in range(10)]
-        elapsed = time.monotonic() - started
-        assert all(answer.status_code == 200 for answer in answers) and elapsed < 5, elapsed
-        assert dripping.result(timeout=30).startswith("HTTP/1.1 408")
+        dripping = pool.submit(drip, patient, answered)
+        answers = [post(patient, content=RED, headers={"content-type": "image/jpeg"}) for _ in range(10)]
+        assert all(answer.status_code == 200 for answer in answers)
+        assert not dripping.done()  # the ten were answered while the drip was still uploading
+        answered.set()
+        assert dripping.result(timeout=30) == ""  # and it had no answer yet: nothing was cut short
+    assert drip(server).startswith("HTTP/1.1 408")  # a drip past the 2 s timeout is cut
     for connection in stalled + unread:
         connection.close()
-    assert httpx.get(f"{server}/healthz").status_code == 200
+    assert httpx.get(f"{patient}/healthz").status_code == 200 and httpx.get(f"{server}/healthz").status_code == 200
+    uvicorn_server.should_exit = True
+    thread.join(10)
 
 
 def select_ready(connection: socket.socket) -> bool:
@@ -210,26 +226,13 @@ def test_api_key_is_required_on_the_api_and_metrics_but_not_health(keyed: str) -
     assert httpx.get(f"{keyed}/healthz").status_code == 200 and httpx.get(f"{keyed}/").status_code == 200
 
 
+@pytest.mark.subprocess
 def test_cli_serve_takes_the_api_key_from_the_environment(bundle: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     short = run_cli("serve", str(bundle), "--api-key", "short")
     assert short.returncode == 2 and "--api-key is too short" in short.stderr
-    process = subprocess.Popen([sys.executable, "-m", "imgclf", "serve", str(bundle), "--port", str(port)],
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "IMGCLF_API_KEY": KEY})
+    process, url = start_serving(bundle, env={"IMGCLF_API_KEY": KEY})
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert time.monotonic() < deadline and process.poll() is None, "imgclf serve did not come up"
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
         assert post(url, content=RED, headers={"content-type": "image/jpeg"}).status_code == 401
         assert post(url, content=RED, headers={"content-type": "image/jpeg", "x-api-key": KEY}).status_code == 200
     finally:
-        process.terminate()
-        process.communicate(timeout=30)
+        stop(process, signal.SIGTERM, timeout_s=30)

@@ -46,6 +46,7 @@ def tail_run(efficientnet_weights: Path, tmp_path_factory: pytest.TempPathFactor
     return root / "run", train(data, root / "run", efficientnet_weights)
 
 
+@pytest.mark.slow
 def test_the_tail_trains_only_its_blocks_and_writes_one_row_per_epoch(efficientnet_weights: Path,
                                                                      tail_run: tuple[Path, TrainResult]) -> None:
     from safetensors.torch import load_file
@@ -68,6 +69,7 @@ def test_the_tail_trains_only_its_blocks_and_writes_one_row_per_epoch(efficientn
             assert (value == pretrained[name]).all(), f"{name} is in the frozen part and changed"
 
 
+@pytest.mark.slow
 def test_the_bundle_predicts_what_the_trained_model_scored(tail_run: tuple[Path, TrainResult]) -> None:
     """The shipped epoch's val loss (from the kept activations through the in-memory tail) is the bundle's."""
     import torch
@@ -89,6 +91,7 @@ def test_the_bundle_predicts_what_the_trained_model_scored(tail_run: tuple[Path,
     assert loss == pytest.approx(float(shipped["val_loss"]), rel=1e-2)  # float16 activations: 1e-3 apart
 
 
+@pytest.mark.slow
 def test_a_tail_too_large_for_memory_falls_back_to_the_probe(efficientnet_weights: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch,
                                                              caplog: pytest.LogCaptureFixture) -> None:
@@ -103,6 +106,7 @@ def test_a_tail_too_large_for_memory_falls_back_to_the_probe(efficientnet_weight
     assert "tail skipped" in logged(caplog)
 
 
+@pytest.mark.slow
 def test_tail_options_are_checked_with_one_line_errors(efficientnet_weights: Path, backbone_weights: Path,
                                                        tmp_path: Path) -> None:
     from imgclf.errors import ImgclfError
@@ -126,6 +130,7 @@ def test_tail_options_are_checked_with_one_line_errors(efficientnet_weights: Pat
             train(data, tmp_path / "python", efficientnet_weights, **options)
 
 
+@pytest.mark.slow
 def test_a_rerun_reads_the_activations_from_disk_and_trains_the_same_model(
         efficientnet_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The frozen part's output is cached per image and view like embeddings: keyed by file and by the cut."""
@@ -172,6 +177,7 @@ def zoom_run(efficientnet_weights: Path, tmp_path_factory: pytest.TempPathFactor
     return data, root / "run", train(data, root / "run", efficientnet_weights, epochs=2, tta_zoom=0.875)
 
 
+@pytest.mark.slow
 def test_the_zoomed_views_are_training_rows_keyed_by_view_in_the_cache(
         efficientnet_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="imgclf")
@@ -197,6 +203,7 @@ def test_the_zoomed_views_are_training_rows_keyed_by_view_in_the_cache(
     assert flips.history[-1]["val_loss"] != zoomed.history[-1]["val_loss"]  # the zoomed rows changed the training
 
 
+@pytest.mark.slow
 def test_zoomed_tta_predicts_serves_and_exports_the_same(zoom_run: tuple[Path, Path, TrainResult]) -> None:
     import json
 

@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import interrupt_training, make_class_folder, run_cli, run_process
+from conftest import interrupt_training, run_cli, run_process
+from processes import run_python
 
-# find_spec, not importorskip: importing TensorFlow here, before torchvision, would crash the process
-# (see imgclf/models/keras_setup.py)
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
-                                reason="the TensorFlow extra is not installed (pip install 'imgclf[tensorflow]')")
+pytestmark = pytest.mark.tensorflow  # skipped where the TensorFlow extra is missing (conftest.py)
 
 TINY = ["--backend", "tensorflow", "--image-size", "16", "--batch-size", "8", "--workers", "1"]
-
-
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_class_folder(tmp_path_factory.mktemp("colours") / "data", per_class=20)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +45,7 @@ def test_train_writes_the_same_run_directory_and_a_keras_bundle(keras_run: tuple
     assert (run / "report.html").is_file()
 
 
+@pytest.mark.subprocess
 def test_bundle_gives_the_trained_model_s_results_in_a_fresh_process(
         keras_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     run, _ = keras_run
@@ -67,6 +58,7 @@ def test_bundle_gives_the_trained_model_s_results_in_a_fresh_process(
     assert fresh["log_loss"] == pytest.approx(trained["test_loss"], abs=1e-4)
 
 
+@pytest.mark.subprocess
 def test_predict_streams_rows_from_a_keras_bundle_identically_across_processes(
         keras_run: tuple[Path, subprocess.CompletedProcess[str]], colours: Path) -> None:
     run, _ = keras_run
@@ -80,6 +72,7 @@ def test_predict_streams_rows_from_a_keras_bundle_identically_across_processes(
     assert correct >= 50  # the colours are easy: the trained model must have learnt them
 
 
+@pytest.mark.subprocess
 def test_resume_continues_an_interrupted_tensorflow_run(colours: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     code, stderr = interrupt_training([str(colours), "--epochs", "400", *TINY], run,
@@ -196,6 +189,7 @@ def test_unsupported_tensorflow_options_get_one_line_errors(args: list[str], mes
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.subprocess
 def test_missing_tensorflow_extra_names_the_install_command(colours: Path, tmp_path: Path) -> None:
     """As on a machine without the extra: the import machinery finds no tensorflow."""
     script = ("import importlib.util as u, sys; real = u.find_spec; "
@@ -203,8 +197,7 @@ def test_missing_tensorflow_extra_names_the_install_command(colours: Path, tmp_p
               "from imgclf.cli import main; sys.argv = ['imgclf'] + sys.argv[1:]; main()")
     for command in (["train", str(colours), "--backend", "tensorflow", "--out", str(tmp_path / "run")],
                     ["compare", str(colours), "--out", str(tmp_path / "compare")]):
-        result = subprocess.run([sys.executable, "-c", script, *command], capture_output=True, text=True, timeout=120,
-                                env={**os.environ, "COLUMNS": "200"})
+        result = run_python("-c", script, *command, timeout=120)
         assert result.returncode == 2, result.stderr
         assert "pip install 'imgclf[tensorflow]'" in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
@@ -228,11 +221,12 @@ def test_pretrained_backbone_offline_or_missing_file_is_one_clear_error(monkeypa
         build_model("resnet50", 3, 32, 3, {}, str(tmp_path / "missing.h5"))
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("command", [["--help"], ["train", "--help"], ["compare", "--help"]])
 def test_cli_starts_without_importing_torch_or_tensorflow(command: list[str]) -> None:
     script = ("import atexit, sys; atexit.register(lambda: print(sorted({'torch', 'tensorflow', 'keras'} "
               "& set(sys.modules)))); from imgclf.cli import main; sys.argv = ['imgclf'] + sys.argv[1:]; main()")
-    result = subprocess.run([sys.executable, "-c", script, *command], capture_output=True, text=True, timeout=60)
+    result = run_python("-c", script, *command, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
 

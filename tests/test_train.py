@@ -10,25 +10,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import make_class_folder, make_image
+from conftest import TINY_FASTNET, FakeClock, make_class_folder, make_image
 from safetensors.torch import load_file
+from test_budget import Slowdown
 
 import imgclf
 from imgclf.engines.callbacks import Callback, FitState
 from imgclf.errors import ImgclfError
-
-TINY_FASTNET = {"widths": [8, 16, 16], "depth": 1}
-FAST = dict(model="fastnet", model_args=TINY_FASTNET, precision="fp32", batch_size=16, lr=0.5, label_smoothing=0.0,
-            workers=1)
+from imgclf.training import TrainResult
 
 
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_class_folder(tmp_path_factory.mktemp("colours") / "data", per_class=20)
-
-
-def test_training_writes_a_complete_run_and_a_bundle_that_predicts_the_same(colours: Path, tmp_path: Path) -> None:
-    run = imgclf.train(colours, out=tmp_path / "run", epochs=10, **FAST)
+def test_training_writes_a_complete_run_and_a_bundle_that_predicts_the_same(tiny_training: TrainResult) -> None:
+    run = tiny_training  # imgclf.train(colours, epochs=10, **TINY_FASTNET), shared with the tests that read a run
     for name in ("config.yaml", "split.csv", "metrics.csv", "checkpoints/last.pt", "checkpoints/best.pt",
                  "model/model.json", "model/weights.safetensors"):
         assert (run.run_dir / name).is_file(), name
@@ -50,9 +43,10 @@ def test_training_writes_a_complete_run_and_a_bundle_that_predicts_the_same(colo
     assert single == sorted(single, key=lambda pair: -pair[1])
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_weights(colours: Path, tmp_path: Path) -> None:
-    first = imgclf.train(colours, out=tmp_path / "a", epochs=1, **FAST)
-    second = imgclf.train(colours, out=tmp_path / "b", epochs=1, **FAST)
+    first = imgclf.train(colours, out=tmp_path / "a", epochs=1, **TINY_FASTNET)
+    second = imgclf.train(colours, out=tmp_path / "b", epochs=1, **TINY_FASTNET)
     assert_same_weights(first.model_dir, second.model_dir)
 
 
@@ -75,8 +69,9 @@ class InterruptAt(Callback):
             fit.interrupt()
 
 
+@pytest.mark.slow
 def test_resume_after_an_interruption_mid_epoch_gives_the_same_final_weights(colours: Path, tmp_path: Path) -> None:
-    options = dict(epochs=3, mixup=0.2, **FAST)
+    options = dict(epochs=3, mixup=0.2, **TINY_FASTNET)
     uninterrupted = imgclf.train(colours, out=tmp_path / "whole", **options)
 
     # 3 batches per epoch: Ctrl-C during epoch 2, after its first step
@@ -88,15 +83,17 @@ def test_resume_after_an_interruption_mid_epoch_gives_the_same_final_weights(col
     assert_same_weights(uninterrupted.model_dir, resumed.model_dir)
 
 
+@pytest.mark.slow
 def test_early_stopping_keeps_the_best_epoch(colours: Path, tmp_path: Path) -> None:
     run = imgclf.train(colours, out=tmp_path / "run", epochs=6, early_stopping=1, monitor="val_loss",
-                       ema=False, lookahead=False, augment="light", **{**FAST, "lr": 1e-12})
+                       ema=False, lookahead=False, augment="light", **{**TINY_FASTNET, "lr": 1e-12})
     assert len(run.history) == 2 and run.metrics["best_epoch"] == 1
 
 
 PRETRAINED = dict(model="test_resnet", pretrained=True, precision="fp32", batch_size=16, image_size=32, workers=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["probe", "finetune", "two-stage"])
 def test_every_transfer_strategy(strategy: str, colours: Path, backbone_weights: Path, tmp_path: Path) -> None:
     run = imgclf.train(colours, out=tmp_path / strategy, weights=str(backbone_weights), strategy=strategy, epochs=2,
@@ -115,7 +112,7 @@ def test_every_transfer_strategy(strategy: str, colours: Path, backbone_weights:
 
 def test_yaml_config_and_explicit_options(colours: Path, tmp_path: Path) -> None:
     config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump({"model": "fastnet", "epochs": 7, "lr": 0.5, "model_args": TINY_FASTNET}))
+    config.write_text(yaml.safe_dump({"model": "fastnet", "epochs": 7, "lr": 0.5, "model_args": TINY_FASTNET["model_args"]}))
     resolved = imgclf.train(colours, config=config, lr=0.25, dry_run=True)
     assert (resolved.model, resolved.epochs, resolved.lr) == ("fastnet", 7, 0.25)
     config.write_text("epoch: 3\n")
@@ -142,22 +139,27 @@ def test_defaults_are_chosen_from_the_data(colours: Path, tmp_path: Path) -> Non
     assert (scratch.model, scratch.strategy, scratch.image_size) == ("fastnet", "scratch", 96)
 
 
-def test_time_budget_fits_the_schedule(colours: Path, tmp_path: Path) -> None:
-    run = imgclf.train(colours, out=tmp_path / "run", time_budget="8s", **FAST)
-    assert run.config.epochs != imgclf.train(colours, dry_run=True, **FAST).epochs
+@pytest.mark.slow
+def test_time_budget_fits_the_schedule(colours: Path, tmp_path: Path, clock: FakeClock) -> None:
+    """On the fake clock, as a machine taking 0.2 s a step: the same schedule and seconds on any machine."""
+    run = imgclf.train(colours, out=tmp_path / "run", time_budget="8s", callbacks=[Slowdown(clock, 0.2, 0.2)],
+                       **TINY_FASTNET)
+    assert run.config.epochs != imgclf.train(colours, dry_run=True, **TINY_FASTNET).epochs
     assert sum(row["seconds"] for row in run.history) < 8 * 1.5
 
 
+@pytest.mark.slow
 def test_imbalance_is_reported_and_handled(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = make_class_folder(tmp_path / "data", per_class=25)
     for path in sorted((root / "blue").iterdir())[4:]:
         path.unlink()
-    run = imgclf.train(root, out=tmp_path / "run", epochs=1, class_weights="auto", balanced_sampling=True, **FAST)
+    run = imgclf.train(root, out=tmp_path / "run", epochs=1, class_weights="auto", balanced_sampling=True, **TINY_FASTNET)
     assert any(record.levelname == "WARNING" and "class imbalance: 'blue'" in record.getMessage()
                for record in caplog.records)
     assert run.model_dir is not None
 
 
+@pytest.mark.slow
 def test_multilabel_manifest_trains(tmp_path: Path) -> None:
     rows = ["path,labels"]
     for number in range(30):
@@ -165,7 +167,7 @@ def test_multilabel_manifest_trains(tmp_path: Path) -> None:
         labels = ["red", "green", "red|green"][number % 3]
         rows.append(f"{make_image(tmp_path / 'img' / f'{number}.png', colour, seed=number)},{labels}")
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    run = imgclf.train(tmp_path / "labels.csv", out=tmp_path / "run", epochs=2, **FAST)
+    run = imgclf.train(tmp_path / "labels.csv", out=tmp_path / "run", epochs=2, **TINY_FASTNET)
     probabilities = imgclf.load(run.run_dir).predict_proba([tmp_path / "img" / "2.png"])
     assert probabilities.shape == (1, 2) and not np.isclose(probabilities.sum(), 1.0)  # independent sigmoids
 
@@ -191,28 +193,31 @@ def test_bad_options_are_refused_with_the_option_named(options: dict, message: s
         imgclf.train(colours, out=tmp_path / "run", **{**dict(workers=1), **options})
 
 
+@pytest.mark.slow
 def test_an_existing_run_is_not_overwritten_by_accident(colours: Path, tmp_path: Path) -> None:
-    imgclf.train(colours, out=tmp_path / "run", epochs=1, **FAST)
+    imgclf.train(colours, out=tmp_path / "run", epochs=1, **TINY_FASTNET)
     with pytest.raises(ImgclfError, match="already exists; pass --overwrite"):
-        imgclf.train(colours, out=tmp_path / "run", epochs=1, **FAST)
-    again = imgclf.train(colours, out=tmp_path / "run", epochs=1, overwrite=True, **FAST)
+        imgclf.train(colours, out=tmp_path / "run", epochs=1, **TINY_FASTNET)
+    again = imgclf.train(colours, out=tmp_path / "run", epochs=1, overwrite=True, **TINY_FASTNET)
     assert again.model_dir.is_dir()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.txt").write_text("precious")
     (tmp_path / "mine" / "config.yaml").write_text("a config of something else\n")
     with pytest.raises(ImgclfError, match="not an imgclf run"):
-        imgclf.train(colours, out=tmp_path / "mine", epochs=1, overwrite=True, **FAST)
+        imgclf.train(colours, out=tmp_path / "mine", epochs=1, overwrite=True, **TINY_FASTNET)
     assert (tmp_path / "mine" / "thesis.txt").exists()
 
 
+@pytest.mark.slow
 def test_resume_before_the_first_checkpoint_starts_the_saved_run_over(colours: Path, tmp_path: Path) -> None:
-    first = imgclf.train(colours, out=tmp_path / "run", epochs=2, **FAST)
+    first = imgclf.train(colours, out=tmp_path / "run", epochs=2, **TINY_FASTNET)
     (first.run_dir / "checkpoints" / "last.pt").unlink()  # as if stopped while decoding
     (first.run_dir / "model" / "weights.safetensors").unlink()
     again = imgclf.train(resume=first.run_dir)
     assert len(again.history) == 2 and (again.model_dir / "weights.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_gradient_probe_and_the_embedding_cache(colours: Path, backbone_weights: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     sgd = imgclf.train(colours, out=tmp_path / "sgd", weights=str(backbone_weights), strategy="probe", epochs=2,
@@ -244,8 +249,9 @@ def test_gradient_probe_and_the_embedding_cache(colours: Path, backbone_weights:
     assert first.metrics["val_accuracy"] >= 0.8
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_the_last_step_of_an_epoch_resumes_exactly(colours: Path, tmp_path: Path) -> None:
-    options = dict(epochs=3, **FAST)
+    options = dict(epochs=3, **TINY_FASTNET)
     uninterrupted = imgclf.train(colours, out=tmp_path / "whole", **options)
     # 3 batches per epoch: the sixth step is the last of epoch 2
     assert imgclf.train(colours, out=tmp_path / "cut", callbacks=[InterruptAt(step=6)], **options).interrupted
@@ -254,13 +260,14 @@ def test_ctrl_c_on_the_last_step_of_an_epoch_resumes_exactly(colours: Path, tmp_
     assert_same_weights(uninterrupted.model_dir, resumed.model_dir)
 
 
+@pytest.mark.slow
 def test_without_a_validation_split_the_last_epoch_is_shipped(tmp_path: Path) -> None:
     rows = ["path,label,split"]
     for number in range(24):
         name, colour = [("red", (220, 30, 30)), ("blue", (30, 40, 220))][number % 2]
         rows.append(f"{make_image(tmp_path / 'img' / f'{number}.png', colour, seed=number)},{name},train")
     (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
-    run = imgclf.train(tmp_path / "train.csv", out=tmp_path / "run", epochs=3, val_fraction=0.0, **FAST)
+    run = imgclf.train(tmp_path / "train.csv", out=tmp_path / "run", epochs=3, val_fraction=0.0, **TINY_FASTNET)
     assert "val_accuracy" not in run.metrics and run.metrics["best_epoch"] == 3
 
 
@@ -270,8 +277,9 @@ def test_another_optimizer_gets_its_own_rates(colours: Path) -> None:
     assert imgclf.train(colours, model="fastnet", dry_run=True).bias_lr_scale == 64.0
 
 
+@pytest.mark.slow
 def test_resume_is_exact_with_muon_lookahead_low_res_and_the_whitening_bias_freeze(colours: Path, tmp_path: Path) -> None:
-    options = dict(FAST, epochs=2, optimizer="muon", muon_lr=0.05, lookahead=True, ema=False,
+    options = dict(TINY_FASTNET, epochs=2, optimizer="muon", muon_lr=0.05, lookahead=True, ema=False,
                    whitening_bias_epochs=1, augment="airbench", low_res=12, low_res_epochs=1)
     uninterrupted = imgclf.train(colours, out=tmp_path / "whole", **options)
     # 3 batches per epoch: Ctrl-C mid-epoch 2, when Muon, lookahead and momentum state all exist
@@ -280,9 +288,10 @@ def test_resume_is_exact_with_muon_lookahead_low_res_and_the_whitening_bias_free
     assert_same_weights(uninterrupted.model_dir, resumed.model_dir)
 
 
+@pytest.mark.slow
 def test_the_whitening_bias_stops_training_after_its_epochs(colours: Path, tmp_path: Path) -> None:
     # no lookahead: its pulls towards the slow copy move every weight, the frozen bias too (as in airbench)
-    options = dict(FAST, epochs=2, ema=False, lookahead=False, whitening_bias_epochs=1)
+    options = dict(TINY_FASTNET, epochs=2, ema=False, lookahead=False, whitening_bias_epochs=1)
     # Ctrl-C at the end of epoch 1 leaves the weights of that moment in the checkpoint
     assert imgclf.train(colours, out=tmp_path / "run", callbacks=[InterruptAt(step=3)], **options).interrupted
     last = tmp_path / "run" / "checkpoints" / "last.pt"
@@ -293,13 +302,14 @@ def test_the_whitening_bias_stops_training_after_its_epochs(colours: Path, tmp_p
     assert not torch.equal(final["groups.0.norms.0.bias"], after_one["groups.0.norms.0.bias"])  # the rest trained on
 
 
+@pytest.mark.slow
 def test_a_checkpoint_whose_optimiser_groups_differ_is_refused_in_one_line(colours: Path, tmp_path: Path) -> None:
     """A run started by a version that grouped the parameters otherwise cannot resume here: said, not a traceback."""
     from imgclf.engines.checkpoint import load_checkpoint, save_checkpoint
     from imgclf.errors import ImgclfError
 
     cut = tmp_path / "cut"
-    assert imgclf.train(colours, out=cut, callbacks=[InterruptAt(step=4)], epochs=3, **FAST).interrupted
+    assert imgclf.train(colours, out=cut, callbacks=[InterruptAt(step=4)], epochs=3, **TINY_FASTNET).interrupted
     last = cut / "checkpoints" / "last.pt"
     state = load_checkpoint(last)
     state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:1]  # an older grouping: fewer groups
@@ -308,6 +318,7 @@ def test_a_checkpoint_whose_optimiser_groups_differ_is_refused_in_one_line(colou
         imgclf.train(resume=cut)
 
 
+@pytest.mark.slow
 def test_low_res_trains_the_first_epochs_on_downscaled_batches(colours: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from imgclf.models.small import FastNet
@@ -321,6 +332,6 @@ def test_low_res_trains_the_first_epochs_on_downscaled_batches(colours: Path, tm
         return forward(self, images)
 
     monkeypatch.setattr(FastNet, "forward", recording)
-    imgclf.train(colours, out=tmp_path / "run", epochs=2, low_res=12, low_res_epochs=1, **FAST)
+    imgclf.train(colours, out=tmp_path / "run", epochs=2, low_res=12, low_res_epochs=1, **TINY_FASTNET)
     assert sides == [12] * 3 + [16] * 3  # 3 steps an epoch at 16 px; the first epoch at 12
-    assert imgclf.train(colours, epochs=4, low_res=12, dry_run=True, **FAST).low_res_epochs == 2  # half by default
+    assert imgclf.train(colours, epochs=4, low_res=12, dry_run=True, **TINY_FASTNET).low_res_epochs == 2  # half by default

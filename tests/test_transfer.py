@@ -26,6 +26,7 @@ def stack_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_pretend_weights(STACK, tmp_path_factory.mktemp("stack") / "stack.safetensors", seed=2)
 
 
+@pytest.mark.slow
 def test_a_stack_trains_predicts_and_exports_as_one_model(stack_weights: Path, tmp_path: Path) -> None:
     data = make_class_folder(tmp_path / "data", per_class=8)
     run = tmp_path / "run"

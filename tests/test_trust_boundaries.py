@@ -7,7 +7,7 @@ import io
 import json
 import os
 import pickle
-import subprocess
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,7 +58,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def poisoned_copy(bundle: Path, tmp_path: Path, file: str, data: bytes) -> Path:
     copy = tmp_path / "bundle"
-    subprocess.run(["cp", "-a", str(bundle), str(copy)], check=True)
+    shutil.copytree(bundle, copy, symlinks=True)
     (copy / file).write_bytes(data)
     return copy
 

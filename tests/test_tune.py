@@ -4,16 +4,13 @@ and default spaces that search only what each recipe reads."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import TINY_FASTNET, make_class_folder, run_cli
+from processes import start_python, stop, wait_until
 
 import imgclf
 from imgclf.config import TrainConfig, make_config
@@ -29,11 +26,9 @@ from imgclf.workflows.tune_space import (
 
 FIXED = ["--model", "fastnet", "--model-arg", "widths=[8,16,16]", "--model-arg", "depth=1", "--batch-size", "16",
          "--label-smoothing", "0", "--precision", "fp32", "--workers", "1", "--val-fraction", "0.3"]
-ENV = {**os.environ, "COLUMNS": "200"}
-
-
 def tune_command(data: Path, out: Path, space: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "imgclf", "tune", str(data), "--out", str(out), "--space", str(space), *FIXED, *extra]
+    """``python`` arguments for ``imgclf tune`` in a process of its own."""
+    return ["-m", "imgclf", "tune", str(data), "--out", str(out), "--space", str(space), *FIXED, *extra]
 
 
 def write_space(path: Path, space: dict) -> Path:
@@ -45,18 +40,16 @@ def summary(out: Path) -> dict:
     return json.loads((out / "tune.json").read_text(encoding="utf-8"))
 
 
+@pytest.mark.subprocess
 def test_a_killed_study_resumes_to_three_trials_and_its_best_config_trains(tmp_path: Path) -> None:
     data = make_class_folder(tmp_path / "data", per_class=10)
     space = write_space(tmp_path / "space.yaml", {"lr": {"low": 0.2, "high": 1.0, "log": True},
                                                   "augment": {"choices": ["none", "light"]}})
     out = tmp_path / "tune"
     command = tune_command(data, out, space, "--trials", "3", "--epochs", "2")
-    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
-    deadline = time.time() + 60
-    while not (out / "best.yaml").exists() and time.time() < deadline and first.poll() is None:
-        time.sleep(0.1)
-    first.send_signal(signal.SIGKILL)  # no clean-up at all: the trial it was running stays "running" in study.db
-    first.wait(timeout=30)
+    first = start_python(*command)
+    wait_until((out / "best.yaml").exists, first, "the study's first trial", timeout_s=60)
+    stop(first, signal.SIGKILL, timeout_s=30)  # no clean-up at all: the trial it was running stays "running" in study.db
     assert summary(out)["counts"]["complete"] >= 1
 
     resumed = run_cli(*command[3:])  # the kill needs a process of its own; the resume does not
@@ -77,6 +70,7 @@ def test_a_killed_study_resumes_to_three_trials_and_its_best_config_trains(tmp_p
     assert predicted.returncode == 0, predicted.stderr
 
 
+@pytest.mark.subprocess
 def test_two_workers_share_one_study_through_a_journal_storage(tmp_path: Path) -> None:
     import optuna
 
@@ -84,8 +78,7 @@ def test_two_workers_share_one_study_through_a_journal_storage(tmp_path: Path) -
     space = write_space(tmp_path / "space.yaml", {"lr": {"low": 0.2, "high": 1.0, "log": True}})
     journal = tmp_path / "shared" / "study.log"
     shared = ["--trials", "4", "--epochs", "1", "--storage", f"journal:{journal}", "--study-name", "colours"]
-    workers = [subprocess.Popen(tune_command(data, tmp_path / f"worker{k}", space, *shared), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, env=ENV) for k in range(2)]
+    workers = [start_python(*tune_command(data, tmp_path / f"worker{k}", space, *shared)) for k in range(2)]
     for worker in workers:
         _, stderr = worker.communicate(timeout=150)
         assert worker.returncode == 0, stderr
@@ -98,6 +91,7 @@ def test_two_workers_share_one_study_through_a_journal_storage(tmp_path: Path) -
     assert ran == ["000", "001", "002", "003"]  # every trial trained once, by one of the two
 
 
+@pytest.mark.slow
 def test_the_median_pruner_stops_a_trial_that_cannot_learn(tmp_path: Path) -> None:
     data = make_class_folder(tmp_path / "data", per_class=10)
     out = tmp_path / "tune"
@@ -212,6 +206,7 @@ def probe_head(run: Path) -> dict:
     return load_file(str(run / "model" / "weights.safetensors"))
 
 
+@pytest.mark.slow
 def test_probe_trials_differ_in_c_and_later_ones_reuse_the_cached_embeddings(tmp_path: Path,
                                                                              backbone_weights: Path) -> None:
     data = make_class_folder(tmp_path / "data", per_class=10)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -57,7 +57,8 @@ def _main(
 # The order of `imgclf --help`: a dataset, then training, measuring, using and shipping a model, then embeddings.
 _ORDER = ("inspect", "preview-augment", "train", "models", "evaluate", "predict", "compare", "report", "calibrate",
           "tune", "ensemble", "explain", "export", "serve", "embed", "similar", "match")
-_COMMANDS = {**data.COMMANDS, **train.COMMANDS, **evaluate.COMMANDS, **predict.COMMANDS, **deploy.COMMANDS,
+# Any: the command functions differ in signature (inferred as a whole, they would be typed `function`)
+_COMMANDS: dict[str, tuple[Any, str]] = {**data.COMMANDS, **train.COMMANDS, **evaluate.COMMANDS, **predict.COMMANDS, **deploy.COMMANDS,
              **embeddings.COMMANDS, **match.COMMANDS}
 for _name in _ORDER:
     _command, _epilog = _COMMANDS[_name]
@@ -76,7 +77,7 @@ def main() -> None:
     _debug = os.environ.get("IMGCLF_DEBUG") == "1"
     command = typer.main.get_command(app)
     for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as their own bytes, as ls does
-        stream.reconfigure(errors=PATH_BYTES)  # type: ignore[union-attr]
+        stream.reconfigure(errors=PATH_BYTES)  # type: ignore[union-attr]  # stdout/stderr: TextIOWrapper
     try:
         code = command.main(args=sys.argv[1:], prog_name="imgclf", standalone_mode=False)
     except ImgclfError as error:

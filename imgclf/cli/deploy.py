@@ -15,16 +15,18 @@ from imgclf.errors import ImgclfError
 
 def export(
     model: Model,
-    output_format: Annotated[str, Opt("--format", help="onnx or torchscript; savedmodel, tflite or onnx for a Keras "
+    output_format: Annotated[str, Opt("--format", help="onnx, torchscript or openvino (pip install "
+                                                       "'imgclf[openvino]'); savedmodel, tflite or onnx for a Keras "
                                                        "model.")] = "onnx",
     out: Annotated[Optional[Path], Opt(help="Folder for the file (default: the bundle, where --runtime onnx finds it).")] = None,
-    quantize: Annotated[Optional[str], Opt(help="int8: also write model.int8.onnx (or model.int8.tflite), statically quantised.")] = None,
+    quantize: Annotated[Optional[str], Opt(help="int8: also write model.int8.onnx (or .tflite, or the folder "
+                                                "model.int8.openvino), statically quantised.")] = None,
     data: Annotated[Optional[str], Opt(help="Labelled images to calibrate and check --quantize on (default: the run's "
                                             "split.csv).")] = None,
     tolerance: Annotated[float, Opt(help="Largest allowed probability difference from the original.")] = 1e-4,
     max_accuracy_drop: Annotated[float, Opt(help="Refuse an int8 model that loses more validation accuracy.")] = 0.02,
 ) -> None:
-    """Export a model (ONNX, TorchScript; SavedModel, TFLite for Keras), check it gives the same answers, time it."""
+    """Export a model (ONNX, TorchScript, OpenVINO; SavedModel, TFLite for Keras), check it gives the same answers, time it."""
     result = api.export(model, output_format, out=out, quantize=quantize, data=data, tolerance=tolerance,
                         max_accuracy_drop=max_accuracy_drop)
     print_export(result, tolerance)

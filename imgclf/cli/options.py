@@ -44,8 +44,9 @@ ArchiveOption = Annotated[Optional[Path], Opt("--from", help="Local copy of the 
 Model = Annotated[str, typer.Argument(help="A run directory (runs/NAME) or a model bundle folder.", show_default=False)]
 TtaOption = Annotated[Optional[bool], Opt("--tta/--no-tta", help="Flip averaging (default: as the model trained).",
                                           show_default=False)]
-RuntimeOption = Annotated[str, Opt(help="torch (keras for a TensorFlow model), onnx, onnx-int8 (files imgclf export "
-                                        "wrote into the bundle), or auto: the faster one as measured at export.")]
+RuntimeOption = Annotated[str, Opt(help="torch (keras for a TensorFlow model), onnx, onnx-int8, openvino, openvino-int8 "
+                                        "(files imgclf export wrote into the bundle), or auto: the fastest measured on "
+                                        "this machine (at export, else once on first use, then remembered).")]
 ModelArgsOption = Annotated[Optional[list[str]], Opt("--model-arg", help=config_help("model_args"),
                                                      rich_help_panel="Model")]
 
@@ -97,7 +98,7 @@ def with_parameters(command: Callable[..., None], extra: Iterable[Parameter]) ->
     """``command``'s own parameters, then ``extra`` for its ``**options``: what Typer builds the command from."""
     own = [parameter for parameter in signature(command, eval_str=True).parameters.values()
            if parameter.kind is not Parameter.VAR_KEYWORD]
-    command.__signature__ = Signature([*own, *extra])  # type: ignore[attr-defined]
+    command.__signature__ = Signature([*own, *extra])  # type: ignore[attr-defined]  # typer reads a function's __signature__
     return command
 
 

@@ -62,7 +62,7 @@ def predict(
                                    device=device, runtime=runtime)
     if current_world().is_distributed:  # a rank of a torchrun job
         _check_distributed_predict(model, inputs, output_format)
-        summary = api.predict_in_parts(model, inputs, output_format, out, **options)  # type: ignore[arg-type]
+        summary = api.predict_in_parts(model, inputs, output_format, out, **options)  # type: ignore[arg-type]  # _check_distributed_predict refused a missing format
         if summary is not None:
             print_parts_summary(summary)
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional, cast
 
 import typer
 
@@ -29,6 +29,10 @@ from imgclf.cli.render.train import (
 from imgclf.console import console
 from imgclf.errors import ImgclfError
 
+if TYPE_CHECKING:
+    from imgclf.config import TrainConfig
+    from imgclf.training import TrainResult
+
 
 @with_config_options
 def train(
@@ -45,20 +49,22 @@ def train(
     **config_values: object,
 ) -> None:
     """Train a classifier: good defaults from the data, every choice a flag, a model bundle at the end."""
-    options = {name: value for name, value in config_values.items() if value is not None}
+    options: dict[str, Any] = {name: value for name, value in config_values.items() if value is not None}
     if model_args:
         options["model_args"] = parse_model_args(model_args)
     if nproc is not None and not dry_run:
         raise typer.Exit(api.train_processes(nproc, sys.argv[1:], data, config=config, archive=archive,
                                              resume=resume, **options))
     if dry_run:
-        resolved = api.train(data, config=config, archive=archive, dry_run=True, **options)
+        resolved = cast("TrainConfig", api.train(data, config=config, archive=archive, dry_run=True, **options))
         print(resolved.to_yaml(), end="")
         return
     if resume is not None:
-        result = api.train(resume=resume, **({"data": data} if data else {}), **options)
+        given: dict[str, Any] = {"data": data} if data else {}
+        trained = api.train(resume=resume, **given, **options)
     else:
-        result = api.train(data, config=config, archive=archive, overwrite=overwrite, **options)
+        trained = api.train(data, config=config, archive=archive, overwrite=overwrite, **options)
+    result = cast("TrainResult", trained)  # not a dry run: what training returned
     if result.interrupted:
         raise typer.Exit(130)
     if result.model_dir is not None:  # None: a torchrun rank other than 0, and rank 0 reports

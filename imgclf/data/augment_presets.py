@@ -60,4 +60,4 @@ def augment_config(preset: str = "standard", **overrides: object) -> AugmentConf
     unknown = set(overrides) - names
     if unknown:
         raise ImgclfError(f"unknown augmentation setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
-    return replace(PRESETS[preset], **overrides)  # type: ignore[arg-type]
+    return replace(PRESETS[preset], **overrides)  # type: ignore[arg-type]  # names checked above; values as the caller gives

@@ -142,7 +142,7 @@ def _write(directory: Path, files: list[Path], size: tuple[int, int] | None, pol
                  heights=np.array([f.height for f in facts], dtype=np.int32),
                  modes=np.array([f.mode for f in facts], dtype="U8"),
                  digests=np.array([f.digest for f in facts], dtype="U32"))
-        errors = {str(f.index): f.error for f in facts if f.error}
+        errors = {str(f.position): f.error for f in facts if f.error}
         (tmp / "errors.json").write_text(json.dumps(errors))
         index = {"version": CACHE_VERSION, "family": family, "files": len(files),
                  "size": list(size) if size else None, "policy": policy, "grayscale": grayscale}
@@ -162,7 +162,7 @@ def _write(directory: Path, files: list[Path], size: tuple[int, int] | None, pol
 class _Facts(NamedTuple):
     """What a worker sends back for one file (the pixels go straight into the memmap)."""
 
-    index: int
+    position: int  # in the file list (not `index`: that is tuple.index)
     width: int
     height: int
     mode: str

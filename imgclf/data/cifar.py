@@ -253,7 +253,7 @@ def _read_archive(spec: _Spec, archive: Path) -> tuple[list[str], dict[str, list
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar:
                 if member.name in wanted and member.isfile():
-                    data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                    data = tar.extractfile(member).read()  # type: ignore[union-attr]  # a file member (isfile above) has a reader
                     loaded[member.name.rsplit("/", 1)[-1]] = _unpickle(data, f"{archive}:{member.name}")
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise ImgclfError(

@@ -56,10 +56,14 @@ def decode_file(
     policy: ResizePolicy = "squash",
     grayscale: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft: bool = True,
 ) -> DecodedFile:
     """Decode ``path`` to ``size`` (height, width), or just validate it when ``size`` is None.
 
-    Never raises for a bad file: the reason comes back in ``error``.
+    Never raises for a bad file: the reason comes back in ``error``. ``draft``
+    (the default everywhere) lets a JPEG decode at the smallest DCT scale that
+    covers ``size`` (see :func:`open_image`); False decodes every pixel, the
+    reference the scaled decode is measured against.
     """
     try:
         data = path.read_bytes()
@@ -67,7 +71,7 @@ def decode_file(
         return DecodedFile(None, error="file not found")
     except OSError as error:
         return DecodedFile(None, error=f"cannot read file ({error.strerror or error})")
-    return decode_bytes(data, size, policy, grayscale, max_pixels)
+    return decode_bytes(data, size, policy, grayscale, max_pixels, draft)
 
 
 def decode_bytes(
@@ -76,13 +80,15 @@ def decode_bytes(
     policy: ResizePolicy = "squash",
     grayscale: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft: bool = True,
 ) -> DecodedFile:
     """:func:`decode_file` for bytes already in memory (an upload to the REST API); never raises."""
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     if not data:
         return DecodedFile(None, digest=digest, error="empty file (0 bytes)")
     try:
-        image, mode, (width, height) = open_image(data, max_pixels=max_pixels, draft_size=size or (64, 64))
+        draft_size = (size or (64, 64)) if draft else None
+        image, mode, (width, height) = open_image(data, max_pixels=max_pixels, draft_size=draft_size)
         image = to_channels(image, grayscale)
         pixels = None
         if size is not None:
@@ -107,7 +113,7 @@ def open_image(
     decodes many times faster, with no loss at the target size.
     """
     try:
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError:
         raise DecodeError("not an image (unrecognised format)") from None
     except (OSError, ValueError, SyntaxError) as error:

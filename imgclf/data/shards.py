@@ -88,7 +88,7 @@ class PixelRows:
         starts = np.concatenate([[0], np.flatnonzero(np.diff(wanted) != 1) + 1, [len(wanted)]])
         descriptor = self._open()
         for start, stop in zip(starts[:-1], starts[1:]):  # a run of consecutive rows is one read
-            self._read_into(descriptor, memoryview(in_file_order[start:stop]).cast("B"),
+            self._read_into(descriptor, in_file_order[start:stop].data.cast("B"),
                             self.offset + int(wanted[start]) * self.row_bytes)
         out.reshape(len(rows), -1).view(np.uint8)[order] = in_file_order
         return out
@@ -112,8 +112,9 @@ class PixelRows:
         return {**self.__dict__, "_descriptor": None, "_pid": 0}
 
     def __del__(self) -> None:
-        if getattr(self, "_descriptor", None) is not None and self._pid == os.getpid():
-            os.close(self._descriptor)  # type: ignore[arg-type]
+        descriptor = getattr(self, "_descriptor", None)
+        if descriptor is not None and self._pid == os.getpid():
+            os.close(descriptor)
 
 
 def stream_above_bytes() -> int:

@@ -51,7 +51,7 @@ def zoomed(pixels: np.ndarray, fraction: float) -> np.ndarray:
     for index in range(count):
         crop = np.ascontiguousarray(pixels[index, top:top + crop_height, left:left + crop_width])
         image = Image.fromarray(crop[:, :, 0] if channels == 1 else crop)
-        resized = np.asarray(image.resize((width, height), Image.BILINEAR))
+        resized = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
         out[index] = resized[:, :, None] if channels == 1 else resized
     return out
 

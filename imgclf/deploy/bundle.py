@@ -20,10 +20,13 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imgclf.errors import ImgclfError
 from imgclf.files import write_folder_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from imgclf.data.decode import ResizePolicy
 
 BUNDLE_FORMAT = 1
 ENSEMBLE = "ensemble"  # BundleInfo.kind of an ensemble bundle
@@ -49,7 +52,7 @@ class BundleInfo:
     std: list[float]  # see mean
     multilabel: bool = False  # sigmoid per label instead of one softmax
     channels: int = 3  # 1: trained on grey images (--grayscale)
-    resize: str = "squash"  # how an image reaches image_size: squash, crop or pad
+    resize: ResizePolicy = "squash"  # how an image reaches image_size: squash, crop or pad
     tta: bool = False  # average the logits of the image and its mirror
     # with tta, also average over the image shifted diagonally by this many pixels both ways (borders mirrored)
     tta_shift: int = 0

@@ -11,6 +11,7 @@ applies it for every runtime, so predict, evaluate, serve and exports agree.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,13 +22,22 @@ from scipy.special import log_softmax, softmax
 from imgclf.deploy.bundle import MODEL_FILE, BundleInfo, find_bundle, read_bundle_info, update_bundle_info
 from imgclf.errors import ImgclfError
 
+log = logging.getLogger(__name__)
+
 CALIBRATION_BINS = 15  # confidence bins of the calibration error and the reliability diagram
+MIN_CALIBRATION_IMAGES = 20  # fewer validation images cannot tell a temperature's effect from chance
+# The fitted T is kept only if it lowers the validation log loss by at least this share: T is fitted on the
+# same images, and a smaller gain is within what fitting one number to them gives by chance.
+MIN_RELATIVE_GAIN = 0.01
 LOG_T_BOUNDS = (-4.0, 4.0)  # T between 0.02 and 55: beyond that the logits carry no usable scale
 
 
 @dataclass
 class Calibration:
-    """The fitted temperature and the validation figures before and after it."""
+    """The temperature (fitted on validation log loss) and the validation figures before and after it.
+
+    ``kept_one`` says, in one line, why T stayed 1 when it did (empty when the fitted T is used).
+    """
 
     temperature: float
     images: int
@@ -35,6 +45,7 @@ class Calibration:
     nll_after: float
     ece_before: float
     ece_after: float
+    kept_one: str = ""
 
 
 def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
@@ -85,24 +96,42 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def calibrate_logits(logits: np.ndarray, labels: np.ndarray) -> Calibration:
-    """Fit T on (logits, labels) and measure NLL and ECE before and after.
+    """Fit T on (logits, labels) by log loss and measure log loss and ECE before and after.
 
-    When every image is classified correctly the NLL keeps falling as T goes
-    to 0 (probabilities of exactly 1): there is nothing to fit, and T stays 1.
+    T stays 1 (and ``kept_one`` says why) when val is too small to tell, when
+    every image is already right (the log loss then keeps falling as T goes
+    to 0: there is nothing to fit), or when the fitted T lowers the log loss
+    by less than :data:`MIN_RELATIVE_GAIN`. ECE is reported, not
+    optimised: on a small val split it can rise while the log loss falls.
     """
     if len(labels) < 2:
         raise ImgclfError(f"temperature scaling needs labelled validation images; found {len(labels)}. "
                           "Give a dataset with a val split (or more images)")
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
-    all_correct = bool((logits.argmax(axis=1) == labels).all())
-    temperature = 1.0 if all_correct else fit_temperature(logits, labels)
+    temperature, kept_one = _chosen_temperature(logits, labels)
     return Calibration(
         temperature=round(temperature, 6), images=int(len(labels)),
         nll_before=round(negative_log_likelihood(logits, labels), 6),
         nll_after=round(negative_log_likelihood(logits, labels, temperature), 6),
         ece_before=round(expected_calibration_error(labels, softmax(logits, axis=1)), 6),
-        ece_after=round(expected_calibration_error(labels, softmax(logits / temperature, axis=1)), 6))
+        ece_after=round(expected_calibration_error(labels, softmax(logits / temperature, axis=1)), 6),
+        kept_one=kept_one)
+
+
+def _chosen_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[float, str]:
+    """The temperature to use, and why it is 1 when the fit is not used."""
+    if len(labels) < MIN_CALIBRATION_IMAGES:
+        return 1.0, (f"T = 1 kept: val has {len(labels)} images, too few to tell a temperature's effect from "
+                     f"chance (at least {MIN_CALIBRATION_IMAGES})")
+    if bool((logits.argmax(axis=1) == labels).all()):
+        return 1.0, "T = 1 kept: every val image is right, so log loss has no temperature to fit"
+    fitted = fit_temperature(logits, labels)
+    before, after = negative_log_likelihood(logits, labels), negative_log_likelihood(logits, labels, fitted)
+    if before - after < MIN_RELATIVE_GAIN * before:
+        return 1.0, (f"T = 1 kept: the fitted T = {fitted:.3f} lowers val log loss by only "
+                     f"{(before - after) / before:.2%} (under {MIN_RELATIVE_GAIN:.0%})")
+    return fitted, ""
 
 
 def uncalibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
@@ -133,6 +162,8 @@ def calibrate_bundle(model: str | Path, pixels: np.ndarray, labels: np.ndarray, 
     logits = np.concatenate([classifier.logits(pixels[start:start + batch_size])
                              for start in range(0, len(pixels), batch_size)]) if len(pixels) else np.zeros((0, 0))
     calibration = calibrate_logits(logits, np.asarray(labels, dtype=np.int64))
+    if calibration.kept_one:
+        log.warning(calibration.kept_one)
     store_calibration(find_bundle(model), calibration)
     return calibration
 
@@ -166,7 +197,7 @@ def calibrate_run(model: str | Path, data: str | Path | None = None, split: str 
     size = (info.image_size, info.image_size)
     kept, labels = [], []
     offset = 0
-    for chunk, pixels, errors in decoded_batches([item.path for item in items], size, info.resize,  # type: ignore[arg-type]
+    for chunk, pixels, errors in decoded_batches([item.path for item in items], size, info.resize,
                                                  info.channels == 1, batch_size):
         good = [position for position, error in enumerate(errors) if not error]  # broken images are skipped
         kept.append(pixels[good])

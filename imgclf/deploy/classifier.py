@@ -72,7 +72,7 @@ class Classifier:
         size = (self.info.image_size, self.info.image_size)
         grayscale = self.info.channels == 1
         if isinstance(image, (str, Path)):
-            decoded = decode_file(Path(image), size, policy=self.info.resize, grayscale=grayscale)  # type: ignore[arg-type]
+            decoded = decode_file(Path(image), size, policy=self.info.resize, grayscale=grayscale)
             if decoded.pixels is None:
                 raise ImgclfError(f"{image}: {decoded.error}")
             return decoded.pixels
@@ -82,7 +82,7 @@ class Classifier:
             image = Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image)
         if not isinstance(image, Image.Image):
             raise ImgclfError(f"cannot classify a {type(image).__name__}; give a path, a PIL image or a uint8 array")
-        pixels = np.asarray(fit(to_channels(image, grayscale), size, self.info.resize), dtype=np.uint8)  # type: ignore[arg-type]
+        pixels = np.asarray(fit(to_channels(image, grayscale), size, self.info.resize), dtype=np.uint8)
         return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
     # ----------------------------------------------------------------- output
@@ -192,7 +192,7 @@ class Classifier:
                            ) -> Iterator[tuple[Path, np.ndarray | None, str]]:
         """(path, probabilities or None, error) per path, in order, decoded ahead by worker processes."""
         size = (self.info.image_size, self.info.image_size)
-        for chunk, pixels, errors in decoded_batches(list(paths), size, self.info.resize,  # type: ignore[arg-type]
+        for chunk, pixels, errors in decoded_batches(list(paths), size, self.info.resize,
                                                      self.info.channels == 1, batch_size, workers):
             good = [index for index, error in enumerate(errors) if not error]
             probabilities = iter(self.predict_pixels(pixels[good]))
@@ -202,8 +202,10 @@ class Classifier:
     def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int | None = None
                 ) -> Prediction | list[Prediction]:
         """(class, probability) pairs, the decided class first; a list of them when given a list of images."""
-        single = isinstance(images, (str, Path, Image.Image, np.ndarray))
-        batch = [images] if single else list(images)  # type: ignore[list-item]
+        if isinstance(images, (str, Path, Image.Image, np.ndarray)):
+            single, batch = True, [images]
+        else:
+            single, batch = False, list(images)
         probabilities = self.predict_proba(batch)
         k = len(self.classes) if top_k is None else max(1, min(top_k, len(self.classes)))
         ranked = [[(self.classes[i], float(row[i])) for i in order[:k]]
@@ -279,9 +281,10 @@ class EnsembleClassifier(Classifier):
     the largest member's size and squashed to each smaller member's.
     """
 
-    def __init__(self, members: list[Classifier], weights: Sequence[float], info: BundleInfo,
+    def __init__(self, members: list[Classifier], weights: Sequence[float] | np.ndarray, info: BundleInfo,
                  directory: Path | None = None) -> None:
-        super().__init__(_EnsembleRuntime(members), info, tta=False, directory=directory)
+        super().__init__(_EnsembleRuntime(members), info, tta=False,  # type: ignore[arg-type]  # names the members' runtimes; they run the model
+                         directory=directory)
         self.members = members
         self.weights = np.asarray(weights, dtype=np.float64)
 

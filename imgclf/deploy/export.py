@@ -33,7 +33,9 @@ from imgclf.backends import backend_record
 from imgclf.deploy import keras_export
 from imgclf.deploy.bundle import ENSEMBLE, BundleInfo, find_bundle, read_bundle_info
 from imgclf.deploy.classifier import Classifier, EnsembleClassifier, probabilities_from_logits
-from imgclf.deploy.metadata import ONNX_OPSET, write_metadata
+from imgclf.deploy.keras_runtime import KerasRuntime
+from imgclf.deploy.metadata import ONNX_OPSET, file_bytes, write_metadata
+from imgclf.deploy.openvino_runtime import OPENVINO_FILES, load_openvino, write_openvino
 from imgclf.deploy.predict import decoded_batches
 from imgclf.deploy.quantize import labelled_images, quantize_int8
 from imgclf.deploy.runtime import (
@@ -45,6 +47,7 @@ from imgclf.deploy.runtime import (
     load_runtime,
     native_of,
 )
+from imgclf.deploy.runtime_choice import machine
 from imgclf.errors import ImgclfError
 from imgclf.files import atomic_path, write_text_atomic
 from imgclf.runs import RunDirectory, held_out_items
@@ -52,10 +55,10 @@ from imgclf.runs import RunDirectory, held_out_items
 log = logging.getLogger(__name__)
 
 
-FORMATS = ("onnx", "torchscript", "savedmodel", "tflite")
+FORMATS = ("onnx", "torchscript", "savedmodel", "tflite", "openvino")
 FILES = {"onnx": ONNX_FILES["onnx"], "torchscript": "model.torchscript.pt", "savedmodel": "model.savedmodel",
-         "tflite": "model.tflite"}
-TIMED_FORMATS = ("onnx", "tflite")  # timed against the native runtime (onnx: for --runtime auto)
+         "tflite": "model.tflite", "openvino": OPENVINO_FILES["openvino"]}
+TIMED_FORMATS = ("onnx", "tflite", "openvino")  # timed against the native runtime (onnx, openvino: for --runtime auto)
 DEFAULT_TOLERANCE = 1e-4  # largest allowed |probability difference|; fp32 exports differ by ~1e-6
 PARITY_IMAGES = 16  # held-out images, and as many random ones
 
@@ -127,7 +130,8 @@ def _load_torchscript(path: Path, info: BundleInfo) -> Runtime:
 # offers is its record's (imgclf.backends)
 Exporter = tuple[Callable[[Any, BundleInfo, Path], None], Callable[[Path, BundleInfo], Runtime]]
 EXPORTERS: dict[str, dict[str, Exporter]] = {
-    "torch": {"onnx": (_torch_to_onnx, _load_onnx), "torchscript": (_torch_to_torchscript, _load_torchscript)},
+    "torch": {"onnx": (_torch_to_onnx, _load_onnx), "torchscript": (_torch_to_torchscript, _load_torchscript),
+              "openvino": (write_openvino, load_openvino)},
     "keras": {"savedmodel": (keras_export.write_savedmodel, keras_export.load_savedmodel),
                    "tflite": (keras_export.write_tflite, keras_export.load_tflite),
                    "onnx": (keras_export.write_onnx, _load_onnx)},
@@ -163,7 +167,7 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
     if quantize and format not in record.quantisers:
         fix = (f"add --format {record.quantisers[0]}" if record.quantisers
                else f"a {info.backend} model has no int8 export; drop --quantize")
-        raise ImgclfError(f"--quantize int8 works on ONNX and TFLite exports, not {format}; {fix}")
+        raise ImgclfError(f"--quantize int8 works on ONNX, TFLite and OpenVINO exports, not {format}; {fix}")
     if tolerance <= 0:
         raise ImgclfError(f"--tolerance must be positive, got {tolerance}")
     out_dir = Path(out) if out is not None else directory
@@ -183,8 +187,10 @@ def export(model: str | Path, format: str = "onnx", *, out: str | Path | None = 
         exported = load(partial, info)
         parity = check_parity(reference, exported, info, sample_images(directory, info), tolerance, path)
     speed = measure_speed(directory, info, exported) if format in TIMED_FORMATS else {}
-    size = sum(file.stat().st_size for file in path.rglob("*") if file.is_file()) if path.is_dir() else path.stat().st_size
-    meta = write_metadata(path, format, directory, info, bytes=size, parity=asdict(parity), speed=speed)
+    size = file_bytes(path)
+    # --runtime auto trusts these speeds only on the machine that measured them
+    measured_on = {"measured_on": machine()} if speed else {}
+    meta = write_metadata(path, format, directory, info, bytes=size, parity=asdict(parity), speed=speed, **measured_on)
     result = ExportResult(format, path, meta, parity, speed, bytes=size)
     if calibration is not None:
         log.info(f"quantising to int8: calibrating on {len(calibration.calibration)} images, "
@@ -227,11 +233,14 @@ def export_ensemble(directory: Path, info: BundleInfo, format: str, **options: A
     return ExportResult("onnx", directory, meta, parity, bytes=sum(result.bytes for result in results))
 
 
-def native_runtime(directory: Path, info: BundleInfo, exact: bool = False) -> Runtime:
+def native_runtime(directory: Path, info: BundleInfo, exact: bool = False) -> TorchRuntime | KerasRuntime:
     """The bundle in its own framework: Keras, or PyTorch (fp32 on the CPU when ``exact``, else as predict runs it)."""
     if exact:
-        return load_runtime(directory, info, native_of(info.backend, directory), device="cpu", precision="fp32")
-    return load_runtime(directory, info, native_of(info.backend, directory))
+        runtime = load_runtime(directory, info, native_of(info.backend, directory), device="cpu", precision="fp32")
+    else:
+        runtime = load_runtime(directory, info, native_of(info.backend, directory))
+    assert isinstance(runtime, (TorchRuntime, KerasRuntime))  # a native runtime name loads the framework's own
+    return runtime
 
 
 def sample_images(directory: Path, info: BundleInfo) -> tuple[np.ndarray, str]:
@@ -243,7 +252,7 @@ def sample_images(directory: Path, info: BundleInfo) -> tuple[np.ndarray, str]:
     if not run.has_split():
         return noise, f"{PARITY_IMAGES} random images"
     held_out = held_out_items(run.read_split())[:PARITY_IMAGES]
-    _, pixels, errors = next(decoded_batches([item.path for item in held_out], shape[:2], info.resize,  # type: ignore[arg-type]
+    _, pixels, errors = next(decoded_batches([item.path for item in held_out], shape[:2], info.resize,
                                              info.channels == 1, len(held_out), workers=1))
     real = pixels[[index for index, error in enumerate(errors) if not error]]
     return np.concatenate([real, noise]), f"{len(real)} held-out images of the run and {PARITY_IMAGES} random images"
@@ -268,5 +277,6 @@ def check_parity(reference: Runtime, exported: Runtime, info: BundleInfo, sample
 def measure_speed(directory: Path, info: BundleInfo, exported: Runtime) -> dict[str, Any]:
     """Images/s of the native runtime (PyTorch with predict's device and precision, or Keras) and of the export."""
     native = native_runtime(directory, info)
-    details = {"torch_device": str(native.device), "torch_precision": native.precision} if native.name == "torch" else {}
+    details = ({"torch_device": str(native.device), "torch_precision": native.precision}
+               if isinstance(native, TorchRuntime) else {})
     return {**details, **compare_speeds({native.name: native, exported.name: exported}, info)}

@@ -9,6 +9,7 @@ alike. ``safe_mode=True`` means a bundle cannot run code when it is opened.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ class KerasRuntime:
 
     name = "keras"
 
-    def __init__(self, model: object, info: BundleInfo) -> None:
+    def __init__(self, model: Any, info: BundleInfo) -> None:  # a keras.Model (Keras ships no type information)
         self.info = info
         self.model = model
 
@@ -46,7 +47,7 @@ class KerasRuntime:
         outputs = []
         for start in range(0, len(pixels), BATCH):
             batch = keras_input(pixels[start:start + BATCH], self.info)
-            outputs.append(np.asarray(self.model.predict_on_batch(batch), dtype=np.float32))  # type: ignore[attr-defined]
+            outputs.append(np.asarray(self.model.predict_on_batch(batch), dtype=np.float32))
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.info.classes)), dtype=np.float32)
 
 

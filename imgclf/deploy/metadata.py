@@ -43,6 +43,11 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def file_bytes(path: Path) -> int:
+    """An exported file's size; a folder's (SavedModel, OpenVINO IR), all its files'."""
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file()) if path.is_dir() else path.stat().st_size
+
+
 def read_export(directory: Path, model_file: Path) -> dict[str, Any] | None:
     """The metadata of ``model_file``, an export of the bundle at ``directory``, when both exist and the weights match.
 
@@ -51,7 +56,7 @@ def read_export(directory: Path, model_file: Path) -> dict[str, Any] | None:
     since, does not match and is treated as missing (export again).
     """
     meta = metadata_path(model_file)
-    if not model_file.is_file() or not meta.is_file():
+    if not model_file.exists() or not meta.is_file():  # a file, or a folder (SavedModel, OpenVINO IR)
         return None
     try:
         values = json.loads(meta.read_text(encoding="utf-8"))
@@ -59,7 +64,8 @@ def read_export(directory: Path, model_file: Path) -> dict[str, Any] | None:
         return None
     if values.get("weights_sha256") != weights_file_digest(directory):
         return None
-    return values if values.get("file_sha256", file_digest(model_file)) == file_digest(model_file) else None
+    recorded = values.get("file_sha256")  # none for a folder
+    return values if recorded is None or recorded == file_digest(model_file) else None
 
 
 def write_metadata(path: Path, format: str, directory: Path, info: BundleInfo, **extra: Any) -> Path:

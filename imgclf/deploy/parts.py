@@ -99,7 +99,7 @@ def plan_parts(folder: Path, count: int, world: World, suffix: str, rows_per_par
     probe = Parts(folder, pieces, (), suffix, 0)
     folder.mkdir(parents=True, exist_ok=True)
     # every rank looks, but rank 0's answer counts: a part another rank writes meanwhile must not change the plan
-    pending: list[int] = distributed.broadcast_from_main(  # type: ignore[assignment]
+    pending = distributed.broadcast_from_main(
         [number for number, piece in enumerate(pieces) if not probe.path(piece).is_file()])
     resumed = count - sum(len(pieces[number]) for number in pending)
     if resumed and world.is_main:

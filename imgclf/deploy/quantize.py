@@ -25,7 +25,8 @@ import numpy as np
 
 from imgclf.data.sources import Item, label_indices, load_source
 from imgclf.deploy.bundle import BundleInfo
-from imgclf.deploy.metadata import write_metadata
+from imgclf.deploy.metadata import file_bytes, write_metadata
+from imgclf.deploy.openvino_runtime import OPENVINO_FILES, openvino_int8
 from imgclf.deploy.predict import decoded_batches
 from imgclf.deploy.runtime import FORK_UNSAFE, ONNX_FILES, OnnxRuntime, Runtime, compare_speeds, native_of
 from imgclf.errors import ImgclfError
@@ -34,7 +35,7 @@ from imgclf.runs import HELD_OUT, RunDirectory, held_out_items
 
 CALIBRATION_IMAGES = 256
 CALIBRATION_BATCH = 16
-INT8_FILES = {"onnx": ONNX_FILES["onnx-int8"], "tflite": "model.int8.tflite"}
+INT8_FILES = {"onnx": ONNX_FILES["onnx-int8"], "tflite": "model.int8.tflite", "openvino": OPENVINO_FILES["openvino-int8"]}
 
 
 @dataclass
@@ -111,7 +112,7 @@ def _workers(info: BundleInfo) -> int | None:
 def _decoded(paths: list[Path], info: BundleInfo) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """The decodable images of ``paths`` (N, H, W, C), and the (path, reason) of the others."""
     size = (info.image_size, info.image_size)
-    batches = decoded_batches(paths, size, info.resize, info.channels == 1, 64, _workers(info))  # type: ignore[arg-type]
+    batches = decoded_batches(paths, size, info.resize, info.channels == 1, 64, _workers(info))
     kept, skipped = [], []
     for chunk, pixels, errors in batches:
         kept.append(pixels[[not error for error in errors]])
@@ -138,7 +139,7 @@ def quantize_int8(fp32_path: Path, directory: Path, info: BundleInfo, images: La
                               f"({report.fp32_accuracy:.1%} -> {report.int8_accuracy:.1%}), more than "
                               f"--max-accuracy-drop {max_accuracy_drop:g}; {path.name} was not written "
                               f"({fp32_path.name} was)")
-    report.int8_bytes = path.stat().st_size
+    report.int8_bytes = file_bytes(path)
     summary = {key: value for key, value in asdict(report).items() if key != "path"}
     write_metadata(path, format, directory, info, quantization=summary, speed={int8.name: report.int8_speed})
     return report
@@ -181,7 +182,7 @@ def _tflite_int8(fp32_path: Path, partial: Path, info: BundleInfo, calibration: 
 
 
 QuantiseFn = Callable[[Path, Path, BundleInfo, np.ndarray, Any], tuple[Runtime, Runtime]]
-QUANTISERS: dict[str, QuantiseFn] = {"onnx": _onnx_int8, "tflite": _tflite_int8}
+QUANTISERS: dict[str, QuantiseFn] = {"onnx": _onnx_int8, "tflite": _tflite_int8, "openvino": openvino_int8}
 
 
 def _compare(fp32: Runtime, int8: Runtime, info: BundleInfo, images: LabelledImages, path: Path,
@@ -193,7 +194,7 @@ def _compare(fp32: Runtime, int8: Runtime, info: BundleInfo, images: LabelledIma
     before, after, labels = [], [], []
     with progress_bar() as bar:
         task = bar.add_task("fp32 vs int8", total=len(images.validation))
-        batches = decoded_batches(images.validation, size, info.resize, info.channels == 1, 64,  # type: ignore[arg-type]
+        batches = decoded_batches(images.validation, size, info.resize, info.channels == 1, 64,
                                   _workers(info))
         skipped = []
         for start, (chunk, pixels, errors) in zip(range(0, len(images.validation), 64), batches):
@@ -216,4 +217,4 @@ def _compare(fp32: Runtime, int8: Runtime, info: BundleInfo, images: LabelledIma
         top1_agreement=float(np.mean(first.argmax(axis=1) == second.argmax(axis=1))),
         max_abs_diff=float(np.abs(first - second).max()), fp32_speed=fp32_speed, int8_speed=int8_speed,
         speedup={batch: round(int8_speed[batch] / fp32_speed[batch], 2) for batch in fp32_speed},
-        fp32_bytes=fp32_path.stat().st_size, int8_bytes=0, skipped=skipped)
+        fp32_bytes=file_bytes(fp32_path), int8_bytes=0, skipped=skipped)

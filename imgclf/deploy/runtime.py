@@ -1,4 +1,4 @@
-"""Where a classifier's forward pass runs: PyTorch, Keras or ONNX Runtime, behind one small interface.
+"""Where a classifier's forward pass runs: PyTorch, Keras, ONNX Runtime or OpenVINO, behind one small interface.
 
 A runtime turns a batch of decoded uint8 images (N, H, W, C), already at the
 model's input size, into logits (N, classes); normalisation is its job, so
@@ -7,17 +7,17 @@ Runtime, which then needs no torch at all). Everything around it, flip TTA,
 softmax, top-k, is shared by :class:`~imgclf.deploy.classifier.Classifier`.
 
 ``auto`` chooses by measurement, not by rule: ``imgclf export --format onnx``
-times the native runtime (PyTorch, or Keras for a tensorflow bundle) and ONNX
-Runtime on this machine at batch 1 and 64 and records the figures beside the
-file; ``auto`` then takes the faster one at the batch size nearest to the
-caller's (ONNX Runtime fp32 wins at batch 1 on a CPU, PyTorch
-bf16 can win at batch 64; a GPU makes PyTorch win). An export whose
-weights no longer match the bundle's is never used.
+(or ``openvino``) times the native runtime (PyTorch, or Keras for a tensorflow
+bundle) and the export on this machine at batch 1 and 64 and records the
+figures, with the machine, beside the file; ``auto`` then takes the fastest at
+the batch size nearest to the caller's (ONNX Runtime fp32 wins at batch 1 on a
+CPU, PyTorch bf16 can win at batch 64; a GPU makes PyTorch win). On another
+machine it measures once and remembers (:mod:`imgclf.deploy.runtime_choice`).
+An export whose weights no longer match the bundle's is never used.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,15 +25,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from imgclf.backends import RECORDS, record_with_runtime
-from imgclf.deploy.bundle import WEIGHTS_FILE, BundleInfo
+from imgclf.deploy.bundle import WEIGHTS_FILE, BundleInfo, read_bundle_info
 from imgclf.deploy.metadata import read_export
+from imgclf.deploy.openvino_runtime import OPENVINO_FILES, OpenVinoRuntime, require_openvino
+from imgclf.deploy.runtime_choice import SPEED_BATCHES, choose, fp32_exports
 from imgclf.errors import ImgclfError, one_line
 
-RUNTIMES = ("auto", "torch", "keras", "onnx", "onnx-int8")
+RUNTIMES = ("auto", "torch", "keras", "onnx", "onnx-int8", "openvino", "openvino-int8")
 FORK_UNSAFE = {"keras"}  # native runtimes whose thread pools make a later fork (decode workers) hang
 # the exported file each ONNX runtime loads, inside the bundle folder
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
-SPEED_BATCHES = (1, 64)  # batch sizes ``export`` times both runtimes at, for ``auto``
 
 
 def native_of(backend: str, directory: Path | str = "this bundle") -> str:
@@ -72,14 +73,30 @@ def resolve_runtime(directory: Path, requested: str, device: str = "auto", batch
             raise ImgclfError(f"{directory} has no up-to-date {ONNX_FILES[requested]}; run imgclf export {directory} "
                               f"--format onnx{how} first, or use --runtime {native}")
         return requested
-    exported = read_export(directory, directory / ONNX_FILES["onnx"])
-    if device not in ("auto", "cpu") or exported is None or not _onnx_installed():
+    if requested in OPENVINO_FILES:
+        return _openvino(directory, requested, device, native)
+    if device not in ("auto", "cpu"):
         return native
-    speed = exported.get("speed", {})
-    nearest = min(SPEED_BATCHES, key=lambda size: abs(math.log(size) - math.log(max(batch_size, 1))))
-    onnx_speed = speed.get("onnx", {}).get(str(nearest), 0.0)
-    native_speed = speed.get(native, {}).get(str(nearest), math.inf)
-    return "onnx" if onnx_speed > native_speed else native
+    exports = fp32_exports(directory, ONNX_FILES["onnx"], _onnx_installed())
+    return choose(directory, native, exports, batch_size, lambda names: _measure(directory, names))
+
+
+def _openvino(directory: Path, requested: str, device: str, native: str) -> str:
+    """``--runtime openvino`` / ``openvino-int8`` when its export is there and up to date (see openvino_runtime)."""
+    if device == "cuda":
+        raise ImgclfError(f"--runtime {requested} runs on the CPU (OpenVINO); use --runtime torch for --device cuda")
+    require_openvino()
+    if read_export(directory, directory / OPENVINO_FILES[requested]) is None:
+        how = " --quantize int8" if requested.endswith("int8") else ""
+        raise ImgclfError(f"{directory} has no up-to-date {OPENVINO_FILES[requested]}; run imgclf export {directory} "
+                          f"--format openvino{how} first, or use --runtime {native}")
+    return requested
+
+
+def _measure(directory: Path, names: list[str]) -> dict[str, dict[str, float]]:
+    """Time the named runtimes of the bundle on this machine (``auto``'s first use, when no export measured them)."""
+    info = read_bundle_info(directory)
+    return compare_speeds({name: load_runtime(directory, info, name) for name in names}, info)
 
 
 def _onnx_installed() -> bool:
@@ -93,6 +110,8 @@ def load_runtime(directory: Path, info: BundleInfo, runtime: str, device: str = 
     """The resolved runtime (``resolve_runtime``) loaded from the bundle folder."""
     if runtime in ONNX_FILES:
         return OnnxRuntime(directory / ONNX_FILES[runtime], info, name=runtime)
+    if runtime in OPENVINO_FILES:
+        return OpenVinoRuntime(directory / OPENVINO_FILES[runtime], info, name=runtime)
     if runtime == "keras":
         from imgclf.deploy.keras_runtime import KerasRuntime
 

@@ -130,7 +130,10 @@ def _writer(output_format: str, handle: IO[str], classes: list[str], multilabel:
 
         return write_csv, lambda: None
     if output_format == "jsonl":
-        return lambda row: handle.write(json.dumps(row_record(row, depth)) + "\n"), lambda: None
+        def write_jsonl(row: PredictionRow) -> None:
+            handle.write(json.dumps(row_record(row, depth)) + "\n")
+
+        return write_jsonl, lambda: None
     add, finish = _json_array(handle)
     return lambda row: add(json.dumps(row_record(row, depth))), finish
 

@@ -56,4 +56,4 @@ def _fill_store(store: EmbeddingStore, embedded: FileEmbeddings) -> None:
     _, found = store.get(keys)
     missing = [index for index, key in enumerate(keys) if key is not None and not found[index]]
     if missing:
-        store.put([keys[index] for index in missing], embedded.vectors[missing])  # type: ignore[misc]
+        store.put([keys[index] for index in missing], embedded.vectors[missing])  # type: ignore[misc]  # missing: keys that are not None

@@ -144,7 +144,8 @@ class Embedder:
     @torch.inference_mode()
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.precision):
-            return self.model.forward_head(self.model.forward_features(images), pre_logits=True).float()
+            features = self.model.forward_features(images)  # type: ignore[operator]  # a timm model's methods:
+            return self.model.forward_head(features, pre_logits=True).float()  # type: ignore[operator]  # nn.Module's hint lacks them
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """float32 (N, D) for decoded uint8 images (N, H, W, C) at the model's input size; no cache.
@@ -182,7 +183,7 @@ class Embedder:
                                              description, store)
             vectors = computed if vectors is None else vectors
             vectors[missing] = computed[missing]
-        return vectors  # type: ignore[return-value]
+        return vectors  # type: ignore[return-value]  # the store had every row, or they were computed
 
     def embed_files(self, paths: Sequence[Path], description: str = "Embedding", workers: int | None = None,
                     progress: bool = True) -> FileEmbeddings:
@@ -216,11 +217,11 @@ class Embedder:
                 for offset, error in enumerate(chunk_errors):
                     errors[indices[offset]] = error
                 for row, offset in enumerate(good):
-                    vectors[indices[offset]] = embedded[row]  # type: ignore[index]
+                    vectors[indices[offset]] = embedded[row]  # type: ignore[index]  # good rows: embedded
                     key = keys[indices[offset]]
                     if key is not None:
                         pending_keys.append(key)
-                        pending_vectors.append(embedded[row])  # type: ignore[index]
+                        pending_vectors.append(embedded[row])  # type: ignore[index]  # as above
                 if len(pending_keys) >= SAVE_EVERY:
                     self.store.put(pending_keys, np.stack(pending_vectors))
                     pending_keys, pending_vectors = [], []
@@ -245,10 +246,10 @@ class Embedder:
                 if stored:
                     store.put([key for key, _ in stored], embedded[[row for _, row in stored]])
                 bar.advance(task, len(chunk))
-        return vectors  # type: ignore[return-value]
+        return vectors  # type: ignore[return-value]  # callers pass at least one index
 
     def _resize(self) -> ResizePolicy:
         resize = self.preprocessing.resize
         if resize not in ("squash", "crop", "pad"):
             raise ImgclfError(f"{self.reference}: unknown resize policy {resize!r} in the model description")
-        return resize  # type: ignore[return-value]
+        return resize  # type: ignore[return-value]  # one of the policies (checked above)

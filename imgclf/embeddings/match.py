@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -114,7 +116,7 @@ class Queries:
     def has_name(self) -> np.ndarray:
         return np.array([bool(name.strip()) for name in self.names], dtype=bool)
 
-    def rows(self, indices: np.ndarray | slice) -> Queries:
+    def rows(self, indices: np.ndarray | slice | list[int]) -> Queries:
         picked = np.arange(len(self.names))[indices]
         return Queries(self.vectors[picked], [self.names[i] for i in picked])
 
@@ -172,9 +174,9 @@ class Reference:
         names = [normalised_name(name) for name in queries.names]
         return ItemScores(image, token_set_scores(names, self.names), self._ngram_scores(names, self.name_ngrams))
 
-    def _ngram_scores(self, names: list[str], against: object) -> np.ndarray:
+    def _ngram_scores(self, names: list[str], against: Any) -> np.ndarray:  # against: a scipy sparse matrix
         vectors = self.vectoriser.transform(names)
-        return np.asarray((vectors @ against.T).todense(), dtype=np.float32)  # type: ignore[attr-defined]
+        return np.asarray((vectors @ against.T).todense(), dtype=np.float32)
 
     def vote(self, scores: np.ndarray, k: int) -> np.ndarray:
         """(queries, categories) share of a score-weighted vote of each query's top ``k`` items."""
@@ -257,7 +259,7 @@ class Probe:
         return softmax(vectors @ self.coef.T + self.intercept).astype(np.float32)
 
 
-def one_blas_thread() -> object:
+def one_blas_thread() -> AbstractContextManager[object]:
     """A context with BLAS on one thread: these fits are small, and threads cost more than they give.
 
     Measured on a shared 2-core machine: a 3,000 x 1,280 probe fit took

@@ -100,7 +100,7 @@ class EmbeddingStore:
         by_chunk: dict[str, list[tuple[int, int]]] = {}
         for position, key in enumerate(keys):
             if found[position]:
-                chunk, row = index[key]  # type: ignore[index]
+                chunk, row = index[key]  # type: ignore[index]  # found: the key is not None
                 by_chunk.setdefault(chunk, []).append((position, row))
         vectors: np.ndarray | None = None
         for chunk, pairs in by_chunk.items():

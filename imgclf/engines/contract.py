@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -61,6 +61,7 @@ def split_loader(data: TrainingData, config: TrainConfig, split: str, augment: A
     if split == "train" and config.balanced_sampling and not data.multilabel:
         counts = data.class_counts(split).numpy()
         weights = 1.0 / counts[data.split_targets(split).numpy()]
+    assert config.batch_size is not None  # resolved by the recipe before training
     return BatchLoader(data.pixels, rows, data.split_targets(split), batch_size or config.batch_size, augment,
                        data.mean, data.std, shuffle=shuffle, drop_last=shuffle and len(rows) > config.batch_size,
                        seed=config.seed, device=device, sample_weights=weights, world=world)
@@ -94,11 +95,13 @@ FINETUNE_AFTER_PROBE_LR_SCALE = 0.1
 
 def plan_stages(config: TrainConfig) -> list[Stage]:
     """What a strategy means as a sequence of stages."""
+    assert config.epochs is not None  # resolved by the recipe before training
     if config.strategy == "probe":
         return [Stage("probe", config.epochs, "head")]
     if config.strategy == "finetune":
         return [Stage("finetune", config.epochs, "all", config.backbone_lr_scale)]
     if config.strategy == "two-stage":
+        assert config.probe_epochs is not None  # resolved by the recipe before training
         probe = float(config.probe_epochs)
         return [Stage("probe", probe, "head"), Stage("finetune", config.epochs - probe, "all",
                                                      config.backbone_lr_scale, FINETUNE_AFTER_PROBE_LR_SCALE)]
@@ -118,7 +121,7 @@ def warmup_steps(config: TrainConfig, stage: Stage, stages: list[Stage], steps_p
 LOWER_IS_BETTER = frozenset({"val_loss"})  # the --monitor values a smaller number of is better
 
 
-def monitor_direction(monitor: str) -> str:
+def monitor_direction(monitor: str) -> Literal["maximize", "minimize"]:
     """``"maximize"`` or ``"minimize"`` (Optuna's spelling): which way ``--monitor`` improves."""
     return "minimize" if monitor in LOWER_IS_BETTER else "maximize"
 

@@ -20,6 +20,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,13 +69,13 @@ def fit_linear_head(train_x: np.ndarray | Sequence[np.ndarray], train_y: np.ndar
     if regularisation is None:
         regularisation = choose_regularisation(views, train_y, balanced, seed)
     solver, centre, scale = _fit(views, train_y, regularisation, balanced)
-    present = solver.classes_  # type: ignore[attr-defined]
+    present = solver.classes_
     if len(present) != classes:
         # Training refuses such data (imgclf.data.splits.require_training_images): any made-up
         # logit for an unseen class would be paid in every later loss (label smoothing).
         raise ValueError(f"the probe saw {len(present)} of {classes} classes in training; every class needs images")
-    fitted = solver.coef_ / scale  # type: ignore[attr-defined]
-    intercept = solver.intercept_ - fitted @ centre  # type: ignore[attr-defined]
+    fitted = solver.coef_ / scale
+    intercept = solver.intercept_ - fitted @ centre
     if classes == 2:  # sklearn gives one row for two classes: the logit of the second
         weight, bias = np.stack([-fitted[0], fitted[0]]) / 2, np.array([-intercept[0], intercept[0]]) / 2
     else:
@@ -116,15 +117,15 @@ def fit_label_heads(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray 
             solver.fit(standard, train_y)
         weight, bias = _label_rows(solver, train_y)
         weight, bias = weight / scale, bias - (weight / scale) @ centre
-        score = _mean_average_precision(val_x @ weight.T + bias, val_y) if has_val else 0.0  # type: ignore[operator]
+        score = _mean_average_precision(val_x @ weight.T + bias, val_y) if has_val else 0.0  # type: ignore[arg-type]  # has_val: both are given
         if best is None or score > best[0]:
             best = (score, candidate, weight, bias)
-    _, chosen, weight, bias = best  # type: ignore[misc]
+    _, chosen, weight, bias = best  # type: ignore[misc]  # the grid is never empty
 
     def subset_accuracy(x: np.ndarray, y: np.ndarray) -> float:
         return float(np.mean(((x @ weight.T + bias > 0) == (np.asarray(y) > 0.5)).all(axis=1)))
 
-    val_accuracy = subset_accuracy(val_x, val_y) if has_val else None  # type: ignore[arg-type]
+    val_accuracy = subset_accuracy(val_x, val_y) if has_val else None  # type: ignore[arg-type]  # has_val: both are given
     return ProbeFit(weight, bias, chosen, subset_accuracy(train_x, train_y), val_accuracy,
                     time.perf_counter() - started)
 
@@ -142,13 +143,13 @@ def _mean_average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
 def _label_rows(solver: object, train_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(K, features) coefficients and (K,) intercepts on standardised features, one row per label."""
     rows, biases = [], []
-    for index, estimator in enumerate(solver.estimators_):  # type: ignore[attr-defined]
+    for index, estimator in enumerate(solver.estimators_):  # type: ignore[attr-defined]  # set by fit
         if hasattr(estimator, "coef_"):
             rows.append(estimator.coef_[0])
             biases.append(float(estimator.intercept_[0]))
         else:  # sklearn's constant predictor: the label is on every training image, or on none
             positives = float(train_y[:, index].sum())
-            rows.append(np.zeros(solver.n_features_in_))  # type: ignore[attr-defined]
+            rows.append(np.zeros(solver.n_features_in_))  # type: ignore[attr-defined]  # set by fit
             biases.append(float(np.log((positives + 0.5) / (len(train_y) - positives + 0.5))))
     return np.stack(rows), np.array(biases)
 def choose_regularisation(views: list[np.ndarray], labels: np.ndarray, balanced: bool = False, seed: int = 0) -> float:
@@ -170,7 +171,7 @@ def choose_regularisation(views: list[np.ndarray], labels: np.ndarray, balanced:
 
 
 def _fit(views: list[np.ndarray], labels: np.ndarray, regularisation: float,
-         balanced: bool) -> tuple[object, np.ndarray, np.ndarray]:
+         balanced: bool) -> tuple[Any, np.ndarray, np.ndarray]:  # a scikit-learn solver (untyped)
     """A solver fitted on every view's rows, with the centre and scale it standardised by."""
     from sklearn.linear_model import LogisticRegression
 

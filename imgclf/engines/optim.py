@@ -53,6 +53,7 @@ def parameter_groups(model: nn.Module, head: nn.Module, config: TrainConfig, bac
             continue
         kind = "decayed" if parameter.ndim > 1 else "norm" if id(parameter) in norm_ids else "bias"
         groups.setdefault((in_head, kind), []).append(parameter)
+    assert config.lr is not None and config.bias_lr_scale is not None  # resolved by the recipe before training
     result = []
     for (in_head, kind), parameters in sorted(groups.items()):
         lr = (config.lr * stage_scale * (1.0 if in_head else backbone_scale)
@@ -70,6 +71,7 @@ def parameter_groups(model: nn.Module, head: nn.Module, config: TrainConfig, bac
 
 
 def build_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    assert config.lr is not None and config.momentum is not None  # resolved by the recipe before training
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
     if config.optimizer == "muon":
@@ -107,7 +109,7 @@ class Muon(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=0.0, orthogonalise=False))
 
     @torch.no_grad()
-    def step(self, closure: None = None) -> None:  # type: ignore[override]
+    def step(self, closure: None = None) -> None:  # type: ignore[override]  # Muon takes no closure
         for group in self.param_groups:
             for parameter in group["params"]:
                 if parameter.grad is None:
@@ -127,12 +129,12 @@ class Muon(torch.optim.Optimizer):
                 parameter.add_(update, alpha=-group["lr"])
 
 
-def lr_factor(step: float, total_steps: int, warmup_steps: int, schedule: str) -> float:
+def lr_factor(step: float, total_steps: int, warmup_steps: int, schedule: str | None) -> float:
     """Multiplier of the peak learning rate at ``step`` (a position on a :class:`StageClock`: it may be fractional).
 
     ``onecycle`` rises linearly from 0.2 to 1 during warm-up and then falls
     linearly to 0.05 (airbench's triangle); ``cosine`` rises from 0 and
-    decays along a half cosine to 0; ``constant`` only warms up.
+    decays along a half cosine to 0 (so does a recipe that names none); ``constant`` only warms up.
     """
     if warmup_steps > 0 and step < warmup_steps:
         start = 0.2 if schedule == "onecycle" else 0.0
@@ -147,7 +149,7 @@ def lr_factor(step: float, total_steps: int, warmup_steps: int, schedule: str) -
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, clock: StageClock, warmup_steps: int,
-                    schedule: str) -> torch.optim.lr_scheduler.LambdaLR:
+                    schedule: str | None) -> torch.optim.lr_scheduler.LambdaLR:
     """The stage's learning rate read at each step's position on ``clock`` (which a time budget may re-plan)."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(clock.position(step), clock.planned, warmup_steps, schedule))

@@ -54,11 +54,11 @@ def supports_tail(model: nn.Module) -> bool:
     """Whether the model (or every trunk of a stack) has timm's EfficientNet layout and a linear head."""
     trunks = list(model.trunks) if isinstance(model, TrunkStack) else [model]
     return all(all(hasattr(trunk, part) for part in TRUNK_PARTS) for trunk in trunks) and isinstance(
-        model.get_classifier(), nn.Linear)
+        model.get_classifier(), nn.Linear)  # type: ignore[operator]  # timm's/our models' method; nn.Module's hint does not know it
 
 
 def _flat_blocks(trunk: nn.Module) -> list[nn.Module]:
-    return [block for stage in trunk.blocks for block in stage]  # type: ignore[attr-defined]
+    return [block for stage in trunk.blocks for block in stage]  # type: ignore[union-attr]  # an EfficientNet trunk's stages of blocks
 
 
 class _Frozen(nn.Module):
@@ -66,7 +66,7 @@ class _Frozen(nn.Module):
 
     def __init__(self, trunk: nn.Module, cut: int) -> None:
         super().__init__()
-        self.stem = nn.Sequential(trunk.conv_stem, trunk.bn1)  # type: ignore[attr-defined]
+        self.stem = nn.Sequential(trunk.conv_stem, trunk.bn1)  # type: ignore[arg-type]  # an EfficientNet trunk's layers
         self.blocks = nn.Sequential(*_flat_blocks(trunk)[:cut])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -79,7 +79,7 @@ class _Tail(nn.Module):
     def __init__(self, trunk: nn.Module, cut: int) -> None:
         super().__init__()
         self.blocks = nn.Sequential(*_flat_blocks(trunk)[cut:])
-        self.finish = nn.Sequential(trunk.conv_head, trunk.bn2, trunk.global_pool)  # type: ignore[attr-defined]
+        self.finish = nn.Sequential(trunk.conv_head, trunk.bn2, trunk.global_pool)  # type: ignore[arg-type]  # an EfficientNet trunk's layers
 
     def forward(self, activations: torch.Tensor) -> torch.Tensor:
         return self.finish(self.blocks(activations))
@@ -131,13 +131,13 @@ def split_model(model: nn.Module, blocks: int, image_size: int, channels: int = 
                               "(1, the default, is the cheapest)")
         frozen.append(_Frozen(trunk, count - blocks))
         tails.append(_Tail(trunk, count - blocks))
-    head = model.get_classifier()
+    head = model.get_classifier()  # type: ignore[operator]  # timm's/our models' method; nn.Module's hint does not know it
     assert isinstance(head, nn.Linear)
     parameter = next(model.parameters())
     example = torch.zeros(1, channels, image_size, image_size, device=parameter.device)
     with torch.no_grad():
         shapes = [tuple(part.eval()(example).shape[1:]) for part in frozen]
-    return TailModel(frozen, tails, head, shapes)  # type: ignore[arg-type]
+    return TailModel(frozen, tails, head, shapes)
 
 
 def activation_bytes(split: TailModel, images: int) -> int:
@@ -357,7 +357,7 @@ class TailStage:
             stored = [(keys[key][position], index) for index, position in enumerate(chunk)
                       if keys[key][position] is not None]
             if store is not None and stored:
-                store.put([image for image, _ in stored], computed[[index for _, index in stored]])  # type: ignore[misc]
+                store.put([image for image, _ in stored], computed[[index for _, index in stored]])
         return vectors
 
     def _room_on_disk(self, views: int) -> bool:

@@ -104,7 +104,8 @@ class OutOfFold(Protocol):
     training sits below evaluation, so evaluation is handed the workflow.
     """
 
-    folds: int
+    @property
+    def folds(self) -> int: ...
 
     def __call__(self, bundle_config: dict[str, Any], classes: list[str], items: list[Item], work_dir: Path
                  ) -> tuple[list[str], np.ndarray, np.ndarray]: ...
@@ -142,13 +143,14 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
     metrics = compute_metrics(labels, probabilities, classifier.classes, predicted=predicted,
                               positive=decision[0] if decision else 1)
     if decision is not None:
-        metrics["decision"] = binary_decision_metrics(labels, probabilities, classifier.classes, *decision,
+        positive, threshold = decision
+        metrics["decision"] = binary_decision_metrics(labels, probabilities, classifier.classes, positive, threshold,
                                                       goal=classifier.info.threshold_goal)
     metrics.update(split=split, tta=classifier.tta, skipped=len(skipped))
     pictures = {
         "confusion_matrix": plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classifier.classes,
                                                   out / "confusion_matrix.png"),
-        "roc": plot_roc(labels, probabilities, classifier.classes, out / "roc.png", metrics.get("decision")),
+        "roc": plot_roc(labels, probabilities, classifier.classes, out / "roc.png", metrics.get("decision"), split),
         "reliability": plot_reliability(labels, probabilities, out / "reliability.png",
                                         metrics["expected_calibration_error"]),
     }

@@ -6,6 +6,7 @@ Image grids (samples, augmentations, worst mistakes) are drawn by
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from imgclf.evaluation.metrics import reliability, row_normalised
 
 MAX_CLASSES_LABELLED = 30  # above this the confusion matrix drops its tick labels and numbers
 MAX_ROC_CURVES = 10
+
+log = logging.getLogger(__name__)
 
 
 def _pyplot() -> Any:
@@ -91,53 +94,99 @@ def plot_confusion_matrix(confusion: np.ndarray, classes: list[str], path: Path,
 
 
 def plot_roc(labels: np.ndarray, probabilities: np.ndarray, classes: list[str], path: Path,
-             decision: dict[str, Any] | None = None) -> Path:
+             decision: dict[str, Any] | None = None, split: str | None = None) -> Path:
     """One-vs-rest ROC curves (the classes with the lowest AUC when there are many).
 
     A two-class model gets its positive class's ROC and precision-recall
     curves, with ``decision`` (:func:`imgclf.evaluation.binary.binary_decision_metrics`)
     marked on both: where the model's threshold puts it on these images.
+    A curve that cannot be drawn (no positive or no negative images: a small
+    ``split``) is left out, and the chart and the log say why in our words.
     """
-    from sklearn.metrics import auc, precision_recall_curve, roc_curve
-
     plt = _pyplot()
     two = len(classes) == 2
     positive_index = classes.index(decision["positive"]) if two and decision else 1
     figure, axes = plt.subplots(1, 2 if two else 1, figsize=(11 if two else 6, 5), squeeze=False)
-    axis = axes[0, 0]
+    title = f"ROC for '{classes[positive_index]}'" if two else "ROC, one vs rest"
+    missing = _cannot_draw(labels == positive_index, title, split) if two else None
+    if missing is None:
+        _roc_curves(axes[0, 0], labels, probabilities, classes, positive_index if two else None, decision, split)
+    else:
+        _say_missing(axes[0, 0], missing)
+    if two:
+        _precision_recall_curve(axes[0, 1], labels == positive_index, probabilities[:, positive_index],
+                                classes[positive_index], decision, split)
+    return _save(figure, path)
+
+
+def _cannot_draw(truth: np.ndarray, chart: str, split: str | None) -> str | None:
+    """Why a one-vs-rest chart has no curve (no positive, or no negative, images), None when it can be drawn."""
+    where = f"in {split}" if split else "among these images"
+    if not truth.any():
+        return f"{chart}: no positive images {where}"
+    if truth.all():
+        return f"{chart}: no negative images {where}"
+    return None
+
+
+def _say_missing(axis: Any, reason: str) -> None:
+    """An empty chart that says why, and the same line in the log."""
+    log.info(reason)
+    axis.text(0.5, 0.5, reason, ha="center", va="center", wrap=True)
+    axis.set_axis_off()
+
+
+def _roc_curves(axis: Any, labels: np.ndarray, probabilities: np.ndarray, classes: list[str],
+                positive_index: int | None, decision: dict[str, Any] | None, split: str | None) -> None:
+    """The ROC chart: the positive class's curve (two classes), else the lowest-AUC classes' curves."""
+    from sklearn.metrics import auc, roc_curve
+
     curves = []
     for index, name in enumerate(classes):
         positive = labels == index
         if positive.any() and not positive.all():
             fpr, tpr, _ = roc_curve(positive, probabilities[:, index])
             curves.append((auc(fpr, tpr), name, fpr, tpr))
+    if not curves:
+        _say_missing(axis, f"ROC, one vs rest: every image {f'in {split} ' if split else ''}is of one class")
+        return
     curves.sort(key=lambda curve: curve[0])
-    shown = [curve for curve in curves if curve[1] == classes[positive_index]] if two else curves[:MAX_ROC_CURVES]
+    positive = classes[positive_index] if positive_index is not None else None
+    shown = [curve for curve in curves if curve[1] == positive] if positive else curves[:MAX_ROC_CURVES]
     for area, name, fpr, tpr in shown:
         axis.plot(fpr, tpr, label=f"{name} (AUC {area:.3f})")
-    if two and decision:
+    if positive and decision:
         axis.plot(decision["false_positive_rate"], decision["recall"], "o", color="C3", markersize=9,
                   label=f"threshold {decision['threshold']:.3g} ({decision['goal']})")
     axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
     axis.set_xlabel("false positive rate")
     axis.set_ylabel("true positive rate")
     hidden = len(curves) - len(shown)
-    axis.set_title(f"ROC for '{classes[positive_index]}'" if two else
+    axis.set_title(f"ROC for '{positive}'" if positive else
                    "ROC, one vs rest" + (f" (the {len(shown)} lowest AUCs)" if hidden > 0 else ""))
     axis.legend(fontsize=8)
-    if two:
-        pr_axis = axes[0, 1]
-        precision, recall, _ = precision_recall_curve(labels == positive_index, probabilities[:, positive_index])
-        pr_axis.plot(recall, precision)
-        if decision:
-            pr_axis.plot(decision["recall"], decision["precision"], "o", color="C3", markersize=9,
-                         label=f"threshold {decision['threshold']:.3g}: precision {decision['precision']:.3f}, "
-                               f"recall {decision['recall']:.3f}")
-            pr_axis.legend(fontsize=8, loc="lower left")
-        pr_axis.set_xlabel("recall")
-        pr_axis.set_ylabel("precision")
-        pr_axis.set_title(f"precision-recall for '{classes[positive_index]}'")
-    return _save(figure, path)
+
+
+def _precision_recall_curve(axis: Any, truth: np.ndarray, scores: np.ndarray, positive: str,
+                            decision: dict[str, Any] | None, split: str | None) -> None:
+    """A two-class model's precision-recall chart for its positive class, with its threshold's point."""
+    from sklearn.metrics import precision_recall_curve
+
+    title = f"precision-recall for '{positive}'"
+    missing = _cannot_draw(truth, title, split) if not truth.any() else None  # without negatives it is drawn
+    if missing is not None:
+        _say_missing(axis, missing)
+        return
+    precision, recall, _ = precision_recall_curve(truth, scores)
+    axis.plot(recall, precision)
+    if decision:
+        axis.plot(decision["recall"], decision["precision"], "o", color="C3", markersize=9,
+                  label=f"threshold {decision['threshold']:.3g}: precision {decision['precision']:.3f}, "
+                        f"recall {decision['recall']:.3f}")
+        axis.legend(fontsize=8, loc="lower left")
+    axis.set_xlabel("recall")
+    axis.set_ylabel("precision")
+    axis.set_title(title)
 
 
 def plot_reliability(labels: np.ndarray, probabilities: np.ndarray, path: Path, error: float,

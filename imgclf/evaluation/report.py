@@ -1,6 +1,6 @@
 """``report.html``: one self-contained page about a run, readable offline and shareable as a file.
 
-Built from :mod:`imgclf.evaluation.pages`. Sections: summary, configuration, data,
+Built from :mod:`imgclf.evaluation.pages`. Sections: what was chosen and why, summary, configuration (folded), data,
 training curves, metrics (overall and per class), a binary model's decision threshold, confusion matrix, for
 path labels the scores and confusion matrix of every level, ROC,
 reliability (before and after temperature scaling), samples, augmented examples, worst mistakes and, when computed,
@@ -33,8 +33,10 @@ def write_report(run_dir: Path, evaluation: Evaluation | None, pictures: dict[st
         "model": bundle.get("architecture", ""), "data": str(run_dir.name),
         "members": [f"{member['name']} (weight {member['weight']:.3f})" for member in bundle.get("members", [])]}
     sections = [
+        ("chosen", "What was chosen and why", _chosen(config, RunDirectory(run_dir).read_choices())),
         ("summary", "Summary", _summary(config, bundle_metrics, evaluation)),
-        ("configuration", "Configuration", table(["option", "value"], [[k, _readable(v)] for k, v in config.items()])),
+        ("configuration", "Configuration", f"<details><summary>All {len(config)} options</summary>"
+         + table(["option", "value"], [[k, _readable(v)] for k, v in config.items()]) + "</details>"),
         ("data", "Data", _data(RunDirectory(run_dir))),
         ("curves", "Training curves", image(pictures.get("curves"), "training curves")
          + '<p class="muted">The shaded band is the gap between training and validation: a widening gap is '
@@ -90,6 +92,26 @@ def _readable(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{key}: {_readable(item)}" for key, item in value.items()) + "}"
     return str(value)
+
+
+# what a reader asks first about a run, in this order; the rest stays folded under Configuration
+CHOICES = ("model", "pretrained", "strategy", "tail_blocks", "image_size", "epochs", "time_budget", "batch_size",
+           "optimizer", "lr", "augment", "tta", "precision")
+
+
+def _chosen(config: dict[str, Any], user_options: dict[str, Any] | None) -> str:
+    """The run's main choices, each marked as the user's or imgclf's, before the 60-row configuration."""
+    if user_options is None:  # an ensemble, or a run from before choices.json
+        rows = [[name, _readable(config[name])] for name in CHOICES if name in config]
+        return table(["choice", "value"], rows) if rows else '<p class="muted">(an ensemble: see its members)</p>'
+    given = {name: value for name, value in user_options.items() if name not in ("data", "out")}
+    rows = [[name, _readable(config[name]), "you" if name in given else "imgclf"] for name in CHOICES
+            if name in config and (name in given or config[name] is not None)]
+    set_by_you = ", ".join(f"{name} = {_readable(value)}" for name, value in given.items()) or "nothing"
+    return (f"<p>Options you set: <b>{html.escape(set_by_you)}</b>. imgclf chose the rest from the data: the photo "
+            "planner picks the pretrained model, image size and views that fit the time budget (its line is in the "
+            "training log), and the model family's recipe sizes the schedule to the number of training images."
+            "</p>" + table(["choice", "value", "set by"], rows))
 
 
 def _summary(config: dict[str, Any], bundle_metrics: dict[str, Any], evaluation: Evaluation | None) -> str:

@@ -1,4 +1,4 @@
-"""Evaluate a run's bundle on its own held-out split and write its pictures and ``report.html``.
+"""Evaluate a run's bundle on its own held-out split and write its pictures, ``report.html`` and model card.
 
 Called at the end of every training run and by ``imgclf report RUN``.
 """
@@ -15,6 +15,7 @@ import numpy as np
 from imgclf.deploy.classifier import Classifier
 from imgclf.errors import ImgclfError
 from imgclf.evaluation.evaluate import Evaluation, evaluate, evaluation_items
+from imgclf.evaluation.model_card import write_model_card
 from imgclf.evaluation.plots import plot_training_curves
 from imgclf.evaluation.report import write_report
 from imgclf.pictures import draw_augmentations, save_samples
@@ -28,6 +29,8 @@ def report_run(run_dir: str | Path, *, label_issues: bool = True, known: Mapping
                ) -> tuple[Path, Evaluation | None]:
     """(report.html, the evaluation) for ``run_dir``; pictures go to ``RUN/plots`` and ``RUN/evaluation``.
 
+    The bundle's ``MODEL_CARD.md`` is (re)written from the same evaluation.
+
     ``known``: probabilities the run's bundle already gave some images, by
     path (training's own held-out pass), which are then not predicted again.
     """
@@ -35,7 +38,8 @@ def report_run(run_dir: str | Path, *, label_issues: bool = True, known: Mapping
     if not run.config_file.is_file() and (run.model_dir / "model.json").is_file():  # an ensemble: no training
         classifier = Classifier.load(run.path)
         items, split = evaluation_items(run.path, None, None)
-        evaluation = evaluate(classifier, items, split, run.path / "evaluation", label_issues=label_issues)
+        evaluation: Evaluation | None = evaluate(classifier, items, split, run.path / "evaluation", label_issues=label_issues)
+        write_model_card(run.model_dir, evaluation)
         return write_report(run.path, evaluation, {}, run.path / "report.html"), evaluation
     if not run.config_file.is_file():
         raise ImgclfError(f"{run.path} is not an imgclf run directory (no config.yaml); give runs/NAME")
@@ -67,4 +71,5 @@ def report_run(run_dir: str | Path, *, label_issues: bool = True, known: Mapping
         else:
             evaluation = evaluate(classifier, items, split, run.path / "evaluation", label_issues=label_issues,
                                   known=known)
+        write_model_card(run.model_dir, evaluation)
     return write_report(run.path, evaluation, pictures, run.path / "report.html"), evaluation

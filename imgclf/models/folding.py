@@ -14,7 +14,8 @@ model: a BatchNorm is folded only when its input is exactly the tensor a
 dropout) after folding. Should a convolution's output also feed something
 other than its BatchNorm, folding would change that other path: the folded
 copy is therefore checked against the original on the example, and the
-plain copy is used if they disagree.
+plain copy is used if they disagree (or if the original's outputs are not
+finite, so that nothing can be checked).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def inference_copy(model: nn.Module, example: torch.Tensor) -> nn.Module:
     if _fold_batchnorm(folded, example):
         with torch.no_grad():
             expected, got = plain(example).float(), folded(example).float()
-        if not torch.allclose(got, expected, rtol=1e-3, atol=1e-3 * (1 + float(expected.abs().max()))):
+        # outputs that are not finite (a diverged model's) cannot vouch for the folding: keep the plain copy
+        if not bool(torch.isfinite(expected).all()) or not torch.allclose(
+                got, expected, rtol=1e-3, atol=1e-3 * (1 + float(expected.abs().max()))):
             folded = plain
     return folded.to(memory_format=torch.channels_last)
 
@@ -62,7 +65,7 @@ def _fold_batchnorm(model: nn.Module, example: torch.Tensor) -> int:
     """Fold, in place, every BatchNorm2d fed directly by a Conv2d; returns how many were folded."""
     # the output tensors are kept alive so that an id cannot be reused by another tensor during the run
     conv_by_output: dict[int, tuple[nn.Conv2d, torch.Tensor]] = {}
-    pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
+    pairs: list[tuple[nn.Conv2d | None, nn.BatchNorm2d]] = []  # None: a norm not fed by a conv
     hooks = []
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
@@ -70,7 +73,7 @@ def _fold_batchnorm(model: nn.Module, example: torch.Tensor) -> int:
                 lambda conv, inputs, output: conv_by_output.__setitem__(id(output), (conv, output))))
         elif isinstance(module, nn.BatchNorm2d):
             hooks.append(module.register_forward_pre_hook(
-                lambda norm, inputs: pairs.append((_producer(conv_by_output, inputs[0]), norm))))  # type: ignore[arg-type]
+                lambda norm, inputs: pairs.append((_producer(conv_by_output, inputs[0]), norm))))
     run_with_hooks(model, example, hooks)
     conv_by_output.clear()
     parent_of = {id(child): (parent, name) for parent in model.modules() for name, child in parent.named_children()}

@@ -16,6 +16,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 from urllib.request import getproxies
 
@@ -63,7 +64,7 @@ def pretrained_source(name: str) -> str | None:
     """
     if is_stack(name):
         sources = [pretrained_source(part) for part in stack_parts(name)]
-        return "; ".join(sources) if all(sources) else None  # type: ignore[arg-type]
+        return "; ".join(sources) if all(sources) else None  # type: ignore[arg-type]  # all(): no None left
     package = WEIGHT_PACKAGES.get(name)
     if package and _package_weights_file(package):
         return f"package {_distribution_name(package)}"
@@ -107,12 +108,12 @@ def _load_stack(model: nn.Module, name: str, allow_download: bool) -> Pretrained
     """Each trunk's pretrained weights; the trunks must expect one normalisation, as they share one input."""
     parts = stack_parts(name)
     trunks = [load_pretrained(trunk, part, allow_download=allow_download)
-              for trunk, part in zip(model.trunks, parts)]  # type: ignore[arg-type, attr-defined]
+              for trunk, part in zip(model.trunks, parts)]  # type: ignore[arg-type]  # a stack's trunks are modules
     if len({(trunk.mean, trunk.std) for trunk in trunks}) > 1:
         raise ImgclfError(f"model '{name}': its trunks' weights expect different input normalisations "
                           f"({', '.join(f'{part} {trunk.mean}' for part, trunk in zip(parts, trunks))}); "
                           "stack backbones trained with the same mean and std")
-    head = model.get_classifier()  # type: ignore[operator]
+    head = model.get_classifier()  # type: ignore[operator]  # timm's and our models have one; nn.Module's hint does not
     if isinstance(head, nn.Linear):  # a new head starts at zero, as in _load_matching
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
@@ -156,7 +157,7 @@ def _cached_hub_file(config: PretrainedCfg) -> Path | None:
             path = try_to_load_from_cache(repo_id, filename, revision=revision or None)
             if isinstance(path, str):
                 return Path(path)
-    if config.url:
+    if isinstance(config.url, str) and config.url:
         path = Path(torch.hub.get_dir(), "checkpoints", Path(urlparse(config.url).path).name)
         if path.is_file():
             return path
@@ -236,11 +237,13 @@ def _hub_weights(
             "with weights for it, or train it from scratch"
         )
     cached = _cached_hub_file(config)
+    overlay: dict[str, object] | None
     if cached is not None:
         # Loading the cached file as a local file keeps the hub client from checking for updates online.
         overlay, source = {"file": str(cached), "source": None}, f"timm cache {cached}"
     else:
-        reason = _hub_unavailable_reason(hub_constants.ENDPOINT if config.hf_hub_id else config.url, allow_download)
+        reason = _hub_unavailable_reason(hub_constants.ENDPOINT if config.hf_hub_id else config.url,  # type: ignore[arg-type]  # has_weights: else a url
+                                         allow_download)
         if reason is not None:
             raise _no_local_weights_error(name, reason)
         overlay, source = None, f"timm hub {config.hf_hub_id or config.url}"
@@ -294,7 +297,7 @@ def _reference_state_dict(
     the position embedding.
     """
     size = tuple(getattr(getattr(model, "patch_embed", None), "img_size", None) or config.input_size[1:])
-    kwargs = {} if size == tuple(config.input_size[1:]) else {"img_size": size}
+    kwargs: dict[str, Any] = {} if size == tuple(config.input_size[1:]) else {"img_size": size}
     return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).state_dict()
 
 
@@ -302,7 +305,7 @@ def _classifier_prefixes(model: nn.Module, config: PretrainedCfg | None) -> tupl
     """The state-dict prefixes of the classifier head: timm's config, or our model's ``get_classifier()``."""
     if config is not None and config.classifier:
         return (config.classifier,) if isinstance(config.classifier, str) else tuple(config.classifier)
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None  # type: ignore[operator]  # hasattr: a method
     return tuple(name for name, module in model.named_modules() if module is classifier and name)
 
 

@@ -43,7 +43,8 @@ class ModelInfo:
 
 
 def _build_tutorial_cnn(num_classes: int, in_chans: int, image_size: ImageSize | None, **kwargs: Any) -> nn.Module:
-    return TutorialCNN(num_classes, in_chans=in_chans, image_size=image_size or TUTORIAL_CNN.default_size, **kwargs)
+    return TutorialCNN(num_classes, in_chans=in_chans, image_size=image_size or TUTORIAL_CNN.default_size,  # type: ignore[arg-type]  # its default size is set (180)
+                       **kwargs)
 
 
 def _build_fastnet(num_classes: int, in_chans: int, image_size: ImageSize | None, **kwargs: Any) -> nn.Module:
@@ -95,7 +96,7 @@ def model_info(name: str) -> ModelInfo:
         sources = [part.pretrained for part in parts]
         return ModelInfo(name=name, family="timm", description=f"a stack of {len(parts)} trunks under one head",
                          default_size=max(part.default_size or 0 for part in parts) or None,
-                         pretrained="; ".join(sources) if all(sources) else None)  # type: ignore[arg-type]
+                         pretrained="; ".join(sources) if all(sources) else None)  # type: ignore[arg-type]  # all(): no None
     config = timm_pretrained_cfg(name)
     module = model_entrypoint(name).__module__.rsplit(".", 1)[-1]
     published = ", pretrained weights published" if is_model_pretrained(name) else ""
@@ -178,7 +179,7 @@ def _matches(name: str, filter: str) -> bool:
     return filter in name.lower()
 
 
-def _timm_size_kwargs(name: str, image_size: ImageSize | None) -> dict[str, ImageSize]:
+def _timm_size_kwargs(name: str, image_size: ImageSize | None) -> dict[str, Any]:
     """``img_size`` for a fixed-input-size timm model asked for another size; nothing for the rest."""
     config = timm_pretrained_cfg(name)
     if image_size is None or config is None or not config.fixed_input_size:

@@ -19,13 +19,19 @@ from imgclf.errors import ImgclfError
 # airbench94 writes BatchNorm momentum as the weight of the *old* running
 # statistics (0.6); torch's momentum is the weight of the new batch.
 FASTNET_BATCHNORM_MOMENTUM = 1 - 0.6
-# airbench's BatchNorm eps: with the scale frozen at 1 the normalised
-# activations are used as they are, and a tiny eps keeps them exactly unit-variance.
-FASTNET_BATCHNORM_EPS = 1e-12
+# With the scale frozen at 1 the normalised activations are used as they are.
+# airbench's eps of 1e-12 keeps them exactly unit-variance, but a channel that is
+# (nearly) constant over a batch, as plain images give, is then scaled up to 1e6x
+# forward and backward, and training ends in NaN within a few steps. 1e-3 changes
+# a unit-variance channel by 0.05% and bounds that gain to about 30x.
+FASTNET_BATCHNORM_EPS = 1e-3
 WHITENING_KERNEL = 2
 # Patches per chunk when estimating the patch covariance, so whitening from
 # thousands of images never materialises every patch at once.
 WHITENING_CHUNK_IMAGES = 256
+# Eigenvalues of the patch covariance below this fraction of the largest are
+# taken as zero: the patches do not vary in that direction, so it gets no filter.
+WHITENING_RANK_TOLERANCE = 1e-6
 
 
 class ClassifierNet(nn.Module, ABC):
@@ -231,7 +237,8 @@ class FastNet(ClassifierNet):
         uses 5,000. The filters are the eigenvectors of the patches' second
         moment matrix (≈ covariance, as normalised images are centred) divided
         by sqrt(eigenvalue + eps), strongest first, followed by their
-        negatives; ``eps`` keeps flat directions from amplifying noise. The
+        negatives; ``eps`` keeps flat directions from amplifying noise, and a
+        direction the patches do not span at all (plain images) gets no filter. The
         weights are then frozen (only the bias trains), as in airbench.
         """
         weight = self.whiten.weight
@@ -243,13 +250,19 @@ class FastNet(ClassifierNet):
         eigenvalues, eigenvectors = torch.linalg.eigh(patch_second_moment(images, WHITENING_KERNEL))
         eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)
         filters = eigenvectors.T / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None]
+        # Directions the patches do not span (plain images: a rank of about 3 of 12) hold only rounding
+        # noise; scaled up and then normalised by BatchNorm, that noise explodes the gradients.
+        filters[eigenvalues <= WHITENING_RANK_TOLERANCE * eigenvalues[0].clamp_min(0)] = 0
         filters = filters.reshape(-1, *weight.shape[1:]).to(weight)
         weight.copy_(torch.cat((filters, -filters)))
         weight.requires_grad_(False)
 
 
 def patch_second_moment(images: torch.Tensor, kernel: int) -> torch.Tensor:
-    """Mean of p pᵀ over every kernel x kernel patch p (flattened channel, row, column like conv weights)."""
+    """Mean of p pᵀ over every kernel x kernel patch p (flattened channel, row, column like conv weights), float64.
+
+    Kept in float64 so the eigenvalues of directions the patches do not span come out as (near) zero.
+    """
     size = images.shape[1] * kernel * kernel
     total = torch.zeros(size, size, dtype=torch.float64, device=images.device)
     count = 0
@@ -257,4 +270,4 @@ def patch_second_moment(images: torch.Tensor, kernel: int) -> torch.Tensor:
         patches = F.unfold(chunk.float(), kernel).transpose(1, 2).reshape(-1, size)
         total += (patches.T @ patches).double()
         count += patches.shape[0]
-    return (total / count).float()
+    return total / count

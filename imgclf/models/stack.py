@@ -37,12 +37,13 @@ class TrunkStack(nn.Module):
     def __init__(self, trunks: list[nn.Module], num_classes: int) -> None:
         super().__init__()
         self.trunks = nn.ModuleList(trunks)
-        self.num_features = sum(int(trunk.num_features) for trunk in trunks)  # type: ignore[arg-type]
+        widths = [int(trunk.num_features) for trunk in trunks]  # type: ignore[arg-type]  # timm trunks' widths
+        self.num_features = sum(widths)
         self.classifier: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """(N, sum of the trunks' widths): each trunk's pooled features, in trunk order."""
-        return torch.cat([trunk.forward_head(trunk.forward_features(images), pre_logits=True)  # type: ignore[operator]
+        return torch.cat([trunk.forward_head(trunk.forward_features(images), pre_logits=True)  # type: ignore[operator]  # timm trunks
                           for trunk in self.trunks], dim=1)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -95,8 +95,8 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
         batching={"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_queue": max_queue},
         page=files("imgclf.serve").joinpath("static/index.html").read_text(encoding="utf-8"))
     if api_key:
-        app.add_middleware(RequireApiKey, api_key=api_key)  # type: ignore[arg-type]
-    app.add_middleware(LimitAndMeasure, limits=limits, metrics=metrics)  # type: ignore[arg-type]  (outermost: counts 401s)
+        app.add_middleware(RequireApiKey, api_key=api_key)
+    app.add_middleware(LimitAndMeasure, limits=limits, metrics=metrics)  # outermost: counts 401s
     _add_error_handlers(app)
     app.include_router(routes.api)
     app.include_router(routes.operations)

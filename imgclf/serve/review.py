@@ -57,16 +57,16 @@ class ReviewQueue:
         photo_rows = [index for index, row in enumerate(self.rows) if row.get(IMAGE_COLUMN)]
         embedded = matcher.embedder.embed_files([Path(self.rows[index][IMAGE_COLUMN]) for index in photo_rows],
                                                 description="Embedding new photos")
-        queries = Queries(np.zeros((len(self.rows), matcher.reference.vectors.shape[1]), dtype=np.float32),
+        asked = Queries(np.zeros((len(self.rows), matcher.reference.vectors.shape[1]), dtype=np.float32),
                           [row.get("name", "") for row in self.rows])
         self.photo_errors: dict[int, str] = {}
         for row, vector, error in zip(photo_rows, normalise(embedded.vectors), embedded.errors):
             if error:
                 self.photo_errors[row] = error
             else:
-                queries.vectors[row] = vector
-        usable = [index for index in range(len(self.rows)) if queries.has_image[index] or queries.has_name[index]]
-        self.suggestions: dict[int, Suggestion] = dict(zip(usable, matcher.suggest(queries.rows(usable))))
+                asked.vectors[row] = vector
+        usable = [index for index in range(len(self.rows)) if asked.has_image[index] or asked.has_name[index]]
+        self.suggestions: dict[int, Suggestion] = dict(zip(usable, matcher.suggest(asked.rows(usable))))
         self.decisions: dict[int, str] = self._read_decisions()
         self.lock = threading.Lock()
         self.item_number = {id(item): number for number, item in enumerate(matcher.reference.items)}

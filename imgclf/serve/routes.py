@@ -50,7 +50,7 @@ class Served:
 
     @property
     def info(self) -> BundleInfo:
-        return self.classifier.info  # type: ignore[no-any-return]
+        return self.classifier.info
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Received:
 
 
 def served(request: Request) -> Served:
-    return request.app.state.served  # type: ignore[no-any-return]
+    return request.app.state.served
 
 
 async def uploads_in_time(request: Request) -> Received:

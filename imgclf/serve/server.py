@@ -57,7 +57,7 @@ def serve_review(catalog: str | Path, queries: str | Path, accepted: str | Path,
     from imgclf.serve.review import ReviewQueue, create_review_app
 
     check_port(port)
-    queue = ReviewQueue(catalog_matcher(catalog, **matching), Path(queries), Path(accepted))  # type: ignore[arg-type]
+    queue = ReviewQueue(catalog_matcher(catalog, **matching), Path(queries), Path(accepted))  # type: ignore[arg-type]  # matching: the matcher's own options
     run_app(create_review_app(queue), host, port, f"the review of {len(queue.rows):,} new products",
             f"anyone who can reach this machine can see and decide the products (there is no authentication; "
             f"decisions go to {accepted}); put it behind a proxy that checks who calls")
@@ -76,6 +76,6 @@ def run_app(app: object, host: str, port: int, what: str, exposure: str) -> None
         log.warning(f"warning: serving on {host}: {exposure}")
     log.info(f"serving {what} on http://{host}:{port}  (web page /, API docs /docs); Ctrl-C stops")
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)  # type: ignore[arg-type]
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)  # type: ignore[arg-type]  # an ASGI app; uvicorn's hint is narrower
     except OSError as error:  # uvicorn logs bind errors and exits; other socket errors land here
         raise ImgclfError(f"cannot serve on {host}:{port} ({error.strerror or error}); choose another --port") from None

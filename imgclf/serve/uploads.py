@@ -105,7 +105,7 @@ def decode_uploads(uploads: list[Upload], info: BundleInfo, limits: Limits) -> n
         if width * height > limits.max_pixels:
             raise ApiError(413, f"{upload.name}: {width}x{height} = {width * height:,} pixels, over the limit of "
                                 f"{limits.max_pixels:,} (--max-pixels); send a smaller image")
-        decoded = decode_bytes(upload.data, size, info.resize, info.channels == 1, limits.max_pixels)  # type: ignore[arg-type]
+        decoded = decode_bytes(upload.data, size, info.resize, info.channels == 1, limits.max_pixels)
         if decoded.pixels is None:
             raise ApiError(400, f"{upload.name}: {decoded.error}")
         pixels[index] = decoded.pixels

@@ -129,8 +129,9 @@ def inference_speed(run_dir: Path) -> float:
     items = held_out_items(RunDirectory(run_dir).read_split())
     info = classifier.info
     cache = build_cache([item.path for item in items[:INFERENCE_IMAGES]], size=(info.image_size, info.image_size),
-                        policy=info.resize, grayscale=info.channels == 1,  # type: ignore[arg-type]
+                        policy=info.resize, grayscale=info.channels == 1,
                         description="Decoding held-out images")
+    assert cache.pixels is not None  # decoded at a size: the pixels are kept
     pixels = cache.pixels[cache.ok]
     batches = [pixels[start:start + INFERENCE_BATCH] for start in range(0, len(pixels), INFERENCE_BATCH)]
     if not batches:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.config import make_config
+from imgclf.config import make_config, with_split_seed
 from imgclf.data.sources import Item, label_indices
 from imgclf.deploy.classifier import Classifier
 from imgclf.errors import ImgclfError
@@ -53,10 +53,10 @@ def out_of_fold_probabilities(bundle_config: dict[str, Any], classes: list[str],
     smallest = smallest[smallest > 0].min()
     if smallest < folds:
         raise ImgclfError(f"--folds {folds} needs at least {folds} images of every class; the smallest has {smallest}")
-    recipe = {name: value for name, value in bundle_config.items() if name not in FOLD_OVERRIDES}
+    recipe = with_split_seed({name: value for name, value in bundle_config.items() if name not in FOLD_OVERRIDES})
     if recipe.get("epochs") is not None:
         recipe.pop("time_budget", None)  # the epochs the budget gave are the recipe now
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=int(recipe.get("seed", 0)))
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=int(recipe["split_seed"]))
     probabilities = np.zeros((len(items), len(classes)))
     paths = [str(item.path) for item in items]
     for fold, (train_rows, held_out) in enumerate(splitter.split(np.zeros(len(items)), labels), start=1):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ def fit_weights(probabilities: list[np.ndarray], labels: np.ndarray) -> np.ndarr
     return softmax(result.x)
 
 
-def build_ensemble(runs: list[str | Path], out: str | Path, weights: str = "fit", overwrite: bool = False,
+def build_ensemble(runs: Sequence[str | Path], out: str | Path, weights: str = "fit", overwrite: bool = False,
                    batch_size: int = 64) -> EnsembleResult:
     """Copy the members into ``out``, fit (or equal) weights on validation, score members and ensemble."""
     if weights not in WEIGHTINGS:
@@ -99,7 +100,7 @@ def build_ensemble(runs: list[str | Path], out: str | Path, weights: str = "fit"
         rows = [list(member.file_probabilities([item.path for item in items], batch_size)) for member in members]
         ok = [all(row[position][1] is not None for row in rows) for position in range(len(items))]
         labels = np.array([index[item.label] for item, good in zip(items, ok) if good])
-        scored[split] = (labels, [np.stack([row[position][1] for position in range(len(items)) if ok[position]])
+        scored[split] = (labels, [np.stack([row[position][1] for position in range(len(items)) if ok[position]])  # type: ignore[misc]  # ok: no None
                                   for row in rows])
     labels, val_probabilities = scored["val"]
     fitted = fit_weights(val_probabilities, labels) if weights == "fit" else np.full(len(members), 1 / len(members))
@@ -150,7 +151,7 @@ def _check_members(bundles: list[Path], infos: list[BundleInfo]) -> None:
             raise ImgclfError(f"{bundle}: ensembles combine single-label models with the same channels")
 
 
-def _check_splits(bundles: list[Path], dataset: Any, runs: list[str | Path]) -> None:
+def _check_splits(bundles: list[Path], dataset: Any, runs: Sequence[str | Path]) -> None:
     """No member may have trained on the images the weights are fitted and scored on."""
     held_out = {str(item.path) for item in dataset.items if item.split != "train"}
     for bundle, run in zip(bundles[1:], runs[1:]):
@@ -159,7 +160,7 @@ def _check_splits(bundles: list[Path], dataset: Any, runs: list[str | Path]) -> 
             trained = {str(item.path) for item in read_manifest(manifest).split_items("train")}
             if trained & held_out:
                 raise ImgclfError(f"{run} trained on {len(trained & held_out)} of {runs[0]}'s validation/test images; "
-                                  "train every member on the same split (same data and --seed)")
+                                  "train every member on the same split (same data and --split-seed)")
 
 
 def _write(out: Path, info: BundleInfo, bundles: list[Path], names: list[str], split_file: Path,

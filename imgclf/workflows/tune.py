@@ -34,13 +34,14 @@ import shutil
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from imgclf.config import make_config, parse_duration
+from imgclf.config import TrainConfig, make_config, parse_duration
 from imgclf.console import HEADING
 from imgclf.data.inspect import imbalance_warning
 from imgclf.engines.callbacks import Callback, FitState
@@ -48,7 +49,8 @@ from imgclf.engines.contract import monitor_direction, oriented
 from imgclf.errors import ImgclfError
 from imgclf.files import write_folder_atomic, write_text_atomic
 from imgclf.runs import slug
-from imgclf.training import plan, train
+from imgclf.training import TrainResult, plan, train
+from imgclf.workflows.tracking import Tracker, check_tracker, tracked_run
 from imgclf.workflows.tune_page import write_page
 from imgclf.workflows.tune_space import (
     check_recipe_reads,
@@ -112,17 +114,12 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
     """
     import optuna
 
-    if trials is None and time_budget is None:
-        raise ImgclfError("give --trials N and/or --time-budget (e.g. 10m): when should the search stop?")
-    if trials is not None and trials < 1:
-        raise ImgclfError(f"--trials must be at least 1, got {trials}")
-    if startup_trials < 0:
-        raise ImgclfError(f"--startup-trials must be 0 or more, got {startup_trials}")
-    budget = parse_duration(time_budget) if time_budget else None
+    budget = _check_stopping(trials, time_budget, startup_trials)
     fixed = {name: os.fspath(value) if isinstance(value, os.PathLike) else value  # stored as JSON in the study
              for name, value in options.items() if value is not None}
     fixed["data"] = str(data)
     base = make_config(**fixed)
+    check_tracker(base.track)
     given = set(fixed) - {"data"}
     space = read_space(Path(space_file), given) if space_file else None  # a bad space fails before data is read
     resolved, dataset = plan(base, archive)
@@ -154,7 +151,7 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
         log.info(f"trial {trial.number}: " + ", ".join(f"{key}={_short(value)}" for key, value in values.items()),
                  extra=HEADING)
         config = make_config(**{**fixed, **planned, **values, "out": str(run)})
-        result = train(config, archive=archive, overwrite=True, callbacks=[PruneOnValidation(trial, base.monitor)])
+        result = _train_trial(trial, config, archive, base.monitor, base.track, values)
         if result.interrupted:
             raise KeyboardInterrupt
         score = result.metrics.get(base.monitor)
@@ -162,15 +159,55 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
             raise ImgclfError(f"{data}: the trials have no validation split to score; raise --val-fraction")
         return float(score)
 
+    with tracked_run(base.track, f"tune {name}", tags={"command": "tune"}) as tracker:  # the trials are its children
+        tracker.log_params({**fixed, "trials": trials, "time_budget": time_budget, "space": str(space_file or "default")})
+        result = _search(study, objective, trials, budget, folder, url, base.monitor)
+        _log_search(tracker, result, folder, base.monitor)
+    return result
+
+
+def _check_stopping(trials: int | None, time_budget: str | None, startup_trials: int) -> float | None:
+    """The time budget in seconds (None: none); refuses a search that would never stop or start pruning wrongly."""
+    if trials is None and time_budget is None:
+        raise ImgclfError("give --trials N and/or --time-budget (e.g. 10m): when should the search stop?")
+    if trials is not None and trials < 1:
+        raise ImgclfError(f"--trials must be at least 1, got {trials}")
+    if startup_trials < 0:
+        raise ImgclfError(f"--startup-trials must be 0 or more, got {startup_trials}")
+    return parse_duration(time_budget) if time_budget else None
+
+
+def _train_trial(trial: optuna.Trial, config: TrainConfig, archive: str | Path | None, monitor: str,
+                 track: str | None, values: dict[str, Any]) -> TrainResult:
+    """One trial's training run, pruned on validation; with ``--track``, a child run of the search's."""
+    with tracked_run(track, f"trial {trial.number:03d}", nested=True, tags={"command": "tune"}) as child:
+        child.log_params(values)
+        result = train(config, archive=archive, overwrite=True,
+                       callbacks=[PruneOnValidation(trial, monitor), *child.callbacks()])
+        child.log_metrics(result.metrics)
+    return result
+
+
+def _log_search(tracker: Tracker, result: TuneResult, folder: Path, monitor: str) -> None:
+    """The search's best score, its outputs (not the study database) and its best bundle, registered."""
+    tracker.log_metrics({f"best_{monitor}": result.best["score"]} if result.best else {})
+    tracker.log_artifacts([path for path in folder.iterdir() if path.is_file() and path.suffix != ".db"])
+    if (folder / "best" / "model.json").is_file():
+        tracker.log_model(folder / "best", f"imgclf-{folder.resolve().name}")
+
+
+def _search(study: optuna.Study, objective: Callable[[optuna.Trial], float], trials: int | None,
+            budget: float | None, folder: Path, url: str, monitor: str) -> TuneResult:
+    """Run trials one at a time until enough finished or the budget is spent; the outputs are rewritten after each."""
     started = time.monotonic()
     interrupted = False
     try:
         while _wanted(study, trials) and (budget is None or time.monotonic() - started < budget):
             study.optimize(objective, n_trials=1, catch=())
-            _write_outputs(study, folder, url, base.monitor)
+            _write_outputs(study, folder, url, monitor)
     except KeyboardInterrupt:
         interrupted = True
-    return _write_outputs(study, folder, url, base.monitor, interrupted)
+    return _write_outputs(study, folder, url, monitor, interrupted)
 
 
 def _storage(url: str) -> optuna.storages.BaseStorage:

@@ -72,5 +72,5 @@ def print_explanations(written: list[tuple[Path, Explanation]], skipped: list[tu
         table.add_row(path.name.removesuffix(".gradcam.png"),
                       ", ".join(f"{name} {probability:.0%}" for name, probability in explanation.top), str(path))
     console.print(table)
-    for path, reason in skipped:
-        console.print(f"[yellow]skipped {escape(path)}: {escape(reason)}[/]")
+    for name, reason in skipped:
+        console.print(f"[yellow]skipped {escape(name)}: {escape(reason)}[/]")

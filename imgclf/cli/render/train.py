@@ -52,7 +52,7 @@ def print_comparison(model: str, result: api.Comparison) -> None:
     for item in result.results:
         table.add_column(item.backend, justify="right")
     rows: list[tuple[str, Callable[[Any], str]]] = [
-        (f"{split} accuracy", lambda item, split=split: f"{item.metrics[f'{split}_accuracy']:.2%}")
+        (f"{split} accuracy", lambda item, split=split: f"{item.metrics[f'{split}_accuracy']:.2%}")  # type: ignore[misc]  # the default binds each split
         for split in ("val", "test") if all(f"{split}_accuracy" in item.metrics for item in result.results)]
     rows += [("seconds per epoch", lambda item: f"{item.seconds_per_epoch:.2f}"),
              ("inference images/s", lambda item: f"{item.inference_images_per_second:,.0f}"),
@@ -86,6 +86,16 @@ def print_ensemble(result: api.EnsembleResult) -> None:
                   f"report: {result.out / 'report.html'}")
 
 
+def _calibration_rows(table: Table, calibration: dict[str, Any]) -> None:
+    """What temperature scaling optimised (val log loss) and what it did, ECE beside it; or why T stayed 1."""
+    if calibration.get("kept_one"):
+        table.add_row("temperature", calibration["kept_one"])
+        return
+    table.add_row(f"temperature T = {calibration['temperature']:.3f}", "fitted on val log loss")
+    table.add_row("val log loss (before -> after T)", f"{calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}")
+    table.add_row("val ECE (before -> after T)", f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}")
+
+
 def print_training_summary(result: TrainResult) -> None:
     """A finished run's epochs, time, held-out scores, thresholds, calibration and decision, and where it is."""
     config, metrics = result.config, result.metrics
@@ -107,9 +117,7 @@ def print_training_summary(result: TrainResult) -> None:
                       ", ".join(f"{name} {row['threshold']:.2f}" for name, row in list(chosen.items())[:6])
                       + (", ..." if len(chosen) > 6 else ""))
     if "calibration" in metrics:
-        calibration = metrics["calibration"]
-        table.add_row("val ECE (temperature)", f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} "
-                                               f"(T = {calibration['temperature']:.3f})")
+        _calibration_rows(table, metrics["calibration"])
     if "decision" in metrics:
         decision = metrics["decision"]
         table.add_row(f"decision ({decision['goal']})",

@@ -14,6 +14,7 @@ from torch import nn
 from imgclf import distributed
 from imgclf.config import TrainConfig, parse_duration
 from imgclf.data.augment_presets import augment_config
+from imgclf.data.batches import BatchLoader
 from imgclf.deploy.bundle import BundleInfo, write_bundle
 from imgclf.engines import budget
 from imgclf.engines.budget import Budget, Clock, StageClock
@@ -22,7 +23,7 @@ from imgclf.engines.checkpoint import load_checkpoint
 from imgclf.engines.contract import FitResult, Stage, TrainingData, class_weights, plan_stages, split_loader
 from imgclf.engines.linear_probe import supports_linear_probe
 from imgclf.engines.lookahead import Lookahead
-from imgclf.engines.tail import TailStage
+from imgclf.engines.tail import ActivationLoader, TailStage
 from imgclf.engines.torch_engine import loop, planning
 from imgclf.engines.torch_engine.model import create_model_for, embedding_weights, placed
 from imgclf.engines.torch_engine.probe import LinearProbe
@@ -60,6 +61,9 @@ class TorchEngine:
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.stage_clock = StageClock.of(1)  # the current stage's schedule, re-planned by a time budget
         self.forward: Callable[[torch.Tensor], torch.Tensor]  # the current stage's step module
+        self.optimizer: torch.optim.Optimizer  # the current stage's, with its schedule (loop sets both)
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR
+        self.train_loader: BatchLoader | ActivationLoader  # images, or the tail's kept activations
 
     # ----------------------------------------------------------------- the contract
     def build(self, data: TrainingData, resume: bool) -> bool:
@@ -72,7 +76,7 @@ class TorchEngine:
             log.info("%s has no checkpoint yet; starting its training from the beginning", self.run.path)
         torch.manual_seed(config.seed)
         self.model = placed(create_model_for(config, data, self.checkpoint), config, self.world, self.device)
-        self.head = self.model.get_classifier()
+        self.head = self.model.get_classifier()  # type: ignore[operator]  # timm's/our models' method; nn.Module's hint does not know it
         # what the architecture itself keeps fixed (e.g. FastNet's whitening filters) stays fixed in every stage
         self.trainable = {id(parameter): parameter.requires_grad for parameter in self.model.parameters()}
         # the probe stage becomes one logistic-regression fit on cached embeddings where it can
@@ -89,7 +93,7 @@ class TorchEngine:
     def fit_to_budget(self, seconds: float) -> TrainConfig:
         """Epochs that fit ``seconds``, from the measured speed of a few steps of each stage (rank 0's decides)."""
         self.budget = Budget.start(seconds, self.now)  # the measurement is part of the budget
-        self._adopt(distributed.broadcast_from_main(planning.budget_config(self, self.budget)))  # type: ignore[arg-type]
+        self._adopt(distributed.broadcast_from_main(planning.budget_config(self, self.budget)))
         return self.config
 
     def fit(self, callbacks: list[Callback]) -> FitResult:

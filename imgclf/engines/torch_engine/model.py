@@ -31,6 +31,7 @@ STATS_SAMPLE = 5000  # training images whose pixels give the normalisation of a 
 def create_model_for(config: TrainConfig, data: TrainingData, checkpoint: dict[str, Any] | None) -> nn.Module:
     """The model, with ``data.mean``/``std`` set to the normalisation it expects (its weights', the data's, or
     the checkpoint's on resume)."""
+    assert config.model is not None  # resolved by the recipe before training
     channels = 1 if config.grayscale else 3
     model = create_model(config.model, len(data.classes), in_chans=channels, image_size=config.image_size,
                          **{**config.model_args, **regularisation_args(config)})
@@ -59,7 +60,7 @@ def _normalise_from_data(model: nn.Module, config: TrainConfig, data: TrainingDa
     if hasattr(model, "init_whitening") and not config.pretrained:
         # also on resume: it decides which weights are frozen; the checkpoint then sets their values
         images = torch.from_numpy(sample).permute(0, 3, 1, 2)
-        model.init_whitening((images - torch.tensor(data.mean)[:, None, None])
+        model.init_whitening((images - torch.tensor(data.mean)[:, None, None])  # type: ignore[operator]  # FastNet's own method
                              / torch.tensor(data.std)[:, None, None])
 
 
@@ -71,7 +72,7 @@ def placed(model: nn.Module, config: TrainConfig, world: World, device: torch.de
                               "where each process's BatchNorm sees its share of the batch")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    return model.to(device=device, memory_format=memory_format)
+    return model.to(device=device, memory_format=memory_format)  # type: ignore[call-overload]  # torch takes memory_format; Module.to's hint omits it
 
 
 def embedding_weights(config: TrainConfig) -> str | None:

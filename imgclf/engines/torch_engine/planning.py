@@ -59,6 +59,7 @@ def budget_config(engine: TorchEngine, budget: Budget) -> TrainConfig:
     schedule (not just its length) is fitted to the budget.
     """
     config = engine.config
+    assert config.epochs is not None  # resolved by the recipe before training
     epoch_seconds, forward_per_image = _epoch_seconds(engine)
     if engine.probe.used:
         return _probe_then_finetune(engine, budget, epoch_seconds, forward_per_image)
@@ -84,6 +85,7 @@ def _epoch_seconds(engine: TorchEngine) -> tuple[dict[str, float], dict[str, flo
     The tail's epochs are fixed (its recipe's) and a linear probe has no steps: neither is measured.
     """
     config = engine.config
+    assert config.batch_size is not None  # resolved by the recipe before training
     steps_per_epoch, val_rows = len(engine.train_loader), len(engine.data.rows["val"])
     forward_per_image: dict[str, float] = {}
     epoch_seconds: dict[str, float] = {}
@@ -108,6 +110,7 @@ def _probe_then_finetune(engine: TorchEngine, budget: Budget, epoch_seconds: dic
     training step per image) and a fit of a second or two, whatever its epochs.
     """
     config, data = engine.config, engine.data
+    assert config.epochs is not None  # resolved by the recipe before training
     finetune = epoch_seconds.get("all")
     if finetune is None:  # a probe alone: nothing to fit to the budget
         return config
@@ -145,7 +148,7 @@ def replan(engine: TorchEngine, fit: FitState, step_seconds: float) -> str | Non
     total = distributed.broadcast_from_main(step + math.ceil(epochs_that_fit(left, per_epoch) * steps_per_epoch))
     if total == clock.total:
         return None
-    clock.replan(step, int(total))  # type: ignore[arg-type]
+    clock.replan(step, int(total))
     fit.epochs_in_stage = math.ceil(clock.total / steps_per_epoch)
     return (f"re-planned: {planned_epochs(engine):g} epochs fit the {max(left, 0):.0f} s left "
             f"({per_epoch:.1f} s an epoch measured)")

@@ -93,7 +93,7 @@ class LinearProbe:
         # with TTA the model is judged on its views (mirror, zoom) too, so a single-label probe trains on them as well
         train_views = [features["train"]] + [self.features("train", view) for view in self.train_views()[1:]]
         probe = self._fitted(train_views, features, labels) if engine.world.is_main else None
-        probe = distributed.broadcast_from_main(probe)  # type: ignore[assignment]
+        probe = distributed.broadcast_from_main(probe)
         assert probe is not None
         load_into_head(engine.head, probe)
         if engine.ema is not None:

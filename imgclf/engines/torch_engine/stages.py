@@ -58,7 +58,7 @@ def step_module(engine: TorchEngine, stage: Stage) -> Callable[[torch.Tensor], t
 
         module = DistributedDataParallel(
             module, device_ids=[engine.world.local_rank] if engine.device.type == "cuda" else None)
-    return torch.compile(module) if engine.config.compile else module  # type: ignore[return-value]
+    return torch.compile(module) if engine.config.compile else module
 
 
 def set_train_mode(model: nn.Module, head: nn.Module, stage: Stage) -> None:
@@ -95,6 +95,6 @@ class StepModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.head_only:
             with torch.no_grad():
-                features = self.model.forward_features(images)
-            return self.model.forward_head(features)
+                features = self.model.forward_features(images)  # type: ignore[operator]  # timm's/our models' method; nn.Module's hint does not know it
+            return self.model.forward_head(features)  # type: ignore[operator]  # timm's/our models' method; nn.Module's hint does not know it
         return self.model(images)

@@ -53,6 +53,7 @@ def downscale(images: torch.Tensor, config: TrainConfig) -> torch.Tensor:
     which survive the switch to full size (the network ends in a global pool).
     """
     side = config.low_res
+    assert side is not None  # called only with --low-res
     small = F.interpolate(images, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
     return small.contiguous(memory_format=torch.channels_last) if config.channels_last else small
 

@@ -33,12 +33,13 @@ def predict_logits(engine: TorchEngine, split: str, tta: bool = False) -> torch.
         return engine.tail.logits(split)  # the frozen part never changes: its kept activations through the tail
     if not tta and engine.probe.backbone_is_embedder():
         # the backbone never changed: its cached embeddings through the head are these logits, in seconds
-        head = model.get_classifier()
+        head = model.get_classifier()  # type: ignore[operator]  # timm's/our models' method; nn.Module's hint does not know it
         features = embed_split(engine, split)
         return head(torch.from_numpy(features).to(head.weight)).float().cpu()
     model.eval()
     data = engine.data
     rows, targets = my_share(engine, split)
+    assert engine.config.batch_size is not None  # resolved by the recipe before training
     loader = BatchLoader(data.pixels, rows, targets, 2 * engine.config.batch_size, PRESETS["none"], data.mean,
                          data.std, shuffle=False, device=engine.device)
     outputs = [torch.empty(0, len(data.classes))]
@@ -48,7 +49,7 @@ def predict_logits(engine: TorchEngine, split: str, tta: bool = False) -> torch.
             if tta:
                 logits = 0.5 * (logits + model(images.flip(3)).float())
         outputs.append(logits.cpu())
-    return torch.cat(distributed.gather_in_rank_order(torch.cat(outputs)))  # type: ignore[arg-type]
+    return torch.cat(distributed.gather_in_rank_order(torch.cat(outputs)))
 
 
 def my_share(engine: TorchEngine, split: str) -> tuple[np.ndarray, torch.Tensor]:
@@ -66,7 +67,7 @@ def embed_split(engine: TorchEngine, split: str, view: str = PLAIN) -> np.ndarra
     description = f"Embedding {split}" + ("" if view == PLAIN else f" ({view})")
     mine = (embedder.embed_decoded(data.pixels, rows, data.paths, description=description, view=view)
             if len(rows) else np.empty((0, embedder.dim), dtype=np.float32))  # a split smaller than the world
-    return np.concatenate(distributed.gather_in_rank_order(mine))  # type: ignore[arg-type]
+    return np.concatenate(distributed.gather_in_rank_order(mine))
 
 
 def epoch_row(engine: TorchEngine, stage: Stage, train_loss: float, train_accuracy: float, lr: float,

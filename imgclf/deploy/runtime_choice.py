@@ -1,0 +1,113 @@
+"""``--runtime auto``: the runtime measured fastest for this bundle on this machine; measured once, then remembered.
+
+The candidates are the bundle's own runtime (PyTorch, or Keras) and every
+fp32 export beside it that is up to date and whose runtime is installed
+(ONNX Runtime, OpenVINO). Their speeds come from what ``imgclf export``
+measured when it ran on this machine (recorded in the export's metadata
+with the machine it ran on), else from an earlier measurement remembered in
+``$IMGCLF_HOME/runtime-speeds/<weights sha256>.json``; when a candidate has
+no figure for this machine, all are measured now (a few seconds, once) and
+remembered there. A speed measured on another machine is never used, and
+nothing is guessed: with no export there is nothing to choose.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from imgclf.deploy.metadata import read_export, weights_file_digest
+from imgclf.deploy.openvino_runtime import OPENVINO_FILES, XML, openvino_installed
+from imgclf.files import write_text_atomic
+from imgclf.paths import imgclf_home
+
+SPEED_BATCHES = (1, 64)  # batch sizes ``export`` and the first ``auto`` time every runtime at
+Speeds = dict[str, dict[str, float]]  # runtime -> batch size (as text) -> images/s
+Measure = Callable[[list[str]], Speeds]  # times the named runtimes of a bundle at SPEED_BATCHES
+
+
+@cache
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what the platform says: benchmarks record it beside figures."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return model
+
+
+def machine() -> str:
+    """What a speed was measured on: the CPU model, its logical cores and the host name."""
+    return f"{cpu_model()} x{os.cpu_count()} on {platform.node()}"
+
+
+def fp32_exports(directory: Path, onnx_file: str, onnx_ready: bool) -> dict[str, dict[str, Any]]:
+    """{runtime: export metadata} of the bundle's up-to-date fp32 exports whose runtime is installed."""
+    found: dict[str, dict[str, Any]] = {}
+    onnx = read_export(directory, directory / onnx_file) if onnx_ready else None
+    if onnx is not None:
+        found["onnx"] = onnx
+    folder = directory / OPENVINO_FILES["openvino"]
+    openvino = read_export(directory, folder) if (folder / XML).is_file() and openvino_installed() else None
+    if openvino is not None:
+        found["openvino"] = openvino
+    return found
+
+
+def choose(directory: Path, native: str, exports: dict[str, dict[str, Any]], batch_size: int, measure: Measure) -> str:
+    """The fastest of ``native`` and ``exports`` at the measured batch size nearest ``batch_size``."""
+    if not exports:
+        return native
+    names = [native, *exports]
+    speeds = _recorded(exports)
+    if not all(name in speeds for name in names):
+        speeds = {**speeds, **_remembered(directory)}
+    if not all(name in speeds for name in names):
+        speeds = measure(names)
+        _remember(directory, speeds)
+    nearest = str(min(SPEED_BATCHES, key=lambda size: abs(math.log(size) - math.log(max(batch_size, 1)))))
+    return max(names, key=lambda name: (speeds[name].get(nearest, 0.0), name == native))
+
+
+def _recorded(exports: dict[str, dict[str, Any]]) -> Speeds:
+    """The speeds ``export`` measured on this machine, from each export's metadata."""
+    speeds: Speeds = {}
+    for meta in exports.values():
+        if meta.get("measured_on") == machine():
+            speeds.update({name: value for name, value in meta.get("speed", {}).items() if isinstance(value, dict)})
+    return speeds
+
+
+def _speeds_file(directory: Path) -> Path:
+    return imgclf_home() / "runtime-speeds" / f"{weights_file_digest(directory)}.json"
+
+
+def _remembered(directory: Path) -> Speeds:
+    try:
+        values = json.loads(_speeds_file(directory).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    mine = values.get(machine()) if isinstance(values, dict) else None
+    return mine if isinstance(mine, dict) else {}
+
+
+def _remember(directory: Path, speeds: Speeds) -> None:
+    """Add this machine's measurement to the bundle's file (other machines' stay); a read-only home just forgets."""
+    path = _speeds_file(directory)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        values = {}
+    try:
+        write_text_atomic(path, json.dumps({**values, machine(): speeds}, indent=2))
+    except OSError:
+        pass
+

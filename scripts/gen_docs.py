@@ -243,15 +243,18 @@ def _example_metadata(metadata: Any, bundle: Any) -> str:
 def api_page() -> str:
     """``imgclf``'s public functions, then the classes a user holds (Classifier, Callback), from their docstrings."""
     import imgclf
+    import imgclf.api
     from imgclf.deploy.classifier import Classifier
     from imgclf.engines.callbacks import Callback
 
     lines = [HEADER, "# Python API\n\n", "`import imgclf`: the functions below take the same names as the "
              "command-line options. Errors a user can fix raise `imgclf.ImgclfError` with a one-line message. "
              "Worked examples: [the Python guide](../guides/python.md).\n\n"]
-    for name in sorted(n for n in imgclf.__all__ if not n.startswith("_") and callable(getattr(imgclf, n))):
-        item = getattr(imgclf, name)
-        if inspect.isclass(item):
+    for name in sorted(n for n in imgclf.__all__ if not n.startswith("_")):
+        # read from imgclf.api: once the subpackage imgclf.models is imported, ``imgclf.models`` names it, not the
+        # function that ``from imgclf.api import models`` put there
+        item = getattr(imgclf.api, name, None) or getattr(imgclf, name)
+        if inspect.isclass(item) or not callable(item):
             continue
         lines.append(_entry(f"imgclf.{name}", item))
     for cls, public in ((Classifier, _public_methods(Classifier)), (Callback, _public_methods(Callback))):

@@ -16,8 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import processes
 import pytest
-from conftest import CLI_ENV, make_class_folder, make_image
+from conftest import make_class_folder, make_image
+from processes import CLI_ENV
 
 import imgclf
 
@@ -75,6 +77,8 @@ def test_some_guide_blocks_are_marked() -> None:
     assert len(_marked_blocks()) >= 2
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize(("where", "block"), _marked_blocks(), ids=[where for where, _ in _marked_blocks()])
 def test_marked_guide_commands_run_as_written(where: str, block: str, tmp_path: Path) -> None:
     make_class_folder(tmp_path / "photos", per_class=8, size=96, suffix=".jpg")
@@ -87,6 +91,7 @@ def test_marked_guide_commands_run_as_written(where: str, block: str, tmp_path: 
     shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, **CLI_ENV, "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    processes.require_marker("subprocess", "starts a child process")  # the tiers' check; shell lines need no helper
     for line in (line.split("  #")[0].strip() for line in block.splitlines()):
         if not line:
             continue

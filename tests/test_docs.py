@@ -12,12 +12,12 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import CLI_ENV, make_class_folder, make_image
+from processes import run_shell
 
 import imgclf
 
@@ -75,6 +75,8 @@ def test_some_guide_blocks_are_marked() -> None:
     assert len(_marked_blocks()) >= 2
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize(("where", "block"), _marked_blocks(), ids=[where for where, _ in _marked_blocks()])
 def test_marked_guide_commands_run_as_written(where: str, block: str, tmp_path: Path) -> None:
     make_class_folder(tmp_path / "photos", per_class=8, size=96, suffix=".jpg")
@@ -90,5 +92,5 @@ def test_marked_guide_commands_run_as_written(where: str, block: str, tmp_path: 
     for line in (line.split("  #")[0].strip() for line in block.splitlines()):
         if not line:
             continue
-        done = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
+        done = run_shell(line, tmp_path, env)
         assert done.returncode == 0, f"{where}: `{line}` failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"

@@ -43,6 +43,12 @@ def run_python(*args: str, cwd: Path | None = None, stdin: str | None = None, en
                           timeout=timeout)  # a hang guard: a slow CI machine is no hang
 
 
+def run_shell(line: str, cwd: Path, env: Mapping[str, str], timeout: float = 280) -> subprocess.CompletedProcess[str]:
+    """A shell command line as a user types it (a guide's commands), in ``cwd`` with exactly ``env``; output captured."""
+    require_marker("subprocess", "starts a child process")
+    return subprocess.run(line, shell=True, cwd=cwd, env=dict(env), capture_output=True, text=True, timeout=timeout)
+
+
 def start_python(*args: str, env: Mapping[str, str] | None = None,
                  preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[str]:
     """``python ARGS`` in the background (a server, a run to interrupt); stderr piped (what tests read), stdout

@@ -254,7 +254,8 @@ def test_the_review_page_accepts_and_corrects_suggestions_in_a_browser(tmp_path:
             first, second = page.locator("article[data-id='0']"), page.locator("article[data-id='1']")
             assert first.locator(".suggested").inner_text() == suggested[0]
             assert first.locator(".closest img").count() >= 1
-            assert page.eval_on_selector("article[data-id='0'] > img", "image => image.complete && image.naturalWidth")
+            page.wait_for_function("() => { const image = document.querySelector(\"article[data-id='0'] > img\"); "
+                                   "return image !== null && image.complete && image.naturalWidth > 0; }")  # the photo loads
             first.locator("button.decide").click()
             first.locator(".state").filter(has_text="accepted").wait_for()
             correction = "Dairy/Yoghurt" if suggested[1] != "Dairy/Yoghurt" else "Dairy/Kefir"

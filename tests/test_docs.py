@@ -12,14 +12,12 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
-import processes
 import pytest
 from conftest import make_class_folder, make_image
-from processes import CLI_ENV
+from processes import CLI_ENV, run_shell
 
 import imgclf
 
@@ -91,9 +89,8 @@ def test_marked_guide_commands_run_as_written(where: str, block: str, tmp_path: 
     shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, **CLI_ENV, "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    processes.require_marker("subprocess", "starts a child process")  # the tiers' check; shell lines need no helper
     for line in (line.split("  #")[0].strip() for line in block.splitlines()):
         if not line:
             continue
-        done = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
+        done = run_shell(line, tmp_path, env)
         assert done.returncode == 0, f"{where}: `{line}` failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"

@@ -30,6 +30,7 @@ def _table_value(body: str, label: str) -> str:
     return found[-1]
 
 
+@pytest.mark.slow
 def test_the_card_has_every_section(tiny_run: Path) -> None:
     meta, body = _card(tiny_run)
     assert meta["library_name"] == "imgclf" and meta["pipeline_tag"] == "image-classification"
@@ -38,6 +39,7 @@ def test_the_card_has_every_section(tiny_run: Path) -> None:
         assert f"\n## {heading}\n" in body
 
 
+@pytest.mark.slow
 def test_the_card_figures_equal_model_json_and_the_evaluation(tiny_run: Path) -> None:
     meta, body = _card(tiny_run)
     info = json.loads((tiny_run / "model" / "model.json").read_text())
@@ -59,6 +61,7 @@ def test_the_card_figures_equal_model_json_and_the_evaluation(tiny_run: Path) ->
     assert counts[1:] == [metrics["val_images"], metrics["test_images"]]
 
 
+@pytest.mark.slow
 def test_the_card_names_the_weakest_classes_and_the_user_options(tiny_run: Path) -> None:
     _, body = _card(tiny_run)
     evaluation = json.loads((tiny_run / "evaluation" / "metrics.json").read_text())
@@ -69,6 +72,7 @@ def test_the_card_names_the_weakest_classes_and_the_user_options(tiny_run: Path)
     assert "You set: " in body and "epochs=3" in body
 
 
+@pytest.mark.slow
 def test_the_report_opens_with_the_choices_and_folds_the_config(tiny_run: Path) -> None:
     page = (tiny_run / "report.html").read_text(encoding="utf-8")
     chosen, summary = page.index("What was chosen and why"), page.index(">Summary<")

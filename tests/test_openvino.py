@@ -26,6 +26,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_export_proves_parity_and_the_runtime_predicts_as_torch(run: Path) -> None:
     folder = run / "model" / "model.openvino"
     assert (folder / "model.xml").is_file() and (folder / "model.bin").is_file()
@@ -41,6 +42,7 @@ def test_export_proves_parity_and_the_runtime_predicts_as_torch(run: Path) -> No
     assert [row.prediction for row in rows] == [path.parent.name for path in images]
 
 
+@pytest.mark.slow
 def test_serve_runs_the_openvino_runtime(run: Path) -> None:
     httpx = pytest.importorskip("httpx")
     from test_serve import LIMITS, encoded, start_server
@@ -58,6 +60,7 @@ def test_serve_runs_the_openvino_runtime(run: Path) -> None:
     assert answer.json()["runtime"] == "openvino" and answer.json()["predictions"][0]["prediction"] == "red"
 
 
+@pytest.mark.slow
 def test_int8_is_kept_only_within_the_accuracy_bound(run: Path, tmp_path: Path) -> None:
     pytest.importorskip("nncf")
     bundle = tmp_path / "model"
@@ -70,6 +73,7 @@ def test_int8_is_kept_only_within_the_accuracy_bound(run: Path, tmp_path: Path) 
     assert imgclf.load(bundle, runtime="openvino-int8").runtime.name == "openvino-int8"
 
 
+@pytest.mark.slow
 def test_auto_measures_once_per_bundle_and_machine_then_remembers(run: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     bundle = tmp_path / "model"
@@ -93,6 +97,7 @@ def test_auto_measures_once_per_bundle_and_machine_then_remembers(run: Path, tmp
     assert resolve_runtime(bundle, "auto", device="cuda") == "torch"
 
 
+@pytest.mark.slow
 def test_without_openvino_the_message_names_what_to_install(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(ImgclfError) as caught:

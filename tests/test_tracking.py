@@ -35,6 +35,7 @@ def _artifacts(client, run_id: str, folder: str = "") -> set[str]:  # noqa: ANN0
     return found
 
 
+@pytest.mark.slow
 def test_a_tracked_run_logs_params_metrics_artifacts_and_a_registered_model(store: Path) -> None:
     import mlflow
     import pandas as pd
@@ -63,6 +64,7 @@ def test_a_tracked_run_logs_params_metrics_artifacts_and_a_registered_model(stor
     np.testing.assert_allclose(model.predict(images)[["blue", "green", "red"]].to_numpy()[0], expected[0], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_tune_is_a_parent_run_with_a_child_per_trial_and_evaluate_is_tracked(store: Path) -> None:
     import mlflow
 

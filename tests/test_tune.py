@@ -52,7 +52,7 @@ def test_a_killed_study_resumes_to_three_trials_and_its_best_config_trains(tmp_p
     stop(first, signal.SIGKILL, timeout_s=30)  # no clean-up at all: the trial it was running stays "running" in study.db
     assert summary(out)["counts"]["complete"] >= 1
 
-    resumed = run_cli(*command[3:])  # the kill needs a process of its own; the resume does not
+    resumed = run_cli(*command[2:])  # the kill needs a process of its own; the resume does not
     assert resumed.returncode == 0, resumed.stderr
     counts = summary(out)["counts"]
     assert counts["complete"] == 3 and counts["running"] == 0

@@ -44,7 +44,7 @@ def train(
     model_args: ModelArgsOption = None,
     archive: ArchiveOption = None,
     nproc: Annotated[Optional[int], Opt(help="Train as N processes on this machine (torchrun; gloo on CPU, one GPU "
-                                        "each on CUDA). Several machines: see README, More than one machine.",
+                                        "each on CUDA). Several machines: docs/guides/distributed.md.",
                                         rich_help_panel="Machine", show_default=False)] = None,
     **config_values: object,
 ) -> None:

@@ -38,7 +38,8 @@ def parameter_groups(model: nn.Module, head: nn.Module, config: TrainConfig, bac
 
     ``bias_lr_scale`` multiplies the rate of normalisation layers' parameters
     only, as airbench's 64x does its BatchNorm biases: other biases (fastnet's
-    whitening bias, a linear layer's) keep the base rate (README, "Benchmarks").
+    whitening bias, a linear layer's) keep the base rate (evidence:
+    benchmarks/results/airbench_reference.json, airbench94-45k-our-old-bias-groups against -new-bias-groups).
     ``trainable`` is ``"all"`` or ``"head"`` (a probe: only the classifier learns).
     """
     head_ids = {id(parameter) for parameter in head.parameters()}

@@ -10,8 +10,8 @@ fine-tuning was measured not to pay on CPUs (flowers: two-stage, 5 minutes,
 kept from the same forward pass the probe needs) does, for seconds an epoch,
 so a plan may end with one.
 
-The plans are ordered by their accuracy measured on flowers (README,
-"Benchmarks"); :func:`choose_plan` takes the first whose estimated seconds,
+The plans are ordered by their accuracy measured on flowers
+(benchmarks/results/flowers.json and transfer.json); :func:`choose_plan` takes the first whose estimated seconds,
 from forward passes timed on this machine (:func:`measure_trunk_seconds`),
 fit the budget: ``--time-budget``, or :data:`DEFAULT_BUDGET_S` so that a
 plain ``imgclf train photos/`` on a few thousand photos ends within five
@@ -55,7 +55,7 @@ class PhotoPlan:
 # Nor are four views (with the zoomed crops, `--tta-zoom 0.875`): the probe gains 0.4 points on them, but the
 # tail trained on them loses 0.5 (94.4% against 94.9%, three seeds) for twice the forward passes.
 PLANS = (
-    PhotoPlan(LITE0, 224, 2, 0.9529, tail_blocks=1),  # 10 tail epochs: 95.1-95.5% over three seeds (README)
+    PhotoPlan(LITE0, 224, 2, 0.9529, tail_blocks=1),  # 10 tail epochs: flowers.json default, plan-seed1, plan-seed2
     PhotoPlan(LITE0, 224, 2, 0.9239),
     PhotoPlan(LITE0, 224, 1, 0.9226),
 )

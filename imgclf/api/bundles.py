@@ -1,4 +1,4 @@
-"""A trained model (bundle or run): load, evaluate, report, calibrate, export, explain; and the names ``train`` takes."""
+"""A trained model (a bundle or run): load, evaluate, report, calibrate, export, explain; and the model names."""
 
 from __future__ import annotations
 

@@ -123,13 +123,7 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
     not decoded and passed through the model again.
     """
     folds = out_of_fold.folds if out_of_fold is not None else None
-    depth = classifier.info.config.get("label_depth")
-    if depth and not classifier.info.multilabel:  # trained on cut paths: the images' full paths are cut the same way
-        items = cut_items(items, depth)
-    unknown = sorted({label for item in items for label in item.labels} - set(classifier.classes))
-    if unknown:
-        raise ImgclfError(f"labels the model does not know: {', '.join(unknown[:5])}; it was trained on "
-                          f"{', '.join(classifier.classes[:10])}{', ...' if len(classifier.classes) > 10 else ''}")
+    items = _labels_as_trained(classifier, items)
     if classifier.info.multilabel:
         if folds:
             raise ImgclfError("--folds: cross-validated label issues are for single-label models; use --label-issues "
@@ -139,33 +133,14 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
     paths, labelled, probabilities, skipped = _predict(classifier, items, batch_size, known)
     labels = label_indices(labelled, classifier.classes)
     predicted = classifier.decide(probabilities)  # the labels predict and serve give: a binary model's threshold
-    decision = classifier.decision
-    metrics = compute_metrics(labels, probabilities, classifier.classes, predicted=predicted,
-                              positive=decision[0] if decision else 1)
-    if decision is not None:
-        positive, threshold = decision
-        metrics["decision"] = binary_decision_metrics(labels, probabilities, classifier.classes, positive, threshold,
-                                                      goal=classifier.info.threshold_goal)
+    metrics = _decision_metrics(classifier, labels, probabilities, predicted)
     metrics.update(split=split, tta=classifier.tta, skipped=len(skipped))
-    pictures = {
-        "confusion_matrix": plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classifier.classes,
-                                                  out / "confusion_matrix.png"),
-        "roc": plot_roc(labels, probabilities, classifier.classes, out / "roc.png", metrics.get("decision"), split),
-        "reliability": plot_reliability(labels, probabilities, out / "reliability.png",
-                                        metrics["expected_calibration_error"]),
-    }
+    pictures = _plot_metrics(classifier, labels, probabilities, metrics, split, out)
     levels = level_metrics(labels, probabilities, classifier.classes)
     if levels:
         metrics["levels"] = levels
         pictures.update(plot_level_confusions(levels, out))
-    temperature = classifier.info.temperature
-    if temperature != 1.0 and not classifier.info.multilabel:  # the same images before temperature scaling
-        raw = uncalibrated(probabilities, temperature)
-        raw_ece = expected_calibration_error(labels, raw)
-        metrics["uncalibrated"] = {"temperature": temperature, "expected_calibration_error": raw_ece,
-                                   "log_loss": compute_log_loss(labels, raw, len(classifier.classes))}
-        pictures["reliability_uncalibrated"] = plot_reliability(labels, raw, out / "reliability_uncalibrated.png",
-                                                                raw_ece, title="before temperature scaling")
+    _add_uncalibrated(classifier, labels, probabilities, out, metrics, pictures)
     mistakes = _worst_mistakes(paths, labels, predicted, probabilities, classifier.classes)
     if mistakes:
         pictures["worst_mistakes"] = _gallery(mistakes, classifier.classes, out / "worst_mistakes.png",
@@ -173,19 +148,79 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
                                               explainer=classifier)
     issues: list[dict[str, Any]] = []
     if label_issues or folds:
-        if out_of_fold is not None:
-            decoded = set(paths)
-            good = [item for item in items if str(item.path) in decoded]
-            paths, labels, probabilities = out_of_fold(classifier.info.config, classifier.classes, good, out / "folds")
-        issues = find_label_issues(paths, labels, probabilities, classifier.classes)
-        _write_issues(issues, out / "label_issues.csv")
-        if issues:
-            pictures["label_issues"] = _gallery(issues[:GALLERY_SIZE], classifier.classes, out / "label_issues.png",
-                                                "likely label errors (heat: Grad-CAM of the model's class)",
-                                                explainer=classifier)
+        issues = _label_issues(classifier, items, (paths, labels, probabilities), out_of_fold, out, pictures)
     metrics["label_issues"] = len(issues) if label_issues or folds else None
     metrics["label_issues_from"] = f"{folds}-fold cross-validation" if folds else "the model's own predictions"
     return _finish(metrics, out, split, pictures, issues, skipped)
+
+
+def _labels_as_trained(classifier: Any, items: list[Item]) -> list[Item]:
+    """``items`` with their labels cut to the depth the model trained on; a label it does not know is an error."""
+    depth = classifier.info.config.get("label_depth")
+    if depth and not classifier.info.multilabel:  # trained on cut paths: the images' full paths are cut the same way
+        items = cut_items(items, depth)
+    unknown = sorted({label for item in items for label in item.labels} - set(classifier.classes))
+    if unknown:
+        raise ImgclfError(f"labels the model does not know: {', '.join(unknown[:5])}; it was trained on "
+                          f"{', '.join(classifier.classes[:10])}{', ...' if len(classifier.classes) > 10 else ''}")
+    return items
+
+
+def _decision_metrics(classifier: Any, labels: np.ndarray, probabilities: np.ndarray, predicted: np.ndarray
+                      ) -> dict[str, Any]:
+    """The metrics of the labels the classifier decides, and a binary model's figures at its threshold."""
+    decision = classifier.decision
+    metrics = compute_metrics(labels, probabilities, classifier.classes, predicted=predicted,
+                              positive=decision[0] if decision else 1)
+    if decision is not None:
+        positive, threshold = decision
+        metrics["decision"] = binary_decision_metrics(labels, probabilities, classifier.classes, positive, threshold,
+                                                      goal=classifier.info.threshold_goal)
+    return metrics
+
+
+def _plot_metrics(classifier: Any, labels: np.ndarray, probabilities: np.ndarray, metrics: dict[str, Any],
+                  split: str, out: Path) -> dict[str, Path]:
+    """The confusion matrix, the ROC curve and the reliability diagram, drawn into ``out``."""
+    return {
+        "confusion_matrix": plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classifier.classes,
+                                                  out / "confusion_matrix.png"),
+        "roc": plot_roc(labels, probabilities, classifier.classes, out / "roc.png", metrics.get("decision"), split),
+        "reliability": plot_reliability(labels, probabilities, out / "reliability.png",
+                                        metrics["expected_calibration_error"]),
+    }
+
+
+def _add_uncalibrated(classifier: Any, labels: np.ndarray, probabilities: np.ndarray, out: Path,
+                      metrics: dict[str, Any], pictures: dict[str, Path]) -> None:
+    """For a temperature-scaled model, the calibration figures and diagram of the same images before the scaling."""
+    temperature = classifier.info.temperature
+    if temperature == 1.0 or classifier.info.multilabel:
+        return
+    raw = uncalibrated(probabilities, temperature)
+    raw_ece = expected_calibration_error(labels, raw)
+    metrics["uncalibrated"] = {"temperature": temperature, "expected_calibration_error": raw_ece,
+                               "log_loss": compute_log_loss(labels, raw, len(classifier.classes))}
+    pictures["reliability_uncalibrated"] = plot_reliability(labels, raw, out / "reliability_uncalibrated.png",
+                                                            raw_ece, title="before temperature scaling")
+
+
+def _label_issues(classifier: Any, items: list[Item], predictions: tuple[list[str], np.ndarray, np.ndarray],
+                  out_of_fold: OutOfFold | None, out: Path, pictures: dict[str, Path]) -> list[dict[str, Any]]:
+    """Likely label errors, from the model's own (paths, labels, probabilities) or, with ``out_of_fold``, from
+    models that did not train on the images; written to ``label_issues.csv``, and drawn into ``pictures`` when any."""
+    paths, labels, probabilities = predictions
+    if out_of_fold is not None:
+        decoded = set(paths)
+        good = [item for item in items if str(item.path) in decoded]
+        paths, labels, probabilities = out_of_fold(classifier.info.config, classifier.classes, good, out / "folds")
+    issues = find_label_issues(paths, labels, probabilities, classifier.classes)
+    _write_issues(issues, out / "label_issues.csv")
+    if issues:
+        pictures["label_issues"] = _gallery(issues[:GALLERY_SIZE], classifier.classes, out / "label_issues.png",
+                                            "likely label errors (heat: Grad-CAM of the model's class)",
+                                            explainer=classifier)
+    return issues
 
 
 def _evaluate_multilabel(classifier: Any, items: list[Item], split: str, out: Path, label_issues: bool,

@@ -53,6 +53,7 @@ from imgclf.training import TrainResult, plan, train
 from imgclf.workflows.tracking import Tracker, check_tracker, tracked_run
 from imgclf.workflows.tune_page import write_page
 from imgclf.workflows.tune_space import (
+    Space,
     check_recipe_reads,
     default_space,
     planned_options,
@@ -112,15 +113,32 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
     ``options`` are training options fixed for every trial (``monitor`` and
     ``seed`` also pick the objective and seed the sampler).
     """
-    import optuna
-
     budget = _check_stopping(trials, time_budget, startup_trials)
     fixed = {name: os.fspath(value) if isinstance(value, os.PathLike) else value  # stored as JSON in the study
              for name, value in options.items() if value is not None}
     fixed["data"] = str(data)
     base = make_config(**fixed)
     check_tracker(base.track)
-    given = set(fixed) - {"data"}
+    space, planned = _plan_space(base, set(fixed) - {"data"}, space_file, archive)
+    folder = Path(out) if out is not None else Path("runs") / f"tune-{slug(str(data), 'data')}"
+    folder.mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{(folder / 'study.db').resolve()}"
+    name = study_name or folder.resolve().name
+    study = _open_study(url, name, base, startup_trials, shared=bool(storage))
+    objective = _objective(data, space, {**fixed, **planned}, folder, archive, base)
+    with tracked_run(base.track, f"tune {name}", tags={"command": "tune"}) as tracker:  # the trials are its children
+        tracker.log_params({**fixed, "trials": trials, "time_budget": time_budget, "space": str(space_file or "default")})
+        result = _search(study, objective, trials, budget, folder, url, base.monitor)
+        _log_search(tracker, result, folder, base.monitor)
+    return result
+
+
+def _plan_space(base: TrainConfig, given: set[str], space_file: str | Path | None, archive: str | Path | None
+                ) -> tuple[Space, dict[str, Any]]:
+    """The search space (``space_file``'s, or ranges around the resolved recipe) and the options the planner chose.
+
+    ``given`` are the options fixed by the user, which the space leaves alone.
+    """
     space = read_space(Path(space_file), given) if space_file else None  # a bad space fails before data is read
     resolved, dataset = plan(base, archive)
     if space is None:
@@ -128,11 +146,16 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
         space = default_space(resolved, given, imbalanced=imbalanced, multilabel=dataset.multilabel)
     else:
         check_recipe_reads(space, resolved, f"--space {space_file}")
-    planned = planned_options(base, resolved, given)
-    folder = Path(out) if out is not None else Path("runs") / f"tune-{slug(str(data), 'data')}"
-    folder.mkdir(parents=True, exist_ok=True)
-    url = storage or f"sqlite:///{(folder / 'study.db').resolve()}"
-    name = study_name or folder.resolve().name
+    return space, planned_options(base, resolved, given)
+
+
+def _open_study(url: str, name: str, base: TrainConfig, startup_trials: int, shared: bool) -> optuna.Study:
+    """The study ``name`` at ``url``, created or resumed, its dead trials failed and its sampler seeded.
+
+    ``shared``: other workers may draw from the same study, so the seed also takes this process's id.
+    """
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial reaches the user as our one-line error
     study = optuna.create_study(
         storage=_storage(url), study_name=name, load_if_exists=True,
@@ -140,17 +163,22 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
         pruner=optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=PRUNE_WARMUP_EPOCHS))
     _fail_dead_trials(study)
     # a resumed search must not redraw its first trials' values, and workers sharing a study must not draw the same
-    study.sampler = optuna.samplers.TPESampler(seed=base.seed + len(study.trials) + (os.getpid() if storage else 0))
+    study.sampler = optuna.samplers.TPESampler(seed=base.seed + len(study.trials) + (os.getpid() if shared else 0))
+    return study
 
+
+def _objective(data: str | Path, space: Space, options: dict[str, Any], folder: Path, archive: str | Path | None,
+               base: TrainConfig) -> Callable[[optuna.Trial], float]:
+    """A trial's score: a training run in ``folder/trials/NNN`` of ``options`` and the values drawn from ``space``."""
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", _worker())
         values = suggest(trial, space)
         run = folder / "trials" / f"{trial.number:03d}"
         trial.set_user_attr("run", str(run))
-        trial.set_user_attr("options", {**fixed, **planned, **values})
+        trial.set_user_attr("options", {**options, **values})
         log.info(f"trial {trial.number}: " + ", ".join(f"{key}={_short(value)}" for key, value in values.items()),
                  extra=HEADING)
-        config = make_config(**{**fixed, **planned, **values, "out": str(run)})
+        config = make_config(**{**options, **values, "out": str(run)})
         result = _train_trial(trial, config, archive, base.monitor, base.track, values)
         if result.interrupted:
             raise KeyboardInterrupt
@@ -159,11 +187,7 @@ def tune(data: str | Path, *, out: str | Path | None = None, trials: int | None 
             raise ImgclfError(f"{data}: the trials have no validation split to score; raise --val-fraction")
         return float(score)
 
-    with tracked_run(base.track, f"tune {name}", tags={"command": "tune"}) as tracker:  # the trials are its children
-        tracker.log_params({**fixed, "trials": trials, "time_budget": time_budget, "space": str(space_file or "default")})
-        result = _search(study, objective, trials, budget, folder, url, base.monitor)
-        _log_search(tracker, result, folder, base.monitor)
-    return result
+    return objective
 
 
 def _check_stopping(trials: int | None, time_budget: str | None, startup_trials: int) -> float | None:

@@ -1,0 +1,135 @@
+"""A dataset before training: ``inspect`` checks and summarises it, ``preview_augment`` draws an augmentation preset."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from imgclf.api.embedding import DEFAULT_EMBEDDING_MODEL
+from imgclf.data.cache import ImageCache, build_cache
+from imgclf.data.decode import DEFAULT_MAX_PIXELS
+from imgclf.data.inspect import InspectReport, inspect_dataset, near_duplicate_warnings
+from imgclf.data.sources import ImageDataset, load_source
+from imgclf.data.splits import load_dataset
+from imgclf.errors import ImgclfError
+from imgclf.files import write_problem_list
+from imgclf.pictures import draw_augmentations, save_samples
+from imgclf.runs import slug
+
+if TYPE_CHECKING:  # the heavy modules load only when their command runs
+    from imgclf.embeddings.near_duplicates import NearDuplicatePair
+
+
+@dataclass
+class InspectResult:
+    """The report plus the files ``inspect`` wrote."""
+
+    report: InspectReport
+    out: Path
+    samples: Path | None
+    broken_list: Path | None
+    near_duplicates_picture: Path | None = None
+
+
+def inspect(
+    source: str | Path,
+    *,
+    out: str | Path | None = None,
+    archive: str | Path | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int | None = None,
+    near_duplicates: bool = False,
+    embedding_model: str | Path = DEFAULT_EMBEDDING_MODEL,
+    similarity_threshold: float | None = None,
+) -> InspectResult:
+    """Check every file of ``source`` and summarise the dataset as it is.
+
+    Splits are reported as the data gives them (folders or a ``split``
+    column; "unsplit" otherwise): carving a validation split is a training
+    decision, and leakage is only meaningful between splits the user made.
+    Writes ``report.json``, ``samples.png`` (the first images of each class)
+    and, when files are broken, ``broken_files.txt`` into ``out`` (default
+    ``inspect-<dataset name>/``).
+
+    ``near_duplicates`` also embeds every image with ``embedding_model`` and
+    reports pairs at least ``similarity_threshold`` alike that are not the
+    same bytes (resized, re-encoded, mirrored copies), across splits
+    (leakage) and within them, drawn in ``near_duplicates.png``.
+    """
+    dataset = load_source(source, Path(archive) if archive else None)
+    cache = build_cache([item.path for item in dataset.items], size=None, max_pixels=max_pixels,
+                        workers=workers, source=dataset.source, description="Checking images")
+    report = inspect_dataset(dataset, cache)
+    out_dir = Path(out) if out else Path(f"inspect-{slug(dataset.source, 'dataset')}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ImgclfError(f"--out {out_dir} is a file; give a folder for the inspect report")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    picture = out_dir / "near_duplicates.png"
+    picture.unlink(missing_ok=True)
+    if near_duplicates:
+        pairs = _near_duplicates(dataset, cache, embedding_model, similarity_threshold)
+        report.near_duplicates = [pair.to_json() for pair in pairs]
+        report.warnings += near_duplicate_warnings(report.near_duplicates)
+        if pairs:
+            from imgclf.embeddings.near_duplicates import draw_pairs
+
+            draw_pairs(pairs, picture)
+    (out_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2))
+    broken_file = out_dir / "broken_files.txt"
+    broken_file.unlink(missing_ok=True)  # a list from an earlier run would no longer be true
+    if report.broken:
+        write_problem_list(broken_file, [(str(path), reason) for path, reason in report.broken])
+    broken_list = broken_file if report.broken else None
+    good = dataset.with_items([item for item, ok in zip(dataset.items, cache.ok) if ok])
+    samples = save_samples(good, out_dir / "samples.png", max_pixels) if good.items else None
+    return InspectResult(report=report, out=out_dir, samples=samples, broken_list=broken_list,
+                         near_duplicates_picture=picture if picture.exists() else None)
+
+
+def _near_duplicates(dataset: ImageDataset, cache: ImageCache, model: str | Path, threshold: float | None
+                     ) -> list[NearDuplicatePair]:
+    from imgclf.embeddings.embedder import Embedder
+    from imgclf.embeddings.near_duplicates import find_near_duplicates
+    from imgclf.embeddings.similarity import NEAR_DUPLICATE
+
+    threshold = NEAR_DUPLICATE if threshold is None else threshold
+    if not 0.0 < threshold <= 1.0:
+        raise ImgclfError(f"--similarity-threshold {threshold:g} must be in (0, 1]; near-duplicates score about "
+                          f"{NEAR_DUPLICATE:g} or more")
+    readable = np.flatnonzero(cache.ok)
+    items = [dataset.items[index] for index in readable]
+    embedded = Embedder.load(model).embed_files([item.path for item in items],
+                                                description="Embedding for near-duplicates")
+    keep = np.flatnonzero(embedded.ok)
+    return find_near_duplicates([items[i] for i in keep], embedded.vectors[keep],
+                                [str(cache.digests[readable[i]]) for i in keep], threshold)
+
+
+def preview_augment(
+    source: str | Path,
+    out: str | Path = "augment-preview.png",
+    *,
+    augment: str = "standard",
+    index: int = 0,
+    seed: int = 0,
+    image_size: int | None = None,
+    archive: str | Path | None = None,
+    grayscale: bool = False,
+) -> Path:
+    """Draw one training image augmented nine times, to see what a preset does."""
+    from imgclf.data.augment_presets import augment_config
+
+    augment_config(augment)  # an unknown preset fails before any file is read
+    dataset = load_dataset(source, archive=archive, seed=seed)
+    train = dataset.split_items("train") or dataset.items
+    if not 0 <= index < len(train):
+        raise ImgclfError(f"--index {index} is out of range; the training split has {len(train)} images (0..{len(train) - 1})")
+    if image_size is not None and image_size < 1:
+        raise ImgclfError(f"--image-size {image_size} must be a positive number of pixels, e.g. 224")
+    out = Path(out) if Path(out).suffix else Path(out).with_suffix(".png")
+    return draw_augmentations(train[index], out, augment=augment, seed=seed, image_size=image_size,
+                              grayscale=grayscale)

@@ -197,3 +197,9 @@ def test_preview_augment_writes_a_png(class_folder: Path, tmp_path: Path) -> Non
     result = run_cli("preview-augment", str(class_folder), "--augment", "strong", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_takes_the_split_seed_as_train_does() -> None:
+    """Runs that differ only by --seed share a split; compare, like train and tune, says which split it trains on."""
+    result = run_cli("compare", "--help")
+    assert result.returncode == 0 and "--split-seed" in result.stdout

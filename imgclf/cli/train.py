@@ -135,7 +135,7 @@ def _fixed_options(config: Path | None, flags: dict[str, object]) -> dict[str, A
 
 @config_flags(notes={"epochs": "On each backend.", "image_size": "Default: from the data.",
                      "batch_size": "Default: the model's recipe."},
-              epochs=10, image_size=None, batch_size=None, augment=None, label_depth=None, seed=0)
+              epochs=10, image_size=None, batch_size=None, augment=None, label_depth=None, seed=0, split_seed=0)
 def compare(
     data: Source,
     backends: Annotated[str, Opt(help="Comma-separated backends to train on.")] = "torch,tensorflow",

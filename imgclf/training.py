@@ -113,11 +113,13 @@ def plan(config: TrainConfig, archive: str | Path | None = None) -> tuple[TrainC
 
 def _photo_plan(config: TrainConfig, dataset: ImageDataset, weights_source: Callable[[str], str | None]) -> TrainConfig:
     """The default model, size and views for pretrained photos, chosen to fit the time budget (engines.planner)."""
+    from imgclf.distributed import current_world
     from imgclf.engines.planner import DEFAULT_BUDGET_S, choose_plan, measure_trunk_seconds
 
     budget = parse_duration(config.time_budget) if config.time_budget else DEFAULT_BUDGET_S
     chosen = choose_plan(len(dataset.split_items("train")), len(dataset.split_items("val")), budget,
-                         measure_trunk_seconds(config.precision), lambda trunk: weights_source(trunk) is not None)
+                         measure_trunk_seconds(config.precision), lambda trunk: weights_source(trunk) is not None,
+                         tail=current_world().size == 1)  # the tail runs in one process: --nproc gets the probe
     views = "with mirror images (flip TTA)" if chosen.views == 2 else "plain view"
     tail = f", then its last {chosen.tail_blocks} block(s) on kept activations" if chosen.tail_blocks else ""
     log.info(f"photo recipe for {budget:.0f} s: {chosen.model} at {chosen.image_size}px, {views}{tail} "

@@ -109,3 +109,5 @@ def test_the_planner_buys_the_most_accurate_plan_that_fits() -> None:
     assert choose_plan(200_000, 50_000, 60, measured, available) == PLANS[-1]  # nothing fits: the cheapest
     only_lite0 = choose_plan(100, 20, 300, never, lambda trunk: trunk == LITE0)
     assert only_lite0.model == LITE0 and only_lite0.views == 2
+    several_processes = choose_plan(100, 20, 300, never, available, tail=False)  # --nproc: the tail runs in one
+    assert several_processes.tail_blocks == 0 and several_processes.views == 2

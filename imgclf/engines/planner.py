@@ -74,13 +74,18 @@ def plan_seconds(plan: PhotoPlan, train_images: int, val_images: int, trunk_seco
 
 
 def choose_plan(train_images: int, val_images: int, budget_s: float,
-                trunk_seconds: Callable[[str, int], float], available: Callable[[str], bool]) -> PhotoPlan:
+                trunk_seconds: Callable[[str, int], float], available: Callable[[str], bool],
+                tail: bool = True) -> PhotoPlan:
     """The most accurate plan whose trunks have weights here and whose forward passes fit the budget.
+
+    ``tail=False`` (a run in several processes: ``--strategy tail`` runs in
+    one) leaves out the plans with a tail.
 
     With no plan fitting, the cheapest one with weights: a run longer than
     asked beats no model.
     """
-    candidates = [plan for plan in PLANS if all(available(trunk) for trunk in stack_parts(plan.model))]
+    candidates = [plan for plan in PLANS if all(available(trunk) for trunk in stack_parts(plan.model))
+                  and (tail or not plan.tail_blocks)]
     if not candidates:
         raise ValueError("no photo plan has weights on this machine")
 

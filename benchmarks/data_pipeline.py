@@ -26,6 +26,7 @@ from imgclf.data.augment_presets import PRESETS
 from imgclf.data.batches import BatchLoader
 from imgclf.data.cache import build_cache
 from imgclf.data.sources import load_source
+from imgclf.deploy.runtime_choice import cpu_model
 
 RESULTS = Path(__file__).parent / "results" / "data_pipeline.json"
 CASES = [  # (dataset folder, side in pixels, batch size, goal in images/s)
@@ -69,7 +70,7 @@ def main() -> None:
     parser.add_argument("--datasets", type=Path, default=Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets")
     parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per throughput figure")
     args = parser.parse_args()
-    results: dict = {"machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
+    results: dict = {"machine": {"cpu_model": cpu_model(), "cpus": torch.get_num_threads(), "platform": platform.platform(),
                                  "torch": torch.__version__}, "cases": []}
     for name, side, batch_size, goal in CASES:
         root = args.datasets / name

@@ -22,6 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import imgclf
+from imgclf.deploy.runtime_choice import cpu_model
 from imgclf.models import create_model
 
 RUNS = Path(os.environ.get("IMGCLF_BENCH_RUNS", "runs/benchmarks"))
@@ -79,7 +80,8 @@ def save(path: Path, records: dict[str, dict[str, Any]]) -> None:
     """Merge ``records`` into the JSON at ``path`` (cases run separately keep their earlier figures)."""
     existing = json.loads(path.read_text()) if path.exists() else {}
     cases = {**existing.get("cases", {}), **records}
-    machine = {"cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+    machine = {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+               "torch": torch.__version__,
                "processor": platform.processor() or platform.machine()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine, "cases": cases}, indent=2) + "\n")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from imgclf.deploy.bundle import BundleInfo
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class OpenVinoRuntime:
         try:
             model = core.read_model(str(path / XML))
         except Exception as error:  # OpenVINO raises its own untyped errors for a damaged or missing file
-            raise ImgclfError(f"{path}: OpenVINO cannot load it ({str(error).strip().splitlines()[0]}); "
+            raise ImgclfError(f"{path}: OpenVINO cannot load it ({one_line(error)}); "
                               "export again") from None
         channels = info.channels
         steps = PrePostProcessor(model)

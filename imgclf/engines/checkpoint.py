@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, one_line
 from imgclf.files import write_bytes_atomic
 
 CHECKSUM_KEY = "sha256"
@@ -44,7 +44,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ImgclfError(f"no checkpoint at {path}; was this run started with imgclf train?") from None
     except Exception as error:  # torch raises several types for a damaged or unsafe file
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first_line = one_line(error)
         raise ImgclfError(f"{path} is not a readable imgclf checkpoint ({first_line})") from None
     if not isinstance(state, dict):
         raise ImgclfError(f"{path} is not an imgclf checkpoint (it holds a {type(state).__name__}, not a dict)")

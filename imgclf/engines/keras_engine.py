@@ -48,7 +48,7 @@ from imgclf.engines.contract import (
     warmup_steps,
 )
 from imgclf.engines.history import history_row
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, one_line
 from imgclf.files import write_text_atomic
 from imgclf.models.keras_models import backbone_of, build_model, count_parameters
 from imgclf.models.keras_setup import keras
@@ -337,7 +337,7 @@ class KerasEngine:
         try:
             return keras.saving.load_model(path, safe_mode=True)
         except Exception as error:  # Keras raises several types for a missing, damaged or unsafe file
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first_line = one_line(error)
             raise ImgclfError(f"{path} is not a readable Keras checkpoint ({first_line})") from None
 
 

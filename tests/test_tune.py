@@ -48,7 +48,8 @@ def test_a_killed_study_resumes_to_three_trials_and_its_best_config_trains(tmp_p
     out = tmp_path / "tune"
     command = tune_command(data, out, space, "--trials", "3", "--epochs", "2")
     first = start_python(*command)
-    wait_until((out / "best.yaml").exists, first, "the study's first trial", timeout_s=60)
+    # tune.json is the last file a finished trial writes (best.yaml, best/, tune.json, tune.html)
+    wait_until((out / "tune.json").exists, first, "the study's first trial", timeout_s=60)
     stop(first, signal.SIGKILL, timeout_s=30)  # no clean-up at all: the trial it was running stays "running" in study.db
     assert summary(out)["counts"]["complete"] >= 1
 

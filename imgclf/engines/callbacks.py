@@ -67,6 +67,9 @@ class FitState:
     fits_budget: bool = False  # the engine re-plans this stage's length to the time budget after every epoch
     stop_reason: str | None = None
     interrupted: bool = False
+    # Ctrl-C (SIGTERM under torchrun) arrived: the torch loop turns it into ``interrupted`` only where every
+    # rank checks together, so no rank leaves the loop a step before another (a signal lands between checks)
+    signalled: bool = False
 
     @property
     def stage(self) -> Stage:

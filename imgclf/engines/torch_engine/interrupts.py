@@ -53,6 +53,9 @@ def take(batches: Iterator[Any] | Any, count: int) -> Iterator[Any]:
 def deferred_interrupt(fit: FitState, distributed_run: bool = False) -> Iterator[None]:
     """The first Ctrl-C asks the loop to stop after the current step; a second one aborts at once.
 
+    The handler only sets ``fit.signalled``; the loop's ``agree`` turns it
+    into ``fit.interrupted`` after a step or an epoch, on every rank at once.
+
     In a distributed run a rank gets Ctrl-C from the terminal and then
     SIGTERM from torchrun, which is shutting the job down: both ask for the
     same stop after this step (torchrun kills what is left after 30 s).
@@ -65,10 +68,10 @@ def deferred_interrupt(fit: FitState, distributed_run: bool = False) -> Iterator
         return
 
     def request_stop(signum: int, frame: object) -> None:
-        if not fit.interrupted:
+        if not fit.signalled:
             log.warning("stopping after this step and saving a checkpoint%s",
                         "" if distributed_run else " (Ctrl-C again to abort)")
-        fit.interrupt()
+        fit.signalled = True
         if not distributed_run:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 

@@ -182,10 +182,17 @@ def _epoch_done(engine: TorchEngine, stage: Stage, tally: EpochTally, first_batc
 
 
 def agree(engine: TorchEngine, fit: FitState) -> None:
-    """Every rank leaves the loop at the same step: interrupted if any rank was, stopped if rank 0 stopped."""
+    """Every rank leaves the loop at the same step: interrupted if any rank was, stopped if rank 0 stopped.
+
+    A signal counts only here: the loop's exits read ``fit.interrupted``,
+    which changes at these shared points alone.
+    """
+    requested = fit.interrupted or fit.signalled
     if not engine.world.is_distributed:
+        if requested:
+            fit.interrupt()
         return
-    interrupted, stopped = distributed.agree(fit.interrupted, fit.stop_reason is not None, engine.device)
+    interrupted, stopped = distributed.agree(requested, fit.stop_reason is not None, engine.device)
     if interrupted:
         fit.interrupt()
     if stopped and fit.stop_reason is None:

@@ -74,3 +74,14 @@ def test_a_broken_model_description_is_refused_as_invalid(bundle: Path, tmp_path
     (broken / "model.json").write_text(text)
     with pytest.raises(ImgclfError, match="model.json is not a valid imgclf model description"):
         read_bundle_info(broken)
+
+
+def test_a_bundles_content_id_names_its_weights_and_description_not_its_folder(bundle: Path, tmp_path: Path) -> None:
+    from imgclf.deploy.metadata import bundle_content_id
+
+    same = tmp_path / "copy"
+    shutil.copytree(bundle, same)
+    assert bundle_content_id(same) == bundle_content_id(bundle)
+    assert len(bundle_content_id(bundle)) == 12
+    update_bundle_info(same, temperature=1.5)
+    assert bundle_content_id(same) != bundle_content_id(bundle)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.data.hierarchy import SEPARATOR, label_tree
-from imgclf.deploy.bundle import KERAS_FILE, WEIGHTS_FILE, BundleInfo
+from imgclf.deploy.bundle import KERAS_FILE, MODEL_FILE, WEIGHTS_FILE, BundleInfo
 from imgclf.files import write_text_atomic
 from imgclf.version import __version__
 
@@ -33,6 +33,18 @@ def weights_file_digest(directory: Path) -> str:
     it was made from (not :func:`imgclf.distributed.tensors_digest`, which hashes tensors in memory)."""
     weights = directory / WEIGHTS_FILE
     return file_digest(weights if weights.is_file() else directory / KERAS_FILE)
+
+
+def bundle_content_id(directory: Path) -> str:
+    """A bundle's version name: 12 hex digits of sha256 over its weights file's digest and ``model.json``'s bytes.
+
+    The same weights with other classes, thresholds or calibration are
+    another version; a copy of the folder is the same one. Model folders,
+    the prediction log and served answers all name a model by it.
+    """
+    digest = hashlib.sha256(weights_file_digest(directory).encode())
+    digest.update((directory / MODEL_FILE).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def file_digest(path: Path) -> str:

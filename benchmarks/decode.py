@@ -10,7 +10,7 @@ JPEG quality 90, written to a temporary folder). For each set and input size
 draft=False)`` (every pixel, then resized) and with the default scaled decode:
 images/s of each, and the pixel difference between them (mean and 99th
 percentile of |difference|, 0..255). With the flowers bundle
-(``flowers-lite0-5m``, from ``benchmarks/flowers.py``) the accuracy of each
+(``flowers-default``, the default photo plan (lite0 at 224 px) from ``benchmarks/flowers.py``) the accuracy of each
 decode on the same files, at the model's own size, is the measured effect on
 what matters. Writes ``benchmarks/results/decode.json`` with the CPU model.
 """
@@ -35,7 +35,7 @@ from imgclf.deploy.runtime_choice import cpu_model
 RESULTS = Path(__file__).parent / "results" / "decode.json"
 SIZES = (224, 32)
 LARGE = (4000, 3000)  # 12 megapixels
-BUNDLE = "flowers-lite0-5m"
+BUNDLE = "flowers-default"
 
 
 def make_large(paths: list[Path], folder: Path) -> list[Path]:

@@ -4,7 +4,7 @@ Usage: python benchmarks/serve_load.py [--datasets ../shared/datasets] [--runs r
                                        [--clients 32] [--seconds 20]
 
 For fastnet at 32 px (``cifar10-fastnet-15s``, from ``benchmarks/cifar10.py``)
-and tf_efficientnet_lite0 at 224 px (``flowers-lite0-5m``, from
+and tf_efficientnet_lite0 at 224 px (``flowers-default``, from
 ``benchmarks/flowers.py``):
 
 1. ``imgclf export --format onnx --quantize int8`` into the bundle: parity,
@@ -49,7 +49,7 @@ from imgclf.deploy.runtime import ONNX_FILES, OnnxRuntime, TorchRuntime, compare
 RESULTS = Path(__file__).parent / "results" / "serve_load.json"
 CASES = [  # (name, bundle run, JPEG folder for the load test)
     ("fastnet-32px", "cifar10-fastnet-15s", "cifar10/test"),
-    ("tf_efficientnet_lite0-224px", "flowers-lite0-5m", "flowers/val"),
+    ("tf_efficientnet_lite0-224px", "flowers-default", "flowers/val"),
 ]
 SPEED_ROUNDS, SPEED_SECONDS = 3, 1.0  # best of three interleaved rounds: fair on a shared machine
 

@@ -259,3 +259,28 @@ def test_predict_log_records_every_file(bundle: Path, tmp_path: Path) -> None:
     assert all(row.unknown == (row.prediction == "unknown") for row in rows)
     refused = run_cli("predict", str(bundle), str(images), "--log-keep", "3d")
     assert refused.returncode == 2 and "--log-keep works with --log" in refused.stderr
+
+
+def test_rows_name_the_bundle_that_answered(bundle: Path, tmp_path: Path) -> None:
+    from imgclf.deploy.bundle import read_bundle_info, update_bundle_info
+    from imgclf.watch.log import PredictionLog
+    from imgclf.watch.records import Observation
+
+    swapped = untrained_bundle(tmp_path / "swapped")
+    update_bundle_info(swapped, thresholds={"red": 0.7})  # another model.json: another version
+    log = PredictionLog(LogOptions(tmp_path / "log.db"), bundle, read_bundle_info(bundle), reference=None)
+    answer = dict(created_at=time.time(), source="serve", request_id="r", name="x.png", prediction="red",
+                  confidence=0.9, top=[("red", 0.9)], threshold=None, unknown=False, level=None, image=RED,
+                  features=None)
+    log.record([Observation(**answer), Observation(**answer, bundle=swapped), Observation(**answer, bundle=bundle)])
+    log.close()
+    versions = [row.model_version for row in rows_of(tmp_path / "log.db")]
+    assert versions == [bundle_content_id(bundle), bundle_content_id(swapped), bundle_content_id(bundle)]
+    assert versions[0] != versions[1]
+
+
+def test_serve_refuses_log_values_it_cannot_use_with_one_line(bundle: Path) -> None:
+    refused = run_cli("serve", str(bundle), "--runtime", "torch", "--log", "mysql://h/db")
+    assert refused.returncode == 2 and "--log mysql://...: not a database imgclf logs to" in refused.stderr
+    refused = run_cli("serve", str(bundle), "--runtime", "torch", "--log", "x.db", "--review-below", "2")
+    assert refused.returncode == 2 and "--review-below must be a probability" in refused.stderr

@@ -38,7 +38,8 @@ def record_answers(log: Any, classifier: Any, uploads: list[Upload], answers: li
                     prediction=answer["prediction"], confidence=answer["confidence"],
                     top=[(classifier.classes[i], float(row[i])) for i in order[:TOP_K]], threshold=threshold,
                     unknown=False, level=len(answer.get("levels") or []) or None, image=upload.data,
-                    features=None if features is None else features[index])
+                    features=None if features is None else features[index],
+                    bundle=getattr(classifier, "directory", None))
         for index, (upload, answer, row, order) in enumerate(zip(uploads, answers, probabilities, orders))])
 
 

@@ -151,6 +151,8 @@ def test_doubtful_answers_enter_the_review_queue_and_decisions_become_labels(bun
     queue.decide(engine, 2, "correct", "teal")  # a new class
     queue.decide(engine, 3, "skip")
     assert queue.queue_size(engine) == 1 and [item.id for item in queue.reviewed(engine)] == [1, 2]
+    [window] = queue.accuracy_over_time(engine)
+    assert (window.reviewed, window.correct, window.audited, window.audited_correct) == (2, 1, 2, 1)
     written = queue.export_labels(engine, tmp_path / "labels.csv")
     manifest = read_manifest(tmp_path / "labels.csv")
     assert written == 2 and sorted(manifest.classes) == sorted({items[0].prediction, "teal"})

@@ -286,3 +286,9 @@ def test_serve_refuses_log_values_it_cannot_use_with_one_line(bundle: Path) -> N
     assert refused.returncode == 2 and "--log mysql://...: not a database imgclf logs to" in refused.stderr
     refused = run_cli("serve", str(bundle), "--runtime", "torch", "--log", "x.db", "--review-below", "2")
     assert refused.returncode == 2 and "--review-below must be a probability" in refused.stderr
+
+
+def test_the_log_applies_its_retention_options(bundle: Path, tmp_path: Path) -> None:
+    db = tmp_path / "log.db"
+    serve_and_post(bundle, LogOptions(db, max_rows=2, keep="30d"), [[RED, BLUE, RED, BLUE, RED]])
+    assert [row.id for row in rows_of(db)] == [4, 5]  # after the first batch and at the end: the newest two

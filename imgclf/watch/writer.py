@@ -70,7 +70,7 @@ class LogWriter:
         self._engine: Any = None
         self._ready = False
         self._warned = False
-        self._maintained = 0.0
+        self._maintained: float | None = None  # when retention last ran (monotonic); None: not yet
         self._thread = threading.Thread(target=self._run, name="imgclf-log", daemon=True)
         self._thread.start()
 
@@ -111,9 +111,13 @@ class LogWriter:
             items, markers = self._take()
             if items:
                 self._write(items)
+            last = any(marker.last for marker in markers)
+            if last and self._ready:  # closing: retention once more, so a short run (predict) applies it too
+                self._maintained = None
+                self._maintain_quietly()
             for marker in markers:
                 marker.done.set()
-            if any(marker.last for marker in markers):
+            if last:
                 return
 
     def _take(self) -> tuple[list[Any], list[_Marker]]:
@@ -160,10 +164,16 @@ class LogWriter:
             self._ready = True
         return self._engine
 
+    def _maintain_quietly(self) -> None:
+        try:
+            self._maintain(self._engine)
+        except Exception as error:  # as a failed write: reported, never raised
+            log.warning(f"warning: the prediction log {self.target} could not apply its retention ({one_line(error)})")
+
     def _maintain(self, engine: Any) -> None:
         """Apply the retention limits, at most every :data:`MAINTAIN_EVERY_S` seconds."""
         now = time.monotonic()
-        if now - self._maintained < MAINTAIN_EVERY_S or self.retention == Retention():
+        if self.retention == Retention() or (self._maintained is not None and now - self._maintained < MAINTAIN_EVERY_S):
             return
         self._maintained = now
         with engine.begin() as connection:

@@ -186,30 +186,35 @@ def test_an_unwritable_log_keeps_serving_and_says_so_once(bundle: Path, tmp_path
     assert len(warnings) == 1 and "requests go on" in warnings[0]
 
 
-def test_a_full_queue_drops_rows_and_counts_them(tmp_path: Path) -> None:
-    release, counts = threading.Event(), {"written": 0, "dropped": 0, "failed": 0}
-
+def stuck_writer(path: Path, release: threading.Event, counts: dict[str, int], **limits: Any) -> LogWriter:
+    """A writer whose first batch waits for ``release``: once it has taken that row, the queue only fills."""
     def slow(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         release.wait(60)
         return items
 
     def count(outcome: str, rows: int) -> None:
-        counts[outcome] += rows
+        counts[outcome] = counts.get(outcome, 0) + rows
 
-    writer = LogWriter(tmp_path / "log.db", slow, max_queue=2, batch_rows=1, flush_s=0.0, count=count)
-    rows = [row_values(created_at=float(i)) for i in range(6)]
-    for row in rows[:1]:
-        writer.submit(row)
+    writer = LogWriter(path, slow, batch_rows=1, flush_s=0.0, count=count, **limits)
+    writer.submit(row_values())
     deadline = time.monotonic() + 30
     while writer.waiting:  # the writer has taken the first row and is stuck in prepare
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    for row in rows[1:]:
-        writer.submit(row)
-    assert counts["dropped"] == 3  # two waited in the queue
+    return writer
+
+
+@pytest.mark.parametrize("limit", ["rows", "bytes"])
+def test_a_full_queue_drops_rows_and_counts_them(tmp_path: Path, limit: str) -> None:
+    release, counts = threading.Event(), {}
+    limits = {"max_queue": 2} if limit == "rows" else {"size_of": lambda item: 600, "max_queue_bytes": 1300}
+    writer = stuck_writer(tmp_path / "log.db", release, counts, **limits)
+    for _ in range(5):
+        writer.submit(row_values())
+    assert counts == {"dropped": 3}  # two wait in the queue (2 rows; 1,200 of 1,300 bytes)
     release.set()
     writer.close()
-    assert counts == {"written": 3, "dropped": 3, "failed": 0} and len(rows_of(tmp_path / "log.db")) == 3
+    assert counts == {"written": 3, "dropped": 3} and len(rows_of(tmp_path / "log.db")) == 3
 
 
 def row_values(**values: Any) -> dict[str, Any]:

@@ -115,7 +115,7 @@ class PredictionLog:
                        if self.options.images else None)
         self._image_warned = False
         self.writer = LogWriter(self.options.target, self._prepare, retention=self.options.retention(),
-                                max_queue=self.options.max_queue, count=self._count)
+                                max_queue=self.options.max_queue, count=self._count, size_of=_held_bytes)
 
     def facts_of(self, bundle_dir: Path) -> ModelFacts:
         """The version, name and reference of a bundle folder, worked out once (again if its model.json changes)."""
@@ -186,6 +186,11 @@ def logged_rows(rows: Iterator[PredictionRow], prediction_log: PredictionLog, th
         lost = prediction_log.counts["dropped"] + prediction_log.counts["failed"]
         if lost:
             log.warning(f"warning: {lost:,} predictions could not be logged to {prediction_log.options.target}")
+
+
+def _held_bytes(observation: Observation) -> int:
+    """The memory an observation holds while queued: its image's bytes (a path holds none)."""
+    return len(observation.image) if isinstance(observation.image, bytes) else 0
 
 
 def novelty(observations: list[Observation], models: list[ModelFacts]

@@ -59,7 +59,8 @@ class LogWriter:
 
     def __init__(self, log_target: str | Path, prepare: Callable[[list[Any]], list[dict[str, Any]]], *,
                  retention: Retention = Retention(), max_queue: int = 10_000, batch_rows: int = 256,
-                 flush_s: float = 0.5, count: Callable[[str, int], None] = lambda outcome, rows: None) -> None:
+                 flush_s: float = 0.5, count: Callable[[str, int], None] = lambda outcome, rows: None,
+                 size_of: Callable[[Any], int] = lambda item: 0, max_queue_bytes: int = 256 * 1024 * 1024) -> None:
         self.target = log_target
         self.prepare = prepare
         self.retention = retention
@@ -67,6 +68,10 @@ class LogWriter:
         self.flush_s = flush_s
         self.count = count
         self._queue: queue.Queue[Any] = queue.Queue(max_queue)
+        self.size_of = size_of  # what an item holds in memory (an upload's bytes): the queue holds at most
+        self.max_queue_bytes = max_queue_bytes  # max_queue_bytes of them, so big images cannot exhaust memory
+        self._queued_bytes = 0
+        self._bytes_lock = threading.Lock()
         self._engine: Any = None
         self._ready = False
         self._warned = False
@@ -80,10 +85,17 @@ class LogWriter:
         return self._queue.qsize()
 
     def submit(self, item: Any) -> None:
-        """Queue one row's item; never blocks: with the queue full the row is dropped and counted."""
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
+        """Queue one row's item; never blocks: with the queue full (rows or bytes) the row is dropped and counted."""
+        size = self.size_of(item)
+        with self._bytes_lock:
+            room = self._queued_bytes + size <= self.max_queue_bytes
+            if room:
+                try:
+                    self._queue.put_nowait(item)
+                    self._queued_bytes += size
+                except queue.Full:
+                    room = False
+        if not room:
             self.count("dropped", 1)
 
     def flush(self, timeout_s: float = 60.0) -> bool:
@@ -128,7 +140,12 @@ class LogWriter:
         deadline = time.monotonic() + self.flush_s
         entry: Any = first
         while True:
-            (markers if isinstance(entry, _Marker) else items).append(entry)
+            if isinstance(entry, _Marker):
+                markers.append(entry)
+            else:
+                items.append(entry)
+                with self._bytes_lock:
+                    self._queued_bytes -= self.size_of(entry)
             if markers or len(items) >= self.batch_rows:
                 return items, markers
             try:

@@ -297,3 +297,19 @@ def test_the_log_applies_its_retention_options(bundle: Path, tmp_path: Path) -> 
     db = tmp_path / "log.db"
     serve_and_post(bundle, LogOptions(db, max_rows=2, keep="30d"), [[RED, BLUE, RED, BLUE, RED]])
     assert [row.id for row in rows_of(db)] == [4, 5]  # after the first batch and at the end: the newest two
+
+
+def test_onnx_exports_give_the_same_features_from_their_one_run(bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from imgclf.deploy.export import export
+
+    copied = Path(shutil.copytree(bundle, tmp_path / "model"))
+    export(copied, "onnx")
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    by_torch = imgclf.load(copied, runtime="torch", precision="fp32").predict_pixels_with_features(pixels)
+    onnx = imgclf.load(copied, runtime="onnx")
+    by_onnx = onnx.predict_pixels_with_features(pixels)
+    assert onnx.gives_features and by_onnx.features is not None and by_torch.features is not None
+    np.testing.assert_allclose(by_onnx.features, by_torch.features, atol=1e-4)
+    np.testing.assert_allclose(by_onnx.probabilities, by_torch.probabilities, atol=1e-5)

@@ -159,7 +159,6 @@ class LogWriter:
             rows = self.prepare(items)
             with engine.begin() as connection:
                 connection.execute(PREDICTIONS.insert(), rows)
-            self._maintain(engine)
         except Exception as error:  # any database or disk failure: counted and reported, never raised to a request
             self._ready = False
             self.count("failed", len(items))
@@ -172,6 +171,7 @@ class LogWriter:
         if self._warned:
             self._warned = False
             log.warning(f"the prediction log {self.target} is written again")
+        self._maintain_quietly()
 
     def _connected(self) -> Any:
         if self._engine is None:
@@ -182,19 +182,16 @@ class LogWriter:
         return self._engine
 
     def _maintain_quietly(self) -> None:
-        try:
-            self._maintain(self._engine)
-        except Exception as error:  # as a failed write: reported, never raised
-            log.warning(f"warning: the prediction log {self.target} could not apply its retention ({one_line(error)})")
-
-    def _maintain(self, engine: Any) -> None:
-        """Apply the retention limits, at most every :data:`MAINTAIN_EVERY_S` seconds."""
+        """Apply the retention limits, at most every :data:`MAINTAIN_EVERY_S` seconds; a failure only warns."""
         now = time.monotonic()
         if self.retention == Retention() or (self._maintained is not None and now - self._maintained < MAINTAIN_EVERY_S):
             return
         self._maintained = now
-        with engine.begin() as connection:
-            delete_old(connection, self.retention, time.time())
+        try:
+            with self._engine.begin() as connection:
+                delete_old(connection, self.retention, time.time())
+        except Exception as error:  # as a failed write: reported, never raised
+            log.warning(f"warning: the prediction log {self.target} could not apply its retention ({one_line(error)})")
 
 
 def delete_old(connection: Any, retention: Retention, now: float) -> int:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgclf.deploy.bundle import find_bundle
 from imgclf.errors import ImgclfError
 from imgclf.serve.uploads import DEFAULT_LIMITS, Limits
+
+if TYPE_CHECKING:
+    from imgclf.watch.log import LogOptions
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +28,15 @@ def is_loopback(host: str) -> bool:
 
 def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, runtime: str = "auto",
           device: str = "auto", tta: bool | None = None, limits: Limits = DEFAULT_LIMITS, max_batch: int = 32,
-          max_wait_ms: float = 2.0, max_queue: int = 256, api_key: str | None = None) -> None:
-    """Serve ``model`` over HTTP until interrupted; see :func:`imgclf.serve.app.create_app` for the routes."""
+          max_wait_ms: float = 2.0, max_queue: int = 256, api_key: str | None = None,
+          log: LogOptions | None = None) -> None:
+    """Serve ``model`` over HTTP until interrupted; see :func:`imgclf.serve.app.create_app` for the routes.
+
+    With ``log``, every prediction is recorded (:mod:`imgclf.watch`).
+    """
     from imgclf.deploy.classifier import Classifier
     from imgclf.serve.app import create_app
+    from imgclf.serve.watching import watching_line
 
     if api_key is not None and len(api_key) < 16:
         raise ImgclfError("--api-key is too short to be secret; use at least 16 characters, e.g. "
@@ -43,7 +52,9 @@ def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, runti
     # batch 1 is what a lightly loaded server mostly runs, and where the runtimes differ most
     classifier = Classifier.load(directory, device=device, tta=tta, runtime=runtime, batch_size=1)
     app = create_app(classifier, name, classifier.runtime.name, limits, max_batch=max_batch,
-                     max_wait_ms=max_wait_ms, max_queue=max_queue, api_key=api_key)
+                     max_wait_ms=max_wait_ms, max_queue=max_queue, api_key=api_key, log=log)
+    if log is not None:
+        logging.getLogger(__name__).info(watching_line(log, classifier))
     who = ("callers need the API key; use TLS (a reverse proxy) so it is not sent in clear text" if api_key else
            "anyone who can reach this machine can use the model (no --api-key); put it behind a proxy that "
            "checks who calls")

@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,serve,tensorflow,docs,track,openvino]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,serve,tensorflow,docs,track,openvino,watch]"
 	touch $(STAMP)
 
 demo: $(STAMP)

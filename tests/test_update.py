@@ -134,3 +134,23 @@ def test_every_run_records_its_data_with_content_hashes(tiny_run: Path) -> None:
     assert len(rows) == 60 and all(len(row.digest) == 32 for row in rows.values())
     assert {row.split for row in rows.values()} >= {"train", "val"}
     assert np.unique([row.digest for row in rows.values()]).size == 60
+
+
+@pytest.mark.slow
+def test_updating_a_probe_embeds_only_the_new_images(tmp_path: Path, backbone_weights: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import imgclf
+    from imgclf.embeddings.embedder import Embedder
+
+    data = make_class_folder(tmp_path / "data", per_class=12, colours=COLOURS)
+    run = imgclf.train(data, out=tmp_path / "run", model="test_resnet", pretrained=True, weights=str(backbone_weights),
+                       strategy="probe", tta=False, image_size=32, workers=1).run_dir
+    embedded: list[int] = []
+    real_embed = Embedder.embed_pixels
+    monkeypatch.setattr(Embedder, "embed_pixels",
+                        lambda self, pixels: embedded.append(len(pixels)) or real_embed(self, pixels))
+    new = make_class_folder(tmp_path / "new", per_class=12, colours=YELLOW, seed=2)
+    result = imgclf.update(run, new, tmp_path / "run2")
+    assert 0 < sum(embedded) <= 12  # the old images' embeddings were kept from the first training
+    assert result.train.config.strategy == "probe" and "yellow" in imgclf.load(result.model_dir).classes
+    assert all(not change.judged for change in result.gate.classes) and result.gate.passed

@@ -11,6 +11,9 @@ runs/NAME/
   checkpoints/last.pt  model, optimiser, schedule and position, each epoch (and on Ctrl-C)
   checkpoints/best.pt  the weights with the best validation score so far
   model/               the bundle: model.json + weights.safetensors + MODEL_CARD.md
+  gate.json            imgclf update only: the regression gate's verdict, class by class
+  added_data.csv       imgclf update only: the images it added (path, labels, split, hash)
+  model/lineage.json   imgclf update only: the bundle's parent, the data it added and the gate's verdict
 ```
 """
 

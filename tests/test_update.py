@@ -154,3 +154,31 @@ def test_updating_a_probe_embeds_only_the_new_images(tmp_path: Path, backbone_we
     assert 0 < sum(embedded) <= 12  # the old images' embeddings were kept from the first training
     assert result.train.config.strategy == "probe" and "yellow" in imgclf.load(result.model_dir).classes
     assert all(not change.judged for change in result.gate.classes) and result.gate.passed
+
+
+def test_gate_scores_a_multilabel_model_by_average_precision() -> None:
+    from imgclf.lifecycle.gate import class_scores, judge
+
+    labels = [("cat",), ("cat", "dog"), ("dog",), ("dog",)] * 5
+    good = np.array([[0.9, 0.1], [0.8, 0.9], [0.1, 0.9], [0.2, 0.8]] * 5)
+    bad = np.array([[0.1, 0.9], [0.2, 0.1], [0.9, 0.9], [0.8, 0.8]] * 5)
+    before = class_scores(labels, good, None, ["cat", "dog"], multilabel=True)
+    after = class_scores(labels, bad, None, ["cat", "dog"], multilabel=True)
+    assert before["cat"].score == 1.0 and before["cat"].support == 10
+    gate = judge(before, after, multilabel=True, split="val")
+    assert gate.metric == "average precision" and "cat" in [change.name for change in gate.failed]
+
+
+@pytest.mark.slow
+def test_update_keeps_path_labels_working(tmp_path: Path) -> None:
+    import imgclf
+
+    colours = {"warm/red": (200, 40, 40), "cool/blue": (30, 60, 200), "cool/green": (40, 180, 60)}
+    data = make_class_folder(tmp_path / "data", per_class=20, colours=colours)
+    run = imgclf.train(data, out=tmp_path / "run", epochs=6, **TINY_FASTNET).run_dir
+    new = make_class_folder(tmp_path / "new", per_class=20, colours={"warm/yellow": YELLOW["yellow"]}, seed=4)
+    result = imgclf.update(run, new, tmp_path / "run2")
+    classifier = imgclf.load(result.model_dir)
+    assert classifier.classes == ["cool/blue", "cool/green", "warm/red", "warm/yellow"]
+    row = next(classifier.predict_files([make_image(tmp_path / "y.png", YELLOW["yellow"], seed=9)]))
+    assert row.top[0][0] == "warm/yellow" and row.levels[0].label == "warm"

@@ -112,7 +112,7 @@ def updated(name: str, run: Path, rows: list[Row], time_budget: str | None = Non
             "val_accuracy": result.train.metrics.get("val_accuracy"),
             "test_accuracy": result.train.metrics.get("test_accuracy"),
             "old_classes": {change.name: {"before": change.before, "after": change.after,
-                                          "change_points": round(-change.drop, 2), "images": change.support}
+                                          "change_points": round(0.0 - change.drop, 2), "images": change.support}
                             for change in gate.classes},
             "new_classes": {name: score.score for name, score in gate.new_classes.items()},
             "recall": recall(result.run_dir)}

@@ -104,7 +104,8 @@ def trained_run(path: Path) -> RunDirectory:
     """``path`` as a finished run an update can start from, or a one-line error saying what it is instead."""
     bundle = path / "model" / MODEL_FILE
     if not path.is_dir():
-        raise ImgclfError(f"{path}: no such run; give a run directory that imgclf train wrote (runs/NAME)")
+        what = "is a file, not a run" if path.exists() else "no such run"
+        raise ImgclfError(f"{path}: {what}; give a run directory that imgclf train wrote (runs/NAME)")
     if bundle.is_file() and read_bundle_info(path / "model").kind == ENSEMBLE:
         raise ImgclfError(f"{path} is an ensemble; update each member run (imgclf update MEMBER --add DATA --out "
                           "NEW), then build a new ensemble from the updated runs with imgclf ensemble")

@@ -182,3 +182,18 @@ def test_update_keeps_path_labels_working(tmp_path: Path) -> None:
     assert classifier.classes == ["cool/blue", "cool/green", "warm/red", "warm/yellow"]
     row = next(classifier.predict_files([make_image(tmp_path / "y.png", YELLOW["yellow"], seed=9)]))
     assert row.top[0][0] == "warm/yellow" and row.levels[0].label == "warm"
+
+
+def test_a_correction_relabels_an_old_image_in_place(tmp_path: Path) -> None:
+    from imgclf.data.sources import ImageDataset, Item
+    from imgclf.lifecycle.update import changed_items, combine
+
+    old = [Item(tmp_path / "a.png", ("red",), "train"), Item(tmp_path / "b.png", ("blue",), "test")]
+    previous = ImageDataset(old, ["blue", "red"])
+    added = ImageDataset([Item(tmp_path / "b.png", ("red",), "train"), Item(tmp_path / "a.png", ("red",), "val"),
+                          Item(tmp_path / "c.png", ("yellow",), "train")], ["red", "yellow"])
+    combined = combine(previous, added)
+    assert [(item.path.name, item.labels, item.split) for item in combined.items] == [
+        ("a.png", ("red",), "train"), ("b.png", ("red",), "test"), ("c.png", ("yellow",), "train")]
+    assert combined.classes == ["red", "yellow"]
+    assert [item.path.name for item in changed_items(previous, added).items] == ["b.png", "c.png"]

@@ -10,6 +10,8 @@ The new run trains on RUN's images plus DATA's, with RUN's recipe:
   as train fitted it; the embeddings and activations of RUN's images are
   on disk already (:mod:`imgclf.embeddings.store`), so only the new images
   pass through the trunk.
+- Other pretrained runs (fine-tuned) train again from the pretrained
+  weights, as train trained them.
 - A model trained from scratch starts from RUN's weights
   (:mod:`imgclf.engines.warm_start`) and trains on old and new images for
   ``--time-budget`` (default: RUN's own schedule), so the old classes are
@@ -68,13 +70,14 @@ def update(run: str | Path, add: str | Path, out: str | Path, *, time_budget: st
     config = old.read_config()
     previous = old.read_split()
     added = added_data(add, previous, config)
-    combined = combine(previous, added)
+    combined, news = combine(previous, added), changed_items(previous, added)
     warm = not config.pretrained
     if warm and config.backend != "torch":
         raise ImgclfError(f"{old.path} is a {config.backend} model trained from scratch; update warm-starts torch "
                           "models only: retrain on the old and new images with imgclf train")
-    log.info(f"updating {old.path}: {len(added.items)} image(s) added, "
-             f"{'warm-started from its weights' if warm else 'refitted on kept embeddings'}")
+    how = ("warm-started from its weights" if warm else "refitted on kept embeddings"
+           if config.strategy in ("probe", "tail") else "retrained from the pretrained weights")
+    log.info(f"updating {old.path}: {len(news.items)} new or relabelled image(s), {how}")
     settings = replace(config, out=str(out), time_budget=time_budget or config.time_budget)
     if Path(out).exists() and any(Path(out).iterdir()):
         raise ImgclfError(f"--out {out} already exists; give a new folder for the updated run")
@@ -82,9 +85,8 @@ def update(run: str | Path, add: str | Path, out: str | Path, *, time_budget: st
         manifest = Path(folder) / f"{Path(out).name}.csv"
         write_manifest(combined, manifest)
         result = train(replace(settings, data=str(manifest)), warm_start=old.model_dir if warm else None)
-    if result.model_dir is None:  # interrupted: its checkpoint stays for imgclf train --resume
-        raise ImgclfError(f"update interrupted; continue with imgclf train --resume {result.run_dir}, "
-                          "then run the update again for its gate")
+    if result.model_dir is None:  # interrupted (Ctrl-C)
+        raise ImgclfError(f"update interrupted before its gate; delete {result.run_dir} and run the update again")
     new = RunDirectory(result.run_dir)
     _adopt_data(new, old, time_budget)
     gate = _gate(old, new, result, max_drop)
@@ -96,7 +98,7 @@ def update(run: str | Path, add: str | Path, out: str | Path, *, time_budget: st
     if gate.forced:
         log.warning(f"gate failed for {', '.join(change.name for change in gate.failed)}; written anyway (--force)")
     gate.write(new.path)
-    lineage = write_lineage(new.model_dir, old.model_dir, write_added(new, added), gate.to_dict())
+    lineage = write_lineage(new.model_dir, old.model_dir, write_added(new, news), gate.to_dict())
     return UpdateResult(new.path, new.model_dir, gate, lineage, result)
 
 
@@ -157,6 +159,12 @@ def combine(previous: ImageDataset, added: ImageDataset) -> ImageDataset:
     items += list(relabelled.values())
     classes = sorted({label for item in items for label in item.labels})
     return ImageDataset(items=items, classes=classes, multilabel=previous.multilabel, source=previous.source)
+
+
+def changed_items(previous: ImageDataset, added: ImageDataset) -> ImageDataset:
+    """The images of ``added`` that change the data: new files, and old ones with other labels (corrections)."""
+    known = {absolute_path(item.path): set(item.labels) for item in previous.items}
+    return added.with_items([item for item in added.items if known.get(absolute_path(item.path)) != set(item.labels)])
 
 
 def _adopt_data(new: RunDirectory, old: RunDirectory, time_budget: str | None) -> None:

@@ -8,6 +8,7 @@ from imgclf.api import (  # the public API
     build_index,
     calibrate,
     compare,
+    diff,
     embed,
     ensemble,
     evaluate,
@@ -27,6 +28,7 @@ from imgclf.api import (  # the public API
     similar,
     train,
     tune,
+    update,
 )
 from imgclf.errors import ImgclfError
 from imgclf.version import __version__
@@ -46,7 +48,7 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 logging.getLogger("imgclf").addHandler(logging.NullHandler())  # messages are the caller's to show (imgclf.console)
 
-__all__ = ["ImgclfError", "__version__", "build_index", "calibrate", "compare", "embed", "ensemble", "evaluate",
+__all__ = ["ImgclfError", "__version__", "build_index", "calibrate", "compare", "diff", "embed", "ensemble", "evaluate",
            "evaluate_match", "explain", "export", "inspect", "load", "load_dataset", "match", "match_batch", "models",
            "predict", "preview_augment", "query_index",
-           "report", "similar", "train", "tune"]
+           "report", "similar", "train", "tune", "update"]

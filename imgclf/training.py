@@ -130,8 +130,9 @@ def _photo_plan(config: TrainConfig, dataset: ImageDataset, weights_source: Call
 
 
 def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: bool = False,
-          resume: str | Path | None = None, callbacks: list[Callback] | None = None) -> TrainResult:
-    """Train as ``config`` says (or continue the run at ``resume``) and write the bundle.
+          resume: str | Path | None = None, callbacks: list[Callback] | None = None,
+          warm_start: Path | None = None) -> TrainResult:
+    """Train as ``config`` says (or continue ``resume``; or start from the bundle ``warm_start``) and write the bundle.
 
     ``callbacks`` see the training events after the run's own bookkeeping (see :mod:`imgclf.engines.callbacks`).
     """
@@ -160,7 +161,7 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     backend = get_backend(config.backend)
     backend.require()
     engine = backend.engine(config, run)
-    data = _decode(dataset, config, run)
+    data = _decode(dataset, config, run, warm_start)
     resumed = engine.build(data, resuming)
     if config.time_budget and not resumed:
         config = engine.fit_to_budget(parse_duration(config.time_budget))
@@ -225,7 +226,7 @@ def _print_start(config: TrainConfig, data: TrainingData, machine: str) -> None:
              f"{config.image_size}px, {config.epochs:g} epochs, batch {config.batch_size}, {machine}")
 
 
-def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> TrainingData:
+def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory, warm_start: Path | None) -> TrainingData:
     import torch
 
     from imgclf.data.cache import build_cache
@@ -242,6 +243,8 @@ def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> Tr
                         workers=config.workers, source=dataset.source)
     if world.is_main:
         barrier()
+    if world.is_main:
+        run.write_data_manifest([str(item.path) for item in dataset.items], [str(digest) for digest in cache.digests])
     broken = cache.broken()
     if broken and world.is_main:
         write_problem_list(run.path / "broken_files.txt", [(str(path), reason) for path, reason in broken])
@@ -263,7 +266,7 @@ def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> Tr
     return TrainingData(pixels=training_pixels(cache),  # type: ignore[arg-type]  # PixelRows indexes as the array does
                         rows=rows, targets=targets, classes=list(dataset.classes),
                         multilabel=dataset.multilabel, mean=(0.0,), std=(1.0,),
-                        paths=[item.path for item in dataset.items])
+                        paths=[item.path for item in dataset.items], warm_start=warm_start)
 
 
 @dataclass

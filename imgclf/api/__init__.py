@@ -7,7 +7,7 @@
 Import the names from here (``imgclf.api``) or from ``imgclf``; the modules behind them hold one task each:
 ``datasets`` (inspect, preview_augment), ``training`` (train, tune, compare, ensemble), ``bundles`` (load,
 evaluate, report, calibrate, export, explain), ``prediction``, ``embedding`` (embed, similar, the search index)
-and ``matching`` (the catalogue). None is named like a function: importing it would replace that function here.
+``matching`` (the catalogue) and ``lifecycle`` (update, diff). None is named like a function: importing it would replace that function here.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from imgclf.api.bundles import calibrate, evaluate, explain, explain_files, export, load, models, report
 from imgclf.api.datasets import InspectResult, inspect, preview_augment
 from imgclf.api.embedding import DEFAULT_EMBEDDING_MODEL, build_index, embed, query_index, similar
+from imgclf.api.lifecycle import diff, update
 from imgclf.api.matching import catalog_matcher, evaluate_match, match, match_batch
 from imgclf.api.prediction import check_distributable, predict, predict_in_parts
 from imgclf.api.training import compare, ensemble, train, train_processes, tune
@@ -39,6 +40,8 @@ if TYPE_CHECKING:  # the types the functions return, named as before (api.TuneRe
     from imgclf.embeddings.suggest import Suggestion as Suggestion
     from imgclf.engines.callbacks import Callback as Callback
     from imgclf.evaluation.evaluate import Evaluation as Evaluation
+    from imgclf.lifecycle.diff import RunDiff as RunDiff
+    from imgclf.lifecycle.update import UpdateResult as UpdateResult
     from imgclf.models import ModelInfo as ModelInfo
     from imgclf.training import TrainResult as TrainResult
     from imgclf.workflows.comparison import Comparison as Comparison
@@ -46,7 +49,7 @@ if TYPE_CHECKING:  # the types the functions return, named as before (api.TuneRe
     from imgclf.workflows.tune import TuneResult as TuneResult
 
 __all__ = ["DEFAULT_EMBEDDING_MODEL", "InspectResult", "build_index", "calibrate", "catalog_matcher",
-           "check_distributable", "compare", "embed", "ensemble", "evaluate", "evaluate_match", "explain",
+           "check_distributable", "compare", "diff", "embed", "ensemble", "evaluate", "evaluate_match", "explain",
            "explain_files", "export", "inspect", "load", "load_dataset", "match", "match_batch", "models", "predict",
            "predict_in_parts", "preview_augment", "query_index", "report", "similar", "train", "train_processes",
-           "tune"]
+           "tune", "update"]

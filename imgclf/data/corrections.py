@@ -32,6 +32,7 @@ import csv
 import fcntl
 import hashlib
 import io
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -47,6 +48,8 @@ HEADER = ("path", "action", "label", "reason", "time")
 ACTIONS = ("keep", "exclude", "relabel", "rename")
 NEEDS_LABEL = frozenset({"relabel", "rename"})
 FILE_ACTIONS = frozenset({"keep", "exclude", "relabel"})
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -362,3 +365,36 @@ def _file_decisions(items: list[Item], corrections: list[Correction],
 
 def _parts(path: str) -> tuple[str, ...]:
     return tuple(part for part in Path(os.path.normpath(path)).as_posix().split("/") if part)
+
+
+def load_corrections(file: str | os.PathLike[str] | None, rename: Iterable[str] = ()) -> list[Correction]:
+    """The rows of ``--corrections FILE`` (if given) with ``--rename OLD=NEW`` rows after them (they win)."""
+    from_file = read(Path(file).expanduser()) if file else []
+    where = f"{file} with --rename" if file else "--rename"
+    return combine(from_file, parse_rename_options(rename), where)
+
+
+def correct_dataset(dataset: ImageDataset, file: str | os.PathLike[str] | None = None,
+                    rename: Iterable[str] = ()) -> ImageDataset:
+    """``dataset`` with ``--corrections FILE`` and ``--rename`` applied; the dataset unchanged when neither is given.
+
+    The one call every command that reads data makes (train, tune, inspect,
+    evaluate, update), so they all see the same corrected data. What applied
+    is logged on one line, rows that found nothing as a warning (a file that
+    moved is not a reason to stop), and recorded in the dataset's
+    ``corrections`` (file, digest, report) for the run to keep.
+    """
+    rename = list(rename)
+    if not file and not rename:
+        return dataset
+    rows = load_corrections(file, rename)
+    fixed, report = apply(dataset, rows)
+    log.info(report.summary())
+    unmatched = [*report.missing, *report.ambiguous]
+    if unmatched:
+        names = ", ".join(row.path for row in unmatched[:5]) + (", ..." if len(unmatched) > 5 else "")
+        log.warning(f"warning: {len(unmatched)} correction(s) found no single file or class in {dataset.source} "
+                    f"and were not applied: {names}")
+    fixed.corrections = {"file": os.path.abspath(file) if file else None, "rename": rename, "rows": len(rows),
+                         "digest": digest(rows), "applied": report.to_json()}
+    return fixed

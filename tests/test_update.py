@@ -197,3 +197,20 @@ def test_a_correction_relabels_an_old_image_in_place(tmp_path: Path) -> None:
         ("a.png", ("red",), "train"), ("b.png", ("red",), "test"), ("c.png", ("yellow",), "train")]
     assert combined.classes == ["red", "yellow"]
     assert [item.path.name for item in changed_items(previous, added).items] == ["b.png", "c.png"]
+
+
+@pytest.mark.slow
+def test_update_applies_corrections_to_the_old_and_new_images(base_run: Path, tmp_path: Path) -> None:
+    new = make_class_folder(tmp_path / "new", per_class=20, colours=YELLOW, seed=5)
+    excluded = sorted((new / "yellow").iterdir())[0]
+    corrections = tmp_path / "corrections.csv"
+    corrections.write_text(f"path,action,label,reason,time\nyellow/{excluded.name},exclude,,blurry,"
+                           "2026-12-06T05:00:00Z\n")
+    out = tmp_path / "run2"
+    done = run_cli("update", str(base_run), "--add", str(new), "--out", str(out), "--corrections", str(corrections),
+                   "--force")
+    assert done.returncode == 0, done.stderr
+    trained = (out / "split.csv").read_text()
+    assert excluded.name not in [line.split(",")[0].rsplit("/", 1)[-1] for line in trained.splitlines()
+                                 if "yellow" in line]
+    assert trained.count(",yellow,") == 19

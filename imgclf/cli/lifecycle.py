@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from imgclf import api
-from imgclf.cli.options import Opt
+from imgclf.cli.options import CorrectionsOption, Opt, RenameOption
 from imgclf.cli.render.lifecycle import print_diff, print_gate
 
 
@@ -24,9 +24,12 @@ def update(
                                         "held-out images before the update is refused.")] = 2.0,
     force: Annotated[bool, Opt("--force", help="Keep the update even if the gate fails (recorded in gate.json "
                                                "and the lineage).")] = False,
+    corrections: CorrectionsOption = None,
+    rename: RenameOption = None,
 ) -> None:
     """Teach a trained model new photos or classes as a new run, refused if an old class gets worse."""
-    result = api.update(run, add, out, time_budget=time_budget, max_drop=max_drop, force=force)
+    result = api.update(run, add, out, time_budget=time_budget, max_drop=max_drop, force=force,
+                        corrections=str(corrections) if corrections else None, rename=rename)
     print_gate(result)
 
 

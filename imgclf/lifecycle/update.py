@@ -64,8 +64,13 @@ class UpdateResult:
 
 
 def update(run: str | Path, add: str | Path, out: str | Path, *, time_budget: str | None = None,
-           max_drop: float = DEFAULT_MAX_DROP, force: bool = False) -> UpdateResult:
-    """Train ``out`` from ``run`` plus the images of ``add``; keep it if the gate passes (or ``force``)."""
+           max_drop: float = DEFAULT_MAX_DROP, force: bool = False, corrections: str | None = None,
+           rename: list[str] | None = None) -> UpdateResult:
+    """Train ``out`` from ``run`` plus the images of ``add``; keep it if the gate passes (or ``force``).
+
+    ``corrections``/``rename`` apply to the old and new images together; the
+    run's own corrections are already in its ``split.csv`` and are not applied twice.
+    """
     old = trained_run(Path(run))
     config = old.read_config()
     previous = old.read_split()
@@ -78,7 +83,8 @@ def update(run: str | Path, add: str | Path, out: str | Path, *, time_budget: st
     how = ("warm-started from its weights" if warm else "refitted on kept embeddings"
            if config.strategy in ("probe", "tail") else "retrained from the pretrained weights")
     log.info(f"updating {old.path}: {len(news.items)} new or relabelled image(s), {how}")
-    settings = replace(config, out=str(out), time_budget=time_budget or config.time_budget)
+    settings = replace(config, out=str(out), time_budget=time_budget or config.time_budget,
+                       corrections=corrections, rename=list(rename or []))
     if Path(out).exists() and any(Path(out).iterdir()):
         raise ImgclfError(f"--out {out} already exists; give a new folder for the updated run")
     with tempfile.TemporaryDirectory(prefix="imgclf-update-") as folder:

@@ -227,6 +227,22 @@ def test_batch_mode_resumes_after_a_kill_and_writes_one_row_per_product(tmp_path
     assert (tmp_path / "fresh.csv").read_text() == out.read_text()
 
 
+def test_batch_mode_on_flat_categories_writes_rows_as_wide_as_the_header(tmp_path: Path) -> None:
+    from imgclf import api
+
+    catalog = planted_catalog(tmp_path / "catalog", products=8)
+    with catalog.open(newline="") as handle:
+        flat = [{**row, "category": row["category"].split("/")[-1]} for row in csv.DictReader(handle)]
+    write_csv(catalog, flat)
+    queries = write_csv(tmp_path / "catalog" / "new.csv", [{"image": row["image"], "name": row["name"]}
+                                                            for row in flat[::8]])
+    api.match_batch(catalog, queries, tmp_path / "suggestions.csv")
+    with (tmp_path / "suggestions.csv").open(newline="") as handle:
+        header, *rows = list(csv.reader(handle))
+    assert "level1" not in header and rows and all(len(row) == len(header) for row in rows)
+    assert all(row[header.index("top1")] == row[header.index("category")] for row in rows)
+
+
 # ----------------------------------------------------------------- review page
 def test_the_review_page_accepts_and_corrects_suggestions_in_a_browser(tmp_path: Path, chromium: str) -> None:
     import httpx

@@ -159,7 +159,8 @@ def _match_chunk(matcher: CatalogMatcher, chunk: list[dict[str, str]], extra: li
 def _suggestion_cells(matcher: CatalogMatcher, suggestion: Suggestion) -> list[str]:
     levels = [] if matcher.hierarchy.is_flat else [
         cell for level in suggestion.levels for cell in (level.label, f"{level.probability:.4f}")]
-    levels += [""] * (2 * matcher.hierarchy.depth - len(levels))  # a shallower leaf leaves the deeper levels empty
+    # a shallower leaf leaves the deeper levels empty; flat categories have no level columns at all
+    levels += [""] * (len(level_columns(matcher.hierarchy.depth)) - len(levels))
     ranked = [cell for label, probability in suggestion.ranking for cell in (label, f"{probability:.4f}")]
     ranked += [""] * (2 * RANKED - len(ranked))
     closest = suggestion.matches[0].item if suggestion.matches else {}

@@ -185,6 +185,7 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     calibration.update(_choose_label_thresholds(model_dir, data, config, held_out))  # on what users get
     decision = _decide(model_dir, data, config, held_out)  # on calibrated probabilities, before scoring
     metrics = _final_metrics(engine, data, result, model_dir, held_out, {**calibration, **decision})
+    _write_reference(model_dir, data)
     return TrainResult(run.path, model_dir, config, result.history, metrics, multilabel=data.multilabel,
                        held_out_probabilities=held_out.probabilities_by_path(model_dir, data),
                        stopped_early=result.stopped_early)
@@ -340,6 +341,13 @@ def _final_metrics(engine: Engine, data: TrainingData, result: FitResult, model_
             metrics[f"{split}_images"] = len(data.rows[split])
     write_bundle_metrics(model_dir, metrics)
     return metrics
+
+
+def _write_reference(model_dir: Path, data: TrainingData) -> None:
+    """What monitoring compares production with (:mod:`imgclf.watch.reference`), from training and val images."""
+    from imgclf.watch.reference import reference_from_training
+
+    reference_from_training(model_dir, data.pixels, data.rows, data.targets.numpy(), data.classes, data.multilabel)
 
 
 def _write_bundle(run: RunDirectory, config: TrainConfig, engine: Engine, data: TrainingData,

@@ -1,0 +1,1 @@
+"""Watching a deployed model: the prediction log, drift and novelty against the training reference, the review queue."""

@@ -20,6 +20,7 @@ from imgclf.api import (  # the public API
     match,
     match_batch,
     models,
+    monitor,
     predict,
     preview_augment,
     query_index,
@@ -48,5 +49,5 @@ logging.getLogger("imgclf").addHandler(logging.NullHandler())  # messages are th
 
 __all__ = ["ImgclfError", "__version__", "build_index", "calibrate", "compare", "embed", "ensemble", "evaluate",
            "evaluate_match", "explain", "export", "inspect", "load", "load_dataset", "match", "match_batch", "models",
-           "predict", "preview_augment", "query_index",
+           "monitor", "predict", "preview_augment", "query_index",
            "report", "similar", "train", "tune"]

@@ -28,6 +28,7 @@ from imgclf.serve.batcher import DynamicBatcher
 from imgclf.serve.metrics import ServerMetrics
 from imgclf.serve.uploads import DEFAULT_LIMITS, ApiError, Limits, body_too_large
 from imgclf.version import __version__
+from imgclf.watch.live import GAUGES, LiveMonitor
 
 ROUTES = ("/", "/v1/predict", "/v1/explain", "/v1/model", "/healthz", "/metrics", "/docs", "/openapi.json")
 
@@ -79,11 +80,15 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
     batcher = DynamicBatcher(classifier.predict_pixels, max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
                              max_queue=max_queue, on_batch=metrics.batch_size.observe)
     metrics.queue.set_function(lambda: batcher.waiting)
+    live = LiveMonitor.of(getattr(classifier, "directory", None), list(classifier.classes))
+    metrics.watch(live.figures, GAUGES)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         batcher.start()
+        live.start()
         yield
+        live.stop()
         await batcher.stop()
 
     app = FastAPIOffline(title=f"imgclf: {name}", version=__version__, lifespan=lifespan,
@@ -93,7 +98,7 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
         classifier, name, runtime, limits, batcher, metrics,
         hierarchy=None if classifier.info.multilabel else label_tree(classifier.classes),  # answers carry the path
         batching={"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_queue": max_queue},
-        page=files("imgclf.serve").joinpath("static/index.html").read_text(encoding="utf-8"))
+        page=files("imgclf.serve").joinpath("static/index.html").read_text(encoding="utf-8"), live=live)
     if api_key:
         app.add_middleware(RequireApiKey, api_key=api_key)
     app.add_middleware(LimitAndMeasure, limits=limits, metrics=metrics)  # outermost: counts 401s

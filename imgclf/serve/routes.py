@@ -29,6 +29,7 @@ from imgclf.serve.batcher import DynamicBatcher, Overloaded
 from imgclf.serve.metrics import ServerMetrics
 from imgclf.serve.uploads import IMAGE_TYPES, ApiError, Limits, Upload, decode_uploads, read_uploads
 from imgclf.version import __version__
+from imgclf.watch.live import LiveMonitor
 
 MAX_TOP_K = 1000
 
@@ -46,6 +47,7 @@ class Served:
     hierarchy: Hierarchy | None
     batching: dict[str, float]
     page: str
+    live: LiveMonitor  # the latest answers, for the monitor's gauges on /metrics
     explain_lock: threading.Lock = field(default_factory=threading.Lock)  # one Grad-CAM at a time: it hooks a layer
 
     @property
@@ -154,10 +156,11 @@ async def predict(state: State, received: Images,
         raise ApiError(503, f"no answer within {limits.timeout_s:g} s (--timeout); the server is busy, retry") from None
     state.metrics.images.inc(len(pixels))
     k = min(top_k, len(classifier.classes))
+    ranking = classifier.ranking(probabilities)
+    state.live.observe(probabilities, ranking[:, 0])  # TODO log: with the forward pass's features once it has them
     return {"model": state.name, "runtime": state.runtime,
             "predictions": [_ranked(upload.name, row, order[:k], classifier, state.hierarchy)
-                            for upload, row, order in zip(received.uploads, probabilities,
-                                                          classifier.ranking(probabilities))]}
+                            for upload, row, order in zip(received.uploads, probabilities, ranking)]}
 
 
 @api.post("/explain", response_class=Response, responses=EXPLAIN_RESPONSES, openapi_extra=REQUEST_BODY,

@@ -29,6 +29,11 @@ measured false-alarm rate (fresh null windows over the threshold) is
 stored beside it. A per-window permutation test would give the same
 guarantee but costs hundreds of kernel sums per window, on the server too.
 
+**Novel images**: about 1% of val photos are novel by construction
+(:mod:`imgclf.watch.reference`); a window raises a novelty alarm when its
+count of novel images would be that high by chance less than :data:`NOVELTY_P`
+of the time (a one-sided binomial test).
+
 **Predicted-class shares: Pearson's chi-square** of the window's counts
 of predicted classes against the training prior (scipy), flagged at
 :data:`CLASS_SHARE_P`. With thousands of requests any small change is
@@ -47,6 +52,7 @@ MIN_WINDOW = 20  # fewer requests than this in a window: no drift verdict
 NULL_WINDOWS = 300  # val windows drawn to measure the statistic's distribution under no drift
 QUANTILE = 0.99  # the threshold: this quantile of the statistic on val windows (a false alarm in 100 windows)
 CLASS_SHARE_P = 0.001  # the class-share test flags a window below this p-value
+NOVELTY_P = 0.001  # a window's novel images are an alarm when so many would happen by chance this rarely
 
 
 @dataclass
@@ -164,3 +170,12 @@ def class_share_test(counts: np.ndarray, prior: np.ndarray) -> tuple[float, floa
     kept = expected > 0  # a class training never saw cannot be expected; its predictions count in no cell
     result = chisquare(counts[kept], expected[kept] * counts[kept].sum() / expected[kept].sum())
     return float(result.statistic), float(result.pvalue)
+
+
+def novelty_excess(novel: int, total: int, expected_rate: float) -> float:
+    """One-sided binomial p-value of ``novel`` or more novel images in ``total`` when each is novel at ``expected_rate``."""
+    from scipy.stats import binomtest
+
+    if total == 0:
+        return 1.0
+    return float(binomtest(novel, total, expected_rate, alternative="greater").pvalue)

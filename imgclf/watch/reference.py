@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,7 +194,6 @@ def reference_from_training(model_dir: Path, pixels: Any, rows: dict[str, np.nda
     """
     from imgclf.backends import RECORDS
     from imgclf.deploy.bundle import read_bundle_info
-    from imgclf.embeddings.embedder import Embedder
 
     info = read_bundle_info(model_dir)
     record = RECORDS.get(info.backend)
@@ -209,18 +208,36 @@ def reference_from_training(model_dir: Path, pixels: Any, rows: dict[str, np.nda
     train_labels = targets[rows["train"]].argmax(axis=1) if multilabel else targets[rows["train"]]
     sample = stratified_rows(rows["train"], train_labels, TRAIN_SAMPLE)
     val = rows["val"][:2 * HALF_SAMPLE]
-    embedder = Embedder.load(model_dir)
+    features = features_of(model_dir)
     log.info(f"monitoring reference: embedding {len(sample):,} training and {len(val):,} val images")
-    train_embeddings, val_embeddings = (_embed_rows(embedder, pixels, chosen) for chosen in (sample, val))
+    train_embeddings, val_embeddings = (_embed_rows(features, pixels, chosen) for chosen in (sample, val))
     all_labels = targets[rows["train"]]
     prior = all_labels.mean(axis=0) if multilabel else np.bincount(all_labels, minlength=len(classes)) / len(all_labels)
     reference = build_reference(train_embeddings, val_embeddings, classes, prior, multilabel,
-                                f"pooled features of {info.architecture} ({embedder.dim} dimensions)")
+                                f"pooled features of {info.architecture} ({train_embeddings.shape[1]} dimensions)")
     write_reference(reference, model_dir)
     return reference
 
 
-def _embed_rows(embedder: Any, pixels: Any, rows: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """Embeddings of rows of the decoded images, read ``chunk`` rows at a time."""
-    return np.concatenate([embedder.embed_pixels(np.asarray(pixels[rows[start:start + chunk]]))
+def features_of(model_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """(N, D) pooled features of decoded images (N, H, W, C), as the prediction log records them (float16 values).
+
+    The log keeps the features of the forward pass that answered (TTA's
+    views averaged as the logits are); the reference must be made the same
+    way, or every stream of a TTA model would look drifted.
+    """
+    from imgclf.deploy.classifier import Classifier
+    from imgclf.embeddings.embedder import Embedder
+
+    classifier = Classifier.load(model_dir, runtime="torch")
+    run = getattr(classifier, "logits_and_features", None)  # TODO log: the log's own features, with the log
+    if run is None:
+        return Embedder.load(model_dir).embed_pixels
+    return lambda pixels: np.asarray(run(pixels)[1], dtype=np.float16).astype(np.float32)
+
+
+def _embed_rows(features: Callable[[np.ndarray], np.ndarray], pixels: Any, rows: np.ndarray,
+                chunk: int = 256) -> np.ndarray:
+    """Features of rows of the decoded images, read ``chunk`` rows at a time."""
+    return np.concatenate([features(np.asarray(pixels[rows[start:start + chunk]]))
                            for start in range(0, len(rows), chunk)])

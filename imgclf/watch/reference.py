@@ -9,14 +9,14 @@ model/
 ```
 
 The embeddings are the model's own pooled features (the input of its
-classification head; a pretrained backbone's through the bundle's
-:class:`~imgclf.embeddings.embedder.Embedder`), so the monitor sees what
-the model sees. **Novelty** is an image's cosine distance to the nearest
-training embedding; an image farther than :data:`NOVELTY_QUANTILE` of val's
-photos are is novel (so about 1% of in-distribution photos are flagged, by
-construction). **Drift** is calibrated in :mod:`imgclf.watch.drift`.
-A model with no pooled features (a Keras bundle) or too few val images
-gets no reference and is monitored without drift and novelty.
+classification head, as the prediction log records them), so the monitor
+sees what the model sees. **Novelty** is an image's cosine distance to the
+nearest training embedding; an image farther than 99% of val's photos are
+is novel (so about 1% of in-distribution photos are flagged, by
+construction). **Drift** is MMD against one val half, its threshold
+measured on windows of the other (``imgclf.watch.drift`` says why).
+A model with no pooled features (a Keras bundle) or fewer than 30 val
+images gets no reference and is monitored without drift and novelty.
 """
 
 from __future__ import annotations

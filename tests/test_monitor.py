@@ -158,6 +158,10 @@ def test_monitor_refuses_a_missing_log_and_another_version(tmp_path: Path, world
     result = run_cli("monitor", str(bundle), str(log))
     assert result.returncode == 2 and "has no predictions of model version" in result.stderr
     assert "0123456789ab" in result.stderr
+    result = run_cli("monitor", str(bundle), "mysql://shop@db/log")
+    assert result.returncode == 2 and "mysql://...: not a prediction log" in result.stderr
+    result = run_cli("monitor", str(bundle), str(log), "--window", "soon")
+    assert result.returncode == 2 and "--window 'soon' is not a window" in result.stderr
     result = run_cli("monitor", str(bundle), str(log), "--model-version", "all", "--json")
     assert result.returncode == 0 and json.loads(result.stdout)["reference"] is None
 

@@ -36,8 +36,15 @@ def read_records(log: str | Path, model_version: str = ALL_VERSIONS) -> Records:
     if "://" not in text and not Path(text).is_file():
         raise ImgclfError(f"{log}: no such prediction log; give the file serve --log wrote (or a postgresql:// URL)")
     url = text if "://" in text else f"sqlite:///{Path(text).absolute()}"
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    elif not url.startswith(("sqlite:", "postgresql+psycopg://")):
+        raise ImgclfError(f"{text.split('://')[0]}://...: not a prediction log; give a file path (SQLite) or a "
+                          "postgresql://user@host/db URL")
     try:
         engine = sa.create_engine(url)
+    except ImportError:
+        raise ImgclfError(f"{log}: PostgreSQL needs its driver; pip install 'imgclf[watch]'") from None
     except sa.exc.ArgumentError as error:
         raise ImgclfError(f"{log}: not a database URL SQLAlchemy reads ({one_line(error)})") from None
     try:

@@ -21,6 +21,7 @@ from imgclf.api import (  # the public API
     match,
     match_batch,
     models,
+    monitor,
     predict,
     preview_augment,
     query_index,
@@ -50,5 +51,5 @@ logging.getLogger("imgclf").addHandler(logging.NullHandler())  # messages are th
 
 __all__ = ["ImgclfError", "__version__", "build_index", "calibrate", "compare", "diff", "embed", "ensemble", "evaluate",
            "evaluate_match", "explain", "export", "inspect", "load", "load_dataset", "match", "match_batch", "models",
-           "predict", "preview_augment", "query_index",
+           "monitor", "predict", "preview_augment", "query_index",
            "report", "similar", "train", "tune", "update"]

@@ -187,6 +187,7 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     calibration.update(_choose_label_thresholds(model_dir, data, config, held_out))  # on what users get
     decision = _decide(model_dir, data, config, held_out)  # on calibrated probabilities, before scoring
     metrics = _final_metrics(engine, data, result, model_dir, held_out, {**calibration, **decision})
+    _write_reference(model_dir, data, held_out)
     return TrainResult(run.path, model_dir, config, result.history, metrics, multilabel=data.multilabel,
                        held_out_probabilities=held_out.probabilities_by_path(model_dir, data),
                        stopped_early=result.stopped_early)
@@ -283,6 +284,7 @@ class HeldOut:
 
     logits: dict[str, np.ndarray]
     classifier: Classifier | None
+    val_features: np.ndarray | None = None  # val's pooled features from the same passes: the monitoring reference's
 
     @classmethod
     def of(cls, model_dir: Path, data: TrainingData) -> HeldOut:
@@ -292,7 +294,10 @@ class HeldOut:
         if not splits:
             return cls({}, None)
         classifier = Classifier.load(model_dir)
-        return cls({split: classifier.rows_logits(data.pixels, data.rows[split]) for split in splits}, classifier)
+        val_logits, val_features = classifier.rows_logits_and_features(data.pixels, data.rows["val"])
+        logits = {split: val_logits if split == "val" else classifier.rows_logits(data.pixels, data.rows[split])
+                  for split in splits}
+        return cls(logits, classifier, val_features)
 
     def bundle_now(self, model_dir: Path) -> Classifier:
         """The same runtime with ``model.json`` read again: the temperature and thresholds chosen since loading."""
@@ -345,6 +350,17 @@ def _final_metrics(engine: Engine, data: TrainingData, result: FitResult, model_
             metrics[f"{split}_images"] = len(data.rows[split])
     write_bundle_metrics(model_dir, metrics)
     return metrics
+
+
+def _write_reference(model_dir: Path, data: TrainingData, held_out: HeldOut) -> None:
+    """What monitoring compares production with (:mod:`imgclf.watch.reference`), from training and val images.
+
+    val's features come from the held-out pass already made (no second pass over val).
+    """
+    from imgclf.watch.reference import reference_from_training
+
+    reference_from_training(model_dir, data.pixels, data.rows, data.targets.numpy(), data.classes, data.multilabel,
+                            val_features=held_out.val_features)
 
 
 def _write_bundle(run: RunDirectory, config: TrainConfig, engine: Engine, data: TrainingData,

@@ -166,6 +166,7 @@ def formats_page() -> str:
     """The run directory, ``model.json``, ``metrics.csv`` and the export metadata, from the modules declaring them."""
     from imgclf import runs
     from imgclf.deploy import bundle, metadata
+    from imgclf.watch import reference
 
     missing = [column for column in runs.METRIC_COLUMNS if column not in METRIC_MEANINGS]
     if missing:
@@ -182,6 +183,8 @@ def formats_page() -> str:
               "Fields added to format 1 after its first release, written only when used (older imgclf versions "
               "refuse a bundle that uses them, by name): " +
               ", ".join(f"`{name}`" for name in bundle.LATER_FIELDS) + ".\n\n"]
+    lines += ["## The monitoring reference: `reference.json`, `reference.safetensors`\n\n",
+              _docstring_body(reference), "\n\n"]
     lines += ["## Export metadata: `<file>.json`\n\n", _docstring_body(metadata), "\n\n",
               "An example, written by `imgclf.deploy.metadata.write_metadata` for an ONNX export of a "
               "two-class model (paths, digests and the time replaced by placeholders):\n\n```json\n",

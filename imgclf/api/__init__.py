@@ -19,6 +19,7 @@ from imgclf.api.datasets import InspectResult, inspect, preview_augment
 from imgclf.api.embedding import DEFAULT_EMBEDDING_MODEL, build_index, embed, query_index, similar
 from imgclf.api.lifecycle import diff, update
 from imgclf.api.matching import catalog_matcher, evaluate_match, match, match_batch
+from imgclf.api.monitoring import monitor
 from imgclf.api.prediction import check_distributable, predict, predict_in_parts
 from imgclf.api.training import compare, ensemble, train, train_processes, tune
 from imgclf.data.splits import load_dataset
@@ -50,6 +51,6 @@ if TYPE_CHECKING:  # the types the functions return, named as before (api.TuneRe
 
 __all__ = ["DEFAULT_EMBEDDING_MODEL", "InspectResult", "build_index", "calibrate", "catalog_matcher",
            "check_distributable", "compare", "diff", "embed", "ensemble", "evaluate", "evaluate_match", "explain",
-           "explain_files", "export", "inspect", "load", "load_dataset", "match", "match_batch", "models", "predict",
-           "predict_in_parts", "preview_augment", "query_index", "report", "similar", "train", "train_processes",
-           "tune", "update"]
+           "explain_files", "export", "inspect", "load", "load_dataset", "match", "match_batch", "models", "monitor",
+           "predict", "predict_in_parts", "preview_augment", "query_index", "report", "similar", "train",
+           "train_processes", "tune", "update"]

@@ -169,6 +169,15 @@ class Classifier:
                   for start in range(0, len(rows), batch_size)]
         return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)), dtype=np.float32)
 
+    def rows_logits_and_features(self, pixels: np.ndarray, rows: np.ndarray,
+                                 batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`rows_logits` and the pooled features of the same passes (None where the runtime has none)."""
+        if not self.gives_features or not len(rows):
+            return self.rows_logits(pixels, rows, batch_size), None
+        chunks = [self.logits_and_features(np.asarray(pixels[rows[start:start + batch_size]]))
+                  for start in range(0, len(rows), batch_size)]
+        return np.concatenate([logits for logits, _ in chunks]), np.concatenate([features for _, features in chunks])
+
     def probabilities_of(self, logits: np.ndarray) -> np.ndarray:
         """What :meth:`predict_pixels` gives for these raw logits: the bundle's temperature, then softmax/sigmoid."""
         return probabilities_from_logits(np.asarray(logits) / self.info.temperature, self.info.multilabel)

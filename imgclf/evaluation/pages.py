@@ -53,6 +53,13 @@ def percent(value: Any) -> str:
     return f"{value:.2%}" if isinstance(value, (int, float)) else "n/a"
 
 
+def card_row(items: list[tuple[str, Any]]) -> str:
+    """A row of figure cards: each a muted name over its value."""
+    return '<div class="cards">' + "".join(
+        f'<div class="card"><span class="muted">{html.escape(name)}</span><b>{html.escape(str(value))}</b></div>'
+        for name, value in items) + "</div>"
+
+
 def section(anchor: str, title: str, body: str) -> str:
     return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>'
 

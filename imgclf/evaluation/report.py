@@ -19,7 +19,7 @@ import yaml
 from imgclf.evaluation.evaluate import Evaluation
 from imgclf.evaluation.gate_section import gate_section
 from imgclf.evaluation.multilabel import report_sections, summary_card
-from imgclf.evaluation.pages import image, page, percent, section, table
+from imgclf.evaluation.pages import card_row, image, page, percent, section, table
 from imgclf.files import write_text_atomic
 from imgclf.runs import RunDirectory
 
@@ -127,9 +127,7 @@ def _summary(config: dict[str, Any], bundle_metrics: dict[str, Any], evaluation:
         cards.append(summary_card(evaluation.metrics))
     elif evaluation is not None:
         cards.append((f"macro F1 ({evaluation.split})", f"{evaluation.metrics['macro_avg']['f1']:.3f}"))
-    return '<div class="cards">' + "".join(
-        f'<div class="card"><span class="muted">{html.escape(name)}</span><b>{html.escape(str(value))}</b></div>'
-        for name, value in cards) + "</div>"
+    return card_row(cards)
 
 
 def _data(run: RunDirectory) -> str:

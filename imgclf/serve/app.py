@@ -31,6 +31,7 @@ from imgclf.serve.batcher import DynamicBatcher
 from imgclf.serve.metrics import ServerMetrics
 from imgclf.serve.uploads import DEFAULT_LIMITS, ApiError, Limits, body_too_large
 from imgclf.version import __version__
+from imgclf.watch.live import GAUGES, LiveMonitor
 
 if TYPE_CHECKING:  # SQLAlchemy loads only when a server logs
     from imgclf.watch.log import LogOptions, PredictionLog
@@ -87,14 +88,20 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
     """
     metrics = ServerMetrics()
     prediction_log = _prediction_log(classifier, log, metrics, reference) if log else None
-    batcher = DynamicBatcher(_with_features(classifier) if log else classifier.predict_pixels, max_batch=max_batch,
-                             max_wait_s=max_wait_ms / 1000, max_queue=max_queue, on_batch=metrics.batch_size.observe)
+    live = LiveMonitor.of(getattr(classifier, "directory", None), list(classifier.classes))
+    metrics.watch(live.figures, GAUGES)
+    features = log or live.reference is not None  # the log's embeddings, the gauges' drift and novelty
+    batcher = DynamicBatcher(_with_features(classifier) if features else classifier.predict_pixels,
+                             max_batch=max_batch, max_wait_s=max_wait_ms / 1000, max_queue=max_queue,
+                             on_batch=metrics.batch_size.observe)
     metrics.queue.set_function(lambda: batcher.waiting)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         batcher.start()
+        live.start()
         yield
+        live.stop()
         await batcher.stop()
         if prediction_log is not None:
             prediction_log.close()
@@ -106,7 +113,8 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
         classifier, name, runtime, limits, batcher, metrics,
         hierarchy=None if classifier.info.multilabel else label_tree(classifier.classes),  # answers carry the path
         batching={"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_queue": max_queue},
-        page=files("imgclf.serve").joinpath("static/index.html").read_text(encoding="utf-8"), log=prediction_log)
+        page=files("imgclf.serve").joinpath("static/index.html").read_text(encoding="utf-8"), log=prediction_log,
+        live=live)
     if api_key:
         app.add_middleware(RequireApiKey, api_key=api_key)
     app.add_middleware(LimitAndMeasure, limits=limits, metrics=metrics)  # outermost: counts 401s
@@ -131,7 +139,7 @@ def _prediction_log(classifier: Any, options: LogOptions, metrics: ServerMetrics
 
 
 def _with_features(classifier: Any) -> Callable[[np.ndarray], PixelOutputs]:
-    """The batcher's model call under --log: probabilities and pooled features from the same forward pass."""
+    """The batcher's model call under --log or a monitoring reference: probabilities and pooled features at once."""
     both = getattr(classifier, "predict_pixels_with_features", None)
     return both if both is not None else lambda pixels: PixelOutputs(classifier.predict_pixels(pixels), None)
 

@@ -1,10 +1,13 @@
-"""Prometheus metrics of one server: requests by route and status, latency, batch sizes, queue depth.
+"""Prometheus metrics of one server: requests by route and status, latency, batch sizes, queue depth, and the
+live monitor's drift, novelty and confidence figures (:mod:`imgclf.watch.live`).
 
 Each app gets its own registry, so several servers (or tests) in one process
 never share counters.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
@@ -34,6 +37,12 @@ class ServerMetrics:
     def count_log_rows(self, outcome: str, rows: int) -> None:
         """The prediction log's writer reports here (``outcome``: written, dropped or failed)."""
         self.log_rows.labels(outcome).inc(rows)
+
+    def watch(self, figures: Callable[[], dict[str, float]], help_texts: dict[str, str]) -> None:
+        """Gauges ``imgclf_monitor_<name>`` that read the live monitor's latest ``figures()`` when scraped."""
+        for name, text in help_texts.items():
+            Gauge(f"imgclf_monitor_{name}", text, registry=self.registry).set_function(
+                lambda name=name: figures()[name])  # type: ignore[misc]  # the default binds each gauge's own name
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()

@@ -31,6 +31,7 @@ from imgclf.serve.metrics import ServerMetrics
 from imgclf.serve.uploads import IMAGE_TYPES, ApiError, Limits, Upload, decode_uploads, read_uploads
 from imgclf.serve.watching import record_answers, request_id
 from imgclf.version import __version__
+from imgclf.watch.live import LiveMonitor
 
 MAX_TOP_K = 1000
 
@@ -48,6 +49,7 @@ class Served:
     hierarchy: Hierarchy | None
     batching: dict[str, float]
     page: str
+    live: LiveMonitor  # the latest answers, for the monitor's gauges on /metrics
     explain_lock: threading.Lock = field(default_factory=threading.Lock)  # one Grad-CAM at a time: it hooks a layer
     log: Any = None  # --log: the PredictionLog every answer goes to (imgclf.serve.watching)
 
@@ -158,12 +160,14 @@ async def predict(state: State, received: Images, request: Request, response: Re
     state.metrics.images.inc(len(pixels))
     probabilities = outputs.probabilities if isinstance(outputs, PixelOutputs) else outputs
     k = min(top_k, len(classifier.classes))
+    ranking = classifier.ranking(probabilities)
+    features = getattr(outputs, "features", None)
+    state.live.observe(probabilities, ranking[:, 0], features)
     answers = [_ranked(upload.name, row, order[:k], classifier, state.hierarchy)
-               for upload, row, order in zip(received.uploads, probabilities, classifier.ranking(probabilities))]
+               for upload, row, order in zip(received.uploads, probabilities, ranking)]
     if state.log is not None:  # the log's hook: queues the rows, never waits or fails
         response.headers["X-Request-ID"] = identifier = request_id(request)
-        record_answers(state.log, classifier, received.uploads, answers, probabilities,
-                       getattr(outputs, "features", None), identifier)
+        record_answers(state.log, classifier, received.uploads, answers, probabilities, features, identifier)
     return {"model": state.name, "runtime": state.runtime, "predictions": answers}
 
 

@@ -10,7 +10,6 @@ thread.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import re
 import time
@@ -71,12 +70,9 @@ def bundle_reference(bundle_dir: Path) -> Any:
     ``load_reference(bundle_dir) -> Reference | None``, whose
     ``novelty(embeddings) -> (scores, novel)`` scores a batch.
     """
-    # TODO reference: imgclf/watch/reference.py comes with the monitor work; import it plainly once it has landed
-    try:
-        module = importlib.import_module("imgclf.watch.reference")
-    except ModuleNotFoundError:
-        return None
-    return module.load_reference(bundle_dir)
+    from imgclf.watch.reference import load_reference
+
+    return load_reference(bundle_dir)
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: one per bundle version, references unhashable

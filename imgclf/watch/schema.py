@@ -79,23 +79,26 @@ def _create_v1(connection: Any) -> None:
 MIGRATIONS: dict[int, Callable[[Any], None]] = {1: _create_v1}
 
 
-def database_url(log: str | Path) -> str:
-    """The SQLAlchemy URL of a ``--log`` value: a file path is SQLite, a ``postgresql://`` URL PostgreSQL."""
+def database_url(log: str | Path, named: str = "--log ") -> str:
+    """The SQLAlchemy URL of a ``--log`` value: a file path is SQLite, a ``postgresql://`` URL PostgreSQL.
+
+    ``named`` starts a refusal (the option's name, or nothing for a command's argument).
+    """
     text = str(log)
     if "://" not in text:
         return f"sqlite:///{Path(text).expanduser().absolute()}"
     if not text.startswith(SERVER_SCHEMES):
-        raise ImgclfError(f"--log {text.split('://')[0]}://...: not a database imgclf logs to; give a file path "
+        raise ImgclfError(f"{named}{text.split('://')[0]}://...: not a database imgclf logs to; give a file path "
                           "(SQLite) or a postgresql://user@host/db URL")
     if importlib.util.find_spec("psycopg") is None:
-        raise ImgclfError(f"--log {text.split('://')[0]}://...: PostgreSQL needs its driver; "
+        raise ImgclfError(f"{named}{text.split('://')[0]}://...: PostgreSQL needs its driver; "
                           "pip install 'imgclf[watch]'")
     return "postgresql+psycopg://" + text.split("://", 1)[1]
 
 
-def open_engine(log: str | Path) -> Any:
+def open_engine(log: str | Path, named: str = "--log ") -> Any:
     """An SQLAlchemy engine for the log (nothing is connected yet): SQLite in WAL mode, or PostgreSQL via psycopg."""
-    url = database_url(log)
+    url = database_url(log, named)
     if not url.startswith("sqlite"):
         return sa.create_engine(url, pool_pre_ping=True, pool_size=2)
     engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})

@@ -78,11 +78,14 @@ def draw_findings(findings: Sequence[dict], path: Path, max_pixels: int = DEFAUL
     images, titles = [], []
     for kind, entries in by_kind.items():
         for column in range(per_kind):
-            entry = entries[column] if column < len(entries) else None
-            decoded = decode_file(Path(entry["path"]), size, policy="pad", max_pixels=max_pixels) if entry else None
-            images.append(decoded.pixels if decoded is not None and decoded.pixels is not None else blank)
-            titles.append(f"{kind} {entry['score']:.3g}\n{' | '.join(entry['labels'])}: {Path(entry['path']).name[:18]}"
-                          if entry else "")
+            if column >= len(entries):
+                images.append(blank)
+                titles.append("")
+                continue
+            entry = entries[column]
+            decoded = decode_file(Path(entry["path"]), size, policy="pad", max_pixels=max_pixels)
+            images.append(decoded.pixels if decoded.pixels is not None else blank)
+            titles.append(f"{kind} {entry['score']:.3g}\n{' | '.join(entry['labels'])}: {Path(entry['path']).name[:18]}")
     return save_image_grid(images, titles, path, columns=per_kind, title="inspect: the worst images of each kind")
 
 

@@ -93,3 +93,22 @@ def test_interrupted_build_leaves_no_entry(class_folder: Path, tmp_path: Path, m
     assert list((tmp_path / "c").iterdir()) == []
     monkeypatch.setattr(cache_module, "decode_file", real)
     assert not build_cache(files_of(class_folder), (8, 8), cache_root=tmp_path / "c").reused
+
+
+def test_a_new_entry_decodes_only_files_no_entry_of_its_settings_holds(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    root = make_class_folder(tmp_path / "data", per_class=10, size=16)
+    old = files_of(root)
+    build_cache(old, (8, 8), cache_root=tmp_path / "c", source="old")
+    added = [make_image(root / "red" / f"new{k}.png", (250, 10, 10), 16, seed=k) for k in range(3)]
+    facts = build_cache(old, None, cache_root=tmp_path / "c", source="old")  # other settings: never a donor
+    decoded: list[Path] = []
+    real = cache_module.decode_file
+    monkeypatch.setattr(cache_module, "decode_file", lambda path, *a, **k: decoded.append(path) or real(path, *a, **k))
+    both = build_cache([added[0], *old, *added[1:]], (8, 8), cache_root=tmp_path / "c", source="update")
+    assert sorted(decoded) == sorted(added)
+    monkeypatch.setattr(cache_module, "decode_file", real)
+    cold = build_cache([added[0], *old, *added[1:]], (8, 8), cache_root=tmp_path / "cold")
+    np.testing.assert_array_equal(both.pixels, cold.pixels)
+    assert both.digests.tolist() == cold.digests.tolist() and both.widths.tolist() == cold.widths.tolist()
+    assert facts.pixels is None and len(facts.digests) == len(old)

@@ -5,7 +5,10 @@ uint8 array of shape (N, H, W, C) saved as ``.npy`` and memory-mapped, plus
 per-file facts (original size, mode, content hash, decode error). It is keyed
 by the file list with each file's size and modification time, the target
 size and the resize policy, so a changed, added or removed file means a new
-entry, and a repeated run costs one ``stat`` per file.
+entry, and a repeated run costs one ``stat`` per file. A new entry copies the
+rows of files an entry of the same settings already holds unchanged, and
+decodes only the rest: photos added to a folder, or ``update``'s old run plus
+its new images, decode only what is new.
 
 With ``size=None`` an entry holds only the facts: that is what ``inspect``
 needs, and it still decodes every file fully so truncated ones are caught;
@@ -26,7 +29,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -99,7 +102,8 @@ def build_cache(
     settings = {"version": CACHE_VERSION, "size": list(size) if size else None, "policy": policy,
                 "grayscale": grayscale, "max_pixels": max_pixels,
                 **({} if size else {"quality": QUALITY_VERSION})}  # facts-only entries carry the quality measures
-    key = _digest([settings, _fingerprints(files)])
+    prints = _fingerprints(files)
+    key = _digest([settings, prints])
     directory = cache_root / key
     if (directory / "index.json").exists():
         os.utime(directory / "index.json")  # last-used time, for anyone pruning by age
@@ -109,7 +113,8 @@ def build_cache(
             log.warning(f"the decode cache entry {directory} is damaged ({one_line(error)}); decoding again")
             shutil.rmtree(directory, ignore_errors=True)
     family = _digest([settings, source]) if source else ""
-    _write(directory, files, size, policy, grayscale, max_pixels, workers, description, family)
+    job = _DecodeJob(None, size, policy, grayscale, max_pixels)
+    _write(directory, files, job, _Entry(_digest(settings), family, prints), workers, description, cache_root)
     if family:
         _remove_superseded(cache_root, family, keep=directory)
     return _load(directory, files, size, started, reused=False)
@@ -130,28 +135,34 @@ def _digest(value: object) -> str:
     return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:32]
 
 
-def _write(directory: Path, files: list[Path], size: tuple[int, int] | None, policy: ResizePolicy,
-           grayscale: bool, max_pixels: int, workers: int | None, description: str, family: str) -> None:
+@dataclass(frozen=True)
+class _Entry:
+    """What an entry's ``index.json`` and ``files.json`` say of it, beyond its pixels."""
+
+    settings: str  # the digest of the decode settings: entries of equal settings can share rows
+    family: str
+    prints: list[tuple[str, int, int]]  # (path, size, mtime) of each row's file
+
+
+def _write(directory: Path, files: list[Path], job: _DecodeJob, entry: _Entry, workers: int | None,
+           description: str, cache_root: Path) -> None:
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        if size is not None:
-            channels = 1 if grayscale else 3
+        if job.size is not None:
             np.lib.format.open_memmap(tmp / "pixels.npy", mode="w+", dtype=np.uint8,
-                                      shape=(len(files), *size, channels)).flush()
-        job = _DecodeJob(tmp / "pixels.npy" if size else None, size, policy, grayscale, max_pixels)
-        facts = _decode_all(job, files, workers, description)
-        np.savez(tmp / "meta.npz",
-                 widths=np.array([f.width for f in facts], dtype=np.int32),
-                 heights=np.array([f.height for f in facts], dtype=np.int32),
-                 modes=np.array([f.mode for f in facts], dtype="U8"),
-                 digests=np.array([f.digest for f in facts], dtype="U32"),
-                 **({} if size else {"quality": np.array([f.quality for f in facts], dtype=np.float32).reshape(-1, len(MEASURES))}))
-        errors = {str(f.position): f.error for f in facts if f.error}
-        (tmp / "errors.json").write_text(json.dumps(errors))
-        index = {"version": CACHE_VERSION, "family": family, "files": len(files),
-                 "size": list(size) if size else None, "policy": policy, "grayscale": grayscale}
+                                      shape=(len(files), *job.size, 1 if job.grayscale else 3)).flush()
+        job = replace(job, pixels_path=tmp / "pixels.npy" if job.size else None)
+        donor = _donor(cache_root, entry)
+        facts = _copy_rows(donor, job) if donor else []
+        copied = {fact.position for fact in facts}
+        missing = [(index, file) for index, file in enumerate(files) if index not in copied]
+        facts = sorted(facts + _decode_all(job, missing, workers, description, total=len(files)))
+        _write_facts(tmp, facts, job.size is None)
+        index = {"version": CACHE_VERSION, "family": entry.family, "settings": entry.settings, "files": len(files),
+                 "size": list(job.size) if job.size else None, "policy": job.policy, "grayscale": job.grayscale}
+        (tmp / "files.json").write_text(json.dumps(entry.prints))
         (tmp / "index.json").write_text(json.dumps(index))
         try:
             os.rename(tmp, directory)
@@ -163,6 +174,58 @@ def _write(directory: Path, files: list[Path], size: tuple[int, int] | None, pol
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write_facts(folder: Path, facts: list[_Facts], with_quality: bool) -> None:
+    arrays: dict[str, np.ndarray] = {
+        "widths": np.array([f.width for f in facts], dtype=np.int32),
+        "heights": np.array([f.height for f in facts], dtype=np.int32),
+        "modes": np.array([f.mode for f in facts], dtype="U8"),
+        "digests": np.array([f.digest for f in facts], dtype="U32")}
+    if with_quality:
+        arrays["quality"] = np.array([f.quality for f in facts], dtype=np.float32).reshape(-1, len(MEASURES))
+    np.savez(folder / "meta.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as its one bool
+    (folder / "errors.json").write_text(json.dumps({str(f.position): f.error for f in facts if f.error}))
+
+
+def _donor(cache_root: Path, entry: _Entry) -> tuple[Path, dict[int, int]] | None:
+    """The entry of the same settings holding the most of these files unchanged: (its folder, {our row: its row})."""
+    wanted = {tuple(print_): row for row, print_ in enumerate(entry.prints)}
+    best: tuple[Path, dict[int, int]] | None = None
+    for index_file in cache_root.glob("*/index.json"):
+        try:
+            if json.loads(index_file.read_text()).get("settings") != entry.settings:
+                continue
+            theirs = json.loads((index_file.parent / "files.json").read_text())
+        except (OSError, ValueError):
+            continue
+        rows = {wanted[key]: row for row, print_ in enumerate(theirs) if (key := tuple(print_)) in wanted}
+        if rows and (best is None or len(rows) > len(best[1])):
+            best = (index_file.parent, rows)
+    return best
+
+
+def _copy_rows(donor: tuple[Path, dict[int, int]], job: _DecodeJob, chunk: int = 1024) -> list[_Facts]:
+    """The donor's rows (pixels into the new memmap) and facts for the files it holds; [] if it cannot be read."""
+    folder, rows = donor
+    try:
+        meta = np.load(folder / "meta.npz", allow_pickle=False)
+        errors = json.loads((folder / "errors.json").read_text())
+        ours, theirs = np.array(list(rows)), np.array(list(rows.values()))
+        if job.pixels_path is not None:
+            source = np.load(folder / "pixels.npy", mmap_mode="r", allow_pickle=False)
+            target = np.load(job.pixels_path, mmap_mode="r+")
+            for start in range(0, len(ours), chunk):
+                target[ours[start:start + chunk]] = source[theirs[start:start + chunk]]
+            target.flush()
+        quality = meta["quality"] if job.size is None else None
+        return [_Facts(int(mine), int(meta["widths"][row]), int(meta["heights"][row]), str(meta["modes"][row]),
+                       str(meta["digests"][row]), errors.get(str(row), ""),
+                       tuple(quality[row].tolist()) if quality is not None else ())
+                for mine, row in zip(ours, theirs)]
+    except (OSError, ValueError, KeyError) as error:  # a damaged donor: decode everything instead
+        log.warning(f"the decode cache entry {folder} cannot be reused ({one_line(error)}); decoding again")
+        return []
 
 
 class _Facts(NamedTuple):
@@ -204,17 +267,19 @@ class _DecodeJob:
         return facts
 
 
-def _decode_all(job: _DecodeJob, files: list[Path], workers: int | None, description: str) -> list[_Facts]:
-    """Decode in the worker processes of :mod:`imgclf.data.workers`, each chunk's pixels straight into the memmap."""
+def _decode_all(job: _DecodeJob, files: list[tuple[int, Path]], workers: int | None, description: str,
+                total: int) -> list[_Facts]:
+    """Decode ``files`` (row, path) in the worker processes of :mod:`imgclf.data.workers`, each chunk's pixels
+    straight into the memmap; the bar counts all ``total`` rows, those copied from an earlier entry done."""
     workers = workers or os.cpu_count() or 1
     if len(files) < PARALLEL_THRESHOLD:
         workers = 1
-    indexed = [(index, str(file)) for index, file in enumerate(files)]
+    indexed = [(index, str(file)) for index, file in files]
     chunk_size = max(1, min(512, len(files) // (workers * 8) or 1))
     chunks = [indexed[start:start + chunk_size] for start in range(0, len(indexed), chunk_size)]
     facts: list[_Facts] = []
     with progress_bar() as bar:
-        task = bar.add_task(description, total=len(files))
+        task = bar.add_task(description, total=total, completed=total - len(files))
         for result in run_in_workers(job.run, chunks, workers, ahead_per_worker=CHUNKS_AHEAD_PER_WORKER):
             facts += result
             bar.advance(task, len(result))

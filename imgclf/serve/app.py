@@ -97,13 +97,13 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
     if api_key:
         app.add_middleware(RequireApiKey, api_key=api_key)
     app.add_middleware(LimitAndMeasure, limits=limits, metrics=metrics)  # outermost: counts 401s
-    _add_error_handlers(app)
+    add_error_handlers(app)
     app.include_router(routes.api)
     app.include_router(routes.operations)
     return app
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def add_error_handlers(app: FastAPI) -> None:
     """One JSON error shape for every refusal: ours, FastAPI's validation, Starlette's 404/405/400."""
 
     def error(status: int, message: str) -> JSONResponse:

@@ -22,7 +22,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, Field
 
 from imgclf.data.hierarchy import parse_path
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, one_line
 from imgclf.review.items import Decision, ReviewSource
 
 MAX_CHANGES = 100_000  # one request's decisions: a bulk action's undo sends as many as the action changed
@@ -106,7 +106,10 @@ def _state(source: ReviewSource) -> dict[str, Any]:
 
 def _apply(source: ReviewSource, changes: dict[str, Decision | None]) -> dict[str, Any]:
     before = source.decisions()
-    source.decide(changes)
+    try:
+        source.decide(changes)
+    except OSError as error:  # a full disk or a read-only folder: the file is as it was, and the page says so
+        raise HTTPException(507, f"the decisions were not saved: {one_line(error)}") from None
     return {"previous": {key: _json(before.get(key)) for key in changes}, **_state(source)}
 
 

@@ -92,13 +92,13 @@ def open_data_review(data: str | Path, *, run: str | Path | None = None, correct
     from imgclf import api
 
     dataset = load_source(data)
+    index = ImageIndex(dataset)
+    from_run = run_findings(run, index, neighbours) if run is not None else []
     with tempfile.TemporaryDirectory(prefix="imgclf-review-") as scratch:
         inspected = api.inspect(data, out=scratch, near_duplicates=near_duplicates, workers=workers,
                                 embedding_model=embedding_model or api.DEFAULT_EMBEDDING_MODEL)
-    index = ImageIndex(dataset)
     findings = inspect_findings(index, inspected.report.to_json())
-    if run is not None:
-        findings.items += run_findings(run, index, neighbours)
+    findings.items += from_run
     target = Path(corrections) if corrections else default_corrections(dataset)
     read_corrections(target)  # a malformed file is refused before the page opens, not on the first click
     return DataReview(index, findings, dataset.classes, target)

@@ -46,7 +46,7 @@ class Findings:
     """The review items, plus the groups and sets the bulk actions act on (keys are the files' paths)."""
 
     items: list[ReviewItem] = field(default_factory=list)
-    groups: list[list[str]] = field(default_factory=list)  # duplicates: the first of each is the one kept
+    groups: list[list[str]] = field(default_factory=list)  # same-label copies: the first of each is the one kept
     broken: list[str] = field(default_factory=list)
 
 
@@ -87,7 +87,8 @@ def _add_group(found: Findings, index: ImageIndex, name: str, kind: str, paths: 
     for number in numbers:
         others = tuple(Evidence(other, f"same picture: {index.caption(other)}") for other in numbers if other != number)
         found.items.append(_item(index, number, shown, f"{how} ({len(numbers)} files)", evidence=others, group=name))
-    found.groups.append([str(index.paths[number]) for number in sorted(numbers, key=lambda n: _keep_first(index, n))])
+    if shown != "duplicate across labels":  # which label is right is for a person to say, not "keep one"
+        found.groups.append([str(index.paths[number]) for number in sorted(numbers, key=lambda n: _keep_first(index, n))])
 
 
 def _keep_first(index: ImageIndex, number: int) -> tuple[int, str]:

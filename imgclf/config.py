@@ -19,6 +19,7 @@ import yaml
 
 from imgclf.backends import RECORDS
 from imgclf.data.augment_presets import PRESETS
+from imgclf.data.corrections import parse_rename_options
 from imgclf.errors import ImgclfError, one_line
 from imgclf.thresholds import DEFAULT_GOAL, GOAL_HELP, parse_goal
 
@@ -65,6 +66,11 @@ class TrainConfig:
     split_seed: int = option(0, "Seed that picks the images carved out for validation and test (and "
                                 "cross-validation folds).", "Data")
     group_by: str | None = option(None, "Regex on the path; matching groups stay in one split.", "Data")
+    corrections: str | None = option(None, "A corrections CSV (path,action,label,reason,time; imgclf review "
+                                           "writes one): its exclusions, relabels and class renames are applied on "
+                                           "top of the data, whose files stay as they are.", "Data")
+    rename: list[str] = option(None, "Rename (or merge) a class: OLD=NEW, repeatable; the same as a rename row in "
+                                     "--corrections.", "Data", factory=list)
     image_size: int | None = option(None, "Input side in pixels.", "Data")
     resize: str | None = option(None, "How images reach the input size (crop: centre crop); default: crop with "
                                       "pretrained weights, else squash.", "Data", choices=RESIZE_POLICIES)
@@ -193,7 +199,8 @@ def make_config(config_file: str | Path | None = None, **options: Any) -> TrainC
     return config
 
 
-_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict[str, Any]": (dict,)}
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict[str, Any]": (dict,),
+          "list[str]": (list,)}
 
 
 def _check_types(values: dict[str, Any]) -> None:
@@ -295,6 +302,9 @@ def validate(config: TrainConfig) -> None:
             names = ", ".join(f"--{name.replace('_', '-')}" for name in images_only)
             raise ImgclfError(f"--strategy tail trains on cached activations, one per image and view: {names} "
                               "cannot act there; drop it, or use --strategy two-stage")
+    if any(not isinstance(value, str) for value in config.rename):
+        raise ImgclfError(f"option rename: expected a list of OLD=NEW texts, got {config.rename!r}")
+    parse_rename_options(config.rename)
     if config.weights is not None and config.pretrained is False:
         raise ImgclfError("--weights was given with --no-pretrained; drop one of them")
 

@@ -60,6 +60,11 @@ class RunDirectory:
         return self.path / "choices.json"
 
     @property
+    def corrections_file(self) -> Path:
+        """What ``--corrections``/``--rename`` did to the data: the file, its digest, what applied (when given)."""
+        return self.path / "corrections.json"
+
+    @property
     def metrics_file(self) -> Path:
         return self.path / "metrics.csv"
 
@@ -113,6 +118,19 @@ class RunDirectory:
             return None
         options = values.get("user_options") if isinstance(values, dict) else None
         return options if isinstance(options, dict) else None
+
+    def write_corrections(self, record: dict[str, Any] | None) -> None:
+        """Keep which corrections made the run's data (``ImageDataset.corrections``); nothing when none were given."""
+        if record is not None:
+            write_text_atomic(self.corrections_file, json.dumps(record, indent=2))
+
+    def read_corrections(self) -> dict[str, Any] | None:
+        """The corrections the run's data was made with, or None (none given, or a run from before them)."""
+        try:
+            values = json.loads(self.corrections_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        return values if isinstance(values, dict) else None
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite metrics.csv from the whole history, so a resumed run's file has no gaps or repeats."""

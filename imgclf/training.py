@@ -94,7 +94,8 @@ def plan(config: TrainConfig, archive: str | Path | None = None) -> tuple[TrainC
     backend = get_backend(config.backend)
     config, weights_source = backend.prepare(config)
     dataset = load_dataset(config.data, archive=archive, val_fraction=config.val_fraction,
-                           test_fraction=config.test_fraction, seed=config.split_seed, group_by=config.group_by)
+                           test_fraction=config.test_fraction, seed=config.split_seed, group_by=config.group_by,
+                           corrections=config.corrections, rename=config.rename)
     if config.label_depth:  # after the split: it stays stratified by the full paths
         dataset = cut_labels(dataset, config.label_depth)
     label_tree(dataset.classes, dataset.source)  # path labels must parse now, not when the bundle is loaded
@@ -209,6 +210,7 @@ def _new_run(world: World, config: TrainConfig, dataset: ImageDataset, overwrite
             run.write_config(replace(config, out=str(run.path)))
             run.write_choices(chosen_by_user)
             write_manifest(dataset, run.split_file)
+            run.write_corrections(dataset.corrections)
             made = str(run.path)
         except ImgclfError as error:
             made = error

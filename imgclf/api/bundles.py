@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from imgclf.errors import ImgclfError
+from imgclf.files import write_text_atomic
 from imgclf.runs import slug
 
 if TYPE_CHECKING:  # the heavy modules load only when their command runs
@@ -44,7 +46,8 @@ def models(filter: str = "") -> list[ModelInfo]:
 def evaluate(model: str | Path, data: str | Path | None = None, *, out: str | Path | None = None,
              split: str | None = None, tta: bool | None = None, label_issues: bool = False,
              folds: int | None = None, batch_size: int = 64, device: str = "auto", runtime: str = "auto",
-             track: str | None = None) -> Evaluation:
+             track: str | None = None, corrections: str | Path | None = None,
+             rename: Sequence[str] = ()) -> Evaluation:
     """Metrics, pictures and (with ``label_issues``) likely label errors of ``model`` on labelled images.
 
     ``data`` is any source; by default the run's own test split (validation
@@ -52,27 +55,33 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, out: str | Pa
     ``RUN/evaluation`` for a run's own split, else ``evaluation-<data name>``).
     ``folds`` finds label issues from K-fold cross-validated predictions
     (K models retrained with the bundle's recipe) instead. ``track="mlflow"``
-    logs the figures and pictures as an MLflow run (see :mod:`imgclf.workflows.tracking`).
+    logs the figures and pictures as an MLflow run (see :mod:`imgclf.workflows.tracking`). ``corrections`` (a
+    corrections CSV) and ``rename`` (``OLD=NEW`` class renames) apply to the images first, as in training; what they
+    did is kept in ``corrections.json`` in ``out``.
     """
     from imgclf.deploy.bundle import find_bundle
     from imgclf.deploy.classifier import Classifier
+    from imgclf.evaluation.evaluate import choose_split, evaluation_dataset
     from imgclf.evaluation.evaluate import evaluate as run_evaluation
-    from imgclf.evaluation.evaluate import evaluation_items
     from imgclf.workflows.cross_validation import CrossValidation
     from imgclf.workflows.tracking import check_tracker, tracked_run
 
     if batch_size < 1:
         raise ImgclfError(f"--batch-size must be at least 1, got {batch_size}")
     check_tracker(track)
-    items, chosen = evaluation_items(model, data, split)
+    dataset = evaluation_dataset(model, data, corrections, rename)
+    items, chosen = choose_split(dataset, split)
     classifier = Classifier.load(model, device=device, tta=tta, runtime=runtime, batch_size=batch_size)
     if out is None:
         out = find_bundle(model).parent / "evaluation" if data is None else Path(f"evaluation-{slug(str(data), 'data')}")
     with tracked_run(track, f"evaluate {Path(model).name}", tags={"command": "evaluate"}) as tracker:
         tracker.log_params({"model": str(model), "data": str(data) if data is not None else "its run's split",
-                            "split": chosen, "runtime": runtime, "tta": classifier.tta})
+                            "split": chosen, "runtime": runtime, "tta": classifier.tta,
+                            **({"corrections": dataset.corrections["digest"]} if dataset.corrections else {})})
         evaluation = run_evaluation(classifier, items, chosen, Path(out), label_issues=label_issues,
                                     out_of_fold=CrossValidation(folds) if folds else None, batch_size=batch_size)
+        if dataset.corrections:
+            write_text_atomic(Path(out) / "corrections.json", json.dumps(dataset.corrections, indent=2))
         tracker.log_metrics({name: value for name, value in evaluation.metrics.items() if name != "confusion_matrix"})
         tracker.log_artifacts([Path(out)])
     return evaluation

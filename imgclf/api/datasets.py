@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ import numpy as np
 
 from imgclf.api.embedding import DEFAULT_EMBEDDING_MODEL
 from imgclf.data.cache import ImageCache, build_cache
+from imgclf.data.corrections import correct_dataset
 from imgclf.data.decode import DEFAULT_MAX_PIXELS
 from imgclf.data.inspect import InspectReport, inspect_dataset, near_duplicate_warnings
 from imgclf.data.sources import ImageDataset, load_source
@@ -45,6 +47,8 @@ def inspect(
     near_duplicates: bool = False,
     embedding_model: str | Path = DEFAULT_EMBEDDING_MODEL,
     similarity_threshold: float | None = None,
+    corrections: str | Path | None = None,
+    rename: Sequence[str] = (),
 ) -> InspectResult:
     """Check every file of ``source`` and summarise the dataset as it is.
 
@@ -59,11 +63,15 @@ def inspect(
     reports pairs at least ``similarity_threshold`` alike that are not the
     same bytes (resized, re-encoded, mirrored copies), across splits
     (leakage) and within them, drawn in ``near_duplicates.png``.
+
+    ``corrections`` (a corrections CSV) and ``rename`` (``OLD=NEW``) apply
+    first, so the report shows the data as training would see it.
     """
-    dataset = load_source(source, Path(archive) if archive else None)
+    dataset = correct_dataset(load_source(source, Path(archive) if archive else None), corrections, rename)
     cache = build_cache([item.path for item in dataset.items], size=None, max_pixels=max_pixels,
                         workers=workers, source=dataset.source, description="Checking images")
     report = inspect_dataset(dataset, cache)
+    report.corrections = dataset.corrections
     out_dir = Path(out) if out else Path(f"inspect-{slug(dataset.source, 'dataset')}")
     if out_dir.exists() and not out_dir.is_dir():
         raise ImgclfError(f"--out {out_dir} is a file; give a folder for the inspect report")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 from imgclf import api
-from imgclf.cli.options import ArchiveOption, Opt, Source, config_flags
+from imgclf.cli.options import ArchiveOption, CorrectionsOption, Opt, RenameOption, Source, config_flags
 from imgclf.cli.render.data import print_report
 from imgclf.console import console
 from imgclf.data.decode import DEFAULT_MAX_PIXELS
@@ -25,11 +25,14 @@ def inspect(
         api.DEFAULT_EMBEDDING_MODEL,
     similarity_threshold: Annotated[Optional[float], Opt(
         help="Lowest similarity (0..1) reported by --near-duplicates (default 0.9).")] = None,
+    corrections: CorrectionsOption = None,
+    rename: RenameOption = None,
     **options: Any,
 ) -> None:
     """Count classes per split as given, check every file, find duplicates and leakage."""
     result = api.inspect(source, out=out, archive=archive, near_duplicates=near_duplicates,
-                         embedding_model=embedding_model, similarity_threshold=similarity_threshold, **options)
+                         embedding_model=embedding_model, similarity_threshold=similarity_threshold,
+                         corrections=corrections, rename=rename or (), **options)
     if as_json:
         print(json.dumps(result.report.to_json(), indent=2))
         return

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from imgclf import api
-from imgclf.cli.options import Model, Opt, RuntimeOption, TtaOption, config_help
+from imgclf.cli.options import CorrectionsOption, Model, Opt, RenameOption, RuntimeOption, TtaOption, config_help
 from imgclf.cli.render.evaluate import print_calibration, print_evaluation
 from imgclf.console import console
 
@@ -27,10 +27,13 @@ def evaluate(
     runtime: RuntimeOption = "auto",
     as_json: Annotated[bool, Opt("--json", help="Print metrics.json on stdout.")] = False,
     track: Annotated[Optional[str], Opt(help=config_help("track"))] = None,
+    corrections: CorrectionsOption = None,
+    rename: RenameOption = None,
 ) -> None:
     """Metrics, confusion matrix, ROC, calibration and worst mistakes of a model on labelled images."""
     result = api.evaluate(model, data, out=out, split=split, tta=tta, label_issues=label_issues, folds=folds,
-                          batch_size=batch_size, runtime=runtime, track=track)
+                          batch_size=batch_size, runtime=runtime, track=track, corrections=corrections,
+                          rename=rename or ())
     if as_json:
         print(json.dumps(result.metrics, indent=2))
         return

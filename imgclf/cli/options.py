@@ -40,6 +40,12 @@ def config_help(name: str) -> str:
 Source = Annotated[str, typer.Argument(help=config_help("data"), show_default=False)]
 ArchiveOption = Annotated[Optional[Path], Opt("--from", help="Local copy of the CIFAR archive (no download).")]
 
+# Corrections on top of the data (imgclf.data.corrections): train and tune get --corrections from TrainConfig; the
+# commands that are not training (inspect, evaluate, update) declare these; --rename everywhere (a list: no field flag).
+CorrectionsOption = Annotated[Optional[Path], Opt(help=config_help("corrections"), show_default=False)]
+RenameOption = Annotated[Optional[list[str]], Opt("--rename", help=config_help("rename"), rich_help_panel="Data",
+                                                  show_default=False)]
+
 # A trained model, and how it runs: evaluate, predict, explain, export, serve, calibrate.
 Model = Annotated[str, typer.Argument(help="A run directory (runs/NAME) or a model bundle folder.", show_default=False)]
 TtaOption = Annotated[Optional[bool], Opt("--tta/--no-tta", help="Flip averaging (default: as the model trained).",

@@ -13,6 +13,7 @@ from imgclf.cli.options import (
     ArchiveOption,
     ModelArgsOption,
     Opt,
+    RenameOption,
     Source,
     config_flags,
     config_help,
@@ -42,6 +43,7 @@ def train(
     overwrite: Annotated[bool, Opt(help="Replace an existing --out run.", rich_help_panel="Run")] = False,
     dry_run: Annotated[bool, Opt(help="Print the resolved config and exit.", rich_help_panel="Run")] = False,
     model_args: ModelArgsOption = None,
+    rename: RenameOption = None,
     archive: ArchiveOption = None,
     nproc: Annotated[Optional[int], Opt(help="Train as N processes on this machine (torchrun; gloo on CPU, one GPU "
                                         "each on CUDA). Several machines: docs/guides/distributed.md.",
@@ -52,6 +54,8 @@ def train(
     options: dict[str, Any] = {name: value for name, value in config_values.items() if value is not None}
     if model_args:
         options["model_args"] = parse_model_args(model_args)
+    if rename:
+        options["rename"] = rename
     if nproc is not None and not dry_run:
         raise typer.Exit(api.train_processes(nproc, sys.argv[1:], data, config=config, archive=archive,
                                              resume=resume, **options))
@@ -104,6 +108,7 @@ def tune(
     config: Annotated[Optional[Path], Opt(help="YAML file of fixed training options; flags win.",
                                           rich_help_panel="Run")] = None,
     model_args: ModelArgsOption = None,
+    rename: RenameOption = None,
     archive: ArchiveOption = None,
     **config_values: object,
 ) -> None:
@@ -111,6 +116,8 @@ def tune(
     options = _fixed_options(config, config_values)
     if model_args:
         options["model_args"] = parse_model_args(model_args)
+    if rename:
+        options["rename"] = rename
     result = api.tune(data, out=out, trials=trials, time_budget=time_budget, storage=storage, study_name=study_name,
                       space=space, startup_trials=startup_trials, archive=archive, **options)
     print_study(result)

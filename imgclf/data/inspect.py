@@ -64,6 +64,7 @@ class InspectReport:
     tree: dict[str, int] = field(default_factory=dict)  # path labels: images under every category path
     label_sets: dict | None = None  # multi-label data: labels per image and co-occurrence (label_cooccurrence)
     images: dict[str, int] = field(default_factory=dict)  # readable images per split
+    corrections: dict | None = None  # what --corrections/--rename did (ImageDataset.corrections); None: none given
 
     @property
     def split_totals(self) -> dict[str, int]:
@@ -86,6 +87,7 @@ class InspectReport:
             **({"near_duplicates": self.near_duplicates} if self.near_duplicates is not None else {}),
             **({"tree": self.tree} if self.tree else {}),
             **({"label_sets": self.label_sets} if self.label_sets is not None else {}),
+            **({"corrections": self.corrections} if self.corrections is not None else {}),
             "warnings": self.warnings,
         }
 

@@ -77,6 +77,8 @@ class ImageDataset:
     multilabel: bool = False
     source: str = ""
     ignored: list[Path] = field(default_factory=list)
+    # what a corrections file and --rename did to it (imgclf.data.corrections.correct_dataset), for the run's record
+    corrections: dict | None = None
 
     @property
     def splits(self) -> list[str]:

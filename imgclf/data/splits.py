@@ -23,10 +23,11 @@ from __future__ import annotations
 import random
 import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
+from imgclf.data.corrections import correct_dataset
 from imgclf.data.sources import ImageDataset, Item, load_source
 from imgclf.errors import ImgclfError
 
@@ -39,14 +40,20 @@ def load_dataset(
     test_fraction: float = 0.1,
     seed: int = 0,
     group_by: str | None = None,
+    corrections: str | Path | None = None,
+    rename: Iterable[str] = (),
 ) -> ImageDataset:
     """Read ``source`` (folder, CSV manifest, ``cifar10``/``cifar100``) and give every image a split.
 
-    See the module rules for which splits are carved and when.
+    See the module rules for which splits are carved and when. ``corrections``
+    (a corrections CSV) and ``rename`` (``OLD=NEW`` class renames) apply after
+    the split, so excluding or relabelling a few images leaves every other
+    image on the side it was (:mod:`imgclf.data.corrections`).
     """
     dataset = load_source(source, Path(archive) if archive else None)
-    return assign_splits(dataset, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                         group_by=group_by)
+    dataset = assign_splits(dataset, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                            group_by=group_by)
+    return correct_dataset(dataset, corrections, rename)
 
 
 def assign_splits(
@@ -175,6 +182,29 @@ def require_training_images(dataset: ImageDataset, what: str = "training images"
     named = "; ".join(f"'{name}' ({'only in ' + ', '.join(splits) if splits else 'none in any split'})"
                       for name, splits in list(missing.items())[:5])
     more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    renames = _suggested_renames(list(missing), [name for name in counts if name not in missing])
+    suggestion = f" (or, leaving the folders as they are: {' '.join(renames)})" if renames else ""
     raise ImgclfError(
-        f"{dataset.source}: {len(missing)} class(es) have no {what}: {named}{more}; {fix}"
+        f"{dataset.source}: {len(missing)} class(es) have no {what}: {named}{more}; {fix}{suggestion}"
     )
+
+
+def _suggested_renames(missing: list[str], trained: list[str]) -> list[str]:
+    """``--rename OLD=NEW`` for each class without training images whose last path part names a training class.
+
+    A test folder ``Roses`` beside a training ``roses``, or ``flowers/roses``
+    beside ``roses``: the same class spelt two ways, which a rename merges.
+    """
+    def last_part(name: str) -> str:
+        return re.sub(r"[\s_-]+", " ", name.rsplit("/", 1)[-1]).strip().lower()
+
+    by_part: dict[str, list[str]] = defaultdict(list)
+    for name in trained:
+        by_part[last_part(name)].append(name)
+    suggestions = []
+    for name in missing:
+        matches = by_part.get(last_part(name), [])
+        if len(matches) == 1:
+            pair = f"{name}={matches[0]}"
+            suggestions.append(f"--rename '{pair}'" if re.search(r"[^\w/.=-]", pair) else f"--rename {pair}")
+    return suggestions

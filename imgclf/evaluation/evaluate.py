@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from imgclf.console import progress_bar
+from imgclf.data.corrections import correct_dataset
 from imgclf.data.decode import decode_file
 from imgclf.data.hierarchy import cut_items
 from imgclf.data.sources import ImageDataset, Item, label_indices, load_source
@@ -65,6 +66,12 @@ class Evaluation:
 
 def evaluation_items(model: str | Path, data: str | Path | None, split: str | None) -> tuple[list[Item], str]:
     """The labelled images to evaluate on, and the name of the split they come from."""
+    return choose_split(evaluation_dataset(model, data), split)
+
+
+def evaluation_dataset(model: str | Path, data: str | Path | None, corrections: str | Path | None = None,
+                       rename: Iterable[str] = ()) -> ImageDataset:
+    """``data`` (by default the run's own ``split.csv``) with ``corrections`` and ``rename`` applied."""
     if data is None:
         run = RunDirectory(find_bundle(model).parent)
         if not run.has_split():
@@ -73,10 +80,10 @@ def evaluation_items(model: str | Path, data: str | Path | None, split: str | No
         dataset = run.read_split()
     else:
         dataset = load_source(data)
-    return _choose_split(dataset, split)
+    return correct_dataset(dataset, corrections, rename)
 
 
-def _choose_split(dataset: ImageDataset, split: str | None) -> tuple[list[Item], str]:
+def choose_split(dataset: ImageDataset, split: str | None) -> tuple[list[Item], str]:
     if split == "all":
         return dataset.items, "all"
     if split is not None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from imgclf.data import corrections as corrections_file
 from imgclf.data.sources import ImageDataset, load_source
-from imgclf.review.corrections_file import change_corrections, read_corrections
 from imgclf.review.findings import KINDS, Findings, ImageIndex, inspect_findings
 from imgclf.review.items import BulkAction, Counts, Decision, ReviewItem
 from imgclf.review.run_findings import run_findings
@@ -51,15 +51,18 @@ class DataReview:
 
     def decisions(self) -> dict[str, Decision]:
         """The corrections file's rows about this dataset's findings, read again on every call."""
-        return {key: Decision(row["action"], row["label"], row["time"])
-                for key, row in read_corrections(self.corrections).items() if key in self._reasons}
+        if not self.corrections.exists():
+            return {}
+        return {row.path: Decision(row.action, row.label, row.time) for row in corrections_file.read(self.corrections)
+                if row.action != "rename" and row.path in self._reasons}
 
     def decide(self, changes: dict[str, Decision | None]) -> None:
-        change_corrections(self.corrections, {
-            key: None if decision is None else {"action": decision.action, "label": decision.label,
-                                                "reason": "; ".join(dict.fromkeys(self._reasons.get(key, []))),
-                                                "time": decision.time}
-            for key, decision in changes.items()})
+        corrections_file.change(
+            self.corrections,
+            upserts=[corrections_file.Correction(key, decision.action, decision.label,
+                                                 "; ".join(dict.fromkeys(self._reasons.get(key, []))), decision.time)
+                     for key, decision in changes.items() if decision is not None],
+            removals=[("file", key) for key, decision in changes.items() if decision is None])
 
     def bulk_actions(self) -> list[BulkAction]:
         offered = {"keep-one": bool(self.findings.groups), "exclude-broken": bool(self.findings.broken)}
@@ -100,5 +103,6 @@ def open_data_review(data: str | Path, *, run: str | Path | None = None, correct
     findings = inspect_findings(index, inspected.report.to_json())
     findings.items += from_run
     target = Path(corrections) if corrections else default_corrections(dataset)
-    read_corrections(target)  # a malformed file is refused before the page opens, not on the first click
+    if target.exists():
+        corrections_file.read(target)  # a malformed file is refused before the page opens, not on the first click
     return DataReview(index, findings, dataset.classes, target)

@@ -16,10 +16,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgclf.data.sources import ImageDataset, Item
+from imgclf.data.corrections import apply, read
+from imgclf.data.sources import ImageDataset
 from imgclf.errors import ImgclfError
 from imgclf.files import write_folder_atomic
-from imgclf.review.corrections_file import read_corrections
 
 MARKER = ".imgclf-export"
 
@@ -34,32 +34,17 @@ class Exported:
     excluded: int
 
 
-def corrected_items(dataset: ImageDataset, corrections: Path) -> tuple[list[Item], int]:
-    """The items with the corrections applied, and how many were excluded.
-
-    TODO(merge): the quality branch's ``imgclf.data.corrections`` applies corrections for training; use it here
-    once it lands, so that export and train read a corrections file the same way.
-    """
-    rows = read_corrections(corrections)
-    renames = {row["path"]: row["label"] for row in rows.values() if row["action"] == "rename"}
-    kept, excluded = [], 0
-    for item in dataset.items:
-        row = rows.get(str(item.path), {})
-        if row.get("action") == "exclude":
-            excluded += 1
-            continue
-        labels = (row["label"],) if row.get("action") == "relabel" else item.labels
-        kept.append(Item(item.path, tuple(renames.get(label, label) for label in labels), item.split))
-    return kept, excluded
-
-
 def export_corrected(dataset: ImageDataset, corrections: Path, out: Path) -> Exported:
     """Write the corrected dataset to ``out`` as class folders (see the module docstring)."""
     if dataset.multilabel:
         raise ImgclfError("--export writes one class folder per image; multi-label data has no such layout; "
                           "train on it with --corrections instead")
     _check_target(dataset, out)
-    items, excluded = corrected_items(dataset, corrections)
+    if not corrections.is_file():
+        raise ImgclfError(f"--corrections {corrections} does not exist; decide on the review page first "
+                          f"(imgclf review {dataset.source}) or give the corrections CSV")
+    fixed, report = apply(dataset, read(corrections))
+    items, excluded = fixed.items, len(report.excluded)
     counts = Counter[str]()
 
     def fill(folder: Path) -> None:

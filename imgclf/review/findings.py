@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgclf.data.corrections import path_for
 from imgclf.data.sources import ImageDataset
 from imgclf.review.items import Evidence, ReviewItem
 
@@ -23,11 +24,13 @@ DUPLICATE_KINDS = {"label-conflict": "duplicate across labels", "leakage": "leak
 
 
 class ImageIndex:
-    """The dataset's files by number, and each file's number by its path however a report spells it."""
+    """The dataset's files by number, each file's number by its path however a report spells it, and its key: the
+    path a corrections file names it by (relative to the data folder)."""
 
     def __init__(self, dataset: ImageDataset) -> None:
         self.items = dataset.items
         self.paths = [item.path for item in dataset.items]
+        self.keys = [path_for(dataset, path) for path in self.paths]
         self._numbers = {os.path.abspath(path): number for number, path in enumerate(self.paths)}
 
     def number(self, path: str | Path) -> int | None:
@@ -57,7 +60,7 @@ def inspect_findings(index: ImageIndex, report: dict[str, Any]) -> Findings:
         number = index.number(row["path"])
         if number is not None:
             found.items.append(_item(index, number, "broken file", row.get("reason", "")))
-            found.broken.append(str(index.paths[number]))
+            found.broken.append(index.keys[number])
     groups = [(group["kind"], group["paths"], "identical bytes") for group in report.get("duplicates", [])]
     groups += [(pair["kind"], pair["paths"], f"near-duplicate, similarity {pair['similarity']:.3f}")
                for pair in report.get("near_duplicates") or []]
@@ -73,7 +76,7 @@ def inspect_findings(index: ImageIndex, report: dict[str, Any]) -> Findings:
 
 def _item(index: ImageIndex, number: int, kind: str, reason: str, **more: Any) -> ReviewItem:
     label = index.label(number)
-    return ReviewItem(key=str(index.paths[number]), image=number, kind=kind, label=label, answer=label,
+    return ReviewItem(key=index.keys[number], image=number, kind=kind, label=label, answer=label,
                       reason=reason, **more)
 
 
@@ -88,7 +91,7 @@ def _add_group(found: Findings, index: ImageIndex, name: str, kind: str, paths: 
         others = tuple(Evidence(other, f"same picture: {index.caption(other)}") for other in numbers if other != number)
         found.items.append(_item(index, number, shown, f"{how} ({len(numbers)} files)", evidence=others, group=name))
     if shown != "duplicate across labels":  # which label is right is for a person to say, not "keep one"
-        found.groups.append([str(index.paths[number]) for number in sorted(numbers, key=lambda n: _keep_first(index, n))])
+        found.groups.append([index.keys[number] for number in sorted(numbers, key=lambda n: _keep_first(index, n))])
 
 
 def _keep_first(index: ImageIndex, number: int) -> tuple[int, str]:

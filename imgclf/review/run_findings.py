@@ -47,7 +47,7 @@ def run_findings(run_dir: str | Path, index: ImageIndex, neighbours: bool = True
             given, predicted = row["given"], row["predicted"]
             suggestions = ((predicted, float(row["predicted_probability"])), (given, float(row["given_probability"])))
             evidence = nearest.evidence(number, (given, predicted)) if nearest else ()
-            found.append(ReviewItem(key=str(index.paths[number]), image=number, kind=kind, label=given, answer=given,
+            found.append(ReviewItem(key=index.keys[number], image=number, kind=kind, label=given, answer=given,
                                     reason=f"the model says {predicted!r} ({why})", suggestions=suggestions,
                                     evidence=evidence))
     return found

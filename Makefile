@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA := examples/cifar10-sample
 DEMO_OUT := runs/demo
 
-.PHONY: install browser demo test test-fast lint docs docs-pages dist dist-check clean
+.PHONY: install browser postgres demo test test-fast lint docs docs-pages dist dist-check clean
 
 install: $(STAMP)
 
@@ -33,7 +33,16 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "note: chromium is not installed (apt-get install chromium, as root); browser tests will skip"; fi
 
-test: $(STAMP) browser
+# PostgreSQL for the prediction log's tests (a throwaway server each run: tests/postgres.py), installed as Chromium
+# is; without it those tests skip, except under CI=true.
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing postgresql (Debian package) for the prediction log tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "note: postgresql is not installed (apt-get install postgresql, as root); its tests will skip"; fi
+
+test: $(STAMP) browser postgres
 	$(BIN)/python -m pytest -q
 
 # The inner loop: every test outside the tiers marked in pyproject.toml (slow, subprocess, browser, tensorflow,

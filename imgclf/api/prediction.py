@@ -11,19 +11,32 @@ from imgclf.errors import ImgclfError
 if TYPE_CHECKING:  # the heavy modules load only when their command runs
     from imgclf.deploy.predict import PredictionRow
     from imgclf.deploy.predict_parts import PartsSummary
+    from imgclf.watch.log import LogOptions
 
 
 def predict(model: str | Path, inputs: str | Path | Sequence[str | Path], *, top_k: int = 5, min_confidence: float = 0.0,
-            tta: bool | None = None, batch_size: int = 64, device: str = "auto", runtime: str = "auto"
-            ) -> Iterator[PredictionRow]:
-    """Stream a :class:`~imgclf.deploy.predict.PredictionRow` per image for files, folders, globs or @lists."""
+            tta: bool | None = None, batch_size: int = 64, device: str = "auto", runtime: str = "auto",
+            log: LogOptions | None = None) -> Iterator[PredictionRow]:
+    """Stream a :class:`~imgclf.deploy.predict.PredictionRow` per image for files, folders, globs or @lists.
+
+    With ``log``, every answer is also recorded in the prediction log, with
+    the pooled features of the same forward pass (:mod:`imgclf.watch`).
+    """
     from imgclf.deploy.classifier import Classifier
     from imgclf.deploy.predict import expand_inputs
 
     _check_predict_options(top_k, min_confidence, batch_size)
     paths = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
     classifier = Classifier.load(model, device=device, tta=tta, runtime=runtime, batch_size=batch_size)
-    return classifier.predict_files(paths, top_k=top_k, min_confidence=min_confidence, batch_size=batch_size)
+    rows = classifier.predict_files(paths, top_k=top_k, min_confidence=min_confidence, batch_size=batch_size,
+                                    features=log is not None)
+    if log is None:
+        return rows
+    from imgclf.watch.log import PredictionLog, logged_rows
+    from imgclf.watch.records import decision_threshold
+
+    prediction_log = PredictionLog(log, classifier.directory, classifier.info)  # type: ignore[arg-type]  # load() sets it
+    return logged_rows(rows, prediction_log, decision_threshold(classifier))
 
 
 def predict_in_parts(model: str | Path, inputs: str | Path | Sequence[str | Path], output_format: str,

@@ -8,7 +8,16 @@ from typing import Annotated, Any, Optional
 import typer
 
 from imgclf import api
-from imgclf.cli.options import Model, Opt, RuntimeOption, TtaOption, option_group, with_options
+from imgclf.cli.options import (
+    LOG_OPTIONS,
+    Model,
+    Opt,
+    RuntimeOption,
+    TtaOption,
+    log_options,
+    option_group,
+    with_options,
+)
 from imgclf.cli.render.deploy import print_export
 from imgclf.errors import ImgclfError
 
@@ -46,7 +55,7 @@ LIMITS = option_group(
 )
 
 
-@with_options(BATCHING, LIMITS)
+@with_options(BATCHING, LIMITS, LOG_OPTIONS)
 def serve(
     model: Annotated[Optional[str], typer.Argument(help="A run directory (runs/NAME) or a model bundle folder; "
                                                         "leave out with --catalog.", show_default=False)] = None,
@@ -74,12 +83,13 @@ def serve(
         if model is not None or catalog is None or queries is None:
             raise ImgclfError("give a model to serve (runs/NAME), or --catalog catalog.csv --queries new.csv "
                               "(no model) for the review page")
+        log_options(options)  # refuses --log options here: the review page answers no predictions
         serve_review(catalog, queries, accepted, host=host, port=port)
         return
     limits = Limits(max_bytes=int(options["max_upload_mb"] * 1024 * 1024), max_pixels=options["max_pixels"],
                     max_files=options["max_files"], timeout_s=options["timeout"])
     run_server(model, host=host, port=port, runtime=runtime, tta=tta, limits=limits, api_key=api_key,
-               **{parameter.name: options[parameter.name] for parameter in BATCHING})
+               log=log_options(options), **{parameter.name: options[parameter.name] for parameter in BATCHING})
 
 
 COMMANDS = {
@@ -87,5 +97,6 @@ COMMANDS = {
                        "imgclf export runs/shop --quantize int8  |  imgclf export runs/keras-shop --format tflite"),
     "serve": (serve, "Examples: imgclf serve runs/shop  |  imgclf serve runs/shop --port 9000 --runtime onnx  |  "
                      "curl -F file=@cat.jpg http://127.0.0.1:8000/v1/predict  |  "
+                     "imgclf serve runs/shop --log predictions.db --log-images logged/  |  "
                      "imgclf serve --catalog catalog.csv --queries new.csv --accepted accepted.csv"),
 }

@@ -168,3 +168,41 @@ def with_options(*groups: list[Parameter]) -> Callable[[Callable[..., None]], Ca
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
         return with_parameters(command, [parameter for group in groups for parameter in group])
     return decorate
+
+
+# --log: serve and predict record every prediction (imgclf.watch); the group goes to the log as one LogOptions
+LOG_PANEL = "Prediction log"
+LOG_OPTIONS = option_group(
+    log=(Annotated[Optional[str], Opt(help="Record every prediction in this database: a file path (SQLite) or a "
+                                           "postgresql://user@host/db URL.", rich_help_panel=LOG_PANEL,
+                                      show_default=False)], None),
+    log_images=(Annotated[Optional[Path], Opt(help="Also keep a copy of each image here, once per content.",
+                                              rich_help_panel=LOG_PANEL, show_default=False)], None),
+    log_images_max_mb=(Annotated[float, Opt(help="Most MiB of image copies; the oldest go first.",
+                                            rich_help_panel=LOG_PANEL)], 1024.0),
+    log_keep=(Annotated[Optional[str], Opt(help="Delete rows older than this, e.g. 30d, 12h (reviewed rows stay).",
+                                           rich_help_panel=LOG_PANEL, show_default=False)], None),
+    log_max_rows=(Annotated[Optional[int], Opt(help="Keep at most this many rows, the newest.",
+                                               rich_help_panel=LOG_PANEL, show_default=False)], None),
+    review_below=(Annotated[Optional[float], Opt(help="Queue for review the answers less sure than this (default: "
+                                                      "the model's decision threshold, else 0.5).",
+                                                 rich_help_panel=LOG_PANEL, show_default=False)], None),
+    audit_rate=(Annotated[float, Opt(help="Also queue this share of all answers, drawn at random, to measure "
+                                          "accuracy.", rich_help_panel=LOG_PANEL)], 0.0),
+)
+
+
+def log_options(options: dict[str, Any]) -> Any:
+    """The ``LogOptions`` of a command's :data:`LOG_OPTIONS` values; None without ``--log`` (its companions then
+    are refused, not ignored)."""
+    from imgclf.watch.log import LogOptions
+
+    if options["log"] is None:
+        given = [name for name in ("log_images", "log_keep", "log_max_rows", "review_below") if options[name] is not None]
+        if given or options["audit_rate"]:
+            name = given[0] if given else "audit_rate"
+            raise ImgclfError(f"--{name.replace('_', '-')} works with --log; add --log predictions.db")
+        return None
+    return LogOptions(options["log"], images=options["log_images"], images_max_mb=options["log_images_max_mb"],
+                      keep=options["log_keep"], max_rows=options["log_max_rows"],
+                      review_below=options["review_below"], audit_rate=options["audit_rate"])

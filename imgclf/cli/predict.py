@@ -9,13 +9,16 @@ import typer
 
 from imgclf import api
 from imgclf.cli.options import (
+    LOG_OPTIONS,
     DeviceOption,
     Model,
     NprocOption,
     Opt,
     RuntimeOption,
     TtaOption,
+    log_options,
     start_processes,
+    with_options,
 )
 from imgclf.cli.render import TABLE_LIMIT
 from imgclf.cli.render.predict import (
@@ -29,6 +32,7 @@ from imgclf.errors import ImgclfError
 SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl"}
 
 
+@with_options(LOG_OPTIONS)
 def predict(
     model: Model,
     inputs: Annotated[list[str], typer.Argument(help="Files, folders, globs, @list.txt, or - for paths on stdin.",
@@ -45,6 +49,7 @@ def predict(
     runtime: RuntimeOption = "auto",
     device: DeviceOption = "auto",
     nproc: NprocOption = None,
+    **options: Any,
 ) -> None:
     """Classify images: a probability table for a few, CSV/JSON/JSONL streamed for many."""
     from imgclf.deploy.bundle import find_bundle, read_bundle_info
@@ -54,22 +59,27 @@ def predict(
         output_format = SUFFIX_FORMATS.get(out.suffix.lower())
         if output_format is None:
             raise ImgclfError(f"--out {out}: cannot tell the format from the suffix; add --format csv, json or jsonl")
+    log = log_options(options)
+    if log is not None and nproc is not None:
+        raise ImgclfError("--log records predictions from one process; leave out --nproc")
     start_processes(nproc, device, lambda: _check_distributed_predict(model, inputs, output_format))
     from imgclf.deploy.predict import expand_inputs
     from imgclf.distributed import current_world
 
-    options: dict[str, Any] = dict(top_k=top_k, min_confidence=min_confidence, tta=tta, batch_size=batch_size,
-                                   device=device, runtime=runtime)
+    shared: dict[str, Any] = dict(top_k=top_k, min_confidence=min_confidence, tta=tta, batch_size=batch_size,
+                                  device=device, runtime=runtime)
     if current_world().is_distributed:  # a rank of a torchrun job
+        if log is not None:
+            raise ImgclfError("--log records predictions from one process; run predict without torchrun")
         _check_distributed_predict(model, inputs, output_format)
-        summary = api.predict_in_parts(model, inputs, output_format, out, **options)  # type: ignore[arg-type]  # _check_distributed_predict refused a missing format
+        summary = api.predict_in_parts(model, inputs, output_format, out, **shared)  # type: ignore[arg-type]  # _check_distributed_predict refused a missing format
         if summary is not None:
             print_parts_summary(summary)
         return
     paths = expand_inputs(inputs)
     if output_format is None and len(paths) > TABLE_LIMIT:
         raise ImgclfError(f"{len(paths):,} images are too many for tables; add --out preds.csv or --format jsonl")
-    rows = api.predict(model, paths, **options)
+    rows = api.predict(model, paths, log=log, **shared)
     if output_format is None:
         print_prediction_tables(list(rows))
         return
@@ -104,7 +114,8 @@ def explain(
 COMMANDS = {
     "predict": (predict, "Examples: imgclf predict runs/shop cat.jpg  |  imgclf predict runs/shop photos/ --out "
                          "preds.csv  |  find . -name '*.jpg' | imgclf predict runs/shop - --format jsonl  |  "
-                         "imgclf predict runs/shop photos/ --out preds.csv --nproc 2"),
+                         "imgclf predict runs/shop photos/ --out preds.csv --nproc 2  |  imgclf predict runs/shop photos/ --out "
+                         "preds.csv --log predictions.db"),
     "explain": (explain, "Examples: imgclf explain runs/shop cat.jpg  |  imgclf explain runs/shop photos/odd/ "
                          "--out why --top-k 2"),
 }

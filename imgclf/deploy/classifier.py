@@ -14,7 +14,8 @@ a binary model's threshold, see :mod:`imgclf.deploy.decision`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
@@ -33,6 +34,21 @@ from imgclf.errors import ImgclfError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 Prediction = list[tuple[str, float]]
+Outputs = tuple[np.ndarray, Union[np.ndarray, None]]  # (logits, pooled features or None) of a batch
+
+
+@dataclass
+class PixelOutputs:
+    """A batch's probabilities and pooled features (None where the runtime has none); rows slice both alike."""
+
+    probabilities: np.ndarray
+    features: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+    def __getitem__(self, rows: slice) -> PixelOutputs:
+        return PixelOutputs(self.probabilities[rows], None if self.features is None else self.features[rows])
 
 
 class Classifier:
@@ -96,27 +112,52 @@ class Classifier:
         to the mirror pairs of the image shifted by that many pixels up-left
         and down-right, borders reflected.
         """
+        return self._viewed(pixels, lambda view: (self.runtime.logits(view), None))[0]
+
+    def logits_and_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`logits` and the (N, D) pooled features of the same forward passes (TTA's views weighted alike).
+
+        The features are None where the runtime cannot give them (ONNX
+        Runtime, OpenVINO and Keras run an exported graph whose only output
+        is the logits).
+        """
+        run = getattr(self.runtime, "logits_and_features", None)
+        if run is None:
+            return self.logits(pixels), None
+        return self._viewed(pixels, run)
+
+    def _viewed(self, pixels: np.ndarray, run: Callable[[np.ndarray], Outputs]) -> Outputs:
+        """``run``'s (logits, features) over TTA's views, weighted as :meth:`logits` says."""
         if not self.tta:
-            return self.runtime.logits(pixels)
-        logits = self._mirrored_logits(pixels)
+            return run(pixels)
+        outputs = _mirrored(run, pixels)
         if self.info.tta_zoom:
-            logits = 0.5 * (logits + self._mirrored_logits(zoomed(pixels, self.info.tta_zoom)))
+            outputs = _weighted([(0.5, outputs), (0.5, _mirrored(run, zoomed(pixels, self.info.tta_zoom)))])
         shift = self.info.tta_shift
         if shift:
             height, width = pixels.shape[1:3]
             padded = np.pad(pixels, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")
             shifted = [padded[:, :height, :width], padded[:, 2 * shift:2 * shift + height, 2 * shift:2 * shift + width]]
-            logits = 0.5 * logits + 0.25 * sum(self._mirrored_logits(np.ascontiguousarray(view)) for view in shifted)
-        return logits
-
-    def _mirrored_logits(self, pixels: np.ndarray) -> np.ndarray:
-        return 0.5 * (self.runtime.logits(pixels) + self.runtime.logits(pixels[:, :, ::-1]))
+            pairs = _weighted([(1.0, _mirrored(run, np.ascontiguousarray(view))) for view in shifted])
+            outputs = _weighted([(0.5, outputs), (0.25, pairs)])
+        return outputs
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(N, classes) probabilities for decoded uint8 images (N, H, W, C) at the model's input size."""
         if not len(pixels):
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return self.probabilities_of(self.logits(pixels))
+
+    def predict_pixels_with_features(self, pixels: np.ndarray) -> PixelOutputs:
+        """:meth:`predict_pixels` and the pooled features of the same forward pass (None where the runtime has none).
+
+        What the prediction log records with each answer: the embedding costs
+        no second pass through the model.
+        """
+        if not len(pixels):
+            return PixelOutputs(np.zeros((0, len(self.classes)), dtype=np.float32), None)
+        logits, features = self.logits_and_features(pixels)
+        return PixelOutputs(self.probabilities_of(logits), features)
 
     def rows_logits(self, pixels: np.ndarray, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """(len(rows), classes) raw logits (TTA included, before temperature) of rows of a decoded array, in batches."""
@@ -175,29 +216,45 @@ class Classifier:
         return [self.classes[i] for i in np.argsort(-probabilities, kind="stable") if said[i]]
 
     def predict_files(self, paths: Sequence[Path], *, top_k: int = 5, min_confidence: float = 0.0,
-                      batch_size: int = 64, workers: int | None = None) -> Iterator[PredictionRow]:
-        """One :class:`PredictionRow` per path, in order, streamed; unreadable files give error rows."""
+                      batch_size: int = 64, workers: int | None = None, features: bool = False
+                      ) -> Iterator[PredictionRow]:
+        """One :class:`PredictionRow` per path, in order, streamed; unreadable files give error rows.
+
+        With ``features``, each row also carries the pooled features of the
+        forward pass that answered it (``predict --log``'s embedding).
+        """
         k = max(1, min(top_k, len(self.classes)))
-        for path, row, error in self.file_probabilities(paths, batch_size, workers):
-            if row is None:
+        for path, outputs, error in self.file_outputs(paths, batch_size, workers, features):
+            if outputs is None:
                 yield PredictionRow(str(path), error=error)
                 continue
+            row = outputs.probabilities[0]
             order = self.ranking(row[None])[0, :k]
             labels = self.chosen_labels(row, min_confidence) if self.info.multilabel else None
             yield PredictionRow(str(path), top=[(self.classes[i], float(row[i])) for i in order],
                                 probabilities=row, min_confidence=min_confidence, labels=labels,
-                                levels=self.hierarchy.levels(row) if self.hierarchy else [])
+                                levels=self.hierarchy.levels(row) if self.hierarchy else [],
+                                features=None if outputs.features is None else outputs.features[0])
 
     def file_probabilities(self, paths: Sequence[Path], batch_size: int = 64, workers: int | None = None
                            ) -> Iterator[tuple[Path, np.ndarray | None, str]]:
         """(path, probabilities or None, error) per path, in order, decoded ahead by worker processes."""
+        for path, outputs, error in self.file_outputs(paths, batch_size, workers):
+            yield path, None if outputs is None else outputs.probabilities[0], error
+
+    def file_outputs(self, paths: Sequence[Path], batch_size: int = 64, workers: int | None = None,
+                     features: bool = False) -> Iterator[tuple[Path, PixelOutputs | None, str]]:
+        """(path, its one-row outputs or None, error) per path, in order; the features only when asked for."""
         size = (self.info.image_size, self.info.image_size)
+        run = self.predict_pixels_with_features if features else (
+            lambda pixels: PixelOutputs(self.predict_pixels(pixels), None))
         for chunk, pixels, errors in decoded_batches(list(paths), size, self.info.resize,
                                                      self.info.channels == 1, batch_size, workers):
             good = [index for index, error in enumerate(errors) if not error]
-            probabilities = iter(self.predict_pixels(pixels[good]))
+            outputs, taken = run(pixels[good]), 0
             for path, error in zip(chunk, errors):
-                yield path, None if error else next(probabilities), error
+                yield path, None if error else outputs[taken:taken + 1], error
+                taken += 0 if error else 1
 
     def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int | None = None
                 ) -> Prediction | list[Prediction]:
@@ -301,15 +358,20 @@ class EnsembleClassifier(Classifier):
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return self.combine([member.predict_pixels(_resized(pixels, member.info.image_size)) for member in self.members])
 
+    def predict_pixels_with_features(self, pixels: np.ndarray) -> PixelOutputs:
+        """The vote, without features: the members embed differently, so an ensemble logs no embedding."""
+        return PixelOutputs(self.predict_pixels(pixels), None)
+
     def predict_proba(self, images: Sequence[ImageInput], batch_size: int = 64) -> np.ndarray:
         return self.combine([member.predict_proba(images, batch_size) for member in self.members])
 
-    def file_probabilities(self, paths: Sequence[Path], batch_size: int = 64, workers: int | None = None
-                           ) -> Iterator[tuple[Path, np.ndarray | None, str]]:
+    def file_outputs(self, paths: Sequence[Path], batch_size: int = 64, workers: int | None = None,
+                     features: bool = False) -> Iterator[tuple[Path, PixelOutputs | None, str]]:
+        """The members' votes per path (never features: the members embed differently)."""
         streams = [member.file_probabilities(paths, batch_size, workers) for member in self.members]
         for rows in zip(*streams):
             path, _, error = rows[0]
-            yield path, None if error else self.combine([row for _, row, _ in rows]), error
+            yield path, None if error else PixelOutputs(self.combine([row for _, row, _ in rows])[None], None), error
 
     def combine(self, probabilities: Sequence[np.ndarray]) -> np.ndarray:
         """The weighted mean of members' (N, classes) probabilities."""
@@ -325,6 +387,19 @@ class _EnsembleRuntime:
 
     def __init__(self, members: list[Classifier]) -> None:
         self.name = "ensemble(" + ",".join(member.runtime.name for member in members) + ")"
+
+
+def _mirrored(run: Callable[[np.ndarray], Outputs], pixels: np.ndarray) -> Outputs:
+    """The mean of ``run`` on the images and their mirrors."""
+    return _weighted([(0.5, run(pixels)), (0.5, run(pixels[:, :, ::-1]))])
+
+
+def _weighted(parts: list[tuple[float, Outputs]]) -> Outputs:
+    """The weighted sum of (logits, features) pairs; the features are None when any part has none."""
+    logits = sum(weight * part[0] for weight, part in parts)
+    features = [part[1] for _, part in parts]
+    return logits, (None if any(item is None for item in features)  # type: ignore[return-value]
+                    else sum(weight * item for (weight, _), item in zip(parts, features)))
 
 
 def _resized(pixels: np.ndarray, side: int) -> np.ndarray:

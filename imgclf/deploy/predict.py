@@ -41,6 +41,7 @@ class PredictionRow:
     # a hierarchical model's path from the top down, a probability per level (the sum of its leaves')
     levels: list[LevelSuggestion] = field(default_factory=list)
     labels: list[str] | None = None  # a multi-label model's answer: every label at or above its threshold
+    features: np.ndarray | None = None  # the pooled features of the forward pass (predict_files(features=True))
 
     @property
     def prediction(self) -> str:

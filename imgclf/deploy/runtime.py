@@ -46,7 +46,11 @@ def native_of(backend: str, directory: Path | str = "this bundle") -> str:
 
 
 class Runtime(Protocol):
-    """Logits for a batch of decoded images at the model's input size."""
+    """Logits for a batch of decoded images at the model's input size.
+
+    A runtime that can also give the pooled features of the same forward pass
+    has ``logits_and_features`` (PyTorch's); the others log no embedding.
+    """
 
     name: str
 
@@ -177,6 +181,27 @@ class TorchRuntime:
 
         with torch.no_grad(), autocast(self.device, self.precision):
             return self.model(self.normalise(pixels)).float().cpu().numpy()
+
+    def logits_and_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, classes) logits and (N, D) pooled features from one forward pass (the prediction log's embedding).
+
+        The features are what feeds the final layer (``forward_head(...,
+        pre_logits=True)``, the :class:`~imgclf.embeddings.embedder.Embedder`'s
+        embedding), and the logits are that layer applied to them, so the
+        answer is the one :meth:`logits` gives. A model without timm's head
+        API (a TorchScript file) gives None for the features.
+        """
+        import torch
+
+        from imgclf.models.device import autocast
+
+        model = self.model
+        if not all(hasattr(model, name) for name in ("forward_features", "forward_head", "get_classifier")):
+            return self.logits(pixels), None
+        with torch.no_grad(), autocast(self.device, self.precision):
+            pooled = model.forward_head(model.forward_features(self.normalise(pixels)), pre_logits=True)
+            logits = model.get_classifier()(pooled)
+            return logits.float().cpu().numpy(), pooled.float().cpu().numpy()
 
 
 class OnnxRuntime:

@@ -9,11 +9,12 @@ cut off while they stream in, and the model runs in its own thread.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.resources import files
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,12 +23,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgclf.data.hierarchy import label_tree
+from imgclf.deploy.classifier import PixelOutputs
+from imgclf.errors import ImgclfError
 from imgclf.serve import routes
 from imgclf.serve.auth import RequireApiKey
 from imgclf.serve.batcher import DynamicBatcher
 from imgclf.serve.metrics import ServerMetrics
 from imgclf.serve.uploads import DEFAULT_LIMITS, ApiError, Limits, body_too_large
 from imgclf.version import __version__
+
+if TYPE_CHECKING:  # SQLAlchemy loads only when a server logs
+    from imgclf.watch.log import LogOptions, PredictionLog
 
 ROUTES = ("/", "/v1/predict", "/v1/explain", "/v1/model", "/healthz", "/metrics", "/docs", "/openapi.json")
 
@@ -68,16 +74,21 @@ class LimitAndMeasure:
 
 
 def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAULT_LIMITS, *, max_batch: int = 32,
-               max_wait_ms: float = 2.0, max_queue: int = 256, api_key: str | None = None) -> FastAPI:
+               max_wait_ms: float = 2.0, max_queue: int = 256, api_key: str | None = None,
+               log: LogOptions | None = None, reference: Any = "bundle") -> FastAPI:
     """The server for one loaded classifier (anything with ``info``, ``classes``, ``predict_pixels`` and ``ranking``).
 
     The routes are :mod:`imgclf.serve.routes`' routers; what they share is one
     :class:`~imgclf.serve.routes.Served` on ``app.state``. With ``api_key``, the
     API and metrics answer 401 to requests without it (:mod:`imgclf.serve.auth`).
+    With ``log``, every answer is recorded (:mod:`imgclf.serve.watching`), with
+    the pooled features of the same model call (``reference``: see
+    :class:`~imgclf.watch.log.PredictionLog`).
     """
     metrics = ServerMetrics()
-    batcher = DynamicBatcher(classifier.predict_pixels, max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
-                             max_queue=max_queue, on_batch=metrics.batch_size.observe)
+    prediction_log = _prediction_log(classifier, log, metrics, reference) if log else None
+    batcher = DynamicBatcher(_with_features(classifier) if log else classifier.predict_pixels, max_batch=max_batch,
+                             max_wait_s=max_wait_ms / 1000, max_queue=max_queue, on_batch=metrics.batch_size.observe)
     metrics.queue.set_function(lambda: batcher.waiting)
 
     @asynccontextmanager
@@ -85,6 +96,8 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
         batcher.start()
         yield
         await batcher.stop()
+        if prediction_log is not None:
+            prediction_log.close()
 
     app = FastAPIOffline(title=f"imgclf: {name}", version=__version__, lifespan=lifespan,
                          description=f"Classifies images into {len(classifier.classes)} classes with "
@@ -93,7 +106,7 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
         classifier, name, runtime, limits, batcher, metrics,
         hierarchy=None if classifier.info.multilabel else label_tree(classifier.classes),  # answers carry the path
         batching={"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_queue": max_queue},
-        page=files("imgclf.serve").joinpath("static/index.html").read_text(encoding="utf-8"))
+        page=files("imgclf.serve").joinpath("static/index.html").read_text(encoding="utf-8"), log=prediction_log)
     if api_key:
         app.add_middleware(RequireApiKey, api_key=api_key)
     app.add_middleware(LimitAndMeasure, limits=limits, metrics=metrics)  # outermost: counts 401s
@@ -101,6 +114,26 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
     app.include_router(routes.api)
     app.include_router(routes.operations)
     return app
+
+
+def _prediction_log(classifier: Any, options: LogOptions, metrics: ServerMetrics, reference: Any) -> PredictionLog:
+    """The log of this server's answers, its rows counted on /metrics (each outcome shown from 0)."""
+    from imgclf.watch.log import PredictionLog
+
+    for outcome in ("written", "dropped", "failed"):
+        metrics.log_rows.labels(outcome)
+    if classifier.directory is None:
+        raise ImgclfError("--log needs a model loaded from a bundle folder (its version names the rows)")
+    log = PredictionLog(options, classifier.directory, classifier.info, count=metrics.count_log_rows,
+                        reference=reference)
+    metrics.log_queue.set_function(lambda: log.writer.waiting)
+    return log
+
+
+def _with_features(classifier: Any) -> Callable[[np.ndarray], PixelOutputs]:
+    """The batcher's model call under --log: probabilities and pooled features from the same forward pass."""
+    both = getattr(classifier, "predict_pixels_with_features", None)
+    return both if both is not None else lambda pixels: PixelOutputs(classifier.predict_pixels(pixels), None)
 
 
 def add_error_handlers(app: FastAPI) -> None:

@@ -25,6 +25,15 @@ class ServerMetrics:
         self.batch_size = Histogram("imgclf_batch_size", "Images per model call (dynamic batching).",
                                     buckets=BATCH_BUCKETS, registry=self.registry)
         self.queue = Gauge("imgclf_queue_images", "Images waiting for or in a model call.", registry=self.registry)
+        # --log: every prediction is a row; these say how many reached the log and how many did not, and why
+        self.log_rows = Counter("imgclf_log_rows", "Prediction log rows: written, dropped (its queue was full) or "
+                                "failed (the database could not be written).", ["outcome"], registry=self.registry)
+        self.log_queue = Gauge("imgclf_log_queue_rows", "Prediction log rows waiting to be written.",
+                               registry=self.registry)
+
+    def count_log_rows(self, outcome: str, rows: int) -> None:
+        """The prediction log's writer reports here (``outcome``: written, dropped or failed)."""
+        self.log_rows.labels(outcome).inc(rows)
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()

@@ -24,10 +24,12 @@ from starlette.concurrency import run_in_threadpool
 
 from imgclf.data.hierarchy import Hierarchy
 from imgclf.deploy.bundle import BundleInfo
+from imgclf.deploy.classifier import PixelOutputs
 from imgclf.errors import ImgclfError
 from imgclf.serve.batcher import DynamicBatcher, Overloaded
 from imgclf.serve.metrics import ServerMetrics
 from imgclf.serve.uploads import IMAGE_TYPES, ApiError, Limits, Upload, decode_uploads, read_uploads
+from imgclf.serve.watching import record_answers, request_id
 from imgclf.version import __version__
 
 MAX_TOP_K = 1000
@@ -47,6 +49,7 @@ class Served:
     batching: dict[str, float]
     page: str
     explain_lock: threading.Lock = field(default_factory=threading.Lock)  # one Grad-CAM at a time: it hooks a layer
+    log: Any = None  # --log: the PredictionLog every answer goes to (imgclf.serve.watching)
 
     @property
     def info(self) -> BundleInfo:
@@ -139,25 +142,29 @@ operations = APIRouter()  # the page, health and metrics
 
 
 @api.post("/predict", response_model=PredictResponse, responses=ERROR_RESPONSES, openapi_extra=REQUEST_BODY)
-async def predict(state: State, received: Images,
+async def predict(state: State, received: Images, request: Request, response: Response,
                   top_k: int = Query(5, ge=1, le=MAX_TOP_K, description="Classes per image.")) -> dict[str, Any]:
     """Classify one or more images sent as multipart files (any field name) or as a raw image body."""
     classifier, limits, batcher = state.classifier, state.limits, state.batcher
     pixels = await run_in_threadpool(decode_uploads, received.uploads, state.info, limits)
     try:
         remaining = max(0.001, limits.timeout_s - (time.perf_counter() - received.started))
-        probabilities = await asyncio.wait_for(batcher.submit(pixels), remaining)
+        outputs = await asyncio.wait_for(batcher.submit(pixels), remaining)
     except Overloaded:
         raise ApiError(503, f"busy: {batcher.waiting} images are waiting (--max-queue "
                             f"{state.batching['max_queue']}); retry shortly") from None
     except asyncio.TimeoutError:
         raise ApiError(503, f"no answer within {limits.timeout_s:g} s (--timeout); the server is busy, retry") from None
     state.metrics.images.inc(len(pixels))
+    probabilities = outputs.probabilities if isinstance(outputs, PixelOutputs) else outputs
     k = min(top_k, len(classifier.classes))
-    return {"model": state.name, "runtime": state.runtime,
-            "predictions": [_ranked(upload.name, row, order[:k], classifier, state.hierarchy)
-                            for upload, row, order in zip(received.uploads, probabilities,
-                                                          classifier.ranking(probabilities))]}
+    answers = [_ranked(upload.name, row, order[:k], classifier, state.hierarchy)
+               for upload, row, order in zip(received.uploads, probabilities, classifier.ranking(probabilities))]
+    if state.log is not None:  # the log's hook: queues the rows, never waits or fails
+        response.headers["X-Request-ID"] = identifier = request_id(request)
+        record_answers(state.log, classifier, received.uploads, answers, probabilities,
+                       getattr(outputs, "features", None), identifier)
+    return {"model": state.name, "runtime": state.runtime, "predictions": answers}
 
 
 @api.post("/explain", response_class=Response, responses=EXPLAIN_RESPONSES, openapi_extra=REQUEST_BODY,

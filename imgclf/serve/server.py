@@ -5,11 +5,15 @@ from __future__ import annotations
 import ipaddress
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgclf.deploy.bundle import find_bundle
 from imgclf.errors import ImgclfError
 from imgclf.serve.auth import check_api_key
 from imgclf.serve.uploads import DEFAULT_LIMITS, Limits
+
+if TYPE_CHECKING:
+    from imgclf.watch.log import LogOptions
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +29,15 @@ def is_loopback(host: str) -> bool:
 
 def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, runtime: str = "auto",
           device: str = "auto", tta: bool | None = None, limits: Limits = DEFAULT_LIMITS, max_batch: int = 32,
-          max_wait_ms: float = 2.0, max_queue: int = 256, api_key: str | None = None) -> None:
-    """Serve ``model`` over HTTP until interrupted; see :func:`imgclf.serve.app.create_app` for the routes."""
+          max_wait_ms: float = 2.0, max_queue: int = 256, api_key: str | None = None,
+          log: LogOptions | None = None) -> None:
+    """Serve ``model`` over HTTP until interrupted; see :func:`imgclf.serve.app.create_app` for the routes.
+
+    With ``log``, every prediction is recorded (:mod:`imgclf.watch`).
+    """
     from imgclf.deploy.classifier import Classifier
     from imgclf.serve.app import create_app
+    from imgclf.serve.watching import watching_line
 
     check_api_key(api_key)
     check_port(port)
@@ -42,7 +51,9 @@ def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, runti
     # batch 1 is what a lightly loaded server mostly runs, and where the runtimes differ most
     classifier = Classifier.load(directory, device=device, tta=tta, runtime=runtime, batch_size=1)
     app = create_app(classifier, name, classifier.runtime.name, limits, max_batch=max_batch,
-                     max_wait_ms=max_wait_ms, max_queue=max_queue, api_key=api_key)
+                     max_wait_ms=max_wait_ms, max_queue=max_queue, api_key=api_key, log=log)
+    if log is not None:
+        logging.getLogger(__name__).info(watching_line(log, classifier))
     who = ("callers need the API key; use TLS (a reverse proxy) so it is not sent in clear text" if api_key else
            "anyone who can reach this machine can use the model (no --api-key); put it behind a proxy that "
            "checks who calls")

@@ -1,0 +1,10 @@
+"""Watching a deployed model: the prediction log and its review queue.
+
+``schema`` declares the database (a ``predictions`` table and its
+migrations, SQLite or PostgreSQL through SQLAlchemy Core); ``records`` turns
+an answer into a row; ``images`` keeps copies of the logged images;
+``writer`` is the one thread that writes, fed by a bounded queue, so a
+request never waits for the database; ``log`` is what serve and predict
+hold; ``queue`` reads the doubtful predictions and records a reviewer's
+decisions.
+"""

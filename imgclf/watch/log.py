@@ -1,0 +1,180 @@
+"""The prediction log serve and predict hold: options, the observations they hand over, and the rows made of them.
+
+:class:`PredictionLog` names the model (``bundle_content_id``), decides
+which answers enter the review queue, scores novelty against the bundle's
+reference statistics where it has them, keeps image copies, and hands the
+rows to the one :class:`~imgclf.watch.writer.LogWriter` thread. Its
+:meth:`~PredictionLog.record` only queues: everything else runs in that
+thread.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgclf.deploy.bundle import BundleInfo
+from imgclf.deploy.metadata import bundle_content_id
+from imgclf.deploy.predict import PredictionRow
+from imgclf.errors import ImgclfError, one_line
+from imgclf.watch.images import ImageStore
+from imgclf.watch.queue import PENDING, ReviewPolicy, default_review_below
+from imgclf.watch.records import Observation, image_bytes, image_facts, observation_of_row, row_of
+from imgclf.watch.schema import database_url
+from imgclf.watch.writer import LogWriter, Retention
+
+log = logging.getLogger(__name__)
+
+AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text: str, option: str = "--log-keep") -> float:
+    """Seconds in an age such as ``30d``, ``12h``, ``90m``, ``45s`` or ``2w``."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text or "")
+    if match is None or float(match.group(1)) <= 0:
+        raise ImgclfError(f"{option} {text}: give a positive age with a unit, e.g. 30d, 12h, 90m (s m h d w)")
+    return float(match.group(1)) * AGE_UNITS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    """What ``--log`` and its companion options ask for."""
+
+    target: str | Path  # a SQLite file path, or a postgresql:// URL
+    images: Path | None = None  # --log-images: where image copies go
+    images_max_mb: float = 1024.0  # --log-images-max-mb
+    keep: str | None = None  # --log-keep: an age, e.g. 30d
+    max_rows: int | None = None  # --log-max-rows
+    review_below: float | None = None  # --review-below (default: the bundle's threshold, else 0.5)
+    audit_rate: float = 0.0  # --audit-rate
+    max_queue: int = 10_000  # rows waiting for the writer; more are dropped (and counted)
+
+    def retention(self) -> Retention:
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ImgclfError(f"--log-max-rows must be at least 1, got {self.max_rows}")
+        return Retention(parse_age(self.keep) if self.keep else None, self.max_rows)
+
+
+def bundle_reference(bundle_dir: Path) -> Any:
+    """The bundle's reference statistics for novelty, or None (a bundle trained before they existed).
+
+    ``load_reference(bundle_dir) -> Reference | None``, whose
+    ``novelty(embeddings) -> (scores, novel)`` scores a batch.
+    """
+    # TODO reference: imgclf/watch/reference.py comes with the monitor work; import it plainly once it has landed
+    try:
+        module = importlib.import_module("imgclf.watch.reference")
+    except ModuleNotFoundError:
+        return None
+    return module.load_reference(bundle_dir)
+
+
+@dataclass
+class PredictionLog:
+    """Records answers of one model: :meth:`record` queues, the writer thread does the rest."""
+
+    options: LogOptions
+    bundle_dir: Path
+    info: BundleInfo
+    count: Callable[[str, int], None] = lambda outcome, rows: None  # e.g. the server's Prometheus counter
+    reference: Any = "bundle"  # "bundle": the bundle's own (bundle_reference); None: no novelty; or a Reference
+    counts: Counter[str] = field(default_factory=Counter)  # rows written, dropped, failed so far
+
+    def __post_init__(self) -> None:
+        database_url(self.options.target)  # a bad --log value fails now, with one line
+        self.model_version = bundle_content_id(self.bundle_dir)
+        self.model_name = self.bundle_dir.parent.name if self.bundle_dir.name == "model" else self.bundle_dir.name
+        below = self.options.review_below
+        self.policy = ReviewPolicy(default_review_below(self.info) if below is None else below,
+                                   self.options.audit_rate)
+        if isinstance(self.reference, str):
+            self.reference = bundle_reference(self.bundle_dir)
+        self.images = (ImageStore(self.options.images, int(self.options.images_max_mb * 1024 * 1024))
+                       if self.options.images else None)
+        self._image_warned = False
+        self.writer = LogWriter(self.options.target, self._prepare, retention=self.options.retention(),
+                                max_queue=self.options.max_queue, count=self._count)
+
+    def record(self, observations: list[Observation]) -> None:
+        """Queue the rows of answers just given; never blocks, never raises (a full queue drops and counts)."""
+        for observation in observations:
+            self.writer.submit(observation)
+
+    def flush(self, timeout_s: float = 60.0) -> bool:
+        """Wait until what was recorded is written (or failed); False if not within ``timeout_s``."""
+        return self.writer.flush(timeout_s)
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer."""
+        self.writer.close()
+
+    def _count(self, outcome: str, rows: int) -> None:
+        self.counts[outcome] += rows
+        self.count(outcome, rows)
+
+    def _prepare(self, observations: list[Observation]) -> list[dict[str, Any]]:
+        """The rows of a batch (in the writer thread): image facts and copies, novelty, queue reasons."""
+        rows = []
+        for observation in observations:
+            data = image_bytes(observation)
+            facts = image_facts(data) if data is not None else None
+            copy = self._copy(data, facts.sha256, facts.image_format) if data is not None and facts else None
+            rows.append(row_of(observation, self.model_version, self.model_name, facts, copy))
+        scores, novel = self._novelty(observations)
+        for row, observation, score, is_novel in zip(rows, observations, scores, novel):
+            reason = self.policy.reason(observation.top[0][1] if observation.top else None, is_novel)
+            row.update(novelty=score, novel=is_novel, queue_reason=reason, review_status=PENDING if reason else None)
+        return rows
+
+    def _novelty(self, observations: list[Observation]) -> tuple[list[float | None], list[bool | None]]:
+        """Each observation's novelty score and verdict from the bundle's reference (None without one or features)."""
+        scores: list[float | None] = [None] * len(observations)
+        novel: list[bool | None] = [None] * len(observations)
+        having = [index for index, observation in enumerate(observations) if observation.features is not None]
+        if self.reference is None or not having:
+            return scores, novel
+        batch = np.stack([np.asarray(observations[index].features, dtype=np.float32) for index in having])
+        batch_scores, batch_novel = self.reference.novelty(batch)
+        for index, score, verdict in zip(having, batch_scores, batch_novel):
+            scores[index], novel[index] = float(score), bool(verdict)
+        return scores, novel
+
+    def _copy(self, data: bytes, sha256: str, image_format: str | None) -> Path | None:
+        """The image's stored copy (with --log-images); a failing folder warns once and logs the row without it."""
+        if self.images is None:
+            return None
+        try:
+            return self.images.store(data, sha256, image_format)
+        except (OSError, ImgclfError) as error:
+            if not self._image_warned:
+                self._image_warned = True
+                log.warning(f"warning: image copies cannot be written to {self.options.images} ({one_line(error)}); "
+                            "rows are logged without them")
+            return None
+
+
+def logged_rows(rows: Iterator[PredictionRow], prediction_log: PredictionLog, threshold: float | None
+                ) -> Iterator[PredictionRow]:
+    """predict's rows, passed on as they come, each answered one also queued to the log; the log is closed (what
+    is queued written) when the stream ends. One ``request_id`` names the whole run."""
+    run_id = uuid.uuid4().hex
+    try:
+        for row in rows:
+            if not row.error:
+                prediction_log.record([observation_of_row(row, run_id, threshold, time.time())])
+            yield row
+    finally:
+        prediction_log.close()
+        lost = prediction_log.counts["dropped"] + prediction_log.counts["failed"]
+        if lost:
+            log.warning(f"warning: {lost:,} predictions could not be logged to {prediction_log.options.target}")

@@ -110,6 +110,8 @@ def _apply(source: ReviewSource, changes: dict[str, Decision | None]) -> dict[st
         source.decide(changes)
     except OSError as error:  # a full disk or a read-only folder: the file is as it was, and the page says so
         raise HTTPException(507, f"the decisions were not saved: {one_line(error)}") from None
+    except ImgclfError as error:  # the source refused it (e.g. an item no longer in the queue)
+        raise HTTPException(422, str(error)) from None
     return {"previous": {key: _json(before.get(key)) for key in changes}, **_state(source)}
 
 

@@ -1,7 +1,8 @@
 """The review page component (:mod:`imgclf.review`) as a served application: the API key, errors, uvicorn.
 
-``imgclf review DATA`` runs :func:`serve_data_review`; a model server mounts
-the same component for its prediction queue with :func:`mount_review`.
+``imgclf review DATA`` runs :func:`serve_data_review`; a model server with
+``--log`` includes the same component for its prediction queue
+(:func:`imgclf.serve.app.create_app`).
 """
 
 from __future__ import annotations
@@ -26,16 +27,8 @@ def create_review_source_app(source: ReviewSource, api_key: str | None = None) -
     if api_key:
         app.add_middleware(RequireApiKey, api_key=api_key)
     add_error_handlers(app)
-    mount_review(app, source, page="/", api="/v1/review")
+    app.include_router(review_router(source, page="/", api="/v1/review"))
     return app
-
-
-def mount_review(app: FastAPI, source: ReviewSource, *, page: str = "/review", api: str = "/v1/queue") -> None:
-    """Add the review page for ``source`` to ``app`` (a model server's queue: ``/review``, its API ``/v1/queue``).
-
-    ``api`` must start with ``/v1/`` for the server's API key to protect it.
-    """
-    app.include_router(review_router(source, page=page, api=api))
 
 
 def serve_data_review(data: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,

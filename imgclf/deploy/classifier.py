@@ -397,9 +397,10 @@ def _mirrored(run: Callable[[np.ndarray], Outputs], pixels: np.ndarray) -> Outpu
 def _weighted(parts: list[tuple[float, Outputs]]) -> Outputs:
     """The weighted sum of (logits, features) pairs; the features are None when any part has none."""
     logits = sum(weight * part[0] for weight, part in parts)
-    features = [part[1] for _, part in parts]
-    return logits, (None if any(item is None for item in features)  # type: ignore[return-value]
-                    else sum(weight * item for (weight, _), item in zip(parts, features)))
+    features = [(weight, part[1]) for weight, part in parts if part[1] is not None]
+    if len(features) < len(parts):
+        return logits, None  # type: ignore[return-value]  # a sum of arrays is an array
+    return logits, sum(weight * item for weight, item in features)  # type: ignore[return-value]  # as above
 
 
 def _resized(pixels: np.ndarray, side: int) -> np.ndarray:

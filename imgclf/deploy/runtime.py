@@ -199,8 +199,8 @@ class TorchRuntime:
         if not all(hasattr(model, name) for name in ("forward_features", "forward_head", "get_classifier")):
             return self.logits(pixels), None
         with torch.no_grad(), autocast(self.device, self.precision):
-            pooled = model.forward_head(model.forward_features(self.normalise(pixels)), pre_logits=True)
-            logits = model.get_classifier()(pooled)
+            pooled = model.forward_head(model.forward_features(self.normalise(pixels)), pre_logits=True)  # type: ignore[operator]  # timm's head API, checked above
+            logits = model.get_classifier()(pooled)  # type: ignore[operator]  # as above
             return logits.float().cpu().numpy(), pooled.float().cpu().numpy()
 
 

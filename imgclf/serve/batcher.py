@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ class Overloaded(Exception):
 
 
 class DynamicBatcher:
-    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], *, max_batch: int = 32, max_wait_s: float = 0.002,
+    def __init__(self, predict: Callable[[np.ndarray], Any], *, max_batch: int = 32, max_wait_s: float = 0.002,
                  max_queue: int = 256, on_batch: Callable[[int], None] | None = None) -> None:
         self.predict = predict
         self.max_batch = max_batch
@@ -49,8 +50,9 @@ class DynamicBatcher:
     def alive(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def submit(self, pixels: np.ndarray) -> np.ndarray:
-        """Probabilities (N, classes) for decoded images (N, H, W, C), computed in a shared batch."""
+    async def submit(self, pixels: np.ndarray) -> Any:
+        """What ``predict`` gives for decoded images (N, H, W, C), computed in a shared batch: its rows for these
+        images (probabilities (N, classes), or a ``PixelOutputs`` with the features too)."""
         assert self._queue is not None, "start() the batcher first"
         if self.waiting + len(pixels) > self.max_queue:
             raise Overloaded

@@ -107,7 +107,7 @@ def open_log(log: str | Path) -> sa.engine.Engine:
 @contextmanager
 def _connection(log: str | Path | sa.engine.Engine, write: bool = False) -> Iterator[Any]:
     owned = not isinstance(log, sa.engine.Engine)
-    engine = open_log(log) if owned else log  # type: ignore[arg-type]  # narrowed by owned
+    engine = log if isinstance(log, sa.engine.Engine) else open_log(log)
     try:
         with engine.begin() if write else engine.connect() as connection:
             yield connection

@@ -18,6 +18,7 @@ from imgclf.data.sources import ImageDataset, Item
 from imgclf.errors import ImgclfError
 
 SAMPLE_GRID_SIZE = 160  # pixels per tile in sample pictures
+FINDINGS_PER_KIND = 4  # examples of each kind of finding in inspect's findings.png
 
 
 def printable(text: str) -> str:
@@ -57,6 +58,32 @@ def save_samples(dataset: ImageDataset, path: Path, max_pixels: int = DEFAULT_MA
     shown = [(pixels, title) for pixels, title in decoded if pixels is not None]
     return save_image_grid([pixels for pixels, _ in shown], [title for _, title in shown], path,
                            title=f"{Path(dataset.source).name}: first images of each class")
+
+
+def draw_findings(findings: Sequence[dict], path: Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  per_kind: int = FINDINGS_PER_KIND) -> Path | None:
+    """The first ``per_kind`` images of each kind of finding (inspect's quality issues, outliers), a row a kind.
+
+    ``findings`` are report.json's entries (kind, path, labels, score), worst
+    first within a kind. Nothing found: no picture, and an old one is removed.
+    """
+    path.unlink(missing_ok=True)
+    by_kind: dict[str, list[dict]] = {}
+    for entry in findings:
+        by_kind.setdefault(entry["kind"], []).append(entry)
+    if not by_kind:
+        return None
+    size = (SAMPLE_GRID_SIZE, SAMPLE_GRID_SIZE)
+    blank = np.full((*size, 3), 255, dtype=np.uint8)
+    images, titles = [], []
+    for kind, entries in by_kind.items():
+        for column in range(per_kind):
+            entry = entries[column] if column < len(entries) else None
+            decoded = decode_file(Path(entry["path"]), size, policy="pad", max_pixels=max_pixels) if entry else None
+            images.append(decoded.pixels if decoded is not None and decoded.pixels is not None else blank)
+            titles.append(f"{kind} {entry['score']:.3g}\n{' | '.join(entry['labels'])}: {Path(entry['path']).name[:18]}"
+                          if entry else "")
+    return save_image_grid(images, titles, path, columns=per_kind, title="inspect: the worst images of each kind")
 
 
 def draw_augmentations(item: Item, out: Path, *, augment: str, seed: int = 0, image_size: int | None = None,

@@ -16,23 +16,26 @@ from imgclf.data.decode import DEFAULT_MAX_PIXELS
 @config_flags(max_pixels=DEFAULT_MAX_PIXELS)
 def inspect(
     source: Source,
-    out: Annotated[Optional[Path], Opt(help="Folder for report.json, samples.png, broken_files.txt.")] = None,
+    out: Annotated[Optional[Path], Opt(help="Folder for report.json, samples.png, findings.png, broken_files.txt.")] = None,
     archive: ArchiveOption = None,
     as_json: Annotated[bool, Opt("--json", help="Print the report as JSON on stdout.")] = False,
     near_duplicates: Annotated[bool, Opt(
         "--near-duplicates", help="Also find resized, re-encoded or mirrored copies by image embeddings.")] = False,
-    embedding_model: Annotated[str, Opt(help="Backbone or trained model for --near-duplicates.")] =
+    embedding_model: Annotated[str, Opt(help="Backbone or trained model for --near-duplicates and --outliers.")] =
         api.DEFAULT_EMBEDDING_MODEL,
     similarity_threshold: Annotated[Optional[float], Opt(
         help="Lowest similarity (0..1) reported by --near-duplicates (default 0.9).")] = None,
+    outliers: Annotated[bool, Opt(
+        "--outliers", help="Also find images far from the rest of their class by image embeddings (needs "
+                           "--embedding-model's pretrained weights).")] = False,
     corrections: CorrectionsOption = None,
     rename: RenameOption = None,
     **options: Any,
 ) -> None:
-    """Count classes per split as given, check every file, find duplicates and leakage."""
+    """Count classes per split as given, check every file and its quality, find duplicates, leakage and outliers."""
     result = api.inspect(source, out=out, archive=archive, near_duplicates=near_duplicates,
                          embedding_model=embedding_model, similarity_threshold=similarity_threshold,
-                         corrections=corrections, rename=rename or (), **options)
+                         outliers=outliers, corrections=corrections, rename=rename or (), **options)
     if as_json:
         print(json.dumps(result.report.to_json(), indent=2))
         return
@@ -55,6 +58,6 @@ def preview_augment(
 
 COMMANDS = {
     "inspect": (inspect, "Examples: imgclf inspect photos/ --out inspect-photos  |  "
-                         "imgclf inspect photos/ --near-duplicates"),
+                         "imgclf inspect photos/ --near-duplicates --outliers"),
     "preview-augment": (preview_augment, "Example: imgclf preview-augment photos/ --augment strong --out aug.png"),
 }

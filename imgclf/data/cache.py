@@ -8,7 +8,9 @@ size and the resize policy, so a changed, added or removed file means a new
 entry, and a repeated run costs one ``stat`` per file.
 
 With ``size=None`` an entry holds only the facts: that is what ``inspect``
-needs, and it still decodes every file fully so truncated ones are caught.
+needs, and it still decodes every file fully so truncated ones are caught;
+it also keeps each image's quality measures (:mod:`imgclf.data.quality`),
+taken from that same decode.
 
 Entries are written to a temporary folder and renamed into place, so an
 interrupted build never leaves an entry that looks complete. Building a new
@@ -33,6 +35,7 @@ import numpy as np
 from imgclf import paths
 from imgclf.console import progress_bar
 from imgclf.data.decode import DEFAULT_MAX_PIXELS, ResizePolicy, decode_file
+from imgclf.data.quality import MEASURES, QUALITY_VERSION
 from imgclf.data.workers import run_in_workers
 from imgclf.errors import one_line
 
@@ -60,6 +63,7 @@ class ImageCache:
     errors: dict[int, str]
     reused: bool
     seconds: float
+    quality: np.ndarray | None = None  # (N, len(quality.MEASURES)) float32 for a facts-only entry; NaN rows: broken
 
     @property
     def ok(self) -> np.ndarray:
@@ -93,7 +97,8 @@ def build_cache(
     files = [Path(file) for file in files]
     cache_root = cache_root or paths.cache_dir()
     settings = {"version": CACHE_VERSION, "size": list(size) if size else None, "policy": policy,
-                "grayscale": grayscale, "max_pixels": max_pixels}
+                "grayscale": grayscale, "max_pixels": max_pixels,
+                **({} if size else {"quality": QUALITY_VERSION})}  # facts-only entries carry the quality measures
     key = _digest([settings, _fingerprints(files)])
     directory = cache_root / key
     if (directory / "index.json").exists():
@@ -141,7 +146,8 @@ def _write(directory: Path, files: list[Path], size: tuple[int, int] | None, pol
                  widths=np.array([f.width for f in facts], dtype=np.int32),
                  heights=np.array([f.height for f in facts], dtype=np.int32),
                  modes=np.array([f.mode for f in facts], dtype="U8"),
-                 digests=np.array([f.digest for f in facts], dtype="U32"))
+                 digests=np.array([f.digest for f in facts], dtype="U32"),
+                 **({} if size else {"quality": np.array([f.quality for f in facts], dtype=np.float32).reshape(-1, len(MEASURES))}))
         errors = {str(f.position): f.error for f in facts if f.error}
         (tmp / "errors.json").write_text(json.dumps(errors))
         index = {"version": CACHE_VERSION, "family": family, "files": len(files),
@@ -168,6 +174,7 @@ class _Facts(NamedTuple):
     mode: str
     digest: str
     error: str
+    quality: tuple[float, ...]  # the quality measures of a facts-only decode (NaN when broken); () otherwise
 
 
 @dataclass(frozen=True)
@@ -184,10 +191,14 @@ class _DecodeJob:
         pixels = np.load(self.pixels_path, mmap_mode="r+") if self.pixels_path else None
         facts = []
         for index, file in chunk:
-            decoded = decode_file(Path(file), self.size, self.policy, self.grayscale, self.max_pixels)
+            decoded = decode_file(Path(file), self.size, self.policy, self.grayscale, self.max_pixels,
+                                  quality=self.size is None)
             if pixels is not None and decoded.pixels is not None:
                 pixels[index] = decoded.pixels
-            facts.append(_Facts(index, decoded.width, decoded.height, decoded.mode, decoded.digest, decoded.error))
+            measures = () if self.size is not None else (
+                tuple(decoded.quality.tolist()) if decoded.quality is not None else (float("nan"),) * len(MEASURES))
+            facts.append(_Facts(index, decoded.width, decoded.height, decoded.mode, decoded.digest, decoded.error,
+                                measures))
         if pixels is not None:
             pixels.flush()
         return facts
@@ -219,7 +230,7 @@ def _load(directory: Path, files: list[Path], size: tuple[int, int] | None, star
     return ImageCache(directory=directory, paths=files, size=size, pixels=pixels,
                       widths=meta["widths"], heights=meta["heights"], modes=meta["modes"],
                       digests=meta["digests"], errors=errors, reused=reused,
-                      seconds=time.perf_counter() - started)
+                      seconds=time.perf_counter() - started, quality=meta["quality"] if size is None else None)
 
 
 def _remove_superseded(cache_root: Path, family: str, keep: Path) -> None:

@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from imgclf.data.quality import THUMBNAIL_SIDE, measure
 from imgclf.errors import one_line
 
 ResizePolicy = Literal["squash", "crop", "pad"]
@@ -48,6 +49,7 @@ class DecodedFile:
     mode: str = ""  # the file's own PIL mode, e.g. "RGB", "P", "I;16", "CMYK"
     digest: str = ""  # content hash of the file's bytes, for exact-duplicate search
     error: str = ""  # why the file was skipped; empty when it decoded
+    quality: np.ndarray | None = None  # imgclf.data.quality.MEASURES, when asked for
 
 
 def decode_file(
@@ -57,13 +59,15 @@ def decode_file(
     grayscale: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft: bool = True,
+    quality: bool = False,
 ) -> DecodedFile:
     """Decode ``path`` to ``size`` (height, width), or just validate it when ``size`` is None.
 
     Never raises for a bad file: the reason comes back in ``error``. ``draft``
     (the default everywhere) lets a JPEG decode at the smallest DCT scale that
     covers ``size`` (see :func:`open_image`); False decodes every pixel, the
-    reference the scaled decode is measured against.
+    reference the scaled decode is measured against. ``quality`` also takes
+    :mod:`imgclf.data.quality`'s measures from the decoded image (inspect's checks).
     """
     try:
         data = path.read_bytes()
@@ -71,7 +75,7 @@ def decode_file(
         return DecodedFile(None, error="file not found")
     except OSError as error:
         return DecodedFile(None, error=f"cannot read file ({error.strerror or error})")
-    return decode_bytes(data, size, policy, grayscale, max_pixels, draft)
+    return decode_bytes(data, size, policy, grayscale, max_pixels, draft, quality)
 
 
 def decode_bytes(
@@ -81,15 +85,18 @@ def decode_bytes(
     grayscale: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft: bool = True,
+    quality: bool = False,
 ) -> DecodedFile:
     """:func:`decode_file` for bytes already in memory (an upload to the REST API); never raises."""
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     if not data:
         return DecodedFile(None, digest=digest, error="empty file (0 bytes)")
     try:
-        draft_size = (size or (64, 64)) if draft else None
+        smallest = (THUMBNAIL_SIDE, THUMBNAIL_SIDE) if quality else (64, 64)
+        draft_size = (size or smallest) if draft else None
         image, mode, (width, height) = open_image(data, max_pixels=max_pixels, draft_size=draft_size)
         image = to_channels(image, grayscale)
+        measures = measure(image) if quality else None
         pixels = None
         if size is not None:
             pixels = np.asarray(fit(image, size, policy), dtype=np.uint8)
@@ -97,7 +104,7 @@ def decode_bytes(
                 pixels = pixels[:, :, None]
     except DecodeError as error:
         return DecodedFile(None, digest=digest, error=str(error))
-    return DecodedFile(pixels, width=width, height=height, mode=mode, digest=digest)
+    return DecodedFile(pixels, width=width, height=height, mode=mode, digest=digest, quality=measures)
 
 
 def open_image(

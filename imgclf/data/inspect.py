@@ -6,7 +6,10 @@ duplicates inside a split (they over-weight some images) and across splits
 two labels, class imbalance and, for path labels (``animals/dog``), the
 category tree with counts and the same name under two parents. For
 multi-label data also how many labels an image carries and which labels
-come together (co-occurrence).
+come together (co-occurrence). Image quality (blurry, dark, bright, low
+information, near-constant, grayscale among colour, odd size or aspect:
+:mod:`imgclf.data.quality`) comes from the same decode, every flagged image
+listed in the report with its score.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ import numpy as np
 
 from imgclf.data.cache import ImageCache
 from imgclf.data.hierarchy import label_tree, node_counts, same_leaf_warnings
+from imgclf.data.quality import CHECKS, find_quality_issues
 from imgclf.data.sources import UNSPLIT, ImageDataset, Item, label_histogram
 
 # A class with under a fifth of the largest class's images is flagged:
 # below that, an unweighted loss mostly ignores it.
 IMBALANCE_RATIO = 0.2
 TOP_PAIRS = 10  # label pairs listed by inspect for multi-label data
+EXAMPLES_NAMED = 3  # files a warning names before pointing at report.json
+MEANINGS = {**{check.kind: check.help for check in CHECKS}, "outlier": "far from the rest of their class"}
 
 
 @dataclass
@@ -65,6 +71,8 @@ class InspectReport:
     label_sets: dict | None = None  # multi-label data: labels per image and co-occurrence (label_cooccurrence)
     images: dict[str, int] = field(default_factory=dict)  # readable images per split
     corrections: dict | None = None  # what --corrections/--rename did (ImageDataset.corrections); None: none given
+    quality: dict | None = None  # the checks, every flagged image and notes (quality_findings); None: not measured
+    outliers: dict | None = None  # far from their class in embedding space (--outliers); None: not searched
 
     @property
     def split_totals(self) -> dict[str, int]:
@@ -88,6 +96,8 @@ class InspectReport:
             **({"tree": self.tree} if self.tree else {}),
             **({"label_sets": self.label_sets} if self.label_sets is not None else {}),
             **({"corrections": self.corrections} if self.corrections is not None else {}),
+            **({"quality": self.quality} if self.quality is not None else {}),
+            **({"outliers": self.outliers} if self.outliers is not None else {}),
             "warnings": self.warnings,
         }
 
@@ -115,7 +125,44 @@ def inspect_dataset(dataset: ImageDataset, cache: ImageCache) -> InspectReport:
     if hierarchical:
         report.tree = node_counts(label_histogram(good_items))
     report.warnings = _warnings(report, good_items) + (same_leaf_warnings(dataset.classes) if hierarchical else [])
+    if cache.quality is not None:
+        report.quality = quality_findings(dataset.items, cache.quality, cache.widths, cache.heights)
+        report.warnings += finding_warnings(report.quality["issues"], report.source)
     return report
+
+
+def quality_findings(items: list[Item], quality: np.ndarray, widths: np.ndarray, heights: np.ndarray) -> dict:
+    """The quality checks as JSON: each check's score, threshold and count, every flagged image, and notes."""
+    issues, notes = find_quality_issues(quality, widths, heights)
+    counts = Counter(issue.kind for issue in issues)
+    checks = [{"kind": check.kind, "score": check.score, "threshold": check.threshold,
+               "flagged_when": "below" if check.below else "above", "means": check.help, "images": counts[check.kind]}
+              for check in CHECKS]
+    return {"checks": checks, "notes": notes,
+            "issues": [finding(items[issue.index], issue.kind, issue.score) for issue in issues]}
+
+
+def finding(item: Item, kind: str, score: float, **extra: object) -> dict:
+    """One flagged image as report.json lists it (the review page reads these): kind, file, split, labels, score."""
+    return {"kind": kind, "path": str(item.path), "split": item.split or UNSPLIT, "labels": list(item.labels),
+            "score": round(float(score), 4), **extra}
+
+
+def finding_warnings(issues: list[dict], source: str) -> list[str]:
+    """One warning a kind: how many images, what the check means, the first few files."""
+    root = Path(source)
+    by_kind: dict[str, list[dict]] = defaultdict(list)
+    for issue in issues:
+        by_kind[issue["kind"]].append(issue)
+    warnings = []
+    for kind, found in by_kind.items():
+        meaning = f" ({MEANINGS[kind]})" if kind in MEANINGS else ""
+        names = [str(Path(entry["path"]).relative_to(root)) if Path(entry["path"]).is_relative_to(root)
+                 else entry["path"] for entry in found[:EXAMPLES_NAMED]]
+        rest = f"all {len(found)} in" if len(found) > EXAMPLES_NAMED else "also in"
+        warnings.append(f"{len(found)} image(s) {kind}{meaning}: e.g. {', '.join(names)} ({rest} report.json, "
+                        f"findings.png)")
+    return warnings
 
 
 def label_cooccurrence(items: list[Item], classes: list[str]) -> dict:

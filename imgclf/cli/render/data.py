@@ -47,6 +47,10 @@ def print_report(result: api.InspectResult) -> None:
     if report.near_duplicates is not None:
         console.print(f"near-duplicate pairs: {len(report.near_duplicates)}"
                       + (f", drawn in {result.near_duplicates_picture}" if result.near_duplicates_picture else ""))
+    for note in (report.quality or {}).get("notes", []):
+        console.print(f"[dim]{escape(note)}[/]", soft_wrap=True)
+    if result.findings_picture:
+        console.print(f"the worst images of each kind of finding: {result.findings_picture}")
     console.print(f"report: {result.out / 'report.json'}" + (f", samples: {result.samples}" if result.samples else ""))
 
 

@@ -11,23 +11,26 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import make_class_folder, run_cli
+from conftest import make_class_folder, make_image, run_cli
 from test_serve import start_server
 
 from imgclf.data.sources import load_source
 from imgclf.review.data_source import DataReview, open_data_review
 from imgclf.review.export import MARKER
 from imgclf.review.findings import ImageIndex
-from imgclf.review.items import Decision
+from imgclf.review.items import Decision, ReviewItem
 from imgclf.review.run_findings import run_findings
 from imgclf.serve.review_server import create_review_source_app
 
 KEY = "a-long-enough-test-key"
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (60, 110, 250)}  # bright enough not to be "dark"
 
 
 def review_data(root: Path) -> Path:
-    """Three colour classes with planted problems: a broken file, a copy under another label, a copy in one class."""
-    data = make_class_folder(root / "data", per_class=6)
+    """Three colour classes with planted problems: a broken file, a copy under another label, a copy in one class and
+    a dark photo."""
+    data = make_class_folder(root / "data", per_class=6, colours=COLOURS)
+    make_image(data / "green" / "dark.png", (12, 20, 10))
     (data / "red" / "broken.png").write_bytes(b"not an image at all")
     shutil.copy(data / "red" / "000.png", data / "green" / "copied.png")
     shutil.copy(data / "blue" / "000.png", data / "blue" / "again.png")
@@ -61,12 +64,14 @@ def test_inspect_findings_become_items_by_kind_with_the_duplicates_side_by_side(
     kinds = {(item.kind, item.key) for item in source.items()}
     assert kinds == {("broken file", "red/broken.png"), ("duplicate across labels", "red/000.png"),
                      ("duplicate across labels", "green/copied.png"), ("duplicate", "blue/000.png"),
-                     ("duplicate", "blue/again.png")}
+                     ("duplicate", "blue/again.png"), ("quality: dark", "green/dark.png")}
     copied = next(item for item in source.items() if item.key.endswith("copied.png"))
     assert [source.image(e.image) for e in copied.evidence] == [data / "red" / "000.png"]
     assert "red" in copied.evidence[0].caption and copied.label == "green"
     assert [item.kind for item in source.items()][0] == "duplicate across labels"  # the costliest kind first
-    assert source.counts().items == 5 and source.counts().decided == 0
+    dark = next(item for item in source.items() if item.kind == "quality: dark")
+    assert "too dark" in dark.reason or "dark" in dark.reason and "score" in dark.reason
+    assert source.counts().items == 6 and source.counts().decided == 0
 
 
 def test_decisions_relabel_exclude_bulk_and_undo_go_to_the_corrections_file(served: tuple[str, DataReview]) -> None:
@@ -233,7 +238,7 @@ def test_export_writes_a_corrected_copy_of_links(data: Path, tmp_path: Path) -> 
     out = tmp_path / "fixed"
     done = run_cli("review", str(data), "--corrections", str(corrections), "--export", str(out))
     assert done.returncode == 0, done.stderr
-    assert "20 images (20 linked, 0 copied), 1 excluded" in done.stderr
+    assert "21 images (21 linked, 0 copied), 1 excluded" in done.stderr
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "green", "navy", "red"]
     assert (out / "red" / "copied.png").samefile(data / "green" / "copied.png")  # a hard link, not a copy
     assert not (out / "green" / "copied.png").exists() and not (out / "red" / "broken.png").exists()
@@ -252,3 +257,23 @@ def test_a_bad_corrections_file_is_refused_by_line(data: Path, tmp_path: Path) -
     corrections.write_text("path,action,label,reason,time\nred/000.png,keep,,,\nred/001.png,delete,,,\n")
     refused = run_cli("review", str(data), "--corrections", str(corrections), "--export", str(tmp_path / "out"))
     assert refused.returncode == 2 and "fixes.csv:3: unknown action 'delete'" in refused.stderr
+
+
+def test_outliers_suggest_the_class_of_their_nearest_images(data: Path) -> None:
+    from imgclf.review.findings import inspect_findings
+
+    index = ImageIndex(load_source(data))
+    report = {"outliers": {"issues": [{"kind": "outlier", "path": str(data / "red" / "002.png"), "score": 2.4,
+                                       "nearest_class": "green"},
+                                      {"kind": "outlier", "path": str(data / "red" / "003.png"), "score": 1.7,
+                                       "nearest_class": "red"}]},
+              "near_duplicates": [{"kind": "within-split", "similarity": 0.97, "paths": [
+                  str(data / "red" / "004.png"), str(data / "red" / "005.png")], "splits": ["", ""],
+                  "labels": ["red", "red"]}]}
+    found = inspect_findings(index, report)
+    outliers = [item for item in found.items if item.kind == "outlier"]
+    assert [item.suggestions for item in outliers] == [(("green", None),), ()]
+    assert "most of its nearest images are 'green'" in outliers[0].reason and "score 2.4" in outliers[0].reason
+    assert [item.kind for item in found.items if item.group] == ["near-duplicate"] * 2
+    assert found.groups == [["red/004.png", "red/005.png"]]
+    assert ReviewItem.to_json(outliers[0])["suggestions"] == [{"label": "green", "probability": None}]

@@ -75,7 +75,7 @@ def test_relabel_exclude_bulk_undo_and_reload_in_a_browser(url: str, source: Dat
         page.reload()
         state(page, "green/copied.png", "relabel \u2192 red")
         state(page, "blue/again.png", "exclude")
-        assert "2 decided, 3 left" in page.inner_text("#summary")
+        assert "2 decided, 4 left" in page.inner_text("#summary")
     images = [address for address in requests if "/image/" in address]
     assert images and all(re.fullmatch(re.escape(url) + r"/v1/review/image/\d+", address) for address in images)
     assert decided(source.corrections) == {"green/copied.png": ("relabel", "red"), "blue/again.png": ("exclude", "")}

@@ -20,7 +20,9 @@ def review(
                                                show_default=False)] = None,
     near_duplicates: Annotated[bool, Opt("--near-duplicates", help="Also find resized, re-encoded or mirrored "
                                                                    "copies by image embeddings.")] = False,
-    embedding_model: Annotated[str, Opt(help="Backbone or trained model for --near-duplicates.")] =
+    outliers: Annotated[bool, Opt("--outliers", help="Also find images far from the rest of their class in a "
+                                                     "pretrained backbone's embeddings.")] = False,
+    embedding_model: Annotated[str, Opt(help="Backbone or trained model for --near-duplicates and --outliers.")] =
         DEFAULT_EMBEDDING_MODEL,
     host: Annotated[str, Opt(help="Address to bind; loopback by default (0.0.0.0 exposes it to the network).")] =
         "127.0.0.1",
@@ -45,7 +47,7 @@ def review(
                       f"{done.copied:,} copied), {done.excluded:,} excluded by the corrections")
         return
     serve_data_review(data, host=host, port=port, api_key=api_key, run=run, corrections=corrections,
-                      near_duplicates=near_duplicates, embedding_model=embedding_model)
+                      near_duplicates=near_duplicates, outliers=outliers, embedding_model=embedding_model)
 
 
 COMMANDS = {

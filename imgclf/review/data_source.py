@@ -31,8 +31,7 @@ class DataReview:
     def __init__(self, index: ImageIndex, findings: Findings, classes: list[str], corrections: Path) -> None:
         self.index = index
         self.findings = findings
-        self._items = sorted(findings.items, key=lambda item: (KINDS.index(item.kind) if item.kind in KINDS
-                                                               else len(KINDS), item.label))
+        self._items = sorted(findings.items, key=lambda item: (_rank(item.kind), item.kind, item.label))
         self._reasons: dict[str, list[str]] = {}
         for item in self._items:
             self._reasons.setdefault(item.key, []).append(item.kind)
@@ -78,13 +77,19 @@ class DataReview:
         return Counts(items=len(self._reasons), decided=len(self.decisions()))
 
 
+def _rank(kind: str) -> int:
+    """Where a kind sorts on the page (every "quality: ..." check where "quality" does)."""
+    kind = kind.split(":")[0]
+    return KINDS.index(kind) if kind in KINDS else len(KINDS)
+
+
 def default_corrections(dataset: ImageDataset) -> Path:
     """``corrections-<dataset name>.csv`` in the current folder."""
     return Path(f"corrections-{slug(dataset.source, 'dataset')}.csv")
 
 
 def open_data_review(data: str | Path, *, run: str | Path | None = None, corrections: str | Path | None = None,
-                     near_duplicates: bool = False, embedding_model: str | Path | None = None,
+                     near_duplicates: bool = False, outliers: bool = False, embedding_model: str | Path | None = None,
                      neighbours: bool = True, workers: int | None = None) -> DataReview:
     """Inspect ``data`` (and read ``run``'s likely label errors and worst mistakes) into a review source.
 
@@ -98,7 +103,7 @@ def open_data_review(data: str | Path, *, run: str | Path | None = None, correct
     index = ImageIndex(dataset)
     from_run = run_findings(run, index, neighbours) if run is not None else []
     with tempfile.TemporaryDirectory(prefix="imgclf-review-") as scratch:
-        inspected = api.inspect(data, out=scratch, near_duplicates=near_duplicates, workers=workers,
+        inspected = api.inspect(data, out=scratch, near_duplicates=near_duplicates, outliers=outliers, workers=workers,
                                 embedding_model=embedding_model or api.DEFAULT_EMBEDDING_MODEL)
     findings = inspect_findings(index, inspected.report.to_json())
     findings.items += from_run

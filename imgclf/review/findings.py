@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.data.corrections import path_for
+from imgclf.data.inspect import MEANINGS
 from imgclf.data.sources import ImageDataset
 from imgclf.review.items import Evidence, ReviewItem
 
 # The page shows kinds in this order: what most often costs accuracy first.
 KINDS = ("likely label error", "duplicate across labels", "leakage", "near-duplicate", "duplicate", "outlier",
-         "quality", "broken file", "worst mistake")
+         "quality", "broken file", "worst mistake")  # "quality: blurry" and the other checks sort as "quality"
 DUPLICATE_KINDS = {"label-conflict": "duplicate across labels", "leakage": "leakage", "within-split": "duplicate"}
 
 
@@ -66,10 +67,13 @@ def inspect_findings(index: ImageIndex, report: dict[str, Any]) -> Findings:
                for pair in report.get("near_duplicates") or []]
     for number, (kind, paths, how) in enumerate(groups):
         _add_group(found, index, f"group-{number}", kind, paths, how)
-    for row in report.get("quality", []):  # TODO(merge): the quality branch's keys; adapt if they differ
-        _add_scored(found, index, row, "quality", f"{row.get('kind', 'quality')}")
-    for row in report.get("outliers", []):  # TODO(merge): as above
-        _add_scored(found, index, row, "outlier", "far from the other images of its class")
+    for row in (report.get("quality") or {}).get("issues", []):
+        _add_scored(found, index, row, f"quality: {row['kind']}", MEANINGS.get(row["kind"], row["kind"]))
+    for row in (report.get("outliers") or {}).get("issues", []):
+        number, nearest = index.number(row["path"]), row.get("nearest_class", "")
+        other = bool(nearest) and number is not None and nearest != index.label(number)
+        _add_scored(found, index, row, "outlier", f"{MEANINGS['outlier']}; most of its nearest images are {nearest!r}",
+                    suggestions=((nearest, None),) if other else ())
     found.groups = _merged(found.groups)
     return found
 
@@ -99,11 +103,12 @@ def _keep_first(index: ImageIndex, number: int) -> tuple[int, str]:
     return (0 if index.items[number].split in ("train", None) else 1, str(index.paths[number]))
 
 
-def _add_scored(found: Findings, index: ImageIndex, row: dict[str, Any], kind: str, reason: str) -> None:
+def _add_scored(found: Findings, index: ImageIndex, row: dict[str, Any], kind: str, reason: str, **more: Any) -> None:
     number = index.number(row.get("path", ""))
     if number is not None:
         score = row.get("score")
-        found.items.append(_item(index, number, kind, reason + (f" (score {score:.3g})" if score is not None else "")))
+        found.items.append(_item(index, number, kind, reason + (f" (score {score:.3g})" if score is not None else ""),
+                                 **more))
 
 
 def _merged(groups: list[list[str]]) -> list[list[str]]:

@@ -37,7 +37,7 @@ class ReviewItem:
     label: str
     answer: str
     reason: str = ""
-    suggestions: tuple[tuple[str, float], ...] = ()
+    suggestions: tuple[tuple[str, float | None], ...] = ()  # (label, probability; None where there is none)
     evidence: tuple[Evidence, ...] = ()
     group: str = ""
 

@@ -66,6 +66,9 @@ def test_relabel_exclude_bulk_undo_and_reload_in_a_browser(url: str, source: Dat
         page.locator("button.bulk[data-name='exclude-broken']").click()
         state(page, "red/broken.png", "exclude")
         assert "4 decided" in page.inner_text("#summary")
+        page.select_option("#kind-filter", "duplicate")
+        assert page.locator("article:visible").count() == 2 and page.locator("section.kind:visible").count() == 1
+        page.select_option("#kind-filter", "")
         page.keyboard.press("u")  # undo the bulk action
         state(page, "red/broken.png", "")
         page.locator("#undo").click()  # and the new class

@@ -65,7 +65,7 @@ def review_router(source: ReviewSource, *, page: str = "/", api: str = "/v1/revi
     def items() -> dict[str, Any]:
         """Every item with its evidence, the classes, the actions and bulk actions, the decisions so far."""
         return {"title": source.title, "where": source.where, "actions": list(source.actions),
-                "label_actions": list(source.label_actions), "classes": source.classes(),
+                "label_actions": list(source.label_actions), "label_name": source.label_name, "classes": source.classes(),
                 "bulk": [{"name": bulk.name, "title": bulk.title} for bulk in source.bulk_actions()],
                 "items": [item.to_json() for item in source.items()], **_state(source)}
 

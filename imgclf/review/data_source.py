@@ -25,8 +25,9 @@ class DataReview:
     """The findings about one dataset, decided into ``corrections``."""
 
     title = "Dataset review"
-    actions = ("keep", "exclude", "relabel")
-    label_actions = ("relabel",)
+    actions: tuple[str, ...] = ("keep", "exclude", "relabel")
+    label_actions: tuple[str, ...] = ("relabel",)
+    label_name = "label"
 
     def __init__(self, index: ImageIndex, findings: Findings, classes: list[str], corrections: Path) -> None:
         self.index = index

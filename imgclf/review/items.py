@@ -85,6 +85,7 @@ class ReviewSource(Protocol):
     actions: tuple[str, ...]  # e.g. ("keep", "exclude", "relabel"); an action that takes a label is in label_actions
     label_actions: tuple[str, ...]
     where: str  # where decisions go, said on the page
+    label_name: str  # what an item's label is: "label" (given by the data) or "answer" (the model's)
 
     def classes(self) -> list[str]: ...
 

@@ -29,8 +29,9 @@ class QueueReview:
     confirmed and corrected images go to the ``path,label`` CSV ``labels``."""
 
     title = "Review queue"
-    actions = ("confirm", "correct", "skip")
-    label_actions = ("correct",)
+    actions: tuple[str, ...] = ("confirm", "correct", "skip")
+    label_actions: tuple[str, ...] = ("correct",)
+    label_name = "answer"
 
     def __init__(self, log: Any, classes: list[str], labels: Path) -> None:
         self._log = log

@@ -74,6 +74,7 @@ class _Nearest:
 
     def __init__(self, run: Path, index: ImageIndex) -> None:
         from imgclf.embeddings.embedder import Embedder
+        from imgclf.embeddings.similarity import normalise
 
         self.index = index
         try:
@@ -82,7 +83,7 @@ class _Nearest:
             log.warning(f"no nearest images beside the suggestions: {error}")
             self.vectors, self.ok = np.zeros((len(index.paths), 1), np.float32), np.zeros(len(index.paths), bool)
         else:
-            self.vectors, self.ok = embedded.vectors, embedded.ok
+            self.vectors, self.ok = normalise(embedded.vectors), embedded.ok  # cosine: a trained model's rows are raw
         self.labels = np.array([index.label(number) for number in range(len(index.paths))], dtype=object)
 
     def evidence(self, number: int, classes: tuple[str, ...]) -> tuple[Evidence, ...]:

@@ -277,3 +277,30 @@ def test_outliers_suggest_the_class_of_their_nearest_images(data: Path) -> None:
     assert [item.kind for item in found.items if item.group] == ["near-duplicate"] * 2
     assert found.groups == [["red/004.png", "red/005.png"]]
     assert ReviewItem.to_json(outliers[0])["suggestions"] == [{"label": "green", "probability": None}]
+
+
+@pytest.mark.subprocess
+def test_imgclf_review_serves_the_page_on_loopback_until_ctrl_c(data: Path, tmp_path: Path) -> None:
+    import signal
+    import socket
+
+    from processes import start_python, stop, wait_until
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = start_python("-m", "imgclf", "review", str(data), "--port", str(port), "--corrections",
+                           str(tmp_path / "fixes.csv"), env={"IMGCLF_API_KEY": KEY})
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/v1/review/items", headers={"X-API-Key": KEY}).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(answers, process, "the review page")
+    assert httpx.get(f"http://127.0.0.1:{port}/v1/review/items").status_code == 401  # the key from the environment
+    code, stderr = stop(process, signal.SIGINT)
+    assert code == 0, stderr
+    assert f"http://127.0.0.1:{port}" in stderr and "6 images" in stderr and "fixes.csv" in stderr
+    assert "warning" not in stderr  # loopback: nothing to warn about

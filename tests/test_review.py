@@ -99,8 +99,8 @@ def test_decisions_relabel_exclude_bulk_and_undo_go_to_the_corrections_file(serv
         assert written[copied]["reason"] == "duplicate across labels" and written[copied]["time"]
         bad = [http.post("/v1/review/decide", json={"changes": [change]}) for change in (
             {"key": copied, "action": "delete"}, {"key": copied, "action": "relabel", "label": "a//b"},
-            {"key": "/etc/passwd", "action": "keep"})]
-        assert [reply.status_code for reply in bad] == [422, 422, 422]
+            {"key": "/etc/passwd", "action": "keep"}, {"key": copied, "action": "relabel", "label": "../../etc"})]
+        assert [reply.status_code for reply in bad] == [422, 422, 422, 422]
         assert "not one of keep, exclude, relabel" in bad[0].json()["error"]
         assert http.post("/v1/review/bulk/everything").status_code == 404
     reopened = open_data_review(source.index.paths[0].parent.parent, corrections=source.corrections)
@@ -250,6 +250,14 @@ def test_export_writes_a_corrected_copy_of_links(data: Path, tmp_path: Path) -> 
         (target / "keep.txt").write_text("mine")
         refused = run_cli("review", str(data), "--corrections", str(corrections), "--export", str(target))
         assert refused.returncode == 2 and "--export" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_export_never_writes_outside_its_folder(data: Path, tmp_path: Path) -> None:
+    corrections = tmp_path / "fixes.csv"
+    corrections.write_text("path,action,label,reason,time\nred/000.png,relabel,../../escaped,,\n")
+    refused = run_cli("review", str(data), "--corrections", str(corrections), "--export", str(tmp_path / "out" / "x"))
+    assert refused.returncode == 2 and "would be written outside" in refused.stderr
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "out" / "x").exists()
 
 
 def test_a_bad_corrections_file_is_refused_by_line(data: Path, tmp_path: Path) -> None:

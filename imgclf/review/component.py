@@ -130,7 +130,10 @@ def _decision(source: ReviewSource, change: Change, known: set[str]) -> Decision
     label = change.label.strip()
     if change.action in source.label_actions:
         try:
-            parse_path(label, "label")
+            parts = parse_path(label, "label")
         except ImgclfError as error:
             raise HTTPException(422, str(error)) from None
+        if any(part in (".", "..") or "\\" in part or "\0" in part for part in parts):
+            raise HTTPException(422, f"label: {label!r} is not a class name a folder can have; write letters, digits "
+                                     "and spaces (a / between levels of a category)")
     return Decision(change.action, label if change.action in source.label_actions else "")

@@ -53,6 +53,9 @@ def export_corrected(dataset: ImageDataset, corrections: Path, out: Path) -> Exp
         for item in items:
             target = _free_name(folder.joinpath(*([item.split] if item.split else []), *item.label.split("/"),
                                                 item.path.name), taken)
+            if not target.resolve().is_relative_to(folder.resolve()):  # a hand-written label such as ../..
+                raise ImgclfError(f"--export: the class {item.label!r} of {item.path} would be written outside "
+                                  f"{out}; correct the label in {corrections}")
             target.parent.mkdir(parents=True, exist_ok=True)
             counts[_link_or_copy(item.path, target)] += 1
 

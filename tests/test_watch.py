@@ -151,6 +151,8 @@ def test_doubtful_answers_enter_the_review_queue_and_decisions_become_labels(bun
     queue.decide(engine, 2, "correct", "teal")  # a new class
     queue.decide(engine, 3, "skip")
     assert queue.queue_size(engine) == 1 and [item.id for item in queue.reviewed(engine)] == [1, 2]
+    [window] = queue.accuracy_over_time(engine)
+    assert (window.reviewed, window.correct, window.audited, window.audited_correct) == (2, 1, 2, 1)
     written = queue.export_labels(engine, tmp_path / "labels.csv")
     manifest = read_manifest(tmp_path / "labels.csv")
     assert written == 2 and sorted(manifest.classes) == sorted({items[0].prediction, "teal"})
@@ -184,30 +186,35 @@ def test_an_unwritable_log_keeps_serving_and_says_so_once(bundle: Path, tmp_path
     assert len(warnings) == 1 and "requests go on" in warnings[0]
 
 
-def test_a_full_queue_drops_rows_and_counts_them(tmp_path: Path) -> None:
-    release, counts = threading.Event(), {"written": 0, "dropped": 0, "failed": 0}
-
+def stuck_writer(path: Path, release: threading.Event, counts: dict[str, int], **limits: Any) -> LogWriter:
+    """A writer whose first batch waits for ``release``: once it has taken that row, the queue only fills."""
     def slow(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         release.wait(60)
         return items
 
     def count(outcome: str, rows: int) -> None:
-        counts[outcome] += rows
+        counts[outcome] = counts.get(outcome, 0) + rows
 
-    writer = LogWriter(tmp_path / "log.db", slow, max_queue=2, batch_rows=1, flush_s=0.0, count=count)
-    rows = [row_values(created_at=float(i)) for i in range(6)]
-    for row in rows[:1]:
-        writer.submit(row)
+    writer = LogWriter(path, slow, batch_rows=1, flush_s=0.0, count=count, **limits)
+    writer.submit(row_values())
     deadline = time.monotonic() + 30
     while writer.waiting:  # the writer has taken the first row and is stuck in prepare
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    for row in rows[1:]:
-        writer.submit(row)
-    assert counts["dropped"] == 3  # two waited in the queue
+    return writer
+
+
+@pytest.mark.parametrize("limit", ["rows", "bytes"])
+def test_a_full_queue_drops_rows_and_counts_them(tmp_path: Path, limit: str) -> None:
+    release, counts = threading.Event(), {}
+    limits = {"max_queue": 2} if limit == "rows" else {"size_of": lambda item: 600, "max_queue_bytes": 1300}
+    writer = stuck_writer(tmp_path / "log.db", release, counts, **limits)
+    for _ in range(5):
+        writer.submit(row_values())
+    assert counts == {"dropped": 3}  # two wait in the queue (2 rows; 1,200 of 1,300 bytes)
     release.set()
     writer.close()
-    assert counts == {"written": 3, "dropped": 3, "failed": 0} and len(rows_of(tmp_path / "log.db")) == 3
+    assert counts == {"written": 3, "dropped": 3} and len(rows_of(tmp_path / "log.db")) == 3
 
 
 def row_values(**values: Any) -> dict[str, Any]:
@@ -259,3 +266,50 @@ def test_predict_log_records_every_file(bundle: Path, tmp_path: Path) -> None:
     assert all(row.unknown == (row.prediction == "unknown") for row in rows)
     refused = run_cli("predict", str(bundle), str(images), "--log-keep", "3d")
     assert refused.returncode == 2 and "--log-keep works with --log" in refused.stderr
+
+
+def test_rows_name_the_bundle_that_answered(bundle: Path, tmp_path: Path) -> None:
+    from imgclf.deploy.bundle import read_bundle_info, update_bundle_info
+    from imgclf.watch.log import PredictionLog
+    from imgclf.watch.records import Observation
+
+    swapped = untrained_bundle(tmp_path / "swapped")
+    update_bundle_info(swapped, thresholds={"red": 0.7})  # another model.json: another version
+    log = PredictionLog(LogOptions(tmp_path / "log.db"), bundle, read_bundle_info(bundle), reference=None)
+    answer = dict(created_at=time.time(), source="serve", request_id="r", name="x.png", prediction="red",
+                  confidence=0.9, top=[("red", 0.9)], threshold=None, unknown=False, level=None, image=RED,
+                  features=None)
+    log.record([Observation(**answer), Observation(**answer, bundle=swapped), Observation(**answer, bundle=bundle)])
+    log.close()
+    versions = [row.model_version for row in rows_of(tmp_path / "log.db")]
+    assert versions == [bundle_content_id(bundle), bundle_content_id(swapped), bundle_content_id(bundle)]
+    assert versions[0] != versions[1]
+
+
+def test_serve_refuses_log_values_it_cannot_use_with_one_line(bundle: Path) -> None:
+    refused = run_cli("serve", str(bundle), "--runtime", "torch", "--log", "mysql://h/db")
+    assert refused.returncode == 2 and "--log mysql://...: not a database imgclf logs to" in refused.stderr
+    refused = run_cli("serve", str(bundle), "--runtime", "torch", "--log", "x.db", "--review-below", "2")
+    assert refused.returncode == 2 and "--review-below must be a probability" in refused.stderr
+
+
+def test_the_log_applies_its_retention_options(bundle: Path, tmp_path: Path) -> None:
+    db = tmp_path / "log.db"
+    serve_and_post(bundle, LogOptions(db, max_rows=2, keep="30d"), [[RED, BLUE, RED, BLUE, RED]])
+    assert [row.id for row in rows_of(db)] == [4, 5]  # after the first batch and at the end: the newest two
+
+
+def test_onnx_exports_give_the_same_features_from_their_one_run(bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from imgclf.deploy.export import export
+
+    copied = Path(shutil.copytree(bundle, tmp_path / "model"))
+    export(copied, "onnx")
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    by_torch = imgclf.load(copied, runtime="torch", precision="fp32").predict_pixels_with_features(pixels)
+    onnx = imgclf.load(copied, runtime="onnx")
+    by_onnx = onnx.predict_pixels_with_features(pixels)
+    assert onnx.gives_features and by_onnx.features is not None and by_torch.features is not None
+    np.testing.assert_allclose(by_onnx.features, by_torch.features, atol=1e-4)
+    np.testing.assert_allclose(by_onnx.probabilities, by_torch.probabilities, atol=1e-5)

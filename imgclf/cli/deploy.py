@@ -83,7 +83,8 @@ def serve(
         if model is not None or catalog is None or queries is None:
             raise ImgclfError("give a model to serve (runs/NAME), or --catalog catalog.csv --queries new.csv "
                               "(no model) for the review page")
-        log_options(options)  # refuses --log options here: the review page answers no predictions
+        if log_options(options) is not None:
+            raise ImgclfError("--log records a model's predictions; the catalogue review page makes none (leave it out)")
         serve_review(catalog, queries, accepted, host=host, port=port)
         return
     limits = Limits(max_bytes=int(options["max_upload_mb"] * 1024 * 1024), max_pixels=options["max_pixels"],

@@ -117,14 +117,18 @@ class Classifier:
     def logits_and_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`logits` and the (N, D) pooled features of the same forward passes (TTA's views weighted alike).
 
-        The features are None where the runtime cannot give them (ONNX
-        Runtime, OpenVINO and Keras run an exported graph whose only output
-        is the logits).
+        The features are None where the runtime cannot give them (OpenVINO,
+        Keras, and ONNX files exported before the log: an exported graph whose
+        only output is the logits).
         """
-        run = getattr(self.runtime, "logits_and_features", None)
-        if run is None:
+        if not self.gives_features:
             return self.logits(pixels), None
-        return self._viewed(pixels, run)
+        return self._viewed(pixels, self.runtime.logits_and_features)  # type: ignore[attr-defined]  # gives_features
+
+    @property
+    def gives_features(self) -> bool:
+        """Whether this runtime gives the pooled features with the logits (PyTorch; ONNX exports made since the log)."""
+        return bool(getattr(self.runtime, "gives_features", False))
 
     def _viewed(self, pixels: np.ndarray, run: Callable[[np.ndarray], Outputs]) -> Outputs:
         """``run``'s (logits, features) over TTA's views, weighted as :meth:`logits` says."""
@@ -358,8 +362,12 @@ class EnsembleClassifier(Classifier):
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return self.combine([member.predict_pixels(_resized(pixels, member.info.image_size)) for member in self.members])
 
+    @property
+    def gives_features(self) -> bool:
+        return False  # the members embed differently: an ensemble logs no embedding
+
     def predict_pixels_with_features(self, pixels: np.ndarray) -> PixelOutputs:
-        """The vote, without features: the members embed differently, so an ensemble logs no embedding."""
+        """The vote, without features (see :attr:`gives_features`)."""
         return PixelOutputs(self.predict_pixels(pixels), None)
 
     def predict_proba(self, images: Sequence[ImageInput], batch_size: int = 64) -> np.ndarray:

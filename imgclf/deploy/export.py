@@ -39,11 +39,13 @@ from imgclf.deploy.openvino_runtime import OPENVINO_FILES, load_openvino, write_
 from imgclf.deploy.predict import decoded_batches
 from imgclf.deploy.quantize import labelled_images, quantize_int8
 from imgclf.deploy.runtime import (
+    FEATURES_OUTPUT,
     ONNX_FILES,
     OnnxRuntime,
     Runtime,
     TorchRuntime,
     compare_speeds,
+    has_head_api,
     load_runtime,
     native_of,
 )
@@ -95,14 +97,37 @@ def _example(info: BundleInfo) -> Any:
 
 
 def _torch_to_onnx(model: Any, info: BundleInfo, path: Path) -> None:
-    """The TorchScript-based exporter (``dynamo=False``): one pass, no onnxscript, exact for conv nets."""
+    """The TorchScript-based exporter (``dynamo=False``): one pass, no onnxscript, exact for conv nets.
+
+    A model with the head API gets a second output, ``features`` (the pooled
+    features feeding the last layer), so ``--runtime onnx`` logs embeddings
+    from the same pass too (``serve --log``).
+    """
     import torch
 
     example = _example(info)
+    outputs = ["logits", FEATURES_OUTPUT] if has_head_api(model) else ["logits"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its deprecation notice and tracer warnings; parity is the real check
-        torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET)
+        torch.onnx.export(_with_features(model) if len(outputs) == 2 else model, (example,), str(path), dynamo=False,
+                          input_names=["input"], output_names=outputs,
+                          dynamic_axes={name: {0: "batch"} for name in ["input", *outputs]}, opset_version=ONNX_OPSET)
+
+
+def _with_features(model: Any) -> Any:
+    """``model`` as a module answering (logits, pooled features) from one pass: what the ONNX file records."""
+    import torch
+
+    class LogitsAndFeatures(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            pooled = self.inner.forward_head(self.inner.forward_features(images), pre_logits=True)
+            return self.inner.get_classifier()(pooled), pooled
+
+    return LogitsAndFeatures(model).eval()
 
 
 def _torch_to_torchscript(model: Any, info: BundleInfo, path: Path) -> None:

@@ -37,6 +37,15 @@ FORK_UNSAFE = {"keras"}  # native runtimes whose thread pools make a later fork 
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 
 
+FEATURES_OUTPUT = "features"  # an ONNX export's second output: the pooled features (the prediction log's embedding)
+HEAD_API = ("forward_features", "forward_head", "get_classifier")  # timm's, and our models': features apart from logits
+
+
+def has_head_api(model: Any) -> bool:
+    """Whether ``model`` can give its pooled features and its logits from one pass (not a TorchScript file)."""
+    return all(hasattr(model, name) for name in HEAD_API)
+
+
 def native_of(backend: str, directory: Path | str = "this bundle") -> str:
     """The runtime that runs ``backend``'s bundles in their own framework (its record's), or a one-line error."""
     record = RECORDS.get(backend)
@@ -182,6 +191,11 @@ class TorchRuntime:
         with torch.no_grad(), autocast(self.device, self.precision):
             return self.model(self.normalise(pixels)).float().cpu().numpy()
 
+    @property
+    def gives_features(self) -> bool:
+        """Whether :meth:`logits_and_features` gives features: a model with timm's head API (not TorchScript)."""
+        return has_head_api(self.model)
+
     def logits_and_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(N, classes) logits and (N, D) pooled features from one forward pass (the prediction log's embedding).
 
@@ -196,7 +210,7 @@ class TorchRuntime:
         from imgclf.models.device import autocast
 
         model = self.model
-        if not all(hasattr(model, name) for name in ("forward_features", "forward_head", "get_classifier")):
+        if not self.gives_features:
             return self.logits(pixels), None
         with torch.no_grad(), autocast(self.device, self.precision):
             pooled = model.forward_head(model.forward_features(self.normalise(pixels)), pre_logits=True)  # type: ignore[operator]  # timm's head API, checked above
@@ -223,6 +237,8 @@ class OnnxRuntime:
             raise ImgclfError(f"{path}: ONNX Runtime cannot load it ({one_line(error)}); export again") from None
         self.name = name
         self.input_name = self.session.get_inputs()[0].name
+        self.outputs = [output.name for output in self.session.get_outputs()]
+        self.gives_features = FEATURES_OUTPUT in self.outputs[1:]  # exports made before the log have logits only
         channels = info.channels
         self.scale = (1.0 / (255.0 * np.asarray(info.std[:channels], dtype=np.float32)))
         self.offset = -np.asarray(info.mean[:channels], dtype=np.float32) / np.asarray(info.std[:channels], dtype=np.float32)
@@ -233,7 +249,15 @@ class OnnxRuntime:
         return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: self.normalise(pixels)})[0].astype(np.float32, copy=False)
+        return self.session.run(self.outputs[:1], {self.input_name: self.normalise(pixels)})[0].astype(
+            np.float32, copy=False)
+
+    def logits_and_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The logits and the file's ``features`` output from one run (None for an export without it)."""
+        if not self.gives_features:
+            return self.logits(pixels), None
+        logits, features = self.session.run([self.outputs[0], FEATURES_OUTPUT], {self.input_name: self.normalise(pixels)})
+        return logits.astype(np.float32, copy=False), features.astype(np.float32, copy=False)
 
 
 def compare_speeds(runtimes: dict[str, Runtime], info: BundleInfo, batches: tuple[int, ...] = SPEED_BATCHES,

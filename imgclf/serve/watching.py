@@ -38,13 +38,14 @@ def record_answers(log: Any, classifier: Any, uploads: list[Upload], answers: li
                     prediction=answer["prediction"], confidence=answer["confidence"],
                     top=[(classifier.classes[i], float(row[i])) for i in order[:TOP_K]], threshold=threshold,
                     unknown=False, level=len(answer.get("levels") or []) or None, image=upload.data,
-                    features=None if features is None else features[index])
+                    features=None if features is None else features[index],
+                    bundle=getattr(classifier, "directory", None))
         for index, (upload, answer, row, order) in enumerate(zip(uploads, answers, probabilities, orders))])
 
 
 def watching_line(options: Any, classifier: Any) -> str:
     """What the server says at start about its log: where rows go, and whether they carry embeddings."""
     images = f", image copies in {options.images}" if options.images else ""
-    embeddings = ("with embeddings" if hasattr(classifier.runtime, "logits_and_features") else
+    embeddings = ("with embeddings" if getattr(classifier, "gives_features", False) else
                   f"without embeddings (the {classifier.runtime.name} runtime gives none; --runtime torch does)")
     return f"logging every prediction to {options.target}{images}, {embeddings}"

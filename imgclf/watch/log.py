@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.deploy.bundle import BundleInfo
+from imgclf.deploy.bundle import MODEL_FILE, BundleInfo
 from imgclf.deploy.metadata import bundle_content_id
 from imgclf.deploy.predict import PredictionRow
 from imgclf.errors import ImgclfError, one_line
@@ -79,31 +79,52 @@ def bundle_reference(bundle_dir: Path) -> Any:
     return module.load_reference(bundle_dir)
 
 
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: one per bundle version, references unhashable
+class ModelFacts:
+    """What the log records of the model that answered: its version name, its name, its novelty reference."""
+
+    version: str
+    name: str
+    reference: Any  # a Reference (``novelty(embeddings) -> (scores, novel)``) or None
+
+
 @dataclass
 class PredictionLog:
-    """Records answers of one model: :meth:`record` queues, the writer thread does the rest."""
+    """Records answers of one model: :meth:`record` queues, the writer thread does the rest.
+
+    An observation may name another bundle folder (a server whose model was
+    swapped): its rows get that bundle's version, name and reference, worked
+    out once per bundle in the writer thread.
+    """
 
     options: LogOptions
     bundle_dir: Path
     info: BundleInfo
     count: Callable[[str, int], None] = lambda outcome, rows: None  # e.g. the server's Prometheus counter
-    reference: Any = "bundle"  # "bundle": the bundle's own (bundle_reference); None: no novelty; or a Reference
+    reference: Any = "bundle"  # "bundle": each bundle's own (bundle_reference); None: no novelty; or a Reference
     counts: Counter[str] = field(default_factory=Counter)  # rows written, dropped, failed so far
 
     def __post_init__(self) -> None:
         database_url(self.options.target)  # a bad --log value fails now, with one line
-        self.model_version = bundle_content_id(self.bundle_dir)
-        self.model_name = self.bundle_dir.parent.name if self.bundle_dir.name == "model" else self.bundle_dir.name
         below = self.options.review_below
         self.policy = ReviewPolicy(default_review_below(self.info) if below is None else below,
                                    self.options.audit_rate)
-        if isinstance(self.reference, str):
-            self.reference = bundle_reference(self.bundle_dir)
+        self._models: dict[tuple[str, int], ModelFacts] = {}
+        self.model = self.facts_of(self.bundle_dir)  # now: a bundle that cannot be read fails at start
         self.images = (ImageStore(self.options.images, int(self.options.images_max_mb * 1024 * 1024))
                        if self.options.images else None)
         self._image_warned = False
         self.writer = LogWriter(self.options.target, self._prepare, retention=self.options.retention(),
-                                max_queue=self.options.max_queue, count=self._count)
+                                max_queue=self.options.max_queue, count=self._count, size_of=_held_bytes)
+
+    def facts_of(self, bundle_dir: Path) -> ModelFacts:
+        """The version, name and reference of a bundle folder, worked out once (again if its model.json changes)."""
+        key = (str(bundle_dir), (bundle_dir / MODEL_FILE).stat().st_mtime_ns)
+        if key not in self._models:
+            name = bundle_dir.parent.name if bundle_dir.name == "model" else bundle_dir.name
+            reference = bundle_reference(bundle_dir) if isinstance(self.reference, str) else self.reference
+            self._models[key] = ModelFacts(bundle_content_id(bundle_dir), name, reference)
+        return self._models[key]
 
     def record(self, observations: list[Observation]) -> None:
         """Queue the rows of answers just given; never blocks, never raises (a full queue drops and counts)."""
@@ -124,30 +145,17 @@ class PredictionLog:
 
     def _prepare(self, observations: list[Observation]) -> list[dict[str, Any]]:
         """The rows of a batch (in the writer thread): image facts and copies, novelty, queue reasons."""
-        rows = []
-        for observation in observations:
+        rows, models = [], [self.facts_of(observation.bundle or self.bundle_dir) for observation in observations]
+        for observation, model in zip(observations, models):
             data = image_bytes(observation)
             facts = image_facts(data) if data is not None else None
             copy = self._copy(data, facts.sha256, facts.image_format) if data is not None and facts else None
-            rows.append(row_of(observation, self.model_version, self.model_name, facts, copy))
-        scores, novel = self._novelty(observations)
+            rows.append(row_of(observation, model.version, model.name, facts, copy))
+        scores, novel = novelty(observations, models)
         for row, observation, score, is_novel in zip(rows, observations, scores, novel):
             reason = self.policy.reason(observation.top[0][1] if observation.top else None, is_novel)
             row.update(novelty=score, novel=is_novel, queue_reason=reason, review_status=PENDING if reason else None)
         return rows
-
-    def _novelty(self, observations: list[Observation]) -> tuple[list[float | None], list[bool | None]]:
-        """Each observation's novelty score and verdict from the bundle's reference (None without one or features)."""
-        scores: list[float | None] = [None] * len(observations)
-        novel: list[bool | None] = [None] * len(observations)
-        having = [index for index, observation in enumerate(observations) if observation.features is not None]
-        if self.reference is None or not having:
-            return scores, novel
-        batch = np.stack([np.asarray(observations[index].features, dtype=np.float32) for index in having])
-        batch_scores, batch_novel = self.reference.novelty(batch)
-        for index, score, verdict in zip(having, batch_scores, batch_novel):
-            scores[index], novel[index] = float(score), bool(verdict)
-        return scores, novel
 
     def _copy(self, data: bytes, sha256: str, image_format: str | None) -> Path | None:
         """The image's stored copy (with --log-images); a failing folder warns once and logs the row without it."""
@@ -178,3 +186,26 @@ def logged_rows(rows: Iterator[PredictionRow], prediction_log: PredictionLog, th
         lost = prediction_log.counts["dropped"] + prediction_log.counts["failed"]
         if lost:
             log.warning(f"warning: {lost:,} predictions could not be logged to {prediction_log.options.target}")
+
+
+def _held_bytes(observation: Observation) -> int:
+    """The memory an observation holds while queued: its image's bytes (a path holds none)."""
+    return len(observation.image) if isinstance(observation.image, bytes) else 0
+
+
+def novelty(observations: list[Observation], models: list[ModelFacts]
+            ) -> tuple[list[float | None], list[bool | None]]:
+    """Each observation's novelty score and verdict from its model's reference, one call per model (None without a
+    reference or features)."""
+    scores: list[float | None] = [None] * len(observations)
+    novel: list[bool | None] = [None] * len(observations)
+    for model in set(models):
+        having = [index for index, (observation, its) in enumerate(zip(observations, models))
+                  if its == model and observation.features is not None]
+        if model.reference is None or not having:
+            continue
+        batch = np.stack([np.asarray(observations[index].features, dtype=np.float32) for index in having])
+        batch_scores, batch_novel = model.reference.novelty(batch)
+        for index, score, verdict in zip(having, batch_scores, batch_novel):
+            scores[index], novel[index] = float(score), bool(verdict)
+    return scores, novel

@@ -179,6 +179,35 @@ def reviewed(log: Log) -> list[QueueItem]:
         return [_item(row) for row in connection.execute(query)]
 
 
+@dataclass
+class AccuracyWindow:
+    """Reviewed answers in one time window (by when they were answered) and how many the reviewer confirmed.
+
+    ``audited`` counts the random sample alone: its accuracy estimates the
+    model's on all traffic, while the doubtful items' is lower by design.
+    """
+
+    start: float  # Unix time
+    reviewed: int
+    correct: int
+    audited: int
+    audited_correct: int
+
+
+def accuracy_over_time(log: Log, window_s: float = 86400.0) -> list[AccuracyWindow]:
+    """Measured accuracy in production: confirmed among confirmed and corrected items, per ``window_s`` window."""
+    windows: dict[float, AccuracyWindow] = {}
+    for item in reviewed(log):
+        start = item.created_at - item.created_at % window_s
+        window = windows.setdefault(start, AccuracyWindow(start, 0, 0, 0, 0))
+        right, audited = item.review_status == "confirmed", AUDIT in item.queue_reason.split(",")
+        window.reviewed += 1
+        window.correct += right
+        window.audited += audited
+        window.audited_correct += right and audited
+    return [windows[start] for start in sorted(windows)]
+
+
 def export_labels(log: Log, csv_path: Path) -> int:
     """Write the confirmed and corrected items with a stored image copy as a ``path,label`` CSV; how many rows.
 

@@ -41,6 +41,7 @@ class Observation:
     level: int | None
     image: bytes | Path  # serve: the uploaded bytes; predict: the file (read in the writer thread)
     features: np.ndarray | None  # (D,) pooled features of the forward pass that answered, or None
+    bundle: Path | None = None  # the bundle folder of the model that answered (None: the log's own)
 
 
 def decision_threshold(classifier: Any) -> float | None:

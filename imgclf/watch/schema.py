@@ -87,6 +87,9 @@ def database_url(log: str | Path) -> str:
     if not text.startswith(SERVER_SCHEMES):
         raise ImgclfError(f"--log {text.split('://')[0]}://...: not a database imgclf logs to; give a file path "
                           "(SQLite) or a postgresql://user@host/db URL")
+    if importlib.util.find_spec("psycopg") is None:
+        raise ImgclfError(f"--log {text.split('://')[0]}://...: PostgreSQL needs its driver; "
+                          "pip install 'imgclf[watch]'")
     return "postgresql+psycopg://" + text.split("://", 1)[1]
 
 
@@ -94,8 +97,6 @@ def open_engine(log: str | Path) -> Any:
     """An SQLAlchemy engine for the log (nothing is connected yet): SQLite in WAL mode, or PostgreSQL via psycopg."""
     url = database_url(log)
     if not url.startswith("sqlite"):
-        if importlib.util.find_spec("psycopg") is None:
-            raise ImgclfError(f"--log {log}: PostgreSQL needs its driver; pip install 'imgclf[watch]'")
         return sa.create_engine(url, pool_pre_ping=True, pool_size=2)
     engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 

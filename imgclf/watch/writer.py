@@ -59,7 +59,8 @@ class LogWriter:
 
     def __init__(self, log_target: str | Path, prepare: Callable[[list[Any]], list[dict[str, Any]]], *,
                  retention: Retention = Retention(), max_queue: int = 10_000, batch_rows: int = 256,
-                 flush_s: float = 0.5, count: Callable[[str, int], None] = lambda outcome, rows: None) -> None:
+                 flush_s: float = 0.5, count: Callable[[str, int], None] = lambda outcome, rows: None,
+                 size_of: Callable[[Any], int] = lambda item: 0, max_queue_bytes: int = 256 * 1024 * 1024) -> None:
         self.target = log_target
         self.prepare = prepare
         self.retention = retention
@@ -67,10 +68,14 @@ class LogWriter:
         self.flush_s = flush_s
         self.count = count
         self._queue: queue.Queue[Any] = queue.Queue(max_queue)
+        self.size_of = size_of  # what an item holds in memory (an upload's bytes): the queue holds at most
+        self.max_queue_bytes = max_queue_bytes  # max_queue_bytes of them, so big images cannot exhaust memory
+        self._queued_bytes = 0
+        self._bytes_lock = threading.Lock()
         self._engine: Any = None
         self._ready = False
         self._warned = False
-        self._maintained = 0.0
+        self._maintained: float | None = None  # when retention last ran (monotonic); None: not yet
         self._thread = threading.Thread(target=self._run, name="imgclf-log", daemon=True)
         self._thread.start()
 
@@ -80,10 +85,17 @@ class LogWriter:
         return self._queue.qsize()
 
     def submit(self, item: Any) -> None:
-        """Queue one row's item; never blocks: with the queue full the row is dropped and counted."""
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
+        """Queue one row's item; never blocks: with the queue full (rows or bytes) the row is dropped and counted."""
+        size = self.size_of(item)
+        with self._bytes_lock:
+            room = self._queued_bytes + size <= self.max_queue_bytes
+            if room:
+                try:
+                    self._queue.put_nowait(item)
+                    self._queued_bytes += size
+                except queue.Full:
+                    room = False
+        if not room:
             self.count("dropped", 1)
 
     def flush(self, timeout_s: float = 60.0) -> bool:
@@ -111,9 +123,13 @@ class LogWriter:
             items, markers = self._take()
             if items:
                 self._write(items)
+            last = any(marker.last for marker in markers)
+            if last and self._ready:  # closing: retention once more, so a short run (predict) applies it too
+                self._maintained = None
+                self._maintain_quietly()
             for marker in markers:
                 marker.done.set()
-            if any(marker.last for marker in markers):
+            if last:
                 return
 
     def _take(self) -> tuple[list[Any], list[_Marker]]:
@@ -124,7 +140,12 @@ class LogWriter:
         deadline = time.monotonic() + self.flush_s
         entry: Any = first
         while True:
-            (markers if isinstance(entry, _Marker) else items).append(entry)
+            if isinstance(entry, _Marker):
+                markers.append(entry)
+            else:
+                items.append(entry)
+                with self._bytes_lock:
+                    self._queued_bytes -= self.size_of(entry)
             if markers or len(items) >= self.batch_rows:
                 return items, markers
             try:
@@ -138,7 +159,6 @@ class LogWriter:
             rows = self.prepare(items)
             with engine.begin() as connection:
                 connection.execute(PREDICTIONS.insert(), rows)
-            self._maintain(engine)
         except Exception as error:  # any database or disk failure: counted and reported, never raised to a request
             self._ready = False
             self.count("failed", len(items))
@@ -151,6 +171,7 @@ class LogWriter:
         if self._warned:
             self._warned = False
             log.warning(f"the prediction log {self.target} is written again")
+        self._maintain_quietly()
 
     def _connected(self) -> Any:
         if self._engine is None:
@@ -160,14 +181,17 @@ class LogWriter:
             self._ready = True
         return self._engine
 
-    def _maintain(self, engine: Any) -> None:
-        """Apply the retention limits, at most every :data:`MAINTAIN_EVERY_S` seconds."""
+    def _maintain_quietly(self) -> None:
+        """Apply the retention limits, at most every :data:`MAINTAIN_EVERY_S` seconds; a failure only warns."""
         now = time.monotonic()
-        if now - self._maintained < MAINTAIN_EVERY_S or self.retention == Retention():
+        if self.retention == Retention() or (self._maintained is not None and now - self._maintained < MAINTAIN_EVERY_S):
             return
         self._maintained = now
-        with engine.begin() as connection:
-            delete_old(connection, self.retention, time.time())
+        try:
+            with self._engine.begin() as connection:
+                delete_old(connection, self.retention, time.time())
+        except Exception as error:  # as a failed write: reported, never raised
+            log.warning(f"warning: the prediction log {self.target} could not apply its retention ({one_line(error)})")
 
 
 def delete_old(connection: Any, retention: Retention, now: float) -> int:

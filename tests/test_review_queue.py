@@ -103,14 +103,12 @@ def test_the_queue_api_serves_stored_copies_by_id_behind_the_api_key(bundle: Pat
         assert [row["label"] for row in csv.DictReader(handle)] == ["red"]
 
 
-def test_accuracy_is_measured_per_day_on_reviewed_items(tmp_path: Path) -> None:
-    day = 86_400.0
-
-    def item(when: float, status: str) -> queue.QueueItem:
-        return queue.QueueItem(1, when, "v", "x.png", None, "red", 0.4, [("red", 0.4)], "audit", None, status, "red")
-
-    assert accuracy_by_day([item(0, "confirmed"), item(10, "corrected"), item(day, "confirmed")]) == [
-        {"period": "1970-01-01", "reviewed": 2, "correct": 1, "accuracy": 0.5},
-        {"period": "1970-01-02", "reviewed": 1, "correct": 1, "accuracy": 1.0}]
+def test_accuracy_is_measured_per_day_on_reviewed_items(bundle: Path, tmp_path: Path) -> None:
+    options = logged(bundle, tmp_path)
+    for number, action in ((1, "confirm"), (2, "correct"), (3, "skip")):
+        queue.decide(options.target, number, action, "teal" if action == "correct" else None)
+    [today] = accuracy_by_day(options.target)
+    assert (today["reviewed"], today["correct"], today["accuracy"], today["audited"]) == (2, 1, 0.5, 0)
+    assert QueueReview(options.target, ["red"], tmp_path / "l.csv").counts().accuracy == [today]
     assert default_labels("postgresql://host/db") == Path("review-labels.csv")
-    assert QueueReview(tmp_path / "log.db", ["red"], tmp_path / "l.csv").counts().items == 0
+    assert default_labels(tmp_path / "predictions.db") == tmp_path / "predictions-labels.csv"

@@ -167,7 +167,8 @@ def _outliers(embedded: _Embedded | str | None, model: str, multilabel: bool) ->
     from imgclf.embeddings.outliers import NEIGHBOURS, OUTLIER_ABOVE, find_outliers
 
     described = {"model": model, "neighbours": NEIGHBOURS, "threshold": OUTLIER_ABOVE,
-                 "score": "distance to the class's nearest images / the class's median"}
+                 "score": "distance to the class's mean / the class's median, times 1 + the share of the "
+                          "nearest images with another label"}
     if multilabel:
         return {**described, "note": "outliers: not searched; they are found per class, for single-label data"}
     if not isinstance(embedded, _Embedded):

@@ -11,7 +11,6 @@ measured on the reviewed items, per day.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -83,9 +82,8 @@ class QueueReview:
         return {}
 
     def counts(self) -> Counts:
-        decided = queue.reviewed(self.log)
-        return Counts(items=queue.queue_size(self.log) + len(decided), decided=len(decided),
-                      accuracy=accuracy_by_day(decided))
+        decided = len(queue.reviewed(self.log))
+        return Counts(items=queue.queue_size(self.log) + decided, decided=decided, accuracy=accuracy_by_day(self.log))
 
 
 def default_labels(target: str | Path) -> Path:
@@ -95,14 +93,13 @@ def default_labels(target: str | Path) -> Path:
     return Path(target).with_name(f"{Path(target).stem}-labels.csv")
 
 
-def accuracy_by_day(decided: list[queue.QueueItem]) -> list[dict[str, Any]]:
-    """Measured accuracy in production: per UTC day of the prediction, the share a reviewer confirmed."""
-    days: dict[str, list[bool]] = defaultdict(list)
-    for item in decided:
-        days[datetime.fromtimestamp(item.created_at, timezone.utc).date().isoformat()].append(
-            item.review_status == "confirmed")
-    return [{"period": day, "reviewed": len(right), "correct": sum(right), "accuracy": sum(right) / len(right)}
-            for day, right in sorted(days.items())]
+def accuracy_by_day(log: Any) -> list[dict[str, Any]]:
+    """Measured accuracy in production per UTC day of the predictions: the share a reviewer confirmed, and the same
+    on the random audit sample alone (the unbiased figure: doubtful items are wrong more often by design)."""
+    return [{"period": datetime.fromtimestamp(window.start, timezone.utc).date().isoformat(),
+             "reviewed": window.reviewed, "correct": window.correct, "accuracy": window.correct / window.reviewed,
+             "audited": window.audited, "audited_correct": window.audited_correct}
+            for window in queue.accuracy_over_time(log) if window.reviewed]
 
 
 def _review_item(item: queue.QueueItem) -> ReviewItem:

@@ -26,8 +26,9 @@ from imgclf.training import train
 log = logging.getLogger(__name__)
 
 
-# what a fold's run must not inherit from the original run's config
-FOLD_OVERRIDES = ("data", "out", "val_fraction", "test_fraction", "group_by")
+# what a fold's run must not inherit from the original run's config (corrections: the items it is given are the
+# ones to question, already corrected when evaluate was given --corrections)
+FOLD_OVERRIDES = ("data", "out", "val_fraction", "test_fraction", "group_by", "corrections", "rename")
 
 
 @dataclass(frozen=True)

@@ -208,7 +208,12 @@ def test_run_findings_suggest_a_label_with_the_nearest_images_of_both_classes(ti
     (run / "evaluation" / "label_issues.csv").write_text(
         "path,given,predicted,given_probability,predicted_probability,evidence\n"
         f"{wrong},red,green,0.1,0.85,0.75\n/elsewhere/not-in-data.png,red,blue,0.2,0.7,0.5\n")
+    (run / "evaluation" / "worst_mistakes.csv").write_text(
+        "path,given,predicted,given_probability,predicted_probability,evidence\n"
+        f"{colours / 'blue' / '001.png'},blue,green,0.05,0.9,\n")
     source = open_data_review(colours, run=run, corrections=tmp_path / "fixes.csv")
+    mistake = next(item for item in source.items() if item.kind == "worst mistake")
+    assert mistake.key == "blue/001.png" and mistake.suggestions[0] == ("green", 0.9) and mistake.evidence
     issue = next(item for item in source.items() if item.kind == "likely label error")
     assert issue.key == "red/003.png" and source.image(issue.image) == wrong and issue.suggestions == (("green", 0.85), ("red", 0.1))
     assert "the model says 'green'" in issue.reason

@@ -12,6 +12,7 @@ import yaml
 from conftest import TINY_ARGS, make_class_folder, make_image, run_cli
 
 from imgclf.data import corrections
+from imgclf.runs import RunDirectory
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "crimson": (215, 35, 35)}
 
@@ -48,7 +49,8 @@ def test_train_excludes_relabels_merges_and_reports_a_missing_file(tmp_path: Pat
     assert labels["crimson/005.png"] == "red" and "crimson" not in labels.values()
     model = json.loads((run / "model" / "model.json").read_text())
     assert model["classes"] == ["blue", "green", "red"]
-    record = json.loads((run / "corrections.json").read_text())
+    record = RunDirectory(run).read_corrections()
+    assert record is not None
     rows = corrections.load_corrections(fixes, ["crimson=red"])
     assert record["digest"] == corrections.digest(rows) and record["file"] == str(fixes)
     assert record["applied"]["missing"] == ["green/gone.png"] and record["rename"] == ["crimson=red"]

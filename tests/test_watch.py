@@ -313,3 +313,15 @@ def test_onnx_exports_give_the_same_features_from_their_one_run(bundle: Path, tm
     assert onnx.gives_features and by_onnx.features is not None and by_torch.features is not None
     np.testing.assert_allclose(by_onnx.features, by_torch.features, atol=1e-4)
     np.testing.assert_allclose(by_onnx.probabilities, by_torch.probabilities, atol=1e-5)
+
+
+def test_a_failing_log_hook_still_answers(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import imgclf.serve.watching
+
+    def broken(classifier: Any) -> float:
+        raise RuntimeError("a bug in the hook")
+
+    monkeypatch.setattr(imgclf.serve.watching, "decision_threshold", broken)
+    answers, metrics = serve_and_post(bundle, LogOptions(tmp_path / "log.db"), [[RED], [BLUE, RED]])
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert 'imgclf_log_rows_total{outcome="failed"} 3.0' in metrics

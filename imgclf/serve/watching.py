@@ -30,17 +30,27 @@ def request_id(request: Request) -> str:
 
 def record_answers(log: Any, classifier: Any, uploads: list[Upload], answers: list[dict[str, Any]],
                    probabilities: np.ndarray, features: np.ndarray | None, identifier: str) -> None:
-    """Queue one log row per answered image of a request (``answers`` as the route returns them)."""
+    """Queue one log row per answered image of a request (``answers`` as the route returns them); never raises."""
+    try:
+        observations = _observations(classifier, uploads, answers, probabilities, features, identifier)
+    except Exception as error:  # whatever went wrong, the answer goes out: the rows are counted as failed
+        log.lost(len(uploads), error)
+        return
+    log.record(observations)
+
+
+def _observations(classifier: Any, uploads: list[Upload], answers: list[dict[str, Any]], probabilities: np.ndarray,
+                  features: np.ndarray | None, identifier: str) -> list[Observation]:
     now, threshold = time.time(), decision_threshold(classifier)
     orders = classifier.ranking(probabilities)
-    log.record([
+    return [
         Observation(created_at=now, source="serve", request_id=identifier, name=answer["name"],
                     prediction=answer["prediction"], confidence=answer["confidence"],
                     top=[(classifier.classes[i], float(row[i])) for i in order[:TOP_K]], threshold=threshold,
                     unknown=False, level=len(answer.get("levels") or []) or None, image=upload.data,
                     features=None if features is None else features[index],
                     bundle=getattr(classifier, "directory", None))
-        for index, (upload, answer, row, order) in enumerate(zip(uploads, answers, probabilities, orders))])
+        for index, (upload, answer, row, order) in enumerate(zip(uploads, answers, probabilities, orders))]
 
 
 def watching_line(options: Any, classifier: Any) -> str:

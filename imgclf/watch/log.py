@@ -113,7 +113,7 @@ class PredictionLog:
         self.model = self.facts_of(self.bundle_dir)  # now: a bundle that cannot be read fails at start
         self.images = (ImageStore(self.options.images, int(self.options.images_max_mb * 1024 * 1024))
                        if self.options.images else None)
-        self._image_warned = False
+        self._image_warned = self._lost_warned = False
         self.writer = LogWriter(self.options.target, self._prepare, retention=self.options.retention(),
                                 max_queue=self.options.max_queue, count=self._count, size_of=_held_bytes)
 
@@ -130,6 +130,13 @@ class PredictionLog:
         """Queue the rows of answers just given; never blocks, never raises (a full queue drops and counts)."""
         for observation in observations:
             self.writer.submit(observation)
+
+    def lost(self, rows: int, error: Exception) -> None:
+        """Count rows that could not even be queued (as failed), with one warning line."""
+        self._count("failed", rows)
+        if not self._lost_warned:
+            self._lost_warned = True
+            log.warning(f"warning: predictions could not be logged ({one_line(error)}); requests go on")
 
     def flush(self, timeout_s: float = 60.0) -> bool:
         """Wait until what was recorded is written (or failed); False if not within ``timeout_s``."""

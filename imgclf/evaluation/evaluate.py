@@ -248,7 +248,6 @@ def _evaluate_multilabel(classifier: Any, items: list[Item], split: str, out: Pa
                 "cooccurrence": plot_cooccurrence(truth, said, classifier.classes, out / "cooccurrence.png")}
     mistakes = worst_mistakes(paths, truth, probabilities, said, classifier.classes)
     metrics["worst_mistakes"] = mistakes
-    _write_issues(mistakes, out / "worst_mistakes.csv")  # the review page's "worst mistakes"
     if mistakes:
         pictures["worst_mistakes"] = draw_mistakes(mistakes, out / "worst_mistakes.png")
     issues: list[dict[str, Any]] = []

@@ -59,8 +59,9 @@ def test_evaluate_on_other_data_with_label_issues(trained: Path, tmp_path: Path)
     assert result.metrics["accuracy"] >= 0.9
     assert result.label_issues and result.label_issues[0]["path"].endswith("really-blue.png")
     for name in ("metrics.json", "confusion_matrix.png", "roc.png", "reliability.png", "label_issues.csv",
-                 "label_issues.png", "worst_mistakes.png", "skipped.txt"):
+                 "label_issues.png", "worst_mistakes.png", "worst_mistakes.csv", "skipped.txt"):
         assert (tmp_path / "eval" / name).is_file(), name
+    assert "really-blue.png,red,blue," in (tmp_path / "eval" / "worst_mistakes.csv").read_text()  # the review page's
 
 
 def test_evaluate_refuses_unknown_labels_and_training_only_data(trained: Path, tmp_path: Path) -> None:

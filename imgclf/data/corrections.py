@@ -253,6 +253,20 @@ def remove(path: Path, name: str, kind: str = "file") -> list[Correction]:
     return rows
 
 
+def change(path: Path, upserts: Iterable[Correction] = (), removals: Iterable[tuple[str, str]] = ()
+           ) -> list[Correction]:
+    """Many decisions in one locked read-change-write (a review page's bulk action and its undo): each of
+    ``upserts`` replaces the row with its key, each ``(kind, name)`` of ``removals`` is forgotten. Returns the rows."""
+    stamp = now()
+    added = [checked(row if row.time else replace(row, time=stamp), str(path)) for row in upserts]
+    dropped = set(removals) | {row.key for row in added}
+    with _locked(path):
+        rows = [row for row in _current(path) if row.key not in dropped] + added
+        renames(rows, str(path))
+        write(path, rows)
+    return rows
+
+
 def _current(path: Path) -> list[Correction]:
     return read(path) if path.exists() else []
 

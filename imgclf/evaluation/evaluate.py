@@ -149,6 +149,7 @@ def evaluate(classifier: Any, items: list[Item], split: str, out: Path, *, label
         pictures.update(plot_level_confusions(levels, out))
     _add_uncalibrated(classifier, labels, probabilities, out, metrics, pictures)
     mistakes = _worst_mistakes(paths, labels, predicted, probabilities, classifier.classes)
+    _write_issues(mistakes, out / "worst_mistakes.csv")  # the review page's "worst mistakes"
     if mistakes:
         pictures["worst_mistakes"] = _gallery(mistakes, classifier.classes, out / "worst_mistakes.png",
                                               "highest-loss mistakes (heat: Grad-CAM of the predicted class)",
@@ -340,7 +341,7 @@ def _caption(row: dict[str, Any]) -> str:
 def _write_issues(issues: list[dict[str, Any]], path: Path) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["path", "given", "predicted", "given_probability",
-                                                "predicted_probability", "evidence"])
+                                                "predicted_probability", "evidence"], restval="")
     writer.writeheader()
     writer.writerows(issues)
     write_text_atomic(path, buffer.getvalue())

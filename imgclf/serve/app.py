@@ -15,7 +15,7 @@ from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
@@ -84,7 +84,8 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
     API and metrics answer 401 to requests without it (:mod:`imgclf.serve.auth`).
     With ``log``, every answer is recorded (:mod:`imgclf.serve.watching`), with
     the pooled features of the same model call (``reference``: see
-    :class:`~imgclf.watch.log.PredictionLog`).
+    :class:`~imgclf.watch.log.PredictionLog`), and the doubtful ones wait on the
+    review page at ``/review`` (:mod:`imgclf.review.queue_source`).
     """
     metrics = ServerMetrics()
     prediction_log = _prediction_log(classifier, log, metrics, reference) if log else None
@@ -118,10 +119,21 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
     if api_key:
         app.add_middleware(RequireApiKey, api_key=api_key)
     app.add_middleware(LimitAndMeasure, limits=limits, metrics=metrics)  # outermost: counts 401s
-    _add_error_handlers(app)
+    add_error_handlers(app)
     app.include_router(routes.api)
     app.include_router(routes.operations)
+    if log is not None:
+        app.include_router(_review_queue(classifier, log))
     return app
+
+
+def _review_queue(classifier: Any, options: LogOptions) -> APIRouter:
+    """The review page of the log's queue at ``/review``, its API under ``/v1/queue`` (behind the API key)."""
+    from imgclf.review.component import review_router
+    from imgclf.review.queue_source import QueueReview, default_labels
+
+    source = QueueReview(options.target, classifier.classes, default_labels(options.target))
+    return review_router(source, page="/review", api="/v1/queue")
 
 
 def _prediction_log(classifier: Any, options: LogOptions, metrics: ServerMetrics, reference: Any) -> PredictionLog:
@@ -144,7 +156,7 @@ def _with_features(classifier: Any) -> Callable[[np.ndarray], PixelOutputs]:
     return both if both is not None else lambda pixels: PixelOutputs(classifier.predict_pixels(pixels), None)
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def add_error_handlers(app: FastAPI) -> None:
     """One JSON error shape for every refusal: ours, FastAPI's validation, Starlette's 404/405/400."""
 
     def error(status: int, message: str) -> JSONResponse:

@@ -17,7 +17,17 @@ import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from imgclf.errors import ImgclfError
+
 PROTECTED_PREFIXES = ("/v1/", "/metrics")
+MIN_KEY_LENGTH = 16
+
+
+def check_api_key(api_key: str | None) -> None:
+    """Refuse a key short enough to guess, before anything is served with it."""
+    if api_key is not None and len(api_key) < MIN_KEY_LENGTH:
+        raise ImgclfError(f"--api-key is too short to be secret; use at least {MIN_KEY_LENGTH} characters, e.g. "
+                          "IMGCLF_API_KEY=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
 
 
 class RequireApiKey:

@@ -37,6 +37,7 @@ from imgclf.embeddings.suggest import CatalogMatcher, Suggestion
 from imgclf.embeddings.tables import IMAGE_COLUMN
 from imgclf.errors import ImgclfError
 from imgclf.files import write_text_atomic
+from imgclf.review.component import base_css
 
 SHOWN_MATCHES = 4
 
@@ -116,7 +117,8 @@ def create_review_app(queue: ReviewQueue) -> FastAPI:
     """Routes: the page at /, the products with suggestions, photos by index, and a decision per product."""
     app = FastAPIOffline(title="imgclf: catalogue review", version=__version__,
                          description="Accept or correct the suggested category of each new product.")
-    page = files("imgclf.serve").joinpath("static/review.html").read_text(encoding="utf-8")
+    page = files("imgclf.serve").joinpath("static/review.html").read_text(encoding="utf-8").replace(
+        "/* base.css */", base_css())  # the style every review page shares
     reference = queue.matcher.reference
 
     def product(index: int) -> int:

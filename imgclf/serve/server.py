@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from imgclf.deploy.bundle import find_bundle
 from imgclf.errors import ImgclfError
+from imgclf.serve.auth import check_api_key
 from imgclf.serve.uploads import DEFAULT_LIMITS, Limits
 
 if TYPE_CHECKING:
@@ -38,9 +39,7 @@ def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, runti
     from imgclf.serve.app import create_app
     from imgclf.serve.watching import watching_line
 
-    if api_key is not None and len(api_key) < 16:
-        raise ImgclfError("--api-key is too short to be secret; use at least 16 characters, e.g. "
-                          "IMGCLF_API_KEY=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    check_api_key(api_key)
     check_port(port)
     for option, value in (("--max-batch", max_batch), ("--max-files", limits.max_files),
                           ("--max-queue", max_queue), ("--max-pixels", limits.max_pixels),

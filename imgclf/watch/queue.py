@@ -154,6 +154,23 @@ def decide(log: Log, item_id: int, action: str, label: str | None = None) -> Que
         return _item(connection.execute(sa.select(table).where(table.c.id == item_id)).one())
 
 
+def undecide(log: Log, item_id: int) -> None:
+    """Take back the decision on a queued item: it is pending again (a review page's undo)."""
+    table = PREDICTIONS
+    with _connection(log, write=True) as connection:
+        connection.execute(table.update().where(table.c.id == item_id, table.c.review_status.is_not(None))
+                           .values(review_status=PENDING, review_label=None, reviewed_at=None))
+
+
+def statuses(log: Log, item_ids: list[int]) -> dict[int, tuple[str, str | None, float | None]]:
+    """(review_status, review_label, reviewed_at) of the queued items among ``item_ids``, read now."""
+    table = PREDICTIONS
+    query = (sa.select(table.c.id, table.c.review_status, table.c.review_label, table.c.reviewed_at)
+             .where(table.c.id.in_(item_ids), table.c.review_status.is_not(None)))
+    with _connection(log) as connection:
+        return {row.id: (row.review_status, row.review_label, row.reviewed_at) for row in connection.execute(query)}
+
+
 def reviewed(log: Log) -> list[QueueItem]:
     """Every item a reviewer confirmed or corrected, oldest first (what accuracy in production is measured on)."""
     table = PREDICTIONS

@@ -22,11 +22,14 @@ from imgclf.api import (  # the public API
     models,
     predict,
     preview_augment,
+    promote,
     query_index,
     report,
+    rollback,
     similar,
     train,
     tune,
+    versions,
 )
 from imgclf.errors import ImgclfError
 from imgclf.version import __version__
@@ -48,5 +51,5 @@ logging.getLogger("imgclf").addHandler(logging.NullHandler())  # messages are th
 
 __all__ = ["ImgclfError", "__version__", "build_index", "calibrate", "compare", "embed", "ensemble", "evaluate",
            "evaluate_match", "explain", "export", "inspect", "load", "load_dataset", "match", "match_batch", "models",
-           "predict", "preview_augment", "query_index",
-           "report", "similar", "train", "tune"]
+           "predict", "preview_augment", "promote", "query_index",
+           "report", "rollback", "similar", "train", "tune", "versions"]

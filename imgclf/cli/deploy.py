@@ -48,7 +48,8 @@ LIMITS = option_group(
 
 @with_options(BATCHING, LIMITS)
 def serve(
-    model: Annotated[Optional[str], typer.Argument(help="A run directory (runs/NAME) or a model bundle folder; "
+    model: Annotated[Optional[str], typer.Argument(help="A run directory (runs/NAME), a model bundle folder or a model "
+                                                        "folder (models/NAME: its current version, followed); "
                                                         "leave out with --catalog.", show_default=False)] = None,
     host: Annotated[str, Opt(help="Address to bind; loopback by default (0.0.0.0 exposes it to the network).")] = "127.0.0.1",
     port: Annotated[int, Opt(help="TCP port.")] = 8000,

@@ -8,6 +8,7 @@ cut off while they stream in, and the model runs in its own thread.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,15 +22,14 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imgclf.data.hierarchy import label_tree
-from imgclf.serve import routes
+from imgclf.serve import reload, routes
 from imgclf.serve.auth import RequireApiKey
-from imgclf.serve.batcher import DynamicBatcher
+from imgclf.serve.loaded import LoadedModel
 from imgclf.serve.metrics import ServerMetrics
 from imgclf.serve.uploads import DEFAULT_LIMITS, ApiError, Limits, body_too_large
 from imgclf.version import __version__
 
-ROUTES = ("/", "/v1/predict", "/v1/explain", "/v1/model", "/healthz", "/metrics", "/docs", "/openapi.json")
+ROUTES = ("/", "/v1/predict", "/v1/explain", "/v1/model", "/v1/reload", "/healthz", "/metrics", "/docs", "/openapi.json")
 
 
 class LimitAndMeasure:
@@ -68,37 +68,44 @@ class LimitAndMeasure:
 
 
 def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAULT_LIMITS, *, max_batch: int = 32,
-               max_wait_ms: float = 2.0, max_queue: int = 256, api_key: str | None = None) -> FastAPI:
+               max_wait_ms: float = 2.0, max_queue: int = 256, api_key: str | None = None, version: str | None = None,
+               reloader: reload.Reloader | None = None) -> FastAPI:
     """The server for one loaded classifier (anything with ``info``, ``classes``, ``predict_pixels`` and ``ranking``).
 
     The routes are :mod:`imgclf.serve.routes`' routers; what they share is one
     :class:`~imgclf.serve.routes.Served` on ``app.state``. With ``api_key``, the
     API and metrics answer 401 to requests without it (:mod:`imgclf.serve.auth`).
+    ``version`` (the bundle's content id) is named in the answers; with a
+    ``reloader`` the server follows a model folder's current version.
     """
     metrics = ServerMetrics()
-    batcher = DynamicBatcher(classifier.predict_pixels, max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
-                             max_queue=max_queue, on_batch=metrics.batch_size.observe)
-    metrics.queue.set_function(lambda: batcher.waiting)
+    batching = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_queue": max_queue}
+    served = routes.Served(
+        LoadedModel.build(classifier, runtime, version, batching, metrics.batch_size.observe), name, limits, metrics,
+        batching, page=files("imgclf.serve").joinpath("static/index.html").read_text(encoding="utf-8"),
+        reloader=reloader)
+    metrics.queue.set_function(lambda: served.model.batcher.waiting)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        batcher.start()
+        served.model.batcher.start()
+        watching = asyncio.get_running_loop().create_task(reloader.watch(served)) if reloader else None
         yield
-        await batcher.stop()
+        if watching is not None:
+            watching.cancel()
+            await served.reloader.stop()
+        await served.model.batcher.stop()
 
     app = FastAPIOffline(title=f"imgclf: {name}", version=__version__, lifespan=lifespan,
                          description=f"Classifies images into {len(classifier.classes)} classes with "
                                      f"{classifier.info.architecture}.")
-    app.state.served = routes.Served(
-        classifier, name, runtime, limits, batcher, metrics,
-        hierarchy=None if classifier.info.multilabel else label_tree(classifier.classes),  # answers carry the path
-        batching={"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_queue": max_queue},
-        page=files("imgclf.serve").joinpath("static/index.html").read_text(encoding="utf-8"))
+    app.state.served = served
     if api_key:
         app.add_middleware(RequireApiKey, api_key=api_key)
     app.add_middleware(LimitAndMeasure, limits=limits, metrics=metrics)  # outermost: counts 401s
     _add_error_handlers(app)
     app.include_router(routes.api)
+    app.include_router(reload.router)
     app.include_router(routes.operations)
     return app
 

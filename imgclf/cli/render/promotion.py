@@ -1,0 +1,75 @@
+"""How the model folder commands show their results: the switch made, and the versions with their lineage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from imgclf.console import console
+
+if TYPE_CHECKING:
+    from imgclf.lifecycle.promotion import Promotion, VersionInfo
+
+SHORT_LIST = 3  # a list of up to this many items is shown in full, longer ones as a count
+
+
+def print_promotion(result: Promotion) -> None:
+    """The version now current, the one it replaced, and how a server picks it up."""
+    if not result.changed:
+        console.print(f"{result.version} was already current in {result.folder}; nothing changed")
+        return
+    was = f" (was {result.previous})" if result.previous else ""
+    verb = "promoted" if result.action == "promote" else "rolled back to"
+    console.print(f"{verb} {result.version} in {result.folder}{was}; a server of the folder switches within a "
+                  f"second (imgclf serve {result.folder})")
+
+
+def print_versions(folder: Path, found: list[VersionInfo]) -> None:
+    """One row a version, the most recently promoted first."""
+    table = Table(title=f"{folder}: {len(found)} version(s), promoted (UTC) most recent first", title_justify="left")
+    for name in ("version", "current", "promoted", "from", "parent", "added", "gate"):
+        table.add_column(name, no_wrap=name in ("version", "promoted", "parent"))
+    for info in found:
+        lineage = info.lineage or {}
+        promoted = (info.promoted_at or "")[:16].replace("T", " ")  # UTC, to the minute
+        table.add_row(info.version, "yes" if info.current else "", promoted, escape(info.source or ""),
+                      parent_id(lineage) or "", escape(summary(lineage.get("added"))), gate_text(lineage.get("gate")))
+    console.print(table)
+
+
+def versions_json(found: list[VersionInfo]) -> list[dict[str, Any]]:
+    return [{"version": info.version, "path": str(info.path), "current": info.current,
+             "promoted_at": info.promoted_at, "source": info.source, "lineage": info.lineage} for info in found]
+
+
+def parent_id(lineage: dict[str, Any]) -> str | None:
+    parent = lineage.get("parent")
+    return str(parent.get("id")) if isinstance(parent, dict) and parent.get("id") else None
+
+
+def summary(value: Any) -> str:
+    """A record of added data on one line: numbers and short lists as they are, longer lists and records counted."""
+    if not isinstance(value, dict):
+        return "" if value is None else str(value)
+    parts = []
+    for key, item in value.items():
+        if isinstance(item, list):
+            shown = ", ".join(map(str, item)) if len(item) <= SHORT_LIST else f"{len(item):,}"
+        elif isinstance(item, dict):
+            shown = f"{len(item):,}"
+        else:
+            shown = str(item)
+        parts.append(f"{key}: {shown}")
+    return "; ".join(parts)
+
+
+def gate_text(gate: Any) -> str:
+    """passed, failed (forced), with the largest drop allowed; empty for a model trained from scratch."""
+    if not isinstance(gate, dict):
+        return ""
+    verdict = "passed" if gate.get("passed") else ("forced" if gate.get("forced") else "failed")
+    drop = gate.get("max_drop")
+    return f"{verdict} (max drop {drop:g})" if isinstance(drop, (int, float)) else verdict

@@ -19,12 +19,12 @@ SHORT_LIST = 3  # a list of up to this many items is shown in full, longer ones 
 def print_promotion(result: Promotion) -> None:
     """The version now current, the one it replaced, and how a server picks it up."""
     if not result.changed:
-        console.print(f"{result.version} was already current in {result.folder}; nothing changed")
+        console.print(f"{result.version} was already current in {result.folder}; nothing changed", soft_wrap=True)
         return
     was = f" (was {result.previous})" if result.previous else ""
     verb = "promoted" if result.action == "promote" else "rolled back to"
     console.print(f"{verb} {result.version} in {result.folder}{was}; a server of the folder switches within a "
-                  f"second (imgclf serve {result.folder})")
+                  f"second (imgclf serve {result.folder})", soft_wrap=True)
 
 
 def print_versions(folder: Path, found: list[VersionInfo]) -> None:

@@ -88,5 +88,6 @@ COMMANDS = {
                        "imgclf export runs/shop --quantize int8  |  imgclf export runs/keras-shop --format tflite"),
     "serve": (serve, "Examples: imgclf serve runs/shop  |  imgclf serve runs/shop --port 9000 --runtime onnx  |  "
                      "curl -F file=@cat.jpg http://127.0.0.1:8000/v1/predict  |  "
+                     "imgclf serve models/shop  |  "
                      "imgclf serve --catalog catalog.csv --queries new.csv --accepted accepted.csv"),
 }

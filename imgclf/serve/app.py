@@ -93,7 +93,8 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
         yield
         if watching is not None:
             watching.cancel()
-            await served.reloader.stop()
+        if reloader is not None:
+            await reloader.stop()  # the old versions still draining
         await served.model.batcher.stop()
 
     app = FastAPIOffline(title=f"imgclf: {name}", version=__version__, lifespan=lifespan,

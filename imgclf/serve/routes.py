@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
@@ -33,6 +33,9 @@ from imgclf.serve.metrics import ServerMetrics
 from imgclf.serve.uploads import IMAGE_TYPES, ApiError, Limits, Upload, decode_uploads, read_uploads
 from imgclf.version import __version__
 
+if TYPE_CHECKING:
+    from imgclf.serve.reload import Reloader
+
 MAX_TOP_K = 1000
 
 
@@ -46,7 +49,7 @@ class Served:
     metrics: ServerMetrics
     batching: dict[str, float]
     page: str
-    reloader: Any = None  # a model folder's imgclf.serve.reload.Reloader; None when serving one bundle
+    reloader: Reloader | None = None  # follows a model folder's pointer; None when serving one bundle
     explain_lock: threading.Lock = field(default_factory=threading.Lock)  # one Grad-CAM at a time: it hooks a layer
 
     def build_model(self, classifier: Any, runtime: str, version: str | None) -> LoadedModel:

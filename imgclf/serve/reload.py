@@ -3,8 +3,8 @@
 The watcher reads the pointer file's inode, mtime and size once a second
 (one ``stat``; ``imgclf promote`` and ``rollback`` replace the file, so
 every switch changes them) and reads the pointer only when they change.
-The new version is loaded in a worker thread, so requests keep being
-answered by the old one meanwhile; then :class:`~imgclf.serve.loaded.LoadedModel`
+The new version is loaded (and run once, to warm it up) in a worker
+thread, so requests keep being answered by the old one meanwhile; then :class:`~imgclf.serve.loaded.LoadedModel`
 swaps them without dropping a request. A version that fails to load is
 logged and the old one keeps serving.
 """
@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter
 
 from imgclf.errors import one_line
@@ -33,7 +35,7 @@ DRAIN_MARGIN_S = 1.0  # past --timeout, when no request can still hold the old m
 class Reloader:
     """Switches a server to its model folder's current version; one switch at a time."""
 
-    def __init__(self, folder: ModelFolder, load: Callable[[Any], Any], poll_s: float = POLL_S) -> None:
+    def __init__(self, folder: ModelFolder, load: Callable[[Path], Any], poll_s: float = POLL_S) -> None:
         self.folder = folder
         self.load = load  # a version's folder -> a classifier (with .runtime.name); runs in a worker thread
         self.poll_s = poll_s
@@ -62,7 +64,7 @@ class Reloader:
             old = served.model
             if version == old.version:
                 return {"model_version": version, "previous": None, "reloaded": False}
-            classifier = await asyncio.to_thread(self.load, self.folder.version_dir(version))
+            classifier = await asyncio.to_thread(self._warmed_up, self.folder.version_dir(version))
             new = served.build_model(classifier, classifier.runtime.name, version)
             new.batcher.start()
             served.model = new  # requests that start from here on hold the new model
@@ -71,6 +73,14 @@ class Reloader:
             drain.add_done_callback(lambda done: self._draining.pop(done, None))
             log.info(f"now serving {version} of {self.folder.path} (was {old.version})")
             return {"model_version": version, "previous": old.version, "reloaded": True}
+
+    def _warmed_up(self, directory: Path) -> Any:
+        """The version loaded and run once on a blank image, so its first request does not pay the first call's
+        set-up (lazy initialisation, memory pools) after the switch."""
+        classifier = self.load(directory)
+        info = classifier.info
+        classifier.predict_pixels(np.zeros((1, info.image_size, info.image_size, info.channels), dtype=np.uint8))
+        return classifier
 
     async def stop(self) -> None:
         """Stop the old models still draining (the server is shutting down)."""

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 from rich.table import Table
 
+from imgclf.cli.render import TABLE_LIMIT
 from imgclf.console import console
 
 if TYPE_CHECKING:
@@ -28,16 +29,19 @@ def print_promotion(result: Promotion) -> None:
 
 
 def print_versions(folder: Path, found: list[VersionInfo]) -> None:
-    """One row a version, the most recently promoted first."""
+    """One row a version, the most recently promoted first (the first TABLE_LIMIT; --json lists them all)."""
     table = Table(title=f"{folder}: {len(found)} version(s), promoted (UTC) most recent first", title_justify="left")
     for name in ("version", "current", "promoted", "from", "parent", "added", "gate"):
         table.add_column(name, no_wrap=name in ("version", "promoted", "parent"))
-    for info in found:
+    for info in found[:TABLE_LIMIT]:
         lineage = info.lineage or {}
         promoted = (info.promoted_at or "")[:16].replace("T", " ")  # UTC, to the minute
         table.add_row(info.version, "yes" if info.current else "", promoted, escape(info.source or ""),
                       parent_id(lineage) or "", escape(summary(lineage.get("added"))), gate_text(lineage.get("gate")))
     console.print(table)
+    if len(found) > TABLE_LIMIT:
+        console.print(f"and {len(found) - TABLE_LIMIT:,} older version(s): imgclf versions {folder} --json lists all",
+                      soft_wrap=True)
 
 
 def versions_json(found: list[VersionInfo]) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """Hot reload: a server of a model folder follows promotions and rollbacks under a client loop with no failed request,
-every answer naming the version that gave it; ``POST /v1/reload`` behind the API key; a version that fails to load
-leaves the old one serving."""
+every answer naming the version that gave it; a request in flight finishes on the old version, whose worker then
+stops; ``POST /v1/reload`` behind the API key; a version that fails to load leaves the old one serving."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ KEY = "a-test-key-of-sixteen-or-more"
 
 
 def predict(url: str, headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.post(f"{url}/v1/predict", content=RED, headers={"content-type": "image/jpeg", **(headers or {})})
+    return httpx.post(f"{url}/v1/predict", content=RED, headers={"content-type": "image/jpeg", **(headers or {})},
+                      timeout=60)  # a hang guard on a loaded machine
 
 
 def eventually(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
@@ -125,6 +127,41 @@ def test_post_reload_needs_the_key_and_keeps_the_old_version_when_the_new_one_fa
         assert f"still serving {two}" in failed.json()["error"]
         answer = predict(url, keyed)
         assert answer.status_code == 200 and answer.json()["model_version"] == two
+
+
+def test_a_request_in_flight_finishes_on_the_old_version_which_then_stops(tmp_path: Path) -> None:
+    first, second = version_bundle(tmp_path, 1), version_bundle(tmp_path, 2)
+    folder = tmp_path / "models" / "shop"
+    one = imgclf.promote(first, folder).version
+    old, entered, release = torch_load(folder / VERSIONS / one), threading.Event(), threading.Event()
+    original = old.predict_pixels
+
+    def held(pixels: Any) -> Any:  # the old model is busy with a request until the test releases it
+        entered.set()
+        release.wait(60)
+        return original(pixels)
+
+    old.predict_pixels = held
+    app = create_app(old, "shop", "torch", LIMITS, max_wait_ms=1, version=one,
+                     reloader=Reloader(ModelFolder.open(folder), torch_load, poll_s=3600))
+    first_model = app.state.served.model
+    url, server, thread = start_server(app)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(predict, url)
+            assert entered.wait(60)
+            two = imgclf.promote(second, folder).version
+            assert httpx.post(f"{url}/v1/reload", timeout=60).json()["reloaded"] is True
+            assert predict(url).json()["model_version"] == two  # a new request goes to the new version at once
+            assert first_model.batcher.alive  # the old one waits for the request it holds
+            release.set()
+            answer = in_flight.result(60)
+        assert answer.status_code == 200 and answer.json()["model_version"] == one
+        eventually(lambda: not first_model.batcher.alive, "the old version's worker stopping")
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(10)
 
 
 def test_a_server_of_one_bundle_names_its_version_and_has_nothing_to_reload(tmp_path: Path) -> None:

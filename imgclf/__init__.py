@@ -8,6 +8,7 @@ from imgclf.api import (  # the public API
     build_index,
     calibrate,
     compare,
+    diff,
     embed,
     ensemble,
     evaluate,
@@ -29,6 +30,7 @@ from imgclf.api import (  # the public API
     similar,
     train,
     tune,
+    update,
     versions,
 )
 from imgclf.errors import ImgclfError
@@ -49,7 +51,7 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 logging.getLogger("imgclf").addHandler(logging.NullHandler())  # messages are the caller's to show (imgclf.console)
 
-__all__ = ["ImgclfError", "__version__", "build_index", "calibrate", "compare", "embed", "ensemble", "evaluate",
+__all__ = ["ImgclfError", "__version__", "build_index", "calibrate", "compare", "diff", "embed", "ensemble", "evaluate",
            "evaluate_match", "explain", "export", "inspect", "load", "load_dataset", "match", "match_batch", "models",
            "predict", "preview_augment", "promote", "query_index",
-           "report", "rollback", "similar", "train", "tune", "versions"]
+           "report", "rollback", "similar", "train", "tune", "update", "versions"]

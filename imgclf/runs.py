@@ -5,11 +5,15 @@ runs/NAME/
   config.yaml          the resolved config (every default filled in)
   choices.json         the options the user set (the rest of config.yaml was chosen by imgclf from the data)
   split.csv            every image with the split it was given (read back by --resume and evaluate)
+  data_manifest.csv    every image's content hash (path, hash): with split.csv, what the run saw, for imgclf diff
   metrics.csv          one row per epoch
   tensorboard/         TensorBoard event files
   checkpoints/last.pt  model, optimiser, schedule and position, each epoch (and on Ctrl-C)
   checkpoints/best.pt  the weights with the best validation score so far
   model/               the bundle: model.json + weights.safetensors + MODEL_CARD.md
+  gate.json            imgclf update only: the regression gate's verdict, class by class
+  added_data.csv       imgclf update only: the images it added (path, labels, split, hash)
+  model/lineage.json   imgclf update only: the bundle's parent, the data it added and the gate's verdict
 ```
 """
 
@@ -29,7 +33,8 @@ import yaml
 from imgclf.config import TrainConfig, config_names, with_split_seed
 from imgclf.data.sources import ImageDataset, Item, read_manifest
 from imgclf.errors import ImgclfError, one_line
-from imgclf.files import write_text_atomic
+from imgclf.files import PATH_BYTES, write_text_atomic
+from imgclf.paths import absolute_path
 
 MARKER = ".imgclf-run"  # only folders carrying it are ever deleted by --overwrite
 
@@ -54,6 +59,10 @@ class RunDirectory:
     @property
     def split_file(self) -> Path:
         return self.path / "split.csv"
+
+    @property
+    def data_manifest_file(self) -> Path:
+        return self.path / "data_manifest.csv"
 
     @property
     def choices_file(self) -> Path:
@@ -87,6 +96,26 @@ class RunDirectory:
         if not self.has_split():
             raise ImgclfError(f"{self.path} has no split.csv; is it an imgclf run directory?")
         return read_manifest(self.split_file)
+
+    def write_data_manifest(self, paths: list[str], digests: list[str]) -> None:
+        """Each image's content hash (the decode cache's blake2b of its bytes, so free), beside split.csv's labels.
+
+        Labels and splits stay in split.csv alone: ``imgclf diff`` joins the
+        two by path. A file that could not be read has an empty hash.
+        """
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["path", "blake2b"])
+        writer.writerows([absolute_path(path), digest] for path, digest in zip(paths, digests))
+        write_text_atomic(self.data_manifest_file, buffer.getvalue())
+
+    def read_data_manifest(self) -> dict[str, str]:
+        """Path -> content hash, or an empty mapping for a run from before data_manifest.csv."""
+        try:
+            with open(self.data_manifest_file, newline="", encoding="utf-8", errors=PATH_BYTES) as handle:
+                return {row["path"]: row["blake2b"] for row in csv.DictReader(handle)}
+        except (OSError, KeyError, csv.Error):
+            return {}
 
     def write_config(self, config: TrainConfig) -> None:
         write_text_atomic(self.config_file, config.to_yaml())

@@ -130,10 +130,12 @@ def _photo_plan(config: TrainConfig, dataset: ImageDataset, weights_source: Call
 
 
 def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: bool = False,
-          resume: str | Path | None = None, callbacks: list[Callback] | None = None) -> TrainResult:
+          resume: str | Path | None = None, callbacks: list[Callback] | None = None,
+          warm_start: Path | None = None) -> TrainResult:
     """Train as ``config`` says (or continue the run at ``resume``) and write the bundle.
 
     ``callbacks`` see the training events after the run's own bookkeeping (see :mod:`imgclf.engines.callbacks`).
+    ``warm_start``: a bundle whose weights a from-scratch model starts from (``imgclf update``).
     """
     from imgclf import distributed
 
@@ -161,6 +163,7 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     backend.require()
     engine = backend.engine(config, run)
     data = _decode(dataset, config, run)
+    data.warm_start = warm_start
     resumed = engine.build(data, resuming)
     if config.time_budget and not resumed:
         config = engine.fit_to_budget(parse_duration(config.time_budget))
@@ -242,6 +245,8 @@ def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory) -> Tr
                         workers=config.workers, source=dataset.source)
     if world.is_main:
         barrier()
+    if world.is_main:
+        run.write_data_manifest([str(item.path) for item in dataset.items], [str(digest) for digest in cache.digests])
     broken = cache.broken()
     if broken and world.is_main:
         write_problem_list(run.path / "broken_files.txt", [(str(path), reason) for path, reason in broken])

@@ -19,8 +19,8 @@ from processes import start_python
 import imgclf
 from imgclf.deploy.metadata import bundle_content_id
 from imgclf.errors import ImgclfError
+from imgclf.lifecycle.lineage import LINEAGE_FILE
 from imgclf.lifecycle.model_folder import POINTER, VERSIONS, ModelFolder
-from imgclf.lifecycle.promotion import LINEAGE_FILE
 
 
 def version_bundle(root: Path, tag: int, lineage: dict | None = None) -> Path:
@@ -43,8 +43,9 @@ def current(folder: Path) -> str:
     return json.loads((folder / POINTER).read_text(encoding="utf-8"))["current"]
 
 
-GATE_PASSED = {"id": "x", "parent": {"id": "0123456789ab", "path": "runs/shop"}, "added": {"classes": ["yellow"],
-               "images": 20}, "gate": {"passed": True, "forced": False, "max_drop": 2.0, "classes": []}}
+GATE_PASSED = {"id": "x", "parent": {"id": "0123456789ab", "path": "runs/shop"},
+               "added": {"images": 20, "classes": {"yellow": 20}, "manifest": "added_data.csv", "sha256": "ab" * 32},
+               "gate": {"passed": True, "forced": False, "max_drop": 2.0, "classes": []}}
 
 
 def test_promote_rollback_and_versions_with_lineage(tmp_path: Path) -> None:
@@ -60,7 +61,7 @@ def test_promote_rollback_and_versions_with_lineage(tmp_path: Path) -> None:
     assert [(row["version"], row["current"]) for row in listed] == [(two, True), (one.version, False)]
     assert listed[0]["lineage"]["parent"]["id"] == "0123456789ab" and listed[1]["lineage"] is None
     table = said(run_cli("models", str(folder)))  # what a user guesses first lists the same
-    assert two in table and "0123456789ab" in table and "classes: yellow; images: 20" in table and "passed" in table
+    assert two in table and "0123456789ab" in table and "20 images: yellow (20)" in table and "passed" in table
     again = run_cli("promote", str(second), "--to", str(folder))
     assert "already current" in said(again) and len(ModelFolder.open(folder).versions()) == 2
     back = run_cli("rollback", str(folder))
@@ -70,8 +71,7 @@ def test_promote_rollback_and_versions_with_lineage(tmp_path: Path) -> None:
 
 
 def test_a_failed_gate_is_refused_in_one_line_unless_forced(tmp_path: Path) -> None:
-    gate = {"passed": False, "forced": False, "max_drop": 2.0,
-            "classes": [{"class": "roses", "before": 0.9, "after": 0.7}, "tulips"]}
+    gate = {"passed": False, "forced": False, "max_drop": 2.0, "classes": ["roses", "tulips"]}
     failed = version_bundle(tmp_path, 1, {**GATE_PASSED, "gate": gate})
     folder = tmp_path / "models" / "shop"
     refused = run_cli("promote", str(failed), "--to", str(folder))
@@ -177,5 +177,5 @@ def test_kill_9_during_promote_leaves_a_whole_pointer(tmp_path: Path) -> None:
 def test_an_unreadable_lineage_is_refused(tmp_path: Path) -> None:
     bundle = version_bundle(tmp_path, 1)
     (bundle / LINEAGE_FILE).write_text("[1, 2", encoding="utf-8")
-    with pytest.raises(ImgclfError, match="lineage.json cannot be read"):
+    with pytest.raises(ImgclfError, match="lineage.json cannot be read, so its regression gate cannot be checked"):
         imgclf.promote(bundle, tmp_path / "models" / "shop")

@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 from typer._click.exceptions import ClickException  # typer 0.29 bundles its own click; standalone click's never match
 
-from imgclf.cli import data, deploy, embeddings, evaluate, match, predict, promotion, train
+from imgclf.cli import data, deploy, embeddings, evaluate, lifecycle, match, predict, promotion, train
 from imgclf.console import console, console_logging
 from imgclf.errors import ImgclfError
 from imgclf.files import PATH_BYTES, disk_error
@@ -56,10 +56,11 @@ def _main(
 
 # The order of `imgclf --help`: a dataset, then training, measuring, using and shipping a model, then embeddings.
 _ORDER = ("inspect", "preview-augment", "train", "models", "evaluate", "predict", "compare", "report", "calibrate",
-          "tune", "ensemble", "explain", "export", "serve", "promote", "rollback", "versions", "embed", "similar", "match")
+          "tune", "ensemble", "update", "diff", "explain", "export", "serve", "promote", "rollback", "versions", "embed",
+          "similar", "match")
 # Any: the command functions differ in signature (inferred as a whole, they would be typed `function`)
 _COMMANDS: dict[str, tuple[Any, str]] = {**data.COMMANDS, **train.COMMANDS, **evaluate.COMMANDS, **predict.COMMANDS, **deploy.COMMANDS,
-             **embeddings.COMMANDS, **match.COMMANDS, **promotion.COMMANDS}
+             **embeddings.COMMANDS, **match.COMMANDS, **lifecycle.COMMANDS, **promotion.COMMANDS}
 for _name in _ORDER:
     _command, _epilog = _COMMANDS[_name]
     app.command(_name, epilog=_epilog)(_command)

@@ -40,6 +40,7 @@ class TrainingData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     paths: list[Path] = field(default_factory=list)  # row -> its image file, for per-image caches
+    warm_start: Path | None = None  # a bundle whose weights a from-scratch model starts from (imgclf update)
 
     def split_targets(self, split: str) -> torch.Tensor:
         return self.targets[torch.from_numpy(self.rows[split])]

@@ -1,6 +1,6 @@
 """``report.html``: one self-contained page about a run, readable offline and shareable as a file.
 
-Built from :mod:`imgclf.evaluation.pages`. Sections: what was chosen and why, summary, configuration (folded), data,
+Built from :mod:`imgclf.evaluation.pages`. Sections: what was chosen and why, summary, configuration (folded), data, an update's gate,
 training curves, metrics (overall and per class), a binary model's decision threshold, confusion matrix, for
 path labels the scores and confusion matrix of every level, ROC,
 reliability (before and after temperature scaling), samples, augmented examples, worst mistakes and, when computed,
@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from imgclf.evaluation.evaluate import Evaluation
+from imgclf.evaluation.gate_section import gate_section
 from imgclf.evaluation.multilabel import report_sections, summary_card
 from imgclf.evaluation.pages import image, page, percent, section, table
 from imgclf.files import write_text_atomic
@@ -38,6 +39,7 @@ def write_report(run_dir: Path, evaluation: Evaluation | None, pictures: dict[st
         ("configuration", "Configuration", f"<details><summary>All {len(config)} options</summary>"
          + table(["option", "value"], [[k, _readable(v)] for k, v in config.items()]) + "</details>"),
         ("data", "Data", _data(RunDirectory(run_dir))),
+        *filter(None, [gate_section(run_dir)]),
         ("curves", "Training curves", image(pictures.get("curves"), "training curves")
          + '<p class="muted">The shaded band is the gap between training and validation: a widening gap is '
            "overfitting.</p>"),

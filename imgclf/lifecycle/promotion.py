@@ -9,16 +9,14 @@ a half-copied version.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from imgclf.deploy.bundle import find_bundle
 from imgclf.errors import ImgclfError
+from imgclf.lifecycle.lineage import LINEAGE_FILE, read_lineage
 from imgclf.lifecycle.model_folder import ModelFolder, Pointer
-
-LINEAGE_FILE = "lineage.json"
 
 
 @dataclass(frozen=True)
@@ -47,27 +45,12 @@ class VersionInfo:
     lineage: dict[str, Any] | None
 
 
-def read_lineage(bundle: Path) -> dict[str, Any] | None:
-    """``<bundle>/lineage.json`` (parent, added data, gate) or None for a bundle trained from scratch by ``train``."""
-    # TODO lineage: use imgclf.lifecycle.lineage.read_lineage once the update branch is merged
-    path = bundle / LINEAGE_FILE
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as error:
-        raise ImgclfError(f"{path} cannot be read ({error}); write the bundle again with imgclf update") from None
-    if not isinstance(values, dict):
-        raise ImgclfError(f"{path} is not a lineage record (a JSON object was expected); write the bundle again")
-    return values
-
-
 def check_gate(bundle: Path, lineage: dict[str, Any] | None) -> None:
     """Refuse, in one line naming the classes, a bundle whose regression gate failed and was not forced."""
     gate = (lineage or {}).get("gate")
     if not isinstance(gate, dict) or gate.get("passed") is not False or gate.get("forced"):
         return
-    classes = ", ".join(gate_class_names(gate)) or "see its report"
+    classes = ", ".join(str(name) for name in gate.get("classes") or []) or "see its report"
     drop = gate.get("max_drop")
     limit = f" by more than {drop:g} points" if isinstance(drop, (int, float)) else ""
     raise ImgclfError(f"{bundle} failed its regression gate (classes that dropped{limit}: {classes}) and was not "
@@ -75,20 +58,14 @@ def check_gate(bundle: Path, lineage: dict[str, Any] | None) -> None:
                       f"drop with imgclf update ... --force")
 
 
-def gate_class_names(gate: dict[str, Any]) -> list[str]:
-    """The names of the classes a gate flagged, whether listed as names or as records with a class name."""
-    names = []
-    for item in gate.get("classes") or []:
-        name = item.get("class", item.get("name")) if isinstance(item, dict) else item
-        if name is not None:
-            names.append(str(name))
-    return names
-
-
 def promote(model: str | Path, to: str | Path) -> Promotion:
     """Copy the bundle of ``model`` (a run or bundle) into the model folder ``to`` and make it current."""
     bundle = find_bundle(model)
-    check_gate(bundle, read_lineage(bundle))
+    lineage = read_lineage(bundle)
+    if lineage is None and (bundle / LINEAGE_FILE).is_file():  # a gate that cannot be read is not a passed one
+        raise ImgclfError(f"{bundle / LINEAGE_FILE} cannot be read, so its regression gate cannot be checked; write "
+                          f"the bundle again with imgclf update")
+    check_gate(bundle, lineage)
     folder = ModelFolder.open_or_create(to)
     version = folder.add_version(bundle)
     before, _ = folder.switch(version, "promote", source=str(model))

@@ -14,7 +14,7 @@ from imgclf.console import console
 if TYPE_CHECKING:
     from imgclf.lifecycle.promotion import Promotion, VersionInfo
 
-SHORT_LIST = 3  # a list of up to this many items is shown in full, longer ones as a count
+SHORT_LIST = 3  # the classes an update added to, named in the versions table; the others counted
 
 
 def print_promotion(result: Promotion) -> None:
@@ -37,7 +37,7 @@ def print_versions(folder: Path, found: list[VersionInfo]) -> None:
         lineage = info.lineage or {}
         promoted = (info.promoted_at or "")[:16].replace("T", " ")  # UTC, to the minute
         table.add_row(info.version, "yes" if info.current else "", promoted, escape(info.source or ""),
-                      parent_id(lineage) or "", escape(summary(lineage.get("added"))), gate_text(lineage.get("gate")))
+                      parent_id(lineage) or "", escape(added_text(lineage.get("added"))), gate_text(lineage.get("gate")))
     console.print(table)
     if len(found) > TABLE_LIMIT:
         console.print(f"and {len(found) - TABLE_LIMIT:,} older version(s): imgclf versions {folder} --json lists all",
@@ -54,20 +54,18 @@ def parent_id(lineage: dict[str, Any]) -> str | None:
     return str(parent.get("id")) if isinstance(parent, dict) and parent.get("id") else None
 
 
-def summary(value: Any) -> str:
-    """A record of added data on one line: numbers and short lists as they are, longer lists and records counted."""
-    if not isinstance(value, dict):
-        return "" if value is None else str(value)
-    parts = []
-    for key, item in value.items():
-        if isinstance(item, list):
-            shown = ", ".join(map(str, item)) if len(item) <= SHORT_LIST else f"{len(item):,}"
-        elif isinstance(item, dict):
-            shown = f"{len(item):,}"
-        else:
-            shown = str(item)
-        parts.append(f"{key}: {shown}")
-    return "; ".join(parts)
+def added_text(added: Any) -> str:
+    """The data an update added, on one line: how many images, and the classes they went to (the first few)."""
+    if not isinstance(added, dict):
+        return ""
+    parts = [f"{added['images']:,} images"] if isinstance(added.get("images"), int) else []
+    classes = added.get("classes")
+    names = ([f"{name} ({count:,})" for name, count in classes.items()] if isinstance(classes, dict) else
+             [str(name) for name in classes] if isinstance(classes, list) else [])
+    if names:
+        more = f" and {len(names) - SHORT_LIST:,} more" if len(names) > SHORT_LIST else ""
+        parts.append(", ".join(names[:SHORT_LIST]) + more)
+    return ": ".join(parts)
 
 
 def gate_text(gate: Any) -> str:

@@ -29,8 +29,8 @@ STATS_SAMPLE = 5000  # training images whose pixels give the normalisation of a 
 
 
 def create_model_for(config: TrainConfig, data: TrainingData, checkpoint: dict[str, Any] | None) -> nn.Module:
-    """The model, with ``data.mean``/``std`` set to the normalisation it expects (its weights', the data's, or
-    the checkpoint's on resume)."""
+    """The model, with ``data.mean``/``std`` set to the normalisation it expects (its weights', the data's, the
+    checkpoint's on resume, or the warm-start bundle's)."""
     assert config.model is not None  # resolved by the recipe before training
     channels = 1 if config.grayscale else 3
     model = create_model(config.model, len(data.classes), in_chans=channels, image_size=config.image_size,
@@ -47,6 +47,10 @@ def create_model_for(config: TrainConfig, data: TrainingData, checkpoint: dict[s
     if checkpoint is not None:
         normalisation = checkpoint["normalisation"]
         data.mean, data.std = tuple(normalisation["mean"]), tuple(normalisation["std"])
+    elif data.warm_start is not None:  # after the whitening decided what is frozen: the old weights set its values
+        from imgclf.engines.warm_start import load_warm_start
+
+        data.mean, data.std = load_warm_start(model, data.warm_start, data.classes)
     return model
 
 

@@ -1,0 +1,212 @@
+"""``imgclf update RUN --add DATA --out RUN2``: a trained model taught new photos or classes, judged before it is kept.
+
+The new run trains on RUN's images plus DATA's, with RUN's recipe:
+
+- RUN's val and test images stay where they were; DATA's images are split
+  by RUN's rule (its fractions and seed; no test split where RUN had none).
+  An image RUN already had keeps its split and takes DATA's label: a
+  correction.
+- A pretrained run (a probe, or a tail on kept activations) is fitted again
+  as train fitted it; the embeddings and activations of RUN's images are
+  on disk already (:mod:`imgclf.embeddings.store`), so only the new images
+  pass through the trunk.
+- A model trained from scratch starts from RUN's weights
+  (:mod:`imgclf.engines.warm_start`) and trains on old and new images for
+  ``--time-budget`` (default: RUN's own schedule), so the old classes are
+  rehearsed while the new ones are learnt.
+
+Calibration, thresholds and the decision are chosen again as train chooses
+them. Then the regression gate (:mod:`.gate`) compares the new model with
+RUN's on RUN's held-out images; a failed gate deletes the new run and
+refuses unless ``force``. A kept run gets ``gate.json``, ``added_data.csv``,
+``<bundle>/lineage.json`` and its report.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgclf.config import TrainConfig
+from imgclf.data.hierarchy import cut_labels
+from imgclf.data.sources import ImageDataset, Item, load_source, write_manifest
+from imgclf.data.splits import assign_splits
+from imgclf.deploy.bundle import ENSEMBLE, MODEL_FILE, read_bundle_info, update_bundle_info
+from imgclf.errors import ImgclfError
+from imgclf.lifecycle.gate import DEFAULT_MAX_DROP, GateResult, class_scores, judge, refusal
+from imgclf.lifecycle.lineage import write_lineage
+from imgclf.lifecycle.manifest import write_added
+from imgclf.paths import absolute_path
+from imgclf.runs import MARKER, RunDirectory, held_out_split
+from imgclf.training import TrainResult, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UpdateResult:
+    """The new run, its gate verdict and lineage (``train`` is what the training returned)."""
+
+    run_dir: Path
+    model_dir: Path
+    gate: GateResult
+    lineage: dict[str, Any]
+    train: TrainResult
+
+
+def update(run: str | Path, add: str | Path, out: str | Path, *, time_budget: str | None = None,
+           max_drop: float = DEFAULT_MAX_DROP, force: bool = False) -> UpdateResult:
+    """Train ``out`` from ``run`` plus the images of ``add``; keep it if the gate passes (or ``force``)."""
+    old = trained_run(Path(run))
+    config = old.read_config()
+    previous = old.read_split()
+    added = added_data(add, previous, config)
+    combined = combine(previous, added)
+    warm = not config.pretrained
+    if warm and config.backend != "torch":
+        raise ImgclfError(f"{old.path} is a {config.backend} model trained from scratch; update warm-starts torch "
+                          "models only: retrain on the old and new images with imgclf train")
+    log.info(f"updating {old.path}: {len(added.items)} image(s) added, "
+             f"{'warm-started from its weights' if warm else 'refitted on kept embeddings'}")
+    settings = replace(config, out=str(out), time_budget=time_budget or config.time_budget)
+    if Path(out).exists() and any(Path(out).iterdir()):
+        raise ImgclfError(f"--out {out} already exists; give a new folder for the updated run")
+    with tempfile.TemporaryDirectory(prefix="imgclf-update-") as folder:
+        manifest = Path(folder) / f"{Path(out).name}.csv"
+        write_manifest(combined, manifest)
+        result = train(replace(settings, data=str(manifest)), warm_start=old.model_dir if warm else None)
+    if result.model_dir is None:  # interrupted: its checkpoint stays for imgclf train --resume
+        raise ImgclfError(f"update interrupted; continue with imgclf train --resume {result.run_dir}, "
+                          "then run the update again for its gate")
+    new = RunDirectory(result.run_dir)
+    _adopt_data(new, old, time_budget)
+    gate = _gate(old, new, result, max_drop)
+    if not gate.passed and not force:
+        if (new.path / MARKER).exists():
+            shutil.rmtree(new.path)
+        raise ImgclfError(refusal(gate, str(out)))
+    gate.forced = not gate.passed
+    if gate.forced:
+        log.warning(f"gate failed for {', '.join(change.name for change in gate.failed)}; written anyway (--force)")
+    gate.write(new.path)
+    lineage = write_lineage(new.model_dir, old.model_dir, write_added(new, added), gate.to_dict())
+    return UpdateResult(new.path, new.model_dir, gate, lineage, result)
+
+
+def trained_run(path: Path) -> RunDirectory:
+    """``path`` as a finished run an update can start from, or a one-line error saying what it is instead."""
+    bundle = path / "model" / MODEL_FILE
+    if not path.is_dir():
+        raise ImgclfError(f"{path}: no such run; give a run directory that imgclf train wrote (runs/NAME)")
+    if bundle.is_file() and read_bundle_info(path / "model").kind == ENSEMBLE:
+        raise ImgclfError(f"{path} is an ensemble; update each member run (imgclf update MEMBER --add DATA --out "
+                          "NEW), then build a new ensemble from the updated runs with imgclf ensemble")
+    run = RunDirectory(path)
+    if not run.config_file.is_file() or not run.has_split():
+        raise ImgclfError(f"{path} is not an imgclf run (no config.yaml or split.csv); give a run directory that "
+                          "imgclf train wrote")
+    if not bundle.is_file():
+        raise ImgclfError(f"{path} has no finished model (no model/{MODEL_FILE}); finish it with "
+                          f"imgclf train --resume {path} first")
+    return run
+
+
+def added_data(add: str | Path, previous: ImageDataset, config: TrainConfig) -> ImageDataset:
+    """DATA's images, labels cut as RUN's, names checked against RUN's, split by RUN's rule."""
+    added = load_source(add)
+    if not added.items:
+        raise ImgclfError(f"--add {add}: no images found; give a folder of class folders or a CSV with path,label")
+    if added.multilabel and not previous.multilabel:
+        raise ImgclfError(f"--add {add} is multi-label but the run is single-label; give one label per image")
+    if config.label_depth:
+        added = cut_labels(added, config.label_depth)
+    check_class_names(added.classes, previous.classes, str(add))
+    held = {split: bool(previous.split_items(split)) for split in ("val", "test")}
+    return assign_splits(added, val_fraction=config.val_fraction if held["val"] else 0.0,
+                         test_fraction=config.test_fraction if held["test"] else 0.0,
+                         seed=config.split_seed, group_by=config.group_by)
+
+
+def check_class_names(new: list[str], existing: list[str], source: str) -> None:
+    """Refuse a new class named like an existing one but for case or spacing: almost always a typo."""
+    by_shape = {_shape(name): name for name in existing}
+    for name in new:
+        twin = by_shape.get(_shape(name))
+        if name not in existing and twin is not None:
+            raise ImgclfError(f"--add {source}: class '{name}' differs from the existing class '{twin}' only by case "
+                              f"or spacing; rename it to '{twin}' (or give it a clearly different name)")
+
+
+def _shape(name: str) -> str:
+    return re.sub(r"[\s_-]+", " ", name).strip().casefold()
+
+
+def combine(previous: ImageDataset, added: ImageDataset) -> ImageDataset:
+    """RUN's items, relabelled where DATA names them again, plus DATA's new images; the union of the classes."""
+    relabelled = {absolute_path(item.path): item for item in added.items}
+    items = [replace(item, labels=relabelled.pop(absolute_path(item.path)).labels)
+             if absolute_path(item.path) in relabelled else item for item in previous.items]
+    items += list(relabelled.values())
+    classes = sorted({label for item in items for label in item.labels})
+    return ImageDataset(items=items, classes=classes, multilabel=previous.multilabel, source=previous.source)
+
+
+def _adopt_data(new: RunDirectory, old: RunDirectory, time_budget: str | None) -> None:
+    """The new run's data is its own split.csv (the temporary manifest it read is gone); its choices are RUN's."""
+    config = replace(new.read_config(), data=str(new.split_file))
+    new.write_config(config)
+    update_bundle_info(new.model_dir, config=config.to_dict())
+    choices = old.read_choices() or {}
+    new.write_choices({**choices, **({"time_budget": time_budget} if time_budget else {})})
+
+
+def _gate(old: RunDirectory, new: RunDirectory, result: TrainResult, max_drop: float) -> GateResult:
+    """Both models on RUN's held-out images (labels as the new run has them), and the new classes' scores."""
+    from imgclf.deploy.classifier import Classifier
+
+    split = held_out_split(old.read_split()) or "test"
+    old_paths = {absolute_path(item.path) for item in old.read_split().split_items(split)}
+    dataset = new.read_split()
+    judged = [item for item in dataset.items if absolute_path(item.path) in old_paths]
+    if not judged:
+        log.warning(f"{old.path} has no val or test images: the gate has nothing to judge the update on")
+    before, after = Classifier.load(old.path), Classifier.load(new.path)
+    known = result.held_out_probabilities
+    rows_before, rows_after = _probabilities(before, judged, {}), _probabilities(after, judged, known)
+    kept = [index for index, item in enumerate(judged)
+            if absolute_path(item.path) in rows_before and absolute_path(item.path) in rows_after]
+    labels = [judged[index].labels for index in kept]
+    gate = judge(_scores(before, labels, [rows_before[absolute_path(judged[i].path)] for i in kept]),
+                 _scores(after, labels, [rows_after[absolute_path(judged[i].path)] for i in kept]),
+                 multilabel=dataset.multilabel, split=split, max_drop=max_drop)
+    fresh = [name for name in dataset.classes if name not in before.classes]
+    held = dataset.split_items(held_out_split(dataset) or split)
+    if fresh and held:
+        rows = _probabilities(after, held, known)
+        items = [item for item in held if absolute_path(item.path) in rows]
+        scores = _scores(after, [item.labels for item in items], [rows[absolute_path(item.path)] for item in items])
+        gate.new_classes = {name: scores[name] for name in fresh}
+    return gate
+
+
+def _probabilities(classifier: Any, items: list[Item], known: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each readable item's probabilities by absolute path: ``known`` ones as given, the rest predicted."""
+    rows = {absolute_path(path): row for path, row in known.items()}
+    missing = [Path(absolute_path(item.path)) for item in items if absolute_path(item.path) not in rows]
+    for path, row, _ in classifier.file_probabilities(missing, 64, None):
+        if row is not None:
+            rows[absolute_path(path)] = row
+    return rows
+
+
+def _scores(classifier: Any, labels: list[tuple[str, ...]], rows: list[np.ndarray]) -> dict[str, Any]:
+    probabilities = np.stack(rows) if rows else np.zeros((0, len(classifier.classes)))
+    predicted = None if classifier.info.multilabel else classifier.decide(probabilities)
+    return class_scores(labels, probabilities, predicted, classifier.classes, classifier.info.multilabel)

@@ -1,0 +1,156 @@
+"""``imgclf update``: a new class learnt while the old ones keep their answers, the regression gate, lineage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_FASTNET, make_class_folder, make_image, run_cli
+
+COLOURS = {"blue": (30, 60, 200), "green": (40, 180, 60), "red": (200, 40, 40)}
+YELLOW = {"yellow": (230, 220, 40)}
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny fastnet on three colours, 40 images each, with 12 held-out test images a class (enough to judge)."""
+    import imgclf
+
+    root = tmp_path_factory.mktemp("update")
+    data = make_class_folder(root / "data", per_class=40, colours=COLOURS)
+    return imgclf.train(data, out=root / "run", epochs=8, test_fraction=0.3, **TINY_FASTNET).run_dir
+
+
+def _predictions(model: Path, files: list[Path]) -> list[str]:
+    import imgclf
+
+    classifier = imgclf.load(model)
+    return [row.top[0][0] for row in classifier.predict_files(files)]
+
+
+@pytest.mark.slow
+def test_update_adds_a_class_and_old_classes_keep_their_answers(base_run: Path, tmp_path: Path) -> None:
+    new = make_class_folder(tmp_path / "new", per_class=40, colours=YELLOW, seed=3)
+    out = tmp_path / "run2"
+    done = run_cli("update", str(base_run), "--add", str(new), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "gate passed" in done.stderr
+    clear = [make_image(tmp_path / "clear" / f"{name}.png", colour, seed=7)
+             for name, colour in {**COLOURS, **YELLOW}.items()]
+    assert _predictions(out, clear) == ["blue", "green", "red", "yellow"]
+    assert _predictions(base_run, clear[:3]) == ["blue", "green", "red"]
+    gate = json.loads((out / "gate.json").read_text())
+    assert gate["passed"] and not gate["forced"] and "yellow" in gate["new_classes"]
+    lineage = json.loads((out / "model" / "lineage.json").read_text())
+    from imgclf.deploy.metadata import bundle_content_id
+    from imgclf.lifecycle.lineage import read_lineage
+
+    assert read_lineage(out / "model") == lineage
+    assert lineage["id"] == bundle_content_id(out / "model")
+    assert lineage["parent"]["id"] == bundle_content_id(base_run / "model")
+    assert lineage["added"]["images"] == 40 and lineage["added"]["classes"] == {"yellow": 40}
+    assert lineage["gate"] == {"passed": True, "forced": False, "max_drop": 2.0, "classes": []}
+    assert read_lineage(base_run / "model") is None
+    old_split = (base_run / "split.csv").read_text().splitlines()[1:]
+    new_split = set((out / "split.csv").read_text().splitlines()[1:])
+    assert all(line in new_split for line in old_split)  # RUN's images keep their labels and splits
+    assert "Update gate" in (out / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_gate_refuses_a_planted_regression_and_force_records_it(base_run: Path, tmp_path: Path) -> None:
+    # red photos labelled blue: they contradict what the model knows of red
+    planted = make_class_folder(tmp_path / "planted", per_class=120, colours={"blue": COLOURS["red"]}, seed=5)
+    out = tmp_path / "run2"
+    refused = run_cli("update", str(base_run), "--add", str(planted), "--out", str(out))
+    assert refused.returncode == 2
+    message = refused.stderr.strip().splitlines()[-1]  # the training's progress comes first
+    assert "Traceback" not in refused.stderr
+    assert "update refused" in message and "red" in message and "--force" in message
+    assert not out.exists()
+    forced = run_cli("update", str(base_run), "--add", str(planted), "--out", str(out), "--force")
+    assert forced.returncode == 0, forced.stderr
+    gate = json.loads((out / "gate.json").read_text())
+    assert gate["forced"] and not gate["passed"] and "red" in gate["failed"]
+    lineage = json.loads((out / "model" / "lineage.json").read_text())
+    assert lineage["gate"]["forced"] and "red" in lineage["gate"]["classes"]
+
+
+def test_gate_judges_only_classes_with_enough_images() -> None:
+    from imgclf.lifecycle.gate import ClassScore, judge
+
+    before = {"big": ClassScore(20, 1.0, 20), "small": ClassScore(5, 1.0, 5), "one": ClassScore(60, 1.0, 60)}
+    after = {"big": ClassScore(20, 0.8, 16), "small": ClassScore(5, 0.0, 0), "one": ClassScore(60, 59 / 60, 59)}
+    gate = judge(before, after, multilabel=False, split="test", max_drop=1.0)
+    assert [change.name for change in gate.failed] == ["big"]  # small: too few images; one: a single image lost
+    assert not gate.passed
+    assert judge(before, after, multilabel=False, split="test", max_drop=25.0).passed
+
+
+def test_update_refuses_a_class_name_that_differs_only_by_case(tiny_run: Path, tmp_path: Path) -> None:
+    typo = make_class_folder(tmp_path / "new", per_class=3, colours={"Red ": (200, 40, 40)})
+    done = run_cli("update", str(tiny_run), "--add", str(typo), "--out", str(tmp_path / "run2"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "'Red '" in done.stderr and "rename it to 'red'" in done.stderr
+    assert not (tmp_path / "run2").exists()
+
+
+def test_update_refuses_an_ensemble_and_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    from conftest import untrained_bundle
+
+    from imgclf.deploy.bundle import ENSEMBLE, update_bundle_info
+
+    new = make_class_folder(tmp_path / "new", per_class=2, colours=YELLOW)
+    untrained_bundle(tmp_path / "ensemble")
+    update_bundle_info(tmp_path / "ensemble" / "model", kind=ENSEMBLE)
+    done = run_cli("update", str(tmp_path / "ensemble"), "--add", str(new), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and "is an ensemble; update each member run" in done.stderr
+    (tmp_path / "empty").mkdir()
+    for folder, expected in ((tmp_path / "empty", "is not an imgclf run"), (tmp_path / "missing", "no such run")):
+        done = run_cli("update", str(folder), "--add", str(new), "--out", str(tmp_path / "out"))
+        assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_update_of_a_run_without_its_model_says_to_finish_it(tiny_run: Path, tmp_path: Path) -> None:
+    from conftest import copy_run
+
+    run = copy_run(tiny_run, tmp_path / "copy")
+    import shutil
+
+    shutil.rmtree(run / "model")
+    done = run_cli("update", str(run), "--add", str(make_class_folder(tmp_path / "new", per_class=2, colours=YELLOW)),
+                   "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and "imgclf train --resume" in done.stderr
+
+
+def test_every_run_records_its_data_with_content_hashes(tiny_run: Path) -> None:
+    from imgclf.lifecycle.manifest import run_manifest
+    from imgclf.runs import RunDirectory
+
+    rows = run_manifest(RunDirectory(tiny_run))
+    assert len(rows) == 60 and all(len(row.digest) == 32 for row in rows.values())
+    assert {row.split for row in rows.values()} >= {"train", "val"}
+    assert np.unique([row.digest for row in rows.values()]).size == 60
+
+
+@pytest.mark.slow
+def test_updating_a_probe_embeds_only_the_new_images(tmp_path: Path, backbone_weights: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import imgclf
+    from imgclf.embeddings.embedder import Embedder
+
+    data = make_class_folder(tmp_path / "data", per_class=12, colours=COLOURS)
+    run = imgclf.train(data, out=tmp_path / "run", model="test_resnet", pretrained=True, weights=str(backbone_weights),
+                       strategy="probe", tta=False, image_size=32, workers=1).run_dir
+    embedded: list[int] = []
+    real_embed = Embedder.embed_pixels
+    monkeypatch.setattr(Embedder, "embed_pixels",
+                        lambda self, pixels: embedded.append(len(pixels)) or real_embed(self, pixels))
+    new = make_class_folder(tmp_path / "new", per_class=12, colours=YELLOW, seed=2)
+    result = imgclf.update(run, new, tmp_path / "run2")
+    assert 0 < sum(embedded) <= 12  # the old images' embeddings were kept from the first training
+    assert result.train.config.strategy == "probe" and "yellow" in imgclf.load(result.model_dir).classes
+    assert all(not change.judged for change in result.gate.classes) and result.gate.passed

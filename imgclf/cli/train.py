@@ -79,7 +79,7 @@ def models(
     pretrained_only: Annotated[bool, Opt("--pretrained", help="Only models with weights on this machine.")] = False,
 ) -> None:
     """List the models train accepts, marking those with pretrained weights available here."""
-    if is_model_folder(filter):  # `imgclf models models/shop`: what a user who promoted into it would type
+    if filter and is_model_folder(filter):  # `imgclf models models/shop`: what a user who promoted into it would type
         print_versions(Path(filter), api.versions(filter))
         return
     found = [info for info in api.models(filter) if info.pretrained or not pretrained_only]

@@ -24,12 +24,15 @@ from imgclf.api import (  # the public API
     monitor,
     predict,
     preview_augment,
+    promote,
     query_index,
     report,
+    rollback,
     similar,
     train,
     tune,
     update,
+    versions,
 )
 from imgclf.errors import ImgclfError
 from imgclf.version import __version__
@@ -51,5 +54,5 @@ logging.getLogger("imgclf").addHandler(logging.NullHandler())  # messages are th
 
 __all__ = ["ImgclfError", "__version__", "build_index", "calibrate", "compare", "diff", "embed", "ensemble", "evaluate",
            "evaluate_match", "explain", "export", "inspect", "load", "load_dataset", "match", "match_batch", "models",
-           "monitor", "predict", "preview_augment", "query_index",
-           "report", "similar", "train", "tune", "update"]
+           "monitor", "predict", "preview_augment", "promote", "query_index",
+           "report", "rollback", "similar", "train", "tune", "update", "versions"]

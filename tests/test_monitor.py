@@ -180,7 +180,7 @@ def test_gauges_on_metrics(tmp_path: Path, world: World, reference: Reference) -
         assert client.post("/v1/predict", content=image, headers={"content-type": "image/png"}).status_code == 200
         before = client.get("/metrics").text
         assert re.search(r"imgclf_monitor_drift_mmd2 NaN", before) and "imgclf_monitor_novelty_share" in before
-        live = app.state.served.live
+        live = app.state.served.model.live  # the version answering now
         calm, labels = world.draw(300)
         live.observe(np.eye(3)[labels], labels, calm)  # the features the log's forward pass hands over
         live.refresh()

@@ -106,7 +106,7 @@ def test_model_health_metrics_docs_and_page(client: httpx.Client) -> None:
     assert model["classes"] == ["blue", "green", "red"] and model["image_size"] == 16
     assert model["architecture"] == "fastnet" and model["version"] == imgclf.__version__
     assert model["limits"]["max_files"] == 3 and "val_accuracy" in model["metrics"]
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok", "model_version": None}  # create_app given no version
     client.post("/v1/predict", content=RED, headers={"content-type": "image/jpeg"})
     metrics = client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")

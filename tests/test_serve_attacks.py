@@ -76,7 +76,8 @@ def test_schema_fuzzing_never_gets_a_server_error(server: str) -> None:
                 assert response.json()["status"] == response.status_code  # every refusal is the one JSON shape
 
         call()
-    assert {label for label, _ in calls} == {"POST /v1/predict", "POST /v1/explain", "GET /v1/model", "GET /healthz", "GET /metrics"}
+    assert {label for label, _ in calls} == {"POST /v1/predict", "POST /v1/explain", "GET /v1/model", "POST /v1/reload", "GET /healthz",
+                                                "GET /metrics"}
     assert sum(label == "POST /v1/predict" for label, _ in calls) >= CASES_PER_OPERATION // 2
     assert {status for _, status in calls} >= {200, 400, 422}
 

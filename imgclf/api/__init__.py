@@ -6,8 +6,9 @@
 
 Import the names from here (``imgclf.api``) or from ``imgclf``; the modules behind them hold one task each:
 ``datasets`` (inspect, preview_augment), ``training`` (train, tune, compare, ensemble), ``bundles`` (load,
-evaluate, report, calibrate, export, explain), ``prediction``, ``embedding`` (embed, similar, the search index)
-``matching`` (the catalogue) and ``lifecycle`` (update, diff). None is named like a function: importing it would replace that function here.
+evaluate, report, calibrate, export, explain), ``prediction``, ``embedding`` (embed, similar, the search index),
+``matching`` (the catalogue), ``lifecycle`` (update, diff) and ``model_folders`` (promote, rollback, versions).
+None is named like a function: importing it would replace that function here.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from imgclf.api.datasets import InspectResult, inspect, preview_augment
 from imgclf.api.embedding import DEFAULT_EMBEDDING_MODEL, build_index, embed, query_index, similar
 from imgclf.api.lifecycle import diff, update
 from imgclf.api.matching import catalog_matcher, evaluate_match, match, match_batch
+from imgclf.api.model_folders import promote, rollback, versions
 from imgclf.api.monitoring import monitor
 from imgclf.api.prediction import check_distributable, predict, predict_in_parts
 from imgclf.api.training import compare, ensemble, train, train_processes, tune
@@ -42,6 +44,8 @@ if TYPE_CHECKING:  # the types the functions return, named as before (api.TuneRe
     from imgclf.engines.callbacks import Callback as Callback
     from imgclf.evaluation.evaluate import Evaluation as Evaluation
     from imgclf.lifecycle.diff import RunDiff as RunDiff
+    from imgclf.lifecycle.promotion import Promotion as Promotion
+    from imgclf.lifecycle.promotion import VersionInfo as VersionInfo
     from imgclf.lifecycle.update import UpdateResult as UpdateResult
     from imgclf.models import ModelInfo as ModelInfo
     from imgclf.training import TrainResult as TrainResult
@@ -52,5 +56,5 @@ if TYPE_CHECKING:  # the types the functions return, named as before (api.TuneRe
 __all__ = ["DEFAULT_EMBEDDING_MODEL", "InspectResult", "build_index", "calibrate", "catalog_matcher",
            "check_distributable", "compare", "diff", "embed", "ensemble", "evaluate", "evaluate_match", "explain",
            "explain_files", "export", "inspect", "load", "load_dataset", "match", "match_batch", "models", "monitor",
-           "predict", "predict_in_parts", "preview_augment", "query_index", "report", "similar", "train",
-           "train_processes", "tune", "update"]
+           "predict", "predict_in_parts", "preview_augment", "promote", "query_index", "report", "rollback", "similar",
+           "train", "train_processes", "tune", "update", "versions"]

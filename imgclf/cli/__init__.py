@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 from typer._click.exceptions import ClickException  # typer 0.29 bundles its own click; standalone click's never match
 
-from imgclf.cli import data, deploy, embeddings, evaluate, lifecycle, match, monitor, predict, review, train
+from imgclf.cli import data, deploy, embeddings, evaluate, lifecycle, match, monitor, predict, promotion, review, train
 from imgclf.console import console, console_logging
 from imgclf.errors import ImgclfError
 from imgclf.files import PATH_BYTES, disk_error
@@ -56,11 +56,12 @@ def _main(
 
 # The order of `imgclf --help`: a dataset, then training, measuring, using and shipping a model, then embeddings.
 _ORDER = ("inspect", "preview-augment", "review", "train", "models", "evaluate", "predict", "compare", "report",
-          "calibrate", "tune", "ensemble", "update", "diff", "explain", "export", "serve", "monitor", "embed", "similar",
-          "match")
+          "calibrate", "tune", "ensemble", "update", "diff", "explain", "export", "serve", "promote", "rollback",
+          "versions", "monitor", "embed", "similar", "match")
 # Any: the command functions differ in signature (inferred as a whole, they would be typed `function`)
 _COMMANDS: dict[str, tuple[Any, str]] = {**data.COMMANDS, **train.COMMANDS, **evaluate.COMMANDS, **predict.COMMANDS, **deploy.COMMANDS,
-             **embeddings.COMMANDS, **match.COMMANDS, **lifecycle.COMMANDS, **monitor.COMMANDS, **review.COMMANDS}
+             **embeddings.COMMANDS, **match.COMMANDS, **lifecycle.COMMANDS, **promotion.COMMANDS, **monitor.COMMANDS,
+             **review.COMMANDS}
 for _name in _ORDER:
     _command, _epilog = _COMMANDS[_name]
     app.command(_name, epilog=_epilog)(_command)

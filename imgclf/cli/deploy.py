@@ -57,7 +57,8 @@ LIMITS = option_group(
 
 @with_options(BATCHING, LIMITS, LOG_OPTIONS)
 def serve(
-    model: Annotated[Optional[str], typer.Argument(help="A run directory (runs/NAME) or a model bundle folder; "
+    model: Annotated[Optional[str], typer.Argument(help="A run directory (runs/NAME), a model bundle folder or a model "
+                                                        "folder (models/NAME: its current version, followed); "
                                                         "leave out with --catalog.", show_default=False)] = None,
     host: Annotated[str, Opt(help="Address to bind; loopback by default (0.0.0.0 exposes it to the network).")] = "127.0.0.1",
     port: Annotated[int, Opt(help="TCP port.")] = 8000,
@@ -99,5 +100,6 @@ COMMANDS = {
     "serve": (serve, "Examples: imgclf serve runs/shop  |  imgclf serve runs/shop --port 9000 --runtime onnx  |  "
                      "curl -F file=@cat.jpg http://127.0.0.1:8000/v1/predict  |  "
                      "imgclf serve runs/shop --log predictions.db --log-images logged/  |  "
+                     "imgclf serve models/shop  |  "
                      "imgclf serve --catalog catalog.csv --queries new.csv --accepted accepted.csv"),
 }

@@ -20,6 +20,7 @@ from imgclf.cli.options import (
     parse_model_args,
     with_config_options,
 )
+from imgclf.cli.render.promotion import print_versions
 from imgclf.cli.render.train import (
     print_comparison,
     print_ensemble,
@@ -29,6 +30,7 @@ from imgclf.cli.render.train import (
 )
 from imgclf.console import console
 from imgclf.errors import ImgclfError
+from imgclf.lifecycle.model_folder import is_model_folder
 
 if TYPE_CHECKING:
     from imgclf.config import TrainConfig
@@ -76,10 +78,14 @@ def train(
 
 
 def models(
-    filter: Annotated[str, typer.Argument(help="Substring or pattern (*, ?) of model names.")] = "",
+    filter: Annotated[str, typer.Argument(help="Substring or pattern (*, ?) of model names; or a model folder "
+                                               "(models/shop) to list its versions, as imgclf versions does.")] = "",
     pretrained_only: Annotated[bool, Opt("--pretrained", help="Only models with weights on this machine.")] = False,
 ) -> None:
     """List the models train accepts, marking those with pretrained weights available here."""
+    if filter and is_model_folder(filter):  # `imgclf models models/shop`: what a user who promoted into it would type
+        print_versions(Path(filter), api.versions(filter))
+        return
     found = [info for info in api.models(filter) if info.pretrained or not pretrained_only]
     if not found:
         raise ImgclfError(f"no model name matches '{filter}'; try a shorter filter, e.g. imgclf models resnet")

@@ -8,13 +8,13 @@ cut off while they stream in, and the model runs in its own thread.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,21 +22,19 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imgclf.data.hierarchy import label_tree
-from imgclf.deploy.classifier import PixelOutputs
 from imgclf.errors import ImgclfError
-from imgclf.serve import routes
+from imgclf.serve import reload, routes
 from imgclf.serve.auth import RequireApiKey
-from imgclf.serve.batcher import DynamicBatcher
+from imgclf.serve.loaded import LoadedModel
 from imgclf.serve.metrics import ServerMetrics
 from imgclf.serve.uploads import DEFAULT_LIMITS, ApiError, Limits, body_too_large
 from imgclf.version import __version__
-from imgclf.watch.live import GAUGES, LiveMonitor
+from imgclf.watch.live import GAUGES
 
 if TYPE_CHECKING:  # SQLAlchemy loads only when a server logs
     from imgclf.watch.log import LogOptions, PredictionLog
 
-ROUTES = ("/", "/v1/predict", "/v1/explain", "/v1/model", "/healthz", "/metrics", "/docs", "/openapi.json")
+ROUTES = ("/", "/v1/predict", "/v1/explain", "/v1/model", "/v1/reload", "/healthz", "/metrics", "/docs", "/openapi.json")
 
 
 class LimitAndMeasure:
@@ -75,52 +73,55 @@ class LimitAndMeasure:
 
 
 def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAULT_LIMITS, *, max_batch: int = 32,
-               max_wait_ms: float = 2.0, max_queue: int = 256, api_key: str | None = None,
-               log: LogOptions | None = None, reference: Any = "bundle") -> FastAPI:
+               max_wait_ms: float = 2.0, max_queue: int = 256, api_key: str | None = None, version: str | None = None,
+               reloader: reload.Reloader | None = None, log: LogOptions | None = None,
+               reference: Any = "bundle") -> FastAPI:
     """The server for one loaded classifier (anything with ``info``, ``classes``, ``predict_pixels`` and ``ranking``).
 
     The routes are :mod:`imgclf.serve.routes`' routers; what they share is one
     :class:`~imgclf.serve.routes.Served` on ``app.state``. With ``api_key``, the
     API and metrics answer 401 to requests without it (:mod:`imgclf.serve.auth`).
-    With ``log``, every answer is recorded (:mod:`imgclf.serve.watching`), with
-    the pooled features of the same model call (``reference``: see
+    ``version`` (the bundle's content id) is named in the answers; with a
+    ``reloader`` the server follows a model folder's current version. With
+    ``log``, every answer is recorded (:mod:`imgclf.serve.watching`), with the
+    pooled features of the same model call (``reference``: see
     :class:`~imgclf.watch.log.PredictionLog`), and the doubtful ones wait on the
     review page at ``/review`` (:mod:`imgclf.review.queue_source`).
     """
     metrics = ServerMetrics()
     prediction_log = _prediction_log(classifier, log, metrics, reference) if log else None
-    live = LiveMonitor.of(getattr(classifier, "directory", None), list(classifier.classes))
-    metrics.watch(live.figures, GAUGES)
-    features = log or live.reference is not None  # the log's embeddings, the gauges' drift and novelty
-    batcher = DynamicBatcher(_with_features(classifier) if features else classifier.predict_pixels,
-                             max_batch=max_batch, max_wait_s=max_wait_ms / 1000, max_queue=max_queue,
-                             on_batch=metrics.batch_size.observe)
-    metrics.queue.set_function(lambda: batcher.waiting)
+    batching = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_queue": max_queue}
+    served = routes.Served(
+        LoadedModel.build(classifier, runtime, version, batching, metrics.batch_size.observe, log is not None),
+        name, limits, metrics, batching,
+        page=files("imgclf.serve").joinpath("static/index.html").read_text(encoding="utf-8"), reloader=reloader,
+        log=prediction_log)
+    metrics.queue.set_function(lambda: served.model.batcher.waiting)
+    metrics.watch(lambda: served.model.live.figures(), GAUGES)  # the version answering now
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        batcher.start()
-        live.start()
+        served.model.start()
+        watching = asyncio.get_running_loop().create_task(reloader.watch(served)) if reloader else None
         yield
-        live.stop()
-        await batcher.stop()
+        if watching is not None:
+            watching.cancel()
+        if reloader is not None:
+            await reloader.stop()  # the old versions still draining
+        await served.model.stop()
         if prediction_log is not None:
             prediction_log.close()
 
     app = FastAPIOffline(title=f"imgclf: {name}", version=__version__, lifespan=lifespan,
                          description=f"Classifies images into {len(classifier.classes)} classes with "
                                      f"{classifier.info.architecture}.")
-    app.state.served = routes.Served(
-        classifier, name, runtime, limits, batcher, metrics,
-        hierarchy=None if classifier.info.multilabel else label_tree(classifier.classes),  # answers carry the path
-        batching={"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_queue": max_queue},
-        page=files("imgclf.serve").joinpath("static/index.html").read_text(encoding="utf-8"), log=prediction_log,
-        live=live)
+    app.state.served = served
     if api_key:
         app.add_middleware(RequireApiKey, api_key=api_key)
     app.add_middleware(LimitAndMeasure, limits=limits, metrics=metrics)  # outermost: counts 401s
     add_error_handlers(app)
     app.include_router(routes.api)
+    app.include_router(reload.router)
     app.include_router(routes.operations)
     if log is not None:
         app.include_router(_review_queue(classifier, log))
@@ -148,12 +149,6 @@ def _prediction_log(classifier: Any, options: LogOptions, metrics: ServerMetrics
                         reference=reference)
     metrics.log_queue.set_function(lambda: log.writer.waiting)
     return log
-
-
-def _with_features(classifier: Any) -> Callable[[np.ndarray], PixelOutputs]:
-    """The batcher's model call under --log or a monitoring reference: probabilities and pooled features at once."""
-    both = getattr(classifier, "predict_pixels_with_features", None)
-    return both if both is not None else lambda pixels: PixelOutputs(classifier.predict_pixels(pixels), None)
 
 
 def add_error_handlers(app: FastAPI) -> None:

@@ -1,7 +1,9 @@
 """The server's routes as FastAPI routers, and the dependencies they share.
 
-What the routes need (the classifier, its batcher, metrics, limits) is one
-:class:`Served` record on ``app.state``; :func:`uploads_in_time` reads a
+What the routes need (the model answering now, metrics, limits) is one
+:class:`Served` record on ``app.state``; a route that uses the model holds
+the one it started with to its answer (:func:`model_in_use`), so a reload
+never switches models under a request. :func:`uploads_in_time` reads a
 request's images within ``--timeout`` for every route that takes images.
 """
 
@@ -11,8 +13,9 @@ import asyncio
 import io
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
@@ -23,39 +26,39 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from imgclf.data.hierarchy import Hierarchy
-from imgclf.deploy.bundle import BundleInfo
 from imgclf.deploy.classifier import PixelOutputs
 from imgclf.errors import ImgclfError
-from imgclf.serve.batcher import DynamicBatcher, Overloaded
+from imgclf.serve.batcher import Overloaded
+from imgclf.serve.loaded import LoadedModel
 from imgclf.serve.metrics import ServerMetrics
 from imgclf.serve.uploads import IMAGE_TYPES, ApiError, Limits, Upload, decode_uploads, read_uploads
 from imgclf.serve.watching import record_answers, request_id
 from imgclf.version import __version__
-from imgclf.watch.live import LiveMonitor
+
+if TYPE_CHECKING:
+    from imgclf.serve.reload import Reloader
 
 MAX_TOP_K = 1000
 
 
 @dataclass
 class Served:
-    """The one loaded classifier and what serves it; ``app.state.served`` of the app that :func:`create_app` builds."""
+    """The model answering now and what serves it; ``app.state.served`` of the app that :func:`create_app` builds."""
 
-    classifier: Any
+    model: LoadedModel  # replaced in one assignment by a reload
     name: str
-    runtime: str
     limits: Limits
-    batcher: DynamicBatcher
     metrics: ServerMetrics
-    hierarchy: Hierarchy | None
     batching: dict[str, float]
     page: str
-    live: LiveMonitor  # the latest answers, for the monitor's gauges on /metrics
+    reloader: Reloader | None = None  # follows a model folder's pointer; None when serving one bundle
     explain_lock: threading.Lock = field(default_factory=threading.Lock)  # one Grad-CAM at a time: it hooks a layer
     log: Any = None  # --log: the PredictionLog every answer goes to (imgclf.serve.watching)
 
-    @property
-    def info(self) -> BundleInfo:
-        return self.classifier.info
+    def build_model(self, classifier: Any, runtime: str, version: str | None) -> LoadedModel:
+        """A version to serve, batched as this server batches (its batcher not started yet)."""
+        return LoadedModel.build(classifier, runtime, version, self.batching, self.metrics.batch_size.observe,
+                                 logged=self.log is not None)
 
 
 @dataclass
@@ -70,6 +73,16 @@ def served(request: Request) -> Served:
     return request.app.state.served
 
 
+async def model_in_use(request: Request) -> AsyncIterator[LoadedModel]:
+    """The model answering now, held until the request is answered: a reload meanwhile leaves it to finish."""
+    model = served(request).model
+    model.holders += 1
+    try:
+        yield model
+    finally:
+        model.holders -= 1
+
+
 async def uploads_in_time(request: Request) -> Received:
     """The request's images, read within ``--timeout``: a client that sends slowly gets 408, not a held worker."""
     state, started = served(request), time.perf_counter()
@@ -82,11 +95,12 @@ async def uploads_in_time(request: Request) -> Received:
 
 def explainable(request: Request) -> None:
     """Refuse /v1/explain before reading the upload when the model cannot be explained (an ONNX runtime)."""
-    if not hasattr(served(request).classifier, "explain"):
+    if not hasattr(served(request).model.classifier, "explain"):
         raise ApiError(501, "this server's model cannot be explained")
 
 
 State = Annotated[Served, Depends(served)]
+Model = Annotated[LoadedModel, Depends(model_in_use)]
 Images = Annotated[Received, Depends(uploads_in_time)]
 
 
@@ -115,6 +129,7 @@ class ImagePrediction(BaseModel):
 
 class PredictResponse(BaseModel):
     model: str
+    model_version: str | None = Field(description="The content id of the version that answered (imgclf versions).")
     runtime: str
     predictions: list[ImagePrediction]
 
@@ -144,11 +159,11 @@ operations = APIRouter()  # the page, health and metrics
 
 
 @api.post("/predict", response_model=PredictResponse, responses=ERROR_RESPONSES, openapi_extra=REQUEST_BODY)
-async def predict(state: State, received: Images, request: Request, response: Response,
+async def predict(state: State, model: Model, received: Images, request: Request, response: Response,
                   top_k: int = Query(5, ge=1, le=MAX_TOP_K, description="Classes per image.")) -> dict[str, Any]:
     """Classify one or more images sent as multipart files (any field name) or as a raw image body."""
-    classifier, limits, batcher = state.classifier, state.limits, state.batcher
-    pixels = await run_in_threadpool(decode_uploads, received.uploads, state.info, limits)
+    classifier, limits, batcher = model.classifier, state.limits, model.batcher
+    pixels = await run_in_threadpool(decode_uploads, received.uploads, model.info, limits)
     try:
         remaining = max(0.001, limits.timeout_s - (time.perf_counter() - received.started))
         outputs = await asyncio.wait_for(batcher.submit(pixels), remaining)
@@ -162,49 +177,50 @@ async def predict(state: State, received: Images, request: Request, response: Re
     k = min(top_k, len(classifier.classes))
     ranking = classifier.ranking(probabilities)
     features = getattr(outputs, "features", None)
-    state.live.observe(probabilities, ranking[:, 0], features)
-    answers = [_ranked(upload.name, row, order[:k], classifier, state.hierarchy)
+    model.live.observe(probabilities, ranking[:, 0], features)
+    answers = [_ranked(upload.name, row, order[:k], classifier, model.hierarchy)
                for upload, row, order in zip(received.uploads, probabilities, ranking)]
     if state.log is not None:  # the log's hook: queues the rows, never waits or fails
         response.headers["X-Request-ID"] = identifier = request_id(request)
         record_answers(state.log, classifier, received.uploads, answers, probabilities, features, identifier)
-    return {"model": state.name, "runtime": state.runtime, "predictions": answers}
+    return {"model": state.name, "model_version": model.version, "runtime": model.runtime, "predictions": answers}
 
 
 @api.post("/explain", response_class=Response, responses=EXPLAIN_RESPONSES, openapi_extra=REQUEST_BODY,
           dependencies=[Depends(explainable)])
-async def explain(state: State, received: Images) -> Response:
+async def explain(state: State, model: Model, received: Images) -> Response:
     """Grad-CAM of one image (multipart file or raw body): a PNG overlay of what the top class rests on."""
     if len(received.uploads) != 1:
         raise ApiError(400, f"send exactly one image to explain, got {len(received.uploads)}")
-    pixels = await run_in_threadpool(decode_uploads, received.uploads, state.info, state.limits)
+    pixels = await run_in_threadpool(decode_uploads, received.uploads, model.info, state.limits)
     try:
-        png = await run_in_threadpool(_explain_png, state, pixels[0])
+        png = await run_in_threadpool(_explain_png, state, model, pixels[0])
     except ImgclfError as error:
         raise ApiError(422, str(error)) from None
-    return Response(png, media_type="image/png")
+    return Response(png, media_type="image/png", headers={"X-Model-Version": model.version or ""})
 
 
-def _explain_png(state: Served, pixels: np.ndarray) -> bytes:
+def _explain_png(state: Served, model: LoadedModel, pixels: np.ndarray) -> bytes:
     """The Grad-CAM overlay of the top class as PNG bytes; runs in a worker thread."""
     from imgclf.deploy.explain import overlay
 
     with state.explain_lock:
-        explanation = state.classifier.explain(pixels, top_k=1)
+        explanation = model.classifier.explain(pixels, top_k=1)
     buffer = io.BytesIO()
     Image.fromarray((overlay(explanation.pixels, explanation.map) * 255).astype(np.uint8)).save(buffer, "PNG")
     return buffer.getvalue()
 
 
 @api.get("/model")
-async def model(state: State) -> dict[str, Any]:
-    """The model's classes, input size, preprocessing, metrics and version, and the server's limits."""
-    info, limits = state.info, state.limits
-    return {"name": state.name, "architecture": info.architecture, "classes": state.classifier.classes,
+async def model(state: State, loaded: Model) -> dict[str, Any]:
+    """The model's classes, input size, preprocessing, metrics and versions (its own, imgclf's), the server's limits."""
+    info, limits = loaded.info, state.limits
+    return {"name": state.name, "model_version": loaded.version, "architecture": info.architecture,
+            "classes": loaded.classifier.classes,
             "multilabel": info.multilabel, "image_size": info.image_size, "channels": info.channels,
-            "resize": info.resize, "mean": info.mean, "std": info.std, "tta": state.classifier.tta,
+            "resize": info.resize, "mean": info.mean, "std": info.std, "tta": loaded.classifier.tta,
             "positive": info.positive, "thresholds": info.thresholds, "threshold_goal": info.threshold_goal,
-            "metrics": info.metrics, "runtime": state.runtime, "version": __version__,
+            "metrics": info.metrics, "runtime": loaded.runtime, "version": __version__,
             "model_imgclf_version": info.imgclf_version,
             "limits": {"max_upload_bytes": limits.max_bytes, "max_pixels": limits.max_pixels,
                        "max_files": limits.max_files, "timeout_s": limits.timeout_s,
@@ -219,9 +235,11 @@ async def index(state: State) -> str:
 
 @operations.get("/healthz")
 async def healthz(state: State) -> JSONResponse:
-    """200 while the model worker runs; 503 otherwise."""
-    healthy = state.batcher.alive
-    return JSONResponse({"status": "ok" if healthy else "model worker stopped"}, status_code=200 if healthy else 503)
+    """200 while the model worker runs; 503 otherwise. Names the version answering (its content id)."""
+    model = state.model
+    healthy = model.batcher.alive
+    return JSONResponse({"status": "ok" if healthy else "model worker stopped", "model_version": model.version},
+                        status_code=200 if healthy else 503)
 
 
 @operations.get("/metrics", response_class=Response)

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from imgclf.deploy.bundle import find_bundle
+from imgclf.deploy.metadata import bundle_content_id
 from imgclf.errors import ImgclfError
+from imgclf.lifecycle.model_folder import ModelFolder, is_model_folder
 from imgclf.serve.auth import check_api_key
 from imgclf.serve.uploads import DEFAULT_LIMITS, Limits
 
 if TYPE_CHECKING:
+    from imgclf.serve.reload import Reloader
     from imgclf.watch.log import LogOptions
 
 log = logging.getLogger(__name__)
@@ -33,7 +38,9 @@ def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, runti
           log: LogOptions | None = None) -> None:
     """Serve ``model`` over HTTP until interrupted; see :func:`imgclf.serve.app.create_app` for the routes.
 
-    With ``log``, every prediction is recorded (:mod:`imgclf.watch`).
+    ``model`` is a run, a bundle folder, or a model folder (``imgclf promote --to``), whose current version is
+    served and followed: a promotion or rollback switches the server within a second. With ``log``, every
+    prediction is recorded (:mod:`imgclf.watch`).
     """
     from imgclf.deploy.classifier import Classifier
     from imgclf.serve.app import create_app
@@ -46,18 +53,32 @@ def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, runti
                           ("--max-upload-mb", limits.max_bytes), ("--timeout", limits.timeout_s)):
         if value <= 0:
             raise ImgclfError(f"{option} must be positive, got {value}")
-    directory = find_bundle(model)
-    name = directory.parent.name if directory.name == "model" else directory.name
     # batch 1 is what a lightly loaded server mostly runs, and where the runtimes differ most
-    classifier = Classifier.load(directory, device=device, tta=tta, runtime=runtime, batch_size=1)
-    app = create_app(classifier, name, classifier.runtime.name, limits, max_batch=max_batch,
-                     max_wait_ms=max_wait_ms, max_queue=max_queue, api_key=api_key, log=log)
+    load = partial(Classifier.load, device=device, tta=tta, runtime=runtime, batch_size=1)
+    name, directory, version, reloader = _what_to_serve(model, load)
+    classifier = load(directory)
+    app = create_app(classifier, name, classifier.runtime.name, limits, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                     max_queue=max_queue, api_key=api_key, version=version, reloader=reloader, log=log)
     if log is not None:
         logging.getLogger(__name__).info(watching_line(log, classifier))
     who = ("callers need the API key; use TLS (a reverse proxy) so it is not sent in clear text" if api_key else
            "anyone who can reach this machine can use the model (no --api-key); put it behind a proxy that "
            "checks who calls")
     run_app(app, host, port, f"{name} ({classifier.runtime.name} runtime)", who)
+
+
+def _what_to_serve(model: str | Path, load: Callable[[Path], Any]) -> tuple[str, Path, str, Reloader | None]:
+    """(name, bundle folder, content id, reloader): a model folder's current version, followed as it changes, or one
+    bundle (a run's or a bundle folder), served as it is."""
+    from imgclf.serve.reload import Reloader
+
+    if is_model_folder(model):
+        folder = ModelFolder.open(model)
+        version = folder.current().current
+        return Path(model).resolve().name, folder.version_dir(version), version, Reloader(folder, load)
+    directory = find_bundle(model)
+    name = directory.parent.name if directory.name == "model" else directory.name
+    return name, directory, bundle_content_id(directory), None
 
 
 def serve_review(catalog: str | Path, queries: str | Path, accepted: str | Path, *, host: str = "127.0.0.1",

@@ -79,7 +79,7 @@ def count_rows(log: str | Path) -> int:
     try:
         with engine.connect() as connection:
             return int(connection.execute(sa.select(sa.func.count()).select_from(PREDICTIONS)).scalar() or 0)
-    except sa.exc.OperationalError:  # not created yet
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError):  # not created yet (SQLite; PostgreSQL's UndefinedTable)
         return 0
     finally:
         engine.dispose()

@@ -1,6 +1,6 @@
 """What the prediction log costs a server: requests/s and p99 with ``--log`` against without, and bytes per row.
 
-Usage: python benchmarks/log_cost.py [--model runs/benchmarks/flowers-lite0-5m] [--images ../shared/datasets/flowers/val]
+Usage: python benchmarks/log_cost.py [--model runs/benchmarks/flowers-default] [--images ../shared/datasets/flowers/val]
                                      [--clients 16] [--seconds 20] [--rounds 2] [--quick]
 
 ``imgclf serve MODEL --runtime torch`` (the runtime that logs embeddings) is
@@ -104,7 +104,7 @@ def untrained_model(folder: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("runs/benchmarks/flowers-lite0-5m"))
+    parser.add_argument("--model", type=Path, default=Path("runs/benchmarks/flowers-default"))
     parser.add_argument("--images", type=Path, default=Path("../shared/datasets/flowers/val"))
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20.0)

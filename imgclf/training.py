@@ -180,6 +180,12 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
     if result.interrupted:
         log.warning(f"interrupted; checkpoint saved. Continue with: imgclf train --resume {run.path}")
         return TrainResult(run.path, None, config, result.history, {}, interrupted=True)
+    return _finish(run, config, engine, data, result)
+
+
+def _finish(run: RunDirectory, config: TrainConfig, engine: Engine, data: TrainingData,
+            result: FitResult) -> TrainResult:
+    """A finished fit's bundle: written, calibrated, decided, scored, and its monitoring reference stored."""
     check_finite_weights(result.model)
     model_dir = _write_bundle(run, config, engine, data, {})
     held_out = HeldOut.of(model_dir, data)  # one pass of val and test through the bundle serves all below

@@ -49,6 +49,7 @@ from typing import Any
 import httpx
 import numpy as np
 from PIL import Image
+from serve_soak import small_bundle  # the generated fastnet bundle --quick serves
 
 import imgclf
 from imgclf.deploy.bundle import find_bundle
@@ -70,20 +71,6 @@ def version_copies(bundle: Path, scratch: Path) -> list[Path]:
         (copy / "model.json").write_text(json.dumps(values, indent=1), encoding="utf-8")
         copies.append(copy)
     return copies
-
-
-def small_bundle(folder: Path) -> Path:
-    """A generated fastnet bundle at 32 px (``--quick``): no training, no dataset."""
-    import torch
-
-    from imgclf.deploy.bundle import BundleInfo, write_bundle
-    from imgclf.models import create_model
-
-    torch.manual_seed(0)
-    args = {"widths": [16, 32, 32], "depth": 1}
-    model = create_model("fastnet", 3, image_size=32, **args)
-    info = BundleInfo("fastnet", args, ["blue", "green", "red"], 32, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
-    return write_bundle(info, model.state_dict(), folder / "model")
 
 
 def jpeg_bodies(count: int = 16, side: int = 256) -> list[bytes]:

@@ -74,3 +74,31 @@ def stop(process: subprocess.Popen[str], signal_number: int, timeout_s: float = 
     process.send_signal(signal_number)
     _, stderr = process.communicate(timeout=timeout_s)
     return process.returncode, stderr
+
+
+def start_serving(model: Path, *options: str, env: Mapping[str, str] | None = None,
+                  preexec_fn: Callable[[], None] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """``imgclf serve MODEL OPTIONS`` in a process of its own on a free loopback port, once it answers: (process, URL)."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    process = start_python("-m", "imgclf", "serve", str(model), "--port", url.rsplit(":", 1)[1], *options, env=env,
+                           preexec_fn=preexec_fn)
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{url}/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(answers, process, "imgclf serve coming up", timeout_s=180, poll_s=0.2)  # a loaded CI machine
+    except BaseException:
+        process.kill()
+        process.communicate(timeout=30)
+        raise
+    return process, url

@@ -7,7 +7,6 @@ import io
 import re
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import pytest
 import uvicorn
 from conftest import browser_page, make_image, run_cli
 from PIL import Image
-from processes import start_python, stop, wait_until
+from processes import start_serving, stop
 
 import imgclf
 from imgclf.serve.app import create_app
@@ -254,28 +253,6 @@ def test_web_page_classifies_an_uploaded_image_in_a_browser(client: httpx.Client
     assert preview == 64 and heatmap == 16
     assert shown_empty == []
     assert all(url.startswith((base, "blob:")) for url in requests), requests
-
-
-def start_serving(model: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
-    """``imgclf serve MODEL`` in a process of its own on a free loopback port, once it answers: (process, URL)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    process = start_python("-m", "imgclf", "serve", str(model), "--port", url.rsplit(":", 1)[1], env=env)
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_until(answers, process, "imgclf serve coming up", timeout_s=180, poll_s=0.2)  # a loaded CI machine
-    except BaseException:
-        process.kill()
-        process.communicate(timeout=30)
-        raise
-    return process, url
 
 
 @pytest.mark.subprocess

@@ -17,9 +17,9 @@ import schemathesis
 from conftest import run_cli, untrained_bundle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from processes import stop
+from processes import start_serving, stop
 from schemathesis import GenerationMode
-from test_serve import RED, start_server, start_serving
+from test_serve import RED, start_server
 
 import imgclf
 from imgclf.serve.app import create_app

@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
-from processes import stop
+from processes import start_serving, stop
 from test_model_folders import version_bundle
-from test_serve import LIMITS, RED, start_server, start_serving
+from test_serve import LIMITS, RED, start_server
 
 import imgclf
 from imgclf.errors import ImgclfError

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ import sqlalchemy as sa
 from conftest import untrained_bundle
 from crashes import file_size_limit
 from postgres import fresh_database, postgres_server
-from processes import start_python, stop, wait_until
+from processes import start_serving, stop, wait_until
 from test_watch import BLUE, RED, rows_of, serve_and_post
 
 from imgclf.watch.log import LogOptions
@@ -44,27 +43,8 @@ def postgres() -> Iterator[str]:
 
 def start_logging_server(bundle: Path, *options: str, preexec_fn: Callable[[], None] | None = None
                          ) -> tuple[subprocess.Popen[str], str]:
-    """``imgclf serve BUNDLE --runtime torch OPTIONS`` on a free loopback port, once it answers: (process, URL)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = start_python("-m", "imgclf", "serve", str(bundle), "--port", str(port), "--runtime", "torch", *options,
-                           preexec_fn=preexec_fn)
-    url = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_until(answers, process, "imgclf serve --log coming up", timeout_s=180, poll_s=0.2)
-    except BaseException:
-        process.kill()
-        process.communicate(timeout=30)
-        raise
-    return process, url
+    """``imgclf serve BUNDLE --runtime torch OPTIONS`` (the runtime that logs embeddings), once it answers."""
+    return start_serving(bundle, "--runtime", "torch", *options, preexec_fn=preexec_fn)
 
 
 def post(url: str, body: bytes = RED, request_id: str | None = None) -> httpx.Response:

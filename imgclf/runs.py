@@ -14,6 +14,7 @@ runs/NAME/
   gate.json            imgclf update only: the regression gate's verdict, class by class
   added_data.csv       imgclf update only: the images it added (path, labels, split, hash)
   model/lineage.json   imgclf update only: the bundle's parent, the data it added and the gate's verdict
+  held_out_logits.json the bundle's raw logits for each val/test image (an update's gate reads them as "before")
 ```
 """
 
@@ -160,6 +161,23 @@ class RunDirectory:
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             return None
         return values if isinstance(values, dict) else None
+
+    @property
+    def held_out_logits_file(self) -> Path:
+        return self.path / "held_out_logits.json"
+
+    def write_held_out_logits(self, weights: str, logits: dict[str, list[float]]) -> None:
+        """The bundle's raw logits (TTA included, before temperature) by image path, for the weights digest ``weights``."""
+        write_text_atomic(self.held_out_logits_file, json.dumps({"weights": weights, "logits": logits}))
+
+    def read_held_out_logits(self, weights: str) -> dict[str, list[float]]:
+        """The raw logits kept for the weights ``weights``; empty when none were kept or they are another model's."""
+        try:
+            values = json.loads(self.held_out_logits_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+        fresh = isinstance(values, dict) and values.get("weights") == weights and isinstance(values.get("logits"), dict)
+        return values["logits"] if fresh else {}
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite metrics.csv from the whole history, so a resumed run's file has no gaps or repeats."""

@@ -168,11 +168,15 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
         config = engine.fit_to_budget(parse_duration(config.time_budget))
         if world.is_main:
             run.write_config(config)
-    _print_start(config, data, engine.machine)
+    _print_start(config, data, engine)
     # the guard runs on every rank (so all stop at the same non-finite step), after the epoch's line is printed
     bookkeeping: list[Callback] = ([*standard_callbacks(config, run), DivergenceGuard(), *(callbacks or [])]
                                    if world.is_main else [DivergenceGuard()])
     result = engine.fit(bookkeeping)
+    if engine.config.probe_c != config.probe_c:  # the C the probe's cross-validation chose: an update reuses it
+        config = replace(config, probe_c=engine.config.probe_c)
+        if world.is_main:
+            run.write_config(config)
     distributed.barrier()
     distributed.stop()
     if not world.is_main:  # rank 0 writes the bundle, scores it and prints the summary
@@ -194,6 +198,7 @@ def _finish(run: RunDirectory, config: TrainConfig, engine: Engine, data: Traini
     decision = _decide(model_dir, data, config, held_out)  # on calibrated probabilities, before scoring
     metrics = _final_metrics(engine, data, result, model_dir, held_out, {**calibration, **decision})
     _write_reference(model_dir, data, held_out)
+    held_out.keep_logits(run, model_dir, data)
     return TrainResult(run.path, model_dir, config, result.history, metrics, multilabel=data.multilabel,
                        held_out_probabilities=held_out.probabilities_by_path(model_dir, data),
                        stopped_early=result.stopped_early)
@@ -230,9 +235,10 @@ def _new_run(world: World, config: TrainConfig, dataset: ImageDataset, overwrite
     return RunDirectory(Path(made))
 
 
-def _print_start(config: TrainConfig, data: TrainingData, machine: str) -> None:
+def _print_start(config: TrainConfig, data: TrainingData, engine: Engine) -> None:
+    schedule = f"{config.epochs:g} epochs" + (" from the run's weights" if engine.warm_pretrained else "")
     log.info(f"training {config.model} ({config.strategy}) on {len(data.rows['train']):,} images at "
-             f"{config.image_size}px, {config.epochs:g} epochs, batch {config.batch_size}, {machine}")
+             f"{config.image_size}px, {schedule}, batch {config.batch_size}, {engine.machine}")
 
 
 def _decode(dataset: ImageDataset, config: TrainConfig, run: RunDirectory, warm_start: Path | None) -> TrainingData:
@@ -312,6 +318,15 @@ class HeldOut:
 
         assert self.classifier is not None, "no held-out images"
         return Classifier(self.classifier.runtime, read_bundle_info(model_dir), directory=model_dir)
+
+    def keep_logits(self, run: RunDirectory, model_dir: Path, data: TrainingData) -> None:
+        """Write the raw logits into the run: an update's gate reads them as its "before" instead of a second pass."""
+        from imgclf.deploy.metadata import weights_file_digest
+
+        if self.logits:
+            run.write_held_out_logits(weights_file_digest(model_dir), {
+                str(data.paths[row]): [round(float(value), 5) for value in values]
+                for split, logits in self.logits.items() for row, values in zip(data.rows[split], logits)})
 
     def probabilities_by_path(self, model_dir: Path, data: TrainingData) -> dict[str, np.ndarray]:
         """Each held-out image's probabilities as ``predict`` gives them now, keyed by its path.

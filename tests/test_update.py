@@ -214,3 +214,40 @@ def test_update_applies_corrections_to_the_old_and_new_images(base_run: Path, tm
     assert excluded.name not in [line.split(",")[0].rsplit("/", 1)[-1] for line in trained.splitlines()
                                  if "yellow" in line]
     assert trained.count(",yellow,") == 19
+
+
+@pytest.mark.slow
+def test_updating_a_tail_refits_only_its_head_on_the_trained_tail(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The trunk and the trained tail stay the run's; the old images' activations come from the cache."""
+    import logging
+
+    from conftest import save_pretend_weights
+    from safetensors.torch import load_file
+
+    import imgclf
+
+    caplog.set_level(logging.INFO, logger="imgclf")
+    weights = save_pretend_weights("test_efficientnet", tmp_path / "weights.safetensors")
+    data = make_class_folder(tmp_path / "data", per_class=12, colours=COLOURS)
+    run = imgclf.train(data, out=tmp_path / "run", model="test_efficientnet", weights=str(weights), strategy="tail",
+                       image_size=32, workers=1, precision="fp32", batch_size=8, epochs=4, tta=False).run_dir
+    chosen_c = imgclf.load(run).info.config["probe_c"]
+    assert chosen_c is not None and (run / "held_out_logits.json").is_file()  # what the update reuses
+    caplog.clear()
+    new = make_class_folder(tmp_path / "new", per_class=12, colours=YELLOW, seed=2)
+    result = imgclf.update(run, new, tmp_path / "run2")
+    said = caplog.text
+    kept = {split: [row for row in (result.run_dir / "split.csv").read_text().splitlines()[1:]
+                    if row.endswith(f",{split}")] for split in ("train", "val")}
+    added = sum("/new/" in row for rows in kept.values() for row in rows)
+    old = sum(len(rows) for rows in kept.values()) - added
+    assert f"activations of {old} image views read from the cache, {added} computed" in said, said
+    assert "its head fitted again on the run's tail" in said
+    assert f"C={chosen_c:g} by --probe-c" in said  # the run's regularisation, no cross-validation
+    stages = [line.split(",")[1] for line in (result.run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert stages == ["probe"]  # no tail epoch trained again
+    before, after = (load_file(str(folder / "model" / "weights.safetensors")) for folder in (run, result.run_dir))
+    assert all((after[name] == value).all() for name, value in before.items() if not name.startswith("classifier."))
+    assert result.gate.passed and result.gate.new_classes["yellow"].score > 0.5
+    assert _predictions(result.model_dir, sorted((new / "yellow").iterdir())[:4]) == ["yellow"] * 4

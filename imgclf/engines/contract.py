@@ -214,6 +214,7 @@ class Engine(Protocol):
 
     config: TrainConfig
     machine: str  # for the start line: "cpu bf16", "tensorflow cpu fp32"
+    warm_pretrained: bool  # a pretrained model started from a bundle's weights (imgclf update)
 
     def build(self, data: TrainingData, resume: bool) -> bool:
         """The model: fresh (pretrained weights, data statistics) or the run's last checkpoint with ``resume``.

@@ -155,6 +155,7 @@ class KerasEngine:
     """Builds (or reloads) the Keras model and runs the plan's stages with ``model.fit``."""
 
     machine = "tensorflow cpu fp32"
+    warm_pretrained = False  # update warm-starts torch models only
 
     def __init__(self, config: TrainConfig, run: RunDirectory) -> None:
         self.config = config

@@ -387,13 +387,26 @@ class TailStage:
         return ActivationLoader(views, self.data.split_targets("train"), self.config.batch_size or 1, self.config.seed,
                                 self.device)
 
-    @torch.no_grad()
+    def tuned_features(self, split: str, view: str = PLAIN) -> np.ndarray:
+        """Pooled features of ``split`` in ``view`` through the tail as it is now, not as the cache kept them.
+
+        The kept features are the pretrained tail's; a tail that starts from
+        trained weights (``imgclf update`` refitting a run's head) gives its own.
+        """
+        return self._through(split, view, lambda batch: self.model.features(self.model.unpack(batch)),
+                             self.model.head.in_features).numpy()
+
     def logits(self, split: str) -> torch.Tensor:
         """Logits of the current weights for ``split``'s kept plain activations (the tail's epoch scores)."""
-        packed = self._activations(split, PLAIN)[0]
+        return self._through(split, PLAIN, self.model, self.model.head.out_features)
+
+    @torch.no_grad()
+    def _through(self, split: str, view: str, module: Any, width: int) -> torch.Tensor:
+        """float32 (N, ``width``) outputs of ``module`` (eval mode) for ``split``'s kept activations in ``view``."""
+        packed = self._activations(split, view)[0]
         self.model.eval()
-        outputs = [torch.empty(0, self.model.head.out_features)]
+        outputs = [torch.empty(0, width)]
         with autocast(self.device, self.precision):
             for start in range(0, len(packed), 4 * PASS_BATCH):
-                outputs.append(self.model(packed[start:start + 4 * PASS_BATCH].to(self.device).float()).float().cpu())
+                outputs.append(module(packed[start:start + 4 * PASS_BATCH].to(self.device).float()).float().cpu())
         return torch.cat(outputs)

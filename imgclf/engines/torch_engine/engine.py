@@ -25,7 +25,7 @@ from imgclf.engines.linear_probe import supports_linear_probe
 from imgclf.engines.lookahead import Lookahead
 from imgclf.engines.tail import ActivationLoader, TailStage
 from imgclf.engines.torch_engine import loop, planning
-from imgclf.engines.torch_engine.model import create_model_for, embedding_weights, placed
+from imgclf.engines.torch_engine.model import create_model_for, embedding_weights, placed, warm_pretrained
 from imgclf.engines.torch_engine.probe import LinearProbe
 from imgclf.engines.torch_engine.progress import RunProgress
 from imgclf.engines.torch_engine.tricks import new_ema
@@ -58,6 +58,7 @@ class TorchEngine:
         self.ema: nn.Module | None = None
         self.lookahead: Lookahead | None = None
         self.tail: TailStage | None = None
+        self.warm_pretrained = False  # a pretrained model started from a bundle's weights (imgclf update)
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.stage_clock = StageClock.of(1)  # the current stage's schedule, re-planned by a time budget
         self.forward: Callable[[torch.Tensor], torch.Tensor]  # the current stage's step module
@@ -76,6 +77,7 @@ class TorchEngine:
             log.info("%s has no checkpoint yet; starting its training from the beginning", self.run.path)
         torch.manual_seed(config.seed)
         self.model = placed(create_model_for(config, data, self.checkpoint), config, self.world, self.device)
+        self.warm_pretrained = warm_pretrained(config, data)
         self.head = self.model.get_classifier()  # type: ignore[operator]  # timm's/our models' method; nn.Module's hint does not know it
         # what the architecture itself keeps fixed (e.g. FastNet's whitening filters) stays fixed in every stage
         self.trainable = {id(parameter): parameter.requires_grad for parameter in self.model.parameters()}

@@ -39,6 +39,10 @@ def create_model_for(config: TrainConfig, data: TrainingData, checkpoint: dict[s
         weights = load_pretrained(model, config.model, Path(config.weights) if config.weights else None)
         log.info("pretrained weights: %s", weights.source)
         data.mean, data.std = tuple(weights.mean[:channels]), tuple(weights.std[:channels])
+        if warm_pretrained(config, data):  # the run's trained tail and head over the pretrained trunk
+            from imgclf.engines.warm_start import load_warm_start
+
+            data.mean, data.std = load_warm_start(model, data.warm_start, data.classes)  # type: ignore[arg-type]  # refits_head: a bundle is given
         return model
     if model_family(config.model) == "tutorial-cnn":
         data.mean, data.std = (0.0,) * channels, (1.0,) * channels  # the seed tutorial's Rescaling(1/255)
@@ -52,6 +56,15 @@ def create_model_for(config: TrainConfig, data: TrainingData, checkpoint: dict[s
 
         data.mean, data.std = load_warm_start(model, data.warm_start, data.classes)
     return model
+
+
+def warm_pretrained(config: TrainConfig, data: TrainingData) -> bool:
+    """Whether a pretrained model starts from a bundle's weights (``imgclf update`` of a probe or tail run).
+
+    The trunk is pretrained and frozen, so the old images' kept
+    activations stay valid; the tail and head go on from the bundle's.
+    """
+    return bool(config.pretrained) and data.warm_start is not None
 
 
 def _normalise_from_data(model: nn.Module, config: TrainConfig, data: TrainingData) -> None:

@@ -10,6 +10,7 @@ single-label probe trains on the views the model is judged on as well.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -80,9 +81,15 @@ class LinearProbe:
         return [PLAIN] if self.engine.data.multilabel else image_views(bool(config.tta), config.tta_zoom or 0.0)
 
     def features(self, split: str, view: str = PLAIN) -> np.ndarray:
-        """The probe's embeddings: from the tail's activation pass when a tail follows (one pass for both)."""
+        """The probe's embeddings: from the tail's activation pass when a tail follows (one pass for both).
+
+        A tail started from a bundle's weights (``engine.warm_pretrained``)
+        gives its own features, which the kept pretrained ones are not.
+        """
         tail = self.engine.tail
-        return tail.features(split, view) if tail is not None else embed_split(self.engine, split, view)
+        if tail is None:
+            return embed_split(self.engine, split, view)
+        return tail.tuned_features(split, view) if self.engine.warm_pretrained else tail.features(split, view)
 
     def fit(self) -> dict[str, Any]:
         """Fit the head on the embeddings (rank 0 fits, every rank loads its weights); the stage's history row."""
@@ -96,6 +103,7 @@ class LinearProbe:
         probe = distributed.broadcast_from_main(probe)
         assert probe is not None
         load_into_head(engine.head, probe)
+        engine.config = replace(engine.config, probe_c=probe.regularisation)  # kept: an update refits with it
         if engine.ema is not None:
             engine.ema.load_state_dict(engine.model.state_dict())
         train_logits = torch.from_numpy(features["train"] @ probe.weight.T + probe.bias).float()

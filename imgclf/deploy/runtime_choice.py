@@ -22,6 +22,7 @@ nothing is guessed: with no export there is nothing to choose.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -34,6 +35,8 @@ from imgclf.deploy.metadata import read_export, weights_file_digest
 from imgclf.deploy.openvino_runtime import XML
 from imgclf.files import write_text_atomic
 from imgclf.paths import imgclf_home
+
+log = logging.getLogger(__name__)
 
 SPEED_BATCHES = (1, 64)  # batch sizes ``export`` and the first ``auto`` time every runtime at
 Speeds = dict[str, dict[str, float]]  # runtime -> batch size (as text) -> images/s
@@ -84,7 +87,11 @@ def choose(directory: Path, native: str, exports: dict[str, dict[str, Any]], bat
         speeds = measure(names)
         _remember(directory, speeds)
     nearest = str(min(SPEED_BATCHES, key=lambda size: abs(math.log(size) - math.log(max(batch_size, 1)))))
-    return max(names, key=lambda name: (speeds[name].get(nearest, 0.0), name == native))
+    chosen = max(names, key=lambda name: (speeds[name].get(nearest, 0.0), name == native))
+    # said, not silent: the choice may be an int8 file, whose answers are not quite the model's
+    log.info(f"runtime {chosen}: the fastest of {', '.join(names)} measured on this machine at batch {nearest} "
+             f"({speeds[chosen].get(nearest, 0.0):,.0f} images/s)")
+    return chosen
 
 
 def _recorded(exports: dict[str, dict[str, Any]]) -> Speeds:

@@ -102,6 +102,8 @@ def test_torchscript_export_matches(run: Path, images: list[Path], tmp_path: Pat
 def test_auto_runtime_follows_the_measured_speed_and_ignores_stale_exports(onnx_run: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "model"
     shutil.copytree(onnx_run / "model", bundle)
+    for int8 in ("model.int8.onnx", "model.int8.onnx.json"):  # fp32 against torch here; int8: test_runtime_choice.py
+        (bundle / int8).unlink()
     meta_path = bundle / "model.onnx.json"
     meta = json.loads(meta_path.read_text())
     meta["speed"].update(onnx={"1": 200.0, "64": 300.0}, torch={"1": 100.0, "64": 400.0})

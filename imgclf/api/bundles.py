@@ -71,7 +71,8 @@ def evaluate(model: str | Path, data: str | Path | None = None, *, out: str | Pa
     check_tracker(track)
     dataset = evaluation_dataset(model, data, corrections, rename)
     items, chosen = choose_split(dataset, split)
-    classifier = Classifier.load(model, device=device, tta=tta, runtime=runtime, batch_size=batch_size)
+    classifier = Classifier.load(model, device=device, tta=tta, runtime=runtime, batch_size=batch_size,
+                                 allow_int8=False)  # the model's own answers: auto leaves int8 out
     if out is None:
         out = find_bundle(model).parent / "evaluation" if data is None else Path(f"evaluation-{slug(str(data), 'data')}")
     with tracked_run(track, f"evaluate {Path(model).name}", tags={"command": "evaluate"}) as tracker:

@@ -52,7 +52,8 @@ TtaOption = Annotated[Optional[bool], Opt("--tta/--no-tta", help="Flip averaging
                                           show_default=False)]
 RuntimeOption = Annotated[str, Opt(help="torch (keras for a TensorFlow model), onnx, onnx-int8, openvino, openvino-int8 "
                                         "(files imgclf export wrote into the bundle), or auto: the fastest measured on "
-                                        "this machine (at export, else once on first use, then remembered).")]
+                                        "this machine (at export, else once on first use, then remembered), "
+                                        "int8 exports included except for evaluate, which measures the model itself.")]
 ModelArgsOption = Annotated[Optional[list[str]], Opt("--model-arg", help=config_help("model_args"),
                                                      rich_help_panel="Model")]
 

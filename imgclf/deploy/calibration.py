@@ -152,12 +152,13 @@ def store_calibration(bundle: Path, calibration: Calibration) -> Path:
 def calibrate_bundle(model: str | Path, pixels: np.ndarray, labels: np.ndarray, batch_size: int = 64) -> Calibration:
     """Fit the temperature of the bundle at ``model`` on decoded labelled images and store it in ``model.json``.
 
-    The logits come from the bundle's own runtime, exactly as predict computes
-    them (flip TTA included when the bundle uses it), so T fits what users get.
+    The logits come from the bundle's own runtime or an fp32 export (the same
+    answers), as predict computes them (flip TTA included when the bundle uses
+    it), so T fits what users get; an int8 file is left out (T is the model's).
     """
     from imgclf.deploy.classifier import Classifier  # loads a runtime: only when calibrating
 
-    classifier = Classifier.load(model, batch_size=batch_size)
+    classifier = Classifier.load(model, batch_size=batch_size, allow_int8=False)  # T fits the model, not an int8 file
     _require_single_label(classifier.info, model)
     logits = np.concatenate([classifier.logits(pixels[start:start + batch_size])
                              for start in range(0, len(pixels), batch_size)]) if len(pixels) else np.zeros((0, 0))

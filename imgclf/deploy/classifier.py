@@ -66,20 +66,23 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", precision: str = "auto", tta: bool | None = None,
-             runtime: str = "auto", batch_size: int = 64) -> Classifier:
+             runtime: str = "auto", batch_size: int = 64, allow_int8: bool = True) -> Classifier:
         """Load a bundle folder or a run directory (its ``model/``).
 
         ``runtime`` is the bundle's own framework (``torch``, or ``keras`` for a
-        tensorflow bundle), ``onnx`` / ``onnx-int8`` (an exported file in the
-        bundle) or ``auto``: the faster at ``batch_size`` as measured at export.
+        tensorflow bundle), an export in the bundle (``onnx``, ``onnx-int8``,
+        ``openvino``, ``openvino-int8``) or ``auto``: the fastest at
+        ``batch_size`` as measured on this machine, int8 exports included
+        unless ``allow_int8`` is False (what measures the model itself: its
+        answers must be the model's, see :mod:`imgclf.deploy.runtime_choice`).
         """
         directory = find_bundle(path)
         info = read_bundle_info(directory)
         if info.kind == ENSEMBLE:
             return EnsembleClassifier.load_members(directory, info, device=device, precision=precision, tta=tta,
-                                                   runtime=runtime, batch_size=batch_size)
+                                                   runtime=runtime, batch_size=batch_size, allow_int8=allow_int8)
         chosen = resolve_runtime(directory, runtime, device=device, batch_size=batch_size,
-                                 native=native_of(info.backend, directory))
+                                 native=native_of(info.backend, directory), allow_int8=allow_int8)
         return cls(load_runtime(directory, info, chosen, device=device, precision=precision), info, tta=tta,
                    directory=directory)
 

@@ -9,7 +9,10 @@ output, so the file is fed like the fp32 one). The activation ranges are
 calibrated on up to :data:`CALIBRATION_IMAGES` training images; the fp32 and
 int8 files are then both run on the validation images and the accuracy
 change, top-1 agreement and speed-up are reported. A drop beyond
-``max_accuracy_drop`` is refused: the int8 file is not written.
+``max_accuracy_drop`` is refused: the int8 file is not written. The int8
+file's speed is recorded in its metadata with the machine that measured it,
+as an fp32 export's is, so ``--runtime auto`` can choose it where it is the
+fastest (:mod:`imgclf.deploy.runtime_choice`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from imgclf.deploy.metadata import file_bytes, write_metadata
 from imgclf.deploy.openvino_runtime import OPENVINO_FILES, openvino_int8
 from imgclf.deploy.predict import decoded_batches
 from imgclf.deploy.runtime import FORK_UNSAFE, ONNX_FILES, OnnxRuntime, Runtime, compare_speeds, native_of
+from imgclf.deploy.runtime_choice import machine
 from imgclf.errors import ImgclfError
 from imgclf.files import atomic_path
 from imgclf.runs import HELD_OUT, RunDirectory, held_out_items
@@ -141,7 +145,9 @@ def quantize_int8(fp32_path: Path, directory: Path, info: BundleInfo, images: La
                               f"({fp32_path.name} was)")
     report.int8_bytes = file_bytes(path)
     summary = {key: value for key, value in asdict(report).items() if key != "path"}
-    write_metadata(path, format, directory, info, quantization=summary, speed={int8.name: report.int8_speed})
+    # as export records an fp32 file's: --runtime auto trusts the speed only on the machine that measured it
+    write_metadata(path, format, directory, info, quantization=summary, speed={int8.name: report.int8_speed},
+                   measured_on=machine())
     return report
 
 

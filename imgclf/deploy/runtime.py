@@ -9,11 +9,14 @@ softmax, top-k, is shared by :class:`~imgclf.deploy.classifier.Classifier`.
 ``auto`` chooses by measurement, not by rule: ``imgclf export --format onnx``
 (or ``openvino``) times the native runtime (PyTorch, or Keras for a tensorflow
 bundle) and the export on this machine at batch 1 and 64 and records the
-figures, with the machine, beside the file; ``auto`` then takes the fastest at
-the batch size nearest to the caller's (ONNX Runtime fp32 wins at batch 1 on a
-CPU, PyTorch bf16 can win at batch 64; a GPU makes PyTorch win). On another
-machine it measures once and remembers (:mod:`imgclf.deploy.runtime_choice`).
-An export whose weights no longer match the bundle's is never used.
+figures, with the machine, beside the file (``--quantize int8`` records the
+int8 file's the same way); ``auto`` then takes the fastest at the batch size
+nearest to the caller's (ONNX Runtime fp32 wins at batch 1 on a CPU, PyTorch
+bf16 can win at batch 64, an int8 export, where the user made one, often
+wins both; a GPU makes PyTorch win). On another machine it measures once and
+remembers (:mod:`imgclf.deploy.runtime_choice`, which says why int8 files
+are candidates). An export whose weights no longer match the bundle's is
+never used.
 """
 
 from __future__ import annotations
@@ -27,14 +30,15 @@ import numpy as np
 from imgclf.backends import RECORDS, record_with_runtime
 from imgclf.deploy.bundle import WEIGHTS_FILE, BundleInfo, read_bundle_info
 from imgclf.deploy.metadata import read_export
-from imgclf.deploy.openvino_runtime import OPENVINO_FILES, OpenVinoRuntime, require_openvino
-from imgclf.deploy.runtime_choice import SPEED_BATCHES, choose, fp32_exports
+from imgclf.deploy.openvino_runtime import OPENVINO_FILES, OpenVinoRuntime, openvino_installed, require_openvino
+from imgclf.deploy.runtime_choice import SPEED_BATCHES, choose, usable_exports
 from imgclf.errors import ImgclfError, one_line
 
 RUNTIMES = ("auto", "torch", "keras", "onnx", "onnx-int8", "openvino", "openvino-int8")
 FORK_UNSAFE = {"keras"}  # native runtimes whose thread pools make a later fork (decode workers) hang
 # the exported file each ONNX runtime loads, inside the bundle folder
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+INT8_RUNTIMES = ("onnx-int8", "openvino-int8")  # within --max-accuracy-drop of fp32, not parity-checked
 
 
 FEATURES_OUTPUT = "features"  # an ONNX export's second output: the pooled features (the prediction log's embedding)
@@ -69,8 +73,13 @@ class Runtime(Protocol):
 
 
 def resolve_runtime(directory: Path, requested: str, device: str = "auto", batch_size: int = 64,
-                    native: str = "torch") -> str:
-    """``native`` ('torch' or 'keras'), 'onnx' or 'onnx-int8' for ``--runtime requested`` on this bundle."""
+                    native: str = "torch", allow_int8: bool = True) -> str:
+    """The runtime (one of :data:`RUNTIMES` but ``auto``) that runs ``--runtime requested`` on this bundle.
+
+    ``allow_int8=False`` keeps ``auto`` among the runtimes whose answers
+    match the model's (what measures the model itself asks for); a runtime
+    named outright is always honoured.
+    """
     if requested not in RUNTIMES:
         raise ImgclfError(f"--runtime {requested} is not known; choose one of {', '.join(RUNTIMES)}")
     if record_with_runtime(requested) is not None:
@@ -90,8 +99,14 @@ def resolve_runtime(directory: Path, requested: str, device: str = "auto", batch
         return _openvino(directory, requested, device, native)
     if device not in ("auto", "cpu"):
         return native
-    exports = fp32_exports(directory, ONNX_FILES["onnx"], _onnx_installed())
+    exports = usable_exports(directory, _installed_exports(allow_int8))
     return choose(directory, native, exports, batch_size, lambda names: _measure(directory, names))
+
+
+def _installed_exports(allow_int8: bool) -> dict[str, str]:
+    """{runtime: its file in the bundle} of every export runtime installed here: ``auto``'s candidates."""
+    files = {**(ONNX_FILES if _onnx_installed() else {}), **(OPENVINO_FILES if openvino_installed() else {})}
+    return {runtime: name for runtime, name in files.items() if allow_int8 or runtime not in INT8_RUNTIMES}
 
 
 def _openvino(directory: Path, requested: str, device: str, native: str) -> str:

@@ -1,10 +1,18 @@
 """``--runtime auto``: the runtime measured fastest for this bundle on this machine; measured once, then remembered.
 
 The candidates are the bundle's own runtime (PyTorch, or Keras) and every
-fp32 export beside it that is up to date and whose runtime is installed
-(ONNX Runtime, OpenVINO). Their speeds come from what ``imgclf export``
-measured when it ran on this machine (recorded in the export's metadata
-with the machine it ran on), else from an earlier measurement remembered in
+export beside it that is up to date and whose runtime is installed (ONNX
+Runtime, OpenVINO): the fp32 files and, where the caller allows them, the
+int8 ones. An int8 file exists only when ``imgclf export --quantize int8``
+found it within ``--max-accuracy-drop`` of fp32 on the validation images,
+so a user who made one has accepted that cost for its speed (OpenVINO int8
+ran 1.6-2x its fp32 at batch 64 in ``benchmarks/predict.py``); what measures
+the model itself (evaluate, calibrate, the report) leaves int8 out and
+chooses among the fp32 runtimes, whose answers match the model's.
+
+Their speeds come from what ``imgclf export`` measured when it ran on this
+machine (recorded in each file's metadata, the int8 ones too, with the
+machine it ran on), else from an earlier measurement remembered in
 ``$IMGCLF_HOME/runtime-speeds/<weights sha256>.json``; when a candidate has
 no figure for this machine, all are measured now (a few seconds, once) and
 remembered there. A speed measured on another machine is never used, and
@@ -14,6 +22,7 @@ nothing is guessed: with no export there is nothing to choose.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -23,9 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.deploy.metadata import read_export, weights_file_digest
-from imgclf.deploy.openvino_runtime import OPENVINO_FILES, XML, openvino_installed
+from imgclf.deploy.openvino_runtime import XML
 from imgclf.files import write_text_atomic
 from imgclf.paths import imgclf_home
+
+log = logging.getLogger(__name__)
 
 SPEED_BATCHES = (1, 64)  # batch sizes ``export`` and the first ``auto`` time every runtime at
 Speeds = dict[str, dict[str, float]]  # runtime -> batch size (as text) -> images/s
@@ -49,16 +60,18 @@ def machine() -> str:
     return f"{cpu_model()} x{os.cpu_count()} on {platform.node()}"
 
 
-def fp32_exports(directory: Path, onnx_file: str, onnx_ready: bool) -> dict[str, dict[str, Any]]:
-    """{runtime: export metadata} of the bundle's up-to-date fp32 exports whose runtime is installed."""
+def usable_exports(directory: Path, files: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """{runtime: export metadata} of the exports in ``files`` (runtime -> file in the bundle) that are up to date.
+
+    ``files`` names the candidates whose runtime is installed; an OpenVINO
+    IR folder also needs its ``model.xml``.
+    """
     found: dict[str, dict[str, Any]] = {}
-    onnx = read_export(directory, directory / onnx_file) if onnx_ready else None
-    if onnx is not None:
-        found["onnx"] = onnx
-    folder = directory / OPENVINO_FILES["openvino"]
-    openvino = read_export(directory, folder) if (folder / XML).is_file() and openvino_installed() else None
-    if openvino is not None:
-        found["openvino"] = openvino
+    for runtime, name in files.items():
+        path = directory / name
+        meta = read_export(directory, path) if path.is_file() or (path / XML).is_file() else None
+        if meta is not None:
+            found[runtime] = meta
     return found
 
 
@@ -74,7 +87,11 @@ def choose(directory: Path, native: str, exports: dict[str, dict[str, Any]], bat
         speeds = measure(names)
         _remember(directory, speeds)
     nearest = str(min(SPEED_BATCHES, key=lambda size: abs(math.log(size) - math.log(max(batch_size, 1)))))
-    return max(names, key=lambda name: (speeds[name].get(nearest, 0.0), name == native))
+    chosen = max(names, key=lambda name: (speeds[name].get(nearest, 0.0), name == native))
+    # said, not silent: the choice may be an int8 file, whose answers are not quite the model's
+    log.info(f"runtime {chosen}: the fastest of {', '.join(names)} measured on this machine at batch {nearest} "
+             f"({speeds[chosen].get(nearest, 0.0):,.0f} images/s)")
+    return chosen
 
 
 def _recorded(exports: dict[str, dict[str, Any]]) -> Speeds:

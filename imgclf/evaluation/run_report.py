@@ -36,7 +36,7 @@ def report_run(run_dir: str | Path, *, label_issues: bool = True, known: Mapping
     """
     run = RunDirectory(Path(run_dir))
     if not run.config_file.is_file() and (run.model_dir / "model.json").is_file():  # an ensemble: no training
-        classifier = Classifier.load(run.path)
+        classifier = Classifier.load(run.path, allow_int8=False)  # the model's own figures, not an int8 file's
         items, split = evaluation_items(run.path, None, None)
         evaluation: Evaluation | None = evaluate(classifier, items, split, run.path / "evaluation", label_issues=label_issues)
         write_model_card(run.model_dir, evaluation)
@@ -63,7 +63,7 @@ def report_run(run_dir: str | Path, *, label_issues: bool = True, known: Mapping
             log.warning(f"augmentation picture skipped: {error}")
     evaluation = None
     if (run.model_dir / "model.json").is_file():
-        classifier = Classifier.load(run.path)
+        classifier = Classifier.load(run.path, allow_int8=False)
         try:
             items, split = evaluation_items(run.path, None, None)
         except ImgclfError as error:  # e.g. a run with only a training split

@@ -125,7 +125,7 @@ def inference_speed(run_dir: Path) -> float:
     from imgclf.data.cache import build_cache
     from imgclf.deploy.classifier import Classifier
 
-    classifier = Classifier.load(run_dir, precision="fp32")
+    classifier = Classifier.load(run_dir, precision="fp32", allow_int8=False)
     items = held_out_items(RunDirectory(run_dir).read_split())
     info = classifier.info
     cache = build_cache([item.path for item in items[:INFERENCE_IMAGES]], size=(info.image_size, info.image_size),

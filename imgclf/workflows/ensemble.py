@@ -89,7 +89,7 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, weights: str = "
     dataset = read_manifest(split_file)
     _check_splits(bundles, dataset, runs)
     held_out_name = "test" if dataset.split_items("test") else "val"
-    members = [Classifier.load(bundle, batch_size=batch_size) for bundle in bundles]
+    members = [Classifier.load(bundle, batch_size=batch_size, allow_int8=False) for bundle in bundles]
     index = {name: position for position, name in enumerate(infos[0].classes)}
     scored: dict[str, tuple[np.ndarray, list[np.ndarray]]] = {}
     for split in sorted({"val", held_out_name}):

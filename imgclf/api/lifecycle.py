@@ -21,8 +21,9 @@ def update(run: str | Path, add: str | Path, out: str | Path, *, time_budget: st
     >>> result = imgclf.update("runs/shop", "new_photos/", "runs/shop-2")   # doctest: +SKIP
     >>> result.gate.passed                                                 # doctest: +SKIP
 
-    A pretrained probe or tail is refitted on its kept embeddings plus the
-    new images; a model trained from scratch starts from the run's weights
+    A pretrained probe or tail starts from the run's weights: its head is
+    fitted again on the kept embeddings plus the new images' and a tail trains
+    a few more epochs; a model trained from scratch starts from the run's weights
     and trains on old and new images for ``time_budget`` (default: the run's
     schedule). The new run is kept only if no old class lost more than
     ``max_drop`` points of recall (multi-label: AP) on the run's held-out

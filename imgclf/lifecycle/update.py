@@ -90,7 +90,7 @@ def update(run: str | Path, add: str | Path, out: str | Path, *, time_budget: st
     if warm and config.backend != "torch":
         raise ImgclfError(f"{old.path} is a {config.backend} model trained from scratch; update warm-starts torch "
                           "models only: retrain on the old and new images with imgclf train")
-    how = ("its head refitted on kept embeddings" if refit else "warm-started from its weights" if warm
+    how = ("from its weights on kept embeddings" if refit else "warm-started from its weights" if warm
            else "retrained from the pretrained weights")
     log.info(f"updating {old.path}: {len(news.items)} new or relabelled image(s), {how}")
     settings = replace(config, out=str(out), time_budget=time_budget or config.time_budget,
@@ -202,7 +202,8 @@ def _gate(old: RunDirectory, new: RunDirectory, result: TrainResult, max_drop: f
     judged = [item for item in dataset.items if absolute_path(item.path) in old_paths]
     if not judged:
         log.warning(f"{old.path} has no val or test images: the gate has nothing to judge the update on")
-    before, after = Classifier.load(old.path), Classifier.load(new.path)
+    # both at full precision: an int8 export of the old model would skew a 2-point gate
+    before, after = (Classifier.load(path, allow_int8=False) for path in (old.path, new.path))
     known = result.held_out_probabilities
     rows_before, rows_after = _probabilities(before, judged, _kept(old, before)), _probabilities(after, judged, known)
     kept = [index for index, item in enumerate(judged)

@@ -9,7 +9,8 @@ Usage: python benchmarks/update.py [--flowers ../shared/datasets/flowers] [--cif
   the same home (the old images' activations on disk, as a user's would
   be), ``update`` with 20, 50 and all of the sunflowers' training photos
   (always all of ``val/sunflowers``, so every case is judged on the same
-  five-class val). Against a full five-class retrain from empty caches
+  five-class val), and all of them with one tail epoch instead of the
+  update's four (``update_all_tail_1``). Against a full five-class retrain from empty caches
   (``retrain_cold``) and, for reference, one in the warm home
   (``retrain_warm``). Recorded: wall seconds (the whole call, report
   included), five-class val accuracy, each old class's val recall before
@@ -69,6 +70,19 @@ def fresh_home() -> Iterator[Path]:
                 os.environ.pop("IMGCLF_HOME")
             else:
                 os.environ["IMGCLF_HOME"] = previous
+
+
+@contextmanager
+def tail_epochs(epochs: int) -> Iterator[None]:
+    """Updates of a tail train ``epochs`` tail epochs in the block."""
+    from imgclf.lifecycle import update
+
+    kept = update.UPDATE_TAIL_EPOCHS
+    update.UPDATE_TAIL_EPOCHS = epochs
+    try:
+        yield
+    finally:
+        update.UPDATE_TAIL_EPOCHS = kept
 
 
 def folder_rows(root: Path, folders: dict[str, str], limit: int | None) -> list[Row]:
@@ -145,6 +159,8 @@ def sunflowers(data: Path, quick: bool) -> dict[str, Any]:
         for given in ((3, 6, None) if quick else (20, 50, None)):
             added = new_train[:given] + new_val
             record[f"update_{given or 'all'}"] = updated(f"update-flowers-{given or 'all'}", base.run_dir, added)
+        with tail_epochs(1):  # what the update's tail epochs buy: one instead of UPDATE_TAIL_EPOCHS
+            record["update_all_tail_1"] = updated("update-flowers-all-tail-1", base.run_dir, new_train + new_val)
         retrain, wall = trained("update-flowers-retrain-warm", rows, **recipe)
         record["retrain_warm"] = run_record(retrain, wall)
     with fresh_home():

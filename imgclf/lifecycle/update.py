@@ -54,8 +54,8 @@ from imgclf.training import TrainResult, train
 
 log = logging.getLogger(__name__)
 
-# A tail's update: the probe's refit on the run's tail, then these epochs of the tail from the run's weights. The
-# head alone (0) lost 1.6 points of five-class flowers val against a retrain (benchmarks/results/update.json)
+# A tail's update: the probe's refit on the run's tail, then these epochs of the tail from the run's weights
+# (benchmarks/results/update.json, sunflowers: update_all against update_all_tail_1 and retrain_cold)
 UPDATE_TAIL_EPOCHS = 4
 
 

@@ -266,6 +266,7 @@ def test_training_writes_a_reference_that_flags_darker_photos(tmp_path: Path) ->
     result = imgclf.train(data, out=tmp_path / "run", epochs=4, val_fraction=0.5, **TINY_FASTNET)
     reference = load_reference(result.run_dir)
     assert reference is not None and reference.classes == CLASSES and reference.prior.sum() == pytest.approx(1)
+    assert reference.novelty_score.kind == "max-logit"  # the model's linear head is kept for the score
     fresh = make_class_folder(tmp_path / "fresh", per_class=40, seed=7)
     pixels = np.stack([decode_file(path, (16, 16)).pixels for path in sorted(fresh.rglob("*.png"))])
     features = features_of(result.model_dir)

@@ -11,11 +11,11 @@ model/
 The embeddings are the model's own pooled features (the input of its
 classification head, as the prediction log records them), so the monitor
 sees what the model sees. **Novelty** is the negative largest logit of the
-model's head on an image's features (:mod:`imgclf.watch.novelty` says why);
+model's head on an image's features (``imgclf.watch.novelty`` says why);
 an image scoring beyond 99% of val's photos is novel (so about 1% of
 in-distribution photos are flagged, by construction). **Drift** is an MMD
 permutation test of each window against val's embeddings
-(:mod:`imgclf.watch.drift` says why).
+(``imgclf.watch.drift`` says why).
 A model with no pooled features (a Keras bundle) or fewer than 30 val
 images gets no reference and is monitored without drift and novelty.
 

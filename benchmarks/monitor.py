@@ -22,7 +22,8 @@ code (:func:`imgclf.watch.monitor.monitor_records`).
   decoded image at the model's input size (each step answers 200 random
   known photos, its requests are permutations of them): requests until the first drift
   alarm (the end of that window), the severity then, and the accuracy lost
-  by then (clean accuracy minus the alarm window's).
+  by then (clean accuracy minus the alarm window's); ``threshold`` is the
+  first window's (each window's test has its own permutation threshold).
 - ``novelty``: 3,000 requests, sunflowers at 10%: the share of sunflower
   requests flagged novel (recall), the share of known-class requests
   flagged (false positives), and windows with a novelty alarm.

@@ -22,10 +22,16 @@ code (:func:`imgclf.watch.monitor.monitor_records`).
   decoded image at the model's input size (each step answers 200 random
   known photos, its requests are permutations of them): requests until the first drift
   alarm (the end of that window), the severity then, and the accuracy lost
-  by then (clean accuracy minus the alarm window's).
+  by then (clean accuracy minus the alarm window's); ``threshold`` is the
+  first window's (each window's test has its own permutation threshold).
 - ``novelty``: 3,000 requests, sunflowers at 10%: the share of sunflower
   requests flagged novel (recall), the share of known-class requests
   flagged (false positives), and windows with a novelty alarm.
+- ``novelty_scores``: the candidate novelty scores of
+  ``benchmarks/novelty_scores.py`` on all the known and sunflower photos
+  (and their mirror images), each calibrated on the run's val split (and a
+  stratified sample of 1,000 of its training images): AUROC, recall and
+  known photos flagged at val's 99th percentile.
 
 ``--quick`` trains for 30 s and builds shorter streams from 150 photos (a
 smoke test of the script; its figures are not recorded). Accuracy figures, not
@@ -45,6 +51,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from novelty_scores import candidates, compare
 from PIL import Image, ImageFilter
 
 import imgclf
@@ -186,11 +193,12 @@ def gradual(model: Model, known: np.ndarray, labels: np.ndarray, drift: Callable
             "accuracy_at_alarm": float(alarm_window.mean()), "accuracy_lost_by_alarm": clean - float(alarm_window.mean())}
 
 
-def novelty(model: Model, answered: tuple[np.ndarray, np.ndarray], novel: np.ndarray, length: int, seed: int) -> dict:
-    """Sunflowers at 10% among the known photos (``answered``; mirrors included): recall, false positives, alarms."""
+def novelty(model: Model, answered: tuple[np.ndarray, np.ndarray], novel: tuple[np.ndarray, np.ndarray], length: int,
+            seed: int) -> dict:
+    """Sunflowers (``novel``) at 10% among the known photos (``answered``; mirrors in both): recall, false positives."""
     rng = np.random.default_rng(seed)
     predicted_known, features_known = answered
-    predicted_novel, features_novel = model.answer(np.concatenate([novel, novel[:, :, ::-1]]))
+    predicted_novel, features_novel = novel
     is_novel = rng.random(length) < 0.10
     known_order = permutations(len(predicted_known), int((~is_novel).sum()), rng)
     novel_order = permutations(len(predicted_novel), int(is_novel.sum()), rng)
@@ -203,6 +211,23 @@ def novelty(model: Model, answered: tuple[np.ndarray, np.ndarray], novel: np.nda
     windows = monitor(model, predicted, features)
     return {"requests": length, "novel_share": float(is_novel.mean()), "recall": float(flagged[is_novel].mean()),
             "known_flagged": float(flagged[~is_novel].mean()), **alarm_shares(windows)}
+
+
+def novelty_scores(model: Model, run: Path, known: np.ndarray, novel: np.ndarray, train_sample: int) -> dict:
+    """The candidate scores, calibrated on the run's val split and a stratified sample of its training images."""
+    with (run / "split.csv").open(newline="") as handle:
+        split = list(csv.DictReader(handle))
+    classes = model.classifier.classes
+    train = [row for row in split if row["split"] == "train"]
+    train = [train[i] for i in np.sort(np.random.default_rng(0).choice(len(train), train_sample, replace=False))]
+    val = [row for row in split if row["split"] == "val"]
+    train_features, val_features = (np.concatenate([model.features(model.decode([Path(row["path"]) for row in rows[i:i + 64]]))
+                                                    for i in range(0, len(rows), 64)]) for rows in (train, val))
+    assert model.reference is not None and model.reference.head is not None
+    scores = candidates(train_features, np.array([classes.index(row["label"]) for row in train]), val_features,
+                        model.reference.head, model.classifier.info.temperature)
+    return {"train_sample": len(train), "val_images": len(val), "known_photos": len(known), "novel_photos": len(novel),
+            **compare(scores, val_features, known, novel)}
 
 
 def main() -> None:
@@ -224,18 +249,22 @@ def main() -> None:
         labels = np.array([label for _, label in known_paths])
         novel = model.decode(sorted((args.data / "val" / NOVEL).glob("*.jpg"))[:photos])
         answered = model.answer(np.concatenate([known, known[:, :, ::-1]]))
+        novel_answered = model.answer(np.concatenate([novel, novel[:, :, ::-1]]))
         assert model.reference is not None
         cases = {"reference": {"val_false_alarm_rate": model.reference.drift.false_alarm_rate,
                                "drift_test_size": model.reference.drift.test_size,
+                               "drift_reference": len(model.reference.drift_reference),
+                               "novelty_score": model.reference.novelty_score.kind,
                                "train_sample": len(model.reference.train),
-                               "val_images": len(model.reference.val_distances),
+                               "val_images": len(model.reference.val_scores),
                                "val_accuracy": model.classifier.info.metrics.get("val_accuracy"),
                                "model": model.classifier.info.architecture,
                                "image_size": model.classifier.info.image_size},
                  "no_drift": no_drift(model, answered, streams, length),
                  **{f"drift/{name}": gradual(model, known, labels, drift, length, pool, seed)
                     for seed, (name, drift) in enumerate(DRIFTS.items())},
-                 "novelty": novelty(model, answered, novel, length, seed=0)}
+                 "novelty": novelty(model, answered, novel_answered, length, seed=0),
+                 "novelty_scores": novelty_scores(model, run, answered[1], novel_answered[1], 200 if args.quick else 1000)}
     print(json.dumps(cases, indent=1))
     if args.quick:
         return

@@ -66,10 +66,11 @@ def _reference(report: MonitorReport) -> str:
     if facts is None:
         return ("<p>This model has no monitoring reference (trained before monitoring existed, a Keras model, or too "
                 "few val images), so there is no drift or novelty test: retrain it to get one.</p>")
-    rows = [["novelty: cosine distance to the nearest training embedding above", facts["novelty_threshold"]],
-            ["(the 99th percentile of val images' distances; val images measured)", facts["val_images"]],
-            ["drift: MMD² of a window against val embeddings above", facts["drift_threshold"]],
-            ["embeddings per window in the drift test", facts["drift_test_size"]],
+    rows = [[f"novelty: {facts['novelty_score']} above", facts["novelty_threshold"]],
+            ["(the 99th percentile of val images' scores; val images measured)", facts["val_images"]],
+            ["drift: a window's MMD² against val embeddings, permutation test's p at most", facts["drift_alpha"]],
+            ["val embeddings in the drift reference; at most this many of a window",
+             f"{facts['drift_reference']:,}; {facts['drift_test_size']:,}"],
             ["drift false-alarm rate on val windows (no drift)", percent(facts["drift_false_alarm_rate"])],
             ["below confidence: top probability under", report.min_confidence]]
     return table(["test", "value"], rows) + f'<p class="muted">Embeddings: {html.escape(facts["embedding"])}; ' \

@@ -7,6 +7,7 @@ an answer into a row; ``images`` keeps copies of the logged images;
 request never waits for the database; ``log`` is what serve and predict
 hold; ``queue`` reads the doubtful predictions and records a reviewer's
 decisions. ``reference`` is what training stores for comparison (training
-embeddings, val's distances, the drift calibration); ``drift`` the tests;
+and val embeddings, the model's head, val's novelty scores, the drift test's
+settings); ``novelty`` the novelty score; ``drift`` the tests;
 ``monitor`` and ``logged`` the windows of a log; ``live`` serve's gauges.
 """

@@ -120,9 +120,9 @@ class LiveMonitor:
 GAUGES = {  # name after imgclf_monitor_: what it says
     "window_predictions": "Predictions in the monitored window (the server's latest).",
     "drift_mmd2": "Embedding drift of the latest window: MMD^2 against the model's val embeddings.",
-    "drift_threshold": "The drift statistic's threshold, calibrated on val at training time.",
+    "drift_threshold": "The latest window's drift threshold: the 99th percentile of its MMD^2 under relabellings with val's.",
     "drift_alarm": "1 when the latest window's drift statistic is above its threshold.",
-    "novelty_share": "Share of the latest window's images farther from training than 99% of val's.",
+    "novelty_share": "Share of the latest window's images more novel than 99% of val's (max-logit score).",
     "low_confidence_share": "Share of the latest window's predictions below the confidence floor.",
     "class_share_p": "Chi-square p-value of the latest window's predicted classes against the training prior.",
 }

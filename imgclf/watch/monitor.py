@@ -2,8 +2,8 @@
 
 Per window: request volume; predicted-class shares against the training
 prior (chi-square); the confidence distribution and the share below
-``--min-confidence``; the share of novel images (farther from every
-training embedding than 99% of val's photos) with examples; and the
+``--min-confidence``; the share of novel images (scoring beyond 99% of
+val's photos, :mod:`imgclf.watch.novelty`) with examples; and the
 embedding drift test with its verdict (:mod:`imgclf.watch.drift`). The same
 :func:`window_report` serves the report, the benchmark and the server's
 gauges (:mod:`imgclf.watch.live`), so the three agree on what a window says.
@@ -19,7 +19,16 @@ from typing import Any
 import numpy as np
 
 from imgclf.errors import ImgclfError
-from imgclf.watch.drift import CLASS_SHARE_P, MIN_WINDOW, NOVELTY_P, class_share_test, novelty_excess
+from imgclf.watch.drift import (
+    ALPHA,
+    CLASS_SHARE_P,
+    MIN_WINDOW,
+    NOVELTY_P,
+    PERMUTATIONS,
+    class_share_test,
+    novelty_excess,
+)
+from imgclf.watch.novelty import DESCRIPTIONS
 from imgclf.watch.reference import NOVELTY_QUANTILE, Reference
 
 CONFIDENCE_BINS = 10  # the confidence histogram's bins over [0, 1]
@@ -95,7 +104,7 @@ class WindowReport:
     novelty_p: float | None = None  # binomial: this many novel images if only val's 1% were expected
     novel_examples: list[str] = field(default_factory=list)
     drift_mmd2: float | None = None
-    drift_threshold: float | None = None
+    drift_threshold: float | None = None  # the window's own: its permutation statistics' 1 - ALPHA quantile
     drift_p: float | None = None
     drift_tested: int = 0
     alarms: list[str] = field(default_factory=list)  # drift, novelty, class-shares
@@ -176,12 +185,18 @@ class MonitorReport:
 
 
 def reference_facts(reference: Reference) -> dict[str, Any]:
-    """The reference's thresholds for the report: novelty, and the drift test's with its false-alarm rate on val."""
+    """The reference's settings for the report: the novelty score and threshold, the drift test's with its false alarms.
+
+    ``drift_false_alarm_rate`` is the share of val windows the test flagged
+    against the rest of val at training (None for a reference written before the permutation test).
+    """
     drift = reference.drift
     return {"embedding": reference.embedding, "train_sample": len(reference.train),
-            "novelty_threshold": reference.novelty_threshold, "val_images": len(reference.val_distances),
-            "drift_threshold": drift.threshold, "drift_test_size": drift.test_size,
-            "drift_false_alarm_rate": drift.false_alarm_rate, "drift_bandwidth": drift.bandwidth}
+            "novelty_score": DESCRIPTIONS[reference.novelty_score.kind],
+            "novelty_threshold": reference.novelty_threshold, "val_images": len(reference.val_scores),
+            "drift_alpha": ALPHA, "drift_permutations": PERMUTATIONS, "drift_reference": len(reference.drift_reference),
+            "drift_test_size": drift.test_size, "drift_false_alarm_rate": drift.false_alarm_rate,
+            "drift_bandwidth": drift.bandwidth}
 
 
 def monitor_records(records: Records, spec: WindowSpec, classes: list[str], reference: Reference | None,

@@ -2,21 +2,28 @@
 
 ```
 model/
-  reference.json          classes, the training prior, the novelty threshold, the drift test's calibration
+  reference.json          classes, the training prior, the novelty score and threshold, the drift test's settings
   reference.safetensors   unit-length pooled embeddings: a class-stratified sample of training images
-                          (train), and val split in two halves (drift_reference, drift_calibration);
-                          val's distances to the nearest training embedding (val_distances)
+                          (train) and of val (drift_reference); val's novelty scores (val_scores); the
+                          model's linear classification head (head_weight, head_bias) for the novelty score
 ```
 
 The embeddings are the model's own pooled features (the input of its
 classification head, as the prediction log records them), so the monitor
-sees what the model sees. **Novelty** is an image's cosine distance to the
-nearest training embedding; an image farther than 99% of val's photos are
-is novel (so about 1% of in-distribution photos are flagged, by
-construction). **Drift** is MMD against one val half, its threshold
-measured on windows of the other (``imgclf.watch.drift`` says why).
+sees what the model sees. **Novelty** is the negative largest logit of the
+model's head on an image's features (``imgclf.watch.novelty`` says why);
+an image scoring beyond 99% of val's photos is novel (so about 1% of
+in-distribution photos are flagged, by construction). **Drift** is an MMD
+permutation test of each window against val's embeddings
+(``imgclf.watch.drift`` says why).
 A model with no pooled features (a Keras bundle) or fewer than 30 val
 images gets no reference and is monitored without drift and novelty.
+
+A reference of format 1 (written before these two methods) is still read:
+its two val halves together are the drift test's reference, so drift is
+tested the new way; it has no head, so its novelty is the older
+nearest-training-distance score with its stored threshold. Retraining
+writes the current format.
 """
 
 from __future__ import annotations
@@ -32,18 +39,20 @@ import numpy as np
 
 from imgclf.errors import ImgclfError, one_line
 from imgclf.files import atomic_path, write_text_atomic
-from imgclf.watch.drift import TEST_SIZE, DriftCalibration, MMDTest, NullWindows, median_bandwidth, sample_rows
+from imgclf.watch.drift import REFERENCE_SIZE, TEST_SIZE, DriftCalibration, MMDTest, calibrate, sample_rows
+from imgclf.watch.novelty import MAX_LOGIT, MaxLogit, NearestDistance, NoveltyScore, linear_head, unit_rows
 
 log = logging.getLogger(__name__)
 
 REFERENCE_JSON = "reference.json"
 REFERENCE_TENSORS = "reference.safetensors"
-REFERENCE_FORMAT = 1
+REFERENCE_FORMAT = 2  # 2: max-logit novelty, permutation drift test; 1: nearest distance, fixed threshold
 TRAIN_SAMPLE = 1000  # training embeddings kept, stratified by class (each costs a forward pass at training)
-HALF_SAMPLE = 1000  # val embeddings kept in each half
+VAL_SAMPLE = 2000  # val embeddings examined at training
 MIN_VAL = 30  # fewer val images: no reference (the thresholds would be guesses)
 NOVELTY_QUANTILE = 0.99
-ARRAYS = ("train", "drift_reference", "drift_calibration", "val_distances")
+
+Head = tuple[np.ndarray, np.ndarray]  # (classes, D) weight and (classes,) bias of the model's linear head
 
 
 @dataclass
@@ -55,74 +64,47 @@ class Reference:
     multilabel: bool
     train: np.ndarray  # (N, D) unit-length training embeddings
     drift_reference: np.ndarray  # (R, D) unit-length val embeddings: the drift test's reference
-    drift_calibration: np.ndarray  # (C, D) the other val half: where the threshold was measured
-    val_distances: np.ndarray  # sorted novelty scores of all val images
+    val_scores: np.ndarray  # sorted novelty scores of val images
     novelty_threshold: float
     drift: DriftCalibration
     embedding: str  # what the embeddings are, for the report
+    head: Head | None = None  # the max-logit novelty score's head; None: the nearest-distance score
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
     def dim(self) -> int:
         return int(self.train.shape[1])
 
+    @property
+    def novelty_score(self) -> NoveltyScore:
+        if "score" not in self._cache:
+            self._cache["score"] = NearestDistance(self.train) if self.head is None else MaxLogit(*self.head)
+        return self._cache["score"]
+
     def novelty(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, novel): each embedding's cosine distance to the nearest training one, and whether it is novel."""
-        scores = nearest_distances(unit_rows(embeddings), self.train)
+        """(scores, novel): each embedding's novelty score (higher is more novel) and whether it is past the bar."""
+        scores = self.novelty_score(embeddings)
         return scores, scores > self.novelty_threshold
 
     def drift_test(self, embeddings: np.ndarray, seed: int = 0) -> tuple[float, float, float, int]:
-        """(MMD^2, threshold, p-value, embeddings tested) of one window; a larger window is sampled down.
-
-        A window smaller than the calibrated size gets a threshold measured
-        for its own size, on the same val windows (once per size).
-        """
+        """(MMD^2, threshold, p-value, embeddings tested) of one window; a larger window is sampled down."""
         window = sample_rows(unit_rows(embeddings), self.drift.test_size, seed)
-        test = self._cache.get("test") or self._cache.setdefault(
-            "test", MMDTest(self.drift_reference, self.drift.bandwidth))
-        calibration = self.calibration_for(len(window))
-        statistic = test.statistic(window)
-        return statistic, calibration.threshold, calibration.p_value(statistic), len(window)
-
-    def calibration_for(self, size: int) -> DriftCalibration:
-        """The stored calibration, or one measured now for windows of ``size`` embeddings."""
-        if size >= self.drift.test_size:
-            return self.drift
-        if size not in self._cache:
-            null = self._cache.get("null") or self._cache.setdefault(
-                "null", NullWindows(MMDTest(self.drift_reference, self.drift.bandwidth), self.drift_calibration))
-            self._cache[size] = null.calibrate(size)
-        return self._cache[size]
-
-
-def unit_rows(embeddings: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (float32); zero rows stay zero."""
-    rows = np.asarray(embeddings, dtype=np.float32)
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows / np.where(norms > 0, norms, 1.0)
-
-
-def nearest_distances(queries: np.ndarray, train: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """Cosine distance of each unit query row to its nearest unit training row, in chunks of ``chunk`` queries."""
-    if not len(queries):
-        return np.zeros(0, dtype=np.float32)
-    best = [1.0 - (queries[start:start + chunk] @ train.T).max(axis=1) for start in range(0, len(queries), chunk)]
-    return np.maximum(np.concatenate(best), 0.0).astype(np.float32)
+        if "test" not in self._cache:
+            self._cache["test"] = MMDTest(self.drift_reference, self.drift.bandwidth)
+        verdict = self._cache["test"].test(window, seed)
+        return verdict.statistic, verdict.threshold, verdict.p_value, verdict.tested
 
 
 def build_reference(train: np.ndarray, val: np.ndarray, classes: Sequence[str], prior: np.ndarray,
-                    multilabel: bool, embedding: str, seed: int = 0) -> Reference:
-    """The reference from training embeddings (already sampled) and val's: novelty threshold, drift calibration."""
-    train, val = unit_rows(train), unit_rows(val)
-    order = np.random.default_rng(seed).permutation(len(val))
-    half = len(val) // 2
-    drift_reference = val[order[:half]][:HALF_SAMPLE]
-    drift_calibration = val[order[half:]][:HALF_SAMPLE]
-    distances = np.sort(nearest_distances(val, train))
-    null = NullWindows(MMDTest(drift_reference, median_bandwidth(drift_reference)), drift_calibration)
-    return Reference(list(classes), np.asarray(prior, dtype=np.float64), multilabel, train, drift_reference,
-                     drift_calibration, distances, float(np.quantile(distances, NOVELTY_QUANTILE)),
-                     null.calibrate(TEST_SIZE), embedding)
+                    multilabel: bool, embedding: str, head: Head | None = None, seed: int = 0) -> Reference:
+    """The reference from training and val embeddings (as the log records them) and the model's linear head if any."""
+    train = unit_rows(train)
+    score: NoveltyScore = NearestDistance(train) if head is None else MaxLogit(*head)
+    scores = np.sort(score(val))
+    shuffled = unit_rows(val)[np.random.default_rng(seed).permutation(len(val))]
+    return Reference(list(classes), np.asarray(prior, dtype=np.float64), multilabel, train,
+                     shuffled[:REFERENCE_SIZE], scores, float(np.quantile(scores, NOVELTY_QUANTILE)),
+                     calibrate(shuffled, TEST_SIZE, seed), embedding, head)
 
 
 def stratified_rows(rows: np.ndarray, labels: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
@@ -142,16 +124,16 @@ def write_reference(reference: Reference, bundle_dir: Path) -> None:
     """Write the two reference files into the bundle folder, each atomically, the JSON (which marks them whole) last."""
     from safetensors.numpy import save_file
 
-    arrays = {"train": reference.train.astype(np.float16),
-              "drift_reference": reference.drift_reference.astype(np.float16),
-              "drift_calibration": reference.drift_calibration.astype(np.float16),
-              "val_distances": reference.val_distances.astype(np.float32)}
+    arrays = {"train": reference.train.astype(np.float16), "drift_reference": reference.drift_reference.astype(np.float16),
+              "val_scores": reference.val_scores.astype(np.float32)}
+    if reference.head is not None:
+        arrays.update(head_weight=reference.head[0].astype(np.float32), head_bias=reference.head[1].astype(np.float32))
     with atomic_path(Path(bundle_dir) / REFERENCE_TENSORS) as partial:
         save_file({name: np.ascontiguousarray(array) for name, array in arrays.items()}, str(partial))
     facts = {"format": REFERENCE_FORMAT, "classes": reference.classes, "prior": [float(p) for p in reference.prior],
              "multilabel": reference.multilabel, "embedding": reference.embedding,
-             "novelty": {"threshold": reference.novelty_threshold, "quantile": NOVELTY_QUANTILE,
-                         "val_images": len(reference.val_distances)},
+             "novelty": {"score": reference.novelty_score.kind, "threshold": reference.novelty_threshold,
+                         "quantile": NOVELTY_QUANTILE, "val_images": len(reference.val_scores)},
              "train_sample": len(reference.train), "drift": reference.drift.to_json()}
     write_text_atomic(Path(bundle_dir) / REFERENCE_JSON, json.dumps(facts, indent=1) + "\n")
 
@@ -169,19 +151,34 @@ def load_reference(bundle_dir: str | Path) -> Reference | None:
     try:
         facts = json.loads(path.read_text(encoding="utf-8"))
         arrays = load_file(str(directory / REFERENCE_TENSORS))
-        if facts.get("format") != REFERENCE_FORMAT:
-            raise ValueError(f"format {facts.get('format')!r}, this imgclf reads {REFERENCE_FORMAT}")
-        train = arrays["train"].astype(np.float32)
-        if train.ndim != 2 or any(arrays[name].shape[1:] != train.shape[1:] for name in ARRAYS[1:3]):
+        if facts.get("format") not in (1, REFERENCE_FORMAT):
+            raise ValueError(f"format {facts.get('format')!r}, this imgclf reads 1 and {REFERENCE_FORMAT}")
+        reference = _format_1(facts, arrays) if facts["format"] == 1 else _reference(facts, arrays)
+        if reference.train.ndim != 2 or reference.drift_reference.shape[1:] != reference.train.shape[1:]:
             raise ValueError("the embedding arrays disagree in shape")
-        return Reference(list(facts["classes"]), np.asarray(facts["prior"], dtype=np.float64),
-                         bool(facts["multilabel"]), train, arrays["drift_reference"].astype(np.float32),
-                         arrays["drift_calibration"].astype(np.float32), arrays["val_distances"].astype(np.float32),
-                         float(facts["novelty"]["threshold"]), DriftCalibration.from_json(facts["drift"]),
-                         str(facts.get("embedding", "")))
+        return reference
     except Exception as error:  # json, safetensors and missing keys raise many types for a damaged pair
         raise ImgclfError(f"{path}: the monitoring reference cannot be read ({one_line(error)}); "
                           f"retrain, or delete {REFERENCE_JSON} and {REFERENCE_TENSORS} to monitor without it") from None
+
+
+def _reference(facts: dict[str, Any], arrays: dict[str, np.ndarray]) -> Reference:
+    head = (arrays["head_weight"], arrays["head_bias"]) if facts["novelty"]["score"] == MAX_LOGIT else None
+    return Reference(list(facts["classes"]), np.asarray(facts["prior"], dtype=np.float64), bool(facts["multilabel"]),
+                     arrays["train"].astype(np.float32), arrays["drift_reference"].astype(np.float32),
+                     arrays["val_scores"].astype(np.float32), float(facts["novelty"]["threshold"]),
+                     DriftCalibration.from_json(facts["drift"]), str(facts.get("embedding", "")), head)
+
+
+def _format_1(facts: dict[str, Any], arrays: dict[str, np.ndarray]) -> Reference:
+    """A reference written before the max-logit score and the permutation test: val's two halves are the reference."""
+    log.info("this model's monitoring reference predates the current novelty score: novelty is the distance to the "
+             "nearest training image, which misses new classes that look like known ones; retrain to get it")
+    val = np.concatenate([arrays["drift_reference"], arrays["drift_calibration"]]).astype(np.float32)
+    return Reference(list(facts["classes"]), np.asarray(facts["prior"], dtype=np.float64), bool(facts["multilabel"]),
+                     arrays["train"].astype(np.float32), val[:REFERENCE_SIZE], arrays["val_distances"].astype(np.float32),
+                     float(facts["novelty"]["threshold"]), DriftCalibration.from_json(facts["drift"]),
+                     str(facts.get("embedding", "")))
 
 
 def reference_from_training(model_dir: Path, pixels: Any, rows: dict[str, np.ndarray], targets: np.ndarray,
@@ -198,6 +195,7 @@ def reference_from_training(model_dir: Path, pixels: Any, rows: dict[str, np.nda
     """
     from imgclf.backends import RECORDS
     from imgclf.deploy.bundle import read_bundle_info
+    from imgclf.deploy.classifier import Classifier
 
     info = read_bundle_info(model_dir)
     record = RECORDS.get(info.backend)
@@ -211,32 +209,40 @@ def reference_from_training(model_dir: Path, pixels: Any, rows: dict[str, np.nda
         return None
     train_labels = targets[rows["train"]].argmax(axis=1) if multilabel else targets[rows["train"]]
     sample = stratified_rows(rows["train"], train_labels, TRAIN_SAMPLE)
-    val = rows["val"][:2 * HALF_SAMPLE]
-    features = features_of(model_dir)
+    val = rows["val"][:VAL_SAMPLE]
+    classifier = Classifier.load(model_dir, runtime="torch")
+    features = _features(classifier)
     log.info(f"monitoring reference: embedding {len(sample):,} training"
              f"{'' if val_features is not None else f' and {len(val):,} val'} images")
     train_embeddings = _embed_rows(features, pixels, sample)
     val_embeddings = (_embed_rows(features, pixels, val) if val_features is None
                       else np.asarray(val_features[:len(val)], dtype=np.float16).astype(np.float32))  # as logged
+    head = linear_head(getattr(classifier.runtime, "model", None), train_embeddings.shape[1])
+    if head is None:
+        log.info("monitoring reference: the model's head is not one linear layer, so novelty is the distance to the "
+                 "nearest training image")
     all_labels = targets[rows["train"]]
     prior = all_labels.mean(axis=0) if multilabel else np.bincount(all_labels, minlength=len(classes)) / len(all_labels)
     reference = build_reference(train_embeddings, val_embeddings, classes, prior, multilabel,
-                                f"pooled features of {info.architecture} ({train_embeddings.shape[1]} dimensions)")
+                                f"pooled features of {info.architecture} ({train_embeddings.shape[1]} dimensions)", head)
     write_reference(reference, model_dir)
     return reference
 
 
 def features_of(model_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """(N, D) pooled features of decoded images (N, H, W, C), as the prediction log records them (float16 values).
+    """(N, D) pooled features of decoded images (N, H, W, C), as the prediction log records them (float16 values)."""
+    from imgclf.deploy.classifier import Classifier
+
+    return _features(Classifier.load(model_dir, runtime="torch"))
+
+
+def _features(classifier: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """The classifier's pooled features as the log stores them (float16), with its TTA.
 
     The log keeps the features of the forward pass that answered (TTA's
     views averaged as the logits are); the reference must be made the same
     way, or every stream of a TTA model would look drifted.
     """
-    from imgclf.deploy.classifier import Classifier
-
-    classifier = Classifier.load(model_dir, runtime="torch")
-    # as the log stores them: float16
     return lambda pixels: np.asarray(classifier.logits_and_features(pixels)[1], dtype=np.float16).astype(np.float32)
 
 

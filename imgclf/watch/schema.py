@@ -54,7 +54,7 @@ def tables() -> tuple[sa.MetaData, sa.Table, sa.Table]:
         sa.Column("embedding", sa.LargeBinary),  # little-endian float16 (embedding_dtype), null without one
         sa.Column("embedding_dtype", sa.String(8)),
         sa.Column("embedding_dim", sa.Integer),
-        sa.Column("novelty", sa.Float),  # distance score from the bundle's reference, null without one
+        sa.Column("novelty", sa.Float),  # novelty score against the bundle's reference, null without one
         sa.Column("novel", sa.Boolean),
         sa.Column("queue_reason", sa.String(64)),  # comma-separated: low-confidence, novel, audit; null: not queued
         sa.Column("review_status", sa.String(16)),  # pending | confirmed | corrected | skipped; null: not queued

@@ -40,7 +40,9 @@ def print_monitor(report: MonitorReport, out: Path | None) -> None:
     if facts is None:
         console.print("no monitoring reference in this model (retrain it to get drift and novelty tests)")
     else:
-        console.print(f"drift threshold {facts['drift_threshold']:.4f} (false alarms on val windows "
-                      f"{facts['drift_false_alarm_rate']:.1%}); novelty beyond distance {facts['novelty_threshold']:.4f}")
+        measured = facts["drift_false_alarm_rate"]
+        console.print(f"drift threshold: p <= {facts['drift_alpha']:g} in a permutation test per window (false alarms "
+                      f"on val windows {'not measured' if measured is None else f'{measured:.1%}'}); novelty: "
+                      f"{facts['novelty_score']} beyond {facts['novelty_threshold']:.4f}")
     if out is not None:
         console.print(f"wrote {out}")

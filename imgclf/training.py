@@ -197,7 +197,7 @@ def _finish(run: RunDirectory, config: TrainConfig, engine: Engine, data: Traini
     calibration.update(_choose_label_thresholds(model_dir, data, config, held_out))  # on what users get
     decision = _decide(model_dir, data, config, held_out)  # on calibrated probabilities, before scoring
     metrics = _final_metrics(engine, data, result, model_dir, held_out, {**calibration, **decision})
-    _write_reference(model_dir, data, held_out)
+    _write_reference(model_dir, data, held_out, engine.kept_features("train"))
     held_out.keep_logits(run, model_dir, data)
     return TrainResult(run.path, model_dir, config, result.history, metrics, multilabel=data.multilabel,
                        held_out_probabilities=held_out.probabilities_by_path(model_dir, data),
@@ -373,15 +373,19 @@ def _final_metrics(engine: Engine, data: TrainingData, result: FitResult, model_
     return metrics
 
 
-def _write_reference(model_dir: Path, data: TrainingData, held_out: HeldOut) -> None:
+def _write_reference(model_dir: Path, data: TrainingData, held_out: HeldOut, train_features: np.ndarray | None) -> None:
     """What monitoring compares production with (:mod:`imgclf.watch.reference`), from training and val images.
 
-    val's features come from the held-out pass already made (no second pass over val).
+    val's features come from the held-out pass already made (no second pass over val); the training
+    sample's from what the engine kept (a tail's activations), when it kept any.
     """
     from imgclf.watch.reference import reference_from_training
 
+    position = {row: index for index, row in enumerate(data.rows["train"])}
+    kept = None if train_features is None else (
+        lambda rows: train_features[[position[row] for row in rows]])
     reference_from_training(model_dir, data.pixels, data.rows, data.targets.numpy(), data.classes, data.multilabel,
-                            val_features=held_out.val_features)
+                            val_features=held_out.val_features, train_features=kept)
 
 
 def _write_bundle(run: RunDirectory, config: TrainConfig, engine: Engine, data: TrainingData,

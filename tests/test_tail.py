@@ -237,3 +237,23 @@ def test_zoomed_tta_predicts_serves_and_exports_the_same(zoom_run: tuple[Path, P
     assert on_onnx.tta and on_onnx.info.tta_zoom == 0.875
     np.testing.assert_allclose(on_onnx.predict_pixels(pixels), imgclf.load(run, precision="fp32").predict_pixels(pixels),
                                atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_monitoring_reference_of_a_tail_comes_from_its_kept_activations(
+        efficientnet_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No training image passes through the bundle for the reference: the kept activations give the same features."""
+    caplog.set_level(logging.INFO, logger="imgclf")
+    from imgclf.data.decode import decode_file
+    from imgclf.watch.reference import features_of, load_reference, unit_rows
+
+    data = make_class_folder(tmp_path / "data", per_class=30)
+    result = train(data, tmp_path / "run", efficientnet_weights, epochs=2, val_fraction=0.4)
+    assert "monitoring reference: embedding" not in logged(caplog)
+    reference = load_reference(result.run_dir)
+    assert reference is not None and result.model_dir is not None
+    files = sorted(path for path in data.rglob("*.png"))
+    pixels = np.stack([decode_file(path, (32, 32), policy="crop").pixels for path in files])
+    bundle = unit_rows(features_of(result.model_dir)(pixels))  # every image's features through the bundle
+    closest = (unit_rows(reference.train) @ bundle.T).max(axis=1)
+    assert len(reference.train) > 20 and closest.min() > 0.99  # each kept row is one image's bundle features

@@ -238,6 +238,11 @@ class Engine(Protocol):
         """Learnable values (BatchNorm running statistics excluded), the figure compare checks across backends."""
         ...
 
+    def kept_features(self, split: str) -> np.ndarray | None:
+        """The shipped model's pooled features of ``split``'s images (``rows[split]`` order) from what the engine
+        kept in memory, without a pass of the images; None when it kept nothing that gives them."""
+        ...
+
     def write_bundle(self, info: BundleInfo, directory: Path) -> Path:
         """The shipped model as a bundle at ``directory``."""
         ...

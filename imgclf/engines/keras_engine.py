@@ -201,6 +201,9 @@ class KerasEngine:
     def parameter_count(self) -> int:
         return count_parameters(self.model)
 
+    def kept_features(self, split: str) -> np.ndarray | None:
+        return None  # nothing kept: the monitoring reference embeds its sample through the bundle
+
     def write_bundle(self, info: BundleInfo, directory: Path) -> Path:
         return write_keras_bundle(info, self.model, directory)
 

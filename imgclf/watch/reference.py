@@ -183,14 +183,17 @@ def _format_1(facts: dict[str, Any], arrays: dict[str, np.ndarray]) -> Reference
 
 def reference_from_training(model_dir: Path, pixels: Any, rows: dict[str, np.ndarray], targets: np.ndarray,
                             classes: Sequence[str], multilabel: bool,
-                            val_features: np.ndarray | None = None) -> Reference | None:
+                            val_features: np.ndarray | None = None,
+                            train_features: Callable[[np.ndarray], np.ndarray] | None = None) -> Reference | None:
     """Embed a training sample and val with the written bundle, build the reference and store it beside the model.
 
     ``pixels`` are training's decoded images (indexable by row arrays),
     ``targets`` class indices (or 0/1 rows for a multi-label model);
     ``val_features``, when given, are val's features in ``rows["val"]``'s order
     from a pass already made (training's held-out pass), so only the training
-    sample is embedded here. Says why and returns None when the model has no
+    sample is embedded here; ``train_features``, when given, gives the features
+    of training rows from what training kept (a tail's activations through the
+    shipped tail), so nothing is embedded. Says why and returns None when the model has no
     pooled features or val is too small.
     """
     from imgclf.backends import RECORDS
@@ -212,9 +215,11 @@ def reference_from_training(model_dir: Path, pixels: Any, rows: dict[str, np.nda
     val = rows["val"][:VAL_SAMPLE]
     classifier = Classifier.load(model_dir, runtime="torch")
     features = _features(classifier)
-    log.info(f"monitoring reference: embedding {len(sample):,} training"
-             f"{'' if val_features is not None else f' and {len(val):,} val'} images")
-    train_embeddings = _embed_rows(features, pixels, sample)
+    if train_features is None or val_features is None:
+        log.info(f"monitoring reference: embedding {len(sample):,} training"
+                 f"{'' if val_features is not None else f' and {len(val):,} val'} images")
+    train_embeddings = (_embed_rows(features, pixels, sample) if train_features is None
+                        else np.asarray(train_features(sample), dtype=np.float16).astype(np.float32))
     val_embeddings = (_embed_rows(features, pixels, val) if val_features is None
                       else np.asarray(val_features[:len(val)], dtype=np.float16).astype(np.float32))  # as logged
     head = linear_head(getattr(classifier.runtime, "model", None), train_embeddings.shape[1])

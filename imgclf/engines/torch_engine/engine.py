@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -104,6 +105,12 @@ class TorchEngine:
 
     def parameter_count(self) -> int:
         return sum(parameter.numel() for parameter in self.model.parameters())
+
+    def kept_features(self, split: str) -> np.ndarray | None:
+        """A tail's: its kept activations through the shipped tail (the model itself, unless an EMA copy ships)."""
+        if self.tail is None or self.ema is not None or not len(self.data.rows.get(split, ())):
+            return None
+        return self.tail.tuned_features(split)
 
     def write_bundle(self, info: BundleInfo, directory: Path) -> Path:
         return write_bundle(info, self.evaluated_model().state_dict(), directory)

@@ -227,9 +227,9 @@ def noisy_case(dataset: ImageDataset, rate: float, recipe: dict, folds: int, scr
             "wall_seconds": {"noisy_train": train_s, "out_of_fold": folds_s, "corrected_train": fixed_s}}
 
 
-def labels_part(data: Path, quick: bool, scratch: Path, save: Callable[[dict], None]) -> dict:
+def labels_part(data: Path, quick: bool, scratch: Path, save: Callable[[str, dict], None]) -> dict:
     """Precision at k of the page's label-error list, and val accuracy noisy / with its suggestions applied / clean;
-    ``save`` gets the results so far after each run (a long part that is stopped keeps what it finished)."""
+    ``save`` gets the setup, then the results so far after each run (a stopped part keeps what it finished)."""
     dataset = load_source(data)
     if quick:
         dataset = dataset.with_items(dataset.items[:: max(1, len(dataset.items) // QUICK_IMAGES)])
@@ -238,13 +238,13 @@ def labels_part(data: Path, quick: bool, scratch: Path, save: Callable[[dict], N
     write_manifest(dataset, clean_manifest)
     clean, clean_s = timed(lambda: imgclf.train(clean_manifest, out=scratch / "runs" / "clean", overwrite=True,
                                                 **recipe))
-    results: dict = {"recipe": recipe, "note": LABELS_NOTE,
-                     "clean": {"val_accuracy": held_out_accuracy(clean), "wall_seconds": {"train": clean_s}}}
-    save(results)
+    save("planted_label_noise_setup", {"recipe": recipe, "note": LABELS_NOTE})
+    results: dict = {"clean": {"val_accuracy": held_out_accuracy(clean), "wall_seconds": {"train": clean_s}}}
+    save("planted_label_noise", results)
     for rate in RATES:
         results[f"flipped-{rate:.0%}"] = noisy_case(dataset, rate, recipe, 2 if quick else 5, scratch)
         print(f"flipped-{rate:.0%}", json.dumps(results[f"flipped-{rate:.0%}"]), flush=True)
-        save(results)
+        save("planted_label_noise", results)
     return results
 
 
@@ -272,7 +272,7 @@ def main() -> None:
             print(json.dumps(quality, indent=2), flush=True)
             save("planted_quality", quality)
         if "labels" in args.parts:
-            labels_part(args.data, args.quick, scratch, lambda results: save("planted_label_noise", results))
+            labels_part(args.data, args.quick, scratch, save)
     if not args.quick:
         print(f"wrote {RESULTS}")
 

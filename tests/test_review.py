@@ -4,6 +4,7 @@ bulk actions, undo, two people at once, the API key and ``--export``; the page i
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import threading
 from collections.abc import Iterator
@@ -223,6 +224,22 @@ def test_run_findings_suggest_a_label_with_the_nearest_images_of_both_classes(ti
     assert issue.image not in [e.image for e in issue.evidence]
     assert all(source.image(e.image).parent.name == c.split()[1].rstrip(":") for e, c in zip(issue.evidence, captions))
     assert sum(item.kind == "likely label error" for item in source.items()) == 1  # the file not in DATA is left out
+
+
+def test_label_errors_say_which_split_they_question_and_warn_when_only_held_out_labels_were(
+        colours: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    evaluation = tmp_path / "run" / "evaluation"
+    evaluation.mkdir(parents=True)
+    header = "path,given,predicted,given_probability,predicted_probability,evidence\n"
+    (evaluation / "label_issues.csv").write_text(f"{header}{colours / 'red' / '003.png'},red,green,0.1,0.85,0.75\n")
+    (evaluation / "worst_mistakes.csv").write_text(header)
+    index = ImageIndex(load_source(colours))
+    for split, warned in (("train", False), ("val", True)):  # evaluate RUN --label-issues alone checks val's labels
+        (evaluation / "metrics.json").write_text(json.dumps({"split": split, "label_issues_from": "5-fold cross-validation"}))
+        caplog.clear()
+        [issue] = run_findings(tmp_path / "run", index, neighbours=False)
+        assert issue.reason == f"the model says 'green' (from 5-fold cross-validation, {split} split)"
+        assert ("--split train --label-issues --folds 5" in caplog.text) == warned, caplog.text
 
 
 def test_a_run_without_evaluation_files_says_which_command_writes_them(colours: Path, tmp_path: Path,

@@ -13,8 +13,9 @@ from imgclf.console import console
 def review(
     data: Source,
     run: Annotated[Optional[Path], Opt(help="A run trained on DATA: also its likely label errors (held-out, or "
-                                            "out-of-fold after `imgclf evaluate RUN --label-issues --folds 5`) and "
-                                            "its worst mistakes, beside the nearest images of each class.")] = None,
+                                            "out-of-fold after `imgclf evaluate RUN --split train --label-issues "
+                                            "--folds 5`) and its worst mistakes, beside the nearest images of each "
+                                            "class.")] = None,
     corrections: Annotated[Optional[Path], Opt(help="The corrections CSV the decisions go to (read again when the "
                                                     "page opens; default corrections-<dataset name>.csv).",
                                                show_default=False)] = None,

@@ -2,10 +2,11 @@
 
 Read from the files ``evaluate`` writes into ``RUN/evaluation``:
 ``label_issues.csv`` (from the run's held-out predictions at the end of
-training, or out-of-fold ones after ``imgclf evaluate RUN --label-issues
---folds 5``) and ``worst_mistakes.csv``. The evidence beside each is the
-nearest images of the given and of the suggested class, in the run's own
-embedding space (cached, so a second opening does not embed again).
+training, or out-of-fold ones of the training images after ``imgclf evaluate
+RUN --split train --label-issues --folds 5``) and ``worst_mistakes.csv``.
+The evidence beside each is the nearest images of the given and of the
+suggested class, in the run's own embedding space (cached, so a second
+opening does not embed again).
 """
 
 from __future__ import annotations
@@ -33,10 +34,9 @@ def run_findings(run_dir: str | Path, index: ImageIndex, neighbours: bool = True
     if not run.path.is_dir():
         raise ImgclfError(f"--run {run.path} does not exist; give a run directory (runs/NAME)")
     evaluation = run.path / "evaluation"
-    issues = _rows(evaluation / "label_issues.csv", "likely label errors", "--label-issues (--folds 5 for "
-                   "out-of-fold predictions)")
+    issues = _rows(evaluation / "label_issues.csv", "likely label errors", "--split train --label-issues --folds 5")
     mistakes = _rows(evaluation / "worst_mistakes.csv", "worst mistakes", "")
-    origin = _issues_origin(evaluation / "metrics.json")
+    origin = _issues_origin(evaluation / "metrics.json") if issues else ""
     nearest = _Nearest(run.path, index) if neighbours and (issues or mistakes) else None
     found = []
     for kind, rows, why in (("likely label error", issues, origin), ("worst mistake", mistakes, "a held-out mistake")):
@@ -63,10 +63,18 @@ def _rows(path: Path, what: str, flags: str) -> list[dict[str, str]]:
 
 
 def _issues_origin(metrics: Path) -> str:
+    """Where the label issues came from and which images they question; a warning when those are held out only
+    (``evaluate RUN --label-issues`` without ``--split`` checks the val split's labels, not the training images')."""
     try:
-        return f"from {json.loads(metrics.read_text())['label_issues_from']}"
+        written = json.loads(metrics.read_text())
+        origin, split = written["label_issues_from"], written.get("split")
     except (OSError, ValueError, KeyError, TypeError):
         return "from the run's predictions"
+    if split not in (None, "train", "all"):
+        log.warning(f"the likely label errors in {metrics.parent} question only the {split} split's labels; "
+                    f"`imgclf evaluate {metrics.parent.parent} --split train --label-issues --folds 5` checks the "
+                    "training images")
+    return f"from {origin}" + (f", {split} split" if split else "")
 
 
 class _Nearest:

@@ -254,3 +254,22 @@ def test_updating_a_tail_goes_on_from_its_weights_on_kept_activations(tmp_path: 
     assert frozen and all((after[name] == before[name]).all() for name in frozen)
     assert result.gate.passed and result.gate.new_classes["yellow"].score > 0.5
     assert _predictions(result.model_dir, sorted((new / "yellow").iterdir())[:4]) == ["yellow"] * 4
+
+
+@pytest.mark.slow
+def test_updating_a_tail_whose_activations_no_longer_fit_says_to_retrain(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import save_pretend_weights
+
+    import imgclf
+    from imgclf.engines import tail
+    from imgclf.errors import ImgclfError
+
+    weights = save_pretend_weights("test_efficientnet", tmp_path / "weights.safetensors")
+    data = make_class_folder(tmp_path / "data", per_class=6, colours=COLOURS)
+    run = imgclf.train(data, out=tmp_path / "run", model="test_efficientnet", weights=str(weights), strategy="tail",
+                       image_size=32, workers=1, precision="fp32", batch_size=8, epochs=2, tta=False).run_dir
+    monkeypatch.setattr(tail, "memory_limit_bytes", lambda: 1000)
+    with pytest.raises(ImgclfError, match="needs the old and new images' activations in memory"):
+        imgclf.update(run, make_class_folder(tmp_path / "new", per_class=6, colours=YELLOW, seed=2), tmp_path / "run2")
+    assert not (tmp_path / "run2" / "model").exists()

@@ -90,6 +90,9 @@ class TorchEngine:
         if config.strategy == "tail":  # None when its activations would not fit in memory: the probe alone
             self.tail = TailStage.plan(self.model, config, data, self.world.is_distributed,
                                        self.probe.frozen_identity(), self.probe.train_views())
+            if self.tail is None and self.warm_pretrained:  # the cache keys pretrained features, not the run's tail's
+                raise ImgclfError("update of a tail run needs the old and new images' activations in memory, and "
+                                  "they would not fit; retrain on the old and new images with imgclf train")
         self._adopt(config)
         return self.checkpoint is not None
 

@@ -42,7 +42,7 @@ def create_model_for(config: TrainConfig, data: TrainingData, checkpoint: dict[s
         if warm_pretrained(config, data):  # the run's trained tail and head over the pretrained trunk
             from imgclf.engines.warm_start import load_warm_start
 
-            data.mean, data.std = load_warm_start(model, data.warm_start, data.classes)  # type: ignore[arg-type]  # refits_head: a bundle is given
+            data.mean, data.std = load_warm_start(model, data.warm_start, data.classes)  # type: ignore[arg-type]  # warm_pretrained: a bundle is given
         return model
     if model_family(config.model) == "tutorial-cnn":
         data.mean, data.std = (0.0,) * channels, (1.0,) * channels  # the seed tutorial's Rescaling(1/255)

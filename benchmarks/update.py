@@ -9,8 +9,9 @@ Usage: python benchmarks/update.py [--flowers ../shared/datasets/flowers] [--cif
   the same home (the old images' activations on disk, as a user's would
   be), ``update`` with 20, 50 and all of the sunflowers' training photos
   (always all of ``val/sunflowers``, so every case is judged on the same
-  five-class val), and all of them with one tail epoch instead of the
-  update's four (``update_all_tail_1``). Against a full five-class retrain from empty caches
+  five-class val), all of them with one tail epoch instead of the
+  update's four (``update_all_tail_1``), and 50 and all with
+  ``class_weights="auto"`` (``update_50_balanced``, ``update_all_balanced``). Against a full five-class retrain from empty caches
   (``retrain_cold``) and, for reference, one in the warm home
   (``retrain_warm``). Recorded: wall seconds (the whole call, report
   included), five-class val accuracy, each old class's val recall before
@@ -113,14 +114,16 @@ def trained(name: str, rows: list[Row], **options: Any) -> tuple[Any, float]:
     return result, time.perf_counter() - started
 
 
-def updated(name: str, run: Path, rows: list[Row], time_budget: str | None = None) -> dict[str, Any]:
+def updated(name: str, run: Path, rows: list[Row], time_budget: str | None = None,
+            class_weights: str | None = None) -> dict[str, Any]:
     """``imgclf.update`` of ``run`` with ``rows`` as run ``name``: its figures."""
     print(f"\n=== update {name}: {len(rows)} image(s)", flush=True)
     out = RUNS / name
     if out.exists():
         shutil.rmtree(out)
     started = time.perf_counter()
-    result = imgclf.update(run, manifest(rows, name), out, time_budget=time_budget, force=True)
+    result = imgclf.update(run, manifest(rows, name), out, time_budget=time_budget, force=True,
+                           class_weights=class_weights)
     wall = time.perf_counter() - started
     gate = result.gate
     return {"wall_seconds": round(wall, 1), "images_added": len(rows), "gate_passed": gate.passed,
@@ -161,6 +164,10 @@ def sunflowers(data: Path, quick: bool) -> dict[str, Any]:
             record[f"update_{given or 'all'}"] = updated(f"update-flowers-{given or 'all'}", base.run_dir, added)
         with tail_epochs(1):  # what the update's tail epochs buy: one instead of UPDATE_TAIL_EPOCHS
             record["update_all_tail_1"] = updated("update-flowers-all-tail-1", base.run_dir, new_train + new_val)
+        for given in ((6, None) if quick else (50, None)):  # --class-weights auto: a rare new class against the rest
+            added = new_train[:given] + new_val
+            record[f"update_{given or 'all'}_balanced"] = updated(f"update-flowers-{given or 'all'}-balanced",
+                                                                  base.run_dir, added, class_weights="auto")
         retrain, wall = trained("update-flowers-retrain-warm", rows, **recipe)
         record["retrain_warm"] = run_record(retrain, wall)
     with fresh_home():

@@ -273,3 +273,20 @@ def test_updating_a_tail_whose_activations_no_longer_fit_says_to_retrain(tmp_pat
     with pytest.raises(ImgclfError, match="needs the old and new images' activations in memory"):
         imgclf.update(run, make_class_folder(tmp_path / "new", per_class=6, colours=YELLOW, seed=2), tmp_path / "run2")
     assert not (tmp_path / "run2" / "model").exists()
+
+
+@pytest.mark.slow
+def test_class_weights_given_to_update_replace_the_runs(base_run: Path, tmp_path: Path) -> None:
+    import yaml
+
+    new = make_class_folder(tmp_path / "new", per_class=8, colours=YELLOW, seed=2)
+    done = run_cli("update", str(base_run), "--add", str(new), "--out", str(tmp_path / "run2"), "--class-weights",
+                   "auto", "--force")
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load((base_run / "config.yaml").read_text())["class_weights"] == "none"
+    assert yaml.safe_load((tmp_path / "run2" / "config.yaml").read_text())["class_weights"] == "auto"
+    bad = run_cli("update", str(base_run), "--add", str(new), "--out", str(tmp_path / "run3"), "--class-weights",
+                  "balanced")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "--class-weights balanced: choose one of none, auto" in bad.stderr
+    assert not (tmp_path / "run3").exists()

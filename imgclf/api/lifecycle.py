@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 def update(run: str | Path, add: str | Path, out: str | Path, *, time_budget: str | None = None,
            max_drop: float = 2.0, force: bool = False, corrections: str | None = None,
-           rename: list[str] | None = None) -> UpdateResult:
+           rename: list[str] | None = None, class_weights: str | None = None) -> UpdateResult:
     """Teach the model of ``run`` the images of ``add`` (new classes, more photos, corrections) as a new run ``out``.
 
     >>> result = imgclf.update("runs/shop", "new_photos/", "runs/shop-2")   # doctest: +SKIP
@@ -30,12 +30,14 @@ def update(run: str | Path, add: str | Path, out: str | Path, *, time_budget: st
     images; ``force`` keeps it anyway and records that. Writes ``gate.json``,
     ``added_data.csv``, ``model/lineage.json`` and ``report.html`` in ``out``.
     ``corrections`` and ``rename`` (as train's) apply to the old and new images together.
+    ``class_weights`` (``none`` or ``auto``) replaces the run's: ``auto`` helps a new class with far
+    fewer photos than the old ones, at some cost to the old classes.
     """
     from imgclf.evaluation.run_report import report_run
     from imgclf.lifecycle.update import update as run_update
 
     result = run_update(run, add, out, time_budget=time_budget, max_drop=max_drop, force=force,
-                        corrections=corrections, rename=rename)
+                        corrections=corrections, rename=rename, class_weights=class_weights)
     page, _ = report_run(result.run_dir, known=result.train.held_out_probabilities)
     log.info(f"report: {page}")
     return result

@@ -26,10 +26,15 @@ def update(
                                                "and the lineage).")] = False,
     corrections: CorrectionsOption = None,
     rename: RenameOption = None,
+    class_weights: Annotated[Optional[str], Opt(help="Loss weights per class for the update, none or auto "
+                                                     "(inverse frequency): auto helps a new class with far fewer "
+                                                     "photos than the old ones, at some cost to the old classes "
+                                                     "(default: the run's).", show_default=False)] = None,
 ) -> None:
     """Teach a trained model new photos or classes as a new run, refused if an old class gets worse."""
     result = api.update(run, add, out, time_budget=time_budget, max_drop=max_drop, force=force,
-                        corrections=str(corrections) if corrections else None, rename=rename)
+                        corrections=str(corrections) if corrections else None, rename=rename,
+                        class_weights=class_weights)
     print_gate(result)
 
 

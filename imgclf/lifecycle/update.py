@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.config import TrainConfig
+from imgclf.config import CLASS_WEIGHTS, TrainConfig
 from imgclf.data.hierarchy import cut_labels
 from imgclf.data.sources import ImageDataset, Item, load_source, write_manifest
 from imgclf.data.splits import assign_splits
@@ -72,8 +72,13 @@ class UpdateResult:
 
 def update(run: str | Path, add: str | Path, out: str | Path, *, time_budget: str | None = None,
            max_drop: float = DEFAULT_MAX_DROP, force: bool = False, corrections: str | None = None,
-           rename: list[str] | None = None) -> UpdateResult:
+           rename: list[str] | None = None, class_weights: str | None = None) -> UpdateResult:
     """Train ``out`` from ``run`` plus the images of ``add``; keep it if the gate passes (or ``force``).
+
+    ``class_weights`` replaces the run's (``auto``: inverse frequency). It is
+    not the default because it trades: it lifts a new class with few photos
+    and costs the old classes (benchmarks/results/update.json, sunflowers:
+    update_50_balanced against update_50, update_all_balanced against update_all).
 
     ``corrections``/``rename`` apply to the old and new images together; the
     run's own corrections are already in its ``split.csv`` and are not applied twice.
@@ -94,7 +99,8 @@ def update(run: str | Path, add: str | Path, out: str | Path, *, time_budget: st
            else "retrained from the pretrained weights")
     log.info(f"updating {old.path}: {len(news.items)} new or relabelled image(s), {how}")
     settings = replace(config, out=str(out), time_budget=time_budget or config.time_budget,
-                       corrections=corrections, rename=list(rename or []))
+                       corrections=corrections, rename=list(rename or []),
+                       class_weights=_class_weights(class_weights, config.class_weights))
     if Path(out).exists() and any(Path(out).iterdir()):
         raise ImgclfError(f"--out {out} already exists; give a new folder for the updated run")
     with tempfile.TemporaryDirectory(prefix="imgclf-update-") as folder:
@@ -116,6 +122,15 @@ def update(run: str | Path, add: str | Path, out: str | Path, *, time_budget: st
     gate.write(new.path)
     lineage = write_lineage(new.model_dir, old.model_dir, write_added(new, news), gate.to_dict())
     return UpdateResult(new.path, new.model_dir, gate, lineage, result)
+
+
+def _class_weights(given: str | None, run: str) -> str:
+    if given is None:
+        return run
+    if given not in CLASS_WEIGHTS:
+        raise ImgclfError(f"--class-weights {given}: choose one of {', '.join(CLASS_WEIGHTS)} (auto: inverse "
+                          "frequency, for a new class with far fewer photos than the old ones)")
+    return given
 
 
 def trained_run(path: Path) -> RunDirectory:

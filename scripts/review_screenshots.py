@@ -11,11 +11,9 @@ Run it when the page's look changes; the PNGs are committed (one viewport each, 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -99,7 +97,7 @@ def shoot(page: object, url: str, path: Path) -> None:
 
 def main() -> None:
     from fastapi import FastAPI
-    from playwright.sync_api import sync_playwright
+    from screenshots import browser_page
 
     from imgclf import train
     from imgclf.review.component import review_router
@@ -107,17 +105,10 @@ def main() -> None:
     from imgclf.review.queue_source import QueueReview
     from imgclf.serve.review_server import create_review_source_app
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        raise SystemExit("chromium is not installed (apt-get install chromium)")
-    with tempfile.TemporaryDirectory() as folder, sync_playwright() as playwright:
-        work = Path(folder)
-        os.environ["IMGCLF_HOME"] = str(work / "home")
+    with browser_page(VIEWPORT) as (work, page):
         data = planted(work)
         run = train(data, out=work / "run", epochs=3).run_dir
         source = open_data_review(data, run=run, corrections=work / "corrections.csv")
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page(viewport=VIEWPORT)
         url, server = serve(create_review_source_app(source))
         page.goto(url)
         page.wait_for_selector("article")
@@ -131,7 +122,6 @@ def main() -> None:
         url, server = serve(queue_app)
         shoot(page, url + "/review", PICTURES / "review-queue.png")
         server.should_exit = True  # type: ignore[attr-defined]
-        browser.close()
     print(f"wrote review-data.png, review-queue.png to {PICTURES.relative_to(ROOT)}")
 
 

@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "cifar10-sample"
@@ -79,7 +80,9 @@ def catalogue(work: Path) -> tuple[Path, Path]:
     return catalog, queries
 
 
-def main() -> None:
+@contextmanager
+def browser_page(viewport: dict[str, int]) -> Iterator[tuple[Path, Any]]:
+    """(a temporary work folder, also the IMGCLF_HOME's parent; a headless Chromium page) for one screenshot script."""
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -88,10 +91,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder, sync_playwright() as playwright:
         work = Path(folder)
         os.environ["IMGCLF_HOME"] = str(work / "home")
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            yield work, browser.new_page(viewport=viewport)
+        finally:
+            browser.close()
+
+
+def main() -> None:
+    with browser_page(VIEWPORT) as (work, page):
         (work / SAMPLE.name).symlink_to(SAMPLE)  # the report names the data as given: a short relative path
         imgclf("train", SAMPLE.name, "--out", "run", "--epochs", "3", cwd=work)
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page(viewport=VIEWPORT)
         page.goto((work / "run" / "report.html").as_uri())
         page.screenshot(path=str(PICTURES / "report.png"))
         with serving("run", cwd=work) as address:
@@ -109,7 +119,6 @@ def main() -> None:
                                    timeout=240_000)
             page.wait_for_load_state("networkidle")
             page.screenshot(path=str(PICTURES / "review.png"))
-        browser.close()
     print(f"wrote report.png, serve.png, review.png to {PICTURES.relative_to(ROOT)}")
 
 

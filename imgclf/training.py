@@ -325,8 +325,8 @@ class HeldOut:
 
         if self.logits:
             run.write_held_out_logits(weights_file_digest(model_dir), {
-                str(data.paths[row]): [round(float(value), 5) for value in values]
-                for split, logits in self.logits.items() for row, values in zip(data.rows[split], logits)})
+                str(data.paths[row]): values for split, logits in self.logits.items()
+                for row, values in zip(data.rows[split], np.round(logits.astype(np.float64), 5).tolist())})
 
     def probabilities_by_path(self, model_dir: Path, data: TrainingData) -> dict[str, np.ndarray]:
         """Each held-out image's probabilities as ``predict`` gives them now, keyed by its path.

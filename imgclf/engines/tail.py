@@ -391,7 +391,7 @@ class TailStage:
         """Pooled features of ``split`` in ``view`` through the tail as it is now, not as the cache kept them.
 
         The kept features are the pretrained tail's; a tail that starts from
-        trained weights (``imgclf update`` refitting a run's head) gives its own.
+        trained weights (``imgclf update`` going on from a run) gives its own.
         """
         return self._through(split, view, lambda batch: self.model.features(self.model.unpack(batch)),
                              self.model.head.in_features).numpy()

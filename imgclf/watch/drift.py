@@ -135,20 +135,25 @@ class MMDTest:
 
     def test(self, window: np.ndarray, seed: int = 0) -> DriftVerdict:
         """The verdict on ``window`` (n >= 2 embeddings): its MMD^2 against PERMUTATIONS relabellings' threshold."""
-        n, m = len(window), len(self.reference)
         across = self.kernel(window, self.reference)
         pooled = np.block([[self.kernel(window, window), across], [across.T, self.reference_kernel]])
-        rng = np.random.default_rng(seed)
-        members = np.zeros((n + m, PERMUTATIONS + 1))  # column 0: the window as observed; then relabellings
-        members[:n, 0] = 1.0
-        for column in range(1, PERMUTATIONS + 1):
-            members[rng.choice(n + m, n, replace=False), column] = 1.0
-        statistics = _unbiased_mmd2(pooled, members, n, m)
-        observed, relabelled = statistics[0], np.sort(statistics[1:])[::-1]
-        exceeding = int(np.floor(ALPHA * (PERMUTATIONS + 1) + 1e-9)) - 1  # p <= ALPHA: at most this many beat it
-        threshold = float(relabelled[exceeding]) if exceeding >= 0 else float("inf")
-        p_value = float((np.sum(relabelled >= observed) + 1) / (PERMUTATIONS + 1))
-        return DriftVerdict(float(observed), threshold, p_value, n)
+        return permutation_verdict(pooled, len(window), seed)
+
+
+def permutation_verdict(pooled: np.ndarray, n: int, seed: int = 0) -> DriftVerdict:
+    """The test on the kernel matrix of a window (its first ``n`` rows) and a reference (the rest), pooled."""
+    m = len(pooled) - n
+    rng = np.random.default_rng(seed)
+    members = np.zeros((n + m, PERMUTATIONS + 1))  # column 0: the window as observed; then relabellings
+    members[:n, 0] = 1.0
+    for column in range(1, PERMUTATIONS + 1):
+        members[rng.choice(n + m, n, replace=False), column] = 1.0
+    statistics = _unbiased_mmd2(pooled, members, n, m)
+    observed, relabelled = statistics[0], np.sort(statistics[1:])[::-1]
+    exceeding = int(np.floor(ALPHA * (PERMUTATIONS + 1) + 1e-9)) - 1  # p <= ALPHA: at most this many beat it
+    threshold = float(relabelled[exceeding]) if exceeding >= 0 else float("inf")
+    p_value = float((np.sum(relabelled >= observed) + 1) / (PERMUTATIONS + 1))
+    return DriftVerdict(float(observed), threshold, p_value, n)
 
 
 def _unbiased_mmd2(kernel: np.ndarray, members: np.ndarray, n: int, m: int) -> np.ndarray:
@@ -184,12 +189,13 @@ def calibrate(val: np.ndarray, test_size: int = TEST_SIZE, seed: int = 0) -> Dri
     """
     bandwidth = median_bandwidth(val[:REFERENCE_SIZE])
     size = max(2, min(test_size, len(val) // 3))
+    kernel = np.exp(-squared_distances(val, val) / bandwidth)  # every pair once: each check takes its block
     rng = np.random.default_rng(seed)
     alarms = 0
     for check in range(CHECK_WINDOWS):
         order = rng.permutation(len(val))
-        rest = val[order[size:]][:REFERENCE_SIZE]
-        alarms += MMDTest(rest, bandwidth).test(val[order[:size]], seed=check).drift
+        chosen = np.concatenate([order[:size], order[size:][:REFERENCE_SIZE]])  # the window, then the rest
+        alarms += permutation_verdict(kernel[np.ix_(chosen, chosen)], size, seed=check).drift
     return DriftCalibration(bandwidth, test_size, alarms / CHECK_WINDOWS)
 
 

@@ -12,21 +12,31 @@ images/s of each, and the pixel difference between them (mean and 99th
 percentile of |difference|, 0..255). With the flowers bundle
 (``flowers-default``, the default photo plan (lite0 at 224 px) from ``benchmarks/flowers.py``) the accuracy of each
 decode on the same files, at the model's own size, is the measured effect on
-what matters. Writes ``benchmarks/results/decode.json`` with the CPU model.
+what matters.
+
+``plain_jpeg``: the same decode (scaled, at the model's size) through Pillow
+alone and through :mod:`imgclf.data.plain_jpeg`'s direct libjpeg-turbo path
+(imgclf's default), on the first ``--cifar`` CIFAR-10 test JPEGs at 32 px, the
+flowers val photos and the large photos at 224: images/s of each in this one
+process, and how many images' pixels differ (the path is exact: 0 expected).
+Writes ``benchmarks/results/decode.json`` with the CPU model.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from imgclf.data import plain_jpeg
 from imgclf.data.decode import decode_file
 from imgclf.data.sources import IMAGE_EXTENSIONS
 from imgclf.deploy.classifier import Classifier
@@ -75,12 +85,39 @@ def compare(paths: list[Path], size: int, classifier: Classifier | None) -> dict
     return row
 
 
+@contextlib.contextmanager
+def pillow_only() -> Iterator[None]:
+    """Every file through Pillow, as when simplejpeg is not installed."""
+    saved = plain_jpeg._simplejpeg
+    plain_jpeg._simplejpeg = lambda: None
+    try:
+        yield
+    finally:
+        plain_jpeg._simplejpeg = saved
+
+
+def compare_paths(name: str, paths: list[Path], size: int) -> dict[str, object]:
+    """Pillow alone against the direct path (the default), same files, same scaled decode."""
+    decode_all(paths[:50], size, draft=True)  # warm: the page cache and both decoders' first calls
+    with pillow_only():
+        decode_all(paths[:50], size, draft=True)
+        pillow_rate, pillow = decode_all(paths, size, draft=True)
+    direct_rate, direct = decode_all(paths, size, draft=True)
+    row: dict[str, object] = {
+        "set": name, "images": len(paths), "size": size, "pillow_images_per_second": round(pillow_rate, 1),
+        "direct_images_per_second": round(direct_rate, 1), "speedup": round(direct_rate / pillow_rate, 2),
+        "images_with_different_pixels": int(np.count_nonzero((pillow != direct).reshape(len(paths), -1).any(axis=1)))}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
     parser.add_argument("--runs", type=Path, default=Path("runs/benchmarks"))
     parser.add_argument("--large", type=int, default=60, help="How many 12-megapixel photos to make and decode.")
     parser.add_argument("--limit", type=int, default=None, help="Only the first N flowers files (to check the script).")
+    parser.add_argument("--cifar", type=int, default=5000, help="How many CIFAR-10 test JPEGs the plain_jpeg rows decode.")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     paths = sorted(path for path in (args.datasets / "flowers" / "val").rglob("*")
@@ -94,6 +131,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         large = make_large(paths[::max(1, len(paths) // args.large)][:args.large], Path(folder))
         results["large_12mp"] = [compare(large, size, classifier) for size in sizes]
+        cifar = sorted((args.datasets / "cifar10" / "test").rglob("*.jpg"))[:args.cifar]
+        results["plain_jpeg"] = [compare_paths("cifar10 test", cifar, 32), compare_paths("flowers val", paths, 224),
+                                 compare_paths("large 12 MP", large, 224)]
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.results}")

@@ -10,7 +10,7 @@ Uses the bundles the training benchmarks leave behind:
 baseline is what a tutorial writes: for each file, PIL open, convert, resize,
 normalise, one model call on a batch of one, softmax (a freshly loaded
 model in PyTorch's default layout and fp32, eval mode, no gradients); it is
-timed on the first ``--naive-images`` files. Both produce
+timed on the first ``--naive-images`` files after one warm-up call. Both produce
 the same top-1 class on those files (checked).
 
 The bundle is first exported to ONNX and OpenVINO (each with int8, when its
@@ -83,8 +83,9 @@ def naive_predict(classifier: Classifier, run: Path, paths: list[Path]) -> tuple
     mean = torch.tensor(info.mean).view(1, -1, 1, 1)
     std = torch.tensor(info.std).view(1, -1, 1, 1)
     predictions = []
-    started = time.perf_counter()
     with torch.no_grad():
+        model(torch.zeros(1, info.channels, info.image_size, info.image_size))  # warm: first-call allocations
+        started = time.perf_counter()
         for path in paths:
             image = Image.open(path).convert("RGB")
             side = (info.image_size, info.image_size)  # the bundle's resize policy, as a script would write it
@@ -164,7 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
     parser.add_argument("--runs", type=Path, default=Path("runs/benchmarks"))
-    parser.add_argument("--naive-images", type=int, default=300)
+    parser.add_argument("--naive-images", type=int, default=1000)
     parser.add_argument("--limit", type=int, default=None, help="Only the first N files (to check the script).")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,33 @@ def test_members_with_other_classes_are_refused_in_one_line(members, tmp_path: P
     run = imgclf.train(other, out=tmp_path / "navy", epochs=1, **TINY_FASTNET).run_dir
     result = run_cli("ensemble", str(first), str(run), "--out", str(tmp_path / "E"))
     assert result.returncode == 2 and "other classes" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_an_ensemble_of_fresh_runs_reads_their_kept_outputs_and_scores_as_a_fresh_prediction_would(
+        members, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Members' val/test probabilities come from the logits their training kept: no image is predicted again,
+    and the scores equal those of an ensemble whose members predict every image (kept logits removed)."""
+    from imgclf.deploy.classifier import Classifier
+    from imgclf.workflows.ensemble import build_ensemble
+
+    _, first, second = members
+    predicted: list[int] = []
+    original = Classifier.file_probabilities
+
+    def counting(self, paths, *args, **kwargs):  # type: ignore[no-untyped-def]
+        predicted.append(len(paths))
+        return original(self, paths, *args, **kwargs)
+
+    monkeypatch.setattr(Classifier, "file_probabilities", counting)
+    from_kept = build_ensemble([first, second], tmp_path / "kept")
+    assert sum(predicted) == 0
+    stale = tmp_path / "stale"
+    for name, run in (("a", first), ("b", second)):
+        shutil.copytree(run, stale / name)
+        (stale / name / "held_out_logits.json").unlink()
+    from_files = build_ensemble([stale / "a", stale / "b"], tmp_path / "files")
+    assert sum(predicted) > 0
+    for split, scores in from_kept.scores["ensemble"].items():
+        assert scores["accuracy"] == from_files.scores["ensemble"][split]["accuracy"]
+        assert scores["log_loss"] == pytest.approx(from_files.scores["ensemble"][split]["log_loss"], abs=1e-3)

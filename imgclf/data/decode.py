@@ -98,8 +98,8 @@ def decode_bytes(
         return DecodedFile(None, digest=digest, error="empty file (0 bytes)")
     plain = decode_plain_jpeg(data, size, grayscale, max_pixels, draft) if size and not quality else None
     if plain is not None:
-        pixels, (width, height), mode = plain
-        return DecodedFile(pixels, width=width, height=height, mode=mode, digest=digest)
+        direct, (width, height), mode = plain
+        return DecodedFile(direct, width=width, height=height, mode=mode, digest=digest)
     try:
         smallest = (THUMBNAIL_SIDE, THUMBNAIL_SIDE) if quality else (64, 64)
         draft_size = (size or smallest) if draft else None

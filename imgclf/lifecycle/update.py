@@ -41,9 +41,10 @@ import numpy as np
 
 from imgclf.config import CLASS_WEIGHTS, TrainConfig
 from imgclf.data.hierarchy import cut_labels
-from imgclf.data.sources import ImageDataset, Item, load_source, write_manifest
+from imgclf.data.sources import ImageDataset, load_source, write_manifest
 from imgclf.data.splits import assign_splits
 from imgclf.deploy.bundle import ENSEMBLE, MODEL_FILE, read_bundle_info, update_bundle_info
+from imgclf.deploy.kept_outputs import kept_probabilities, probabilities_by_path
 from imgclf.errors import ImgclfError
 from imgclf.lifecycle.gate import DEFAULT_MAX_DROP, GateResult, class_scores, judge, refusal
 from imgclf.lifecycle.lineage import write_lineage
@@ -220,7 +221,9 @@ def _gate(old: RunDirectory, new: RunDirectory, result: TrainResult, max_drop: f
     # both at full precision: an int8 export of the old model would skew a 2-point gate
     before, after = (Classifier.load(path, allow_int8=False) for path in (old.path, new.path))
     known = result.held_out_probabilities
-    rows_before, rows_after = _probabilities(before, judged, _kept(old, before)), _probabilities(after, judged, known)
+    paths = [item.path for item in judged]
+    rows_before = probabilities_by_path(before, paths, kept_probabilities(old.path, before))
+    rows_after = probabilities_by_path(after, paths, known)
     kept = [index for index, item in enumerate(judged)
             if absolute_path(item.path) in rows_before and absolute_path(item.path) in rows_after]
     labels = [judged[index].labels for index in kept]
@@ -230,33 +233,11 @@ def _gate(old: RunDirectory, new: RunDirectory, result: TrainResult, max_drop: f
     fresh = [name for name in dataset.classes if name not in before.classes]
     held = dataset.split_items(held_out_split(dataset) or split)
     if fresh and held:
-        rows = _probabilities(after, held, known)
+        rows = probabilities_by_path(after, [item.path for item in held], known)
         items = [item for item in held if absolute_path(item.path) in rows]
         scores = _scores(after, [item.labels for item in items], [rows[absolute_path(item.path)] for item in items])
         gate.new_classes = {name: scores[name] for name in fresh}
     return gate
-
-
-def _kept(run: RunDirectory, classifier: Any) -> dict[str, np.ndarray]:
-    """The old bundle's probabilities on its held-out images from the logits its training kept (no second pass)."""
-    from imgclf.deploy.metadata import weights_file_digest
-
-    kept = run.read_held_out_logits(weights_file_digest(run.model_dir))
-    if not kept:
-        return {}
-    paths = list(kept)
-    rows = classifier.probabilities_of(np.asarray([kept[path] for path in paths], dtype=np.float32))
-    return dict(zip(paths, rows))
-
-
-def _probabilities(classifier: Any, items: list[Item], known: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each readable item's probabilities by absolute path: ``known`` ones as given, the rest predicted."""
-    rows = {absolute_path(path): row for path, row in known.items()}
-    missing = [Path(absolute_path(item.path)) for item in items if absolute_path(item.path) not in rows]
-    for path, row, _ in classifier.file_probabilities(missing, 64, None):
-        if row is not None:
-            rows[absolute_path(path)] = row
-    return rows
 
 
 def _scores(classifier: Any, labels: list[tuple[str, ...]], rows: list[np.ndarray]) -> dict[str, Any]:

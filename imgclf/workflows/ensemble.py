@@ -8,7 +8,10 @@ The ensemble is a folder that every command treats as one model::
       split.csv                 the first member's split: evaluate and report use its held-out images
       ensemble.json             weights, and validation / held-out scores of each member and the ensemble
 
-Weights minimise the validation negative log-likelihood of the weighted
+Each member's probabilities on val and test are those its training kept
+(:mod:`imgclf.deploy.kept_outputs`), so building an ensemble of fresh runs
+predicts nothing; older runs' images are predicted. Weights minimise the
+validation negative log-likelihood of the weighted
 mean of the members' calibrated probabilities over the simplex (softmax
 parameters, scipy's L-BFGS-B), or are equal with ``weights="equal"``.
 """
@@ -31,9 +34,11 @@ from imgclf.data.sources import read_manifest
 from imgclf.deploy.bundle import ENSEMBLE, MODEL_FILE, BundleInfo, bundle_json, find_bundle, read_bundle_info
 from imgclf.deploy.classifier import Classifier, EnsembleClassifier
 from imgclf.deploy.decision import choose_decision
+from imgclf.deploy.kept_outputs import kept_probabilities, probabilities_by_path
 from imgclf.errors import ImgclfError
 from imgclf.evaluation.metrics import compute_log_loss
 from imgclf.files import write_folder_atomic, write_text_atomic
+from imgclf.paths import absolute_path
 from imgclf.thresholds import parse_goal
 
 log = logging.getLogger(__name__)
@@ -92,16 +97,20 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, weights: str = "
     members = [Classifier.load(bundle, batch_size=batch_size, allow_int8=False) for bundle in bundles]
     index = {name: position for position, name in enumerate(infos[0].classes)}
     scored: dict[str, tuple[np.ndarray, list[np.ndarray]]] = {}
+    kept = [kept_probabilities(bundle.parent, member) for bundle, member in zip(bundles, members)]
     for split in sorted({"val", held_out_name}):
         items = dataset.split_items(split)
         if len(items) < 2:
             raise ImgclfError(f"{split_file} has {len(items)} {split} image(s); an ensemble fits its weights on val")
-        log.info(f"predicting {len(items):,} {split} images with {len(members)} members")
-        rows = [list(member.file_probabilities([item.path for item in items], batch_size)) for member in members]
-        ok = [all(row[position][1] is not None for row in rows) for position in range(len(items))]
-        labels = np.array([index[item.label] for item, good in zip(items, ok) if good])
-        scored[split] = (labels, [np.stack([row[position][1] for position in range(len(items)) if ok[position]])  # type: ignore[misc]  # ok: no None
-                                  for row in rows])
+        paths = [absolute_path(item.path) for item in items]
+        unknown = sum(any(path not in rows for path in paths) for rows in kept)
+        log.info(f"{len(items):,} {split} images: {len(members) - unknown} member(s) kept their outputs from training, "
+                 f"{unknown} predict them")
+        rows = [probabilities_by_path(member, paths, known, batch_size) for member, known in zip(members, kept)]
+        ok = [path for path in paths if all(path in member_rows for member_rows in rows)]
+        readable = set(ok)
+        labels = np.array([index[item.label] for item, path in zip(items, paths) if path in readable])
+        scored[split] = (labels, [np.stack([member_rows[path] for path in ok]) for member_rows in rows])
     labels, val_probabilities = scored["val"]
     fitted = fit_weights(val_probabilities, labels) if weights == "fit" else np.full(len(members), 1 / len(members))
     info = BundleInfo(architecture=ENSEMBLE, model_args={}, classes=infos[0].classes,

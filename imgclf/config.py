@@ -33,6 +33,8 @@ MONITORS = ("val_accuracy", "val_loss")
 RESIZE_POLICIES = ("squash", "crop", "pad")
 BACKENDS = tuple(RECORDS)  # the registered backends (imgclf.backends), named once there
 TRACKERS = ("mlflow",)  # --track: experiment trackers (imgclf.workflows.tracking)
+# --quality: the time budget each name stands for. "default" is also a photo run's budget when none is given.
+QUALITY_BUDGETS = {"fast": "1m", "default": "5m", "high": "20m", "best": "60m"}
 
 
 PANELS = ("Run", "Model", "Data", "Labels", "Schedule", "Machine")  # the groups of `imgclf train --help`, in this order
@@ -82,6 +84,10 @@ class TrainConfig:
     model_args: dict[str, Any] = option(None, "Model argument KEY=VALUE, repeatable (e.g. widths=[32,64,64]).", "Model",
                                         factory=dict)
     pretrained: bool | None = option(None, "Start from pretrained weights.", "Model")
+    ensemble: str | None = option(None, "Train one tail model per MODEL@SIZE (comma-separated, e.g. "
+                                        "tf_efficientnet_lite0@224,tf_efficientnet_lite2@260) on the same split and "
+                                        "combine them by soft voting, weights fitted on val: one bundle. --quality "
+                                        "high and best choose one where it pays.", "Model")
     weights: str | None = option(None, "Weights file for --pretrained: .safetensors or .pth (torch), no-top .h5 "
                                        "(tensorflow).", "Model")
     strategy: str = option("auto", "What trains: everything from scratch, the head only (probe), everything "
@@ -99,6 +105,9 @@ class TrainConfig:
     # optimisation
     epochs: float | None = option(None, "Epochs (fractions allowed).", "Schedule")
     time_budget: str | None = option(None, "Train to a wall-clock budget, e.g. 5m; fits the schedule.", "Schedule")
+    quality: str | None = option(None, "A time budget by name: fast 1 minute, default 5, high 20, best 60 (on "
+                                       "pretrained photos the planner trains the most accurate plan that fits; "
+                                       "see docs/guides/quality.md).", "Schedule", choices=tuple(QUALITY_BUDGETS))
     batch_size: int | None = option(None, "Images per step.", "Schedule")
     optimizer: str | None = option(None, "Optimiser (sgd with Nesterov momentum; muon: Muon for the backbone's "
                                          "filters, that SGD for the rest).", "Schedule", choices=OPTIMIZERS)
@@ -196,6 +205,7 @@ def make_config(config_file: str | Path | None = None, **options: Any) -> TrainC
     _check_types(values)
     config = TrainConfig(**values)
     validate(config)
+    config.time_budget = budget_of(config)  # one field says the budget, whichever option named it
     return config
 
 
@@ -289,10 +299,16 @@ def validate(config: TrainConfig) -> None:
         raise ImgclfError(f"--label-depth is a number of category levels, at least 1; got {config.label_depth}")
     if config.label_smoothing is not None and config.label_smoothing >= 1:
         raise ImgclfError(f"--label-smoothing must be below 1, got {config.label_smoothing:g}")
-    if config.time_budget is not None:
-        parse_duration(config.time_budget)
+    if config.quality is not None and config.time_budget not in (None, QUALITY_BUDGETS.get(config.quality)):
+        raise ImgclfError(f"give --quality or --time-budget, not both: --quality {config.quality} means "
+                          f"--time-budget {QUALITY_BUDGETS[config.quality]}")
+    ensemble_members(config.ensemble)
+    budget = budget_of(config)
+    if budget is not None:
+        parse_duration(budget)
         if config.epochs is not None:
-            raise ImgclfError("give --epochs or --time-budget, not both: the budget decides the number of epochs")
+            raise ImgclfError(f"give --epochs or {'--quality' if config.quality else '--time-budget'}, not both: "
+                              "the budget decides the number of epochs")
     if config.tail_blocks < 1:
         raise ImgclfError(f"--tail-blocks is a number of the trunk's last blocks, at least 1; got {config.tail_blocks}")
     if config.strategy == "tail":
@@ -310,6 +326,28 @@ def validate(config: TrainConfig) -> None:
 
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
+
+
+def ensemble_members(text: str | None) -> list[tuple[str, int]]:
+    """``--ensemble``'s (model, input size) pairs, in order; [] when not given."""
+    if not text:
+        return []
+    members = []
+    for part in text.split(","):
+        model, at, size = part.strip().partition("@")
+        if not model or not at or not size.isdigit() or not 8 <= int(size) <= 1024:
+            raise ImgclfError(f"--ensemble '{part.strip()}' should be MODEL@SIZE with a side of 8 to 1024 pixels, "
+                              "e.g. tf_efficientnet_lite0@224")
+        members.append((model, int(size)))
+    if len(members) < 2:
+        raise ImgclfError(f"--ensemble needs two or more MODEL@SIZE members, got {len(members)}; for one model use "
+                          "--model and --image-size")
+    return members
+
+
+def budget_of(config: TrainConfig) -> str | None:
+    """The run's time budget: ``--time-budget``, or the one its ``--quality`` names."""
+    return config.time_budget or (QUALITY_BUDGETS[config.quality] if config.quality else None)
 
 
 def parse_duration(text: str) -> float:

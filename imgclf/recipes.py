@@ -43,11 +43,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from imgclf.backends import backend_record
-from imgclf.config import TrainConfig, parse_duration
+from imgclf.config import TrainConfig, ensemble_members, parse_duration
 from imgclf.errors import ImgclfError
+from imgclf.runs import RunDirectory
 
 SMALL_IMAGE_SIDE = 64  # at or below this median side, images are "small" (CIFAR-like)
 PHOTO_MODEL = "tf_efficientnet_lite0"
@@ -237,3 +239,32 @@ def _optimizer_defaults(optimizer: str, batch_size: int) -> dict[str, object]:
     if optimizer == "sgd":
         return dict(optimizer="sgd", lr=0.1 * batch_size / 256, momentum=0.9, weight_decay=5e-4, bias_lr_scale=1.0)
     return dict(optimizer="adamw", lr=1e-3, momentum=0.9, weight_decay=0.05, bias_lr_scale=1.0)
+
+
+ENSEMBLE_RUNS = "runs"  # --ensemble: the folder of the run directory holding each member's run
+
+
+def member_configs(config: TrainConfig, run_dir: Path) -> list[TrainConfig]:
+    """``--ensemble``'s members' options: the run's own, with the member's trunk and size, the tail, the run's split
+    file as data (every member trains on one split) and a run folder in ``run_dir/runs``."""
+    configs = []
+    for index, (model, size) in enumerate(ensemble_members(config.ensemble)):
+        name = f"{index}-{model.removeprefix('tf_efficientnet_')}-{size}"
+        configs.append(replace(config, ensemble=None, model=model, image_size=size, pretrained=True,
+                               strategy="tail", tta=True, time_budget=None, quality=None,
+                               data=str(RunDirectory(run_dir).split_file), out=str(run_dir / ENSEMBLE_RUNS / name)))
+    return configs
+
+
+def check_members(config: TrainConfig, multilabel: bool) -> None:
+    """What an ensemble of tails cannot be, refused before any member trains."""
+    if config.model is not None:
+        raise ImgclfError("give --ensemble or --model, not both: --ensemble names each member's model")
+    if config.strategy not in ("auto", "tail"):
+        raise ImgclfError(f"--ensemble members train with --strategy tail; drop --strategy {config.strategy}")
+    if multilabel:
+        raise ImgclfError("--ensemble combines single-label models; this data is multi-label: train one model")
+    models = sorted({model for model, _ in ensemble_members(config.ensemble)})
+    if config.weights is not None and len(models) > 1:
+        raise ImgclfError(f"--weights is one file, but --ensemble names {len(models)} models ({', '.join(models)}); "
+                          "give members of one model, or drop --weights to use each model's installed weights")

@@ -39,7 +39,7 @@ from imgclf.engines.divergence import DivergenceGuard, check_finite_weights
 from imgclf.engines.registry import get_backend
 from imgclf.errors import ImgclfError
 from imgclf.files import write_problem_list
-from imgclf.recipes import DataFacts, resolve, uses_photo_plan
+from imgclf.recipes import DataFacts, check_members, member_configs, resolve, uses_photo_plan
 from imgclf.runs import RunDirectory, new_run_directory, user_options
 from imgclf.thresholds import ThresholdGoal, parse_goal, positive_class
 
@@ -104,8 +104,14 @@ def plan(config: TrainConfig, archive: str | Path | None = None) -> tuple[TrainC
     require_training_images(dataset)
     positive_class(dataset.classes, config.positive, dataset.multilabel)  # --positive refused before any work
     facts = data_facts(dataset)
-    if uses_photo_plan(config, facts):
+    if uses_photo_plan(config, facts) and not config.ensemble:
         config = _photo_plan(config, dataset, weights_source)
+    if config.ensemble:  # each member's options are checked now, before the first one trains for minutes
+        check_members(config, dataset.multilabel)
+        for member in member_configs(config, Path(config.out or ".")):
+            member, member_weights = backend.prepare(member)  # an unknown name or missing weights: said now
+            backend.check(resolve(member, facts, member_weights))
+        return config, dataset
     resolved = resolve(config, facts, weights_source)
     backend.check(resolved)
     backend.check_processes(current_world().size)
@@ -115,12 +121,17 @@ def plan(config: TrainConfig, archive: str | Path | None = None) -> tuple[TrainC
 def _photo_plan(config: TrainConfig, dataset: ImageDataset, weights_source: Callable[[str], str | None]) -> TrainConfig:
     """The default model, size and views for pretrained photos, chosen to fit the time budget (engines.planner)."""
     from imgclf.distributed import current_world
-    from imgclf.engines.planner import DEFAULT_BUDGET_S, choose_plan, measure_trunk_seconds
+    from imgclf.engines.planner import DEFAULT_BUDGET_S, EnsemblePlan, choose_plan, measure_trunk_seconds
 
     budget = parse_duration(config.time_budget) if config.time_budget else DEFAULT_BUDGET_S
     chosen = choose_plan(len(dataset.split_items("train")), len(dataset.split_items("val")), budget,
                          measure_trunk_seconds(config.precision), lambda trunk: weights_source(trunk) is not None,
                          tail=current_world().size == 1)  # the tail runs in one process: --nproc gets the probe
+    if isinstance(chosen, EnsemblePlan):
+        members = ",".join(f"{member.model}@{member.image_size}" for member in chosen.members)
+        log.info(f"photo recipe for {budget:.0f} s: an ensemble of {len(chosen.members)} tail models, "
+                 f"{members.replace(',', ', ')} (flowers val {chosen.flowers_accuracy:.1%})")
+        return replace(config, ensemble=members)
     views = "with mirror images (flip TTA)" if chosen.views == 2 else "plain view"
     tail = f", then its last {chosen.tail_blocks} block(s) on kept activations" if chosen.tail_blocks else ""
     log.info(f"photo recipe for {budget:.0f} s: {chosen.model} at {chosen.image_size}px, {views}{tail} "
@@ -132,10 +143,11 @@ def _photo_plan(config: TrainConfig, dataset: ImageDataset, weights_source: Call
 
 def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: bool = False,
           resume: str | Path | None = None, callbacks: list[Callback] | None = None,
-          warm_start: Path | None = None) -> TrainResult:
+          warm_start: Path | None = None, planned: tuple[TrainConfig, ImageDataset] | None = None) -> TrainResult:
     """Train as ``config`` says (or continue ``resume``; or start from the bundle ``warm_start``) and write the bundle.
 
     ``callbacks`` see the training events after the run's own bookkeeping (see :mod:`imgclf.engines.callbacks`).
+    ``planned``: what :func:`plan` already made of ``config`` (it is not planned, nor its trunks timed, twice).
     """
     from imgclf import distributed
 
@@ -151,10 +163,12 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
         _join(world, config)
     else:
         chosen_by_user = user_options(config)
-        config, dataset = plan(config, archive)
+        config, dataset = planned or plan(config, archive)
+        if config.ensemble:
+            raise ImgclfError("--ensemble runs through imgclf.train (the API) or imgclf train: it trains several runs")
         _join(world, config)
         config = distributed.broadcast_from_main(config)  # the planner times trunks: rank 0's choice
-        run = _new_run(world, config, dataset, overwrite, chosen_by_user)
+        run = new_run(world, config, dataset, overwrite, chosen_by_user)
         config = replace(config, out=str(run.path))
     imbalance = imbalance_warning(dataset.split_items("train"))
     if imbalance:
@@ -213,7 +227,7 @@ def _join(world: World, config: TrainConfig) -> None:
         start(choose_device(config.device))
 
 
-def _new_run(world: World, config: TrainConfig, dataset: ImageDataset, overwrite: bool,
+def new_run(world: World, config: TrainConfig, dataset: ImageDataset, overwrite: bool,
              chosen_by_user: dict[str, Any]) -> RunDirectory:
     """The new run directory with its config, split and the user's options, made by rank 0; every rank gets it."""
     made: str | ImgclfError

@@ -27,11 +27,22 @@ def test_dry_run_prints_the_resolved_config_as_yaml(colours: Path) -> None:
     assert resolved["model"] == "fastnet" and resolved["epochs"] == 4 and resolved["batch_size"] >= 8
 
 
+def test_quality_names_a_time_budget_shown_in_help(colours: Path) -> None:
+    for quality, budget in (("fast", "1m"), ("default", "5m"), ("high", "20m"), ("best", "60m")):
+        result = run_cli("train", str(colours), "--dry-run", "--quality", quality)
+        assert result.returncode == 0, result.stderr
+        resolved = yaml.safe_load(result.stdout)
+        assert resolved["quality"] == quality and resolved["time_budget"] == budget
+    shown = " ".join(run_cli("train", "--help", env={"COLUMNS": "300"}).stdout.split())
+    assert "fast 1 minute, default 5, high 20, best 60" in shown
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "resnet1"], "unknown model 'resnet1'; closest: resnet18"),
     (["--image-size", "4"], "--image-size must be between 8 and 1024 pixels, got 4"),
     (["--batch-size", "0"], "--batch-size must be between 1 and 65536, got 0"),
     (["--model-arg", "depth"], "--model-arg 'depth' should be KEY=VALUE"),
+    (["--quality", "ultra"], "--quality 'ultra' is not one of fast, default, high, best"),
 ])
 def test_bad_options_get_one_line_errors(args: list[str], message: str, colours: Path, tmp_path: Path) -> None:
     result = run_cli("train", str(colours), "--out", str(tmp_path / "run"), *args)

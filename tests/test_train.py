@@ -179,6 +179,10 @@ def test_multilabel_manifest_trains(tmp_path: Path) -> None:
     (dict(epochs=3, time_budget="1m"), "not both"),
     (dict(strategy="probe", model="fastnet"), "--strategy probe needs pretrained weights"),
     (dict(time_budget="soon"), "not a duration"),
+    (dict(quality="medium"), "--quality 'medium' is not one of fast, default, high, best"),
+    (dict(quality="high", time_budget="5m"), "give --quality or --time-budget, not both: --quality high means "
+                                             "--time-budget 20m"),
+    (dict(quality="fast", epochs=2), "give --epochs or --quality, not both"),
     (dict(optimizer="adam"), "--optimizer 'adam' is not one of adamw, sgd"),
     (dict(augment="heavy"), "--augment 'heavy' is not one of none, light, standard, strong"),
     (dict(epochs="ten"), "option epochs: expected float, got 'ten'"),

@@ -12,7 +12,7 @@ from conftest import make_class_folder, run_cli, save_pretend_weights
 from imgclf.embeddings.embedder import Preprocessing, embedding_identity
 from imgclf.embeddings.store import EmbeddingStore
 from imgclf.engines.linear_probe import REGULARISATION_GRID, fit_linear_head
-from imgclf.engines.planner import LITE0, PLANS, choose_plan
+from imgclf.engines.planner import LITE0, PLANS, TAIL_LITE0, EnsemblePlan, choose_plan
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model, model_info
 
@@ -93,20 +93,24 @@ def test_the_planner_buys_the_most_accurate_plan_that_fits() -> None:
     def available(trunk: str) -> bool:
         return True
 
-    assert choose_plan(100, 20, 300, never, available) == PLANS[0]
+    assert choose_plan(100, 20, 300, never, available) == TAIL_LITE0  # the default budget's best: no ensemble
     costs = {LITE0: 0.008, "tf_efficientnet_lite1": 0.010}  # seconds per image, as measured on the quiet 2 cores
 
     def measured(trunk: str, size: int) -> float:
         return costs[trunk]
 
-    few_thousand = choose_plan(2934, 736, 300, measured, available)  # flowers: the tail
-    assert few_thousand == PLANS[0] and few_thousand.tail_blocks == 1 and few_thousand.views == 2
-    no_room_for_the_tail = choose_plan(10_000, 2_500, 400, measured, available)  # the tail's 10 epochs: 128 s more
+    def priced(trunk: str) -> bool:  # the trunks with a pretend cost
+        return trunk in costs
+
+    few_thousand = choose_plan(2934, 736, 300, measured, priced)  # flowers: the tail
+    assert few_thousand == TAIL_LITE0 and few_thousand.tail_blocks == 1 and few_thousand.views == 2
+    no_room_for_the_tail = choose_plan(10_000, 2_500, 400, measured, priced)  # the tail's 10 epochs: 128 s more
     assert no_room_for_the_tail.tail_blocks == 0 and no_room_for_the_tail.views == 2
-    many = choose_plan(20_000, 5_000, 300, measured, available)
+    many = choose_plan(20_000, 5_000, 300, measured, priced)
     assert many.views == 1 and many.tail_blocks == 0  # the mirror images do not fit five minutes
-    assert choose_plan(20_000, 5_000, 3600, measured, available) == PLANS[0]  # an hour buys the best plan
-    assert choose_plan(200_000, 50_000, 60, measured, available) == PLANS[-1]  # nothing fits: the cheapest
+    hour = choose_plan(20_000, 5_000, 3600, measured, priced)  # an hour: lite0's ensemble at two sizes
+    assert isinstance(hour, EnsemblePlan) and {member.image_size for member in hour.members} == {224, 300}
+    assert choose_plan(200_000, 50_000, 60, measured, priced) == PLANS[-1]  # nothing fits: the cheapest
     only_lite0 = choose_plan(100, 20, 300, never, lambda trunk: trunk == LITE0)
     assert only_lite0.model == LITE0 and only_lite0.views == 2
     several_processes = choose_plan(100, 20, 300, never, available, tail=False)  # --nproc: the tail runs in one

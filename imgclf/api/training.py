@@ -46,6 +46,7 @@ def train(
     from imgclf.runs import RunDirectory
     from imgclf.training import plan
     from imgclf.training import train as run_training
+    from imgclf.workflows.planned_ensemble import train_ensemble, train_planned
     from imgclf.workflows.tracking import check_tracker, tracked_run
 
     if resume is not None:
@@ -61,10 +62,12 @@ def train(
     track = settings.track if current_world().is_main else None  # under torchrun, rank 0 alone logs
     with tracked_run(track, name, tags={"command": "train"}) as tracker:
         mine = [*(callbacks or []), *tracker.callbacks()]
-        if resume is not None:
+        if resume is not None and settings.ensemble:
+            result = _reported(train_ensemble(RunDirectory(Path(resume)), settings, mine))
+        elif resume is not None:
             result = _reported(run_training(make_config(), resume=resume, callbacks=mine))
         else:
-            result = _reported(run_training(settings, archive=archive, overwrite=overwrite, callbacks=mine))
+            result = _reported(train_planned(settings, archive=archive, overwrite=overwrite, callbacks=mine))
         tracker.log_training(result)
     return result
 
@@ -88,8 +91,9 @@ def train_processes(nproc: int, arguments: list[str], data: str | Path | None = 
                 else make_config(config, **({"data": str(data)} if data is not None else {}), **options))
     get_backend(settings.backend).check_processes(nproc)
     check_nproc_device(nproc, settings.device)
-    if resume is None:
-        plan(settings, archive)  # the data and every option, checked once
+    if resume is None and plan(settings, archive)[0].ensemble:  # the data and every option, checked once
+        raise ImgclfError("--ensemble (or the plan --quality chose) trains its tail members in one process; "
+                          "drop --nproc")
     return launch(nproc, arguments)
 
 
@@ -130,7 +134,7 @@ def ensemble(runs: Sequence[str | Path], out: str | Path, *, weights: str = "fit
 
     result = build_ensemble(runs, out, weights=weights, overwrite=overwrite, batch_size=batch_size)
     if report:
-        report_run(result.out)
+        report_run(result.out, known=result.held_out_probabilities)
     return result
 
 

@@ -24,11 +24,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from imgclf.config import QUALITY_BUDGETS, parse_duration
 from imgclf.models.stack import stack_parts
 from imgclf.recipes import TAIL_EPOCHS
 
 LITE0 = "tf_efficientnet_lite0"
-DEFAULT_BUDGET_S = 300.0
+DEFAULT_BUDGET_S = parse_duration(QUALITY_BUDGETS["default"])
 BUDGET_SHARE = 0.8  # of the budget the forward passes may take: decoding, the fit and the report need the rest
 VAL_PASSES = 2  # the validation images go through the final model once for calibration and scores, once for the report
 PESSIMISTIC_SECONDS = 0.2  # per image and trunk, far slower than any CPU measured: below it no timing is needed
@@ -49,25 +50,57 @@ class PhotoPlan:
     tail_blocks: int = 0  # > 0: --strategy tail with this many of the trunk's last blocks, after the probe
 
 
+@dataclass(frozen=True)
+class EnsemblePlan:
+    """Several photo plans trained one after another, combined by soft voting with weights fitted on val."""
+
+    members: tuple[PhotoPlan, ...]
+    flowers_accuracy: float
+
+    @property
+    def tail_blocks(self) -> int:
+        return max(member.tail_blocks for member in self.members)
+
+
+Plan = PhotoPlan | EnsemblePlan
+
+
 # Most accurate first. lite0 with its last block trained on kept activations beats the lite0+lite1 stack's
 # probe (94.0%, with lite0 at 224) and the stack with its tails (94.6%, both at 240), at under half the stack's
 # forward passes, so the stack plans, costlier and less accurate, are not listed (`--model A+B` still trains one).
 # Nor are four views (with the zoomed crops, `--tta-zoom 0.875`): the probe gains 0.4 points on them, but the
 # tail trained on them loses 0.5 (94.4% against 94.9%, three seeds) for twice the forward passes.
-PLANS = (
-    PhotoPlan(LITE0, 224, 2, 0.9529, tail_blocks=1),  # 10 tail epochs: flowers.json default, plan-seed1, plan-seed2
+TAIL_LITE0 = PhotoPlan(LITE0, 224, 2, 0.9529, tail_blocks=1)  # 10 tail epochs: flowers.json default, plan-seed*
+LITE0_300 = PhotoPlan(LITE0, 300, 2, 0.9497, tail_blocks=1)  # plans.json flowers members lite0@300
+LITE2_260 = PhotoPlan("tf_efficientnet_lite2", 260, 2, 0.9429, tail_blocks=1)  # plans.json flowers members lite2@260
+PLANS: tuple[Plan, ...] = (
+    # Offered only above the default budget (:func:`choose_plan`). plans.json: ensembles "lite0@224+lite2@260+
+    # lite0@300" and "lite0@224+lite0@300"; quality.json: their gain over the default on flowers and cifar-sub.
+    EnsemblePlan((TAIL_LITE0, LITE2_260, LITE0_300), 0.9606),
+    EnsemblePlan((TAIL_LITE0, LITE0_300), 0.9579),
+    TAIL_LITE0,
     PhotoPlan(LITE0, 224, 2, 0.9239),
     PhotoPlan(LITE0, 224, 1, 0.9226),
 )
 
 
-def plan_seconds(plan: PhotoPlan, train_images: int, val_images: int, trunk_seconds: Callable[[str, int], float]) -> float:
+def plan_trunks(plan: Plan) -> list[str]:
+    """Every trunk the plan's forward passes run through (each needs its weights here)."""
+    members = plan.members if isinstance(plan, EnsemblePlan) else (plan,)
+    return [trunk for member in members for trunk in stack_parts(member.model)]
+
+
+def plan_seconds(plan: Plan, train_images: int, val_images: int, trunk_seconds: Callable[[str, int], float]) -> float:
     """Estimated seconds of the plan's forward passes, from per-image seconds of each trunk at the plan's size.
 
     The training images go through the trunk once per view, the validation
     images once plain (the probe's and the tail's scores) and then once per
-    view (TTA) in each of the final model's passes.
+    view (TTA) in each of the final model's passes. An ensemble's members
+    are trained one after another, and its weights come from the outputs
+    each member kept on val: its cost is its members'.
     """
+    if isinstance(plan, EnsemblePlan):
+        return sum(plan_seconds(member, train_images, val_images, trunk_seconds) for member in plan.members)
     per_image = sum(trunk_seconds(trunk, plan.image_size) for trunk in stack_parts(plan.model))
     tail = TAIL_EPOCH_PER_FORWARD * TAIL_EPOCHS * train_images if plan.tail_blocks else 0.0
     return per_image * (plan.views * train_images + val_images * (1 + plan.views * VAL_PASSES) + tail)
@@ -75,34 +108,40 @@ def plan_seconds(plan: PhotoPlan, train_images: int, val_images: int, trunk_seco
 
 def choose_plan(train_images: int, val_images: int, budget_s: float,
                 trunk_seconds: Callable[[str, int], float], available: Callable[[str], bool],
-                tail: bool = True) -> PhotoPlan:
+                tail: bool = True) -> Plan:
     """The most accurate plan whose trunks have weights here and whose forward passes fit the budget.
 
     ``tail=False`` (a run in several processes: ``--strategy tail`` runs in
-    one) leaves out the plans with a tail.
+    one) leaves out the plans with a tail. Ensembles are offered to budgets
+    above the default only: a run given no budget stays as quick as it was,
+    even on data small enough for an ensemble to fit five minutes.
 
     With no plan fitting, the cheapest one with weights: a run longer than
     asked beats no model.
     """
-    candidates = [plan for plan in PLANS if all(available(trunk) for trunk in stack_parts(plan.model))
-                  and (tail or not plan.tail_blocks)]
+    candidates = [plan for plan in PLANS if all(available(trunk) for trunk in plan_trunks(plan))
+                  and (tail or not plan.tail_blocks) and (budget_s > DEFAULT_BUDGET_S or isinstance(plan, PhotoPlan))]
     if not candidates:
         raise ValueError("no photo plan has weights on this machine")
-
-    def pessimistic(trunk: str, size: int) -> float:
-        return PESSIMISTIC_SECONDS
-
-    if plan_seconds(candidates[0], train_images, val_images, pessimistic) <= BUDGET_SHARE * budget_s:
-        return candidates[0]  # fits even on a very slow machine: nothing to measure
     for plan in candidates:
-        if plan_seconds(plan, train_images, val_images, trunk_seconds) <= BUDGET_SHARE * budget_s:
+        if _fits(plan, train_images, val_images, budget_s, trunk_seconds):
             return plan
     return candidates[-1]
 
 
+def _fits(plan: Plan, train_images: int, val_images: int, budget_s: float,
+          trunk_seconds: Callable[[str, int], float]) -> bool:
+    """Whether the plan's forward passes fit the budget's share: first on a very slow machine (no timing needed)."""
+    def pessimistic(trunk: str, size: int) -> float:
+        return PESSIMISTIC_SECONDS
+
+    return any(plan_seconds(plan, train_images, val_images, seconds) <= BUDGET_SHARE * budget_s
+               for seconds in (pessimistic, trunk_seconds))
+
+
 def plan_image_size(model: str) -> int | None:
-    """The input size the plans run ``model`` at (None: no plan uses it)."""
-    return next((plan.image_size for plan in PLANS if plan.model == model), None)
+    """The input size the plans run ``model`` at alone (None: no single-model plan uses it)."""
+    return next((plan.image_size for plan in PLANS if isinstance(plan, PhotoPlan) and plan.model == model), None)
 
 
 def measure_trunk_seconds(precision: str = "auto") -> Callable[[str, int], float]:

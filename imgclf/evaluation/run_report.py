@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imgclf.deploy.bundle import ENSEMBLE, read_bundle_info
 from imgclf.deploy.classifier import Classifier
 from imgclf.errors import ImgclfError
 from imgclf.evaluation.evaluate import Evaluation, evaluate, evaluation_items
@@ -35,10 +36,12 @@ def report_run(run_dir: str | Path, *, label_issues: bool = True, known: Mapping
     path (training's own held-out pass), which are then not predicted again.
     """
     run = RunDirectory(Path(run_dir))
-    if not run.config_file.is_file() and (run.model_dir / "model.json").is_file():  # an ensemble: no training
+    bundle = run.model_dir / "model.json"
+    if bundle.is_file() and read_bundle_info(run.model_dir).kind == ENSEMBLE:  # no training curves of its own
         classifier = Classifier.load(run.path, allow_int8=False)  # the model's own figures, not an int8 file's
         items, split = evaluation_items(run.path, None, None)
-        evaluation: Evaluation | None = evaluate(classifier, items, split, run.path / "evaluation", label_issues=label_issues)
+        evaluation: Evaluation | None = evaluate(classifier, items, split, run.path / "evaluation",
+                                                 label_issues=label_issues, known=known)
         write_model_card(run.model_dir, evaluation)
         return write_report(run.path, evaluation, {}, run.path / "report.html"), evaluation
     if not run.config_file.is_file():

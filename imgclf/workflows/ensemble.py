@@ -54,6 +54,9 @@ class EnsembleResult:
     out: Path
     weights: dict[str, float]
     scores: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {split: {accuracy, log_loss}}
+    images: dict[str, int] = field(default_factory=dict)  # split -> images scored
+    # the ensemble's probabilities on val and the held-out split, by absolute path: its report reads them
+    held_out_probabilities: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 def fit_weights(probabilities: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
@@ -73,14 +76,18 @@ def fit_weights(probabilities: list[np.ndarray], labels: np.ndarray) -> np.ndarr
 
 
 def build_ensemble(runs: Sequence[str | Path], out: str | Path, weights: str = "fit", overwrite: bool = False,
-                   batch_size: int = 64) -> EnsembleResult:
-    """Copy the members into ``out``, fit (or equal) weights on validation, score members and ensemble."""
+                   batch_size: int = 64, alongside: bool = False) -> EnsembleResult:
+    """Copy the members into ``out``, fit (or equal) weights on validation, score members and ensemble.
+
+    ``alongside``: ``out`` is a run directory (``--ensemble``'s, holding the member runs) and keeps what it
+    holds; the bundle and ``ensemble.json`` are written into it, each atomically.
+    """
     if weights not in WEIGHTINGS:
         raise ImgclfError(f"--weights {weights} is not one of {', '.join(WEIGHTINGS)}")
     if len(runs) < 2:
         raise ImgclfError(f"an ensemble needs at least two runs, got {len(runs)}; imgclf ensemble RUN RUN... --out E")
     out = Path(out)
-    if out.exists() and not overwrite:
+    if out.exists() and not overwrite and not alongside:
         raise ImgclfError(f"--out {out} exists; choose another folder or add --overwrite")
     bundles = [find_bundle(run) for run in runs]
     infos = [read_bundle_info(bundle) for bundle in bundles]
@@ -97,6 +104,7 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, weights: str = "
     members = [Classifier.load(bundle, batch_size=batch_size, allow_int8=False) for bundle in bundles]
     index = {name: position for position, name in enumerate(infos[0].classes)}
     scored: dict[str, tuple[np.ndarray, list[np.ndarray]]] = {}
+    scored_paths: dict[str, list[str]] = {}
     kept = [kept_probabilities(bundle.parent, member) for bundle, member in zip(bundles, members)]
     for split in sorted({"val", held_out_name}):
         items = dataset.split_items(split)
@@ -111,6 +119,7 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, weights: str = "
         readable = set(ok)
         labels = np.array([index[item.label] for item, path in zip(items, paths) if path in readable])
         scored[split] = (labels, [np.stack([member_rows[path] for path in ok]) for member_rows in rows])
+        scored_paths[split] = ok
     labels, val_probabilities = scored["val"]
     fitted = fit_weights(val_probabilities, labels) if weights == "fit" else np.full(len(members), 1 / len(members))
     info = BundleInfo(architecture=ENSEMBLE, model_args={}, classes=infos[0].classes,
@@ -133,9 +142,16 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, weights: str = "
                           for split, (labels_, probabilities) in scored.items()}
     info.metrics = {f"{split}_{metric}": value for split, values in scores["ensemble"].items()
                     for metric, value in values.items()}
-    _write(out, info, bundles, names, split_file, {"weights": dict(zip(names, info_weights(info))), "scores": scores,
-                                                  "held_out": held_out_name})
-    return EnsembleResult(out, dict(zip(names, info_weights(info))), scores)
+    summary = {"weights": dict(zip(names, info_weights(info))), "scores": scores, "held_out": held_out_name}
+    if alongside:
+        _write_alongside(out, info, bundles, names, summary)
+    else:
+        _write(out, info, bundles, names, split_file, summary)
+    combined = {path: row for split, (_, probabilities) in scored.items()
+                for path, row in zip(scored_paths[split], ensemble.combine(probabilities))}
+    return EnsembleResult(out, dict(zip(names, info_weights(info))), scores,
+                          images={split: len(labels_) for split, (labels_, _) in scored.items()},
+                          held_out_probabilities=combined)
 
 
 def info_weights(info: BundleInfo) -> list[float]:
@@ -175,11 +191,20 @@ def _check_splits(bundles: list[Path], dataset: Any, runs: Sequence[str | Path])
 def _write(out: Path, info: BundleInfo, bundles: list[Path], names: list[str], split_file: Path,
            summary: dict[str, Any]) -> None:
     def fill(folder: Path) -> None:
-        model = folder / "model"
-        for bundle, name in zip(bundles, names):
-            shutil.copytree(bundle, model / "members" / name)
-        (model / MODEL_FILE).write_text(bundle_json(info), encoding="utf-8")
+        _fill_bundle(folder / "model", info, bundles, names)
         shutil.copy2(split_file, folder / "split.csv")
         write_text_atomic(folder / "ensemble.json", json.dumps(summary, indent=2))
 
     write_folder_atomic(out, fill)
+
+
+def _write_alongside(out: Path, info: BundleInfo, bundles: list[Path], names: list[str],
+                     summary: dict[str, Any]) -> None:
+    write_folder_atomic(out / "model", lambda model: _fill_bundle(model, info, bundles, names))
+    write_text_atomic(out / "ensemble.json", json.dumps(summary, indent=2))
+
+
+def _fill_bundle(model: Path, info: BundleInfo, bundles: list[Path], names: list[str]) -> None:
+    for bundle, name in zip(bundles, names):
+        shutil.copytree(bundle, model / "members" / name)
+    (model / MODEL_FILE).write_text(bundle_json(info), encoding="utf-8")

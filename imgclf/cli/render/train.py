@@ -99,6 +99,12 @@ def _calibration_rows(table: Table, calibration: dict[str, Any]) -> None:
 def print_training_summary(result: TrainResult) -> None:
     """A finished run's epochs, time, held-out scores, thresholds, calibration and decision, and where it is."""
     config, metrics = result.config, result.metrics
+    if config.ensemble:  # --ensemble: the members' and the ensemble's scores
+        from imgclf.workflows.ensemble import EnsembleResult
+
+        print_ensemble(EnsembleResult(result.run_dir, **metrics["ensemble"]))
+        console.print(f"trained in {metrics['train_seconds'] / 60:.1f} min; model: {result.model_dir}")
+        return
     table = Table(title=f"{config.model} on {Path(config.data).name}", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")

@@ -426,6 +426,27 @@ def write_pictures() -> None:
                    f"trained {run['budget_epochs_trained']} epochs")
     axes.legend()
     _save(figure, "replan.png")
+    _quality_curve(plt)
+
+
+def _quality_curve(plt: Any) -> None:
+    """Val accuracy against cold wall minutes for each --quality, one line per dataset (quality.json)."""
+    path = ROOT / "benchmarks" / "results" / "quality.json"
+    if not path.is_file():
+        return
+    figure, axes = plt.subplots(figsize=(6, 3.2), dpi=80)
+    for name, record in json.loads(path.read_text()).items():
+        if not isinstance(record, dict):
+            continue
+        rows = sorted(record["summary"].items(), key=lambda item: item[1]["budget_minutes"])
+        minutes = [row["cold_wall_minutes"] for _, row in rows]
+        axes.plot(minutes, [100 * row["mean_val_accuracy"] for _, row in rows], marker="o", label=name)
+        for (level, _), x, y in zip(rows, minutes, [100 * row["mean_val_accuracy"] for _, row in rows]):
+            axes.annotate(level, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    axes.set(xlabel="wall minutes from cold caches", ylabel="val accuracy (%, mean of seeds)",
+             title="--quality: what more time buys (benchmarks/results/quality.json)")
+    axes.legend()
+    _save(figure, "quality-curve.png")
 
 
 def _save(figure: Any, name: str) -> None:
@@ -436,12 +457,51 @@ def _save(figure: Any, name: str) -> None:
     plt.close(figure)
 
 
+def plans_page() -> str:
+    """The quality presets, the planner's plans in the order it tries them, and what each measured
+    (``imgclf.config.QUALITY_BUDGETS``, ``imgclf.engines.planner.PLANS``, ``plans.json``, ``quality.json``)."""
+    from imgclf.config import QUALITY_BUDGETS
+    from imgclf.engines.planner import PLANS, EnsemblePlan
+
+    results = ROOT / "benchmarks" / "results"
+    plans = json.loads((results / "plans.json").read_text(encoding="utf-8")) if (results / "plans.json").is_file() else {}
+    quality = json.loads((results / "quality.json").read_text(encoding="utf-8")) if (
+        results / "quality.json").is_file() else {}
+    lines = [HEADER, "# Photo plans and quality presets\n\n", "What `--quality` means, the plans the photo planner "
+             "chooses from (most accurate first: it takes the first whose forward passes, timed on your machine, fit "
+             "80% of the budget), and what each measured. How to use them: [Quality presets](../guides/quality.md).\n\n",
+             "| `--quality` | time budget |\n|---|---|\n"]
+    lines += [f"| `{name}` | `{budget}` |\n" for name, budget in QUALITY_BUDGETS.items()]
+    lines.append("\n## The plans\n\n| plan | flowers val | members' wall minutes, flowers (plans.json) |\n|---|---|---|\n")
+    measured = {**plans.get("flowers", {}).get("members", {}), **plans.get("flowers", {}).get("ensembles", {})}
+    for plan in PLANS:
+        members = plan.members if isinstance(plan, EnsemblePlan) else (plan,)
+        key = "+".join(f"{member.model.removeprefix('tf_efficientnet_')}@{member.image_size}" for member in members)
+        wall = measured.get(key, {}).get("members_wall_seconds", measured.get(key, {}).get("wall_seconds"))
+        what = " + ".join(f"{member.model} at {member.image_size} px" + (" (tail)" if member.tail_blocks else
+                                                                          f", {member.views} view(s), probe")
+                          for member in members)
+        kind = f"ensemble of {len(members)}: " if isinstance(plan, EnsemblePlan) else ""
+        lines.append(f"| {kind}{what} | {plan.flowers_accuracy:.2%} | {f'{wall / 60:.1f}' if wall else ''} |\n")
+    for name, record in ((key, value) for key, value in quality.items() if isinstance(value, dict)):
+        lines.append(f"\n## --quality on {name} (benchmarks/quality.py)\n\n| quality | plan | seeds | mean val | "
+                     "gain over default (points) | cold wall minutes | budget minutes |\n|---|---|---|---|---|---|---|\n")
+        for level, row in record["summary"].items():
+            lines.append(f"| `{level}` | {'; '.join(row['plans'])} | {row['seeds']} | {row['mean_val_accuracy']:.2%} | "
+                         f"{_figure(row['mean_gain_over_default_points'])} | {_figure(row['cold_wall_minutes'])} | "
+                         f"{row['budget_minutes']:g} |\n")
+    if quality:
+        lines.append("\n![val accuracy against minutes for each quality](../img/quality-curve.png)\n")
+    return "".join(lines)
+
+
 PAGES: dict[str, Callable[[], str]] = {
     "cli.md": cli_page,
     "config.md": config_page,
     "formats.md": formats_page,
     "api.md": api_page,
     "benchmarks.md": benchmarks_page,
+    "plans.md": plans_page,
 }
 
 

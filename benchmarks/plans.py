@@ -1,0 +1,101 @@
+"""Candidate photo plans for larger budgets: tail models at several trunks and sizes, and ensembles of them.
+
+Usage: python benchmarks/plans.py [--data ../shared/datasets/flowers] [--name flowers] [--seed 0]
+                                  [--members lite0@224,...] [--runs runs/benchmarks/plans] [--results PATH]
+
+Each member is ``imgclf train DATA --model M --image-size S --strategy tail``
+(the default plan's recipe on another trunk or input size), trained into
+``RUNS/NAME-M-S`` unless a finished run is there already (its wall seconds
+are then the ones recorded when it trained: ``wall_seconds.txt`` beside its
+files). Every candidate ensemble is then fitted from its members' kept val
+outputs, as ``--ensemble`` does (weights on val NLL): its val accuracy and
+log loss, and its cost, the sum of its members' wall seconds (each from cold
+caches for its own input size). ``benchmarks/results/plans.json`` keeps one
+record per dataset (``--name``); the planner's ensemble plans cite it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import imgclf
+from imgclf.deploy.runtime_choice import cpu_model
+from imgclf.workflows.ensemble import build_ensemble
+
+RESULTS = Path(__file__).parent / "results" / "plans.json"
+MEMBERS = ("tf_efficientnet_lite0@224", "tf_efficientnet_lite1@240", "tf_efficientnet_lite2@260",
+           "tf_efficientnet_lite0@300", "tf_efficientnet_lite0@380", "tf_efficientnet_lite2@340")
+ENSEMBLES = (("lite0@224", "lite1@240"), ("lite0@224", "lite2@260"), ("lite0@224", "lite0@300"),
+             ("lite2@260", "lite0@300"), ("lite0@224", "lite1@240", "lite2@260"),
+             ("lite0@224", "lite2@260", "lite0@300"), ("lite0@224", "lite1@240", "lite2@260", "lite0@300"),
+             ("lite0@224", "lite0@380"), ("lite0@224", "lite2@260", "lite0@380"), ("lite0@224", "lite0@300", "lite0@380"),
+             ("lite0@224", "lite2@340", "lite0@300"), ("lite0@224", "lite2@260", "lite0@300", "lite0@380"),
+             ("lite0@224", "lite2@260", "lite2@340", "lite0@300", "lite0@380"))
+WALL_FILE = "wall_seconds.txt"
+
+
+def short(member: str) -> str:
+    return member.removeprefix("tf_efficientnet_")
+
+
+def member_run(data: Path, runs: Path, name: str, member: str, seed: int) -> dict[str, Any]:
+    """The member's run (trained now unless finished before): val accuracy and the wall seconds it took."""
+    model, _, size = member.partition("@")
+    folder = runs / f"{name}-{short(member).replace('@', '-')}"
+    if not (folder / "model" / "model.json").is_file():
+        started = time.perf_counter()
+        imgclf.train(data, out=folder, overwrite=True, model=model, image_size=int(size), strategy="tail", seed=seed)
+        (folder / WALL_FILE).write_text(f"{time.perf_counter() - started:.1f}\n")
+    metrics = json.loads((folder / "model" / "model.json").read_text())["metrics"]
+    wall = float((folder / WALL_FILE).read_text()) if (folder / WALL_FILE).is_file() else None
+    record = {"run": str(folder), "val_accuracy": metrics["val_accuracy"], "wall_seconds": wall}
+    print(member, json.dumps(record), flush=True)
+    return record
+
+
+def ensemble_record(members: dict[str, dict[str, Any]], combo: tuple[str, ...], out: Path) -> dict[str, Any]:
+    chosen = [members[f"tf_efficientnet_{member}"] for member in combo]
+    result = build_ensemble([Path(member["run"]) for member in chosen], out, overwrite=True)
+    scores = result.scores["ensemble"]["val"]
+    best = max(member["val_accuracy"] for member in chosen)
+    walls = [member["wall_seconds"] for member in chosen]
+    record = {"val_accuracy": scores["accuracy"], "val_log_loss": scores["log_loss"],
+              "gain_over_best_member_points": round(100 * (scores["accuracy"] - best), 2),
+              "members_wall_seconds": round(sum(walls), 1) if None not in walls else None,
+              "weights": {name: round(weight, 3) for name, weight in result.weights.items()}}
+    print("+".join(combo), json.dumps(record), flush=True)
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/flowers"))
+    parser.add_argument("--name", default="flowers")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--members", default=",".join(short(member) for member in MEMBERS),
+                        help="The members to train (ensembles of other members are left out).")
+    parser.add_argument("--runs", type=Path, default=Path("runs/benchmarks/plans"))
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    chosen = [f"tf_efficientnet_{member}" for member in args.members.split(",")]
+    members = {member: member_run(args.data, args.runs, args.name, member, args.seed) for member in chosen}
+    ensembles = {"+".join(combo): ensemble_record(members, combo, args.runs / f"{args.name}-ensemble")
+                 for combo in ENSEMBLES if all(f"tf_efficientnet_{member}" in members for member in combo)}
+    results = json.loads(args.results.read_text()) if args.results.is_file() else {}
+    results.update(cpu_model=cpu_model(), cpu_count=os.cpu_count())
+    results[args.name] = {"seed": args.seed, "members": {short(name): {key: value for key, value in record.items()
+                                                                       if key != "run"}
+                                                         for name, record in members.items()},
+                          "ensembles": ensembles}
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.results}")
+
+
+if __name__ == "__main__":
+    main()

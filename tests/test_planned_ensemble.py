@@ -141,3 +141,10 @@ def test_quality_high_plans_an_ensemble_that_fits_its_budget_and_default_stays_o
     assert plain.ensemble is None and plain.strategy == "tail" and plain.model == LITE0
     slowest = plan_seconds(PLANS[0], 12, 6, lambda trunk, size: PESSIMISTIC_SECONDS)
     assert slowest <= BUDGET_SHARE * 20 * 60
+
+
+def test_an_ensemble_over_several_processes_is_refused_in_one_line(tmp_path: Path) -> None:
+    data = make_class_folder(tmp_path / "data", per_class=4, size=48)
+    result = run_cli("train", str(data), "--out", str(tmp_path / "run"), "--ensemble", MEMBERS, "--nproc", "2")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--ensemble trains its tail members in one process; drop --nproc" in result.stderr

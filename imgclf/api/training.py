@@ -91,9 +91,10 @@ def train_processes(nproc: int, arguments: list[str], data: str | Path | None = 
                 else make_config(config, **({"data": str(data)} if data is not None else {}), **options))
     get_backend(settings.backend).check_processes(nproc)
     check_nproc_device(nproc, settings.device)
-    if resume is None and plan(settings, archive)[0].ensemble:  # the data and every option, checked once
-        raise ImgclfError("--ensemble (or the plan --quality chose) trains its tail members in one process; "
-                          "drop --nproc")
+    if settings.ensemble:  # the planner itself offers no ensemble to several processes (their members are tails)
+        raise ImgclfError("--ensemble trains its tail members in one process; drop --nproc")
+    if resume is None:
+        plan(settings, archive)  # the data and every option, checked once
     return launch(nproc, arguments)
 
 

@@ -4,7 +4,7 @@ The run directory holds the members' runs and the ensemble built from them::
 
     RUN/
       config.yaml, split.csv     the run's options and split: every member trains on this split
-      runs/<i>-<model>-<size>/   each member's own run (config, checkpoints, report)
+      runs/<i>-<model>-<size>/   each member's own run (config, split, checkpoints, bundle)
       model/                     the ensemble bundle (members copied in), as ``imgclf ensemble`` writes it
       ensemble.json, report.html weights, each member's scores beside the ensemble's; the report
 

@@ -55,6 +55,16 @@ def test_the_members_train_on_one_split_and_make_one_bundle_every_command_takes(
     evaluation = imgclf.evaluate(run, out=tmp_path / "eval")
     assert evaluation.metrics["accuracy"] == pytest.approx(result.metrics["val_accuracy"], abs=1e-6)
     assert imgclf.export(run, "onnx").parity.top1_agreement == 1.0
+    from fastapi.testclient import TestClient
+
+    from imgclf.serve.app import create_app
+
+    ensemble = imgclf.load(run)
+    with TestClient(create_app(ensemble, "planned", "auto")) as client:
+        answer = client.post("/v1/predict", content=images[0].read_bytes(), headers={"content-type": "image/png"})
+        assert answer.status_code == 200, answer.text
+        served = answer.json()["predictions"][0]["prediction"]
+    assert served == ensemble.classes[int(probabilities[0].argmax())]
 
 
 @pytest.mark.slow

@@ -29,13 +29,10 @@ from imgclf.workflows.ensemble import build_ensemble
 
 RESULTS = Path(__file__).parent / "results" / "plans.json"
 MEMBERS = ("tf_efficientnet_lite0@224", "tf_efficientnet_lite1@240", "tf_efficientnet_lite2@260",
-           "tf_efficientnet_lite0@300", "tf_efficientnet_lite0@380", "tf_efficientnet_lite2@340")
+           "tf_efficientnet_lite0@300")
 ENSEMBLES = (("lite0@224", "lite1@240"), ("lite0@224", "lite2@260"), ("lite0@224", "lite0@300"),
              ("lite2@260", "lite0@300"), ("lite0@224", "lite1@240", "lite2@260"),
-             ("lite0@224", "lite2@260", "lite0@300"), ("lite0@224", "lite1@240", "lite2@260", "lite0@300"),
-             ("lite0@224", "lite0@380"), ("lite0@224", "lite2@260", "lite0@380"), ("lite0@224", "lite0@300", "lite0@380"),
-             ("lite0@224", "lite2@340", "lite0@300"), ("lite0@224", "lite2@260", "lite0@300", "lite0@380"),
-             ("lite0@224", "lite2@260", "lite2@340", "lite0@300", "lite0@380"))
+             ("lite0@224", "lite2@260", "lite0@300"), ("lite0@224", "lite1@240", "lite2@260", "lite0@300"))
 WALL_FILE = "wall_seconds.txt"
 
 

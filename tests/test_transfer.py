@@ -12,7 +12,7 @@ from conftest import make_class_folder, run_cli, save_pretend_weights
 from imgclf.embeddings.embedder import Preprocessing, embedding_identity
 from imgclf.embeddings.store import EmbeddingStore
 from imgclf.engines.linear_probe import REGULARISATION_GRID, fit_linear_head
-from imgclf.engines.planner import LITE0, PLANS, TAIL_LITE0, EnsemblePlan, choose_plan
+from imgclf.engines.planner import LITE0, PLANS, TAIL_LITE0, choose_plan
 from imgclf.errors import ImgclfError
 from imgclf.models import create_model, model_info
 
@@ -108,8 +108,7 @@ def test_the_planner_buys_the_most_accurate_plan_that_fits() -> None:
     assert no_room_for_the_tail.tail_blocks == 0 and no_room_for_the_tail.views == 2
     many = choose_plan(20_000, 5_000, 300, measured, priced)
     assert many.views == 1 and many.tail_blocks == 0  # the mirror images do not fit five minutes
-    hour = choose_plan(20_000, 5_000, 3600, measured, priced)  # an hour: lite0's ensemble at two sizes
-    assert isinstance(hour, EnsemblePlan) and {member.image_size for member in hour.members} == {224, 300}
+    assert choose_plan(20_000, 5_000, 3600, measured, priced) == TAIL_LITE0  # an hour, but every ensemble needs lite2
     assert choose_plan(200_000, 50_000, 60, measured, priced) == PLANS[-1]  # nothing fits: the cheapest
     only_lite0 = choose_plan(100, 20, 300, never, lambda trunk: trunk == LITE0)
     assert only_lite0.model == LITE0 and only_lite0.views == 2

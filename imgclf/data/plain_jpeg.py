@@ -2,13 +2,13 @@
 
 For small JPEGs most of :func:`imgclf.data.decode.decode_bytes`' time is
 Pillow's Python around the decode (open, mode and EXIF checks, ``draft``,
-``load``): on CIFAR's 32 px files simplejpeg decodes 3.6x as many images a
+``load``): on CIFAR's 32 px files simplejpeg decodes 4.8x as many images a
 second with identical pixels (``benchmarks/results/decode.json``, key
-``plain_jpeg``). Where a resize follows, the decode is not the cost and the
-direct path measured no faster (flowers 0.95x, 12-megapixel photos 0.98x),
-so it takes only files that decode (at the DCT scale Pillow's ``draft``
-would choose) to exactly the input size: baseline or progressive YCbCr and
-grayscale JPEGs without an EXIF block. Everything else (other sizes and
+``plain_jpeg``). Where a resize follows, the decode is not the cost: a first
+version that also took those files measured no faster (flowers 0.95x,
+12-megapixel photos 0.98x). So this path takes only files that decode (at
+the DCT scale Pillow's ``draft`` would choose) to exactly the input size:
+baseline or progressive YCbCr and grayscale JPEGs without an EXIF block. Everything else (other sizes and
 formats, CMYK, an EXIF orientation, a colour file for a grayscale model,
 anything simplejpeg rejects or warns about) returns None and goes the
 Pillow way, which also gives the reasons for broken files.

@@ -165,7 +165,9 @@ def train(config: TrainConfig, *, archive: str | Path | None = None, overwrite: 
         chosen_by_user = user_options(config)
         config, dataset = planned or plan(config, archive)
         if config.ensemble:
-            raise ImgclfError("--ensemble runs through imgclf.train (the API) or imgclf train: it trains several runs")
+            raise ImgclfError(f"{'--ensemble' if chosen_by_user.get('ensemble') else 'this budget'} makes an "
+                              "ensemble of several runs, which only imgclf train (imgclf.train) writes; tune, "
+                              "cross-validation and update train one model: give --model, or a budget of 5m or less")
         _join(world, config)
         config = distributed.broadcast_from_main(config)  # the planner times trunks: rank 0's choice
         run = new_run(world, config, dataset, overwrite, chosen_by_user)

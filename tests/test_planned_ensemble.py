@@ -158,3 +158,15 @@ def test_an_ensemble_over_several_processes_is_refused_in_one_line(tmp_path: Pat
     result = run_cli("train", str(data), "--out", str(tmp_path / "run"), "--ensemble", MEMBERS, "--nproc", "2")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--ensemble trains its tail members in one process; drop --nproc" in result.stderr
+
+
+def test_workflows_that_train_one_model_refuse_an_ensemble_in_one_line(tmp_path: Path) -> None:
+    """tune, cross-validation and update call training directly: an ensemble there is refused, saying what to do."""
+    from imgclf.config import make_config
+    from imgclf.training import train
+
+    data = make_class_folder(tmp_path / "data", per_class=4, size=48)
+    weights = save_pretend_weights(MODEL, tmp_path / "weights.safetensors")
+    config = make_config(data=str(data), out=str(tmp_path / "run"), ensemble=MEMBERS, weights=str(weights), **OPTIONS)
+    with pytest.raises(ImgclfError, match="--ensemble makes an ensemble of several runs, which only imgclf train"):
+        train(config)

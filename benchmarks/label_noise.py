@@ -92,9 +92,9 @@ RATES = (0.05, 0.10)
 QUICK_IMAGES = 300
 QUICK_RECIPE = {"model": "fastnet", "model_args": {"widths": [16, 32, 32], "depth": 1}, "image_size": 32,
                 "epochs": 2, "batch_size": 32, "precision": "fp32"}
-# The photo plan `imgclf train photos/` picks when the tail fine-tune does not fit its time budget (engines/planner.py
-# PLANS[1]: lite0 at 224 px, the probe on embeddings of each image and its mirror image, flip TTA), named outright so
-# that the planner's timing on a loaded machine cannot pick another plan for some runs and not others.
+# The photo plan `imgclf train photos/` picks when the tail fine-tune does not fit its time budget (engines/planner.py,
+# its probe plan: lite0 at 224 px, the probe on embeddings of each image and its mirror image, flip TTA), named
+# outright so that the planner's timing on a loaded machine cannot pick another plan for some runs and not others.
 PHOTO_RECIPE = {"model": "tf_efficientnet_lite0", "image_size": 224, "tta": True}
 LABELS_NOTE = ("the machine was shared with other work (2 cores, 4 users): wall seconds are rough costs, not speed "
                "figures; the list is the review page's likely label errors in the page's order (by class, each "

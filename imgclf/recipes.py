@@ -49,6 +49,7 @@ from typing import Any
 from imgclf.backends import backend_record
 from imgclf.config import TrainConfig, ensemble_members, parse_duration
 from imgclf.errors import ImgclfError
+from imgclf.paths import absolute_path
 from imgclf.runs import RunDirectory
 
 SMALL_IMAGE_SIDE = 64  # at or below this median side, images are "small" (CIFAR-like)
@@ -247,19 +248,25 @@ ENSEMBLE_RUNS = "runs"  # --ensemble: the folder of the run directory holding ea
 def member_configs(config: TrainConfig, run_dir: Path) -> list[TrainConfig]:
     """``--ensemble``'s members' options: the run's own, with the member's trunk and size, the tail, the run's split
     file as data (every member trains on one split) and a run folder in ``run_dir/runs``."""
+    run_dir = Path(absolute_path(run_dir))  # the members' paths hold wherever a later command runs
     configs = []
     for index, (model, size) in enumerate(ensemble_members(config.ensemble)):
         name = f"{index}-{model.removeprefix('tf_efficientnet_')}-{size}"
         configs.append(replace(config, ensemble=None, model=model, image_size=size, pretrained=True,
                                strategy="tail", tta=True, time_budget=None, quality=None,
+                               corrections=None, rename=[],  # the split file has them applied already
                                data=str(RunDirectory(run_dir).split_file), out=str(run_dir / ENSEMBLE_RUNS / name)))
     return configs
 
 
-def check_members(config: TrainConfig, multilabel: bool) -> None:
+def check_members(config: TrainConfig, multilabel: bool, val_images: int) -> None:
     """What an ensemble of tails cannot be, refused before any member trains."""
-    if config.model is not None:
-        raise ImgclfError("give --ensemble or --model, not both: --ensemble names each member's model")
+    if config.model is not None or config.image_size is not None:
+        raise ImgclfError(f"give --ensemble or --{'model' if config.model else 'image-size'}, not both: --ensemble "
+                          "names each member's model and size (MODEL@SIZE)")
+    if val_images < 2:
+        raise ImgclfError(f"an ensemble fits its members' weights on the validation split, which has {val_images} "
+                          "image(s) here; keep --val-fraction above 0 (or give a val/ folder)")
     if config.strategy not in ("auto", "tail"):
         raise ImgclfError(f"--ensemble members train with --strategy tail; drop --strategy {config.strategy}")
     if multilabel:

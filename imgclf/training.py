@@ -107,7 +107,7 @@ def plan(config: TrainConfig, archive: str | Path | None = None) -> tuple[TrainC
     if uses_photo_plan(config, facts) and not config.ensemble:
         config = _photo_plan(config, dataset, weights_source)
     if config.ensemble:  # each member's options are checked now, before the first one trains for minutes
-        check_members(config, dataset.multilabel)
+        check_members(config, dataset.multilabel, len(dataset.split_items("val")))
         for member in member_configs(config, Path(config.out or ".")):
             member, member_weights = backend.prepare(member)  # an unknown name or missing weights: said now
             backend.check(resolve(member, facts, member_weights))

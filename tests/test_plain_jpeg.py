@@ -4,6 +4,7 @@ the pixels and facts of Pillow's path; every other file is left to Pillow."""
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from imgclf.data import plain_jpeg
-from imgclf.data.decode import DecodedFile, decode_bytes, decode_file
+from imgclf.data.decode import DecodedFile, decode_bytes, decode_file, open_image
 
 
 def jpeg(width: int, height: int, mode: str = "RGB", seed: int = 0, **save: object) -> bytes:
@@ -102,8 +103,13 @@ def test_the_pixel_limit_still_refuses_a_bomb_with_its_message() -> None:
 
 
 def test_without_simplejpeg_every_file_decodes_through_pillow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    pillow_only(monkeypatch)
+    from imgclf.data import decode
+
+    monkeypatch.setitem(sys.modules, "simplejpeg", None)  # import simplejpeg now fails, as on an install without it
+    opened = []
+    monkeypatch.setattr(decode, "open_image", lambda *args, **kwargs: opened.append(1) or open_image(*args, **kwargs))
     path = tmp_path / "photo.jpg"
     path.write_bytes(jpeg(32, 32))
     decoded = decode_file(path, (32, 32))
     assert decoded.error == "" and decoded.pixels is not None and decoded.pixels.shape == (32, 32, 3)
+    assert opened == [1]  # Pillow decoded it

@@ -14,7 +14,7 @@ from conftest import make_class_folder, run_cli, save_pretend_weights
 import imgclf
 from imgclf.engines.planner import LITE0, PLANS, EnsemblePlan, PhotoPlan, choose_plan, plan_seconds
 from imgclf.errors import ImgclfError
-from imgclf.runs import RunDirectory
+from imgclf.runs import MARKER, RunDirectory
 from imgclf.training import TrainResult
 
 MODEL = "test_efficientnet"  # timm's tiny EfficientNet: five blocks, the layout the tail is cut from
@@ -46,6 +46,7 @@ def test_the_members_train_on_one_split_and_make_one_bundle_every_command_takes(
         assert sorted((run / "runs" / member / "split.csv").read_text().splitlines()) == sorted(split.splitlines())
     bundle = json.loads((run / "model" / "model.json").read_text())
     assert bundle["kind"] == "ensemble" and [m["image_size"] for m in bundle["members"]] == [32, 40]
+    assert [member["name"] for member in bundle["members"]] == members  # named as their run folders
     assert result.metrics["val_accuracy"] == json.loads((run / "ensemble.json").read_text())["scores"]["ensemble"][
         "val"]["accuracy"]
     assert (run / "report.html").is_file() and (run / "model" / "MODEL_CARD.md").is_file()
@@ -76,6 +77,8 @@ def test_a_resumed_ensemble_keeps_finished_members_and_trains_the_rest(
     for folder in (run / "model", run / "runs" / "1-test_efficientnet-40"):  # as if stopped during member 2
         shutil.rmtree(folder)
     (run / "ensemble.json").unlink()
+    (run / "runs" / "1-test_efficientnet-40").mkdir()  # ... just after its folder was made, with nothing in it
+    (run / "runs" / "1-test_efficientnet-40" / MARKER).write_text("an imgclf run\n")
     first = (run / "runs" / "0-test_efficientnet-32" / "model" / "weights.safetensors").read_bytes()
     caplog.set_level(logging.INFO, logger="imgclf")
     resumed = imgclf.train(resume=run)
@@ -103,11 +106,13 @@ def test_the_cli_prints_each_members_scores_beside_the_ensembles(ensemble_run: t
     (dict(ensemble="test_efficientnet@32"), "--ensemble needs two or more MODEL@SIZE members, got 1"),
     (dict(ensemble=MEMBERS, model=MODEL), "give --ensemble or --model, not both"),
     (dict(ensemble=MEMBERS, strategy="probe"), "drop --strategy probe"),
+    (dict(ensemble=MEMBERS, image_size=64), "give --ensemble or --image-size, not both"),
+    (dict(ensemble=MEMBERS, val_fraction=0.0), "fits its members' weights on the validation split, which has 0"),
     (dict(ensemble=f"{LITE0}@224,resnet1@32", weights=None), "unknown model 'resnet1'"),
     (dict(ensemble=f"{MODEL}@32,test_resnet@32"), "--weights is one file"),
 ])
 def test_bad_ensembles_are_refused_before_any_member_trains(options: dict, message: str, tmp_path: Path) -> None:
-    data = make_class_folder(tmp_path / "data", per_class=4, size=48)
+    data = make_class_folder(tmp_path / "data", per_class=8, size=48)
     weights = save_pretend_weights(MODEL, tmp_path / "weights.safetensors")
     with pytest.raises(ImgclfError, match=message):
         imgclf.train(data, out=tmp_path / "run", **{**OPTIONS, "weights": str(weights), **options})
@@ -157,7 +162,7 @@ def test_an_ensemble_over_several_processes_is_refused_in_one_line(tmp_path: Pat
     data = make_class_folder(tmp_path / "data", per_class=4, size=48)
     result = run_cli("train", str(data), "--out", str(tmp_path / "run"), "--ensemble", MEMBERS, "--nproc", "2")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "--ensemble trains its tail members in one process; drop --nproc" in result.stderr
+    assert "its tail members train in one process; drop --nproc" in result.stderr
 
 
 def test_workflows_that_train_one_model_refuse_an_ensemble_in_one_line(tmp_path: Path) -> None:
@@ -165,7 +170,7 @@ def test_workflows_that_train_one_model_refuse_an_ensemble_in_one_line(tmp_path:
     from imgclf.config import make_config
     from imgclf.training import train
 
-    data = make_class_folder(tmp_path / "data", per_class=4, size=48)
+    data = make_class_folder(tmp_path / "data", per_class=8, size=48)
     weights = save_pretend_weights(MODEL, tmp_path / "weights.safetensors")
     config = make_config(data=str(data), out=str(tmp_path / "run"), ensemble=MEMBERS, weights=str(weights), **OPTIONS)
     with pytest.raises(ImgclfError, match="--ensemble makes an ensemble of several runs, which only imgclf train"):

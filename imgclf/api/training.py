@@ -92,7 +92,8 @@ def train_processes(nproc: int, arguments: list[str], data: str | Path | None = 
     get_backend(settings.backend).check_processes(nproc)
     check_nproc_device(nproc, settings.device)
     if settings.ensemble:  # the planner itself offers no ensemble to several processes (their members are tails)
-        raise ImgclfError("--ensemble trains its tail members in one process; drop --nproc")
+        raise ImgclfError("this run is an ensemble (--ensemble, or the plan of --quality high or best): its tail "
+                          "members train in one process; drop --nproc")
     if resume is None:
         plan(settings, archive)  # the data and every option, checked once
     return launch(nproc, arguments)

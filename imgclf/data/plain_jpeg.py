@@ -31,7 +31,7 @@ DRAFT_SCALES = (8, 4, 2, 1)  # the reductions Pillow's JpegImageFile.draft choos
 def _simplejpeg() -> ModuleType | None:
     try:
         import simplejpeg
-    except ImportError:  # a wheel-less platform: Pillow decodes everything, just slower
+    except ImportError:  # a pinned dependency, but an install without it still decodes everything, through Pillow
         return None
     return simplejpeg
 

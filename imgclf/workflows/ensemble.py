@@ -92,8 +92,9 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, weights: str = "
     bundles = [find_bundle(run) for run in runs]
     infos = [read_bundle_info(bundle) for bundle in bundles]
     _check_members(bundles, infos)
-    names = [f"{index}-{Path(run).resolve().name if Path(run).name != 'model' else Path(run).resolve().parent.name}"
-             for index, run in enumerate(runs)]
+    names = ([Path(run).name for run in runs] if alongside else  # --ensemble's members are named with their index
+             [f"{index}-{Path(run).resolve().name if Path(run).name != 'model' else Path(run).resolve().parent.name}"
+              for index, run in enumerate(runs)])
     split_file = bundles[0].parent / "split.csv"
     if not split_file.is_file():
         raise ImgclfError(f"{runs[0]} has no split.csv; the first run must be a run directory (its validation split "

@@ -30,7 +30,6 @@ from imgclf.engines.callbacks import Callback
 from imgclf.recipes import member_configs
 from imgclf.runs import RunDirectory, user_options
 from imgclf.training import TrainResult, new_run, plan, train
-from imgclf.workflows.ensemble import build_ensemble
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +54,36 @@ def train_ensemble(run: RunDirectory, config: TrainConfig, callbacks: list[Callb
     members = []
     configs = member_configs(config, run.path)
     for position, member in enumerate(configs, start=1):
-        folder = Path(member.out or "")
-        if (folder / "model" / "model.json").is_file():
-            log.info(f"member {position} of {len(configs)}: {folder} is trained; kept")
+        folder = RunDirectory(Path(member.out or ""))
+        if _finished(folder):
+            log.info(f"member {position} of {len(configs)}: {folder.path} is trained; kept")
         else:
             log.info(f"member {position} of {len(configs)}: {member.model} at {member.image_size}px")
-            resuming = (folder / "config.yaml").is_file()
-            result = train(member, resume=folder if resuming else None, callbacks=callbacks)
+            started = folder.config_file.is_file() and folder.split_file.is_file()  # else a folder made, nothing in it
+            result = (train(member, resume=folder.path, callbacks=callbacks) if started
+                      else train(member, overwrite=True, callbacks=callbacks))
             if result.interrupted:
                 log.warning(f"interrupted; finished members are kept. Continue with: imgclf train --resume {run.path}")
                 return TrainResult(run.path, None, config, [], {}, interrupted=True)
-        members.append(folder)
+        members.append(folder.path)
     metrics, held_out = _combine(run, members)
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
     return TrainResult(run.path, run.model_dir, config, [], metrics, held_out_probabilities=held_out)
 
 
+def _finished(member: RunDirectory) -> bool:
+    """Whether the member's training ended: its held-out outputs, the last thing a finished run keeps, are there
+    for its bundle (a bundle alone may be one whose calibration and scores were interrupted)."""
+    from imgclf.deploy.metadata import weights_file_digest
+
+    return member.model_dir.is_dir() and bool(member.read_held_out_logits(weights_file_digest(member.model_dir)))
+
+
 def _combine(run: RunDirectory, members: list[Path]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Fit the weights and write the bundle beside the member runs: the ensemble's metrics, and its probabilities
     on the held-out images by path (the report reads them instead of predicting again)."""
+    from imgclf.workflows.ensemble import build_ensemble  # scipy: only when an ensemble is built
+
     result = build_ensemble(members, run.path, alongside=True)
     ensemble = result.scores["ensemble"]
     best = max(scores["val"]["accuracy"] for name, scores in result.scores.items() if name != "ensemble")

@@ -79,7 +79,7 @@ def print_ensemble(result: api.EnsembleResult) -> None:
         table.add_row(name, weight, *(cell for split in splits for cell in (f"{scores[split]['accuracy']:.2%}",
                                                                             f"{scores[split]['log_loss']:.4f}")))
     console.print(table)
-    held_out = splits[-1] if "test" in splits else "val"
+    held_out = "test" if "test" in splits else "val"
     best = max((scores[held_out]["accuracy"], name) for name, scores in result.scores.items() if name != "ensemble")
     gain = result.scores["ensemble"][held_out]["accuracy"] - best[0]
     console.print(f"{held_out}: ensemble {gain * 100:+.2f} points over the best member ({best[1]}); "

@@ -29,10 +29,14 @@ from imgclf.workflows.ensemble import build_ensemble
 
 RESULTS = Path(__file__).parent / "results" / "plans.json"
 MEMBERS = ("tf_efficientnet_lite0@224", "tf_efficientnet_lite1@240", "tf_efficientnet_lite2@260",
-           "tf_efficientnet_lite0@300")
+           "tf_efficientnet_lite0@300", "tf_efficientnet_lite2@340", "tf_efficientnet_lite0@380")
+FOUR = ("lite0@224", "lite1@240", "lite2@260", "lite0@300")  # the largest plan (engines/planner.py)
 ENSEMBLES = (("lite0@224", "lite1@240"), ("lite0@224", "lite2@260"), ("lite0@224", "lite0@300"),
              ("lite2@260", "lite0@300"), ("lite0@224", "lite1@240", "lite2@260"),
-             ("lite0@224", "lite2@260", "lite0@300"), ("lite0@224", "lite1@240", "lite2@260", "lite0@300"))
+             ("lite0@224", "lite2@260", "lite0@300"), FOUR,
+             # candidates for a plan larger than FOUR, for the 60-minute budget
+             (*FOUR, "lite2@340"), (*FOUR, "lite0@380"), (*FOUR, "lite2@340", "lite0@380"),
+             ("lite0@224", "lite2@340", "lite0@380"), ("lite0@224", "lite2@260", "lite2@340", "lite0@300"))
 WALL_FILE = "wall_seconds.txt"
 
 

@@ -299,16 +299,8 @@ def validate(config: TrainConfig) -> None:
         raise ImgclfError(f"--label-depth is a number of category levels, at least 1; got {config.label_depth}")
     if config.label_smoothing is not None and config.label_smoothing >= 1:
         raise ImgclfError(f"--label-smoothing must be below 1, got {config.label_smoothing:g}")
-    if config.quality is not None and config.time_budget not in (None, QUALITY_BUDGETS.get(config.quality)):
-        raise ImgclfError(f"give --quality or --time-budget, not both: --quality {config.quality} means "
-                          f"--time-budget {QUALITY_BUDGETS[config.quality]}")
+    _check_budget(config)
     ensemble_members(config.ensemble)
-    budget = budget_of(config)
-    if budget is not None:
-        parse_duration(budget)
-        if config.epochs is not None:
-            raise ImgclfError(f"give --epochs or {'--quality' if config.quality else '--time-budget'}, not both: "
-                              "the budget decides the number of epochs")
     if config.tail_blocks < 1:
         raise ImgclfError(f"--tail-blocks is a number of the trunk's last blocks, at least 1; got {config.tail_blocks}")
     if config.strategy == "tail":
@@ -326,6 +318,19 @@ def validate(config: TrainConfig) -> None:
 
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
+
+
+def _check_budget(config: TrainConfig) -> None:
+    """--time-budget or --quality (one of them), a readable duration, and not with --epochs."""
+    if config.quality is not None and config.time_budget not in (None, QUALITY_BUDGETS.get(config.quality)):
+        raise ImgclfError(f"give --quality or --time-budget, not both: --quality {config.quality} means "
+                          f"--time-budget {QUALITY_BUDGETS[config.quality]}")
+    budget = budget_of(config)
+    if budget is not None:
+        parse_duration(budget)
+        if config.epochs is not None:
+            raise ImgclfError(f"give --epochs or {'--quality' if config.quality else '--time-budget'}, not both: "
+                              "the budget decides the number of epochs")
 
 
 def ensemble_members(text: str | None) -> list[tuple[str, int]]:

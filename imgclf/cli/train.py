@@ -179,7 +179,7 @@ def ensemble(
 COMMANDS = {
     "train": (train, "Examples: imgclf train photos/ --out runs/shop  |  imgclf train cifar10 --time-budget 5m  |  "
                      "imgclf train photos/ --model resnet50 --pretrained --weights resnet50.safetensors "
-                     "--strategy finetune  |  imgclf train --resume runs/shop"),
+                     "--strategy finetune  |  imgclf train photos/ --quality high  |  imgclf train --resume runs/shop"),
     "models": (models, "Examples: imgclf models  |  imgclf models efficientnet  |  imgclf models 'resnet*' --pretrained"),
     "tune": (tune, "Examples: imgclf tune photos/ --trials 20 --out runs/tune-shop  |  "
                    "imgclf tune photos/ --time-budget 30m --model fastnet --space space.yaml  |  "

@@ -103,44 +103,24 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, weights: str = "
     _check_splits(bundles, dataset, runs)
     held_out_name = "test" if dataset.split_items("test") else "val"
     members = [Classifier.load(bundle, batch_size=batch_size, allow_int8=False) for bundle in bundles]
-    index = {name: position for position, name in enumerate(infos[0].classes)}
-    scored: dict[str, tuple[np.ndarray, list[np.ndarray]]] = {}
-    scored_paths: dict[str, list[str]] = {}
     kept = [kept_probabilities(bundle.parent, member) for bundle, member in zip(bundles, members)]
-    for split in sorted({"val", held_out_name}):
-        items = dataset.split_items(split)
-        if len(items) < 2:
-            raise ImgclfError(f"{split_file} has {len(items)} {split} image(s); an ensemble fits its weights on val")
-        paths = [absolute_path(item.path) for item in items]
-        unknown = sum(any(path not in rows for path in paths) for rows in kept)
-        log.info(f"{len(items):,} {split} images: {len(members) - unknown} member(s) kept their outputs from training, "
-                 f"{unknown} predict them")
-        rows = [probabilities_by_path(member, paths, known, batch_size) for member, known in zip(members, kept)]
-        ok = [path for path in paths if all(path in member_rows for member_rows in rows)]
-        readable = set(ok)
-        labels = np.array([index[item.label] for item, path in zip(items, paths) if path in readable])
-        scored[split] = (labels, [np.stack([member_rows[path] for path in ok]) for member_rows in rows])
-        scored_paths[split] = ok
-    labels, val_probabilities = scored["val"]
+    scored = {split: _split_probabilities(members, kept, dataset.split_items(split), infos[0].classes, split,
+                                          split_file, batch_size)
+              for split in sorted({"val", held_out_name})}
+    labels, val_probabilities, _ = scored["val"]
     fitted = fit_weights(val_probabilities, labels) if weights == "fit" else np.full(len(members), 1 / len(members))
-    info = BundleInfo(architecture=ENSEMBLE, model_args={}, classes=infos[0].classes,
-                      image_size=max(member.image_size for member in infos), mean=[0.0] * 3, std=[1.0] * 3,
-                      channels=infos[0].channels, backend=ENSEMBLE, kind=ENSEMBLE,
-                      config={"weights": weights, "members": [str(run) for run in runs]},
-                      members=[{"path": f"members/{name}", "name": name, "weight": round(float(weight), 6),
-                                "architecture": member.architecture, "backend": member.backend,
-                                "image_size": member.image_size}
-                               for name, weight, member in zip(names, fitted, infos)])
+    info = _ensemble_info(infos, names, fitted, {"weights": weights, "members": [str(run) for run in runs]})
     ensemble = EnsembleClassifier(members, fitted, info)
     positive = infos[0].positive
     if positive and infos[0].thresholds:  # binary: the vote gets its own threshold on val, for the first member's goal
         goal = parse_goal(infos[0].threshold_goal or "f1")
         choice = choose_decision(ensemble.combine(val_probabilities), labels, info.classes, positive, goal)
         info.positive, info.thresholds, info.threshold_goal = positive, {positive: choice.threshold}, str(goal)
-    scores = {name: {split: _score(labels_, probabilities[position]) for split, (labels_, probabilities) in scored.items()}
+    scores = {name: {split: _score(labels_, probabilities[position])
+                     for split, (labels_, probabilities, _) in scored.items()}
               for position, name in enumerate(names)}
     scores["ensemble"] = {split: _score(labels_, ensemble.combine(probabilities))
-                          for split, (labels_, probabilities) in scored.items()}
+                          for split, (labels_, probabilities, _) in scored.items()}
     info.metrics = {f"{split}_{metric}": value for split, values in scores["ensemble"].items()
                     for metric, value in values.items()}
     summary = {"weights": dict(zip(names, info_weights(info))), "scores": scores, "held_out": held_out_name}
@@ -148,11 +128,42 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, weights: str = "
         _write_alongside(out, info, bundles, names, summary)
     else:
         _write(out, info, bundles, names, split_file, summary)
-    combined = {path: row for split, (_, probabilities) in scored.items()
-                for path, row in zip(scored_paths[split], ensemble.combine(probabilities))}
+    combined = {path: row for _, probabilities, paths in scored.values()
+                for path, row in zip(paths, ensemble.combine(probabilities))}
     return EnsembleResult(out, dict(zip(names, info_weights(info))), scores,
-                          images={split: len(labels_) for split, (labels_, _) in scored.items()},
+                          images={split: len(labels_) for split, (labels_, _, _) in scored.items()},
                           held_out_probabilities=combined)
+
+
+def _ensemble_info(infos: list[BundleInfo], names: list[str], fitted: np.ndarray, config: dict[str, Any]
+                   ) -> BundleInfo:
+    """The ensemble's model.json: the first member's classes and channels, each member with its weight."""
+    return BundleInfo(architecture=ENSEMBLE, model_args={}, classes=infos[0].classes,
+                      image_size=max(member.image_size for member in infos), mean=[0.0] * 3, std=[1.0] * 3,
+                      channels=infos[0].channels, backend=ENSEMBLE, kind=ENSEMBLE, config=config,
+                      members=[{"path": f"members/{name}", "name": name, "weight": round(float(weight), 6),
+                                "architecture": member.architecture, "backend": member.backend,
+                                "image_size": member.image_size}
+                               for name, weight, member in zip(names, fitted, infos)])
+
+
+def _split_probabilities(members: list[Classifier], kept: list[dict[str, np.ndarray]], items: list[Any],
+                         classes: list[str], split: str, split_file: Path, batch_size: int
+                         ) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
+    """(class indices, each member's (N, C) probabilities, paths) of the split's images every member could read;
+    kept outputs where a member has them, predictions for the rest."""
+    if len(items) < 2:
+        raise ImgclfError(f"{split_file} has {len(items)} {split} image(s); an ensemble fits its weights on val")
+    paths = [absolute_path(item.path) for item in items]
+    unknown = sum(any(path not in rows for path in paths) for rows in kept)
+    log.info(f"{len(items):,} {split} images: {len(members) - unknown} member(s) kept their outputs from training, "
+             f"{unknown} predict them")
+    rows = [probabilities_by_path(member, paths, known, batch_size) for member, known in zip(members, kept)]
+    ok = [path for path in paths if all(path in member_rows for member_rows in rows)]
+    readable = set(ok)
+    index = {name: position for position, name in enumerate(classes)}
+    labels = np.array([index[item.label] for item, path in zip(items, paths) if path in readable])
+    return labels, [np.stack([member_rows[path] for path in ok]) for member_rows in rows], ok
 
 
 def info_weights(info: BundleInfo) -> list[float]:

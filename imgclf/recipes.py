@@ -152,8 +152,7 @@ def resolve(config: TrainConfig, facts: DataFacts,
                       tta=not facts.multilabel)
     if config.optimizer is not None and config.optimizer != recipe["optimizer"]:
         recipe.update(_optimizer_defaults(config.optimizer, batch_size))  # the recipe's rates belong to its optimizer
-    epochs = config.epochs or (1 + TAIL_EPOCHS if strategy == "tail" else
-                               _epochs(family, pretrained, image_size, facts.train_images))
+    epochs = config.epochs or _default_epochs(config, strategy, family, pretrained, image_size, facts)
     # pretrained weights saw centre crops (timm's eval transform); from scratch, squashing keeps the whole image
     recipe["resize"] = "crop" if pretrained else "squash"
     filled: dict[str, Any] = {name: value for name, value in recipe.items() if getattr(config, name) is None}
@@ -199,6 +198,16 @@ def _batch_size(family: str, image_size: int, train_images: int) -> int:
     # small datasets still need several steps per epoch for the schedule to mean anything
     cap = 2 ** max(3, int(math.log2(max(train_images // 8, 1))))
     return max(1, min(wanted, cap))
+
+
+def _default_epochs(config: TrainConfig, strategy: str, family: str, pretrained: bool, image_size: int,
+                    facts: DataFacts) -> float:
+    """The tail's epochs after its probe; one for a probe that is one logistic-regression fit; else by data size."""
+    if strategy == "tail":
+        return float(1 + TAIL_EPOCHS)
+    if strategy == "probe" and config.linear_probe and probes_only(config, pretrained, facts.multilabel):
+        return 1.0
+    return _epochs(family, pretrained, image_size, facts.train_images)
 
 
 def _epochs(family: str, pretrained: bool, image_size: int, train_images: int) -> float:

@@ -252,7 +252,8 @@ def new_run(world: World, config: TrainConfig, dataset: ImageDataset, overwrite:
 
 
 def _print_start(config: TrainConfig, data: TrainingData, engine: Engine) -> None:
-    schedule = f"{config.epochs:g} epochs" + (" from the run's weights" if engine.warm_pretrained else "")
+    schedule = f"{config.epochs:g} epoch{'' if config.epochs == 1 else 's'}"
+    schedule += " from the run's weights" if engine.warm_pretrained else ""
     log.info(f"training {config.model} ({config.strategy}) on {len(data.rows['train']):,} images at "
              f"{config.image_size}px, {schedule}, batch {config.batch_size}, {engine.machine}")
 

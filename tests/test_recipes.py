@@ -44,3 +44,18 @@ def test_a_small_set_keeps_ema_light_shifts_and_flip_tta() -> None:
     config = resolve(make_config(data="x"), DataFacts(2_000, 32), lambda name: None)
     assert (config.ema, config.lookahead, config.augment, config.tta_shift) == (True, False, "light", 0)
     assert config.whitening_bias_epochs is None
+
+
+PHOTOS = DataFacts(3_000, 320)
+
+
+def photo_recipe(**options: object) -> TrainConfig:
+    return resolve(make_config(data="x", model="tf_efficientnet_lite0", **options), PHOTOS, lambda name: "package")
+
+
+def test_a_probe_that_is_one_fit_is_one_epoch_and_gradient_descent_probes_keep_their_epochs() -> None:
+    """The run's announcement and config.yaml said 20 epochs for a probe that trains one fit."""
+    assert photo_recipe(strategy="probe").epochs == 1
+    assert photo_recipe(strategy="probe", linear_probe=False).epochs == 4  # 12,000 images' worth, at least 4
+    assert photo_recipe(strategy="probe", epochs=3).epochs == 3
+    assert photo_recipe(strategy="two-stage").epochs == 4

@@ -5,7 +5,11 @@ Usage: python benchmarks/plans.py [--data ../shared/datasets/flowers] [--name fl
 
 Each member is ``imgclf train DATA --model M --image-size S --strategy tail``
 (the default plan's recipe on another trunk or input size), trained into
-``RUNS/NAME-M-S`` unless a finished run is there already (its wall seconds
+``RUNS/NAME-M-S`` unless a finished run is there already. A member named
+``M@S/finetune`` is instead the whole network fine-tuned for 12 epochs after
+its probe (``--strategy two-stage --epochs 13 --tta``), and ``M@S/tailN`` the
+tail for N epochs instead of 10: the two other ways a longer budget could be
+spent on one trunk, in ``RUNS/NAME-M-S-finetune`` and ``-tailN`` (its wall seconds
 are then the ones recorded when it trained: ``wall_seconds.txt`` beside its
 files). Every candidate ensemble is then fitted from its members' kept val
 outputs, as ``--ensemble`` does (weights on val NLL): its val accuracy and
@@ -30,13 +34,17 @@ from imgclf.workflows.ensemble import build_ensemble
 RESULTS = Path(__file__).parent / "results" / "plans.json"
 MEMBERS = ("tf_efficientnet_lite0@224", "tf_efficientnet_lite1@240", "tf_efficientnet_lite2@260",
            "tf_efficientnet_lite0@300", "tf_efficientnet_lite2@340", "tf_efficientnet_lite0@380")
+LONGER = ("tf_efficientnet_lite0@224/finetune", "tf_efficientnet_lite0@224/tail20")  # more time on one trunk
 FOUR = ("lite0@224", "lite1@240", "lite2@260", "lite0@300")  # the largest plan (engines/planner.py)
+FINETUNE_EPOCHS = 12  # after the probe: the whole network, as --strategy two-stage trains it
 ENSEMBLES = (("lite0@224", "lite1@240"), ("lite0@224", "lite2@260"), ("lite0@224", "lite0@300"),
              ("lite2@260", "lite0@300"), ("lite0@224", "lite1@240", "lite2@260"),
              ("lite0@224", "lite2@260", "lite0@300"), FOUR,
              # candidates for a plan larger than FOUR, for the 60-minute budget
              (*FOUR, "lite2@340"), (*FOUR, "lite0@380"), (*FOUR, "lite2@340", "lite0@380"),
-             ("lite0@224", "lite2@340", "lite0@380"), ("lite0@224", "lite2@260", "lite2@340", "lite0@300"))
+             ("lite0@224", "lite2@340", "lite0@380"), ("lite0@224", "lite2@260", "lite2@340", "lite0@300"),
+             ("lite0@224", "lite0@224/finetune"), (*FOUR, "lite0@224/finetune"),
+             ("lite0@224/tail20", *FOUR[1:]))
 WALL_FILE = "wall_seconds.txt"
 
 
@@ -44,13 +52,26 @@ def short(member: str) -> str:
     return member.removeprefix("tf_efficientnet_")
 
 
+def recipe_of(variant: str) -> dict[str, Any]:
+    """``imgclf.train``'s options for a member's variant: '' the plans' tail, 'finetune' or 'tailN'."""
+    if variant == "finetune":
+        return {"strategy": "two-stage", "epochs": 1 + FINETUNE_EPOCHS, "probe_epochs": 1, "tta": True}
+    if variant.startswith("tail") and variant[4:].isdigit():
+        return {"strategy": "tail", "epochs": 1 + int(variant[4:])}
+    if variant:
+        raise SystemExit(f"member variant {variant!r}: expected finetune or tailN")
+    return {"strategy": "tail"}
+
+
 def member_run(data: Path, runs: Path, name: str, member: str, seed: int) -> dict[str, Any]:
     """The member's run (trained now unless finished before): val accuracy and the wall seconds it took."""
-    model, _, size = member.partition("@")
-    folder = runs / f"{name}-{short(member).replace('@', '-')}"
+    model, _, rest = member.partition("@")
+    size, _, variant = rest.partition("/")
+    folder = runs / f"{name}-{short(member).replace('@', '-').replace('/', '-')}"
     if not (folder / "model" / "model.json").is_file():
         started = time.perf_counter()
-        imgclf.train(data, out=folder, overwrite=True, model=model, image_size=int(size), strategy="tail", seed=seed)
+        imgclf.train(data, out=folder, overwrite=True, model=model, image_size=int(size), seed=seed,
+                     **recipe_of(variant))
         (folder / WALL_FILE).write_text(f"{time.perf_counter() - started:.1f}\n")
     metrics = json.loads((folder / "model" / "model.json").read_text())["metrics"]
     wall = float((folder / WALL_FILE).read_text()) if (folder / WALL_FILE).is_file() else None
@@ -78,7 +99,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/flowers"))
     parser.add_argument("--name", default="flowers")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--members", default=",".join(short(member) for member in MEMBERS),
+    parser.add_argument("--members", default=",".join(short(member) for member in MEMBERS + LONGER),
                         help="The members to train (ensembles of other members are left out).")
     parser.add_argument("--runs", type=Path, default=Path("runs/benchmarks/plans"))
     parser.add_argument("--results", type=Path, default=RESULTS)

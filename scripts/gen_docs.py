@@ -480,9 +480,11 @@ def plans_page() -> str:
     def measured(dataset: str) -> dict[str, Any]:
         return {**plans.get(dataset, {}).get("members", {}), **plans.get(dataset, {}).get("ensembles", {})}
 
+    planned = []
     for plan in PLANS:
         members = plan.members if isinstance(plan, EnsemblePlan) else (plan,)
         key = "+".join(f"{member.model.removeprefix('tf_efficientnet_')}@{member.image_size}" for member in members)
+        planned.append(key)
         flowers, cifar = measured("flowers").get(key, {}), measured("cifar-sub").get(key, {})
         wall = flowers.get("members_wall_seconds", flowers.get("wall_seconds"))
         other = f"{cifar['val_accuracy']:.1%}" if cifar else ""
@@ -491,6 +493,7 @@ def plans_page() -> str:
                           for member in members)
         kind = f"ensemble of {len(members)}: " if isinstance(plan, EnsemblePlan) else ""
         lines.append(f"| {kind}{what} | {plan.flowers_accuracy:.2%} | {other} | {f'{wall / 60:.1f}' if wall else ''} |\n")
+    lines += _candidates_left_out(measured("flowers"), measured("cifar-sub"), planned)
     for name, record in ((key, value) for key, value in quality.items() if isinstance(value, dict)):
         lines.append(f"\n## --quality on {name} (benchmarks/quality.py)\n\n| quality | plan | seeds | mean val | "
                      "gain over default (points) | cold wall minutes | budget minutes |\n|---|---|---|---|---|---|---|\n")
@@ -501,6 +504,25 @@ def plans_page() -> str:
     if quality:
         lines.append("\n![val accuracy against minutes for each quality](../img/quality-curve.png)\n")
     return "".join(lines)
+
+
+def _candidates_left_out(flowers: dict[str, Any], cifar: dict[str, Any], planned: list[str]) -> list[str]:
+    """The table of what plans.json measured that the planner does not offer: why the longest plan is not longer."""
+    left_out = [key for key in flowers if key not in planned]
+    if not left_out:
+        return []
+    lines = ["\n## Measured and left out\n\nWhat else was measured for larger budgets and is not a plan of its "
+             "own: single members (those above are used inside the ensembles), and candidates that did not pay on "
+             "both datasets (`/finetune`: the whole network fine-tuned for 12 epochs after its probe; `/tail20`: 20 tail epochs "
+             "instead of 10).\n\n| candidate | flowers val | cifar-sub val | members' wall minutes, flowers |\n"
+             "|---|---|---|---|\n"]
+    for key in left_out:
+        record, other = flowers[key], cifar.get(key)
+        wall = record.get("members_wall_seconds", record.get("wall_seconds"))
+        other_accuracy = f"{other['val_accuracy']:.1%}" if other else ""
+        lines.append(f"| {key.replace('+', ' + ')} | {record['val_accuracy']:.2%} | {other_accuracy} | "
+                     f"{f'{wall / 60:.1f}' if wall else ''} |\n")
+    return lines
 
 
 PAGES: dict[str, Callable[[], str]] = {

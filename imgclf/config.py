@@ -86,7 +86,7 @@ class TrainConfig:
     pretrained: bool | None = option(None, "Start from pretrained weights.", "Model")
     ensemble: str | None = option(None, "Train one tail model per MODEL@SIZE (comma-separated, e.g. "
                                         "tf_efficientnet_lite0@224,tf_efficientnet_lite2@260) on the same split and "
-                                        "combine them by soft voting, weights fitted on val: one bundle. --quality "
+                                        "combine them by soft voting: one bundle. --quality "
                                         "high and best choose one where it pays.", "Model")
     weights: str | None = option(None, "Weights file for --pretrained: .safetensors or .pth (torch), no-top .h5 "
                                        "(tensorflow).", "Model")

@@ -12,7 +12,7 @@ from conftest import TINY_FASTNET, make_class_folder, run_cli
 
 import imgclf
 from imgclf.evaluation.metrics import compute_log_loss
-from imgclf.workflows.ensemble import fit_weights
+from imgclf.workflows.ensemble_weights import choose_weights, fit_weights
 
 
 def test_fitted_weights_favour_the_better_member_and_beat_equal_weights() -> None:
@@ -25,6 +25,38 @@ def test_fitted_weights_favour_the_better_member_and_beat_equal_weights() -> Non
     assert weights.sum() == pytest.approx(1.0) and weights[0] > 0.8
     fitted = compute_log_loss(labels, weights[0] * good + weights[1] * noise, 3)
     assert fitted < compute_log_loss(labels, 0.5 * good + 0.5 * noise, 3)
+
+
+def _members(rng: np.random.Generator, labels: np.ndarray, right: tuple[float, float]) -> list[np.ndarray]:
+    """Two members that give the true class ``right[m]`` of their probability and spread the rest at random."""
+    made = []
+    for share in right:
+        rows = rng.dirichlet(np.ones(3), len(labels)) * (1 - share)
+        rows[np.arange(len(labels)), labels] += share
+        made.append(rows)
+    return made
+
+
+def test_auto_fits_weights_only_where_they_beat_equal_weights_on_images_they_did_not_see() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 400)
+    unequal = _members(rng, labels, (0.8, 0.05))  # one member far better: fitting pays out of sample
+    weights, evidence = choose_weights(unequal, labels, "auto")
+    assert evidence["weighting"] == "fit" and weights[0] > 0.8
+    assert evidence["fitted_cross_fitted_val_log_loss"] < evidence["equal_val_log_loss"]
+    alike = _members(rng, labels, (0.5, 0.5))  # exchangeable members: any fitted tilt is the sample's noise
+    weights, evidence = choose_weights(alike, labels, "auto")
+    assert evidence["weighting"] == "equal" and weights.tolist() == [0.5, 0.5]
+    assert evidence["fitted_cross_fitted_val_log_loss"] >= evidence["equal_val_log_loss"]
+    assert choose_weights(alike, labels, "fit")[1] == {"weighting": "fit"}
+
+
+def test_auto_keeps_equal_weights_when_val_is_too_small_to_hold_out_a_fold() -> None:
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 6)
+    weights, evidence = choose_weights(_members(rng, labels, (0.9, 0.0)), labels, "auto")
+    assert evidence["weighting"] == "equal" and evidence["fitted_cross_fitted_val_log_loss"] is None
+    assert weights.tolist() == [0.5, 0.5]
 
 
 @pytest.fixture(scope="module")

@@ -124,11 +124,12 @@ def compare(data: str | Path, *, backends: str | list[str] = "torch,tensorflow",
                           archive=archive, **options)
 
 
-def ensemble(runs: Sequence[str | Path], out: str | Path, *, weights: str = "fit", overwrite: bool = False,
+def ensemble(runs: Sequence[str | Path], out: str | Path, *, weights: str = "auto", overwrite: bool = False,
              report: bool = True, batch_size: int = 64) -> EnsembleResult:
     """Soft-voting ensemble of trained runs in ``out``: one model for load, predict, evaluate, serve, export.
 
-    ``weights="fit"`` minimises the validation NLL over the simplex; ``"equal"`` averages.
+    ``weights="fit"`` minimises the validation NLL over the simplex; ``"equal"`` averages; ``"auto"`` fits
+    only where fitted weights beat equal ones on val images they were not fitted on (5-fold cross-fitting).
     Members may differ in architecture, input size and backend; their classes must match.
     """
     from imgclf.evaluation.run_report import report_run

@@ -168,11 +168,12 @@ def ensemble(
     runs: Annotated[list[str], typer.Argument(help="Two or more run directories trained on the same classes and split.",
                                               show_default=False)],
     out: Annotated[Path, Opt(help="Folder for the ensemble (a model every command accepts).")],
-    weights: Annotated[str, Opt(help="fit (minimise validation NLL) or equal.")] = "fit",
+    weights: Annotated[str, Opt(help="auto (fitted where that beats equal weights on val images the fit did not "
+                                     "see), fit (minimise validation NLL) or equal.")] = "auto",
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing --out.")] = False,
     batch_size: Annotated[int, Opt(help="Images per batch.")] = 64,
 ) -> None:
-    """Soft-voting ensemble of trained runs, weights fitted on validation; shows the gain over each member."""
+    """Soft-voting ensemble of trained runs, weighted by what validation supports; shows the gain over each member."""
     print_ensemble(api.ensemble(runs, out, weights=weights, overwrite=overwrite, batch_size=batch_size))
 
 

@@ -52,7 +52,7 @@ class PhotoPlan:
 
 @dataclass(frozen=True)
 class EnsemblePlan:
-    """Several photo plans trained one after another, combined by soft voting with weights fitted on val."""
+    """Several photo plans trained one after another, combined by soft voting (weights: :mod:`imgclf.workflows.ensemble_weights`)."""
 
     members: tuple[PhotoPlan, ...]
     flowers_accuracy: float

@@ -1,4 +1,4 @@
-"""``imgclf ensemble``: soft voting over trained runs, with weights fitted on the validation split.
+"""``imgclf ensemble``: soft voting over trained runs, weighted by what the validation split supports.
 
 The ensemble is a folder that every command treats as one model::
 
@@ -10,10 +10,12 @@ The ensemble is a folder that every command treats as one model::
 
 Each member's probabilities on val and test are those its training kept
 (:mod:`imgclf.deploy.kept_outputs`), so building an ensemble of fresh runs
-predicts nothing; older runs' images are predicted. Weights minimise the
-validation negative log-likelihood of the weighted
-mean of the members' calibrated probabilities over the simplex (softmax
-parameters, scipy's L-BFGS-B), or are equal with ``weights="equal"``.
+predicts nothing; older runs' images are predicted. Weights
+(:mod:`imgclf.workflows.ensemble_weights`) minimise the validation negative
+log-likelihood of the weighted mean of the members' calibrated
+probabilities over the simplex where that beats equal weights on val images
+they were not fitted on (``weights="auto"``), or always (``"fit"``), or
+never (``"equal"``).
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
-from scipy.special import softmax
 
 from imgclf.data.sources import read_manifest
 from imgclf.deploy.bundle import ENSEMBLE, MODEL_FILE, BundleInfo, bundle_json, find_bundle, read_bundle_info
@@ -40,11 +40,11 @@ from imgclf.evaluation.metrics import compute_log_loss
 from imgclf.files import write_folder_atomic, write_text_atomic
 from imgclf.paths import absolute_path
 from imgclf.thresholds import parse_goal
+from imgclf.workflows.ensemble_weights import WEIGHTINGS, choose_weights
 
 log = logging.getLogger(__name__)
 
 
-WEIGHTINGS = ("fit", "equal")
 
 
 @dataclass
@@ -59,23 +59,7 @@ class EnsembleResult:
     held_out_probabilities: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
-def fit_weights(probabilities: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
-    """Simplex weights minimising the NLL of ``sum_m w_m p_m`` (members' (N, C) probabilities)."""
-    stacked = np.stack([np.clip(p.astype(np.float64), 1e-12, 1.0) for p in probabilities])  # (M, N, C)
-    true = stacked[:, np.arange(len(labels)), labels]  # (M, N)
-
-    def loss_and_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        weights = softmax(theta)
-        mixed = weights @ true  # (N,)
-        loss = -np.mean(np.log(mixed))
-        d_weights = -np.mean(true / mixed, axis=1)  # d loss / d w_m
-        return float(loss), weights * (d_weights - weights @ d_weights)  # through the softmax
-
-    result = minimize(loss_and_gradient, np.zeros(len(probabilities)), jac=True, method="L-BFGS-B")
-    return softmax(result.x)
-
-
-def build_ensemble(runs: Sequence[str | Path], out: str | Path, weights: str = "fit", overwrite: bool = False,
+def build_ensemble(runs: Sequence[str | Path], out: str | Path, weights: str = "auto", overwrite: bool = False,
                    batch_size: int = 64, alongside: bool = False) -> EnsembleResult:
     """Copy the members into ``out``, fit (or equal) weights on validation, score members and ensemble.
 
@@ -108,7 +92,9 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, weights: str = "
                                           split_file, batch_size)
               for split in sorted({"val", held_out_name})}
     labels, val_probabilities, _ = scored["val"]
-    fitted = fit_weights(val_probabilities, labels) if weights == "fit" else np.full(len(members), 1 / len(members))
+    fitted, weighting = choose_weights(val_probabilities, labels, weights)
+    log.info(f"member weights: {weighting['weighting']}" + (" (fitted on val did not beat equal weights on the val "
+             "images they were not fitted on)" if weights == "auto" and weighting["weighting"] == "equal" else ""))
     info = _ensemble_info(infos, names, fitted, {"weights": weights, "members": [str(run) for run in runs]})
     ensemble = EnsembleClassifier(members, fitted, info)
     positive = infos[0].positive
@@ -123,7 +109,8 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, weights: str = "
                           for split, (labels_, probabilities, _) in scored.items()}
     info.metrics = {f"{split}_{metric}": value for split, values in scores["ensemble"].items()
                     for metric, value in values.items()}
-    summary = {"weights": dict(zip(names, info_weights(info))), "scores": scores, "held_out": held_out_name}
+    summary = {"weights": dict(zip(names, info_weights(info))), **weighting, "scores": scores,
+               "held_out": held_out_name}
     if alongside:
         _write_alongside(out, info, bundles, names, summary)
     else:

@@ -9,7 +9,7 @@ The run directory holds the members' runs and the ensemble built from them::
       ensemble.json, report.html weights, each member's scores beside the ensemble's; the report
 
 Members train one after another, each with the photo recipe's tail; the
-weights are then fitted on val from the outputs each member kept, so
+weights then come from the outputs each member kept on val, so
 combining costs no forward pass. An interrupted run resumes where it
 stopped: finished members are kept, an interrupted one continues from its
 checkpoint.

@@ -109,6 +109,38 @@ def test_accuracy_is_measured_per_day_on_reviewed_items(bundle: Path, tmp_path: 
         queue.decide(options.target, number, action, "teal" if action == "correct" else None)
     [today] = accuracy_by_day(options.target)
     assert (today["reviewed"], today["correct"], today["accuracy"], today["audited"]) == (2, 1, 0.5, 0)
-    assert QueueReview(options.target, ["red"], tmp_path / "l.csv").counts().accuracy == [today]
+    assert QueueReview(options.target, lambda: ["red"], tmp_path / "l.csv").counts().accuracy == [today]
     assert default_labels("postgresql://host/db") == Path("review-labels.csv")
     assert default_labels(tmp_path / "predictions.db") == tmp_path / "predictions-labels.csv"
+
+
+def test_the_queue_offers_the_classes_of_the_version_answering_after_a_reload(bundle: Path, tmp_path: Path) -> None:
+    """A correction to a class the promoted version added needs no server restart."""
+    import torch
+
+    from imgclf.deploy.bundle import BundleInfo, write_bundle
+    from imgclf.lifecycle.model_folder import VERSIONS, ModelFolder
+    from imgclf.models import create_model
+    from imgclf.serve.reload import Reloader
+
+    torch.manual_seed(0)
+    widened = write_bundle(BundleInfo("fastnet", {"widths": [8, 16, 16], "depth": 1},
+                                      ["blue", "green", "red", "yellow"], 16, [0.5] * 3, [0.25] * 3),
+                           create_model("fastnet", 4, image_size=16, widths=[8, 16, 16], depth=1).state_dict(),
+                           tmp_path / "widened" / "model")
+    folder = tmp_path / "models" / "shop"
+    first = imgclf.promote(bundle, folder).version
+    model_folder = ModelFolder.open(folder)
+    app = create_app(imgclf.load(folder / VERSIONS / first, runtime="torch"), "shop", "torch", version=first,
+                     reloader=Reloader(model_folder, lambda path: imgclf.load(path, runtime="torch"), poll_s=3600),
+                     log=LogOptions(tmp_path / "predictions.db", review_below=1.0), reference=None)
+    url, server, thread = start_server(app)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            assert http.get("/v1/queue/items").json()["classes"] == ["blue", "green", "red"]
+            imgclf.promote(widened, folder)
+            assert http.post("/v1/reload").json()["reloaded"] is True
+            assert http.get("/v1/queue/items").json()["classes"] == ["blue", "green", "red", "yellow"]
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -11,6 +11,7 @@ measured on the reviewed items, per day.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,16 @@ STATUS_ACTION = {status: action for action, status in queue.ACTIONS.items()}
 
 class QueueReview:
     """The review queue of the log ``log`` (a path, URL or an engine :func:`imgclf.watch.queue.open_log` gave); the
-    confirmed and corrected images go to the ``path,label`` CSV ``labels``."""
+    confirmed and corrected images go to the ``path,label`` CSV ``labels``. ``classes`` gives the classes a
+    correction may choose from, asked each time the page loads: a server that reloads a version with a new class
+    offers it without a restart."""
 
     title = "Review queue"
     actions: tuple[str, ...] = ("confirm", "correct", "skip")
     label_actions: tuple[str, ...] = ("correct",)
     label_name = "answer"
 
-    def __init__(self, log: Any, classes: list[str], labels: Path) -> None:
+    def __init__(self, log: Any, classes: Callable[[], list[str]], labels: Path) -> None:
         self._log = log
         self._classes = classes
         self.labels = labels
@@ -47,7 +50,7 @@ class QueueReview:
         return self._log
 
     def classes(self) -> list[str]:
-        return self._classes
+        return list(self._classes())
 
     def items(self) -> list[ReviewItem]:
         waiting = queue.pending(self.log, limit=SHOWN)

@@ -124,16 +124,17 @@ def create_app(classifier: Any, name: str, runtime: str, limits: Limits = DEFAUL
     app.include_router(reload.router)
     app.include_router(routes.operations)
     if log is not None:
-        app.include_router(_review_queue(classifier, log))
+        app.include_router(_review_queue(served, log))
     return app
 
 
-def _review_queue(classifier: Any, options: LogOptions) -> APIRouter:
-    """The review page of the log's queue at ``/review``, its API under ``/v1/queue`` (behind the API key)."""
+def _review_queue(served: routes.Served, options: LogOptions) -> APIRouter:
+    """The review page of the log's queue at ``/review``, its API under ``/v1/queue`` (behind the API key); its
+    classes are the version answering now."""
     from imgclf.review.component import review_router
     from imgclf.review.queue_source import QueueReview, default_labels
 
-    source = QueueReview(options.target, classifier.classes, default_labels(options.target))
+    source = QueueReview(options.target, lambda: served.model.classifier.classes, default_labels(options.target))
     return review_router(source, page="/review", api="/v1/queue")
 
 

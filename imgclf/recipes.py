@@ -202,10 +202,12 @@ def _batch_size(family: str, image_size: int, train_images: int) -> int:
 
 def _default_epochs(config: TrainConfig, strategy: str, family: str, pretrained: bool, image_size: int,
                     facts: DataFacts) -> float:
-    """The tail's epochs after its probe; one for a probe that is one logistic-regression fit; else by data size."""
+    """The tail's (its probe's fit counted as epoch 1); one for a probe that is one logistic-regression fit; else
+    by data size."""
     if strategy == "tail":
         return float(1 + TAIL_EPOCHS)
-    if strategy == "probe" and config.linear_probe and probes_only(config, pretrained, facts.multilabel):
+    if strategy == "probe" and config.linear_probe and family == "timm" and pretrained \
+            and backend_record(config.backend).linear_probe:  # timm heads are linear: one fit (multi-label too)
         return 1.0
     return _epochs(family, pretrained, image_size, facts.train_images)
 
@@ -274,7 +276,7 @@ def check_members(config: TrainConfig, multilabel: bool, val_images: int) -> Non
         raise ImgclfError(f"give --ensemble or --{'model' if config.model else 'image-size'}, not both: --ensemble "
                           "names each member's model and size (MODEL@SIZE)")
     if val_images < 2:
-        raise ImgclfError(f"an ensemble fits its members' weights on the validation split, which has {val_images} "
+        raise ImgclfError(f"an ensemble weighs its members on the validation split, which has {val_images} "
                           "image(s) here; keep --val-fraction above 0 (or give a val/ folder)")
     if config.strategy not in ("auto", "tail"):
         raise ImgclfError(f"--ensemble members train with --strategy tail; drop --strategy {config.strategy}")

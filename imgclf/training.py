@@ -130,7 +130,7 @@ def _photo_plan(config: TrainConfig, dataset: ImageDataset, weights_source: Call
     if isinstance(chosen, EnsemblePlan):
         members = ",".join(f"{member.model}@{member.image_size}" for member in chosen.members)
         log.info(f"photo recipe for {budget:.0f} s: an ensemble of {len(chosen.members)} tail models, "
-                 f"{members.replace(',', ', ')} (flowers val {chosen.flowers_accuracy:.1%})")
+                 f"{members.replace(',', ', ')} (what each plan measured: docs/reference/plans.md)")
         return replace(config, ensemble=members)
     views = "with mirror images (flip TTA)" if chosen.views == 2 else "plain view"
     tail = f", then its last {chosen.tail_blocks} block(s) on kept activations" if chosen.tail_blocks else ""

@@ -117,7 +117,7 @@ def main() -> None:
         shoot(page, url, PICTURES / "review-data.png")
         server.should_exit = True  # type: ignore[attr-defined]
         queue_app = FastAPI()
-        queue_app.include_router(review_router(QueueReview(queue_log(work), list(CLASSES), work / "labels.csv"),
+        queue_app.include_router(review_router(QueueReview(queue_log(work), lambda: list(CLASSES), work / "labels.csv"),
                                                page="/review", api="/v1/queue"))
         url, server = serve(queue_app)
         shoot(page, url + "/review", PICTURES / "review-queue.png")

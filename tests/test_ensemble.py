@@ -1,4 +1,5 @@
-"""Ensembles: weights fitted on validation, one bundle that every command treats as one model."""
+"""Ensembles: members weighed on validation (fitted where that pays out of sample), one bundle that every command
+treats as one model."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from conftest import TINY_FASTNET, make_class_folder, run_cli
 
 import imgclf
 from imgclf.evaluation.metrics import compute_log_loss
-from imgclf.workflows.ensemble_weights import choose_weights, fit_weights
+from imgclf.workflows.ensemble_weights import choose_weights, cross_fitted_probabilities, fit_weights
 
 
 def test_fitted_weights_favour_the_better_member_and_beat_equal_weights() -> None:
@@ -51,6 +52,15 @@ def test_auto_fits_weights_only_where_they_beat_equal_weights_on_images_they_did
     assert choose_weights(alike, labels, "fit")[1] == {"weighting": "fit"}
 
 
+def test_cross_fitting_holds_a_class_with_fewer_images_than_folds_and_tiny_classes_alone() -> None:
+    rng = np.random.default_rng(2)
+    labels = np.array([0] * 30 + [1] * 3)  # class 1 cannot be in every fold: stratified on class 0 alone
+    members = _members(rng, labels, (0.8, 0.1))
+    assert cross_fitted_probabilities(members, labels).shape == (33, 3)
+    few = np.arange(12) % 3  # no class has an image per fold: plain folds
+    assert cross_fitted_probabilities(_members(rng, few, (0.8, 0.1)), few).sum(axis=1) == pytest.approx(np.ones(12))
+
+
 def test_auto_keeps_equal_weights_when_val_is_too_small_to_hold_out_a_fold() -> None:
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 3, 6)
@@ -73,8 +83,9 @@ def members(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
 @pytest.mark.slow
 def test_an_ensemble_bundle_round_trips_and_serves_every_command(members, tmp_path: Path) -> None:
     root, first, second = members
-    result = run_cli("ensemble", str(first), str(second), "--out", str(tmp_path / "E"))
-    assert result.returncode == 0, result.stderr
+    result = run_cli("ensemble", str(first), str(second), "--out", str(tmp_path / "E"), "--weights", "fit")
+    assert result.returncode == 0, result.stderr  # fitted: unequal weights, so a member given another's weight shows
+    assert json.loads((tmp_path / "E" / "ensemble.json").read_text())["weighting"] == "fit"
     assert "over the best member" in result.stderr and (tmp_path / "E" / "report.html").is_file()
     bundle = json.loads((tmp_path / "E" / "model" / "model.json").read_text())
     assert bundle["kind"] == "ensemble" and sum(member["weight"] for member in bundle["members"]) == pytest.approx(1, abs=1e-5)

@@ -47,8 +47,9 @@ def test_the_members_train_on_one_split_and_make_one_bundle_every_command_takes(
     bundle = json.loads((run / "model" / "model.json").read_text())
     assert bundle["kind"] == "ensemble" and [m["image_size"] for m in bundle["members"]] == [32, 40]
     assert [member["name"] for member in bundle["members"]] == members  # named as their run folders
-    assert result.metrics["val_accuracy"] == json.loads((run / "ensemble.json").read_text())["scores"]["ensemble"][
-        "val"]["accuracy"]
+    summary = json.loads((run / "ensemble.json").read_text())
+    assert result.metrics["val_accuracy"] == summary["scores"]["ensemble"]["val"]["accuracy"]
+    assert summary["weighting"] == "equal" and summary["fitted_cross_fitted_val_log_loss"] is None  # under 10 val images
     assert (run / "report.html").is_file() and (run / "model" / "MODEL_CARD.md").is_file()
     images = sorted(data.rglob("*.png"))[::5]
     probabilities = imgclf.load(run).predict_proba(images)
@@ -107,7 +108,7 @@ def test_the_cli_prints_each_members_scores_beside_the_ensembles(ensemble_run: t
     (dict(ensemble=MEMBERS, model=MODEL), "give --ensemble or --model, not both"),
     (dict(ensemble=MEMBERS, strategy="probe"), "drop --strategy probe"),
     (dict(ensemble=MEMBERS, image_size=64), "give --ensemble or --image-size, not both"),
-    (dict(ensemble=MEMBERS, val_fraction=0.0), "fits its members' weights on the validation split, which has 0"),
+    (dict(ensemble=MEMBERS, val_fraction=0.0), "weighs its members on the validation split, which has 0"),
     (dict(ensemble=f"{LITE0}@224,resnet1@32", weights=None), "unknown model 'resnet1'"),
     (dict(ensemble=f"{MODEL}@32,test_resnet@32"), "--weights is one file"),
 ])

@@ -59,3 +59,9 @@ def test_a_probe_that_is_one_fit_is_one_epoch_and_gradient_descent_probes_keep_t
     assert photo_recipe(strategy="probe", linear_probe=False).epochs == 4  # 12,000 images' worth, at least 4
     assert photo_recipe(strategy="probe", epochs=3).epochs == 3
     assert photo_recipe(strategy="two-stage").epochs == 4
+    multilabel = resolve(make_config(data="x", model="tf_efficientnet_lite0", strategy="probe"),
+                         DataFacts(3_000, 320, multilabel=True), lambda name: "package")
+    assert multilabel.epochs == 1  # one fit per label
+    fastnet = resolve(make_config(data="x", model="fastnet", strategy="probe", weights="w.safetensors"),
+                      PHOTOS, lambda name: None)
+    assert fastnet.epochs > 1  # FastNet's head has no bias: its probe is gradient descent

@@ -45,8 +45,6 @@ from imgclf.workflows.ensemble_weights import WEIGHTINGS, choose_weights
 log = logging.getLogger(__name__)
 
 
-
-
 @dataclass
 class EnsembleResult:
     """Where the ensemble went, its weights, and each member's scores beside the ensemble's."""
@@ -61,7 +59,8 @@ class EnsembleResult:
 
 def build_ensemble(runs: Sequence[str | Path], out: str | Path, weights: str = "auto", overwrite: bool = False,
                    batch_size: int = 64, alongside: bool = False) -> EnsembleResult:
-    """Copy the members into ``out``, fit (or equal) weights on validation, score members and ensemble.
+    """Copy the members into ``out``, weigh them on validation (``weights``: auto, fit or equal), score members and
+    ensemble.
 
     ``alongside``: ``out`` is a run directory (``--ensemble``'s, holding the member runs) and keeps what it
     holds; the bundle and ``ensemble.json`` are written into it, each atomically.
@@ -93,8 +92,7 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, weights: str = "
               for split in sorted({"val", held_out_name})}
     labels, val_probabilities, _ = scored["val"]
     fitted, weighting = choose_weights(val_probabilities, labels, weights)
-    log.info(f"member weights: {weighting['weighting']}" + (" (fitted on val did not beat equal weights on the val "
-             "images they were not fitted on)" if weights == "auto" and weighting["weighting"] == "equal" else ""))
+    log.info(f"member weights: {_why(weights, weighting)}")
     info = _ensemble_info(infos, names, fitted, {"weights": weights, "members": [str(run) for run in runs]})
     ensemble = EnsembleClassifier(members, fitted, info)
     positive = infos[0].positive
@@ -120,6 +118,17 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, weights: str = "
     return EnsembleResult(out, dict(zip(names, info_weights(info))), scores,
                           images={split: len(labels_) for split, (labels_, _, _) in scored.items()},
                           held_out_probabilities=combined)
+
+
+def _why(asked: str, weighting: dict[str, Any]) -> str:
+    """The weighting chosen, and with ``auto`` what decided it."""
+    chosen = weighting["weighting"]
+    if asked != "auto":
+        return chosen
+    if weighting["fitted_cross_fitted_val_log_loss"] is None:
+        return f"{chosen} (val is too small to hold out a fifth and check fitted weights on it)"
+    beat = "beat" if chosen == "fit" else "did not beat"
+    return f"{chosen} (fitted on val, they {beat} equal weights on the val images they were not fitted on)"
 
 
 def _ensemble_info(infos: list[BundleInfo], names: list[str], fitted: np.ndarray, config: dict[str, Any]

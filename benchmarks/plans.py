@@ -11,11 +11,13 @@ its probe (``--strategy two-stage --epochs 13 --tta``), and ``M@S/tailN`` the
 tail for N epochs instead of 10: the two other ways a longer budget could be
 spent on one trunk, in ``RUNS/NAME-M-S-finetune`` and ``-tailN`` (its wall seconds
 are then the ones recorded when it trained: ``wall_seconds.txt`` beside its
-files). Every candidate ensemble is then fitted from its members' kept val
-outputs, as ``--ensemble`` does (weights on val NLL): its val accuracy and
-log loss, its val accuracy with weights cross-fitted (each fifth of val scored
-with weights fitted on the other four: the fitted figure's optimism shows as
-the gap), and its cost, the sum of its members' wall seconds (each from cold
+files). Every candidate ensemble is then built from its members' kept val
+outputs, as ``--ensemble`` builds it (``--weights auto``: ``weighting`` says
+which was chosen): its val accuracy and log loss, the val accuracy with
+weights fitted on all of val (``val_accuracy_fitted_weights``: optimistic,
+they fit the images they are scored on) and cross-fitted (each fifth of val
+scored with weights fitted on the other four), the two log losses ``auto``
+compares, and its cost, the sum of its members' wall seconds (each from cold
 caches for its own input size). ``benchmarks/results/plans.json`` keeps one
 record per dataset (``--name``); the planner's ensemble plans cite it.
 """
@@ -30,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
 
 import imgclf
 from imgclf.data.sources import read_manifest
@@ -40,9 +41,7 @@ from imgclf.deploy.kept_outputs import kept_probabilities
 from imgclf.deploy.runtime_choice import cpu_model
 from imgclf.paths import absolute_path
 from imgclf.workflows.ensemble import build_ensemble
-from imgclf.workflows.ensemble_weights import fit_weights
-
-CROSS_FIT_FOLDS = 5
+from imgclf.workflows.ensemble_weights import choose_weights, cross_fitted_probabilities, fit_weights
 
 RESULTS = Path(__file__).parent / "results" / "plans.json"
 MEMBERS = ("tf_efficientnet_lite0@224", "tf_efficientnet_lite1@240", "tf_efficientnet_lite2@260",
@@ -93,27 +92,38 @@ def member_run(data: Path, runs: Path, name: str, member: str, seed: int) -> dic
     return record
 
 
-def val_outputs(run: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A member run's kept val probabilities (N, C) and their class indices, in its split file's order."""
-    classifier = Classifier.load(find_bundle(run), allow_int8=False)
-    kept = kept_probabilities(run, classifier)
-    items = read_manifest(run / "split.csv").split_items("val")
-    index = {name: position for position, name in enumerate(classifier.info.classes)}
-    return (np.stack([kept[absolute_path(item.path)] for item in items]),
-            np.array([index[item.label] for item in items]))
+def val_outputs(runs: list[Path]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each member run's kept val probabilities (N, C), rows matched by image path in the first run's split order,
+    and the images' class indices."""
+    items = read_manifest(runs[0] / "split.csv").split_items("val")
+    paths = [absolute_path(item.path) for item in items]
+    outputs, classes = [], []
+    for run in runs:
+        classifier = Classifier.load(find_bundle(run), allow_int8=False)
+        kept = kept_probabilities(run, classifier)
+        missing = [path for path in paths if path not in kept]
+        if missing:
+            raise SystemExit(f"{run} kept no val output for {len(missing)} image(s) (e.g. {missing[0]}); retrain it")
+        outputs.append(np.stack([kept[path] for path in paths]))
+        classes = classifier.info.classes
+    index = {name: position for position, name in enumerate(classes)}
+    return outputs, np.array([index[item.label] for item in items])
 
 
-def cross_fitted_accuracy(runs: list[Path]) -> float:
-    """The ensemble's val accuracy with each fold's weights fitted on the other folds: how much of the fitted
-    ensemble's val accuracy is its weights fitting the images they are scored on."""
-    outputs = [val_outputs(run) for run in runs]
-    labels = outputs[0][1]
-    correct = 0
-    for fit_rows, score_rows in StratifiedKFold(CROSS_FIT_FOLDS, shuffle=True, random_state=0).split(labels, labels):
-        weights = fit_weights([probabilities[fit_rows] for probabilities, _ in outputs], labels[fit_rows])
-        mixed = sum(weight * probabilities[score_rows] for weight, (probabilities, _) in zip(weights, outputs))
-        correct += int((np.argmax(mixed, axis=1) == labels[score_rows]).sum())
-    return correct / len(labels)
+def weighting_record(runs: list[Path]) -> dict[str, Any]:
+    """What weighting the members buys: val accuracy with weights fitted on all of val (optimistic: they fit the
+    images they are scored on) and cross-fitted (each fold's weights fitted on the others), and the two log losses
+    ``--weights auto`` compares."""
+    outputs, labels = val_outputs(runs)
+    fitted = fit_weights(outputs, labels)
+    cross_fitted = cross_fitted_probabilities(outputs, labels)
+    _, evidence = choose_weights(outputs, labels, "auto")
+
+    def accuracy(mixed: np.ndarray) -> float:
+        return round(float(np.mean(np.argmax(mixed, axis=1) == labels)), 6)
+
+    return {"val_accuracy_fitted_weights": accuracy(sum(w * p for w, p in zip(fitted, outputs))),
+            "val_accuracy_cross_fitted": None if cross_fitted is None else accuracy(cross_fitted), **evidence}
 
 
 def ensemble_record(members: dict[str, dict[str, Any]], combo: tuple[str, ...], out: Path) -> dict[str, Any]:
@@ -123,8 +133,7 @@ def ensemble_record(members: dict[str, dict[str, Any]], combo: tuple[str, ...], 
     best = max(member["val_accuracy"] for member in chosen)
     walls = [member["wall_seconds"] for member in chosen]
     record = {"val_accuracy": scores["accuracy"], "val_log_loss": scores["log_loss"],
-              "val_accuracy_cross_fitted": round(cross_fitted_accuracy([Path(member["run"]) for member in chosen]), 6),
-              "weighting": json.loads((out / "ensemble.json").read_text())["weighting"],
+              **weighting_record([Path(member["run"]) for member in chosen]),
               "gain_over_best_member_points": round(100 * (scores["accuracy"] - best), 2),
               "members_wall_seconds": round(sum(walls), 1) if None not in walls else None,
               "weights": {name: round(weight, 3) for name, weight in result.weights.items()}}

@@ -484,6 +484,8 @@ def plans_page() -> str:
     for plan in PLANS:
         members = plan.members if isinstance(plan, EnsemblePlan) else (plan,)
         key = "+".join(f"{member.model.removeprefix('tf_efficientnet_')}@{member.image_size}" for member in members)
+        if not all(member.tail_blocks for member in members):
+            key = "probe"  # plans.json measured tails: a probe plan of the same trunk and size has no figures there
         planned.append(key)
         flowers, cifar = measured("flowers").get(key, {}), measured("cifar-sub").get(key, {})
         wall = flowers.get("members_wall_seconds", flowers.get("wall_seconds"))
@@ -512,9 +514,10 @@ def _candidates_left_out(flowers: dict[str, Any], cifar: dict[str, Any], planned
     if not left_out:
         return []
     lines = ["\n## Measured and left out\n\nWhat else was measured for larger budgets and is not a plan of its "
-             "own: single members (those above are used inside the ensembles), and candidates that did not pay on "
-             "both datasets (`/finetune`: the whole network fine-tuned for 12 epochs after its probe; `/tail20`: 20 tail epochs "
-             "instead of 10).\n\n| candidate | flowers val | cifar-sub val | members' wall minutes, flowers |\n"
+             "own (seed 0): single tail models, most of them members of the ensembles above, and ensembles the "
+             "planner does not offer (see the comment above `PLANS` in `imgclf/engines/planner.py` for why). "
+             "`/finetune`: the whole network fine-tuned for 12 epochs after its probe; `/tail20`: 20 tail epochs "
+             "instead of 10; both measured on flowers only.\n\n| candidate | flowers val | cifar-sub val | members' wall minutes, flowers |\n"
              "|---|---|---|---|\n"]
     for key in left_out:
         record, other = flowers[key], cifar.get(key)

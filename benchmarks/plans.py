@@ -25,6 +25,7 @@ record per dataset (``--name``); the planner's ensemble plans cite it.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -41,7 +42,7 @@ from imgclf.deploy.kept_outputs import kept_probabilities
 from imgclf.deploy.runtime_choice import cpu_model
 from imgclf.paths import absolute_path
 from imgclf.workflows.ensemble import build_ensemble
-from imgclf.workflows.ensemble_weights import choose_weights, cross_fitted_probabilities, fit_weights
+from imgclf.workflows.ensemble_weights import weigh
 
 RESULTS = Path(__file__).parent / "results" / "plans.json"
 MEMBERS = ("tf_efficientnet_lite0@224", "tf_efficientnet_lite1@240", "tf_efficientnet_lite2@260",
@@ -92,20 +93,25 @@ def member_run(data: Path, runs: Path, name: str, member: str, seed: int) -> dic
     return record
 
 
+@functools.cache
+def kept_val(run: Path) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+    """A member run's kept probabilities by image path, and its classes: loaded once for all its ensembles."""
+    classifier = Classifier.load(find_bundle(run), allow_int8=False)
+    return kept_probabilities(run, classifier), tuple(classifier.info.classes)
+
+
 def val_outputs(runs: list[Path]) -> tuple[list[np.ndarray], np.ndarray]:
     """Each member run's kept val probabilities (N, C), rows matched by image path in the first run's split order,
     and the images' class indices."""
     items = read_manifest(runs[0] / "split.csv").split_items("val")
     paths = [absolute_path(item.path) for item in items]
-    outputs, classes = [], []
+    outputs = []
     for run in runs:
-        classifier = Classifier.load(find_bundle(run), allow_int8=False)
-        kept = kept_probabilities(run, classifier)
+        kept, classes = kept_val(run)
         missing = [path for path in paths if path not in kept]
         if missing:
             raise SystemExit(f"{run} kept no val output for {len(missing)} image(s) (e.g. {missing[0]}); retrain it")
         outputs.append(np.stack([kept[path] for path in paths]))
-        classes = classifier.info.classes
     index = {name: position for position, name in enumerate(classes)}
     return outputs, np.array([index[item.label] for item in items])
 
@@ -115,15 +121,15 @@ def weighting_record(runs: list[Path]) -> dict[str, Any]:
     images they are scored on) and cross-fitted (each fold's weights fitted on the others), and the two log losses
     ``--weights auto`` compares."""
     outputs, labels = val_outputs(runs)
-    fitted = fit_weights(outputs, labels)
-    cross_fitted = cross_fitted_probabilities(outputs, labels)
-    _, evidence = choose_weights(outputs, labels, "auto")
+    weighing = weigh(outputs, labels)
 
     def accuracy(mixed: np.ndarray) -> float:
         return round(float(np.mean(np.argmax(mixed, axis=1) == labels)), 6)
 
-    return {"val_accuracy_fitted_weights": accuracy(sum(w * p for w, p in zip(fitted, outputs))),
-            "val_accuracy_cross_fitted": None if cross_fitted is None else accuracy(cross_fitted), **evidence}
+    cross_fitted = weighing.cross_fitted
+    return {"val_accuracy_fitted_weights": accuracy(sum(w * p for w, p in zip(weighing.fitted, outputs))),
+            "val_accuracy_cross_fitted": None if cross_fitted is None else accuracy(cross_fitted),
+            **weighing.evidence()}
 
 
 def ensemble_record(members: dict[str, dict[str, Any]], combo: tuple[str, ...], out: Path) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from imgclf.evaluation.metrics import compute_log_loss
 from imgclf.files import write_folder_atomic, write_text_atomic
 from imgclf.paths import absolute_path
 from imgclf.thresholds import parse_goal
-from imgclf.workflows.ensemble_weights import WEIGHTINGS, choose_weights
+from imgclf.workflows.ensemble_weights import WEIGHTINGS, choose_weights, explain
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, weights: str = "
               for split in sorted({"val", held_out_name})}
     labels, val_probabilities, _ = scored["val"]
     fitted, weighting = choose_weights(val_probabilities, labels, weights)
-    log.info(f"member weights: {_why(weights, weighting)}")
+    log.info(f"member weights: {explain(weighting)}")
     info = _ensemble_info(infos, names, fitted, {"weights": weights, "members": [str(run) for run in runs]})
     ensemble = EnsembleClassifier(members, fitted, info)
     positive = infos[0].positive
@@ -100,11 +100,7 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, weights: str = "
         goal = parse_goal(infos[0].threshold_goal or "f1")
         choice = choose_decision(ensemble.combine(val_probabilities), labels, info.classes, positive, goal)
         info.positive, info.thresholds, info.threshold_goal = positive, {positive: choice.threshold}, str(goal)
-    scores = {name: {split: _score(labels_, probabilities[position])
-                     for split, (labels_, probabilities, _) in scored.items()}
-              for position, name in enumerate(names)}
-    scores["ensemble"] = {split: _score(labels_, ensemble.combine(probabilities))
-                          for split, (labels_, probabilities, _) in scored.items()}
+    scores = _scores(names, ensemble, scored)
     info.metrics = {f"{split}_{metric}": value for split, values in scores["ensemble"].items()
                     for metric, value in values.items()}
     summary = {"weights": dict(zip(names, info_weights(info))), **weighting, "scores": scores,
@@ -120,15 +116,14 @@ def build_ensemble(runs: Sequence[str | Path], out: str | Path, weights: str = "
                           held_out_probabilities=combined)
 
 
-def _why(asked: str, weighting: dict[str, Any]) -> str:
-    """The weighting chosen, and with ``auto`` what decided it."""
-    chosen = weighting["weighting"]
-    if asked != "auto":
-        return chosen
-    if weighting["fitted_cross_fitted_val_log_loss"] is None:
-        return f"{chosen} (val is too small to hold out a fifth and check fitted weights on it)"
-    beat = "beat" if chosen == "fit" else "did not beat"
-    return f"{chosen} (fitted on val, they {beat} equal weights on the val images they were not fitted on)"
+def _scores(names: list[str], ensemble: EnsembleClassifier,
+            scored: dict[str, tuple[np.ndarray, list[np.ndarray], list[str]]]) -> dict[str, dict[str, Any]]:
+    """Accuracy and log loss of each member and of the ensemble, on each scored split."""
+    scores = {name: {split: _score(labels, probabilities[position]) for split, (labels, probabilities, _) in
+                     scored.items()} for position, name in enumerate(names)}
+    scores["ensemble"] = {split: _score(labels, ensemble.combine(probabilities))
+                          for split, (labels, probabilities, _) in scored.items()}
+    return scores
 
 
 def _ensemble_info(infos: list[BundleInfo], names: list[str], fitted: np.ndarray, config: dict[str, Any]

@@ -17,6 +17,7 @@ earn fitted weights; a small one does not.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,10 +29,15 @@ WEIGHTINGS = ("auto", "fit", "equal")
 CROSS_FIT_FOLDS = 5
 
 
+def _true_class(probabilities: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """(M, N): each member's probability of each image's true class, kept away from zero for the logarithm."""
+    return np.stack([np.clip(p[np.arange(len(labels)), labels].astype(np.float64), 1e-12, 1.0)
+                     for p in probabilities])
+
+
 def fit_weights(probabilities: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
     """Simplex weights minimising the NLL of ``sum_m w_m p_m`` (members' (N, C) probabilities)."""
-    stacked = np.stack([np.clip(p.astype(np.float64), 1e-12, 1.0) for p in probabilities])  # (M, N, C)
-    true = stacked[:, np.arange(len(labels)), labels]  # (M, N)
+    true = _true_class(probabilities, labels)
 
     def loss_and_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
         weights = softmax(theta)
@@ -46,8 +52,7 @@ def fit_weights(probabilities: list[np.ndarray], labels: np.ndarray) -> np.ndarr
 
 def mixture_log_loss(weights: np.ndarray, probabilities: list[np.ndarray], labels: np.ndarray) -> float:
     """Mean negative log-likelihood of the weighted mean of the members' probabilities."""
-    true = np.stack([p[np.arange(len(labels)), labels] for p in probabilities]).astype(np.float64)
-    return float(-np.mean(np.log(np.clip(weights @ true, 1e-12, 1.0))))
+    return float(-np.mean(np.log(weights @ _true_class(probabilities, labels))))
 
 
 def cross_fitted_probabilities(probabilities: list[np.ndarray], labels: np.ndarray) -> np.ndarray | None:
@@ -68,10 +73,32 @@ def cross_fitted_probabilities(probabilities: list[np.ndarray], labels: np.ndarr
     return mixed
 
 
-def cross_fitted_log_loss(probabilities: list[np.ndarray], labels: np.ndarray) -> float | None:
-    """Fitted weights' log loss on images they were not fitted on; None when val is too small to hold out a fold."""
-    mixed = cross_fitted_probabilities(probabilities, labels)
-    return None if mixed is None else mixture_log_loss(np.ones(1), [mixed], labels)
+@dataclass(frozen=True)
+class Weighing:
+    """What ``auto`` decides from: the weights fitted on all of val, the out-of-fold mixture, the two log losses."""
+
+    fitted: np.ndarray
+    cross_fitted: np.ndarray | None  # (N, C) from weights fitted on the other folds; None: val too small
+    equal_log_loss: float
+    cross_fitted_log_loss: float | None
+
+    @property
+    def fit_pays(self) -> bool:
+        return self.cross_fitted_log_loss is not None and self.cross_fitted_log_loss < self.equal_log_loss
+
+    def evidence(self) -> dict[str, Any]:
+        """ensemble.json's record of the choice."""
+        loss = self.cross_fitted_log_loss
+        return {"weighting": "fit" if self.fit_pays else "equal", "equal_val_log_loss": round(self.equal_log_loss, 6),
+                "fitted_cross_fitted_val_log_loss": None if loss is None else round(loss, 6)}
+
+
+def weigh(probabilities: list[np.ndarray], labels: np.ndarray) -> Weighing:
+    """Fit the weights on all of val and cross-fitted, and score both against equal weights."""
+    equal = np.full(len(probabilities), 1 / len(probabilities))
+    cross_fitted = cross_fitted_probabilities(probabilities, labels)
+    return Weighing(fit_weights(probabilities, labels), cross_fitted, mixture_log_loss(equal, probabilities, labels),
+                    None if cross_fitted is None else mixture_log_loss(np.ones(1), [cross_fitted], labels))
 
 
 def choose_weights(probabilities: list[np.ndarray], labels: np.ndarray, weighting: str
@@ -80,12 +107,18 @@ def choose_weights(probabilities: list[np.ndarray], labels: np.ndarray, weightin
     equal = np.full(len(probabilities), 1 / len(probabilities))
     if weighting == "equal":
         return equal, {"weighting": "equal"}
-    fitted = fit_weights(probabilities, labels)
     if weighting == "fit":
-        return fitted, {"weighting": "fit"}
-    cross_fitted, equal_loss = cross_fitted_log_loss(probabilities, labels), mixture_log_loss(equal, probabilities,
-                                                                                             labels)
-    chosen = "fit" if cross_fitted is not None and cross_fitted < equal_loss else "equal"
-    evidence = {"weighting": chosen, "equal_val_log_loss": round(equal_loss, 6),
-                "fitted_cross_fitted_val_log_loss": None if cross_fitted is None else round(cross_fitted, 6)}
-    return (fitted if chosen == "fit" else equal), evidence
+        return fit_weights(probabilities, labels), {"weighting": "fit"}
+    weighing = weigh(probabilities, labels)
+    return (weighing.fitted if weighing.fit_pays else equal), weighing.evidence()
+
+
+def explain(evidence: dict[str, Any]) -> str:
+    """The weighting chosen, and where ``auto`` chose it, what decided it."""
+    chosen = evidence["weighting"]
+    if "equal_val_log_loss" not in evidence:
+        return chosen
+    if evidence["fitted_cross_fitted_val_log_loss"] is None:
+        return f"{chosen} (val is too small to hold out a fifth and check fitted weights on it)"
+    beat = "beat" if chosen == "fit" else "did not beat"
+    return f"{chosen} (fitted on val, they {beat} equal weights on the val images they were not fitted on)"

@@ -206,9 +206,8 @@ def _default_epochs(config: TrainConfig, strategy: str, family: str, pretrained:
     by data size."""
     if strategy == "tail":
         return float(1 + TAIL_EPOCHS)
-    if strategy == "probe" and config.linear_probe and family == "timm" and pretrained \
-            and backend_record(config.backend).linear_probe:  # timm heads are linear: one fit (multi-label too)
-        return 1.0
+    if strategy == "probe" and config.linear_probe and family == "timm" and probes_only(config, pretrained, False):
+        return 1.0  # timm heads are linear: the probe is one fit, per label on multi-label data too
     return _epochs(family, pretrained, image_size, facts.train_images)
 
 

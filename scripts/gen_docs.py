@@ -484,10 +484,9 @@ def plans_page() -> str:
     for plan in PLANS:
         members = plan.members if isinstance(plan, EnsemblePlan) else (plan,)
         key = "+".join(f"{member.model.removeprefix('tf_efficientnet_')}@{member.image_size}" for member in members)
-        if not all(member.tail_blocks for member in members):
-            key = "probe"  # plans.json measured tails: a probe plan of the same trunk and size has no figures there
-        planned.append(key)
-        flowers, cifar = measured("flowers").get(key, {}), measured("cifar-sub").get(key, {})
+        tails = all(member.tail_blocks for member in members)  # plans.json measured tails, not probes
+        planned += [key] if tails else []
+        flowers, cifar = (measured("flowers").get(key, {}), measured("cifar-sub").get(key, {})) if tails else ({}, {})
         wall = flowers.get("members_wall_seconds", flowers.get("wall_seconds"))
         other = f"{cifar['val_accuracy']:.1%}" if cifar else ""
         what = " + ".join(f"{member.model} at {member.image_size} px" + (" (tail)" if member.tail_blocks else
